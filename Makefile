@@ -1,0 +1,36 @@
+# evbus: PGXS build.  The library must be preloaded
+# (shared_preload_libraries = 'evbus'); regression tests start their own
+# server with it (see sql/evbus.conf).
+
+MODULE_big = evbus
+OBJS = \
+	src/evbus.o \
+	src/guc.o \
+	src/shmem.o \
+	src/launcher.o \
+	src/worker.o \
+	src/embedded.o \
+	src/kafka_conf.o \
+	src/kafka_errors.o \
+	src/producer.o \
+	src/publisher.o \
+	src/outbox.o \
+	src/staging.o \
+	src/converters.o \
+	src/capture.o \
+	src/json_compact.o \
+	src/util.o
+
+EXTENSION = evbus
+DATA = evbus--0.1.sql
+PGFILEDESC = "evbus - integration events between PostgreSQL and Kafka"
+
+REGRESS = setup staging converters capture publish misuse
+REGRESS_OPTS = --temp-config=$(srcdir)/sql/evbus.conf --temp-instance=./tmp_check --load-extension=evbus
+
+PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags rdkafka) -Wall -Wmissing-prototypes
+SHLIB_LINK = $(shell pkg-config --libs rdkafka)
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

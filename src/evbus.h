@@ -1,0 +1,120 @@
+/*-------------------------------------------------------------------------
+ *
+ * evbus.h
+ *	  Declarations shared by the files of the evbus extension.
+ *
+ * Each .c file owns one concern; this header lists what each exports, in
+ * the order an event flows through them: settings, shared memory, staging
+ * (converters, capture, outbox insert), the worker (launcher, worker loop,
+ * publisher, producer, outbox storage) and small utilities.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EVBUS_H
+#define EVBUS_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "lib/stringinfo.h"
+#include "nodes/pg_list.h"
+#include "storage/latch.h"
+#include "utils/jsonb.h"
+#include "utils/uuid.h"
+
+#define EVBUS_SCHEMA "evbus"
+#define EVBUS_EMBEDDED "embedded"
+
+/* Longest legal Kafka topic name (Kafka's Topic.MAX_NAME_LENGTH). */
+#define EVBUS_MAX_TOPIC_LEN 249
+
+/* ---------- guc.c: settings (DESIGN.md section 6) ---------- */
+extern char *evbus_brokers;
+extern char *evbus_kafka_config_file;
+extern char *evbus_topic_prefix;
+extern char *evbus_group_name;
+extern int	evbus_max_retries;
+extern int	evbus_retry_interval_ms;
+extern int	evbus_retry_max_interval_ms;
+extern int	evbus_handler_timeout_ms;
+extern int	evbus_max_message_bytes;
+extern int	evbus_batch_size;
+extern int	evbus_poll_interval_ms;
+extern int	evbus_outbox_rotation_s;
+extern int	evbus_dead_letter_retention_s;
+extern char *evbus_traceparent;
+
+extern void evbus_define_gucs(void);
+
+/* ---------- shmem.c: one slot per database worker ---------- */
+typedef struct EvbusWorkerSlot
+{
+	Oid			dboid;			/* InvalidOid when free */
+	pid_t		pid;
+	Latch	   *latch;			/* the worker's process latch */
+	bool		stop_requested; /* exit for good (DROP DATABASE) */
+} EvbusWorkerSlot;
+
+extern void evbus_shmem_request(void);
+extern void evbus_shmem_startup(void);
+extern bool evbus_claim_worker_slot(Oid dboid, Latch *latch);
+extern void evbus_release_worker_slot(void);
+extern void evbus_wake_worker(Oid dboid);
+extern pid_t evbus_worker_pid_for(Oid dboid);
+extern pid_t evbus_request_worker_stop(Oid dboid);
+extern bool evbus_worker_stop_requested(void);
+extern void evbus_set_embedded_bootstrap(const char *bootstrap);
+extern bool evbus_get_embedded_bootstrap(char *buf, size_t len);
+extern int	evbus_max_databases(void);
+
+/* ---------- launcher.c ---------- */
+extern void evbus_register_launcher(void);
+extern bool evbus_start_worker(Oid dboid, bool wait_for_start);
+extern void evbus_stop_worker(Oid dboid);
+extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);
+
+/* ---------- worker.c ---------- */
+extern PGDLLEXPORT void evbus_worker_main(Datum main_arg);
+
+/* ---------- embedded.c: librdkafka's mock cluster as a broker ---------- */
+extern void evbus_embedded_start(void);
+extern void evbus_embedded_stop(void);
+extern const char *evbus_resolve_brokers(char *buf, size_t len);
+
+/* ---------- converters.c: registry and per-backend cache ---------- */
+typedef struct EvbusConverter
+{
+	char	   *integration_event;
+	Oid			converter;
+} EvbusConverter;
+
+extern List *evbus_lookup_converters(const char *domain_event);
+
+/* ---------- staging.c: the outbox insert, in the caller's transaction ---------- */
+typedef struct EvbusStagedEvent
+{
+	const char *integration_event;
+	const char *key;			/* NULL: the message id is the key */
+	Jsonb	   *payload;
+	Jsonb	   *headers;		/* NULL or an object of strings */
+	const char *domain_event;	/* NULL for evbus.publish */
+	TimestampTz deliver_at;		/* 0: now */
+} EvbusStagedEvent;
+
+extern void evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id);
+extern int	evbus_raise_internal(const char *domain_event, Jsonb *payload,
+								 const char *key);
+extern void evbus_check_writable(const char *what);
+
+/* ---------- json_compact.c ---------- */
+extern void evbus_jsonb_to_compact(StringInfo out, JsonbContainer *jc);
+extern bool evbus_jsonb_exceeds(Jsonb *jb, int limit);
+
+/* ---------- util.c ---------- */
+extern void evbus_new_message_id(pg_uuid_t *uuid);
+extern void evbus_check_event_name(const char *name, const char *what);
+extern Oid	evbus_extension_owner(void);
+extern Oid	evbus_schema_oid(void);
+extern char *evbus_uuid_to_cstring(const pg_uuid_t *uuid);
+
+#endif							/* EVBUS_H */

@@ -1,0 +1,204 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.c
+ *	  The evbus.* settings (DESIGN.md section 6).
+ *
+ * Where a setting reaches the network (brokers, Kafka properties file,
+ * topic prefix) it is PGC_SIGHUP: only postgresql.conf or ALTER SYSTEM can
+ * set it, never a session, so no user can point evbus at a broker of their
+ * own.  Tunables also reload on SIGHUP; none needs a restart.  Secrets are
+ * never a setting: TLS and SASL properties live in evbus.kafka_config_file.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "utils/guc.h"
+
+#include "evbus.h"
+
+char	   *evbus_brokers = NULL;
+char	   *evbus_kafka_config_file = NULL;
+char	   *evbus_topic_prefix = NULL;
+char	   *evbus_group_name = NULL;
+int			evbus_max_retries = 10;
+int			evbus_retry_interval_ms = 1000;
+int			evbus_retry_max_interval_ms = 300000;
+int			evbus_handler_timeout_ms = 60000;
+int			evbus_max_message_bytes = 1000000;
+int			evbus_batch_size = 10000;
+int			evbus_poll_interval_ms = 1000;
+int			evbus_outbox_rotation_s = 60;
+int			evbus_dead_letter_retention_s = 15 * 24 * 3600;
+char	   *evbus_traceparent = NULL;
+
+/* A topic prefix must keep topic names legal: [A-Za-z0-9._-], bounded. */
+static bool
+check_topic_prefix(char **newval, void **extra, GucSource source)
+{
+	const char *p;
+
+	if (strlen(*newval) > EVBUS_MAX_TOPIC_LEN / 2)
+	{
+		GUC_check_errdetail("The prefix may be at most %d bytes long.",
+							EVBUS_MAX_TOPIC_LEN / 2);
+		return false;
+	}
+	for (p = *newval; *p; p++)
+	{
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			  (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '-'))
+		{
+			GUC_check_errdetail("Kafka topic names may contain only ASCII letters, digits, \".\", \"_\" and \"-\".");
+			return false;
+		}
+	}
+	return true;
+}
+
+/* A traceparent is W3C trace context: printable ASCII, bounded. */
+static bool
+check_traceparent(char **newval, void **extra, GucSource source)
+{
+	const char *p;
+
+	if (strlen(*newval) > 512)
+	{
+		GUC_check_errdetail("A traceparent may be at most 512 bytes long.");
+		return false;
+	}
+	for (p = *newval; *p; p++)
+	{
+		if (*p < 0x20 || *p > 0x7e)
+		{
+			GUC_check_errdetail("A traceparent may contain only printable ASCII characters.");
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * evbus_define_gucs --- define every evbus.* setting and reserve the prefix.
+ *
+ * Called from _PG_init in every process that loads the library.
+ */
+void
+evbus_define_gucs(void)
+{
+	DefineCustomStringVariable("evbus.brokers",
+							   "Kafka bootstrap servers the worker publishes to and consumes from.",
+							   "A comma-separated host:port list, 'embedded' for the in-process test broker, or empty to keep every event in the outbox.",
+							   &evbus_brokers,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("evbus.kafka_config_file",
+							   "librdkafka properties file (TLS, SASL and tuning) read by the worker.",
+							   "One key=value per line. Secrets belong here, never in a setting.",
+							   &evbus_kafka_config_file,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("evbus.topic_prefix",
+							   "Prefix prepended to integration event names to form Kafka topic names.",
+							   NULL,
+							   &evbus_topic_prefix,
+							   "",
+							   PGC_SIGHUP, 0,
+							   check_topic_prefix, NULL, NULL);
+
+	DefineCustomStringVariable("evbus.group_name",
+							   "Default consumer group of subscriptions; empty means the database name.",
+							   NULL,
+							   &evbus_group_name,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.max_retries",
+							"Default number of retries of a failing handler before its event is dead-lettered.",
+							NULL,
+							&evbus_max_retries,
+							10, 0, 1000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.retry_interval",
+							"First delay before a failed handler is retried; doubles per attempt, with jitter.",
+							NULL,
+							&evbus_retry_interval_ms,
+							1000, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.retry_max_interval",
+							"Longest delay between two attempts of a failed handler.",
+							NULL,
+							&evbus_retry_max_interval_ms,
+							300000, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.handler_timeout",
+							"Longest a handler may run before it is cancelled and counted as failed.",
+							NULL,
+							&evbus_handler_timeout_ms,
+							60000, 1, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.max_message_bytes",
+							"Largest integration event payload, in bytes of compact JSON; larger ones are refused when staged.",
+							"Keep it at or below the broker's message.max.bytes.",
+							&evbus_max_message_bytes,
+							1000000, 1024, 100000000,
+							PGC_SIGHUP, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.batch_size",
+							"Most events the worker reads from the outbox in one pass.",
+							NULL,
+							&evbus_batch_size,
+							10000, 1, 1000000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.poll_interval",
+							"How often the worker looks for work when nothing woke it (a backstop: commits wake it at once).",
+							NULL,
+							&evbus_poll_interval_ms,
+							1000, 10, 3600000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.outbox_rotation",
+							"How long staging writes to one outbox table before switching to the other, which is then truncated once empty.",
+							NULL,
+							&evbus_outbox_rotation_s,
+							60, 1, 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.dead_letter_retention",
+							"How long dead letters are kept before the worker deletes them.",
+							NULL,
+							&evbus_dead_letter_retention_s,
+							15 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("evbus.traceparent",
+							   "W3C traceparent sent as a header with the events this session stages.",
+							   NULL,
+							   &evbus_traceparent,
+							   "",
+							   PGC_USERSET, 0,
+							   check_traceparent, NULL, NULL);
+
+	MarkGUCPrefixReserved("evbus");
+}

@@ -1,0 +1,48 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka.h
+ *	  evbus's use of librdkafka: configuration, error classes, producer.
+ *
+ * Only the worker and the launcher include this.  librdkafka's own threads
+ * never call into PostgreSQL: logs, errors and delivery reports are
+ * forwarded to the main queue and served by the worker's loop.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EVBUS_KAFKA_H
+#define EVBUS_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+
+/* kafka_conf.c */
+extern rd_kafka_conf_t *evbus_kafka_conf_new(const char *brokers,
+											 const char *client_id);
+extern void evbus_kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
+								 const char *value);
+
+/* kafka_errors.c */
+extern bool evbus_kafka_error_is_permanent(rd_kafka_resp_err_t err);
+extern void evbus_kafka_log_cb(const rd_kafka_t *rk, int level,
+							   const char *fac, const char *buf);
+
+/* producer.c */
+typedef struct EvbusProducer EvbusProducer;
+typedef void (*EvbusDeliveryCb) (void *opaque, rd_kafka_resp_err_t err,
+								 rd_kafka_msg_status_t status,
+								 int32 partition, int64 offset);
+
+extern EvbusProducer *evbus_producer_create(const char *brokers,
+											EvbusDeliveryCb on_delivery);
+extern void evbus_producer_destroy(EvbusProducer *producer);
+extern int	evbus_producer_wakeup_fd(EvbusProducer *producer);
+extern void evbus_producer_serve(EvbusProducer *producer);
+extern rd_kafka_resp_err_t evbus_producer_send(EvbusProducer *producer,
+											   const char *topic,
+											   const char *key, size_t keylen,
+											   const char *value, size_t valuelen,
+											   rd_kafka_headers_t *headers,
+											   void *opaque);
+extern bool evbus_producer_failed(EvbusProducer *producer);
+extern int	evbus_producer_queue_length(EvbusProducer *producer);
+
+#endif							/* EVBUS_KAFKA_H */

@@ -1,0 +1,183 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka_conf.c
+ *	  Build a librdkafka configuration: evbus's defaults, then the
+ *	  properties of evbus.kafka_config_file, then the bootstrap servers.
+ *
+ * The properties file is where TLS and SASL settings, and their secrets,
+ * live: it is read by the worker only, and neither its values nor
+ * librdkafka's messages about them ever reach a log line.  Properties that
+ * load code or run commands are refused (DESIGN.md section 7).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <ctype.h>
+
+#include "storage/fd.h"
+
+#include "evbus.h"
+#include "kafka.h"
+
+/* Properties that would load a library or run a command in the server. */
+static const char *const refused_properties[] = {
+	"plugin.library.paths",
+	"sasl.kerberos.kinit.cmd",
+	"ssl.engine.location",
+	NULL
+};
+
+/* Does the property name suggest its value is a secret? */
+static bool
+property_is_sensitive(const char *name)
+{
+	return strstr(name, "password") || strstr(name, "secret") ||
+		strstr(name, "key") || strstr(name, "token") ||
+		strstr(name, "jaas") || strstr(name, "credential") ||
+		strstr(name, "oauthbearer") || strstr(name, "sasl.username");
+}
+
+/*
+ * evbus_kafka_conf_set --- set one property, or ERROR naming the property.
+ *
+ * librdkafka's error text quotes the value; for properties that may hold
+ * secrets, it is left out.
+ */
+void
+evbus_kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
+					 const char *value)
+{
+	char		errstr[512];
+
+	if (rd_kafka_conf_set(conf, name, value, errstr, sizeof(errstr)) !=
+		RD_KAFKA_CONF_OK)
+	{
+		if (property_is_sensitive(name))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid value for Kafka property \"%s\"", name)));
+		else
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid Kafka property \"%s\"", name),
+					 errdetail("%s", errstr)));
+	}
+}
+
+static char *
+trim(char *s)
+{
+	char	   *end;
+
+	while (isspace((unsigned char) *s))
+		s++;
+	end = s + strlen(s);
+	while (end > s && isspace((unsigned char) end[-1]))
+		*--end = '\0';
+	return s;
+}
+
+/*
+ * apply_config_file --- apply key=value lines of evbus.kafka_config_file.
+ *
+ * Blank lines and lines starting with '#' or '!' are comments, as in
+ * Java properties files.  The buffer holding a line is zeroed after use so
+ * no secret lingers in the worker's memory.
+ */
+static void
+apply_config_file(rd_kafka_conf_t *conf, const char *path)
+{
+	FILE	   *file;
+	char		line[8192];
+	int			lineno = 0;
+
+	file = AllocateFile(path, "r");
+	if (file == NULL)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open evbus.kafka_config_file \"%s\": %m", path)));
+
+	while (fgets(line, sizeof(line), file) != NULL)
+	{
+		char	   *key;
+		char	   *value;
+		char	   *eq;
+		const char *const *refused;
+
+		lineno++;
+		key = trim(line);
+		if (*key == '\0' || *key == '#' || *key == '!')
+			continue;
+		eq = strchr(key, '=');
+		if (eq == NULL)
+		{
+			explicit_bzero(line, sizeof(line));
+			FreeFile(file);
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIG_FILE_ERROR),
+					 errmsg("syntax error in evbus.kafka_config_file \"%s\", line %d", path, lineno),
+					 errdetail("Each line must have the form property=value.")));
+		}
+		*eq = '\0';
+		key = trim(key);
+		value = trim(eq + 1);
+		for (refused = refused_properties; *refused; refused++)
+		{
+			if (strcmp(key, *refused) == 0)
+			{
+				explicit_bzero(line, sizeof(line));
+				FreeFile(file);
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("Kafka property \"%s\" is not allowed in evbus.kafka_config_file", *refused),
+						 errdetail("It would load code or run a command inside the database server (line %d of \"%s\").",
+								   lineno, path)));
+			}
+		}
+		PG_TRY();
+		{
+			evbus_kafka_conf_set(conf, key, value);
+		}
+		PG_FINALLY();
+		{
+			explicit_bzero(line, sizeof(line));
+		}
+		PG_END_TRY();
+	}
+	FreeFile(file);
+}
+
+/*
+ * evbus_kafka_conf_new --- a configuration for one client of evbus.
+ *
+ * brokers is a bootstrap list; client_id names the client in broker logs.
+ * Logs and errors are routed to the main queue so that callbacks run in
+ * the worker's thread only.
+ */
+rd_kafka_conf_t *
+evbus_kafka_conf_new(const char *brokers, const char *client_id)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+
+	PG_TRY();
+	{
+		evbus_kafka_conf_set(conf, "client.id", client_id);
+		evbus_kafka_conf_set(conf, "log.queue", "true");
+		evbus_kafka_conf_set(conf, "log.connection.close", "false");
+
+		if (evbus_kafka_config_file && evbus_kafka_config_file[0] != '\0')
+			apply_config_file(conf, evbus_kafka_config_file);
+
+		evbus_kafka_conf_set(conf, "bootstrap.servers", brokers);
+	}
+	PG_CATCH();
+	{
+		rd_kafka_conf_destroy(conf);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	rd_kafka_conf_set_log_cb(conf, evbus_kafka_log_cb);
+	return conf;
+}

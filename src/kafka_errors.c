@@ -1,0 +1,60 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka_errors.c
+ *	  The one place where librdkafka errors are classified, and where
+ *	  librdkafka's log lines enter the server log.
+ *
+ * A permanent error means retrying cannot help (the message is too large,
+ * the topic name is illegal, we are not authorized): the event is
+ * dead-lettered at once.  Everything else — brokers down, timeouts, leader
+ * changes, purges when the producer is rebuilt — is transient: the event
+ * stays in the outbox and is produced again, without consuming retries.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "evbus.h"
+#include "kafka.h"
+
+bool
+evbus_kafka_error_is_permanent(rd_kafka_resp_err_t err)
+{
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_INVALID_MSG_SIZE:
+		case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+		case RD_KAFKA_RESP_ERR__INVALID_ARG:
+		case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/*
+ * evbus_kafka_log_cb --- librdkafka log line into the server log.
+ *
+ * Logs are forwarded to the main queue (log.queue=true), so this runs in
+ * the worker's own thread from rd_kafka_poll(), where ereport is safe.
+ * librdkafka redacts sensitive properties in its own log lines.
+ */
+void
+evbus_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
+				   const char *buf)
+{
+	int			elevel;
+
+	if (level <= 3)				/* LOG_ERR and worse */
+		elevel = WARNING;
+	else if (level <= 5)		/* LOG_WARNING, LOG_NOTICE */
+		elevel = LOG;
+	else
+		elevel = DEBUG1;
+	ereport(elevel,
+			(errmsg_internal("evbus: kafka %s: %s", fac, buf)));
+}

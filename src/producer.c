@@ -1,0 +1,235 @@
+/*-------------------------------------------------------------------------
+ *
+ * producer.c
+ *	  The worker's librdkafka producer handle.
+ *
+ * An idempotent producer (acks=all, no duplicates or reordering from
+ * librdkafka's own retries) with no message timeout: while a broker is
+ * unreachable, librdkafka keeps retrying, in order, without limit, and
+ * evbus never counts that against an event.  Delivery reports, errors and
+ * log lines are forwarded to the main queue; a callback writes a byte to
+ * a pipe when that queue becomes non-empty, and the pipe is part of the
+ * worker's WaitEventSet, so the worker sleeps until there is something to
+ * do and serves every callback in its own thread (evbus_producer_serve).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "miscadmin.h"
+#include "utils/memutils.h"
+
+#include "evbus.h"
+#include "kafka.h"
+
+struct EvbusProducer
+{
+	rd_kafka_t *rk;
+	rd_kafka_queue_t *main_queue;
+	int			pipe_fds[2];	/* [0] in the WaitEventSet, [1] librdkafka's */
+	EvbusDeliveryCb on_delivery;
+	bool		fatal;			/* the handle must be rebuilt */
+};
+
+/*
+ * Wake-up: librdkafka calls this from one of its own threads when the main
+ * queue becomes non-empty.  It only writes a byte to the worker's pipe (no
+ * PostgreSQL code runs here).  librdkafka 2.0.2's own fd wake-up
+ * (rd_kafka_queue_io_event_enable) fires once and then stays silent when
+ * the queue is served with rd_kafka_poll, so it is not used.
+ */
+static void
+queue_nonempty_cb(rd_kafka_t *rk, void *opaque)
+{
+	EvbusProducer *producer = (EvbusProducer *) opaque;
+	char		byte = 1;
+
+	if (write(producer->pipe_fds[1], &byte, 1) < 0)
+	{
+		/* pipe full: the worker is awake already */
+	}
+}
+
+/* Delivery report: runs from rd_kafka_poll() in the worker's thread. */
+static void
+dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
+{
+	EvbusProducer *producer = (EvbusProducer *) opaque;
+
+	producer->on_delivery(msg->_private, msg->err,
+						  rd_kafka_message_status(msg),
+						  msg->partition, msg->offset);
+}
+
+/* Error callback: also served from rd_kafka_poll(). */
+static void
+error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	EvbusProducer *producer = (EvbusProducer *) opaque;
+
+	if (err == RD_KAFKA_RESP_ERR__FATAL)
+	{
+		char		fatal_reason[512];
+		rd_kafka_resp_err_t fatal_err;
+
+		fatal_err = rd_kafka_fatal_error(rk, fatal_reason, sizeof(fatal_reason));
+		producer->fatal = true;
+		ereport(WARNING,
+				(errmsg("evbus: fatal Kafka producer error: %s: %s",
+						rd_kafka_err2name(fatal_err), fatal_reason),
+				 errdetail("The producer is rebuilt; unacknowledged events are produced again.")));
+	}
+	else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
+			 err == RD_KAFKA_RESP_ERR__TRANSPORT)
+		ereport(LOG,
+				(errmsg("evbus: Kafka: %s", reason)));
+	else
+		ereport(LOG,
+				(errmsg("evbus: Kafka error %s: %s",
+						rd_kafka_err2name((rd_kafka_resp_err_t) err), reason)));
+}
+
+/*
+ * evbus_producer_create --- a producer connected to brokers.
+ *
+ * on_delivery is called once per produced message, from
+ * evbus_producer_serve, with the opaque given to evbus_producer_send.
+ */
+EvbusProducer *
+evbus_producer_create(const char *brokers, EvbusDeliveryCb on_delivery)
+{
+	EvbusProducer *producer;
+	rd_kafka_conf_t *conf;
+	char		errstr[512];
+	char		client_id[NAMEDATALEN + 32];
+
+	producer = MemoryContextAllocZero(TopMemoryContext, sizeof(EvbusProducer));
+	producer->on_delivery = on_delivery;
+	producer->pipe_fds[0] = producer->pipe_fds[1] = -1;
+
+	snprintf(client_id, sizeof(client_id), "evbus-%u", MyDatabaseId);
+	conf = evbus_kafka_conf_new(brokers, client_id);
+	PG_TRY();
+	{
+		/* evbus's defaults; the properties file may not weaken these */
+		evbus_kafka_conf_set(conf, "enable.idempotence", "true");
+		evbus_kafka_conf_set(conf, "acks", "all");
+		evbus_kafka_conf_set(conf, "message.timeout.ms", "0");
+		evbus_kafka_conf_set(conf, "linger.ms", "1");
+		evbus_kafka_conf_set(conf, "queue.buffering.max.kbytes", "262144");
+		evbus_kafka_conf_set(conf, "queue.buffering.max.messages", "500000");
+		evbus_kafka_conf_set(conf, "socket.nagle.disable", "true");
+		evbus_kafka_conf_set(conf, "partitioner", "murmur2_random");
+	}
+	PG_CATCH();
+	{
+		rd_kafka_conf_destroy(conf);
+		pfree(producer);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	rd_kafka_conf_set_opaque(conf, producer);
+	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
+	rd_kafka_conf_set_error_cb(conf, error_cb);
+
+	producer->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+	if (producer->rk == NULL)
+	{
+		pfree(producer);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not create the Kafka producer: %s", errstr)));
+	}
+	rd_kafka_set_log_queue(producer->rk, NULL);
+
+	if (pipe(producer->pipe_fds) != 0 ||
+		fcntl(producer->pipe_fds[0], F_SETFL, O_NONBLOCK) != 0 ||
+		fcntl(producer->pipe_fds[1], F_SETFL, O_NONBLOCK) != 0)
+	{
+		rd_kafka_destroy(producer->rk);
+		pfree(producer);
+		ereport(ERROR,
+				(errcode_for_socket_access(),
+				 errmsg("could not create a pipe: %m")));
+	}
+	producer->main_queue = rd_kafka_queue_get_main(producer->rk);
+	rd_kafka_queue_cb_event_enable(producer->main_queue, queue_nonempty_cb,
+								   producer);
+	return producer;
+}
+
+/*
+ * evbus_producer_destroy --- drop the handle without waiting for the
+ * brokers: unacknowledged messages are purged (their events are still in
+ * the outbox and will be produced again by the next producer).
+ */
+void
+evbus_producer_destroy(EvbusProducer *producer)
+{
+	if (producer == NULL)
+		return;
+	rd_kafka_queue_cb_event_enable(producer->main_queue, NULL, NULL);
+	rd_kafka_purge(producer->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
+				   RD_KAFKA_PURGE_F_NON_BLOCKING);
+	/* serve the purge reports so that the caller can forget its messages */
+	rd_kafka_poll(producer->rk, 0);
+	rd_kafka_queue_destroy(producer->main_queue);
+	rd_kafka_destroy(producer->rk);
+	close(producer->pipe_fds[0]);
+	close(producer->pipe_fds[1]);
+	pfree(producer);
+}
+
+int
+evbus_producer_wakeup_fd(EvbusProducer *producer)
+{
+	return producer->pipe_fds[0];
+}
+
+/* Drain the wake-up pipe, then serve every pending callback. */
+void
+evbus_producer_serve(EvbusProducer *producer)
+{
+	char		buf[256];
+
+	while (read(producer->pipe_fds[0], buf, sizeof(buf)) > 0)
+		;
+	rd_kafka_poll(producer->rk, 0);
+}
+
+/*
+ * evbus_producer_send --- enqueue one message; the result of the delivery
+ * comes later through on_delivery, unless this returns an error, in which
+ * case nothing was enqueued and headers are still the caller's.
+ */
+rd_kafka_resp_err_t
+evbus_producer_send(EvbusProducer *producer, const char *topic,
+					const char *key, size_t keylen,
+					const char *value, size_t valuelen,
+					rd_kafka_headers_t *headers, void *opaque)
+{
+	return rd_kafka_producev(producer->rk,
+							 RD_KAFKA_V_TOPIC(topic),
+							 RD_KAFKA_V_KEY(key, keylen),
+							 RD_KAFKA_V_VALUE((void *) value, valuelen),
+							 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+							 RD_KAFKA_V_HEADERS(headers),
+							 RD_KAFKA_V_OPAQUE(opaque),
+							 RD_KAFKA_V_END);
+}
+
+bool
+evbus_producer_failed(EvbusProducer *producer)
+{
+	return producer->fatal;
+}
+
+int
+evbus_producer_queue_length(EvbusProducer *producer)
+{
+	return rd_kafka_outq_len(producer->rk);
+}

@@ -1,0 +1,630 @@
+/*-------------------------------------------------------------------------
+ *
+ * publisher.c
+ *	  Publishing: outbox -> Kafka, one step of the worker's loop at a time.
+ *
+ * A step serves librdkafka's delivery reports, records them (outbox.c
+ * "finish"), then claims more events and produces them.  The flow of one
+ * event:
+ *
+ *	staged (row in the outbox)
+ *	  -> claimed and produced: in flight, remembered in `inflight`
+ *	  -> delivery report PERSISTED: row deleted, counted as published
+ *	  -> delivery report with a permanent error: moved to dead letters
+ *	  -> any other report (purged, fatal producer error): the row stays;
+ *	     its key is blocked until this event is produced again and
+ *	     PERSISTED, so later events of the key never overtake it.
+ *
+ * Which rows to claim.  Rows are read in id order from a cursor just past
+ * the highest id seen.  Commit order is not id order: a row below the
+ * cursor may commit later.  So every id skipped over by the cursor (a
+ * "hole": a rolled back or still running transaction, or an event not
+ * due yet) is remembered for a while and looked up again, and when the
+ * cursor has reached the end, a sweep from the lowest id finds whatever
+ * is left.  No event is ever given up on: the outbox row, not librdkafka's
+ * memory, is the truth, and it goes only on PERSISTED.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "evbus.h"
+#include "kafka.h"
+#include "outbox.h"
+#include "publisher.h"
+
+/* How long a hole is looked up by id before only sweeps look for it. */
+#define HOLE_TIMEOUT_MS 10000
+#define MAX_REVISITS 100000
+#define MAX_HOLE_RUN 1000
+
+/* A produced event waiting for its delivery report. */
+typedef struct InflightMsg
+{
+	int64		id;				/* hash key */
+	uint64		keyhash;
+	char	   *integration_event;
+} InflightMsg;
+
+/* Per-key state: how many in flight, and whether the key is blocked. */
+typedef struct KeyState
+{
+	uint64		keyhash;		/* hash key */
+	int			inflight;
+	int			failed;			/* events of this key awaiting re-produce */
+	int64		blocking_id;	/* lowest failed id; 0 if not blocked */
+} KeyState;
+
+/* An id to look up again: a hole, or a known row held back. */
+typedef struct Revisit
+{
+	int64		id;				/* hash key */
+	TimestampTz since;
+	bool		failed;			/* a failed delivery: never expires */
+	uint64		keyhash;
+} Revisit;
+
+static EvbusProducer *producer = NULL;
+static char current_brokers[1024] = "";
+static char source_name[NAMEDATALEN];
+
+static MemoryContext publisher_cxt = NULL;	/* lives as long as the worker */
+static MemoryContext batch_cxt = NULL;	/* one claim */
+static HTAB *inflight = NULL;
+static HTAB *keys = NULL;
+static HTAB *revisits = NULL;
+static int	ninflight = 0;
+
+static int64 max_seen = 0;		/* highest id ever claimed */
+static int64 sweep_from = -1;	/* next id of the running sweep, -1: none */
+static TimestampTz last_sweep = 0;
+static TimestampTz last_maintain = 0;
+
+/* Results of delivery reports, recorded by the next finish. */
+static int64 *done_ids = NULL;
+static char **done_events = NULL;
+static int	ndone = 0;
+static int	done_cap = 0;
+static DeadEvent *dead = NULL;
+static int	ndead = 0;
+static int	dead_cap = 0;
+
+static int
+max_inflight(void)
+{
+	return Max(evbus_batch_size * 4, 1000);
+}
+
+static uint64
+key_hash(const OutboxRow *row)
+{
+	if (row->key == NULL)
+		return hash_bytes_extended((const unsigned char *) &row->message_id,
+								   sizeof(pg_uuid_t), 1);
+	return hash_bytes_extended((const unsigned char *) row->key,
+							   strlen(row->key), 0);
+}
+
+static KeyState *
+key_state(uint64 keyhash, bool create)
+{
+	bool		found;
+	KeyState   *ks = hash_search(keys, &keyhash, create ? HASH_ENTER : HASH_FIND,
+								 &found);
+
+	if (create && !found)
+	{
+		ks->inflight = 0;
+		ks->failed = 0;
+		ks->blocking_id = 0;
+	}
+	return ks;
+}
+
+static void
+key_state_release(KeyState *ks)
+{
+	if (ks->inflight == 0 && ks->failed == 0)
+		hash_search(keys, &ks->keyhash, HASH_REMOVE, NULL);
+}
+
+static void
+add_revisit(int64 id, bool failed, uint64 keyhash)
+{
+	bool		found;
+	Revisit    *rv;
+
+	if (!failed && hash_get_num_entries(revisits) >= MAX_REVISITS)
+		return;					/* the sweep will find it */
+	rv = hash_search(revisits, &id, HASH_ENTER, &found);
+	if (!found)
+	{
+		rv->since = GetCurrentTimestamp();
+		rv->failed = failed;
+		rv->keyhash = keyhash;
+	}
+	else if (failed)
+	{
+		rv->failed = true;
+		rv->keyhash = keyhash;
+	}
+}
+
+/* The lowest failed id of a key still to be produced again, or 0. */
+static int64
+next_failed_id(uint64 keyhash)
+{
+	HASH_SEQ_STATUS status;
+	Revisit    *rv;
+	int64		lowest = 0;
+
+	hash_seq_init(&status, revisits);
+	while ((rv = hash_seq_search(&status)) != NULL)
+	{
+		if (rv->failed && rv->keyhash == keyhash &&
+			(lowest == 0 || rv->id < lowest))
+			lowest = rv->id;
+	}
+	return lowest;
+}
+
+static void
+record_done(InflightMsg *msg)
+{
+	if (ndone == done_cap)
+	{
+		done_cap = Max(done_cap * 2, 1024);
+		done_ids = repalloc(done_ids, sizeof(int64) * done_cap);
+		done_events = repalloc(done_events, sizeof(char *) * done_cap);
+	}
+	done_ids[ndone] = msg->id;
+	done_events[ndone] = msg->integration_event;
+	ndone++;
+}
+
+static void
+record_dead(int64 id, rd_kafka_resp_err_t err)
+{
+	MemoryContext old = MemoryContextSwitchTo(publisher_cxt);
+
+	if (ndead == dead_cap)
+	{
+		dead_cap = Max(dead_cap * 2, 16);
+		dead = repalloc(dead, sizeof(DeadEvent) * dead_cap);
+	}
+	dead[ndead].id = id;
+	dead[ndead].error_code = rd_kafka_err2name(err);
+	dead[ndead].error_message = pstrdup(rd_kafka_err2str(err));
+	ndead++;
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * on_delivery --- a delivery report, from evbus_producer_serve.
+ */
+static void
+on_delivery(void *opaque, rd_kafka_resp_err_t err, rd_kafka_msg_status_t status,
+			int32 partition, int64 offset)
+{
+	InflightMsg *msg = (InflightMsg *) opaque;
+	KeyState   *ks = key_state(msg->keyhash, true);
+
+	hash_search(inflight, &msg->id, HASH_REMOVE, NULL);
+	ninflight--;
+	ks->inflight--;
+
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && status == RD_KAFKA_MSG_STATUS_PERSISTED)
+	{
+		record_done(msg);
+		if (ks->blocking_id == msg->id)
+		{
+			ks->failed--;
+			ks->blocking_id = ks->failed > 0 ? next_failed_id(msg->keyhash) : 0;
+		}
+	}
+	else if (err != RD_KAFKA_RESP_ERR_NO_ERROR && evbus_kafka_error_is_permanent(err))
+	{
+		ereport(WARNING,
+				(errmsg("evbus: event %lld of \"%s\" cannot be published: %s",
+						(long long) msg->id, msg->integration_event,
+						rd_kafka_err2str(err)),
+				 errdetail("The event is moved to evbus.dead_letters.")));
+		record_dead(msg->id, err);
+		if (ks->blocking_id == msg->id)
+		{
+			ks->failed--;
+			ks->blocking_id = ks->failed > 0 ? next_failed_id(msg->keyhash) : 0;
+		}
+	}
+	else
+	{
+		/* not confirmed: produce it again, and hold its key back till then */
+		if (ks->blocking_id != msg->id)
+			ks->failed++;
+		if (ks->blocking_id == 0 || msg->id < ks->blocking_id)
+			ks->blocking_id = msg->id;
+		add_revisit(msg->id, true, msg->keyhash);
+		elog(DEBUG1, "evbus: delivery of event %lld not confirmed (%s), will produce it again",
+			 (long long) msg->id, rd_kafka_err2name(err));
+	}
+	key_state_release(ks);
+	/* integration_event stays referenced by done_events until finish */
+	if (!(err == RD_KAFKA_RESP_ERR_NO_ERROR && status == RD_KAFKA_MSG_STATUS_PERSISTED))
+		pfree(msg->integration_event);
+	pfree(msg);
+}
+
+/* Wire headers of DESIGN.md section 3, then the user's. */
+static rd_kafka_headers_t *
+build_headers(const OutboxRow *row, const char *message_id)
+{
+	rd_kafka_headers_t *h = rd_kafka_headers_new(6 + row->nheaders);
+	const char *sent = timestamptz_to_str(GetCurrentTimestamp());
+	int			i;
+
+	rd_kafka_header_add(h, "cap-msg-id", -1, message_id, -1);
+	rd_kafka_header_add(h, "cap-msg-name", -1, row->integration_event, -1);
+	rd_kafka_header_add(h, "cap-senttime", -1, sent, -1);
+	rd_kafka_header_add(h, "evbus-source", -1, source_name, -1);
+	if (row->domain_event)
+		rd_kafka_header_add(h, "evbus-domain-event", -1, row->domain_event, -1);
+	if (row->traceparent)
+		rd_kafka_header_add(h, "traceparent", -1, row->traceparent, -1);
+	for (i = 0; i < row->nheaders; i++)
+		rd_kafka_header_add(h, row->header_names[i], -1, row->header_values[i], -1);
+	return h;
+}
+
+typedef enum ProduceResult
+{
+	PRODUCED,
+	HELD_BACK,					/* key blocked, or back-pressure: revisit */
+	QUEUE_FULL
+} ProduceResult;
+
+/*
+ * produce_row --- produce one claimed row, unless it is in flight already
+ * or its key is held back by an unconfirmed earlier event.
+ */
+static ProduceResult
+produce_row(const OutboxRow *row)
+{
+	bool		found;
+	uint64		keyhash = key_hash(row);
+	KeyState   *ks;
+	InflightMsg *msg;
+	char	   *message_id;
+	char		topic[EVBUS_MAX_TOPIC_LEN * 2 + 1];
+	rd_kafka_headers_t *headers;
+	rd_kafka_resp_err_t err;
+
+	hash_search(inflight, &row->id, HASH_FIND, &found);
+	if (found)
+		return PRODUCED;		/* already on its way */
+
+	ks = key_state(keyhash, false);
+	if (ks && ks->blocking_id != 0 &&
+		(ks->blocking_id != row->id || ks->inflight > 0))
+	{
+		add_revisit(row->id, false, keyhash);
+		return HELD_BACK;
+	}
+
+	message_id = evbus_uuid_to_cstring(&row->message_id);
+	snprintf(topic, sizeof(topic), "%s%s", evbus_topic_prefix, row->integration_event);
+	headers = build_headers(row, message_id);
+
+	msg = MemoryContextAlloc(publisher_cxt, sizeof(InflightMsg));
+	msg->id = row->id;
+	msg->keyhash = keyhash;
+	msg->integration_event = MemoryContextStrdup(publisher_cxt, row->integration_event);
+
+	err = evbus_producer_send(producer, topic,
+							  row->key ? row->key : message_id,
+							  strlen(row->key ? row->key : message_id),
+							  row->payload, row->payload_len,
+							  headers, msg);
+	pfree(message_id);
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		rd_kafka_headers_destroy(headers);
+		pfree(msg->integration_event);
+		pfree(msg);
+		if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+		{
+			add_revisit(row->id, false, keyhash);
+			return QUEUE_FULL;
+		}
+		if (evbus_kafka_error_is_permanent(err))
+		{
+			ereport(WARNING,
+					(errmsg("evbus: event %lld of \"%s\" cannot be published: %s",
+							(long long) row->id, row->integration_event,
+							rd_kafka_err2str(err)),
+					 errdetail("The event is moved to evbus.dead_letters.")));
+			record_dead(row->id, err);
+			hash_search(revisits, &row->id, HASH_REMOVE, NULL);
+			return PRODUCED;
+		}
+		add_revisit(row->id, true, keyhash);
+		return HELD_BACK;
+	}
+
+	hash_search(inflight, &row->id, HASH_ENTER, NULL);
+	ninflight++;
+	ks = key_state(keyhash, true);
+	ks->inflight++;
+	hash_search(revisits, &row->id, HASH_REMOVE, NULL);
+	return PRODUCED;
+}
+
+/* Produce claimed rows in order; false on back-pressure. */
+static bool
+produce_rows(OutboxRow *rows, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		if (produce_row(&rows[i]) == QUEUE_FULL)
+		{
+			for (i++; i < n; i++)
+				add_revisit(rows[i].id, false, key_hash(&rows[i]));
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Look up remembered ids again; holes expire after HOLE_TIMEOUT_MS. */
+static void
+claim_revisits(void)
+{
+	HASH_SEQ_STATUS status;
+	Revisit    *rv;
+	int64	   *ids;
+	int			nids = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	OutboxRow  *rows;
+	int			n;
+	int			i;
+
+	if (hash_get_num_entries(revisits) == 0)
+		return;
+	ids = MemoryContextAlloc(batch_cxt, sizeof(int64) * hash_get_num_entries(revisits));
+	hash_seq_init(&status, revisits);
+	while ((rv = hash_seq_search(&status)) != NULL)
+	{
+		if (!rv->failed &&
+			TimestampDifferenceExceeds(rv->since, now, HOLE_TIMEOUT_MS))
+			hash_search(revisits, &rv->id, HASH_REMOVE, NULL);
+		else
+			ids[nids++] = rv->id;
+	}
+	if (nids == 0)
+		return;
+
+	if (!evbus_outbox_begin())
+		proc_exit(0);
+	n = evbus_outbox_claim_ids(ids, nids, &rows, batch_cxt);
+	evbus_outbox_commit();
+
+	/* ids that are not (or no longer) due rows stay until they expire */
+	for (i = 0; i < n; i++)
+		hash_search(revisits, &rows[i].id, HASH_REMOVE, NULL);
+	produce_rows(rows, n);
+}
+
+/*
+ * claim_forward --- the next rows past max_seen; returns true if the
+ * batch was full (more rows are waiting).
+ */
+static bool
+claim_forward(int limit)
+{
+	OutboxRow  *rows;
+	int			n;
+	int			i;
+	int64		expected = max_seen + 1;
+
+	if (!evbus_outbox_begin())
+		proc_exit(0);
+	n = evbus_outbox_claim_range(max_seen + 1, limit, &rows, batch_cxt);
+	evbus_outbox_commit();
+
+	for (i = 0; i < n; i++)
+	{
+		int64		hole;
+
+		/*
+		 * Ids skipped over may still commit: remember them for a while.  A
+		 * huge gap (a big rolled back transaction) is left to the sweep, as
+		 * is everything below the first id this worker sees.
+		 */
+		if (max_seen > 0 && rows[i].id - expected <= MAX_HOLE_RUN)
+			for (hole = expected; hole < rows[i].id; hole++)
+				add_revisit(hole, false, 0);
+		expected = rows[i].id + 1;
+		max_seen = rows[i].id;
+	}
+	produce_rows(rows, n);
+	return n == limit;
+}
+
+/* One page of the sweep that finds whatever the cursor left behind. */
+static void
+claim_sweep(int limit)
+{
+	OutboxRow  *rows;
+	int			n;
+
+	if (!evbus_outbox_begin())
+		proc_exit(0);
+	n = evbus_outbox_claim_range(sweep_from, limit, &rows, batch_cxt);
+	evbus_outbox_commit();
+
+	if (n > 0)
+		max_seen = Max(max_seen, rows[n - 1].id);
+	if (n < limit || !produce_rows(rows, n))
+		sweep_from = -1;		/* done (or resumed by the next sweep) */
+	else
+		sweep_from = rows[n - 1].id + 1;
+}
+
+/* Record delivery results in the database. */
+static void
+finish_deliveries(void)
+{
+	int			i;
+
+	if (ndone == 0 && ndead == 0)
+		return;
+	pgstat_report_activity(STATE_RUNNING, "recording deliveries");
+	evbus_outbox_finish(done_ids, done_events, ndone, dead, ndead);
+	for (i = 0; i < ndone; i++)
+		pfree(done_events[i]);
+	for (i = 0; i < ndead; i++)
+		pfree(dead[i].error_message);
+	ndone = 0;
+	ndead = 0;
+}
+
+/* (Re)create the producer when the brokers changed, or after a fatal error. */
+static void
+sync_producer(void)
+{
+	char		buf[1024];
+	const char *brokers = evbus_resolve_brokers(buf, sizeof(buf));
+
+	if (producer != NULL &&
+		(evbus_producer_failed(producer) || brokers == NULL ||
+		 strcmp(brokers, current_brokers) != 0))
+	{
+		ereport(LOG,
+				(errmsg("evbus: closing the Kafka producer for %s", current_brokers)));
+		evbus_producer_destroy(producer);	/* reports purges: keys blocked */
+		producer = NULL;
+		current_brokers[0] = '\0';
+		finish_deliveries();
+	}
+	if (producer == NULL && brokers != NULL)
+	{
+		producer = evbus_producer_create(brokers, on_delivery);
+		strlcpy(current_brokers, brokers, sizeof(current_brokers));
+		ereport(LOG,
+				(errmsg("evbus: publishing to %s", brokers)));
+	}
+}
+
+/*
+ * evbus_publisher_init --- set up state for this worker's database.
+ */
+void
+evbus_publisher_init(const char *database_name)
+{
+	HASHCTL		ctl;
+
+	strlcpy(source_name, database_name, sizeof(source_name));
+	publisher_cxt = AllocSetContextCreate(TopMemoryContext, "evbus publisher",
+										  ALLOCSET_DEFAULT_SIZES);
+	batch_cxt = AllocSetContextCreate(publisher_cxt, "evbus publisher batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	done_ids = MemoryContextAlloc(publisher_cxt, sizeof(int64) * 1024);
+	done_events = MemoryContextAlloc(publisher_cxt, sizeof(char *) * 1024);
+	done_cap = 1024;
+	dead = MemoryContextAlloc(publisher_cxt, sizeof(DeadEvent) * 16);
+	dead_cap = 16;
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(int64);
+	ctl.hcxt = publisher_cxt;
+	inflight = hash_create("evbus in flight", 4096, &ctl,
+						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(KeyState);
+	keys = hash_create("evbus keys", 1024, &ctl,
+					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.keysize = sizeof(int64);
+	ctl.entrysize = sizeof(Revisit);
+	revisits = hash_create("evbus revisits", 1024, &ctl,
+						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+/*
+ * evbus_publisher_step --- one pass: deliveries, claims, maintenance.
+ *
+ * Returns true when more work is waiting right now (do not sleep).
+ */
+bool
+evbus_publisher_step(void)
+{
+	bool		more = false;
+	TimestampTz now;
+
+	sync_producer();
+	if (producer != NULL)
+		evbus_producer_serve(producer);
+	finish_deliveries();
+
+	now = GetCurrentTimestamp();
+	if (producer != NULL && ninflight < max_inflight())
+	{
+		int			limit = Min(evbus_batch_size, max_inflight() - ninflight);
+
+		pgstat_report_activity(STATE_RUNNING, "publishing");
+		MemoryContextReset(batch_cxt);
+		claim_revisits();
+		more = claim_forward(limit);
+		if (!more && sweep_from < 0 &&
+			TimestampDifferenceExceeds(last_sweep, now, evbus_poll_interval_ms))
+		{
+			sweep_from = 0;
+			last_sweep = now;
+		}
+		if (sweep_from >= 0 && ninflight < max_inflight())
+		{
+			claim_sweep(Min(evbus_batch_size, max_inflight() - ninflight));
+			more = more || sweep_from >= 0;
+		}
+		MemoryContextReset(batch_cxt);
+		evbus_producer_serve(producer);
+		finish_deliveries();
+	}
+
+	if (TimestampDifferenceExceeds(last_maintain, now, 1000))
+	{
+		pgstat_report_activity(STATE_RUNNING, "maintaining the outbox");
+		evbus_outbox_maintain();
+		last_maintain = now;
+	}
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return more && ninflight < max_inflight();
+}
+
+/* The producer's wake-up descriptor, or -1 when not publishing. */
+int
+evbus_publisher_wakeup_fd(void)
+{
+	return producer ? evbus_producer_wakeup_fd(producer) : -1;
+}
+
+/* Drop the producer at exit: unacknowledged events stay in the outbox. */
+void
+evbus_publisher_shutdown(void)
+{
+	if (producer != NULL)
+	{
+		evbus_producer_destroy(producer);
+		producer = NULL;
+	}
+}

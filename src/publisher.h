@@ -1,0 +1,16 @@
+/*-------------------------------------------------------------------------
+ *
+ * publisher.h
+ *	  Publishing outbox events to Kafka (publisher.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EVBUS_PUBLISHER_H
+#define EVBUS_PUBLISHER_H
+
+extern void evbus_publisher_init(const char *database_name);
+extern bool evbus_publisher_step(void);
+extern int	evbus_publisher_wakeup_fd(void);
+extern void evbus_publisher_shutdown(void);
+
+#endif							/* EVBUS_PUBLISHER_H */

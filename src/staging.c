@@ -1,0 +1,469 @@
+/*-------------------------------------------------------------------------
+ *
+ * staging.c
+ *	  evbus.raise and evbus.publish: stage integration events in the
+ *	  outbox, in the caller's transaction.
+ *
+ * This is the hot path of every producing transaction.  An event is one
+ * INSERT through a plan prepared once per backend, into the outbox table
+ * that is current now (evbus.outbox_rotation).  The insert runs as the
+ * extension owner, so applications need no grant on evbus's tables; the
+ * converters run as the caller.  At COMMIT a transaction callback,
+ * registered once per backend, sets the worker's latch: publishing starts
+ * within milliseconds.  Nothing is staged that was not committed together
+ * with its cause: an error anywhere aborts the caller's transaction.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+#include "evbus.h"
+
+/* Did this transaction stage an event?  Then wake the worker at commit. */
+static bool staged_in_xact = false;
+
+/* Insert plans, one per outbox table, prepared once per backend. */
+static SPIPlanPtr insert_plans[2] = {NULL, NULL};
+
+static void
+staging_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (staged_in_xact)
+				evbus_wake_worker(MyDatabaseId);
+			staged_in_xact = false;
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* COMMIT PREPARED is caught by the worker's periodic poll */
+			staged_in_xact = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/* Register the commit callback once per process (from _PG_init). */
+void		evbus_staging_init(void);
+void
+evbus_staging_init(void)
+{
+	RegisterXactCallback(staging_xact_callback, NULL);
+}
+
+/*
+ * evbus_check_writable --- refuse to stage where nothing can be written.
+ */
+void
+evbus_check_writable(const char *what)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot %s during recovery", what),
+				 errhint("Stage events on the primary server.")));
+	if (XactReadOnly)
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot %s in a read-only transaction", what),
+				 errhint("Events are staged in the outbox with the transaction's writes; use a read-write transaction.")));
+}
+
+/* The outbox table staging writes to now: alternates every rotation. */
+static int
+current_outbox_slot(void)
+{
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+
+	return (int) ((now / USECS_PER_SEC / evbus_outbox_rotation_s) % 2);
+}
+
+static SPIPlanPtr
+insert_plan(int slot)
+{
+	static const Oid argtypes[9] = {UUIDOID, TEXTOID, TEXTOID, JSONBOID,
+	JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+
+	if (insert_plans[slot] == NULL)
+	{
+		char		sql[512];
+		SPIPlanPtr	plan;
+
+		snprintf(sql, sizeof(sql),
+				 "INSERT INTO evbus.outbox_%d"
+				 " (id, message_id, integration_event, event_key, payload,"
+				 " headers, domain_event, traceparent, staged_at, deliver_at)"
+				 " VALUES (pg_catalog.nextval('evbus.outbox_id_seq'::pg_catalog.regclass),"
+				 " $1, $2, $3, $4, $5, $6, $7, $8, $9)", slot);
+		plan = SPI_prepare(sql, 9, (Oid *) argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		insert_plans[slot] = plan;
+	}
+	return insert_plans[slot];
+}
+
+/*
+ * check_headers --- user headers are an object of strings, and may not
+ * impersonate the headers evbus writes itself.
+ */
+static void
+check_headers(Jsonb *headers)
+{
+	JsonbIterator *it;
+	JsonbIteratorToken tok;
+	JsonbValue	v;
+	int			depth = 0;
+
+	if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers must be a JSON object of strings")));
+
+	it = JsonbIteratorInit(&headers->root);
+	while ((tok = JsonbIteratorNext(&it, &v, false)) != WJB_DONE)
+	{
+		if (tok == WJB_BEGIN_OBJECT || tok == WJB_BEGIN_ARRAY)
+		{
+			if (++depth > 1)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("headers must be a JSON object of strings"),
+						 errdetail("A header value is an object or an array.")));
+		}
+		else if (tok == WJB_END_OBJECT || tok == WJB_END_ARRAY)
+			depth--;
+		else if (tok == WJB_KEY)
+		{
+			char	   *name = pnstrdup(v.val.string.val, v.val.string.len);
+
+			if (pg_strncasecmp(name, "cap-", 4) == 0 ||
+				pg_strncasecmp(name, "evbus-", 6) == 0 ||
+				pg_strcasecmp(name, "traceparent") == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("header \"%s\" is reserved", name),
+						 errdetail("evbus writes the cap-*, evbus-* and traceparent headers itself."),
+						 errhint("Use another header name; set evbus.traceparent to send a trace context.")));
+			if (v.val.string.len == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("header names must not be empty")));
+		}
+		else if (tok == WJB_VALUE && v.type != jbvString)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("headers must be a JSON object of strings"),
+					 errdetail("A header value is not a string.")));
+	}
+}
+
+/*
+ * evbus_stage --- insert one integration event into the outbox.
+ *
+ * The payload must be a JSON object no larger than evbus.max_message_bytes
+ * as compact JSON; checked here, at staging time, so an oversized event
+ * fails its own transaction instead of failing later at publish.
+ */
+void
+evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
+{
+	Datum		values[9];
+	char		nulls[9];
+	Oid			save_userid;
+	int			save_sec_context;
+	int			slot;
+
+	if (!JB_ROOT_IS_OBJECT(event->payload) || JB_ROOT_IS_SCALAR(event->payload))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("payload of integration event \"%s\" is not a JSON object",
+						event->integration_event)));
+	if (evbus_jsonb_exceeds(event->payload, evbus_max_message_bytes))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("payload of integration event \"%s\" is too large",
+						event->integration_event),
+				 errdetail("Its compact JSON text is longer than evbus.max_message_bytes (%d bytes).",
+						   evbus_max_message_bytes),
+				 errhint("Send a smaller payload, or raise evbus.max_message_bytes together with the broker's message.max.bytes.")));
+	if (event->headers)
+		check_headers(event->headers);
+
+	evbus_new_message_id(message_id);
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = UUIDPGetDatum(message_id);
+	values[1] = CStringGetTextDatum(event->integration_event);
+	if (event->key)
+		values[2] = CStringGetTextDatum(event->key);
+	else
+		nulls[2] = 'n';
+	values[3] = JsonbPGetDatum(event->payload);
+	if (event->headers)
+		values[4] = JsonbPGetDatum(event->headers);
+	else
+		nulls[4] = 'n';
+	if (event->domain_event)
+		values[5] = CStringGetTextDatum(event->domain_event);
+	else
+		nulls[5] = 'n';
+	if (evbus_traceparent && evbus_traceparent[0] != '\0')
+		values[6] = CStringGetTextDatum(evbus_traceparent);
+	else
+		nulls[6] = 'n';
+	values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
+	if (event->deliver_at != 0)
+		values[8] = TimestampTzGetDatum(event->deliver_at);
+	else
+		nulls[8] = 'n';
+
+	slot = current_outbox_slot();
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(evbus_extension_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute_plan(insert_plan(slot), values, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not insert into the outbox");
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+
+	staged_in_xact = true;
+}
+
+/*
+ * call_converter --- run one converter as the caller; NULL means "emit
+ * nothing".  The result must be a JSON object.
+ */
+static Jsonb *
+call_converter(const EvbusConverter *conv, const char *domain_event,
+			   Jsonb *payload)
+{
+	LOCAL_FCINFO(fcinfo, 1);
+	FmgrInfo	flinfo;
+	AclResult	aclresult;
+	Datum		result;
+	Jsonb	   *jb;
+
+	if (!SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(conv->converter)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("the converter of domain event \"%s\" to \"%s\" no longer exists",
+						domain_event, conv->integration_event),
+				 errhint("Unregister it with evbus.unregister_converter() or register a new one.")));
+	aclresult = pg_proc_aclcheck(conv->converter, GetUserId(), ACL_EXECUTE);
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_FUNCTION, format_procedure(conv->converter));
+
+	fmgr_info(conv->converter, &flinfo);
+	InitFunctionCallInfoData(*fcinfo, &flinfo, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = JsonbPGetDatum(payload);
+	fcinfo->args[0].isnull = false;
+	result = FunctionCallInvoke(fcinfo);
+	if (fcinfo->isnull)
+		return NULL;
+
+	jb = DatumGetJsonbP(result);
+	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("converter %s returned a non-object",
+						format_procedure(conv->converter)),
+				 errdetail("Converting domain event \"%s\" to \"%s\" must yield a JSON object or NULL.",
+						   domain_event, conv->integration_event)));
+	return jb;
+}
+
+/*
+ * evbus_raise_internal --- run every converter of domain_event and stage
+ * what they return.  Returns the number of events staged.
+ */
+int
+evbus_raise_internal(const char *domain_event, Jsonb *payload, const char *key)
+{
+	List	   *converters;
+	ListCell   *lc;
+	int			staged = 0;
+
+	evbus_check_writable("raise a domain event");
+	converters = evbus_lookup_converters(domain_event);
+	if (converters == NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("no converter is registered for domain event \"%s\"", domain_event),
+				 errhint("Register one with evbus.register_converter().")));
+
+	/*
+	 * The list belongs to the cache, which an invalidation during a
+	 * converter call may reset: work on a copy.
+	 */
+	{
+		List	   *copy = NIL;
+
+		foreach(lc, converters)
+		{
+			EvbusConverter *conv = palloc(sizeof(EvbusConverter));
+
+			*conv = *(EvbusConverter *) lfirst(lc);
+			conv->integration_event = pstrdup(conv->integration_event);
+			copy = lappend(copy, conv);
+		}
+		converters = copy;
+	}
+	foreach(lc, converters)
+	{
+		EvbusConverter *conv = lfirst(lc);
+		EvbusStagedEvent ev = {0};
+		pg_uuid_t	message_id;
+		Jsonb	   *out = call_converter(conv, domain_event, payload);
+
+		if (out == NULL)
+			continue;
+		ev.integration_event = conv->integration_event;
+		ev.key = key;
+		ev.payload = out;
+		ev.domain_event = domain_event;
+		evbus_stage(&ev, &message_id);
+		staged++;
+	}
+	return staged;
+}
+
+/*
+ * evbus.raise(domain_event text, payload jsonb, key text) -> integer
+ */
+PG_FUNCTION_INFO_V1(evbus_raise);
+Datum
+evbus_raise(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("domain event name must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("domain event payload must not be null")));
+
+	PG_RETURN_INT32(evbus_raise_internal(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+										 PG_GETARG_JSONB_P(1),
+										 PG_ARGISNULL(2) ? NULL :
+										 text_to_cstring(PG_GETARG_TEXT_PP(2))));
+}
+
+/*
+ * evbus.publish(integration_event, payload, key, headers, deliver_at) -> uuid
+ */
+PG_FUNCTION_INFO_V1(evbus_publish);
+Datum
+evbus_publish(PG_FUNCTION_ARGS)
+{
+	EvbusStagedEvent ev = {0};
+	pg_uuid_t  *message_id = palloc(sizeof(pg_uuid_t));
+	char	   *name;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("integration event name must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("integration event payload must not be null")));
+
+	evbus_check_writable("publish an integration event");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	evbus_check_event_name(name, "integration event");
+
+	ev.integration_event = name;
+	ev.payload = PG_GETARG_JSONB_P(1);
+	ev.key = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	ev.headers = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
+	ev.deliver_at = PG_ARGISNULL(4) ? 0 : PG_GETARG_TIMESTAMPTZ(4);
+	evbus_stage(&ev, message_id);
+	PG_RETURN_UUID_P(message_id);
+}
+
+/*
+ * evbus.retry(message_id uuid) -> boolean
+ *
+ * Requeues a dead-lettered event of the publishing side: it goes back to
+ * the outbox with its original message id (so a consumer that saw an
+ * earlier copy still de-duplicates it) and is published again.
+ */
+PG_FUNCTION_INFO_V1(evbus_retry);
+Datum
+evbus_retry(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *message_id = PG_GETARG_UUID_P(0);
+	Oid			argtypes[1] = {UUIDOID};
+	Datum		values[1];
+	Oid			save_userid;
+	int			save_sec_context;
+	char		sql[1024];
+	uint64		requeued = 0;
+
+	evbus_check_writable("retry an event");
+	values[0] = UUIDPGetDatum(message_id);
+	snprintf(sql, sizeof(sql),
+			 "WITH d AS (DELETE FROM evbus.dead_letters"
+			 " WHERE message_id OPERATOR(pg_catalog.=) $1"
+			 " AND direction OPERATOR(pg_catalog.=) 'publish'"
+			 " RETURNING message_id, integration_event, event_key, payload,"
+			 " headers, domain_event, traceparent, staged_at)"
+			 " INSERT INTO evbus.outbox_%d (id, message_id, integration_event,"
+			 " event_key, payload, headers, domain_event, traceparent, staged_at)"
+			 " SELECT pg_catalog.nextval('evbus.outbox_id_seq'::pg_catalog.regclass),"
+			 " message_id, integration_event, event_key, payload, headers,"
+			 " domain_event, traceparent, staged_at FROM d",
+			 current_outbox_slot());
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(evbus_extension_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute_with_args(sql, 1, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not requeue the event");
+		requeued = SPI_processed;
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+
+	if (requeued > 0)
+		staged_in_xact = true;
+	PG_RETURN_BOOL(requeued > 0);
+}

@@ -1,0 +1,139 @@
+/*-------------------------------------------------------------------------
+ *
+ * util.c
+ *	  Small helpers: message ids, name checks, the extension's owner.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_extension.h"
+#include "commands/extension.h"
+#include "port/pg_bswap.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "access/genam.h"
+#include "access/table.h"
+
+#include "evbus.h"
+
+/*
+ * evbus_new_message_id --- a fresh UUID version 7.
+ *
+ * 48 bits of Unix milliseconds then random bits: unique like any random
+ * UUID, and ordered by time, which keeps indexes on message ids compact.
+ */
+void
+evbus_new_message_id(pg_uuid_t *uuid)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		unix_ms;
+
+	unix_ms = (uint64) (now / 1000) +
+		(uint64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+
+	if (!pg_strong_random(uuid->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+
+	uuid->data[0] = (unix_ms >> 40) & 0xff;
+	uuid->data[1] = (unix_ms >> 32) & 0xff;
+	uuid->data[2] = (unix_ms >> 24) & 0xff;
+	uuid->data[3] = (unix_ms >> 16) & 0xff;
+	uuid->data[4] = (unix_ms >> 8) & 0xff;
+	uuid->data[5] = unix_ms & 0xff;
+	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x70;	/* version 7 */
+	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;	/* RFC 4122 variant */
+}
+
+/* The canonical text form of a UUID, palloc'd. */
+char *
+evbus_uuid_to_cstring(const pg_uuid_t *uuid)
+{
+	return DatumGetCString(DirectFunctionCall1(uuid_out,
+											   UUIDPGetDatum((pg_uuid_t *) uuid)));
+}
+
+/*
+ * evbus_check_event_name --- refuse an event name that cannot be a topic.
+ *
+ * Integration event names become Kafka topic names (with
+ * evbus.topic_prefix): ASCII letters, digits, '.', '_' and '-', at most
+ * 249 bytes with the prefix, and neither "." nor "..".  Domain event names
+ * follow the same rule, so one vocabulary serves both.
+ */
+void
+evbus_check_event_name(const char *name, const char *what)
+{
+	const char *p;
+	size_t		len = strlen(name);
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("%s name must not be empty", what)));
+	if (len + strlen(evbus_topic_prefix) > EVBUS_MAX_TOPIC_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("%s name \"%.40s...\" is too long", what, name),
+				 errdetail("With evbus.topic_prefix, a Kafka topic name may be at most %d bytes.",
+						   EVBUS_MAX_TOPIC_LEN)));
+	if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("\"%s\" is not a valid %s name", name, what)));
+	for (p = name; *p; p++)
+	{
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			  (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '-'))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_NAME),
+					 errmsg("\"%s\" is not a valid %s name", name, what),
+					 errdetail("The name becomes a Kafka topic name, which may contain only ASCII letters, digits, \".\", \"_\" and \"-\".")));
+	}
+}
+
+/* OID of schema evbus (errors if the extension is not installed). */
+Oid
+evbus_schema_oid(void)
+{
+	return get_namespace_oid(EVBUS_SCHEMA, false);
+}
+
+/*
+ * evbus_extension_owner --- the role that owns the evbus extension.
+ *
+ * evbus's tables belong to it; functions that write them switch to it for
+ * the write only.
+ */
+Oid
+evbus_extension_owner(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			owner = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("evbus"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+
+	if (!OidIsValid(owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("extension \"evbus\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION evbus.")));
+	return owner;
+}

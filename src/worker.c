@@ -1,0 +1,133 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The evbus worker of one database: its signals, its single wait point
+ *	  and its loop.
+ *
+ * The worker waits on one WaitEventSet: its latch (set at COMMIT of every
+ * staging transaction, by signals and by shutdown requests), postmaster
+ * death, and the descriptor librdkafka writes to when delivery reports
+ * are waiting.  A timeout of evbus.poll_interval is the backstop (events
+ * committed by COMMIT PREPARED, events whose deliver_at has come).  After
+ * waking it resets the latch, checks for interrupts, reloads its settings
+ * on SIGHUP and runs one publisher step.
+ *
+ * SIGTERM ends it promptly: unacknowledged events stay in the outbox.
+ * It exits with 1 (and is restarted a second later) unless it was asked
+ * to stop for good (DROP DATABASE) or its extension is gone (exit 0).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "evbus.h"
+#include "publisher.h"
+
+static volatile sig_atomic_t shutdown_requested = false;
+
+static void
+worker_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	shutdown_requested = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+static void
+worker_exit(int code)
+{
+	evbus_publisher_shutdown();
+	proc_exit(code);
+}
+
+/* Build the wait set: latch, postmaster death, librdkafka's descriptor. */
+static WaitEventSet *
+build_wait_set(int kafka_fd)
+{
+	WaitEventSet *set = CreateWaitEventSet(TopMemoryContext, 3);
+
+	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	if (kafka_fd >= 0)
+		AddWaitEventToSet(set, WL_SOCKET_READABLE, kafka_fd, NULL, NULL);
+	return set;
+}
+
+void
+evbus_worker_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	char	   *dbname;
+	bool		has_extension;
+	WaitEventSet *wait_set = NULL;
+	int			wait_fd = -1;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, worker_sigterm);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	/* one worker per database */
+	if (!evbus_claim_worker_slot(dboid, MyLatch))
+		proc_exit(0);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	has_extension = OidIsValid(get_extension_oid("evbus", true));
+	dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
+	CommitTransactionCommand();
+	if (!has_extension)
+		proc_exit(0);
+
+	pgstat_report_appname("evbus worker");
+	ereport(LOG, (errmsg("evbus: worker started for database \"%s\"", dbname)));
+	evbus_publisher_init(dbname);
+
+	for (;;)
+	{
+		bool		more;
+		WaitEvent	events[3];
+		int			fd;
+
+		if (shutdown_requested)
+			worker_exit(evbus_worker_stop_requested() ? 0 : 1);
+
+		more = evbus_publisher_step();
+
+		fd = evbus_publisher_wakeup_fd();
+		if (wait_set == NULL || fd != wait_fd)
+		{
+			if (wait_set)
+				FreeWaitEventSet(wait_set);
+			wait_set = build_wait_set(fd);
+			wait_fd = fd;
+		}
+		(void) WaitEventSetWait(wait_set, more ? 0 : evbus_poll_interval_ms,
+								events, lengthof(events), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+}
