@@ -1,0 +1,104 @@
+-- every misuse gets a clear error with an SQLSTATE
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+\set ON_ERROR_STOP 0
+
+-- unknown domain event
+SELECT evbus.raise('NobodyRegisteredThis', '{}');
+
+-- wrong converter signatures
+CREATE FUNCTION text_converter(payload text) RETURNS text LANGUAGE sql AS $$ SELECT payload $$;
+CREATE FUNCTION two_args(a jsonb, b jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT a $$;
+CREATE FUNCTION set_converter(payload jsonb) RETURNS SETOF jsonb LANGUAGE sql AS $$ SELECT payload $$;
+CREATE PROCEDURE proc_converter(payload jsonb) LANGUAGE sql AS $$ SELECT 1 $$;
+SELECT evbus.register_converter('D', 'I', 'text_converter(text)');
+SELECT evbus.register_converter('D', 'I', 'two_args(jsonb, jsonb)');
+SELECT evbus.register_converter('D', 'I', 'set_converter(jsonb)');
+SELECT evbus.register_converter('D', 'I', 'proc_converter(jsonb)');
+SELECT evbus.register_converter('D', 'I', 'no_such_function(jsonb)');
+
+-- a converter must return a JSON object (or NULL)
+CREATE FUNCTION array_converter(payload jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT '[1, 2]'::jsonb $$;
+CREATE FUNCTION scalar_converter(payload jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT '42'::jsonb $$;
+SELECT evbus.register_converter('ArrayEvent', 'ArrayIntegration', 'array_converter(jsonb)');
+SELECT evbus.register_converter('ScalarEvent', 'ScalarIntegration', 'scalar_converter(jsonb)');
+SELECT evbus.raise('ArrayEvent', '{}');
+SELECT evbus.raise('ScalarEvent', '{}');
+
+-- payloads must be objects
+SELECT evbus.publish('Thing', '[1]');
+SELECT evbus.publish('Thing', '"text"');
+SELECT evbus.publish('Thing', 'null');
+
+-- NULL arguments
+SELECT evbus.publish(NULL, '{}');
+SELECT evbus.publish('Thing', NULL);
+SELECT evbus.raise(NULL, '{}');
+SELECT evbus.raise('D', NULL);
+
+-- payload over evbus.max_message_bytes (1000000 by default), refused at staging
+SELECT evbus.publish('Big', jsonb_build_object('blob', repeat('x', 1000000)));
+-- escapes count: 200,000 control characters are 1,200,000 bytes of JSON
+SELECT evbus.publish('Big', jsonb_build_object('blob', repeat(E'\u0001', 200000)));
+-- just under the limit is fine
+SELECT evbus.publish('Big', jsonb_build_object('blob', repeat('x', 999980))) IS NOT NULL AS staged;
+
+-- names that are not legal Kafka topic names
+SELECT evbus.publish('', '{}');
+SELECT evbus.publish('has space', '{}');
+SELECT evbus.publish('..', '{}');
+SELECT evbus.publish('ünïcode', '{}');
+SELECT evbus.publish(repeat('a', 250), '{}');
+SELECT evbus.register_converter('ok', 'not/ok', 'array_converter(jsonb)');
+
+-- headers: an object of strings, no reserved names
+SELECT evbus.publish('Thing', '{}', NULL, '["a"]');
+SELECT evbus.publish('Thing', '{}', NULL, '{"n": 1}');
+SELECT evbus.publish('Thing', '{}', NULL, '{"n": {"nested": "x"}}');
+SELECT evbus.publish('Thing', '{}', NULL, '{"cap-msg-id": "forged"}');
+SELECT evbus.publish('Thing', '{}', NULL, '{"Evbus-Source": "forged"}');
+SELECT evbus.publish('Thing', '{}', NULL, '{"traceparent": "x"}');
+SELECT evbus.publish('Thing', '{}', NULL, '{"": "x"}');
+
+-- a read-only transaction cannot stage
+BEGIN READ ONLY;
+SELECT evbus.publish('Thing', '{}');
+ROLLBACK;
+BEGIN READ ONLY;
+SELECT evbus.raise('ArrayEvent', '{}');
+ROLLBACK;
+
+-- settings that reach the network cannot be changed by a session
+SET evbus.brokers = 'evil.example.com:9092';
+SET evbus.topic_prefix = 'x';
+SET evbus.kafka_config_file = '/tmp/x';
+
+-- the SQLSTATE of each misuse
+CREATE FUNCTION sqlstate_of(sql text) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+	state text;
+BEGIN
+	EXECUTE sql;
+	RETURN 'no error';
+EXCEPTION WHEN OTHERS THEN
+	GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE;
+	RETURN state;
+END $$;
+SELECT misuse, sqlstate_of(statement) FROM (VALUES
+	('unknown domain event', $$SELECT evbus.raise('NobodyRegisteredThis', '{}')$$),
+	('wrong converter signature', $$SELECT evbus.register_converter('D', 'I', 'two_args(jsonb, jsonb)')$$),
+	('converter returns non-object', $$SELECT evbus.raise('ArrayEvent', '{}')$$),
+	('payload not an object', $$SELECT evbus.publish('Thing', '[1]')$$),
+	('null name', $$SELECT evbus.publish(NULL, '{}')$$),
+	('payload too large', $$SELECT evbus.publish('Big', jsonb_build_object('blob', repeat('x', 1000000)))$$),
+	('invalid topic name', $$SELECT evbus.publish('has space', '{}')$$),
+	('topic name too long', $$SELECT evbus.publish(repeat('a', 250), '{}')$$),
+	('reserved header', $$SELECT evbus.publish('Thing', '{}', NULL, '{"cap-msg-id": "x"}')$$),
+	('read-only transaction', $$SET TRANSACTION READ ONLY; SELECT evbus.publish('Thing', '{}')$$)
+) AS m(misuse, statement);
+
+SELECT count(*) AS staged FROM evbus.outbox;
+DELETE FROM evbus.outbox_0;
+DELETE FROM evbus.outbox_1;
+SELECT evbus.unregister_converter('ArrayEvent', 'ArrayIntegration');
+SELECT evbus.unregister_converter('ScalarEvent', 'ScalarIntegration');

@@ -1,0 +1,57 @@
+-- an application role gets only what it is granted
+CREATE ROLE evbus_app LOGIN;
+CREATE ROLE evbus_outsider LOGIN;
+GRANT USAGE ON SCHEMA evbus TO evbus_app, evbus_outsider;
+GRANT EXECUTE ON FUNCTION evbus.publish(text, jsonb, text, jsonb, timestamptz),
+                          evbus.raise(text, jsonb, text),
+                          evbus.register_converter(text, text, regprocedure)
+   TO evbus_app;
+
+CREATE FUNCTION public.app_converter(payload jsonb) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT jsonb_build_object('by', current_user, 'p', payload) $$;
+CREATE FUNCTION public.private_converter(payload jsonb) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT payload $$;
+REVOKE ALL ON FUNCTION public.private_converter(jsonb) FROM PUBLIC;
+
+SET ROLE evbus_app;
+-- staging works without any grant on evbus's tables
+SELECT evbus.publish('AppEvent', '{"n": 1}') IS NOT NULL AS staged;
+SELECT evbus.register_converter('AppDomain', 'AppIntegration', 'public.app_converter(jsonb)');
+-- the converter runs as the role that raises the event
+SELECT evbus.raise('AppDomain', '{"n": 2}');
+-- but the tables stay closed
+SELECT count(*) FROM evbus.outbox_0;
+SELECT count(*) FROM evbus.converters;
+INSERT INTO evbus.outbox_0 (id, message_id, integration_event, payload, staged_at)
+VALUES (-1, gen_random_uuid(), 'Forged', '{}', now());
+-- a converter the role may not execute cannot be registered
+SELECT evbus.register_converter('AppDomain', 'Private', 'public.private_converter(jsonb)');
+RESET ROLE;
+
+-- a role without EXECUTE cannot stage at all
+SET ROLE evbus_outsider;
+SELECT evbus.publish('AppEvent', '{}');
+SELECT evbus.raise('AppDomain', '{}');
+SELECT evbus.register_converter('X', 'Y', 'public.app_converter(jsonb)');
+SELECT evbus.retry('00000000-0000-0000-0000-000000000000');
+RESET ROLE;
+
+-- a converter registered by evbus_app but raised by someone whose
+-- EXECUTE was revoked fails with a permission error
+REVOKE EXECUTE ON FUNCTION public.app_converter(jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION evbus.raise(text, jsonb, text) TO evbus_outsider;
+SET ROLE evbus_outsider;
+SELECT evbus.raise('AppDomain', '{}');
+RESET ROLE;
+
+SELECT integration_event, payload, registered_by
+  FROM evbus.outbox o LEFT JOIN evbus.converters c USING (integration_event)
+ ORDER BY id;
+
+DELETE FROM evbus.outbox_0;
+DELETE FROM evbus.outbox_1;
+SELECT evbus.unregister_converter('AppDomain', 'AppIntegration');
+REVOKE ALL ON SCHEMA evbus FROM evbus_app, evbus_outsider;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_app, evbus_outsider;
+DROP FUNCTION public.app_converter(jsonb), public.private_converter(jsonb);
+DROP ROLE evbus_app, evbus_outsider;
