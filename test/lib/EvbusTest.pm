@@ -1,0 +1,213 @@
+# EvbusTest.pm - helpers for the evbus TAP tests (test/t/*.pl).
+#
+# The tests run under prove with PostgreSQL 15's PGXS Perl modules on @INC
+# (test/run-tests.sh sets everything up):
+#
+#   prove -I test/lib -I /usr/lib/postgresql/15/lib/pgxs/src/test/perl test/t/*.pl
+#
+# and with one Kafka broker for the whole run, started by test/kafka/kafka.sh
+# and described by the environment:
+#
+#   EVBUS_TEST_KAFKA_BOOTSTRAP  127.0.0.1:PORT
+#   EVBUS_TEST_KAFKA_DIR        the broker's state dir (for stop/start/kill)
+#   EVBUS_TEST_KAFKA_SH         path of kafka.sh (default: ../kafka/kafka.sh
+#                               next to this file)
+#
+# Exported functions:
+#
+#   kafka_bootstrap()       the bootstrap address; skip_all if no broker
+#   kafka_dir()             the broker's state dir; skip_all if unset
+#   kafka_stop()            stop the broker (SIGTERM, waits until gone)
+#   kafka_kill()            SIGKILL the broker (a crash)
+#   kafka_start()           (re)start it: same port, same data; returns address
+#   kcat_consume($topic, $n, $timeout)
+#                           the first $n messages of $topic read from the
+#                           beginning with kcat (librdkafka), retrying until
+#                           $n are there or $timeout s passed; a list of
+#                           { topic, partition, offset, key, payload,
+#                             headers => { name => value },
+#                             header_list => [ [name, value], ... ] }
+#                           (a null key/payload is undef; fewer than $n on
+#                           timeout)
+#   java_consume($topic, $n, $timeout)
+#                           the same through Kafka's Java console consumer:
+#                           its raw output lines (no newline), format
+#                           "Partition:P\tOffset:O\tHEADERS\tKEY\tVALUE" with
+#                           HEADERS "h1:v1,h2:v2" or NO_HEADERS (see kafka.sh)
+#   java_produce($topic, @lines)
+#                           send one message per line through Kafka's Java
+#                           console producer; line "HEADERS\tKEY\tVALUE", \N
+#                           for null / no headers (see kafka.sh); dies on error
+#   new_node($name, %opts)  a started PostgreSQL::Test::Cluster node with
+#                           shared_preload_libraries = 'evbus'.  Options:
+#                             conf  => "lines" or [lines] appended to
+#                                      postgresql.conf
+#                             kafka => 1  also sets evbus.brokers to
+#                                      kafka_bootstrap()
+#                             init  => { ... } passed to $node->init
+#                             start => 0  leave it stopped
+package EvbusTest;
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use File::Basename qw(dirname);
+use File::Spec;
+use JSON::PP ();
+use Time::HiRes qw(time sleep);
+use Test::More;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+
+our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start
+  kcat_consume java_consume java_produce new_node);
+
+# kafka.sh: from the environment, else next to this file's directory.
+sub kafka_sh
+{
+	return $ENV{EVBUS_TEST_KAFKA_SH}
+	  || File::Spec->rel2abs(dirname(__FILE__) . '/../kafka/kafka.sh');
+}
+
+sub kafka_bootstrap
+{
+	my $b = $ENV{EVBUS_TEST_KAFKA_BOOTSTRAP};
+	plan skip_all =>
+	  'no Kafka broker: EVBUS_TEST_KAFKA_BOOTSTRAP is unset (run test/run-tests.sh)'
+	  unless $b;
+	return $b;
+}
+
+sub kafka_dir
+{
+	my $d = $ENV{EVBUS_TEST_KAFKA_DIR};
+	plan skip_all =>
+	  'no Kafka broker dir: EVBUS_TEST_KAFKA_DIR is unset (run test/run-tests.sh)'
+	  unless $d;
+	return $d;
+}
+
+# Run kafka.sh with arguments; return its stdout (chomped); die on failure.
+# Its stderr goes to the test's log (PostgreSQL::Test::Utils redirects it).
+sub _kafka_sh
+{
+	my @cmd = ('bash', kafka_sh(), @_);
+	open(my $fh, '-|', @cmd) or die "cannot run @cmd: $!";
+	my $out = do { local $/; <$fh> } // '';
+	close $fh;
+	die "kafka.sh @_ failed (exit " . ($? >> 8) . ")\n" if $?;
+	$out =~ s/\s+\z//;
+	return $out;
+}
+
+sub kafka_stop
+{
+	_kafka_sh('stop', kafka_dir());
+	return;
+}
+
+sub kafka_kill
+{
+	_kafka_sh('kill', kafka_dir());
+	return;
+}
+
+sub kafka_start
+{
+	my $addr = _kafka_sh('start', kafka_dir());
+	my $want = $ENV{EVBUS_TEST_KAFKA_BOOTSTRAP};
+	die "broker restarted at $addr, expected $want\n"
+	  if defined $want && $addr ne $want;
+	return $addr;
+}
+
+sub kcat_consume
+{
+	my ($topic, $n, $timeout) = @_;
+	$timeout //= 30;
+	my $addr     = kafka_bootstrap();
+	my $deadline = time() + $timeout;
+	my @msgs;
+	my $json = JSON::PP->new->utf8;
+	while (1)
+	{
+		# -e: stop at the end of every partition; -c: at most $n messages;
+		# -m: metadata timeout; `timeout` caps a hung run.
+		my $left = int($deadline - time()) + 1;
+		$left = 1 if $left < 1;
+		my @cmd = (
+			'timeout', $left, 'kcat', '-C', '-b', $addr, '-t', $topic,
+			'-J', '-e', '-q', '-o', 'beginning', '-c', $n, '-m', 5);
+		open(my $fh, '-|', @cmd) or die "cannot run kcat: $!";
+		@msgs = ();
+		while (my $line = <$fh>)
+		{
+			next unless $line =~ /^\{/;
+			my $m = $json->decode($line);
+			my @h = @{ $m->{headers} // [] };
+			my (%headers, @list);
+			while (@h)
+			{
+				my ($k, $v) = splice(@h, 0, 2);
+				$headers{$k} = $v;
+				push @list, [ $k, $v ];
+			}
+			push @msgs,
+			  {
+				topic       => $m->{topic},
+				partition   => $m->{partition},
+				offset      => $m->{offset},
+				key         => $m->{key},
+				payload     => $m->{payload},
+				headers     => \%headers,
+				header_list => \@list,
+			  };
+		}
+		close $fh;
+		last if @msgs >= $n || time() >= $deadline;
+		sleep 0.5;
+	}
+	return @msgs;
+}
+
+sub java_consume
+{
+	my ($topic, $n, $timeout) = @_;
+	$timeout //= 30;
+	my @cmd = ('bash', kafka_sh(), 'consume', kafka_dir(), $topic, $n, $timeout);
+	open(my $fh, '-|', @cmd) or die "cannot run @cmd: $!";
+	my @lines = <$fh>;
+	close $fh;
+	my $rc = $? >> 8;
+	die "kafka.sh consume $topic failed (exit $rc)\n" if $rc != 0 && $rc != 3;
+	chomp @lines;
+	return @lines;
+}
+
+sub java_produce
+{
+	my ($topic, @lines) = @_;
+	my @cmd = ('bash', kafka_sh(), 'produce', kafka_dir(), $topic);
+	open(my $fh, '|-', @cmd) or die "cannot run @cmd: $!";
+	print $fh "$_\n" for @lines;
+	close $fh;
+	die "kafka.sh produce $topic failed (exit " . ($? >> 8) . ")\n" if $?;
+	return;
+}
+
+sub new_node
+{
+	my ($name, %opts) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init(%{ $opts{init} // {} });
+	my @conf = ("shared_preload_libraries = 'evbus'");
+	push @conf, "evbus.brokers = '" . kafka_bootstrap() . "'" if $opts{kafka};
+	my $extra = $opts{conf} // [];
+	push @conf, ref $extra ? @$extra : ($extra);
+	$node->append_conf('postgresql.conf', join("\n", @conf) . "\n");
+	$node->start unless defined $opts{start} && !$opts{start};
+	return $node;
+}
+
+1;
