@@ -1,0 +1,61 @@
+# 030_worker_crash.pl - the worker is killed with SIGKILL in the middle of
+# publishing a batch.  PostgreSQL restarts the whole cluster (any backend
+# dying by a signal does that); afterwards every committed event is
+# published, and any duplicate carries the same cap-msg-id as its original.
+use strict;
+use warnings;
+
+use EvbusTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+kafka_bootstrap();
+my $prefix = "t030.$$.";
+my $topic = "${prefix}Crash";
+my $node = new_node('crash', kafka => 1,
+	conf => [ "evbus.topic_prefix = '$prefix'", 'evbus.batch_size = 1000', 'restart_after_crash = on' ]);
+$node->safe_psql('postgres', 'CREATE EXTENSION evbus');
+
+my $n = 50000;
+# stage with publishing paused, then let the worker loose and kill it mid-way
+$node->safe_psql('postgres', q{ALTER SYSTEM SET evbus.brokers = ''; SELECT pg_reload_conf()});
+$node->safe_psql('postgres',
+	qq{SELECT count(evbus.publish('Crash', jsonb_build_object('seq', g), 'k' || (g % 7))) FROM generate_series(1, $n) g});
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET evbus.brokers; SELECT pg_reload_conf()});
+
+ok($node->poll_query_until('postgres',
+	qq{SELECT coalesce(sum(published), 0) > 0 FROM evbus.stats WHERE topic = '$topic'}),
+	'publishing has started');
+my $pid = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+my $published = $node->safe_psql('postgres', "SELECT published FROM evbus.stats WHERE topic = '$topic'");
+note "killing worker $pid after $published of $n events";
+cmp_ok($published, '<', $n, 'the kill lands mid-way');
+kill 'KILL', $pid;
+
+ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM evbus.outbox'),
+	'after the crash restart the outbox drains');
+ok($node->safe_psql('postgres', 'SELECT evbus.worker_pid() IS NOT NULL') eq 't',
+	'a new worker runs');
+$node->log_check('the server restarted after the crash', 0,
+	log_like => [qr/terminated by signal 9/]);
+
+my @messages = kcat_consume($topic, $n + 100000, 15);
+my %id_of;
+my $consistent = 1;
+for my $m (@messages)
+{
+	my ($seq) = $m->{payload} =~ /"seq":(\d+)/;
+	my $id = $m->{headers}{'cap-msg-id'};
+	if (defined $id_of{$seq} && $id_of{$seq} ne $id)
+	{
+		$consistent = 0;
+		diag "seq $seq published with two ids: $id_of{$seq} and $id";
+	}
+	$id_of{$seq} = $id;
+}
+is(scalar(keys %id_of), $n, "all $n events are in Kafka");
+ok($consistent, 'every duplicate carries the cap-msg-id of its original');
+note sprintf('%d duplicate(s) after the crash', scalar(@messages) - $n);
+
+$node->stop;
+done_testing();
