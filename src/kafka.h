@@ -16,7 +16,9 @@
 
 /* kafka_conf.c */
 extern rd_kafka_conf_t *evbus_kafka_conf_new(const char *brokers,
-											 const char *client_id);
+											 const char *client_id,
+											 const char *const *defaults,
+											 const char *const *forced);
 extern void evbus_kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
 								 const char *value);
 

@@ -2,7 +2,8 @@
  *
  * kafka_conf.c
  *	  Build a librdkafka configuration: evbus's defaults, then the
- *	  properties of evbus.kafka_config_file, then the bootstrap servers.
+ *	  properties of evbus.kafka_config_file, then what evbus's guarantees
+ *	  depend on, and the bootstrap servers.
  *
  * The properties file is where TLS and SASL settings, and their secrets,
  * live: it is read by the worker only, and neither its values nor
@@ -152,23 +153,32 @@ apply_config_file(rd_kafka_conf_t *conf, const char *path)
  * evbus_kafka_conf_new --- a configuration for one client of evbus.
  *
  * brokers is a bootstrap list; client_id names the client in broker logs.
+ * defaults (name, value pairs ending with NULL) may be overridden by the
+ * properties file; forced ones may not, as evbus's guarantees rest on them.
  * Logs and errors are routed to the main queue so that callbacks run in
  * the worker's thread only.
  */
 rd_kafka_conf_t *
-evbus_kafka_conf_new(const char *brokers, const char *client_id)
+evbus_kafka_conf_new(const char *brokers, const char *client_id,
+					 const char *const *defaults, const char *const *forced)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 
 	PG_TRY();
 	{
+		const char *const *p;
+
 		evbus_kafka_conf_set(conf, "client.id", client_id);
-		evbus_kafka_conf_set(conf, "log.queue", "true");
 		evbus_kafka_conf_set(conf, "log.connection.close", "false");
+		for (p = defaults; p && *p; p += 2)
+			evbus_kafka_conf_set(conf, p[0], p[1]);
 
 		if (evbus_kafka_config_file && evbus_kafka_config_file[0] != '\0')
 			apply_config_file(conf, evbus_kafka_config_file);
 
+		for (p = forced; p && *p; p += 2)
+			evbus_kafka_conf_set(conf, p[0], p[1]);
+		evbus_kafka_conf_set(conf, "log.queue", "true");
 		evbus_kafka_conf_set(conf, "bootstrap.servers", brokers);
 	}
 	PG_CATCH();

@@ -24,6 +24,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/ipc.h"
 #include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -37,6 +38,7 @@
 #include "storage/bufmgr.h"
 
 #include "outbox.h"
+#include "publisher.h"
 
 #define CLAIM_COLUMNS \
 	"SELECT id, message_id, integration_event, event_key, payload, headers," \
@@ -60,10 +62,12 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
- * evbus_outbox_begin --- start a short transaction with SPI; false (and
- * nothing open) if the extension has been dropped meanwhile.
+ * evbus_outbox_begin --- start a short transaction with SPI.
+ *
+ * If the extension has been dropped meanwhile, the worker has nothing left
+ * to do: it exits with 0, so that it is not restarted.
  */
-bool
+void
 evbus_outbox_begin(void)
 {
 	SetCurrentStatementStartTimestamp();
@@ -73,11 +77,13 @@ evbus_outbox_begin(void)
 	{
 		PopActiveSnapshot();
 		CommitTransactionCommand();
-		return false;
+		ereport(LOG,
+				(errmsg("evbus: extension dropped, worker exiting")));
+		evbus_publisher_shutdown();
+		proc_exit(0);
 	}
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
-	return true;
 }
 
 void
@@ -244,11 +250,8 @@ evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
 {
 	int			i;
 	int64	   *all_ids = palloc(sizeof(int64) * Max(ndone + ndead, 1));
-	Oid			arr_type[1] = {INT8ARRAYOID};
-	Datum		arr_value[1];
 
-	if (!evbus_outbox_begin())
-		return;
+	evbus_outbox_begin();
 
 	for (i = 0; i < ndead; i++)
 	{
@@ -280,11 +283,35 @@ evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
 	for (i = 0; i < ndone; i++)
 		all_ids[ndead + i] = done_ids[i];
 
-	arr_value[0] = PointerGetDatum(int8_array(all_ids, ndone + ndead));
-	exec_or_die("DELETE FROM evbus.outbox_0 WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-				1, arr_type, arr_value, SPI_OK_DELETE);
-	exec_or_die("DELETE FROM evbus.outbox_1 WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-				1, arr_type, arr_value, SPI_OK_DELETE);
+	/*
+	 * Delete by primary key.  The bounds let the planner scan only the
+	 * range of the index the batch covers (ids of a batch are nearly
+	 * contiguous) and test membership with a hashed array, instead of a
+	 * sequential scan of the whole table.
+	 */
+	{
+		int64		lo = PG_INT64_MAX;
+		int64		hi = PG_INT64_MIN;
+		Oid			del_types[3] = {INT8ARRAYOID, INT8OID, INT8OID};
+		Datum		del_values[3];
+
+		for (i = 0; i < ndone + ndead; i++)
+		{
+			lo = Min(lo, all_ids[i]);
+			hi = Max(hi, all_ids[i]);
+		}
+		del_values[0] = PointerGetDatum(int8_array(all_ids, ndone + ndead));
+		del_values[1] = Int64GetDatum(lo);
+		del_values[2] = Int64GetDatum(hi);
+		exec_or_die("DELETE FROM evbus.outbox_0 WHERE id OPERATOR(pg_catalog.>=) $2"
+					" AND id OPERATOR(pg_catalog.<=) $3"
+					" AND id OPERATOR(pg_catalog.=) ANY ($1)",
+					3, del_types, del_values, SPI_OK_DELETE);
+		exec_or_die("DELETE FROM evbus.outbox_1 WHERE id OPERATOR(pg_catalog.>=) $2"
+					" AND id OPERATOR(pg_catalog.<=) $3"
+					" AND id OPERATOR(pg_catalog.=) ANY ($1)",
+					3, del_types, del_values, SPI_OK_DELETE);
+	}
 
 	if (ndone > 0)
 	{
@@ -357,8 +384,7 @@ evbus_outbox_maintain(void)
 	TimestampTz now = GetCurrentTimestamp();
 	int			current = (int) ((now / USECS_PER_SEC / evbus_outbox_rotation_s) % 2);
 
-	if (!evbus_outbox_begin())
-		return;
+	evbus_outbox_begin();
 	truncate_if_empty(1 - current);
 
 	if (evbus_dead_letter_retention_s > 0 &&

@@ -36,7 +36,7 @@ typedef struct DeadEvent
 	char	   *error_message;
 } DeadEvent;
 
-extern bool evbus_outbox_begin(void);
+extern void evbus_outbox_begin(void);
 extern void evbus_outbox_commit(void);
 extern int	evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
 									 MemoryContext cxt);

@@ -93,6 +93,35 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 }
 
 /*
+ * Tuning defaults, which evbus.kafka_config_file may override: send within
+ * a millisecond (latency), compress batches (throughput: more events per
+ * request), bound the memory librdkafka may take inside a backend, and
+ * partition like Java clients so keys land where they would from a Java
+ * producer.
+ */
+static const char *const producer_defaults[] = {
+	"linger.ms", "1",
+	"compression.type", "lz4",
+	"queue.buffering.max.kbytes", "262144",
+	"queue.buffering.max.messages", "500000",
+	"socket.nagle.disable", "true",
+	"partitioner", "murmur2_random",
+	NULL
+};
+
+/*
+ * What evbus's guarantees rest on: no duplicates or reordering from
+ * librdkafka's own retries (idempotence, acks=all), and no message given
+ * up on while a broker is unreachable (no message timeout).
+ */
+static const char *const producer_forced[] = {
+	"enable.idempotence", "true",
+	"acks", "all",
+	"message.timeout.ms", "0",
+	NULL
+};
+
+/*
  * evbus_producer_create --- a producer connected to brokers.
  *
  * on_delivery is called once per produced message, from
@@ -111,26 +140,8 @@ evbus_producer_create(const char *brokers, EvbusDeliveryCb on_delivery)
 	producer->pipe_fds[0] = producer->pipe_fds[1] = -1;
 
 	snprintf(client_id, sizeof(client_id), "evbus-%u", MyDatabaseId);
-	conf = evbus_kafka_conf_new(brokers, client_id);
-	PG_TRY();
-	{
-		/* evbus's defaults; the properties file may not weaken these */
-		evbus_kafka_conf_set(conf, "enable.idempotence", "true");
-		evbus_kafka_conf_set(conf, "acks", "all");
-		evbus_kafka_conf_set(conf, "message.timeout.ms", "0");
-		evbus_kafka_conf_set(conf, "linger.ms", "1");
-		evbus_kafka_conf_set(conf, "queue.buffering.max.kbytes", "262144");
-		evbus_kafka_conf_set(conf, "queue.buffering.max.messages", "500000");
-		evbus_kafka_conf_set(conf, "socket.nagle.disable", "true");
-		evbus_kafka_conf_set(conf, "partitioner", "murmur2_random");
-	}
-	PG_CATCH();
-	{
-		rd_kafka_conf_destroy(conf);
-		pfree(producer);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
+	conf = evbus_kafka_conf_new(brokers, client_id, producer_defaults,
+								producer_forced);
 
 	rd_kafka_conf_set_opaque(conf, producer);
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);

@@ -75,6 +75,9 @@ typedef struct Revisit
 
 static EvbusProducer *producer = NULL;
 static char current_brokers[1024] = "";
+static int	config_generation = 1;	/* bumped by each reload */
+static int	failed_generation = 0;	/* when the producer last failed */
+static TimestampTz failed_at = 0;
 static char source_name[NAMEDATALEN];
 
 static MemoryContext publisher_cxt = NULL;	/* lives as long as the worker */
@@ -101,7 +104,7 @@ static int	dead_cap = 0;
 static int
 max_inflight(void)
 {
-	return Max(evbus_batch_size * 4, 1000);
+	return Max(evbus_batch_size * 10, 1000);
 }
 
 static uint64
@@ -265,10 +268,9 @@ on_delivery(void *opaque, rd_kafka_resp_err_t err, rd_kafka_msg_status_t status,
 
 /* Wire headers of DESIGN.md section 3, then the user's. */
 static rd_kafka_headers_t *
-build_headers(const OutboxRow *row, const char *message_id)
+build_headers(const OutboxRow *row, const char *message_id, const char *sent)
 {
 	rd_kafka_headers_t *h = rd_kafka_headers_new(6 + row->nheaders);
-	const char *sent = timestamptz_to_str(GetCurrentTimestamp());
 	int			i;
 
 	rd_kafka_header_add(h, "cap-msg-id", -1, message_id, -1);
@@ -296,7 +298,7 @@ typedef enum ProduceResult
  * or its key is held back by an unconfirmed earlier event.
  */
 static ProduceResult
-produce_row(const OutboxRow *row)
+produce_row(const OutboxRow *row, const char *sent)
 {
 	bool		found;
 	uint64		keyhash = key_hash(row);
@@ -321,7 +323,7 @@ produce_row(const OutboxRow *row)
 
 	message_id = evbus_uuid_to_cstring(&row->message_id);
 	snprintf(topic, sizeof(topic), "%s%s", evbus_topic_prefix, row->integration_event);
-	headers = build_headers(row, message_id);
+	headers = build_headers(row, message_id, sent);
 
 	msg = MemoryContextAlloc(publisher_cxt, sizeof(InflightMsg));
 	msg->id = row->id;
@@ -372,10 +374,12 @@ static bool
 produce_rows(OutboxRow *rows, int n)
 {
 	int			i;
+	/* cap-senttime: when this batch was handed to the producer */
+	const char *sent = n > 0 ? timestamptz_to_str(GetCurrentTimestamp()) : NULL;
 
 	for (i = 0; i < n; i++)
 	{
-		if (produce_row(&rows[i]) == QUEUE_FULL)
+		if (produce_row(&rows[i], sent) == QUEUE_FULL)
 		{
 			for (i++; i < n; i++)
 				add_revisit(rows[i].id, false, key_hash(&rows[i]));
@@ -413,8 +417,7 @@ claim_revisits(void)
 	if (nids == 0)
 		return;
 
-	if (!evbus_outbox_begin())
-		proc_exit(0);
+	evbus_outbox_begin();
 	n = evbus_outbox_claim_ids(ids, nids, &rows, batch_cxt);
 	evbus_outbox_commit();
 
@@ -436,8 +439,7 @@ claim_forward(int limit)
 	int			i;
 	int64		expected = max_seen + 1;
 
-	if (!evbus_outbox_begin())
-		proc_exit(0);
+	evbus_outbox_begin();
 	n = evbus_outbox_claim_range(max_seen + 1, limit, &rows, batch_cxt);
 	evbus_outbox_commit();
 
@@ -467,8 +469,7 @@ claim_sweep(int limit)
 	OutboxRow  *rows;
 	int			n;
 
-	if (!evbus_outbox_begin())
-		proc_exit(0);
+	evbus_outbox_begin();
 	n = evbus_outbox_claim_range(sweep_from, limit, &rows, batch_cxt);
 	evbus_outbox_commit();
 
@@ -516,13 +517,45 @@ sync_producer(void)
 		current_brokers[0] = '\0';
 		finish_deliveries();
 	}
-	if (producer == NULL && brokers != NULL)
+	if (producer == NULL && brokers != NULL &&
+		(config_generation != failed_generation ||
+		 TimestampDifferenceExceeds(failed_at, GetCurrentTimestamp(), 30000)))
 	{
-		producer = evbus_producer_create(brokers, on_delivery);
-		strlcpy(current_brokers, brokers, sizeof(current_brokers));
-		ereport(LOG,
-				(errmsg("evbus: publishing to %s", brokers)));
+		MemoryContext cxt = CurrentMemoryContext;
+
+		/*
+		 * A bad evbus.kafka_config_file must not crash-loop the worker: the
+		 * error is logged, events wait in the outbox, and the producer is
+		 * tried again after the next reload (or 30 s).
+		 */
+		PG_TRY();
+		{
+			producer = evbus_producer_create(brokers, on_delivery);
+			strlcpy(current_brokers, brokers, sizeof(current_brokers));
+			ereport(LOG,
+					(errmsg("evbus: publishing to %s", brokers)));
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(cxt);
+			EmitErrorReport();
+			FlushErrorState();
+			producer = NULL;
+			failed_generation = config_generation;
+			failed_at = GetCurrentTimestamp();
+			ereport(WARNING,
+					(errmsg("evbus: not publishing: the Kafka producer could not be created"),
+					 errhint("Fix the setting named above and reload the configuration.")));
+		}
+		PG_END_TRY();
 	}
+}
+
+/* After a configuration reload: try a failed producer again at once. */
+void
+evbus_publisher_reconfigured(void)
+{
+	config_generation++;
 }
 
 /*

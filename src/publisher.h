@@ -12,5 +12,6 @@ extern void evbus_publisher_init(const char *database_name);
 extern bool evbus_publisher_step(void);
 extern int	evbus_publisher_wakeup_fd(void);
 extern void evbus_publisher_shutdown(void);
+extern void evbus_publisher_reconfigured(void);
 
 #endif							/* EVBUS_PUBLISHER_H */

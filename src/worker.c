@@ -128,6 +128,7 @@ evbus_worker_main(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			evbus_publisher_reconfigured();
 		}
 	}
 }
