@@ -10,7 +10,9 @@
  *	staged (row in the outbox)
  *	  -> claimed and produced: in flight, remembered in `inflight`
  *	  -> delivery report PERSISTED: row deleted, counted as published
- *	  -> delivery report with a permanent error: moved to dead letters
+ *	  -> delivery report with a permanent error: produced again alone (the
+ *	     broker refuses whole batches, so the culprit may be a neighbour);
+ *	     refused alone, it is moved to dead letters
  *	  -> any other report (purged, fatal producer error): the row stays;
  *	     its key is blocked until this event is produced again and
  *	     PERSISTED, so later events of the key never overtake it.
@@ -53,7 +55,21 @@ typedef struct InflightMsg
 	int64		id;				/* hash key */
 	uint64		keyhash;
 	char	   *integration_event;
+	bool		solo;			/* produced alone, to isolate an error */
 } InflightMsg;
+
+/*
+ * An event refused with a permanent error while it shared a record batch
+ * with others.  The broker refuses whole batches ("message too large" for
+ * a compressed batch), so the error may belong to a neighbour: each such
+ * event is produced again alone, and only an event refused alone is
+ * dead-lettered.
+ */
+typedef struct SoloEvent
+{
+	int64		id;
+	uint64		keyhash;
+} SoloEvent;
 
 /* Per-key state: how many in flight, and whether the key is blocked. */
 typedef struct KeyState
@@ -86,6 +102,9 @@ static HTAB *inflight = NULL;
 static HTAB *keys = NULL;
 static HTAB *revisits = NULL;
 static int	ninflight = 0;
+static SoloEvent *solo = NULL;	/* sorted by id */
+static int	nsolo = 0;
+static int	solo_cap = 0;
 
 static int64 max_seen = 0;		/* highest id ever claimed */
 static int64 sweep_from = -1;	/* next id of the running sweep, -1: none */
@@ -177,7 +196,47 @@ next_failed_id(uint64 keyhash)
 			(lowest == 0 || rv->id < lowest))
 			lowest = rv->id;
 	}
+	for (int i = 0; i < nsolo; i++)
+		if (solo[i].keyhash == keyhash && (lowest == 0 || solo[i].id < lowest))
+			lowest = solo[i].id;
 	return lowest;
+}
+
+static void
+solo_add(int64 id, uint64 keyhash)
+{
+	int			i;
+
+	for (i = 0; i < nsolo; i++)
+		if (solo[i].id == id)
+			return;
+	if (nsolo == solo_cap)
+	{
+		solo_cap = Max(solo_cap * 2, 16);
+		solo = solo ? repalloc(solo, sizeof(SoloEvent) * solo_cap) :
+			MemoryContextAlloc(publisher_cxt, sizeof(SoloEvent) * solo_cap);
+	}
+	for (i = nsolo; i > 0 && solo[i - 1].id > id; i--)
+		solo[i] = solo[i - 1];
+	solo[i].id = id;
+	solo[i].keyhash = keyhash;
+	nsolo++;
+}
+
+static void
+solo_remove(int64 id)
+{
+	int			i;
+
+	for (i = 0; i < nsolo; i++)
+	{
+		if (solo[i].id == id)
+		{
+			memmove(&solo[i], &solo[i + 1], sizeof(SoloEvent) * (nsolo - i - 1));
+			nsolo--;
+			return;
+		}
+	}
 }
 
 static void
@@ -234,6 +293,18 @@ on_delivery(void *opaque, rd_kafka_resp_err_t err, rd_kafka_msg_status_t status,
 			ks->blocking_id = ks->failed > 0 ? next_failed_id(msg->keyhash) : 0;
 		}
 	}
+	else if (err != RD_KAFKA_RESP_ERR_NO_ERROR && evbus_kafka_error_is_permanent(err) &&
+			 !msg->solo)
+	{
+		/* maybe a neighbour's fault: produce it again, alone */
+		if (ks->blocking_id != msg->id)
+			ks->failed++;
+		if (ks->blocking_id == 0 || msg->id < ks->blocking_id)
+			ks->blocking_id = msg->id;
+		solo_add(msg->id, msg->keyhash);
+		elog(DEBUG1, "evbus: event %lld refused in a batch (%s), producing it alone",
+			 (long long) msg->id, rd_kafka_err2name(err));
+	}
 	else if (err != RD_KAFKA_RESP_ERR_NO_ERROR && evbus_kafka_error_is_permanent(err))
 	{
 		ereport(WARNING,
@@ -255,7 +326,10 @@ on_delivery(void *opaque, rd_kafka_resp_err_t err, rd_kafka_msg_status_t status,
 			ks->failed++;
 		if (ks->blocking_id == 0 || msg->id < ks->blocking_id)
 			ks->blocking_id = msg->id;
-		add_revisit(msg->id, true, msg->keyhash);
+		if (msg->solo)
+			solo_add(msg->id, msg->keyhash);
+		else
+			add_revisit(msg->id, true, msg->keyhash);
 		elog(DEBUG1, "evbus: delivery of event %lld not confirmed (%s), will produce it again",
 			 (long long) msg->id, rd_kafka_err2name(err));
 	}
@@ -298,7 +372,7 @@ typedef enum ProduceResult
  * or its key is held back by an unconfirmed earlier event.
  */
 static ProduceResult
-produce_row(const OutboxRow *row, const char *sent)
+produce_row(const OutboxRow *row, const char *sent, bool alone)
 {
 	bool		found;
 	uint64		keyhash = key_hash(row);
@@ -329,6 +403,7 @@ produce_row(const OutboxRow *row, const char *sent)
 	msg->id = row->id;
 	msg->keyhash = keyhash;
 	msg->integration_event = MemoryContextStrdup(publisher_cxt, row->integration_event);
+	msg->solo = alone;
 
 	err = evbus_producer_send(producer, topic,
 							  row->key ? row->key : message_id,
@@ -379,7 +454,7 @@ produce_rows(OutboxRow *rows, int n)
 
 	for (i = 0; i < n; i++)
 	{
-		if (produce_row(&rows[i], sent) == QUEUE_FULL)
+		if (produce_row(&rows[i], sent, false) == QUEUE_FULL)
 		{
 			for (i++; i < n; i++)
 				add_revisit(rows[i].id, false, key_hash(&rows[i]));
@@ -479,6 +554,41 @@ claim_sweep(int limit)
 		sweep_from = -1;		/* done (or resumed by the next sweep) */
 	else
 		sweep_from = rows[n - 1].id + 1;
+}
+
+/*
+ * produce_solo --- isolate batch-level permanent errors: with nothing else
+ * in flight, produce the lowest isolated event whose key it blocks, alone.
+ * If no isolated event may go yet (its key waits for an earlier event),
+ * look up the remembered ids so that the earlier event goes first.
+ */
+static void
+produce_solo(void)
+{
+	int			i;
+
+	if (ninflight > 0)
+		return;
+	for (i = 0; i < nsolo; i++)
+	{
+		KeyState   *ks = key_state(solo[i].keyhash, false);
+
+		if (ks == NULL || ks->blocking_id == 0 || ks->blocking_id == solo[i].id)
+		{
+			int64		id = solo[i].id;
+			OutboxRow  *rows;
+			int			n;
+
+			evbus_outbox_begin();
+			n = evbus_outbox_claim_ids(&id, 1, &rows, batch_cxt);
+			evbus_outbox_commit();
+			solo_remove(id);
+			if (n == 1 && produce_row(&rows[0], timestamptz_to_str(GetCurrentTimestamp()), true) != PRODUCED)
+				solo_add(id, solo[i].keyhash);
+			return;
+		}
+	}
+	claim_revisits();
 }
 
 /* Record delivery results in the database. */
@@ -616,15 +726,20 @@ evbus_publisher_step(void)
 
 		pgstat_report_activity(STATE_RUNNING, "publishing");
 		MemoryContextReset(batch_cxt);
-		claim_revisits();
-		more = claim_forward(limit);
-		if (!more && sweep_from < 0 &&
+		if (nsolo > 0)
+			produce_solo();
+		else
+		{
+			claim_revisits();
+			more = claim_forward(limit);
+		}
+		if (!more && nsolo == 0 && sweep_from < 0 &&
 			TimestampDifferenceExceeds(last_sweep, now, evbus_poll_interval_ms))
 		{
 			sweep_from = 0;
 			last_sweep = now;
 		}
-		if (sweep_from >= 0 && ninflight < max_inflight())
+		if (sweep_from >= 0 && nsolo == 0 && ninflight < max_inflight())
 		{
 			claim_sweep(Min(evbus_batch_size, max_inflight() - ninflight));
 			more = more || sweep_from >= 0;

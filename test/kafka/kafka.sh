@@ -57,6 +57,11 @@
 #       org.apache.kafka.tools.ConsoleProducer as they are (e.g.
 #       --property parse.headers=false makes lines KEY<TAB>VALUE).
 #
+#   configs DIR ARGS...
+#       kafka.admin.ConfigCommand (kafka-configs.sh) against the broker; e.g.
+#       `kafka.sh configs DIR --alter --entity-type topics --entity-name t
+#       --add-config max.message.bytes=2000`.
+#
 #   topics DIR ARGS...
 #       org.apache.kafka.tools.TopicCommand (kafka-topics.sh) against the
 #       broker; e.g. `kafka.sh topics DIR --create --topic t --partitions 5`.
@@ -455,6 +460,16 @@ cmd_topics() {
 		--bootstrap-server "$(cat "$dir/bootstrap")" "$@"
 }
 
+cmd_configs() {
+	[[ $# -ge 1 ]] || usage
+	need_dir "$1"
+	local dir
+	dir=$(abs_dir "$1")
+	shift
+	run_tool "$dir" kafka.admin.ConfigCommand \
+		--bootstrap-server "$(cat "$dir/bootstrap")" "$@"
+}
+
 main() {
 	local sub=${1:-}
 	[[ $# -gt 0 ]] && shift
@@ -468,6 +483,7 @@ main() {
 	consume) cmd_consume "$@" ;;
 	produce) cmd_produce "$@" ;;
 	topics) cmd_topics "$@" ;;
+	configs) cmd_configs "$@" ;;
 	*) usage ;;
 	esac
 }

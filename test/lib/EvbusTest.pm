@@ -20,6 +20,9 @@
 #   kafka_stop()            stop the broker (SIGTERM, waits until gone)
 #   kafka_kill()            SIGKILL the broker (a crash)
 #   kafka_start()           (re)start it: same port, same data; returns address
+#   kafka_admin($tool, @args)
+#                           kafka.sh topics|configs: TopicCommand or
+#                           ConfigCommand against the broker
 #   kcat_consume($topic, $n, $timeout)
 #                           the first $n messages of $topic read from the
 #                           beginning with kcat (librdkafka), retrying until
@@ -60,7 +63,7 @@ use Test::More;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
-our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start
+our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin
   kcat_consume java_consume java_produce new_node);
 
 # kafka.sh: from the environment, else next to this file's directory.
@@ -68,6 +71,16 @@ sub kafka_sh
 {
 	return $ENV{EVBUS_TEST_KAFKA_SH}
 	  || File::Spec->rel2abs(dirname(__FILE__) . '/../kafka/kafka.sh');
+}
+
+# kafka_admin('topics' | 'configs', @args): run TopicCommand or
+# ConfigCommand against the broker; dies on failure.
+sub kafka_admin
+{
+	my ($tool, @args) = @_;
+	my $rc = system('bash', kafka_sh(), $tool, kafka_dir(), @args);
+	die "kafka.sh $tool @args failed\n" if $rc != 0;
+	return;
 }
 
 sub kafka_bootstrap
