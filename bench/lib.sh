@@ -1,0 +1,242 @@
+# bench/lib.sh - shared helpers of the evbus benchmarks (sourced, not run).
+#
+# Every benchmark owns everything it measures: a throwaway PostgreSQL 15
+# (initdb in a temporary directory, a free port, evbus preloaded, tuned like
+# the reference measurement in anchors-performance.md section A.7.1) and,
+# where needed, a throwaway Kafka broker started with test/kafka/kafka.sh.
+# Both are stopped and the temporary directory removed on exit, whatever
+# the exit.
+#
+# PostgreSQL refuses to run as root: started as root, a benchmark makes
+# sure the user $EVBUS_BENCH_USER (default evbusbench) exists, fetches the
+# Kafka jars if needed, creates its results directory, and runs itself
+# again as that user.
+#
+# Environment (all optional):
+#   PGBIN              PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
+#   EVBUS_BENCH_USER   unprivileged user to run as when started as root
+#   RESULTS_DIR        where raw results go (default bench/results/NAME-TIMESTAMP)
+#   KEEP_TMP=1         keep the temporary directory (logs) after the run
+
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(dirname "$BENCH_DIR")
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+KAFKA_SH=$REPO_DIR/test/kafka/kafka.sh
+BENCH_USER=${EVBUS_BENCH_USER:-evbusbench}
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# bench_init NAME NEEDS_KAFKA(0|1) "$@"
+# Re-executes the calling script as $BENCH_USER when run as root; sets
+# RESULTS_DIR and TMP_DIR and installs the cleanup trap.
+bench_init() {
+	local name=$1 needs_kafka=$2
+	shift 2
+	BENCH_NAME=$name
+	if [[ $(id -u) -eq 0 ]]; then
+		id "$BENCH_USER" >/dev/null 2>&1 \
+			|| useradd --system --create-home --shell /bin/bash "$BENCH_USER"
+		if [[ $needs_kafka == 1 ]]; then
+			"$KAFKA_SH" fetch
+		fi
+		RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results/$name-$(date +%Y%m%d-%H%M%S)}
+		mkdir -p "$RESULTS_DIR"
+		chown "$BENCH_USER" "$RESULTS_DIR"
+		export RESULTS_DIR
+		log "running as $BENCH_USER; results in $RESULTS_DIR"
+		exec runuser -u "$BENCH_USER" -- bash "$0" "$@"
+	fi
+	[[ -x $PGBIN/postgres ]] || die "no PostgreSQL 15 server in $PGBIN"
+	[[ -f $($PGBIN/pg_config --pkglibdir)/evbus.so ]] \
+		|| die "evbus is not installed: make PG_CONFIG=$PGBIN/pg_config && make install PG_CONFIG=$PGBIN/pg_config (as root)"
+	RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results/$name-$(date +%Y%m%d-%H%M%S)}
+	mkdir -p "$RESULTS_DIR"
+	TMP_DIR=$(mktemp -d "/tmp/evbus-bench-$name.XXXXXX")
+	PG_STARTED=0
+	KAFKA_STARTED=0
+	trap bench_cleanup EXIT
+	trap 'exit 130' INT TERM
+	export PATH="$PGBIN:$PATH"
+}
+
+bench_cleanup() {
+	local rc=$?
+	set +e
+	if [[ ${PG_STARTED:-0} == 1 ]]; then
+		cp "$TMP_DIR/pg.log" "$RESULTS_DIR/postgresql.log" 2>/dev/null
+		"$PGBIN/pg_ctl" -D "$TMP_DIR/pg" -m fast -w stop >/dev/null 2>&1 \
+			|| "$PGBIN/pg_ctl" -D "$TMP_DIR/pg" -m immediate -w stop >/dev/null 2>&1
+	fi
+	if [[ ${KAFKA_STARTED:-0} == 1 || -f $TMP_DIR/kafka/kafka.pid ]]; then
+		"$KAFKA_SH" stop "$TMP_DIR/kafka" >/dev/null 2>&1
+	fi
+	if [[ ${KEEP_TMP:-0} == 1 ]]; then
+		log "kept $TMP_DIR"
+	else
+		rm -rf "$TMP_DIR"
+	fi
+	exit $rc
+}
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+	perl -MIO::Socket::INET -e '
+		my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => 0,
+		                              Proto => "tcp", Listen => 1, ReuseAddr => 1)
+			or die "bind: $!";
+		print $s->sockport, "\n";'
+}
+
+# pg_start [EXTRA_CONF_LINES...]: initdb + start; exports PGHOST, PGPORT,
+# PGUSER, PGDATABASE=bench (created, with CREATE EXTENSION evbus).
+pg_start() {
+	local port
+	port=$(free_port)
+	"$PGBIN/initdb" -D "$TMP_DIR/pg" -U postgres --auth=trust -E UTF8 \
+		--locale=C --no-instructions >"$TMP_DIR/initdb.log" 2>&1 \
+		|| { cat "$TMP_DIR/initdb.log" >&2; die "initdb failed"; }
+	cat >>"$TMP_DIR/pg/postgresql.conf" <<EOF
+
+# ---- evbus benchmark settings (bench/lib.sh) ----
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$TMP_DIR'
+max_connections = 50
+shared_preload_libraries = 'evbus'
+# as in the reference measurement (anchors-performance.md A.7.1)
+shared_buffers = 512MB
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+synchronous_commit = on
+# events stay in the outbox until a benchmark points evbus at a broker
+evbus.brokers = ''
+log_line_prefix = '%m [%p] %b '
+log_checkpoints = on
+log_autovacuum_min_duration = 0
+EOF
+	local line
+	for line in "$@"; do
+		echo "$line" >>"$TMP_DIR/pg/postgresql.conf"
+	done
+	"$PGBIN/pg_ctl" -D "$TMP_DIR/pg" -l "$TMP_DIR/pg.log" -w -t 60 start >/dev/null \
+		|| { tail -n 30 "$TMP_DIR/pg.log" >&2; die "PostgreSQL did not start"; }
+	PG_STARTED=1
+	export PGHOST=$TMP_DIR PGPORT=$port PGUSER=postgres PGDATABASE=postgres
+	psql -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE bench" >/dev/null
+	export PGDATABASE=bench
+	psql -qX -v ON_ERROR_STOP=1 -c "CREATE EXTENSION evbus" >/dev/null
+	# the worker starts within a second of CREATE EXTENSION
+	local i
+	for i in $(seq 1 50); do
+		[[ -n $(q "SELECT evbus.worker_pid()") ]] && break
+		sleep 0.2
+	done
+	[[ -n $(q "SELECT evbus.worker_pid()") ]] || die "the evbus worker did not start"
+	log "PostgreSQL $(q 'SHOW server_version') on port $port, evbus worker pid $(q 'SELECT evbus.worker_pid()')"
+}
+
+# q SQL: one query, unaligned tuples only, stop on error.
+q() { psql -qXAt -v ON_ERROR_STOP=1 -c "$1"; }
+
+# kafka_start: start a broker in $TMP_DIR/kafka; sets BROKERS.
+kafka_start() {
+	[[ -x $KAFKA_SH ]] || die "no $KAFKA_SH"
+	BROKERS=$("$KAFKA_SH" start "$TMP_DIR/kafka")
+	KAFKA_STARTED=1
+	log "Kafka broker at $BROKERS"
+}
+
+# set_brokers VALUE: ALTER SYSTEM evbus.brokers and reload.
+set_brokers() {
+	q "ALTER SYSTEM SET evbus.brokers = '$1'" >/dev/null
+	q "SELECT pg_reload_conf()" >/dev/null
+}
+
+# Sum of the end offsets of all partitions of a topic.
+kafka_end_offsets() {
+	local topic=$1 parts p sum=0 off
+	parts=$(kcat -b "$BROKERS" -L -t "$topic" -J 2>/dev/null \
+		| perl -MJSON::PP -e 'local $/; my $j = decode_json(<STDIN>);
+			print join(" ", map { $_->{partition} } @{$j->{topics}[0]{partitions}})')
+	for p in $parts; do
+		off=$(kcat -b "$BROKERS" -Q -t "$topic:$p:-1" 2>/dev/null | awk '{print $NF}')
+		sum=$((sum + off))
+	done
+	echo "$sum"
+}
+
+# Facts about the software under test, for the results files.
+environment_report() {
+	echo "date: $(date -u +%FT%TZ)"
+	echo "host: nproc=$(nproc), $(lscpu | sed -n 's/^Model name: *//p'), RAM $(free -g | awk '/^Mem:/{print $2}') GiB, kernel $(uname -r)"
+	echo "postgresql: $("$PGBIN/postgres" --version)"
+	echo "librdkafka: $(dpkg-query -W -f='${Version}' librdkafka1 2>/dev/null || echo '?')"
+	echo "kafka jars: $(ls "$REPO_DIR"/test/kafka/libs/kafka_2.13-*.jar 2>/dev/null | sed 's/.*kafka_2.13-//; s/\.jar$//' | head -1)"
+	echo "evbus commit: $(git -c safe.directory="*" -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -c safe.directory="*" -C "$REPO_DIR" diff --quiet HEAD -- src 2>/dev/null || echo ' (src/ modified)')"
+	echo "evbus.so: $(md5sum "$("$PGBIN/pg_config" --pkglibdir)/evbus.so" | cut -c1-12)"
+}
+
+# median of numbers on stdin
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# ---- CPU accounting from /proc (clock ticks of user + system time) ----
+CLK_TCK=$(getconf CLK_TCK)
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# ticks of the postmaster and all its children except the evbus worker
+# (children that exited during a run are not counted: pgbench's backends
+# stay connected for the whole run, so nothing is lost)
+pg_other_ticks() {
+	local pm p sum=0 worker
+	pm=$(head -1 "$TMP_DIR/pg/postmaster.pid")
+	worker=$(evbus_worker_pid)
+	for p in $(pgrep -P "$pm"); do
+		[[ $p == "$worker" ]] && continue
+		sum=$((sum + $(proc_ticks "$p")))
+	done
+	echo $((sum + $(proc_ticks "$pm")))
+}
+evbus_worker_pid() { pgrep -u "$(id -u)" -f "^postgres: evbus worker for database" | head -1; }
+kafka_pid() { cat "$TMP_DIR/kafka/kafka.pid" 2>/dev/null || echo 0; }
+ticks_to_s() { awk -v t="$1" -v h="$CLK_TCK" 'BEGIN {printf "%.1f", t / h}'; }
+
+# wait_outbox_settled TIMEOUT STALL [TARGET]: wait until the evbus outbox
+# holds at most TARGET rows (default 0), or until its row count has not
+# changed for STALL seconds (events left behind by the worker).  Prints
+# "SECONDS LEFT_ROWS".
+wait_outbox_settled() {
+	local timeout=$1 stall=$2 target=${3:-0} t0=$EPOCHREALTIME
+	local limit=$((SECONDS + timeout)) n last=-1 since=$SECONDS
+	while :; do
+		n=$(q "SELECT count(*) FROM evbus.outbox")
+		((n <= target)) && break
+		if ((n != last)); then
+			last=$n
+			since=$SECONDS
+		elif ((SECONDS - since >= stall)); then
+			break
+		fi
+		((SECONDS < limit)) || break
+		sleep 0.1
+	done
+	echo "$t0 $EPOCHREALTIME $n" | awk '{printf "%.1f %d\n", $2 - $1, $3}'
+}
+# busy and total clock ticks of the whole machine (all cores), from /proc/stat
+cpu_stat() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+
+# Snapshot "pid ticks" of every process NOT owned by the current user (other
+# people's tests on a shared machine); foreign_cpu_s OLD NEW sums the ticks
+# of the processes present in both snapshots, in seconds.  Processes that
+# started and ended in between are missed, so this is a lower bound.
+foreign_snapshot() {
+	perl -e 'my $me = $<; opendir(my $d, "/proc") or die;
+		for my $p (grep { /^\d+$/ } readdir $d) {
+			my @st = stat("/proc/$p") or next; next if $st[4] == $me;
+			open(my $f, "<", "/proc/$p/stat") or next; my $s = <$f>; close $f;
+			$s =~ s/^.*\) //; my @x = split / /, $s; print "$p ", $x[11] + $x[12], "\n"; }'
+}
+foreign_cpu_s() {
+	awk -v h="$CLK_TCK" 'NR == FNR { a[$1] = $2; next } ($1 in a) { s += $2 - a[$1] } END { printf "%.1f\n", s / h }' "$1" "$2"
+}
