@@ -19,13 +19,18 @@ OBJS = \
 	src/converters.o \
 	src/capture.o \
 	src/json_compact.o \
+	src/subscriptions.o \
+	src/consumer.o \
+	src/consumer_worker.o \
+	src/inbox.o \
+	src/handler.o \
 	src/util.o
 
 EXTENSION = evbus
 DATA = evbus--0.1.sql
 PGFILEDESC = "evbus - integration events between PostgreSQL and Kafka"
 
-REGRESS = setup staging converters capture misuse security
+REGRESS = setup staging converters capture misuse security subscriptions
 REGRESS_OPTS = --temp-config=$(srcdir)/sql/evbus.conf --temp-instance=./tmp_check
 
 PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags rdkafka) -Wall -Wmissing-prototypes

@@ -97,6 +97,12 @@ CREATE TABLE evbus.dead_letters (
 	domain_event	text,
 	traceparent		text,
 	staged_at		timestamptz,
+	group_name		text,			/* consume: the group that gave up */
+	kafka_partition integer,
+	kafka_offset	bigint,
+	raw_value		bytea,			/* consume: a message that could not be decoded */
+	attempts		integer,
+	errors			jsonb,			/* consume: every attempt's error */
 	error_code		text NOT NULL,
 	error_message	text NOT NULL,
 	dead_at			timestamptz NOT NULL DEFAULT pg_catalog.now()
@@ -105,6 +111,88 @@ CREATE INDEX ON evbus.dead_letters (message_id);
 CREATE INDEX ON evbus.dead_letters (dead_at);
 COMMENT ON TABLE evbus.dead_letters IS
 	'events that could not be published or handled, with the error; evbus.retry(message_id) requeues one';
+
+--------------------------------------------------------------------------
+-- Consuming side: subscriptions, offsets, inbox
+--------------------------------------------------------------------------
+
+/*
+ * A handler of an integration event in a consumer group.  The handler runs
+ * as run_as, the role that subscribed it.
+ */
+CREATE TABLE evbus.subscriptions (
+	integration_event text NOT NULL,
+	group_name		text NOT NULL,
+	handler			regprocedure NOT NULL,
+	is_procedure	boolean NOT NULL,
+	takes_headers	boolean NOT NULL,
+	run_as			regrole NOT NULL,
+	max_retries		integer CHECK (max_retries >= 0),
+	subscribed_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (integration_event, group_name, handler)
+);
+COMMENT ON TABLE evbus.subscriptions IS
+	'handlers of integration events per consumer group, with the role they run as';
+
+CREATE FUNCTION evbus._subscriptions_changed() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'evbus_subscriptions_changed' LANGUAGE C;
+REVOKE ALL ON FUNCTION evbus._subscriptions_changed() FROM PUBLIC;
+CREATE TRIGGER subscriptions_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON evbus.subscriptions
+	FOR EACH STATEMENT EXECUTE FUNCTION evbus._subscriptions_changed();
+
+/*
+ * Where each group is in each partition: the offset of the next message to
+ * read.  Advanced in the transaction that handles the messages before it;
+ * on partition assignment the consumer starts here.
+ */
+CREATE TABLE evbus.consumer_offsets (
+	group_name		text NOT NULL,
+	topic			text NOT NULL,
+	kafka_partition integer NOT NULL,
+	next_offset		bigint NOT NULL,
+	high_watermark	bigint,
+	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (group_name, topic, kafka_partition)
+);
+COMMENT ON TABLE evbus.consumer_offsets IS
+	'per group and partition: the next offset to consume (authoritative) and the last known high watermark';
+
+/*
+ * Every message a group received: de-duplicates redeliveries by
+ * (group, message id) -- or (topic, partition, offset) for messages
+ * without cap-msg-id -- and queues the ones waiting for a retry or for an
+ * earlier event of their key.
+ */
+CREATE TABLE evbus.inbox (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	group_name		text NOT NULL,
+	dedup_key		text NOT NULL,
+	message_id		uuid,
+	integration_event text NOT NULL,
+	topic			text NOT NULL,
+	kafka_partition integer NOT NULL,
+	kafka_offset	bigint NOT NULL,
+	event_key		text,
+	payload			jsonb NOT NULL,
+	headers			jsonb NOT NULL,
+	state			text NOT NULL CHECK (state IN ('pending', 'handled', 'dead')),
+	attempts		integer NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz,
+	last_error_code text,
+	last_error_message text,
+	errors			jsonb,
+	received_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	handled_at		timestamptz,
+	UNIQUE (group_name, dedup_key)
+);
+CREATE INDEX inbox_pending_key ON evbus.inbox (group_name, event_key, id)
+	WHERE state = 'pending';
+CREATE INDEX inbox_pending_due ON evbus.inbox (next_attempt_at)
+	WHERE state = 'pending';
+CREATE INDEX inbox_handled_at ON evbus.inbox (handled_at);
+COMMENT ON TABLE evbus.inbox IS
+	'messages received per consumer group: handled, pending (retry or waiting for its key) or dead';
 
 --------------------------------------------------------------------------
 -- Counters for evbus.stats (one row per integration event, updated once
@@ -126,6 +214,22 @@ CREATE VIEW evbus.stats AS
 			   pg_catalog.min(staged_at) AS oldest_staged_at
 		  FROM evbus.outbox
 		 GROUP BY integration_event
+	), inbox AS (
+		SELECT group_name, topic,
+			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'handled') AS handled,
+			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending'
+										   AND attempts OPERATOR(pg_catalog.>) 0) AS retrying,
+			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending') AS pending,
+			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'dead') AS dead,
+			   pg_catalog.min(received_at) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending') AS oldest_pending_at,
+			   pg_catalog.max(handled_at) AS last_handled_at
+		  FROM evbus.inbox
+		 GROUP BY group_name, topic
+	), lag AS (
+		SELECT group_name, topic,
+			   pg_catalog.sum(GREATEST(high_watermark OPERATOR(pg_catalog.-) next_offset, 0)) AS lag
+		  FROM evbus.consumer_offsets
+		 GROUP BY group_name, topic
 	)
 	SELECT 'publish'::text AS side,
 		   pg_catalog.current_setting('evbus.topic_prefix') OPERATOR(pg_catalog.||)
@@ -135,14 +239,29 @@ CREATE VIEW evbus.stats AS
 			   COALESCE(c.dead, 0) OPERATOR(pg_catalog.+)
 			   COALESCE(p.pending, 0) AS staged,
 		   COALESCE(c.published, 0) AS published,
+		   NULL::bigint AS handled,
+		   NULL::bigint AS retrying,
 		   COALESCE(c.dead, 0) AS dead,
 		   COALESCE(p.pending, 0) AS pending,
+		   NULL::numeric AS lag,
 		   pg_catalog.now() OPERATOR(pg_catalog.-) p.oldest_staged_at AS oldest_pending_age,
-		   c.last_published_at
+		   c.last_published_at AS last_activity_at
 	  FROM evbus.publish_counters c
-	  FULL JOIN pending p ON p.integration_event OPERATOR(pg_catalog.=) c.integration_event;
+	  FULL JOIN pending p ON p.integration_event OPERATOR(pg_catalog.=) c.integration_event
+	UNION ALL
+	SELECT 'consume'::text,
+		   COALESCE(i.topic, l.topic),
+		   COALESCE(i.group_name, l.group_name),
+		   NULL::bigint, NULL::bigint,
+		   COALESCE(i.handled, 0), COALESCE(i.retrying, 0), COALESCE(i.dead, 0),
+		   COALESCE(i.pending, 0), l.lag,
+		   pg_catalog.now() OPERATOR(pg_catalog.-) i.oldest_pending_at,
+		   i.last_handled_at
+	  FROM inbox i
+	  FULL JOIN lag l ON l.group_name OPERATOR(pg_catalog.=) i.group_name
+						 AND l.topic OPERATOR(pg_catalog.=) i.topic;
 COMMENT ON VIEW evbus.stats IS
-	'one row per side and topic: staged, published, dead and pending events, age of the oldest pending one';
+	'one row per side and topic (and group): staged, published, handled, retrying, dead, pending, consumer lag, age of the oldest pending event';
 
 --------------------------------------------------------------------------
 -- SQL API: producing side
@@ -189,6 +308,27 @@ COMMENT ON FUNCTION evbus.capture() IS
 	'row trigger: EXECUTE FUNCTION evbus.capture(''DomainEvent'' [, ''key_column'']) raises the domain event with the row as payload';
 
 --------------------------------------------------------------------------
+-- SQL API: consuming side
+--------------------------------------------------------------------------
+
+CREATE FUNCTION evbus.subscribe(integration_event text, handler regprocedure,
+								group_name text DEFAULT NULL,
+								max_retries integer DEFAULT NULL)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'evbus_subscribe'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) IS
+	'subscribe a handler (payload jsonb [, headers jsonb]) to an integration event in a consumer group; it runs as the calling role';
+
+CREATE FUNCTION evbus.unsubscribe(integration_event text, handler regprocedure,
+								  group_name text DEFAULT NULL)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'evbus_unsubscribe'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evbus.unsubscribe(text, regprocedure, text) IS
+	'remove a subscription; false if there was none';
+
+--------------------------------------------------------------------------
 -- SQL API: operations
 --------------------------------------------------------------------------
 
@@ -196,7 +336,7 @@ CREATE FUNCTION evbus.retry(message_id uuid) RETURNS boolean
 	AS 'MODULE_PATHNAME', 'evbus_retry'
 	LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION evbus.retry(uuid) IS
-	'requeue a dead-lettered event; false if no dead letter has this message id';
+	'requeue a dead or failed event, on either side; false if no such event has this message id';
 
 CREATE FUNCTION evbus.brokers() RETURNS text
 	AS 'MODULE_PATHNAME', 'evbus_current_brokers'
@@ -209,6 +349,12 @@ CREATE FUNCTION evbus.worker_pid() RETURNS integer
 	LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION evbus.worker_pid() IS
 	'process id of this database''s evbus worker, or NULL when none runs';
+
+CREATE FUNCTION evbus.consumer_pid() RETURNS integer
+	AS 'MODULE_PATHNAME', 'evbus_consumer_pid'
+	LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION evbus.consumer_pid() IS
+	'process id of this database''s consumer worker (it runs the handlers), or NULL when none runs';
 
 /* Starts this database's worker when CREATE EXTENSION commits. */
 CREATE FUNCTION evbus._start_worker_at_commit() RETURNS void
@@ -229,4 +375,6 @@ REVOKE ALL ON FUNCTION evbus.raise(text, jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.publish(text, jsonb, text, jsonb, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.capture() FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.retry(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.unsubscribe(text, regprocedure, text) FROM PUBLIC;
 GRANT SELECT ON evbus.stats TO pg_monitor;

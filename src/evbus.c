@@ -50,7 +50,7 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 		DropdbStmt *stmt = (DropdbStmt *) pstmt->utilityStmt;
 
 		dropped_db = get_database_oid(stmt->dbname, true);
-		if (OidIsValid(dropped_db) && evbus_worker_pid_for(dropped_db) != 0)
+		if (OidIsValid(dropped_db) && evbus_worker_pid_for(dropped_db, -1) != 0)
 			evbus_stop_worker(dropped_db);
 		else
 			dropped_db = InvalidOid;
@@ -68,7 +68,7 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 	PG_CATCH();
 	{
 		if (OidIsValid(dropped_db))
-			evbus_start_worker(dropped_db, false);
+			evbus_start_worker(dropped_db, EVBUS_PUBLISHER, false);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -113,13 +113,29 @@ evbus_current_brokers(PG_FUNCTION_ARGS)
 }
 
 /*
- * evbus.worker_pid() --- process id of this database's worker, or NULL.
+ * evbus.worker_pid() --- process id of this database's worker (the
+ * publisher), or NULL.
  */
 PG_FUNCTION_INFO_V1(evbus_worker_pid);
 Datum
 evbus_worker_pid(PG_FUNCTION_ARGS)
 {
-	pid_t		pid = evbus_worker_pid_for(MyDatabaseId);
+	pid_t		pid = evbus_worker_pid_for(MyDatabaseId, EVBUS_PUBLISHER);
+
+	if (pid == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT32((int32) pid);
+}
+
+/*
+ * evbus.consumer_pid() --- process id of this database's consumer worker
+ * (the one that runs handlers), or NULL.
+ */
+PG_FUNCTION_INFO_V1(evbus_consumer_pid);
+Datum
+evbus_consumer_pid(PG_FUNCTION_ARGS)
+{
+	pid_t		pid = evbus_worker_pid_for(MyDatabaseId, EVBUS_CONSUMER);
 
 	if (pid == 0)
 		PG_RETURN_NULL();

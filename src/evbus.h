@@ -42,14 +42,20 @@ extern int	evbus_batch_size;
 extern int	evbus_poll_interval_ms;
 extern int	evbus_outbox_rotation_s;
 extern int	evbus_dead_letter_retention_s;
+extern int	evbus_inbox_retention_s;
 extern char *evbus_traceparent;
 
 extern void evbus_define_gucs(void);
 
 /* ---------- shmem.c: one slot per database worker ---------- */
+/* The two workers of a database. */
+#define EVBUS_PUBLISHER 0		/* publishes the outbox; woken at COMMIT */
+#define EVBUS_CONSUMER 1		/* consumes subscribed topics, runs handlers */
+
 typedef struct EvbusWorkerSlot
 {
 	Oid			dboid;			/* InvalidOid when free */
+	int			role;			/* EVBUS_PUBLISHER or EVBUS_CONSUMER */
 	pid_t		pid;
 	Latch	   *latch;			/* the worker's process latch */
 	bool		stop_requested; /* exit for good (DROP DATABASE) */
@@ -57,11 +63,11 @@ typedef struct EvbusWorkerSlot
 
 extern void evbus_shmem_request(void);
 extern void evbus_shmem_startup(void);
-extern bool evbus_claim_worker_slot(Oid dboid, Latch *latch);
+extern bool evbus_claim_worker_slot(Oid dboid, int role, Latch *latch);
 extern void evbus_release_worker_slot(void);
 extern void evbus_wake_worker(Oid dboid);
-extern pid_t evbus_worker_pid_for(Oid dboid);
-extern pid_t evbus_request_worker_stop(Oid dboid);
+extern pid_t evbus_worker_pid_for(Oid dboid, int role);
+extern int	evbus_request_worker_stop(Oid dboid, pid_t *pids, int maxpids);
 extern bool evbus_worker_stop_requested(void);
 extern void evbus_set_embedded_bootstrap(const char *bootstrap);
 extern bool evbus_get_embedded_bootstrap(char *buf, size_t len);
@@ -69,12 +75,13 @@ extern int	evbus_max_databases(void);
 
 /* ---------- launcher.c ---------- */
 extern void evbus_register_launcher(void);
-extern bool evbus_start_worker(Oid dboid, bool wait_for_start);
+extern bool evbus_start_worker(Oid dboid, int role, bool wait_for_start);
 extern void evbus_stop_worker(Oid dboid);
 extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);
 
-/* ---------- worker.c ---------- */
+/* ---------- worker.c, consumer_worker.c ---------- */
 extern PGDLLEXPORT void evbus_worker_main(Datum main_arg);
+extern PGDLLEXPORT void evbus_consumer_main(Datum main_arg);
 
 /* ---------- embedded.c: librdkafka's mock cluster as a broker ---------- */
 extern void evbus_embedded_start(void);

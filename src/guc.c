@@ -32,6 +32,7 @@ int			evbus_batch_size = 10000;
 int			evbus_poll_interval_ms = 1000;
 int			evbus_outbox_rotation_s = 60;
 int			evbus_dead_letter_retention_s = 15 * 24 * 3600;
+int			evbus_inbox_retention_s = 7 * 24 * 3600;
 char	   *evbus_traceparent = NULL;
 
 /* A topic prefix must keep topic names legal: [A-Za-z0-9._-], bounded. */
@@ -189,6 +190,14 @@ evbus_define_gucs(void)
 							NULL,
 							&evbus_dead_letter_retention_s,
 							15 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.inbox_retention",
+							"How long handled messages stay in the inbox; redeliveries within it are de-duplicated.",
+							NULL,
+							&evbus_inbox_retention_s,
+							7 * 24 * 3600, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 

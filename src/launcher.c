@@ -73,13 +73,14 @@ evbus_register_launcher(void)
 }
 
 /*
- * evbus_start_worker --- register a dynamic worker for one database.
+ * evbus_start_worker --- register a dynamic worker for one database: its
+ * publisher (which starts its consumer) or its consumer.
  *
  * The worker restarts 1 s after an error exit; it exits with 0 (and is
- * forgotten) when its database has no evbus or already has a worker.
+ * forgotten) when its database has no evbus or already has such a worker.
  */
 bool
-evbus_start_worker(Oid dboid, bool wait_for_start)
+evbus_start_worker(Oid dboid, int role, bool wait_for_start)
 {
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *handle;
@@ -90,9 +91,18 @@ evbus_start_worker(Oid dboid, bool wait_for_start)
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
 	worker.bgw_restart_time = 1;
 	strlcpy(worker.bgw_library_name, "evbus", BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "evbus_worker_main", BGW_MAXLEN);
-	snprintf(worker.bgw_name, BGW_MAXLEN, "evbus worker for database %u", dboid);
-	strlcpy(worker.bgw_type, "evbus worker", BGW_MAXLEN);
+	if (role == EVBUS_PUBLISHER)
+	{
+		strlcpy(worker.bgw_function_name, "evbus_worker_main", BGW_MAXLEN);
+		snprintf(worker.bgw_name, BGW_MAXLEN, "evbus worker for database %u", dboid);
+		strlcpy(worker.bgw_type, "evbus worker", BGW_MAXLEN);
+	}
+	else
+	{
+		strlcpy(worker.bgw_function_name, "evbus_consumer_main", BGW_MAXLEN);
+		snprintf(worker.bgw_name, BGW_MAXLEN, "evbus consumer for database %u", dboid);
+		strlcpy(worker.bgw_type, "evbus consumer", BGW_MAXLEN);
+	}
 	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
 	worker.bgw_notify_pid = wait_for_start ? MyProcPid : 0;
 
@@ -110,19 +120,19 @@ evbus_start_worker(Oid dboid, bool wait_for_start)
 }
 
 /*
- * evbus_stop_worker --- make dboid's worker exit for good and wait (up to
- * 10 s) until it has.
+ * evbus_stop_worker --- make dboid's workers exit for good and wait (up to
+ * 10 s) until they have.
  */
 void
 evbus_stop_worker(Oid dboid)
 {
-	pid_t		pid = evbus_request_worker_stop(dboid);
+	pid_t		pids[2];
+	int			n = evbus_request_worker_stop(dboid, pids, lengthof(pids));
 	int			i;
 
-	if (pid == 0)
-		return;
-	kill(pid, SIGTERM);
-	for (i = 0; i < 1000 && evbus_worker_pid_for(dboid) != 0; i++)
+	for (i = 0; i < n; i++)
+		kill(pids[i], SIGTERM);
+	for (i = 0; i < 1000 && evbus_worker_pid_for(dboid, -1) != 0; i++)
 	{
 		CHECK_FOR_INTERRUPTS();
 		pg_usleep(10000L);
@@ -135,7 +145,7 @@ launcher_xact_callback(XactEvent event, void *arg)
 	if (event == XACT_EVENT_COMMIT && start_worker_at_commit)
 	{
 		start_worker_at_commit = false;
-		evbus_start_worker(MyDatabaseId, false);
+		evbus_start_worker(MyDatabaseId, EVBUS_PUBLISHER, false);
 	}
 	else if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE)
 		start_worker_at_commit = false;
@@ -193,8 +203,8 @@ start_all_workers(void)
 
 	foreach(lc, dbs)
 	{
-		if (evbus_worker_pid_for(lfirst_oid(lc)) == 0)
-			evbus_start_worker(lfirst_oid(lc), false);
+		if (evbus_worker_pid_for(lfirst_oid(lc), EVBUS_PUBLISHER) == 0)
+			evbus_start_worker(lfirst_oid(lc), EVBUS_PUBLISHER, false);
 	}
 	list_free(dbs);
 }

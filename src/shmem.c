@@ -34,7 +34,7 @@ static int	my_slot = -1;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-/* One slot per possible database worker: max_worker_processes bounds it. */
+/* One slot per possible worker: max_worker_processes bounds them. */
 int
 evbus_max_databases(void)
 {
@@ -103,7 +103,7 @@ release_slot_at_exit(int code, Datum arg)
  * Returns false when another live worker already serves the database.
  */
 bool
-evbus_claim_worker_slot(Oid dboid, Latch *latch)
+evbus_claim_worker_slot(Oid dboid, int role, Latch *latch)
 {
 	int			i;
 	int			free_slot = -1;
@@ -113,7 +113,7 @@ evbus_claim_worker_slot(Oid dboid, Latch *latch)
 	{
 		EvbusWorkerSlot *slot = &evbus_shared->slots[i];
 
-		if (slot->dboid == dboid)
+		if (slot->dboid == dboid && slot->role == role)
 		{
 			LWLockRelease(evbus_shared->lock);
 			return false;
@@ -130,6 +130,7 @@ evbus_claim_worker_slot(Oid dboid, Latch *latch)
 				 errhint("Increase max_worker_processes.")));
 	}
 	evbus_shared->slots[free_slot].dboid = dboid;
+	evbus_shared->slots[free_slot].role = role;
 	evbus_shared->slots[free_slot].pid = MyProcPid;
 	evbus_shared->slots[free_slot].latch = latch;
 	evbus_shared->slots[free_slot].stop_requested = false;
@@ -169,7 +170,8 @@ evbus_wake_worker(Oid dboid)
 	LWLockAcquire(evbus_shared->lock, LW_SHARED);
 	for (i = 0; i < evbus_max_databases(); i++)
 	{
-		if (evbus_shared->slots[i].dboid == dboid)
+		if (evbus_shared->slots[i].dboid == dboid &&
+			evbus_shared->slots[i].role == EVBUS_PUBLISHER)
 		{
 			if (evbus_shared->slots[i].latch)
 				SetLatch(evbus_shared->slots[i].latch);
@@ -179,9 +181,9 @@ evbus_wake_worker(Oid dboid)
 	LWLockRelease(evbus_shared->lock);
 }
 
-/* Process id of dboid's worker, or 0. */
+/* Process id of dboid's worker of the given role, or 0. */
 pid_t
-evbus_worker_pid_for(Oid dboid)
+evbus_worker_pid_for(Oid dboid, int role)
 {
 	int			i;
 	pid_t		pid = 0;
@@ -191,7 +193,8 @@ evbus_worker_pid_for(Oid dboid)
 	LWLockAcquire(evbus_shared->lock, LW_SHARED);
 	for (i = 0; i < evbus_max_databases(); i++)
 	{
-		if (evbus_shared->slots[i].dboid == dboid)
+		if (evbus_shared->slots[i].dboid == dboid &&
+			(role < 0 || evbus_shared->slots[i].role == role))
 		{
 			pid = evbus_shared->slots[i].pid;
 			break;
@@ -202,15 +205,16 @@ evbus_worker_pid_for(Oid dboid)
 }
 
 /*
- * evbus_request_worker_stop --- ask dboid's worker to exit for good.
+ * evbus_request_worker_stop --- ask dboid's workers to exit for good.
  *
- * Returns the worker's pid (0 if none) so the caller can signal it.
+ * Stores their pids in pids (at most maxpids) so the caller can signal
+ * them; returns how many there are.
  */
-pid_t
-evbus_request_worker_stop(Oid dboid)
+int
+evbus_request_worker_stop(Oid dboid, pid_t *pids, int maxpids)
 {
 	int			i;
-	pid_t		pid = 0;
+	int			n = 0;
 
 	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < evbus_max_databases(); i++)
@@ -218,12 +222,12 @@ evbus_request_worker_stop(Oid dboid)
 		if (evbus_shared->slots[i].dboid == dboid)
 		{
 			evbus_shared->slots[i].stop_requested = true;
-			pid = evbus_shared->slots[i].pid;
-			break;
+			if (n < maxpids)
+				pids[n++] = evbus_shared->slots[i].pid;
 		}
 	}
 	LWLockRelease(evbus_shared->lock);
-	return pid;
+	return n;
 }
 
 /* In the worker: has someone asked this worker to exit for good? */

@@ -416,7 +416,11 @@ evbus_publish(PG_FUNCTION_ARGS)
  *
  * Requeues a dead-lettered event of the publishing side: it goes back to
  * the outbox with its original message id (so a consumer that saw an
- * earlier copy still de-duplicates it) and is published again.
+ * earlier copy still de-duplicates it) and is published again.  On the
+ * consuming side, a dead message is handled again from the start (its
+ * attempts reset) and a failed one waiting for its retry is retried now.
+ * Messages that could not be decoded stay dead: there is nothing to hand a
+ * handler.
  */
 PG_FUNCTION_INFO_V1(evbus_retry);
 Datum
@@ -468,5 +472,40 @@ evbus_retry(PG_FUNCTION_ARGS)
 
 	if (requeued > 0)
 		staged_in_xact = true;
+
+	/*
+	 * The consuming side: a dead message goes back to pending with its
+	 * attempts reset; a message waiting for a retry is retried now.  The
+	 * consumer worker runs it within its poll interval.
+	 */
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(evbus_extension_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute_with_args("WITH d AS (DELETE FROM evbus.dead_letters"
+								  " WHERE message_id OPERATOR(pg_catalog.=) $1"
+								  " AND direction OPERATOR(pg_catalog.=) 'consume'"
+								  " AND raw_value IS NULL)"
+								  " UPDATE evbus.inbox SET state = 'pending',"
+								  " attempts = CASE WHEN state OPERATOR(pg_catalog.=) 'dead'"
+								  " THEN 0 ELSE attempts END,"
+								  " next_attempt_at = pg_catalog.now()"
+								  " WHERE message_id OPERATOR(pg_catalog.=) $1"
+								  " AND state OPERATOR(pg_catalog.<>) 'handled'"
+								  " AND payload IS NOT NULL",
+								  1, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not requeue the message");
+		requeued += SPI_processed;
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+
 	PG_RETURN_BOOL(requeued > 0);
 }

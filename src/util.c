@@ -94,7 +94,7 @@ evbus_check_event_name(const char *name, const char *what)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_NAME),
 					 errmsg("\"%s\" is not a valid %s name", name, what),
-					 errdetail("The name becomes a Kafka topic name, which may contain only ASCII letters, digits, \".\", \"_\" and \"-\".")));
+					 errdetail("Names become Kafka topic and group names, which may contain only ASCII letters, digits, \".\", \"_\" and \"-\".")));
 	}
 }
 

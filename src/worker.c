@@ -85,7 +85,7 @@ evbus_worker_main(Datum main_arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
 	/* one worker per database */
-	if (!evbus_claim_worker_slot(dboid, MyLatch))
+	if (!evbus_claim_worker_slot(dboid, EVBUS_PUBLISHER, MyLatch))
 		proc_exit(0);
 
 	SetCurrentStatementStartTimestamp();
@@ -99,6 +99,12 @@ evbus_worker_main(Datum main_arg)
 	pgstat_report_appname("evbus worker");
 	ereport(LOG, (errmsg("evbus: worker started for database \"%s\"", dbname)));
 	evbus_publisher_init(dbname);
+
+	/*
+	 * Handlers run in a process of their own, so that a slow handler never
+	 * delays publishing.  If it runs already, the new one exits at once.
+	 */
+	evbus_start_worker(dboid, EVBUS_CONSUMER, false);
 
 	for (;;)
 	{

@@ -214,7 +214,9 @@ sub new_node
 	my ($name, %opts) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
 	$node->init(%{ $opts{init} // {} });
-	my @conf = ("shared_preload_libraries = 'evbus'");
+	# two workers per database with evbus (publisher, consumer) and the
+	# launcher: leave room for several databases
+	my @conf = ("shared_preload_libraries = 'evbus'", 'max_worker_processes = 20');
 	push @conf, "evbus.brokers = '" . kafka_bootstrap() . "'" if $opts{kafka};
 	my $extra = $opts{conf} // [];
 	push @conf, ref $extra ? @$extra : ($extra);

@@ -1,0 +1,71 @@
+-- handlers subscribe to integration events, per consumer group
+CREATE TABLE received (payload jsonb, headers jsonb);
+CREATE PROCEDURE on_order(payload jsonb, headers jsonb) LANGUAGE sql
+	AS $$ INSERT INTO public.received VALUES (payload, headers) $$;
+CREATE FUNCTION on_order_payload_only(payload jsonb) RETURNS void LANGUAGE sql
+	AS $$ INSERT INTO public.received VALUES (payload, NULL) $$;
+
+-- the default group is evbus.group_name, or the database name
+SELECT evbus.subscribe('OrderCreated', 'on_order(jsonb, jsonb)');
+SELECT evbus.subscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'audit', 3);
+SELECT integration_event, group_name, handler, is_procedure, takes_headers,
+       run_as = current_user::regrole AS runs_as_me, max_retries
+  FROM evbus.subscriptions ORDER BY group_name;
+
+-- subscribing again updates the subscription
+SELECT evbus.subscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'audit', 5);
+SELECT group_name, max_retries FROM evbus.subscriptions WHERE group_name = 'audit';
+
+-- unsubscribe: true when it existed
+SELECT evbus.unsubscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'audit');
+SELECT evbus.unsubscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'audit');
+SELECT count(*) FROM evbus.subscriptions;
+
+-- wrong handlers are refused at subscribe time
+CREATE FUNCTION wrong_args(payload text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION three_args(a jsonb, b jsonb, c jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION second_not_jsonb(a jsonb, b text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION set_returning(a jsonb) RETURNS SETOF int LANGUAGE sql AS $$ SELECT 1 $$;
+SELECT evbus.subscribe('OrderCreated', 'wrong_args(text)');
+SELECT evbus.subscribe('OrderCreated', 'three_args(jsonb, jsonb, jsonb)');
+SELECT evbus.subscribe('OrderCreated', 'second_not_jsonb(jsonb, text)');
+SELECT evbus.subscribe('OrderCreated', 'set_returning(jsonb)');
+SELECT evbus.subscribe('OrderCreated', 'no_such_handler(jsonb)');
+SELECT evbus.subscribe('bad topic', 'on_order(jsonb, jsonb)');
+SELECT evbus.subscribe('OrderCreated', 'on_order(jsonb, jsonb)', 'bad group');
+SELECT evbus.subscribe('OrderCreated', 'on_order(jsonb, jsonb)', NULL, -1);
+SELECT evbus.subscribe(NULL, 'on_order(jsonb, jsonb)');
+
+-- a handler runs as the role that subscribed it; that role must be allowed
+-- to execute it
+CREATE ROLE evbus_consumer_role;
+GRANT USAGE ON SCHEMA evbus TO evbus_consumer_role;
+GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) TO evbus_consumer_role;
+CREATE FUNCTION private_handler(payload jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+REVOKE ALL ON FUNCTION private_handler(jsonb) FROM PUBLIC;
+SET ROLE evbus_consumer_role;
+SELECT evbus.subscribe('OrderCreated', 'private_handler(jsonb)');
+SELECT evbus.subscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'limited');
+RESET ROLE;
+SELECT group_name, run_as FROM evbus.subscriptions WHERE group_name = 'limited';
+-- without EXECUTE on evbus.subscribe, nothing
+CREATE ROLE evbus_nobody;
+SET ROLE evbus_nobody;
+SELECT evbus.subscribe('OrderCreated', 'on_order(jsonb, jsonb)');
+RESET ROLE;
+
+-- the consumer worker runs next to the publishing one
+DO $$
+BEGIN
+	FOR i IN 1..100 LOOP
+		EXIT WHEN evbus.consumer_pid() IS NOT NULL;
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+END $$;
+SELECT backend_type FROM pg_stat_activity WHERE pid = evbus.consumer_pid();
+
+SELECT evbus.unsubscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'limited');
+SELECT evbus.unsubscribe('OrderCreated', 'on_order(jsonb, jsonb)');
+REVOKE ALL ON SCHEMA evbus FROM evbus_consumer_role;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_consumer_role;
+DROP ROLE evbus_consumer_role, evbus_nobody;

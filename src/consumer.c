@@ -1,0 +1,511 @@
+/*-------------------------------------------------------------------------
+ *
+ * consumer.c
+ *	  One librdkafka consumer per consumer group, in the consumer worker.
+ *
+ * The database, not Kafka, owns the offsets: on partition assignment the
+ * rebalance callback starts each partition at the later of the offset
+ * stored in evbus.consumer_offsets and the group's offset committed in
+ * Kafka (which another database of the same group may have advanced), or
+ * at its beginning when neither exists -- never at librdkafka's
+ * auto.offset.reset default.  Offsets are committed to Kafka too, for lag
+ * tools and for other members of the group, but only after the database
+ * transaction that handled the messages, and synchronously when
+ * partitions are revoked.
+ *
+ * A callback writes to a pipe when a consumer's queue becomes non-empty;
+ * the pipe is in the worker's wait set.  librdkafka's threads run no
+ * PostgreSQL code.  The rebalance callback runs in the worker's thread,
+ * inside rd_kafka_consumer_poll, with no transaction open.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/memutils.h"
+
+#include "consumer.h"
+#include "kafka.h"
+
+/* Most messages handled per group per poll. */
+#define POLL_BATCH 500
+
+typedef struct GroupConsumer
+{
+	char	   *group;
+	char	   *topics;			/* comma-separated, sorted: detects changes */
+	rd_kafka_t *rk;
+	rd_kafka_queue_t *queue;
+} GroupConsumer;
+
+static List *consumers = NIL;
+static int	wake_pipe[2] = {-1, -1};
+
+static void
+queue_nonempty_cb(rd_kafka_t *rk, void *opaque)
+{
+	char		byte = 1;
+
+	if (write(wake_pipe[1], &byte, 1) < 0)
+	{
+		/* pipe full: the worker is awake already */
+	}
+}
+
+int
+evbus_consumers_wakeup_fd(void)
+{
+	if (wake_pipe[0] < 0)
+	{
+		if (pipe(wake_pipe) != 0 ||
+			fcntl(wake_pipe[0], F_SETFL, O_NONBLOCK) != 0 ||
+			fcntl(wake_pipe[1], F_SETFL, O_NONBLOCK) != 0)
+			ereport(ERROR,
+					(errcode_for_socket_access(),
+					 errmsg("could not create a pipe: %m")));
+	}
+	return wake_pipe[0];
+}
+
+/*
+ * on_assign --- start each assigned partition where this group left off.
+ */
+static void
+on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *parts)
+{
+	rd_kafka_topic_partition_list_t *committed = rd_kafka_topic_partition_list_copy(parts);
+	rd_kafka_resp_err_t err;
+	int			i;
+
+	/* the group's offsets in Kafka (another database may have moved them) */
+	err = rd_kafka_committed(rk, committed, 10000);
+	if (err)
+		ereport(LOG,
+				(errmsg("evbus: group \"%s\": could not read committed offsets: %s",
+						gc->group, rd_kafka_err2str(err))));
+
+	evbus_consumer_begin();
+	for (i = 0; i < parts->cnt; i++)
+	{
+		rd_kafka_topic_partition_t *p = &parts->elems[i];
+		int64		stored = evbus_stored_offset(gc->group, p->topic, p->partition);
+		int64		kafka = err ? -1 : committed->elems[i].offset;
+
+		p->offset = Max(stored, kafka);
+		if (p->offset < 0)
+			p->offset = RD_KAFKA_OFFSET_BEGINNING;
+		elog(DEBUG1, "evbus: group \"%s\" assigned %s/%d at " INT64_FORMAT,
+			 gc->group, p->topic, p->partition, p->offset);
+	}
+	evbus_consumer_commit();
+	rd_kafka_topic_partition_list_destroy(committed);
+	rd_kafka_assign(rk, parts);
+}
+
+/*
+ * on_revoke --- hand the partitions over at the offsets stored in the
+ * database (everything before them is handled and committed there).
+ */
+static void
+on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *parts)
+{
+	rd_kafka_topic_partition_list_t *commit = rd_kafka_topic_partition_list_new(parts->cnt);
+	int			i;
+
+	evbus_consumer_begin();
+	for (i = 0; i < parts->cnt; i++)
+	{
+		int64		stored = evbus_stored_offset(gc->group, parts->elems[i].topic,
+												 parts->elems[i].partition);
+
+		if (stored >= 0)
+			rd_kafka_topic_partition_list_add(commit, parts->elems[i].topic,
+											  parts->elems[i].partition)->offset = stored;
+	}
+	evbus_consumer_commit();
+	if (commit->cnt > 0)
+		rd_kafka_commit(rk, commit, 0);
+	rd_kafka_topic_partition_list_destroy(commit);
+	rd_kafka_assign(rk, NULL);
+}
+
+static void
+rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+			 rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+	GroupConsumer *gc = (GroupConsumer *) opaque;
+
+	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
+		on_assign(rk, gc, parts);
+	else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
+		on_revoke(rk, gc, parts);
+	else
+		rd_kafka_assign(rk, NULL);
+}
+
+/* Comma-separated sorted topics of a group's subscriptions. */
+static char *
+group_topics(List *subs, const char *group)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	const char *last = NULL;
+
+	initStringInfo(&buf);
+	/* subs are ordered by group then integration event: topics are sorted */
+	foreach(lc, subs)
+	{
+		EvbusSubscription *sub = lfirst(lc);
+
+		if (strcmp(sub->group_name, group) != 0)
+			continue;
+		if (last && strcmp(last, sub->topic) == 0)
+			continue;
+		if (buf.len > 0)
+			appendStringInfoChar(&buf, ',');
+		appendStringInfoString(&buf, sub->topic);
+		last = sub->topic;
+	}
+	return buf.data;
+}
+
+static const char *const consumer_defaults[] = {
+	"session.timeout.ms", "10000",
+	"heartbeat.interval.ms", "1000",
+	"max.poll.interval.ms", "600000",
+	"isolation.level", "read_committed",
+	"allow.auto.create.topics", "true",
+	"topic.metadata.refresh.interval.ms", "10000",
+	NULL
+};
+
+/* What exactly-once in effect rests on: offsets are ours. */
+static const char *const consumer_forced[] = {
+	"enable.auto.commit", "false",
+	"enable.auto.offset.store", "false",
+	"auto.offset.reset", "earliest",
+	"enable.partition.eof", "false",
+	NULL
+};
+
+static GroupConsumer *
+consumer_create(const char *brokers, const char *group, const char *topics)
+{
+	GroupConsumer *gc = MemoryContextAllocZero(TopMemoryContext, sizeof(GroupConsumer));
+	rd_kafka_conf_t *conf;
+	char		errstr[512];
+	char		client_id[NAMEDATALEN + 32];
+	rd_kafka_topic_partition_list_t *list;
+	char	   *copy;
+	char	   *tok;
+	char	   *save;
+
+	gc->group = MemoryContextStrdup(TopMemoryContext, group);
+	gc->topics = MemoryContextStrdup(TopMemoryContext, topics);
+	snprintf(client_id, sizeof(client_id), "evbus-%u-consumer", MyDatabaseId);
+	conf = evbus_kafka_conf_new(brokers, client_id, consumer_defaults, consumer_forced);
+	PG_TRY();
+	{
+		evbus_kafka_conf_set(conf, "group.id", group);
+	}
+	PG_CATCH();
+	{
+		rd_kafka_conf_destroy(conf);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	rd_kafka_conf_set_opaque(conf, gc);
+	rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+
+	gc->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+	if (gc->rk == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not create the Kafka consumer of group \"%s\": %s", group, errstr)));
+	rd_kafka_set_log_queue(gc->rk, NULL);
+	rd_kafka_poll_set_consumer(gc->rk);
+	gc->queue = rd_kafka_queue_get_consumer(gc->rk);
+	(void) evbus_consumers_wakeup_fd();
+	rd_kafka_queue_cb_event_enable(gc->queue, queue_nonempty_cb, NULL);
+
+	list = rd_kafka_topic_partition_list_new(8);
+	copy = pstrdup(topics);
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+		rd_kafka_topic_partition_list_add(list, tok, RD_KAFKA_PARTITION_UA);
+	rd_kafka_subscribe(gc->rk, list);
+	rd_kafka_topic_partition_list_destroy(list);
+	ereport(LOG,
+			(errmsg("evbus: consumer group \"%s\" subscribed to %s", group, topics)));
+	return gc;
+}
+
+static void
+consumer_destroy(GroupConsumer *gc)
+{
+	rd_kafka_queue_cb_event_enable(gc->queue, NULL, NULL);
+	rd_kafka_queue_destroy(gc->queue);
+	/* leave the group so that its partitions move on at once */
+	rd_kafka_consumer_close(gc->rk);
+	rd_kafka_destroy(gc->rk);
+	pfree(gc->group);
+	pfree(gc->topics);
+	pfree(gc);
+}
+
+/*
+ * evbus_consumers_sync --- one consumer per group of subs, subscribed to
+ * exactly that group's topics; consumers of vanished groups leave.
+ */
+void
+evbus_consumers_sync(List *subs)
+{
+	char		buf[1024];
+	const char *brokers = evbus_resolve_brokers(buf, sizeof(buf));
+	List	   *keep = NIL;
+	ListCell   *lc;
+	ListCell   *lc2;
+	List	   *groups = NIL;
+
+	foreach(lc, subs)
+	{
+		EvbusSubscription *sub = lfirst(lc);
+
+		if (!list_member(groups, makeString(sub->group_name)))
+			groups = lappend(groups, makeString(sub->group_name));
+	}
+
+	foreach(lc, consumers)
+	{
+		GroupConsumer *gc = lfirst(lc);
+		char	   *topics = group_topics(subs, gc->group);
+
+		if (brokers != NULL && topics[0] != '\0' && strcmp(topics, gc->topics) == 0)
+			keep = lappend(keep, gc);
+		else
+			consumer_destroy(gc);
+	}
+	list_free(consumers);
+	consumers = keep;
+
+	if (brokers == NULL)
+		return;
+	foreach(lc, groups)
+	{
+		char	   *group = strVal(lfirst(lc));
+		bool		found = false;
+
+		foreach(lc2, consumers)
+			if (strcmp(((GroupConsumer *) lfirst(lc2))->group, group) == 0)
+				found = true;
+		if (!found)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			consumers = lappend(consumers, consumer_create(brokers, group,
+														   group_topics(subs, group)));
+			MemoryContextSwitchTo(old);
+		}
+	}
+}
+
+/* Copy a librdkafka message into cxt. */
+static void
+copy_message(const rd_kafka_message_t *km, ReceivedMessage *m)
+{
+	rd_kafka_headers_t *hdrs = NULL;
+
+	m->topic = pstrdup(rd_kafka_topic_name(km->rkt));
+	m->partition = km->partition;
+	m->offset = km->offset;
+	m->key = km->key ? pnstrdup(km->key, km->key_len) : NULL;
+	m->keylen = km->key_len;
+	m->value = km->payload ? palloc(km->len + 1) : NULL;
+	if (m->value)
+	{
+		memcpy(m->value, km->payload, km->len);
+		m->value[km->len] = '\0';
+	}
+	m->valuelen = km->len;
+	m->nheaders = 0;
+	if (rd_kafka_message_headers(km, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR && hdrs)
+	{
+		size_t		n = rd_kafka_header_cnt(hdrs);
+		size_t		i;
+
+		m->header_names = palloc(sizeof(char *) * n);
+		m->header_values = palloc(sizeof(char *) * n);
+		m->header_lens = palloc(sizeof(size_t) * n);
+		for (i = 0; i < n; i++)
+		{
+			const char *name;
+			const void *value;
+			size_t		size;
+
+			if (rd_kafka_header_get_all(hdrs, i, &name, &value, &size))
+				break;
+			m->header_names[i] = pstrdup(name);
+			m->header_values[i] = value ? pnstrdup(value, size) : NULL;
+			m->header_lens[i] = size;
+			m->nheaders++;
+		}
+	}
+}
+
+/* Is (topic, partition) still assigned to this consumer? */
+static bool
+still_assigned(rd_kafka_topic_partition_list_t *assignment, const char *topic, int32 partition)
+{
+	return assignment && rd_kafka_topic_partition_list_find(assignment, topic, partition) != NULL;
+}
+
+/*
+ * evbus_consumers_poll --- receive and handle up to POLL_BATCH messages
+ * per group.  Returns true if a group may have more waiting.  Sets
+ * *left_pending when messages were left pending (retry, or waiting for
+ * their key).
+ */
+bool
+evbus_consumers_poll(List *subs, bool *left_pending)
+{
+	ListCell   *lc;
+	bool		more = false;
+	char		drain[256];
+
+	while (wake_pipe[0] >= 0 && read(wake_pipe[0], drain, sizeof(drain)) > 0)
+		;
+
+	foreach(lc, consumers)
+	{
+		GroupConsumer *gc = lfirst(lc);
+		MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "evbus poll",
+												  ALLOCSET_DEFAULT_SIZES);
+		MemoryContext old = MemoryContextSwitchTo(cxt);
+		ReceivedMessage *msgs = palloc(sizeof(ReceivedMessage) * POLL_BATCH);
+		NextOffset *offsets = palloc(sizeof(NextOffset) * POLL_BATCH);
+		int			n = 0;
+		int			noffsets = 0;
+		int			kept = 0;
+		int			i;
+		rd_kafka_topic_partition_list_t *assignment = NULL;
+
+		while (n < POLL_BATCH)
+		{
+			rd_kafka_message_t *km = rd_kafka_consumer_poll(gc->rk, 0);
+
+			if (km == NULL)
+				break;
+			if (km->err)
+			{
+				if (km->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+					ereport(LOG,
+							(errmsg("evbus: group \"%s\": %s", gc->group,
+									rd_kafka_message_errstr(km))));
+				rd_kafka_message_destroy(km);
+				continue;
+			}
+			copy_message(km, &msgs[n++]);
+			rd_kafka_message_destroy(km);
+		}
+		if (n == POLL_BATCH)
+			more = true;
+
+		/* a rebalance during the poll: drop what is no longer ours */
+		if (n > 0)
+			rd_kafka_assignment(gc->rk, &assignment);
+		for (i = 0; i < n; i++)
+		{
+			int			j;
+
+			if (!still_assigned(assignment, msgs[i].topic, msgs[i].partition))
+				continue;
+			msgs[kept++] = msgs[i];
+			for (j = 0; j < noffsets; j++)
+				if (offsets[j].partition == msgs[i].partition &&
+					strcmp(offsets[j].topic, msgs[i].topic) == 0)
+					break;
+			if (j == noffsets)
+			{
+				offsets[j].topic = msgs[i].topic;
+				offsets[j].partition = msgs[i].partition;
+				noffsets++;
+			}
+			offsets[j].next_offset = msgs[i].offset + 1;
+		}
+		if (assignment)
+			rd_kafka_topic_partition_list_destroy(assignment);
+
+		if (kept > 0)
+		{
+			rd_kafka_topic_partition_list_t *commit;
+
+			if (evbus_inbox_receive(gc->group, subs, msgs, kept, offsets, noffsets))
+				*left_pending = true;
+
+			/* the database has it: tell Kafka too (advisory, never ahead) */
+			commit = rd_kafka_topic_partition_list_new(noffsets);
+			for (i = 0; i < noffsets; i++)
+				rd_kafka_topic_partition_list_add(commit, offsets[i].topic,
+												  offsets[i].partition)->offset = offsets[i].next_offset;
+			rd_kafka_commit(gc->rk, commit, 1);
+			rd_kafka_topic_partition_list_destroy(commit);
+		}
+		MemoryContextSwitchTo(old);
+		MemoryContextDelete(cxt);
+	}
+	return more;
+}
+
+/* Store the high watermarks of the assigned partitions (for the lag). */
+void
+evbus_consumers_report_watermarks(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, consumers)
+	{
+		GroupConsumer *gc = lfirst(lc);
+		rd_kafka_topic_partition_list_t *assignment = NULL;
+		NextOffset *hwm;
+		int			n = 0;
+		int			i;
+
+		if (rd_kafka_assignment(gc->rk, &assignment) || assignment == NULL)
+			continue;
+		hwm = palloc(sizeof(NextOffset) * Max(assignment->cnt, 1));
+		for (i = 0; i < assignment->cnt; i++)
+		{
+			int64_t		lo;
+			int64_t		hi;
+
+			/* cached from fetch responses: no network wait */
+			if (rd_kafka_get_watermark_offsets(gc->rk, assignment->elems[i].topic,
+											   assignment->elems[i].partition,
+											   &lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
+			{
+				hwm[n].topic = pstrdup(assignment->elems[i].topic);
+				hwm[n].partition = assignment->elems[i].partition;
+				hwm[n].next_offset = hi;
+				n++;
+			}
+		}
+		rd_kafka_topic_partition_list_destroy(assignment);
+		evbus_store_high_watermarks(gc->group, hwm, n);
+	}
+}
+
+/* Leave every group (at exit). */
+void
+evbus_consumers_shutdown(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, consumers)
+		consumer_destroy(lfirst(lc));
+	list_free(consumers);
+	consumers = NIL;
+}

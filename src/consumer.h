@@ -1,0 +1,81 @@
+/*-------------------------------------------------------------------------
+ *
+ * consumer.h
+ *	  The consuming side: subscriptions, Kafka consumers per group, the
+ *	  inbox and handler execution.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EVBUS_CONSUMER_H
+#define EVBUS_CONSUMER_H
+
+#include "evbus.h"
+
+/* One handler of one integration event in one group (subscriptions.c). */
+typedef struct EvbusSubscription
+{
+	char	   *group_name;
+	char	   *integration_event;
+	char	   *topic;			/* evbus.topic_prefix || integration_event */
+	Oid			handler;
+	bool		is_procedure;
+	bool		takes_headers;
+	Oid			run_as;
+	int			max_retries;	/* -1: evbus.max_retries */
+	char	   *call_sql;		/* CALL/SELECT schema.handler($1[, $2]) */
+} EvbusSubscription;
+
+/* A message as received from Kafka, copied out of librdkafka. */
+typedef struct ReceivedMessage
+{
+	char	   *topic;
+	int32		partition;
+	int64		offset;
+	char	   *key;			/* NULL: no key */
+	size_t		keylen;
+	char	   *value;			/* NULL: a null value (tombstone) */
+	size_t		valuelen;
+	int			nheaders;
+	char	  **header_names;
+	char	  **header_values;	/* NULL: a null header value */
+	size_t	   *header_lens;
+} ReceivedMessage;
+
+/* An offset to store: the next one to read in a partition. */
+typedef struct NextOffset
+{
+	char	   *topic;
+	int32		partition;
+	int64		next_offset;
+} NextOffset;
+
+/* subscriptions.c */
+extern char *evbus_default_group(void);
+extern void evbus_subscriptions_watch(void);
+extern bool evbus_subscriptions_changed_since_load(void);
+extern List *evbus_load_subscriptions(MemoryContext cxt);
+
+/* handler.c */
+extern bool evbus_run_handlers(List *subs, Jsonb *payload, Jsonb *headers,
+							   char **error_code, char **error_message);
+extern void evbus_forget_handler_plans(void);
+
+/* inbox.c */
+extern void evbus_consumer_begin(void);
+extern void evbus_consumer_commit(void);
+extern bool evbus_inbox_receive(const char *group, List *subs,
+								ReceivedMessage *msgs, int n,
+								NextOffset *offsets, int noffsets);
+extern TimestampTz evbus_inbox_dispatch_due(List *subs);
+extern void evbus_inbox_maintain(void);
+extern int64 evbus_stored_offset(const char *group, const char *topic, int32 partition);
+extern void evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n);
+
+/* consumer.c */
+extern void evbus_consumers_sync(List *subs);
+extern bool evbus_consumers_poll(List *subs, bool *left_pending);
+extern int	evbus_consumers_wakeup_fd(void);
+extern void evbus_consumers_report_watermarks(void);
+extern void evbus_consumers_shutdown(void);
+
+#endif							/* EVBUS_CONSUMER_H */

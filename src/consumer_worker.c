@@ -1,0 +1,156 @@
+/*-------------------------------------------------------------------------
+ *
+ * consumer_worker.c
+ *	  The consumer worker of one database: receives the subscribed topics
+ *	  and runs the handlers, in a process of its own so that a slow handler
+ *	  never delays publishing.
+ *
+ * Started by the database's publisher worker.  One wait point: latch,
+ * postmaster death, and the pipe librdkafka's consumers write to; the
+ * timeout is the next due retry or evbus.poll_interval.  Each pass:
+ * reload the subscriptions if they changed, receive and handle what the
+ * consumers have, run due retries, and every few seconds record the high
+ * watermarks (for the lag) and expire old inbox rows.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "consumer.h"
+
+static volatile sig_atomic_t shutdown_requested = false;
+
+static void
+consumer_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	shutdown_requested = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+void
+evbus_consumer_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	MemoryContext subs_cxt;
+	List	   *subs = NIL;
+	WaitEventSet *wait_set;
+	TimestampTz next_due = 0;
+	TimestampTz last_maintain = 0;
+	bool		dispatch_now = true;
+	char		brokers_seen[1024] = "";
+	bool		has_extension;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, consumer_sigterm);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	if (!evbus_claim_worker_slot(dboid, EVBUS_CONSUMER, MyLatch))
+		proc_exit(0);
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	has_extension = OidIsValid(get_extension_oid("evbus", true));
+	CommitTransactionCommand();
+	if (!has_extension)
+		proc_exit(0);
+
+	pgstat_report_appname("evbus consumer");
+	evbus_subscriptions_watch();
+	subs_cxt = AllocSetContextCreate(TopMemoryContext, "evbus subscriptions",
+									 ALLOCSET_DEFAULT_SIZES);
+	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, evbus_consumers_wakeup_fd(), NULL, NULL);
+
+	for (;;)
+	{
+		WaitEvent	events[3];
+		bool		more = false;
+		bool		left_pending = false;
+		long		timeout;
+		TimestampTz now;
+		char		buf[1024];
+		const char *brokers;
+
+		if (shutdown_requested)
+		{
+			evbus_consumers_shutdown();
+			proc_exit(evbus_worker_stop_requested() ? 0 : 1);
+		}
+
+		/* subscriptions or brokers changed: reload, resubscribe */
+		evbus_consumer_begin();
+		brokers = evbus_resolve_brokers(buf, sizeof(buf));
+		if (evbus_subscriptions_changed_since_load() ||
+			strcmp(brokers ? brokers : "", brokers_seen) != 0)
+		{
+			MemoryContextReset(subs_cxt);
+			subs = evbus_load_subscriptions(subs_cxt);
+			evbus_consumer_commit();
+			evbus_forget_handler_plans();
+			strlcpy(brokers_seen, brokers ? brokers : "", sizeof(brokers_seen));
+			pgstat_report_activity(STATE_RUNNING, "subscribing");
+			evbus_consumers_sync(subs);
+			dispatch_now = true;
+		}
+		else
+			evbus_consumer_commit();
+
+		pgstat_report_activity(STATE_RUNNING, "consuming");
+		more = evbus_consumers_poll(subs, &left_pending);
+
+		now = GetCurrentTimestamp();
+		if (dispatch_now || left_pending || (next_due != 0 && now >= next_due))
+		{
+			pgstat_report_activity(STATE_RUNNING, "retrying");
+			next_due = evbus_inbox_dispatch_due(subs);
+			dispatch_now = false;
+		}
+		if (TimestampDifferenceExceeds(last_maintain, now, 5000))
+		{
+			pgstat_report_activity(STATE_RUNNING, "maintaining the inbox");
+			evbus_consumers_report_watermarks();
+			evbus_inbox_maintain();
+			last_maintain = now;
+		}
+		pgstat_report_activity(STATE_IDLE, NULL);
+
+		timeout = evbus_poll_interval_ms;
+		if (more)
+			timeout = 0;
+		else if (next_due != 0)
+		{
+			long		until = (long) ((next_due - GetCurrentTimestamp()) / 1000);
+
+			timeout = Max(0, Min(timeout, until + 1));
+		}
+		(void) WaitEventSetWait(wait_set, timeout, events, lengthof(events),
+								PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+}

@@ -1,0 +1,828 @@
+/*-------------------------------------------------------------------------
+ *
+ * inbox.c
+ *	  The consumer's transactions: receive messages into the inbox, run
+ *	  their handlers, retry, dead-letter, advance the stored offsets.
+ *
+ * Receiving a batch of messages takes two short transactions:
+ *
+ *	1. record: decode each message (undecodable ones are dead-lettered at
+ *	   once with their raw bytes), insert it into evbus.inbox unless its
+ *	   (group, message id) is there already (a redelivery), and for each
+ *	   message that may run now -- no earlier event of its key is pending --
+ *	   count the attempt.  Committed before any handler runs, so a handler
+ *	   that crashes its backend still counts as an attempt and a poison
+ *	   message cannot crash-loop the server.
+ *	2. handle: run the handlers of those messages, each in a
+ *	   subtransaction; mark each message handled, or record the error and
+ *	   schedule a retry (exponential backoff with jitter), or, after the
+ *	   last retry, dead-letter it and NOTIFY evbus_dead_letter; and advance
+ *	   the stored offsets past the batch.  Handler effects, the inbox
+ *	   state and the offset commit together.
+ *
+ * Retries go the same way (evbus_inbox_dispatch_due): count the attempt
+ * and commit, then handle.  A message waits while an earlier message of
+ * its key (same group) is pending, so per-key order holds through retries;
+ * other keys flow.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <ctype.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "common/jsonapi.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/ipc.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/jsonfuncs.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+#include "utils/uuid.h"
+
+#include "consumer.h"
+
+/* A message that may run its handlers in this transaction. */
+typedef struct Dispatch
+{
+	int64		inbox_id;
+	char	   *group_name;
+	char	   *topic;
+	char	   *message_id;		/* text, for NOTIFY and dead letters */
+	Jsonb	   *payload;
+	Jsonb	   *headers;
+	int			attempts;		/* including this one */
+	List	   *subs;
+} Dispatch;
+
+/* ------------------------------------------------------------------
+ * Transactions
+ * ------------------------------------------------------------------
+ */
+
+void
+evbus_consumer_begin(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (!OidIsValid(get_extension_oid("evbus", true)))
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		ereport(LOG, (errmsg("evbus: extension dropped, consumer exiting")));
+		proc_exit(0);
+	}
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+void
+evbus_consumer_commit(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+}
+
+static void
+exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
+	 int expected)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+
+	if (rc != expected)
+		elog(ERROR, "evbus: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
+}
+
+/* ------------------------------------------------------------------
+ * Decoding: never let an undecodable message reach a handler
+ * ------------------------------------------------------------------
+ */
+
+typedef struct Decoded
+{
+	const char *poison;			/* NULL if decodable, else the error code */
+	char	   *detail;
+	Jsonb	   *payload;
+	Jsonb	   *headers;
+	char	   *message_id;		/* valid cap-msg-id, or NULL */
+	char	   *event_key;
+} Decoded;
+
+static bool
+valid_utf8(const char *s, size_t len)
+{
+	return pg_verify_mbstr(PG_UTF8, s, (int) len, true);
+}
+
+/* The canonical text form of a UUID: 8-4-4-4-12 hex digits. */
+static bool
+is_uuid_text(const char *s)
+{
+	int			i;
+
+	if (strlen(s) != 36)
+		return false;
+	for (i = 0; i < 36; i++)
+	{
+		if (i == 8 || i == 13 || i == 18 || i == 23)
+		{
+			if (s[i] != '-')
+				return false;
+		}
+		else if (!isxdigit((unsigned char) s[i]))
+			return false;
+	}
+	return true;
+}
+
+/* Append s (valid UTF-8, no NUL) as a JSON string. */
+static void
+append_json_string(StringInfo buf, const char *s, size_t len)
+{
+	char	   *copy = pnstrdup(s, len);
+
+	escape_json(buf, copy);
+	pfree(copy);
+}
+
+static void
+decode_unchecked(const ReceivedMessage *m, const char *group, Decoded *d)
+{
+	JsonLexContext *lex;
+	JsonParseErrorType rc;
+	StringInfoData hdr;
+	int			i;
+
+	if (m->value == NULL)
+	{
+		d->poison = "no_value";
+		return;
+	}
+	if ((int64) m->valuelen > (int64) evbus_max_message_bytes)
+	{
+		d->poison = "too_large";
+		d->detail = psprintf("%zu bytes, over evbus.max_message_bytes (%d)", m->valuelen,
+							 evbus_max_message_bytes);
+		return;
+	}
+	if (memchr(m->value, '\0', m->valuelen) != NULL)
+	{
+		d->poison = "nul_byte";
+		return;
+	}
+	if (!valid_utf8(m->value, m->valuelen))
+	{
+		d->poison = "invalid_utf8";
+		return;
+	}
+
+	/* headers: valid UTF-8 strings; a cap-msg-id must be a UUID */
+	initStringInfo(&hdr);
+	appendStringInfoChar(&hdr, '{');
+	for (i = 0; i < m->nheaders; i++)
+	{
+		const char *name = m->header_names[i];
+
+		if (!valid_utf8(name, strlen(name)) ||
+			(m->header_values[i] && (!valid_utf8(m->header_values[i], m->header_lens[i]) ||
+									 memchr(m->header_values[i], '\0', m->header_lens[i]))))
+		{
+			d->poison = "invalid_utf8";
+			d->detail = pstrdup("a header is not valid UTF-8");
+			return;
+		}
+		if (strncmp(name, "evbus-topic", 11) == 0 || strcmp(name, "evbus-partition") == 0 ||
+			strcmp(name, "evbus-offset") == 0 || strcmp(name, "evbus-group") == 0)
+			continue;			/* evbus sets these itself */
+		if (strcmp(name, "cap-msg-id") == 0)
+		{
+			char	   *id = m->header_values[i] ? pnstrdup(m->header_values[i], m->header_lens[i]) : NULL;
+
+			if (id == NULL || !is_uuid_text(id))
+			{
+				d->poison = "invalid_message_id";
+				d->detail = psprintf("cap-msg-id \"%.64s\" is not a UUID", id ? id : "(null)");
+				return;
+			}
+			d->message_id = id;
+		}
+		if (hdr.len > 1)
+			appendStringInfoChar(&hdr, ',');
+		append_json_string(&hdr, name, strlen(name));
+		appendStringInfoChar(&hdr, ':');
+		if (m->header_values[i])
+			append_json_string(&hdr, m->header_values[i], m->header_lens[i]);
+		else
+			appendStringInfoString(&hdr, "null");
+	}
+	if (hdr.len > 1)
+		appendStringInfoChar(&hdr, ',');
+	appendStringInfoString(&hdr, "\"evbus-topic\":");
+	append_json_string(&hdr, m->topic, strlen(m->topic));
+	appendStringInfo(&hdr, ",\"evbus-partition\":%d,\"evbus-offset\":" INT64_FORMAT ",\"evbus-group\":",
+					 m->partition, m->offset);
+	append_json_string(&hdr, group, strlen(group));
+	appendStringInfoChar(&hdr, '}');
+
+	/* the value: JSON (checked without throwing), then an object */
+	lex = makeJsonLexContextCstringLen(m->value, (int) m->valuelen, PG_UTF8, true);
+	rc = pg_parse_json(lex, &nullSemAction);
+	if (rc == JSON_UNICODE_CODE_POINT_ZERO)
+	{
+		d->poison = "nul_byte";
+		return;
+	}
+	if (rc != JSON_SUCCESS)
+	{
+		d->poison = "invalid_json";
+		d->detail = pstrdup(json_errdetail(rc, lex));
+		return;
+	}
+	d->payload = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+													CStringGetDatum(pnstrdup(m->value, m->valuelen))));
+	if (!JB_ROOT_IS_OBJECT(d->payload) || JB_ROOT_IS_SCALAR(d->payload))
+	{
+		d->poison = "not_an_object";
+		return;
+	}
+	d->headers = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(hdr.data)));
+
+	if (m->key != NULL)
+	{
+		if (valid_utf8(m->key, m->keylen) && memchr(m->key, '\0', m->keylen) == NULL)
+			d->event_key = pnstrdup(m->key, m->keylen);
+		else
+		{
+			/* ordering only needs equality: a binary key is kept as hex */
+			StringInfoData k;
+			size_t		j;
+
+			initStringInfo(&k);
+			appendStringInfoString(&k, "\\x");
+			for (j = 0; j < m->keylen; j++)
+				appendStringInfo(&k, "%02x", (unsigned char) m->key[j]);
+			d->event_key = k.data;
+		}
+	}
+}
+
+/*
+ * decode --- decode one message; anything that throws (a pathological
+ * value, say nesting too deep) makes it poison instead of stopping the
+ * partition.
+ */
+static void
+decode(const ReceivedMessage *m, const char *group, Decoded *d)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	memset(d, 0, sizeof(Decoded));
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		decode_unchecked(m, group, d);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		d->poison = "invalid_json";
+		d->detail = pstrdup(edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
+/* ------------------------------------------------------------------
+ * Dead letters and retries
+ * ------------------------------------------------------------------
+ */
+
+/* A poison message: inbox row (for de-duplication) and dead letter. */
+static void
+dead_letter_poison(const char *group, const ReceivedMessage *m, const Decoded *d,
+				   const char *integration_event)
+{
+	char	   *dedup = d->message_id ? d->message_id :
+		psprintf("%s/%d/" INT64_FORMAT, m->topic, m->partition, m->offset);
+	char	   *message_id = d->message_id;
+	bytea	   *raw = NULL;
+	Oid			types[9] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID, BYTEAOID};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+	if (message_id == NULL)
+	{
+		pg_uuid_t	uuid;
+
+		evbus_new_message_id(&uuid);
+		message_id = evbus_uuid_to_cstring(&uuid);
+	}
+	if (m->value)
+	{
+		raw = palloc(VARHDRSZ + m->valuelen);
+		SET_VARSIZE(raw, VARHDRSZ + m->valuelen);
+		memcpy(VARDATA(raw), m->value, m->valuelen);
+	}
+	values[0] = CStringGetTextDatum(group);
+	values[1] = CStringGetTextDatum(dedup);
+	values[2] = CStringGetTextDatum(message_id);
+	values[3] = CStringGetTextDatum(m->topic);
+	values[4] = Int32GetDatum(m->partition);
+	values[5] = Int64GetDatum(m->offset);
+	values[6] = CStringGetTextDatum(d->poison);
+	values[7] = CStringGetTextDatum(d->detail ? d->detail : d->poison);
+	if (raw)
+		values[8] = PointerGetDatum(raw);
+	else
+		nulls[8] = 'n';
+	/* integration event: the subscription's, else the topic */
+	exec(psprintf("WITH i AS (INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
+				  " integration_event, topic, kafka_partition, kafka_offset, payload, headers,"
+				  " state, last_error_code, last_error_message)"
+				  " VALUES ($1, $2, $3::pg_catalog.uuid, %s, $4, $5, $6, NULL, '{}', 'dead', $7, $8)"
+				  " ON CONFLICT (group_name, dedup_key) DO NOTHING RETURNING message_id),"
+				  " d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
+				  " topic, group_name, kafka_partition, kafka_offset, raw_value, attempts,"
+				  " error_code, error_message)"
+				  " SELECT message_id, 'consume', %s, $4, $1, $5, $6, $9, 0, $7, $8 FROM i"
+				  " RETURNING message_id)"
+				  " SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
+				  quote_literal_cstr(integration_event), quote_literal_cstr(integration_event)),
+		 9, types, values, nulls, SPI_OK_SELECT);
+	ereport(WARNING,
+			(errmsg("evbus: message at %s/%d/" INT64_FORMAT " cannot be decoded (%s); dead-lettered",
+					m->topic, m->partition, m->offset, d->poison)));
+}
+
+/* Exponential backoff with +-20 % jitter, capped. */
+static int64
+backoff_ms(int attempts)
+{
+	double		ms = evbus_retry_interval_ms;
+	int			i;
+
+	for (i = 1; i < attempts && ms < evbus_retry_max_interval_ms; i++)
+		ms *= 2;
+	if (ms > evbus_retry_max_interval_ms)
+		ms = evbus_retry_max_interval_ms;
+	ms *= 0.8 + 0.4 * pg_prng_double(&pg_global_prng_state);
+	return (int64) ms;
+}
+
+static int
+max_retries_of(List *subs)
+{
+	ListCell   *lc;
+	int			result = -1;
+
+	foreach(lc, subs)
+	{
+		EvbusSubscription *sub = lfirst(lc);
+
+		if (sub->max_retries >= 0 && (result < 0 || sub->max_retries < result))
+			result = sub->max_retries;
+	}
+	return result >= 0 ? result : evbus_max_retries;
+}
+
+/*
+ * Run one dispatched message and record the outcome (inside a txn).
+ * Returns false when it stays pending for a retry.
+ */
+static bool
+handle(Dispatch *d)
+{
+	char	   *code = NULL;
+	char	   *message = NULL;
+	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, INT8OID};
+	Datum		values[4];
+
+	values[0] = Int64GetDatum(d->inbox_id);
+	if (d->subs == NIL)
+	{
+		code = "no_handler";
+		message = "no handler is subscribed to this event in this group any more";
+	}
+	else if (evbus_run_handlers(d->subs, d->payload, d->headers, &code, &message))
+	{
+		exec("UPDATE evbus.inbox SET state = 'handled', handled_at = pg_catalog.now(),"
+			 " next_attempt_at = NULL WHERE id OPERATOR(pg_catalog.=) $1",
+			 1, types, values, NULL, SPI_OK_UPDATE);
+		return true;
+	}
+
+	values[1] = CStringGetTextDatum(code);
+	values[2] = CStringGetTextDatum(message);
+	if (d->subs != NIL && d->attempts <= max_retries_of(d->subs))
+	{
+		values[3] = Int64GetDatum(backoff_ms(d->attempts));
+		exec("UPDATE evbus.inbox SET last_error_code = $2, last_error_message = $3,"
+			 " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
+			 " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
+			 " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3)),"
+			 " next_attempt_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+)"
+			 " pg_catalog.make_interval(secs => $4::pg_catalog.float8 OPERATOR(pg_catalog./) 1000)"
+			 " WHERE id OPERATOR(pg_catalog.=) $1",
+			 4, types, values, NULL, SPI_OK_UPDATE);
+		return false;
+	}
+
+	/* out of retries: dead letter, NOTIFY, and the key moves on */
+	exec("WITH i AS (UPDATE evbus.inbox SET state = 'dead', last_error_code = $2,"
+		 " last_error_message = $3, next_attempt_at = NULL,"
+		 " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
+		 " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
+		 " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3))"
+		 " WHERE id OPERATOR(pg_catalog.=) $1 RETURNING *),"
+		 " d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
+		 " topic, event_key, payload, headers, group_name, kafka_partition, kafka_offset,"
+		 " attempts, errors, error_code, error_message)"
+		 " SELECT COALESCE(message_id, pg_catalog.gen_random_uuid()), 'consume', integration_event,"
+		 " topic, event_key, payload, headers, group_name, kafka_partition, kafka_offset,"
+		 " attempts, errors, $2, $3 FROM i RETURNING message_id)"
+		 " SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
+		 3, types, values, NULL, SPI_OK_SELECT);
+	ereport(WARNING,
+			(errmsg("evbus: handling of message %s in group \"%s\" failed %d times; dead-lettered",
+					d->message_id ? d->message_id : "(no id)", d->group_name, d->attempts),
+			 errdetail("Last error: %s: %s", code, message)));
+	return true;
+}
+
+/* Subscriptions of (group, topic) among subs. */
+static List *
+subs_for(List *subs, const char *group, const char *topic)
+{
+	List	   *result = NIL;
+	ListCell   *lc;
+
+	foreach(lc, subs)
+	{
+		EvbusSubscription *sub = lfirst(lc);
+
+		if (strcmp(sub->group_name, group) == 0 && strcmp(sub->topic, topic) == 0)
+			result = lappend(result, sub);
+	}
+	return result;
+}
+
+/* Store the offsets of a batch (never moving one backwards). */
+static void
+store_offsets(const char *group, NextOffset *offsets, int n)
+{
+	Datum	   *topics = palloc(sizeof(Datum) * n);
+	Datum	   *parts = palloc(sizeof(Datum) * n);
+	Datum	   *nexts = palloc(sizeof(Datum) * n);
+	Oid			types[4] = {TEXTOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
+	Datum		values[4];
+	int			i;
+
+	if (n == 0)
+		return;
+	for (i = 0; i < n; i++)
+	{
+		topics[i] = CStringGetTextDatum(offsets[i].topic);
+		parts[i] = Int32GetDatum(offsets[i].partition);
+		nexts[i] = Int64GetDatum(offsets[i].next_offset);
+	}
+	values[0] = CStringGetTextDatum(group);
+	values[1] = PointerGetDatum(construct_array(topics, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(parts, n, INT4OID, 4, true, TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_array(nexts, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	exec("INSERT INTO evbus.consumer_offsets AS o (group_name, topic, kafka_partition, next_offset)"
+		 " SELECT $1, t, p, x FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3),"
+		 " pg_catalog.unnest($4)) AS u(t, p, x)"
+		 " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
+		 " SET next_offset = GREATEST(o.next_offset, excluded.next_offset),"
+		 " updated_at = pg_catalog.now()",
+		 4, types, values, NULL, SPI_OK_INSERT);
+}
+
+/* ------------------------------------------------------------------
+ * Receiving
+ * ------------------------------------------------------------------
+ */
+
+/*
+ * evbus_inbox_receive --- the two transactions of a received batch.
+ *
+ * msgs are the batch in the order Kafka delivered them; offsets are the
+ * next offsets to store per partition once the batch is handled.
+ */
+bool
+evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
+					NextOffset *offsets, int noffsets)
+{
+	bool		left_pending = false;
+	List	   *dispatch = NIL;
+	List	   *keys_pending = NIL;	/* keys of this batch stored as pending */
+	ListCell   *lc;
+	int			i;
+	MemoryContext batch_cxt = AllocSetContextCreate(TopMemoryContext, "evbus receive",
+													ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old;
+
+	/* 1. record: inbox rows, poison dead letters, attempts of runnable messages */
+	evbus_consumer_begin();
+	old = MemoryContextSwitchTo(batch_cxt);
+	for (i = 0; i < n; i++)
+	{
+		ReceivedMessage *m = &msgs[i];
+		List	   *msubs = subs_for(subs, group, m->topic);
+		const char *event = msubs ? ((EvbusSubscription *) linitial(msubs))->integration_event : m->topic;
+		Decoded		d;
+		bool		runnable;
+		char	   *dedup;
+		Oid			types[11] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID,
+		TEXTOID, JSONBOID, JSONBOID, INT4OID};
+		Datum		values[11];
+		char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+		/* SPI calls leave us in SPI's context: allocate the batch's data here */
+		MemoryContextSwitchTo(batch_cxt);
+		decode(m, group, &d);
+		if (d.poison)
+		{
+			dead_letter_poison(group, m, &d, event);
+			continue;
+		}
+		if (msubs == NIL)
+			continue;			/* nobody subscribes any more: skip it */
+
+		dedup = d.message_id ? d.message_id :
+			psprintf("%s/%d/" INT64_FORMAT, m->topic, m->partition, m->offset);
+
+		/* may it run now, or does an earlier event of its key wait? */
+		runnable = true;
+		if (d.event_key)
+		{
+			Oid			ktypes[2] = {TEXTOID, TEXTOID};
+			Datum		kvalues[2];
+			ListCell   *kc;
+
+			foreach(kc, keys_pending)
+				if (strcmp(lfirst(kc), d.event_key) == 0)
+					runnable = false;
+			if (runnable)
+			{
+				kvalues[0] = CStringGetTextDatum(group);
+				kvalues[1] = CStringGetTextDatum(d.event_key);
+				if (SPI_execute_with_args("SELECT 1 FROM evbus.inbox WHERE state = 'pending'"
+										  " AND group_name OPERATOR(pg_catalog.=) $1"
+										  " AND event_key OPERATOR(pg_catalog.=) $2 LIMIT 1",
+										  2, ktypes, kvalues, NULL, true, 1) != SPI_OK_SELECT)
+					elog(ERROR, "could not read the inbox");
+				runnable = SPI_processed == 0;
+				MemoryContextSwitchTo(batch_cxt);
+			}
+		}
+
+		values[0] = CStringGetTextDatum(group);
+		values[1] = CStringGetTextDatum(dedup);
+		if (d.message_id)
+			values[2] = CStringGetTextDatum(d.message_id);
+		else
+			nulls[2] = 'n';
+		values[3] = CStringGetTextDatum(event);
+		values[4] = CStringGetTextDatum(m->topic);
+		values[5] = Int32GetDatum(m->partition);
+		values[6] = Int64GetDatum(m->offset);
+		if (d.event_key)
+			values[7] = CStringGetTextDatum(d.event_key);
+		else
+			nulls[7] = 'n';
+		values[8] = JsonbPGetDatum(d.payload);
+		values[9] = JsonbPGetDatum(d.headers);
+		values[10] = Int32GetDatum(runnable ? 1 : 0);
+		if (SPI_execute_with_args("INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
+								  " integration_event, topic, kafka_partition, kafka_offset, event_key,"
+								  " payload, headers, state, attempts, next_attempt_at)"
+								  " VALUES ($1, $2, $3::pg_catalog.uuid, $4, $5, $6, $7, $8, $9, $10,"
+								  " 'pending', $11, pg_catalog.now())"
+								  " ON CONFLICT (group_name, dedup_key) DO NOTHING RETURNING id",
+								  11, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not insert into the inbox");
+		MemoryContextSwitchTo(batch_cxt);
+		if (SPI_processed == 0)
+			continue;			/* a redelivery: handled (or queued) already */
+		if (!runnable)
+			left_pending = true;
+
+		if (runnable)
+		{
+			Dispatch   *dp = palloc0(sizeof(Dispatch));
+			bool		isnull;
+
+			dp->inbox_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+													   SPI_tuptable->tupdesc, 1, &isnull));
+			dp->group_name = pstrdup(group);
+			dp->topic = pstrdup(m->topic);
+			dp->message_id = d.message_id;
+			dp->payload = d.payload;
+			dp->headers = d.headers;
+			dp->attempts = 1;
+			dp->subs = msubs;
+			dispatch = lappend(dispatch, dp);
+		}
+		if (d.event_key)
+			keys_pending = lappend(keys_pending, d.event_key);
+	}
+	MemoryContextSwitchTo(old);
+	evbus_consumer_commit();
+
+	/* 2. handle, and advance the offsets with the handlers' effects */
+	evbus_consumer_begin();
+	old = MemoryContextSwitchTo(batch_cxt);
+	foreach(lc, dispatch)
+	{
+		if (!handle(lfirst(lc)))
+			left_pending = true;
+		MemoryContextSwitchTo(batch_cxt);
+	}
+	store_offsets(group, offsets, noffsets);
+	MemoryContextSwitchTo(old);
+	evbus_consumer_commit();
+
+	MemoryContextDelete(batch_cxt);
+	return left_pending;
+}
+
+/*
+ * evbus_inbox_dispatch_due --- run pending messages that are due and first
+ * of their key: retries, messages that waited for their key, attempts
+ * interrupted by a crash.  Returns when the next pending message is due
+ * (0 if none is).
+ */
+TimestampTz
+evbus_inbox_dispatch_due(List *subs)
+{
+	List	   *dispatch = NIL;
+	ListCell   *lc;
+	TimestampTz next_due = 0;
+	uint64		i;
+	MemoryContext batch_cxt = AllocSetContextCreate(TopMemoryContext, "evbus dispatch",
+													ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old;
+
+	/* count the attempts and commit before running anything */
+	evbus_consumer_begin();
+	if (SPI_execute("WITH due AS ("
+					" SELECT id FROM evbus.inbox i"
+					" WHERE state = 'pending' AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+					" AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'"
+					" AND e.group_name OPERATOR(pg_catalog.=) i.group_name"
+					" AND e.event_key OPERATOR(pg_catalog.=) i.event_key"
+					" AND e.id OPERATOR(pg_catalog.<) i.id)"
+					" ORDER BY id LIMIT 500)"
+					" UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
+					" FROM due WHERE i.id OPERATOR(pg_catalog.=) due.id"
+					" RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
+					" i.payload, i.headers, i.attempts",
+					false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not read the inbox");
+	old = MemoryContextSwitchTo(batch_cxt);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Dispatch   *dp = palloc0(sizeof(Dispatch));
+
+		dp->inbox_id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		dp->group_name = SPI_getvalue(tup, desc, 2);
+		dp->topic = SPI_getvalue(tup, desc, 3);
+		dp->message_id = SPI_getvalue(tup, desc, 4);
+		dp->payload = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 5, &isnull));
+		dp->headers = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 6, &isnull));
+		dp->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+		dp->subs = subs_for(subs, dp->group_name, dp->topic);
+		dispatch = lappend(dispatch, dp);
+	}
+	MemoryContextSwitchTo(old);
+	evbus_consumer_commit();
+
+	evbus_consumer_begin();
+	old = MemoryContextSwitchTo(batch_cxt);
+	/* in id order: a message handled here lets the next of its key go */
+	foreach(lc, dispatch)
+	{
+		(void) handle(lfirst(lc));
+		MemoryContextSwitchTo(batch_cxt);
+	}
+	MemoryContextSwitchTo(old);
+	/* when is the next message due that may run (first of its key)? */
+	if (SPI_execute("SELECT pg_catalog.min(next_attempt_at) FROM evbus.inbox i"
+					" WHERE state = 'pending'"
+					" AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'"
+					" AND e.group_name OPERATOR(pg_catalog.=) i.group_name"
+					" AND e.event_key OPERATOR(pg_catalog.=) i.event_key"
+					" AND e.id OPERATOR(pg_catalog.<) i.id)",
+					true, 0) == SPI_OK_SELECT && SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			next_due = DatumGetTimestampTz(d);
+	}
+	evbus_consumer_commit();
+	MemoryContextDelete(batch_cxt);
+	return next_due;
+}
+
+/* The stored next offset of a partition, or -1. */
+int64
+evbus_stored_offset(const char *group, const char *topic, int32 partition)
+{
+	Oid			types[3] = {TEXTOID, TEXTOID, INT4OID};
+	Datum		values[3];
+	int64		result = -1;
+
+	values[0] = CStringGetTextDatum(group);
+	values[1] = CStringGetTextDatum(topic);
+	values[2] = Int32GetDatum(partition);
+	if (SPI_execute_with_args("SELECT next_offset FROM evbus.consumer_offsets"
+							  " WHERE group_name OPERATOR(pg_catalog.=) $1"
+							  " AND topic OPERATOR(pg_catalog.=) $2"
+							  " AND kafka_partition OPERATOR(pg_catalog.=) $3",
+							  3, types, values, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		bool		isnull;
+
+		result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	return result;
+}
+
+/* Record the high watermarks (for the lag in evbus.stats); own txn. */
+void
+evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n)
+{
+	int			i;
+
+	if (n == 0)
+		return;
+	evbus_consumer_begin();
+	for (i = 0; i < n; i++)
+	{
+		Oid			types[4] = {TEXTOID, TEXTOID, INT4OID, INT8OID};
+		Datum		values[4];
+
+		values[0] = CStringGetTextDatum(group);
+		values[1] = CStringGetTextDatum(hwm[i].topic);
+		values[2] = Int32GetDatum(hwm[i].partition);
+		values[3] = Int64GetDatum(hwm[i].next_offset);
+		exec("INSERT INTO evbus.consumer_offsets AS o (group_name, topic, kafka_partition,"
+			 " next_offset, high_watermark) VALUES ($1, $2, $3, 0, $4)"
+			 " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
+			 " SET high_watermark = excluded.high_watermark",
+			 4, types, values, NULL, SPI_OK_INSERT);
+	}
+	evbus_consumer_commit();
+}
+
+/* Expire handled messages past the retention; own txn. */
+void
+evbus_inbox_maintain(void)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		values[1];
+
+	if (evbus_inbox_retention_s <= 0)
+		return;
+	evbus_consumer_begin();
+	values[0] = Int32GetDatum(evbus_inbox_retention_s);
+	exec("DELETE FROM evbus.inbox WHERE id IN (SELECT id FROM evbus.inbox"
+		 " WHERE handled_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)"
+		 " pg_catalog.make_interval(secs => $1)) LIMIT 10000)",
+		 1, types, values, NULL, SPI_OK_DELETE);
+	evbus_consumer_commit();
+}
