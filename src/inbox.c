@@ -49,6 +49,7 @@
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -412,11 +413,19 @@ max_retries_of(List *subs)
 	return result >= 0 ? result : evbus_max_retries;
 }
 
+typedef enum Outcome
+{
+	HANDLED,					/* handlers succeeded; caller marks it handled */
+	PENDING,					/* failed, retry scheduled */
+	DEAD						/* failed for the last time, dead-lettered */
+} Outcome;
+
 /*
- * Run one dispatched message and record the outcome (inside a txn).
- * Returns false when it stays pending for a retry.
+ * Run one dispatched message in its own subtransaction and record a
+ * failure (inside a txn).  Success is left to the caller to record
+ * (in one statement for the batch).
  */
-static bool
+static Outcome
 handle(Dispatch *d)
 {
 	char	   *code = NULL;
@@ -431,12 +440,7 @@ handle(Dispatch *d)
 		message = "no handler is subscribed to this event in this group any more";
 	}
 	else if (evbus_run_handlers(d->subs, d->payload, d->headers, &code, &message))
-	{
-		exec("UPDATE evbus.inbox SET state = 'handled', handled_at = pg_catalog.now(),"
-			 " next_attempt_at = NULL WHERE id OPERATOR(pg_catalog.=) $1",
-			 1, types, values, NULL, SPI_OK_UPDATE);
-		return true;
-	}
+		return HANDLED;
 
 	values[1] = CStringGetTextDatum(code);
 	values[2] = CStringGetTextDatum(message);
@@ -451,7 +455,7 @@ handle(Dispatch *d)
 			 " pg_catalog.make_interval(secs => $4::pg_catalog.float8 OPERATOR(pg_catalog./) 1000)"
 			 " WHERE id OPERATOR(pg_catalog.=) $1",
 			 4, types, values, NULL, SPI_OK_UPDATE);
-		return false;
+		return PENDING;
 	}
 
 	/* out of retries: dead letter, NOTIFY, and the key moves on */
@@ -473,7 +477,7 @@ handle(Dispatch *d)
 			(errmsg("evbus: handling of message %s in group \"%s\" failed %d times; dead-lettered",
 					d->message_id ? d->message_id : "(no id)", d->group_name, d->attempts),
 			 errdetail("Last error: %s: %s", code, message)));
-	return true;
+	return DEAD;
 }
 
 /* Subscriptions of (group, topic) among subs. */
@@ -526,133 +530,385 @@ store_offsets(const char *group, NextOffset *offsets, int n)
 }
 
 /* ------------------------------------------------------------------
+ * Handling a batch
+ * ------------------------------------------------------------------
+ */
+
+static SPIPlanPtr
+kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, types);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	return *plan;
+}
+
+/* Mark the given inbox rows handled, in one statement. */
+static void
+mark_handled(int64 *ids, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		values[1];
+	Datum	   *elems;
+	int			i;
+
+	if (n == 0)
+		return;
+	elems = palloc(sizeof(Datum) * n);
+	for (i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL,
+												TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(kept_plan(&plan,
+								   "UPDATE evbus.inbox SET state = 'handled',"
+								   " handled_at = pg_catalog.now(), next_attempt_at = NULL"
+								   " WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+								   1, types),
+						 values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update the inbox");
+}
+
+/*
+ * handle_batch --- run the dispatched messages in order and record the
+ * outcomes.  Optimistically the whole batch runs in one subtransaction;
+ * if any handler fails, that is rolled back and each message runs in its
+ * own, so that only the failing ones are retried.  Returns false if some
+ * message was left pending for a retry.
+ */
+static bool
+handle_batch(List *dispatch, MemoryContext cxt)
+{
+	ResourceOwner owner = CurrentResourceOwner;
+	Oid			save_userid;
+	int			save_sec_context;
+	bool		all_ok = false;
+	bool		none_pending = true;
+	int64	   *handled = palloc(sizeof(int64) * Max(list_length(dispatch), 1));
+	int			nhandled = 0;
+	ListCell   *lc;
+
+	if (dispatch == NIL)
+		return true;
+
+	if (list_length(dispatch) > 1)
+	{
+		GetUserIdAndSecContext(&save_userid, &save_sec_context);
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(cxt);
+		PG_TRY();
+		{
+			foreach(lc, dispatch)
+			{
+				Dispatch   *d = lfirst(lc);
+
+				if (d->subs == NIL)
+					elog(ERROR, "no handler");	/* handled one by one below */
+				evbus_run_handlers_unprotected(d->subs, d->payload, d->headers);
+			}
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+			all_ok = true;
+		}
+		PG_CATCH();
+		{
+			disable_timeout(STATEMENT_TIMEOUT, false);
+			MemoryContextSwitchTo(cxt);
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+			SetUserIdAndSecContext(save_userid, save_sec_context);
+		}
+		PG_END_TRY();
+	}
+
+	if (all_ok)
+	{
+		foreach(lc, dispatch)
+			handled[nhandled++] = ((Dispatch *) lfirst(lc))->inbox_id;
+	}
+	else
+	{
+		foreach(lc, dispatch)
+		{
+			Dispatch   *d = lfirst(lc);
+			Outcome		ok = handle(d);
+
+			MemoryContextSwitchTo(cxt);
+			if (ok == HANDLED)
+				handled[nhandled++] = d->inbox_id;
+			else if (ok == PENDING)
+				none_pending = false;
+		}
+	}
+	mark_handled(handled, nhandled);
+	MemoryContextSwitchTo(cxt);
+	return none_pending;
+}
+
+/* ------------------------------------------------------------------
  * Receiving
  * ------------------------------------------------------------------
  */
+
+/*
+ * decode_batch --- decode every message; optimistically in one
+ * subtransaction, and one by one if something throws.
+ */
+static void
+decode_batch(ReceivedMessage *msgs, int n, const char *group, Decoded *dec)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	bool		ok = false;
+	int			i;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		for (i = 0; i < n; i++)
+		{
+			memset(&dec[i], 0, sizeof(Decoded));
+			decode_unchecked(&msgs[i], group, &dec[i]);
+		}
+		ReleaseCurrentSubTransaction();
+		ok = true;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	if (!ok)
+		for (i = 0; i < n; i++)
+			decode(&msgs[i], group, &dec[i]);
+}
+
+static ArrayType *
+text_array(char **strs, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		nulls[i] = strs[i] == NULL;
+		elems[i] = strs[i] ? CStringGetTextDatum(strs[i]) : (Datum) 0;
+	}
+	return construct_md_array(elems, nulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT);
+}
 
 /*
  * evbus_inbox_receive --- the two transactions of a received batch.
  *
  * msgs are the batch in the order Kafka delivered them; offsets are the
  * next offsets to store per partition once the batch is handled.
+ * Returns true if messages were left pending (a retry, or waiting for an
+ * earlier event of their key).
  */
 bool
 evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 					NextOffset *offsets, int noffsets)
 {
+	static SPIPlanPtr keys_plan = NULL;
+	static SPIPlanPtr insert_plan = NULL;
 	bool		left_pending = false;
 	List	   *dispatch = NIL;
-	List	   *keys_pending = NIL;	/* keys of this batch stored as pending */
-	ListCell   *lc;
-	int			i;
+	List	   *pending_keys = NIL;
 	MemoryContext batch_cxt = AllocSetContextCreate(TopMemoryContext, "evbus receive",
 													ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old;
+	Decoded    *dec;
+	List	  **msubs;
+	bool	   *runnable;
+	char	  **dedup;
+	char	  **mid;
+	char	  **event;
+	char	  **topic;
+	char	  **key;
+	Datum	   *part;
+	Datum	   *offs;
+	Datum	   *payload;
+	Datum	   *headers;
+	Datum	   *attempts;
+	int		   *index;			/* row of the insert -> message */
+	int			nrows = 0;
+	int			i;
+	uint64		r;
 
 	/* 1. record: inbox rows, poison dead letters, attempts of runnable messages */
 	evbus_consumer_begin();
 	old = MemoryContextSwitchTo(batch_cxt);
+	dec = palloc0(sizeof(Decoded) * n);
+	msubs = palloc0(sizeof(List *) * n);
+	runnable = palloc0(sizeof(bool) * n);
+	decode_batch(msgs, n, group, dec);
+
 	for (i = 0; i < n; i++)
 	{
-		ReceivedMessage *m = &msgs[i];
-		List	   *msubs = subs_for(subs, group, m->topic);
-		const char *event = msubs ? ((EvbusSubscription *) linitial(msubs))->integration_event : m->topic;
-		Decoded		d;
-		bool		runnable;
-		char	   *dedup;
-		Oid			types[11] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID,
-		TEXTOID, JSONBOID, JSONBOID, INT4OID};
+		msubs[i] = subs_for(subs, group, msgs[i].topic);
+		if (dec[i].poison)
+		{
+			dead_letter_poison(group, &msgs[i], &dec[i],
+							   msubs[i] ? ((EvbusSubscription *) linitial(msubs[i]))->integration_event :
+							   msgs[i].topic);
+			MemoryContextSwitchTo(batch_cxt);
+		}
+	}
+
+	/* which keys of the batch have an earlier event pending in the inbox? */
+	{
+		char	  **keys = palloc(sizeof(char *) * n);
+		int			nkeys = 0;
+		Oid			types[2] = {TEXTOID, TEXTARRAYOID};
+		Datum		values[2];
+
+		for (i = 0; i < n; i++)
+			if (!dec[i].poison && msubs[i] && dec[i].event_key)
+				keys[nkeys++] = dec[i].event_key;
+		if (nkeys > 0)
+		{
+			values[0] = CStringGetTextDatum(group);
+			values[1] = PointerGetDatum(text_array(keys, nkeys));
+			if (SPI_execute_plan(kept_plan(&keys_plan,
+										   "SELECT DISTINCT event_key FROM evbus.inbox"
+										   " WHERE state = 'pending'"
+										   " AND group_name OPERATOR(pg_catalog.=) $1"
+										   " AND event_key OPERATOR(pg_catalog.=) ANY ($2)",
+										   2, types),
+								 values, NULL, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not read the inbox");
+			MemoryContextSwitchTo(batch_cxt);
+			for (r = 0; r < SPI_processed; r++)
+				pending_keys = lappend(pending_keys,
+									   SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1));
+		}
+	}
+
+	/* in Kafka's order: a message runs now unless an earlier one of its key waits */
+	dedup = palloc(sizeof(char *) * n);
+	mid = palloc(sizeof(char *) * n);
+	event = palloc(sizeof(char *) * n);
+	topic = palloc(sizeof(char *) * n);
+	key = palloc(sizeof(char *) * n);
+	part = palloc(sizeof(Datum) * n);
+	offs = palloc(sizeof(Datum) * n);
+	payload = palloc(sizeof(Datum) * n);
+	headers = palloc(sizeof(Datum) * n);
+	attempts = palloc(sizeof(Datum) * n);
+	index = palloc(sizeof(int) * n);
+	for (i = 0; i < n; i++)
+	{
+		ListCell   *lc;
+
+		if (dec[i].poison || msubs[i] == NIL)
+			continue;			/* dead-lettered, or nobody subscribes any more */
+		runnable[i] = true;
+		if (dec[i].event_key)
+		{
+			foreach(lc, pending_keys)
+				if (strcmp(lfirst(lc), dec[i].event_key) == 0)
+					runnable[i] = false;
+			pending_keys = lappend(pending_keys, dec[i].event_key);
+		}
+		dedup[nrows] = dec[i].message_id ? dec[i].message_id :
+			psprintf("%s/%d/" INT64_FORMAT, msgs[i].topic, msgs[i].partition, msgs[i].offset);
+		mid[nrows] = dec[i].message_id;
+		event[nrows] = ((EvbusSubscription *) linitial(msubs[i]))->integration_event;
+		topic[nrows] = msgs[i].topic;
+		key[nrows] = dec[i].event_key;
+		part[nrows] = Int32GetDatum(msgs[i].partition);
+		offs[nrows] = Int64GetDatum(msgs[i].offset);
+		payload[nrows] = JsonbPGetDatum(dec[i].payload);
+		headers[nrows] = JsonbPGetDatum(dec[i].headers);
+		attempts[nrows] = Int32GetDatum(runnable[i] ? 1 : 0);
+		index[nrows] = i;
+		nrows++;
+	}
+
+	if (nrows > 0)
+	{
+		Oid			types[11] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+			INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID, INT4ARRAYOID};
 		Datum		values[11];
-		char		nulls[11] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
-
-		/* SPI calls leave us in SPI's context: allocate the batch's data here */
-		MemoryContextSwitchTo(batch_cxt);
-		decode(m, group, &d);
-		if (d.poison)
-		{
-			dead_letter_poison(group, m, &d, event);
-			continue;
-		}
-		if (msubs == NIL)
-			continue;			/* nobody subscribes any more: skip it */
-
-		dedup = d.message_id ? d.message_id :
-			psprintf("%s/%d/" INT64_FORMAT, m->topic, m->partition, m->offset);
-
-		/* may it run now, or does an earlier event of its key wait? */
-		runnable = true;
-		if (d.event_key)
-		{
-			Oid			ktypes[2] = {TEXTOID, TEXTOID};
-			Datum		kvalues[2];
-			ListCell   *kc;
-
-			foreach(kc, keys_pending)
-				if (strcmp(lfirst(kc), d.event_key) == 0)
-					runnable = false;
-			if (runnable)
-			{
-				kvalues[0] = CStringGetTextDatum(group);
-				kvalues[1] = CStringGetTextDatum(d.event_key);
-				if (SPI_execute_with_args("SELECT 1 FROM evbus.inbox WHERE state = 'pending'"
-										  " AND group_name OPERATOR(pg_catalog.=) $1"
-										  " AND event_key OPERATOR(pg_catalog.=) $2 LIMIT 1",
-										  2, ktypes, kvalues, NULL, true, 1) != SPI_OK_SELECT)
-					elog(ERROR, "could not read the inbox");
-				runnable = SPI_processed == 0;
-				MemoryContextSwitchTo(batch_cxt);
-			}
-		}
+		int			row = 0;
 
 		values[0] = CStringGetTextDatum(group);
-		values[1] = CStringGetTextDatum(dedup);
-		if (d.message_id)
-			values[2] = CStringGetTextDatum(d.message_id);
-		else
-			nulls[2] = 'n';
-		values[3] = CStringGetTextDatum(event);
-		values[4] = CStringGetTextDatum(m->topic);
-		values[5] = Int32GetDatum(m->partition);
-		values[6] = Int64GetDatum(m->offset);
-		if (d.event_key)
-			values[7] = CStringGetTextDatum(d.event_key);
-		else
-			nulls[7] = 'n';
-		values[8] = JsonbPGetDatum(d.payload);
-		values[9] = JsonbPGetDatum(d.headers);
-		values[10] = Int32GetDatum(runnable ? 1 : 0);
-		if (SPI_execute_with_args("INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
-								  " integration_event, topic, kafka_partition, kafka_offset, event_key,"
-								  " payload, headers, state, attempts, next_attempt_at)"
-								  " VALUES ($1, $2, $3::pg_catalog.uuid, $4, $5, $6, $7, $8, $9, $10,"
-								  " 'pending', $11, pg_catalog.now())"
-								  " ON CONFLICT (group_name, dedup_key) DO NOTHING RETURNING id",
-								  11, types, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+		values[1] = PointerGetDatum(text_array(dedup, nrows));
+		values[2] = PointerGetDatum(text_array(mid, nrows));
+		values[3] = PointerGetDatum(text_array(event, nrows));
+		values[4] = PointerGetDatum(text_array(topic, nrows));
+		values[5] = PointerGetDatum(construct_array(part, nrows, INT4OID, 4, true, TYPALIGN_INT));
+		values[6] = PointerGetDatum(construct_array(offs, nrows, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[7] = PointerGetDatum(text_array(key, nrows));
+		values[8] = PointerGetDatum(construct_array(payload, nrows, JSONBOID, -1, false, TYPALIGN_INT));
+		values[9] = PointerGetDatum(construct_array(headers, nrows, JSONBOID, -1, false, TYPALIGN_INT));
+		values[10] = PointerGetDatum(construct_array(attempts, nrows, INT4OID, 4, true, TYPALIGN_INT));
+		if (SPI_execute_plan(kept_plan(&insert_plan,
+									   "INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
+									   " integration_event, topic, kafka_partition, kafka_offset, event_key,"
+									   " payload, headers, state, attempts, next_attempt_at)"
+									   " SELECT $1, d, m::pg_catalog.uuid, e, t, p, o, k, pl, h, 'pending', a,"
+									   " pg_catalog.now()"
+									   " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3),"
+									   " pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
+									   " pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9),"
+									   " pg_catalog.unnest($10), pg_catalog.unnest($11))"
+									   " AS u(d, m, e, t, p, o, k, pl, h, a)"
+									   " ON CONFLICT (group_name, dedup_key) DO NOTHING"
+									   " RETURNING id, dedup_key",
+									   11, types),
+							 values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not insert into the inbox");
 		MemoryContextSwitchTo(batch_cxt);
-		if (SPI_processed == 0)
-			continue;			/* a redelivery: handled (or queued) already */
-		if (!runnable)
-			left_pending = true;
 
-		if (runnable)
+		/* RETURNING follows the insert order; rows not returned were redeliveries */
+		for (r = 0; r < SPI_processed; r++)
 		{
-			Dispatch   *dp = palloc0(sizeof(Dispatch));
 			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+														 SPI_tuptable->tupdesc, 1, &isnull));
+			char	   *returned = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2);
 
-			dp->inbox_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-													   SPI_tuptable->tupdesc, 1, &isnull));
-			dp->group_name = pstrdup(group);
-			dp->topic = pstrdup(m->topic);
-			dp->message_id = d.message_id;
-			dp->payload = d.payload;
-			dp->headers = d.headers;
-			dp->attempts = 1;
-			dp->subs = msubs;
-			dispatch = lappend(dispatch, dp);
+			while (row < nrows && strcmp(dedup[row], returned) != 0)
+				row++;
+			if (row == nrows)
+				elog(ERROR, "evbus: inbox insert returned an unexpected row");
+			i = index[row++];
+			if (runnable[i])
+			{
+				Dispatch   *dp = palloc0(sizeof(Dispatch));
+
+				dp->inbox_id = id;
+				dp->group_name = pstrdup(group);
+				dp->topic = msgs[i].topic;
+				dp->message_id = dec[i].message_id;
+				dp->payload = dec[i].payload;
+				dp->headers = dec[i].headers;
+				dp->attempts = 1;
+				dp->subs = msubs[i];
+				dispatch = lappend(dispatch, dp);
+			}
+			else
+				left_pending = true;
 		}
-		if (d.event_key)
-			keys_pending = lappend(keys_pending, d.event_key);
 	}
 	MemoryContextSwitchTo(old);
 	evbus_consumer_commit();
@@ -660,12 +916,8 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 	/* 2. handle, and advance the offsets with the handlers' effects */
 	evbus_consumer_begin();
 	old = MemoryContextSwitchTo(batch_cxt);
-	foreach(lc, dispatch)
-	{
-		if (!handle(lfirst(lc)))
-			left_pending = true;
-		MemoryContextSwitchTo(batch_cxt);
-	}
+	if (!handle_batch(dispatch, batch_cxt))
+		left_pending = true;
 	store_offsets(group, offsets, noffsets);
 	MemoryContextSwitchTo(old);
 	evbus_consumer_commit();
@@ -684,7 +936,6 @@ TimestampTz
 evbus_inbox_dispatch_due(List *subs)
 {
 	List	   *dispatch = NIL;
-	ListCell   *lc;
 	TimestampTz next_due = 0;
 	uint64		i;
 	MemoryContext batch_cxt = AllocSetContextCreate(TopMemoryContext, "evbus dispatch",
@@ -731,11 +982,7 @@ evbus_inbox_dispatch_due(List *subs)
 	evbus_consumer_begin();
 	old = MemoryContextSwitchTo(batch_cxt);
 	/* in id order: a message handled here lets the next of its key go */
-	foreach(lc, dispatch)
-	{
-		(void) handle(lfirst(lc));
-		MemoryContextSwitchTo(batch_cxt);
-	}
+	(void) handle_batch(dispatch, batch_cxt);
 	MemoryContextSwitchTo(old);
 	/* when is the next message due that may run (first of its key)? */
 	if (SPI_execute("SELECT pg_catalog.min(next_attempt_at) FROM evbus.inbox i"
