@@ -140,6 +140,7 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 {
 	GroupConsumer *gc = (GroupConsumer *) opaque;
 
+	/* begin/commit return to the current memory context (the poll's) */
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 		on_assign(rk, gc, parts);
 	else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
@@ -270,6 +271,7 @@ evbus_consumers_sync(List *subs)
 	ListCell   *lc;
 	ListCell   *lc2;
 	List	   *groups = NIL;
+	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);	/* the consumers list */
 
 	foreach(lc, subs)
 	{
@@ -293,7 +295,10 @@ evbus_consumers_sync(List *subs)
 	consumers = keep;
 
 	if (brokers == NULL)
+	{
+		MemoryContextSwitchTo(old);
 		return;
+	}
 	foreach(lc, groups)
 	{
 		char	   *group = strVal(lfirst(lc));
@@ -303,14 +308,11 @@ evbus_consumers_sync(List *subs)
 			if (strcmp(((GroupConsumer *) lfirst(lc2))->group, group) == 0)
 				found = true;
 		if (!found)
-		{
-			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
-
 			consumers = lappend(consumers, consumer_create(brokers, group,
 														   group_topics(subs, group)));
-			MemoryContextSwitchTo(old);
-		}
 	}
+	list_free_deep(groups);
+	MemoryContextSwitchTo(old);
 }
 
 /* Copy a librdkafka message into cxt. */

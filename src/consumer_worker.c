@@ -57,6 +57,7 @@ evbus_consumer_main(Datum main_arg)
 	bool		dispatch_now = true;
 	char		brokers_seen[1024] = "";
 	bool		has_extension;
+	MemoryContext step_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, consumer_sigterm);
@@ -75,6 +76,8 @@ evbus_consumer_main(Datum main_arg)
 	pgstat_report_appname("evbus consumer");
 	evbus_subscriptions_watch();
 	subs_cxt = AllocSetContextCreate(TopMemoryContext, "evbus subscriptions",
+									 ALLOCSET_DEFAULT_SIZES);
+	step_cxt = AllocSetContextCreate(TopMemoryContext, "evbus consumer step",
 									 ALLOCSET_DEFAULT_SIZES);
 	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
 	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
@@ -96,6 +99,11 @@ evbus_consumer_main(Datum main_arg)
 			evbus_consumers_shutdown();
 			proc_exit(evbus_worker_stop_requested() ? 0 : 1);
 		}
+
+		/* what a pass allocates is gone at its end */
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(step_cxt);
+		MemoryContextSwitchTo(step_cxt);
 
 		/* subscriptions or brokers changed: reload, resubscribe */
 		evbus_consumer_begin();

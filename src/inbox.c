@@ -73,9 +73,12 @@ typedef struct Dispatch
  * ------------------------------------------------------------------
  */
 
+static MemoryContext caller_cxt = NULL;
+
 void
 evbus_consumer_begin(void)
 {
+	caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -90,12 +93,14 @@ evbus_consumer_begin(void)
 		elog(ERROR, "SPI_connect failed");
 }
 
+/* Commit, and return to the memory context the caller began in. */
 void
 evbus_consumer_commit(void)
 {
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_cxt);
 	pgstat_report_stat(false);
 }
 

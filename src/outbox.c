@@ -67,9 +67,12 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
  * If the extension has been dropped meanwhile, the worker has nothing left
  * to do: it exits with 0, so that it is not restarted.
  */
+static MemoryContext caller_cxt = NULL;
+
 void
 evbus_outbox_begin(void)
 {
+	caller_cxt = CurrentMemoryContext;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -86,12 +89,14 @@ evbus_outbox_begin(void)
 		elog(ERROR, "SPI_connect failed");
 }
 
+/* Commit, and return to the memory context the caller began in. */
 void
 evbus_outbox_commit(void)
 {
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_cxt);
 	pgstat_report_stat(false);
 }
 

@@ -77,6 +77,7 @@ evbus_worker_main(Datum main_arg)
 	bool		has_extension;
 	WaitEventSet *wait_set = NULL;
 	int			wait_fd = -1;
+	MemoryContext step_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, worker_sigterm);
@@ -106,6 +107,10 @@ evbus_worker_main(Datum main_arg)
 	 */
 	evbus_start_worker(dboid, EVBUS_CONSUMER, false);
 
+	/* what a step allocates is gone at the end of the step */
+	step_cxt = AllocSetContextCreate(TopMemoryContext, "evbus worker step",
+									 ALLOCSET_DEFAULT_SIZES);
+
 	for (;;)
 	{
 		bool		more;
@@ -115,7 +120,10 @@ evbus_worker_main(Datum main_arg)
 		if (shutdown_requested)
 			worker_exit(evbus_worker_stop_requested() ? 0 : 1);
 
+		MemoryContextSwitchTo(step_cxt);
 		more = evbus_publisher_step();
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(step_cxt);
 
 		fd = evbus_publisher_wakeup_fd();
 		if (wait_set == NULL || fd != wait_fd)
