@@ -12,7 +12,18 @@
 # Kafka jars if needed, creates its results directory, and runs itself
 # again as that user.
 #
+# What is measured: by default the committed HEAD of this repository, built
+# into a private copy of the PostgreSQL 15 tree (PostgreSQL is relocatable:
+# its binaries find lib/ and share/ relative to themselves), so that nobody
+# else's `make install` changes the code under test in the middle of a run.
+# The build is cached per commit in $EVBUS_BENCH_BUILD (default
+# /tmp/evbus-bench-build/COMMIT).  The Kafka helper is taken from the same
+# commit.
+#
 # Environment (all optional):
+#   EVBUS_REF          commit to build and measure (default HEAD)
+#   EVBUS_BUILD=installed  measure the evbus installed in PGBIN's PostgreSQL
+#                      instead (no private build)
 #   PGBIN              PostgreSQL 15 binaries (default /usr/lib/postgresql/15/bin)
 #   EVBUS_BENCH_USER   unprivileged user to run as when started as root
 #   RESULTS_DIR        where raw results go (default bench/results/NAME-TIMESTAMP)
@@ -23,11 +34,48 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$BENCH_DIR")
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-KAFKA_SH=$REPO_DIR/test/kafka/kafka.sh
+KAFKA_SH=${KAFKA_SH:-$REPO_DIR/test/kafka/kafka.sh}
 BENCH_USER=${EVBUS_BENCH_USER:-evbusbench}
+export EVBUS_KAFKA_LIBS=${EVBUS_KAFKA_LIBS:-$REPO_DIR/test/kafka/libs}
 
 log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+git_() { git -c safe.directory='*' -C "$REPO_DIR" "$@"; }
+
+# bench_build: build EVBUS_REF into a private PostgreSQL tree (cached);
+# exports PGBIN, KAFKA_SH, EVBUS_COMMIT.
+bench_build() {
+	local sys_bin=${PGBIN:-/usr/lib/postgresql/15/bin} commit d sys_lib sys_share
+	if [[ ${EVBUS_BUILD:-} == installed ]]; then
+		export EVBUS_COMMIT="installed"
+		return
+	fi
+	if [[ -n ${EVBUS_BUILT:-} ]]; then
+		return
+	fi
+	commit=$(git_ rev-parse --short=12 "${EVBUS_REF:-HEAD}") || die "unknown commit ${EVBUS_REF:-HEAD}"
+	d=${EVBUS_BENCH_BUILD:-/tmp/evbus-bench-build}/$commit
+	if [[ ! -f $d/.done ]]; then
+		log "building evbus $commit into $d"
+		rm -rf "$d"
+		mkdir -p "$d/src" "$d/root/usr/lib/postgresql" "$d/root/usr/share/postgresql"
+		git_ archive "$commit" | tar -x -C "$d/src"
+		sys_lib=$(dirname "$sys_bin")
+		sys_share=$("$sys_bin/pg_config" --sharedir)
+		cp -a "$sys_lib" "$d/root/usr/lib/postgresql/"
+		cp -a "$sys_share" "$d/root/usr/share/postgresql/"
+		make -s -C "$d/src" PG_CONFIG="$sys_bin/pg_config" >"$d/build.log" 2>&1 \
+			&& make -s -C "$d/src" install DESTDIR="$d/root" PG_CONFIG="$sys_bin/pg_config" >>"$d/build.log" 2>&1 \
+			|| { tail -n 30 "$d/build.log" >&2; die "building evbus $commit failed"; }
+		chmod -R a+rX "$d"
+		touch "$d/.done"
+	fi
+	export PGBIN=$d/root/usr/lib/postgresql/15/bin
+	[[ -x $PGBIN/postgres ]] || die "the private tree $d does not have PostgreSQL 15 where expected"
+	export KAFKA_SH=$d/src/test/kafka/kafka.sh
+	export EVBUS_COMMIT=$commit EVBUS_BUILT=1
+}
 
 # bench_init NAME NEEDS_KAFKA(0|1) "$@"
 # Re-executes the calling script as $BENCH_USER when run as root; sets
@@ -36,6 +84,7 @@ bench_init() {
 	local name=$1 needs_kafka=$2
 	shift 2
 	BENCH_NAME=$name
+	bench_build
 	if [[ $(id -u) -eq 0 ]]; then
 		id "$BENCH_USER" >/dev/null 2>&1 \
 			|| useradd --system --create-home --shell /bin/bash "$BENCH_USER"
@@ -175,8 +224,12 @@ environment_report() {
 	echo "postgresql: $("$PGBIN/postgres" --version)"
 	echo "librdkafka: $(dpkg-query -W -f='${Version}' librdkafka1 2>/dev/null || echo '?')"
 	echo "kafka jars: $(ls "$REPO_DIR"/test/kafka/libs/kafka_2.13-*.jar 2>/dev/null | sed 's/.*kafka_2.13-//; s/\.jar$//' | head -1)"
-	echo "evbus commit: $(git -c safe.directory="*" -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -c safe.directory="*" -C "$REPO_DIR" diff --quiet HEAD -- src 2>/dev/null || echo ' (src/ modified)')"
-	echo "evbus.so: $(md5sum "$("$PGBIN/pg_config" --pkglibdir)/evbus.so" | cut -c1-12)"
+	if [[ ${EVBUS_COMMIT:-installed} == installed ]]; then
+		echo "evbus: as installed in $("$PGBIN/pg_config" --pkglibdir) (work tree at $(git_ rev-parse --short=12 HEAD 2>/dev/null || echo '?'))"
+	else
+		echo "evbus: commit $EVBUS_COMMIT ($(git_ log -1 --format='%ci %s' "$EVBUS_COMMIT" 2>/dev/null | cut -c1-100)), built privately into $PGBIN/.."
+	fi
+	echo "evbus.so md5: $(md5sum "$("$PGBIN/pg_config" --pkglibdir)/evbus.so" | cut -c1-12)"
 }
 
 # median of numbers on stdin
