@@ -98,6 +98,15 @@ evbus_worker_main(Datum main_arg)
 		proc_exit(0);
 
 	pgstat_report_appname("evbus worker");
+
+	/*
+	 * The worker's own commits (marking events published) need not wait for
+	 * the WAL flush: losing one in a crash only publishes those events
+	 * again, with the same message ids, which consumers de-duplicate.  The
+	 * staging transactions keep the server's setting: they carry the
+	 * guarantee.
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	ereport(LOG, (errmsg("evbus: worker started for database \"%s\"", dbname)));
 	evbus_publisher_init(dbname);
 
