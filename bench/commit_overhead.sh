@@ -29,8 +29,9 @@
 #   SCALE (10), MODES ("paused kafka"), VARIANTS ("a b c"; "t" adds plain
 #   TPC-B-like without any outbox), DRAIN_TIMEOUT (s to wait for the worker
 #   to empty the outbox after a kafka-mode run, 300), STALL_S (stop waiting
-#   when the outbox has not changed for this long, 15), plus those of
-#   bench/lib.sh.
+#   when the outbox has not changed for this long, 15), WARMUP (s of an
+#   uncounted run of the first variant before the rounds of each mode, 20),
+#   plus those of bench/lib.sh.
 # Output: a summary on stdout and in $RESULTS_DIR/summary.txt, one row per
 #   run in $RESULTS_DIR/runs.tsv, pgbench output per run.
 
@@ -47,6 +48,7 @@ MODES=${MODES:-paused kafka}
 VARIANTS=${VARIANTS:-a b c}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300}
 STALL_S=${STALL_S:-15}
+WARMUP=${WARMUP:-20}
 
 environment_report >"$RESULTS_DIR/environment.txt"
 {
@@ -152,7 +154,7 @@ run_one() {
 		"$(awk -v b=$((busy1 - busy0)) -v t=$((tot1 - tot0)) 'BEGIN {printf "%.0f", 100 * b / t}')" \
 		"$(ticks_to_s $((w1 - w0)))" "$(ticks_to_s $((k1 - k0)))" \
 		"$(foreign_cpu_s "$TMP_DIR/foreign0" "$TMP_DIR/foreign1")" >>"$RESULTS_DIR/runs.tsv"
-	log "$mode round $round variant $v: $tps tps, $((wal / n)) B WAL/tx, latency $lat ms, worker CPU $(ticks_to_s $((w1 - w0)))s, Kafka CPU $(ticks_to_s $((k1 - k0)))s, other users' CPU $(foreign_cpu_s "$TMP_DIR/foreign0" "$TMP_DIR/foreign1")s, outbox empty ${drain}s after the run (left: $left)"
+	log "$mode round $round variant $v: $tps tps, $((wal / n)) B WAL/tx, latency $lat ms, worker CPU $(ticks_to_s $((w1 - w0)))s, Kafka CPU $(ticks_to_s $((k1 - k0)))s, other processes' CPU $(foreign_cpu_s "$TMP_DIR/foreign0" "$TMP_DIR/foreign1")s, outbox empty ${drain}s after the run (left: $left)"
 }
 
 for mode in $MODES; do
@@ -171,6 +173,13 @@ for mode in $MODES; do
 		;;
 	*) die "unknown mode $mode" ;;
 	esac
+	if ((WARMUP > 0)); then
+		log "$mode: warm-up, ${WARMUP}s of variant ${VARIANTS%% *} (not counted)"
+		q "CHECKPOINT" >/dev/null
+		pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$WARMUP" \
+			-f "$RESULTS_DIR/variant-${VARIANTS%% *}.sql" >"$RESULTS_DIR/pgbench-$mode-warmup.log" 2>&1 \
+			|| { cat "$RESULTS_DIR/pgbench-$mode-warmup.log" >&2; die "pgbench failed"; }
+	fi
 	for round in $(seq 1 "$ROUNDS"); do
 		for v in $VARIANTS; do
 			run_one "$mode" "$round" "$v"
@@ -203,8 +212,21 @@ summarize() {
 	done
 	echo
 	echo "ratio = median tps of the variant / median tps of variant a (goal for b and c: >= 0.95)"
+	echo
+	echo "paired ratios (tps of the variant / tps of variant a in the same round), per round and median:"
+	for mode in $MODES; do
+		for v in $VARIANTS; do
+			[[ $v == a ]] && continue
+			local ratios
+			ratios=$(awk -F'\t' -v m="$mode" -v v="$v" '
+				$1 == m && $3 == "a" { a[$2] = $4 }
+				$1 == m && $3 == v { x[$2] = $4 }
+				END { for (r in x) if (r in a) printf "%.3f\n", x[r] / a[r] }' "$RESULTS_DIR/runs.tsv" | sort -g)
+			printf '  %-6s %s/a: %s -> median %s\n' "$mode" "$v" "$(echo $ratios)" "$(echo "$ratios" | median)"
+		done
+	done
 	echo "WAL B/tx, lat ms (pgbench latency average), worker s / kafka s (CPU seconds of the evbus worker /"
-	echo "the Kafka JVM during the run), others s (CPU seconds of other users' processes on this shared"
-	echo "machine during the run, a lower bound): medians over the rounds.  Raw rows: runs.tsv"
+	echo "the Kafka JVM during the run), others s (CPU seconds of processes that are not this benchmark's own,"
+	echo "e.g. other people's tests on this shared machine; a lower bound): medians over the rounds.  Raw rows: runs.tsv"
 }
 summarize | tee "$RESULTS_DIR/summary.txt"

@@ -139,7 +139,7 @@ size_rotated=$(outbox_size)
 	echo "outbox rows:    $N before, $count_after after"
 	echo "kafka:          sum of end offsets of $TOPIC = $offsets (expected $N); distinct cap-msg-id read back = $unique_ids; dead letters = $dead"
 	echo "outbox size:    before $(pretty "$size_before"), right after the drain $(pretty "$size_after"), ${wait_s}s later $(pretty "$size_rotated")"
-	echo "CPU during the drain (s): evbus worker $(ticks_to_s $((w1 - w0))), other PostgreSQL processes $(ticks_to_s $((p1 - p0))), Kafka JVM $(ticks_to_s $((k1 - k0))), other users' processes $(foreign_cpu_s "$TMP_DIR/foreign0" "$TMP_DIR/foreign1") (of $(awk -v s="$drain_s" -v c="$(nproc)" 'BEGIN {printf "%.1f", s * c}') available on $(nproc) cores)"
+	echo "CPU during the drain (s): evbus worker $(ticks_to_s $((w1 - w0))), other PostgreSQL processes $(ticks_to_s $((p1 - p0))), Kafka JVM $(ticks_to_s $((k1 - k0))), other processes (not this benchmark's) $(foreign_cpu_s "$TMP_DIR/foreign0" "$TMP_DIR/foreign1") (of $(awk -v s="$drain_s" -v c="$(nproc)" 'BEGIN {printf "%.1f", s * c}') available on $(nproc) cores)"
 	echo
 	echo "progress (elapsed s, published):"
 	awk -F'\t' 'NR > 1 {printf "  %6.2f %8d\n", $1, $2}' "$RESULTS_DIR/timeline.tsv"

@@ -124,7 +124,7 @@ pct() {
 	echo "  produce -> append (ms):        $(pct 6)"
 	echo
 	echo "pgbench: $(grep -E '^(latency average|tps)' "$RESULTS_DIR/pgbench.log" | tr '\n' ';' | sed 's/;$//')"
-	echo "CPU during the run: machine $(awk -v b=$((busy1 - busy0)) -v t=$((tot1 - tot0)) 'BEGIN {printf "%.0f", 100 * b / t}')% busy; evbus worker $(ticks_to_s $((w1 - w0)))s, Kafka JVM $(ticks_to_s $((k1 - k0)))s, other users' processes $(foreign_cpu_s "$TMP_DIR/foreign0" "$TMP_DIR/foreign1")s over ${DURATION}s"
+	echo "CPU during the run: machine $(awk -v b=$((busy1 - busy0)) -v t=$((tot1 - tot0)) 'BEGIN {printf "%.0f", 100 * b / t}')% busy; evbus worker $(ticks_to_s $((w1 - w0)))s, Kafka JVM $(ticks_to_s $((k1 - k0)))s, other processes (not this benchmark's) $(foreign_cpu_s "$TMP_DIR/foreign0" "$TMP_DIR/foreign1")s over ${DURATION}s"
 	echo
 	echo "staging = clock_timestamp() in the staging statement (before its INSERT and COMMIT);"
 	echo "append = the message's LogAppendTime (ms, truncated); produce = the cap-senttime header"

@@ -251,7 +251,8 @@ pg_other_ticks() {
 	done
 	echo $((sum + $(proc_ticks "$pm")))
 }
-evbus_worker_pid() { pgrep -u "$(id -u)" -f "^postgres: evbus worker for database" | head -1; }
+# the publishing worker of this benchmark's server (not of anyone else's)
+evbus_worker_pid() { pgrep -P "$(head -1 "$TMP_DIR/pg/postmaster.pid")" -f "^postgres: evbus worker for database" | head -1; }
 kafka_pid() { cat "$TMP_DIR/kafka/kafka.pid" 2>/dev/null || echo 0; }
 ticks_to_s() { awk -v t="$1" -v h="$CLK_TCK" 'BEGIN {printf "%.1f", t / h}'; }
 
@@ -279,16 +280,31 @@ wait_outbox_settled() {
 # busy and total clock ticks of the whole machine (all cores), from /proc/stat
 cpu_stat() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
 
-# Snapshot "pid ticks" of every process NOT owned by the current user (other
-# people's tests on a shared machine); foreign_cpu_s OLD NEW sums the ticks
-# of the processes present in both snapshots, in seconds.  Processes that
-# started and ended in between are missed, so this is a lower bound.
+# Snapshot "pid ticks" of every process that is not this benchmark's own:
+# not this script or its descendants (pgbench, psql), not this benchmark's
+# postmaster or its children, not its Kafka broker.  Other people's tests,
+# or another benchmark run by the same user, on a shared machine.
+# foreign_cpu_s OLD NEW sums the ticks of the processes present in both
+# snapshots, in seconds; processes that started and ended in between are
+# missed, so this is a lower bound.
 foreign_snapshot() {
-	perl -e 'my $me = $<; opendir(my $d, "/proc") or die;
+	local pm
+	pm=$(head -1 "$TMP_DIR/pg/postmaster.pid" 2>/dev/null || echo 0)
+	perl -e '
+		my %own = map { $_ => 1 } grep { $_ } @ARGV;
+		my (%ppid, %ticks);
+		opendir(my $d, "/proc") or die;
 		for my $p (grep { /^\d+$/ } readdir $d) {
-			my @st = stat("/proc/$p") or next; next if $st[4] == $me;
 			open(my $f, "<", "/proc/$p/stat") or next; my $s = <$f>; close $f;
-			$s =~ s/^.*\) //; my @x = split / /, $s; print "$p ", $x[11] + $x[12], "\n"; }'
+			$s =~ s/^.*\) //; my @x = split / /, $s;
+			$ppid{$p} = $x[1]; $ticks{$p} = $x[11] + $x[12];
+		}
+		P: for my $p (keys %ticks) {
+			for (my ($q, $n) = ($p, 0); $q > 1 && $n < 64; $q = $ppid{$q} // 0, $n++) {
+				next P if $own{$q};
+			}
+			print "$p $ticks{$p}\n";
+		}' "$$" "$pm" "$(kafka_pid)"
 }
 foreign_cpu_s() {
 	awk -v h="$CLK_TCK" 'NR == FNR { a[$1] = $2; next } ($1 in a) { s += $2 - a[$1] } END { printf "%.1f\n", s / h }' "$1" "$2"
