@@ -174,7 +174,7 @@ CREATE TABLE evbus.inbox (
 	kafka_partition integer NOT NULL,
 	kafka_offset	bigint NOT NULL,
 	event_key		text,
-	payload			jsonb NOT NULL,
+	payload			jsonb,			/* NULL: undecodable (dead, see dead_letters) */
 	headers			jsonb NOT NULL,
 	state			text NOT NULL CHECK (state IN ('pending', 'handled', 'dead')),
 	attempts		integer NOT NULL DEFAULT 0,

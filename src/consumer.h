@@ -58,7 +58,6 @@ extern List *evbus_load_subscriptions(MemoryContext cxt);
 /* handler.c */
 extern bool evbus_run_handlers(List *subs, Jsonb *payload, Jsonb *headers,
 							   char **error_code, char **error_message);
-extern void evbus_run_handlers_unprotected(List *subs, Jsonb *payload, Jsonb *headers);
 extern void evbus_forget_handler_plans(void);
 
 /* inbox.c */

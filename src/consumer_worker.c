@@ -54,6 +54,7 @@ evbus_consumer_main(Datum main_arg)
 	WaitEventSet *wait_set;
 	TimestampTz next_due = 0;
 	TimestampTz last_maintain = 0;
+	TimestampTz last_dispatch = 0;
 	bool		dispatch_now = true;
 	char		brokers_seen[1024] = "";
 	bool		has_extension;
@@ -126,9 +127,18 @@ evbus_consumer_main(Datum main_arg)
 		pgstat_report_activity(STATE_RUNNING, "consuming");
 		more = evbus_consumers_poll(subs, &left_pending);
 
+		/*
+		 * Pending messages: due retries, messages that waited for their key,
+		 * attempts cut short by a crash, and messages requeued by
+		 * evbus.retry() (which also sets this worker's latch).  Looked at
+		 * when something may have changed, and at least every poll
+		 * interval.
+		 */
 		now = GetCurrentTimestamp();
-		if (dispatch_now || left_pending || (next_due != 0 && now >= next_due))
+		if (dispatch_now || left_pending || (next_due != 0 && now >= next_due) ||
+			TimestampDifferenceExceeds(last_dispatch, now, evbus_poll_interval_ms))
 		{
+			last_dispatch = now;
 			pgstat_report_activity(STATE_RUNNING, "retrying");
 			next_due = evbus_inbox_dispatch_due(subs);
 			dispatch_now = false;

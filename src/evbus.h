@@ -66,6 +66,7 @@ extern void evbus_shmem_startup(void);
 extern bool evbus_claim_worker_slot(Oid dboid, int role, Latch *latch);
 extern void evbus_release_worker_slot(void);
 extern void evbus_wake_worker(Oid dboid);
+extern void evbus_wake_worker_role(Oid dboid, int role);
 extern pid_t evbus_worker_pid_for(Oid dboid, int role);
 extern int	evbus_request_worker_stop(Oid dboid, pid_t *pids, int maxpids);
 extern bool evbus_worker_stop_requested(void);

@@ -121,20 +121,6 @@ run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
 }
 
 /*
- * evbus_run_handlers_unprotected --- run every handler of subs for one
- * message, letting an error propagate.  The caller holds the
- * subtransaction (evbus_inbox runs a whole batch in one when it can).
- */
-void
-evbus_run_handlers_unprotected(List *subs, Jsonb *payload, Jsonb *headers)
-{
-	ListCell   *lc;
-
-	foreach(lc, subs)
-		run_one(lfirst(lc), payload, headers);
-}
-
-/*
  * evbus_run_handlers --- run every handler of subs for one message.
  *
  * Returns true on success.  On failure, returns false with the SQLSTATE and

@@ -65,6 +65,7 @@ typedef struct Dispatch
 	Jsonb	   *payload;
 	Jsonb	   *headers;
 	int			attempts;		/* including this one */
+	char	   *event_key;		/* NULL: no order to keep */
 	List	   *subs;
 } Dispatch;
 
@@ -174,29 +175,6 @@ decode_unchecked(const ReceivedMessage *m, const char *group, Decoded *d)
 	StringInfoData hdr;
 	int			i;
 
-	if (m->value == NULL)
-	{
-		d->poison = "no_value";
-		return;
-	}
-	if ((int64) m->valuelen > (int64) evbus_max_message_bytes)
-	{
-		d->poison = "too_large";
-		d->detail = psprintf("%zu bytes, over evbus.max_message_bytes (%d)", m->valuelen,
-							 evbus_max_message_bytes);
-		return;
-	}
-	if (memchr(m->value, '\0', m->valuelen) != NULL)
-	{
-		d->poison = "nul_byte";
-		return;
-	}
-	if (!valid_utf8(m->value, m->valuelen))
-	{
-		d->poison = "invalid_utf8";
-		return;
-	}
-
 	/* headers: valid UTF-8 strings; a cap-msg-id must be a UUID */
 	initStringInfo(&hdr);
 	appendStringInfoChar(&hdr, '{');
@@ -244,6 +222,30 @@ decode_unchecked(const ReceivedMessage *m, const char *group, Decoded *d)
 					 m->partition, m->offset);
 	append_json_string(&hdr, group, strlen(group));
 	appendStringInfoChar(&hdr, '}');
+
+	/* the value: present, bounded, no NUL, UTF-8 */
+	if (m->value == NULL)
+	{
+		d->poison = "no_value";
+		return;
+	}
+	if ((int64) m->valuelen > (int64) evbus_max_message_bytes)
+	{
+		d->poison = "too_large";
+		d->detail = psprintf("%zu bytes, over evbus.max_message_bytes (%d)", m->valuelen,
+							 evbus_max_message_bytes);
+		return;
+	}
+	if (memchr(m->value, '\0', m->valuelen) != NULL)
+	{
+		d->poison = "nul_byte";
+		return;
+	}
+	if (!valid_utf8(m->value, m->valuelen))
+	{
+		d->poison = "invalid_utf8";
+		return;
+	}
 
 	/* the value: JSON (checked without throwing), then an object */
 	lex = makeJsonLexContextCstringLen(m->value, (int) m->valuelen, PG_UTF8, true);
@@ -583,76 +585,58 @@ mark_handled(int64 *ids, int n)
 
 /*
  * handle_batch --- run the dispatched messages in order and record the
- * outcomes.  Optimistically the whole batch runs in one subtransaction;
- * if any handler fails, that is rolled back and each message runs in its
- * own, so that only the failing ones are retried.  Returns false if some
+ * outcomes; the successes in one statement.  Returns false if some
  * message was left pending for a retry.
  */
 static bool
 handle_batch(List *dispatch, MemoryContext cxt)
 {
-	ResourceOwner owner = CurrentResourceOwner;
-	Oid			save_userid;
-	int			save_sec_context;
-	bool		all_ok = false;
 	bool		none_pending = true;
 	int64	   *handled = palloc(sizeof(int64) * Max(list_length(dispatch), 1));
 	int			nhandled = 0;
+	List	   *blocked = NIL;	/* keys with a message left pending here */
 	ListCell   *lc;
 
-	if (dispatch == NIL)
-		return true;
-
-	if (list_length(dispatch) > 1)
+	/*
+	 * Each message in its own subtransaction: a handler runs exactly once
+	 * per recorded attempt, and a failure rolls back only its message.
+	 * After a message of key K stays pending, the later messages of K in
+	 * the batch do not run: their attempt is taken back and they wait.
+	 */
+	foreach(lc, dispatch)
 	{
-		GetUserIdAndSecContext(&save_userid, &save_sec_context);
-		BeginInternalSubTransaction(NULL);
+		Dispatch   *d = lfirst(lc);
+		Outcome		outcome;
+		bool		is_blocked = false;
+		ListCell   *kc;
+
+		if (d->event_key)
+			foreach(kc, blocked)
+				if (strcmp(lfirst(kc), d->event_key) == 0)
+					is_blocked = true;
+		if (is_blocked)
+		{
+			Oid			types[1] = {INT8OID};
+			Datum		values[1];
+
+			values[0] = Int64GetDatum(d->inbox_id);
+			exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1"
+				 " WHERE id OPERATOR(pg_catalog.=) $1",
+				 1, types, values, NULL, SPI_OK_UPDATE);
+			MemoryContextSwitchTo(cxt);
+			none_pending = false;
+			continue;
+		}
+
+		outcome = handle(d);
 		MemoryContextSwitchTo(cxt);
-		PG_TRY();
+		if (outcome == HANDLED)
+			handled[nhandled++] = d->inbox_id;
+		else if (outcome == PENDING)
 		{
-			foreach(lc, dispatch)
-			{
-				Dispatch   *d = lfirst(lc);
-
-				if (d->subs == NIL)
-					elog(ERROR, "no handler");	/* handled one by one below */
-				evbus_run_handlers_unprotected(d->subs, d->payload, d->headers);
-			}
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-			all_ok = true;
-		}
-		PG_CATCH();
-		{
-			disable_timeout(STATEMENT_TIMEOUT, false);
-			MemoryContextSwitchTo(cxt);
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-			SetUserIdAndSecContext(save_userid, save_sec_context);
-		}
-		PG_END_TRY();
-	}
-
-	if (all_ok)
-	{
-		foreach(lc, dispatch)
-			handled[nhandled++] = ((Dispatch *) lfirst(lc))->inbox_id;
-	}
-	else
-	{
-		foreach(lc, dispatch)
-		{
-			Dispatch   *d = lfirst(lc);
-			Outcome		ok = handle(d);
-
-			MemoryContextSwitchTo(cxt);
-			if (ok == HANDLED)
-				handled[nhandled++] = d->inbox_id;
-			else if (ok == PENDING)
-				none_pending = false;
+			none_pending = false;
+			if (d->event_key)
+				blocked = lappend(blocked, d->event_key);
 		}
 	}
 	mark_handled(handled, nhandled);
@@ -825,13 +809,19 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 
 		if (dec[i].poison || msubs[i] == NIL)
 			continue;			/* dead-lettered, or nobody subscribes any more */
+		/*
+		 * Blocked if an earlier message of its key waits in the inbox; a
+		 * message behind another of the batch runs after it, in order, in
+		 * the handling transaction (which holds it back if that one fails).
+		 */
 		runnable[i] = true;
 		if (dec[i].event_key)
 		{
 			foreach(lc, pending_keys)
 				if (strcmp(lfirst(lc), dec[i].event_key) == 0)
 					runnable[i] = false;
-			pending_keys = lappend(pending_keys, dec[i].event_key);
+			if (!runnable[i])
+				pending_keys = lappend(pending_keys, dec[i].event_key);
 		}
 		dedup[nrows] = dec[i].message_id ? dec[i].message_id :
 			psprintf("%s/%d/" INT64_FORMAT, msgs[i].topic, msgs[i].partition, msgs[i].offset);
@@ -908,6 +898,7 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 				dp->payload = dec[i].payload;
 				dp->headers = dec[i].headers;
 				dp->attempts = 1;
+				dp->event_key = dec[i].event_key;
 				dp->subs = msubs[i];
 				dispatch = lappend(dispatch, dp);
 			}
@@ -960,7 +951,7 @@ evbus_inbox_dispatch_due(List *subs)
 					" UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
 					" FROM due WHERE i.id OPERATOR(pg_catalog.=) due.id"
 					" RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
-					" i.payload, i.headers, i.attempts",
+					" i.payload, i.headers, i.attempts, i.event_key",
 					false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not read the inbox");
 	old = MemoryContextSwitchTo(batch_cxt);
@@ -978,6 +969,7 @@ evbus_inbox_dispatch_due(List *subs)
 		dp->payload = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 5, &isnull));
 		dp->headers = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 6, &isnull));
 		dp->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+		dp->event_key = SPI_getvalue(tup, desc, 8);
 		dp->subs = subs_for(subs, dp->group_name, dp->topic);
 		dispatch = lappend(dispatch, dp);
 	}

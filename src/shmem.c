@@ -163,6 +163,13 @@ evbus_release_worker_slot(void)
 void
 evbus_wake_worker(Oid dboid)
 {
+	evbus_wake_worker_role(dboid, EVBUS_PUBLISHER);
+}
+
+/* Set the latch of dboid's worker of the given role, if it runs. */
+void
+evbus_wake_worker_role(Oid dboid, int role)
+{
 	int			i;
 
 	if (evbus_shared == NULL)
@@ -171,7 +178,7 @@ evbus_wake_worker(Oid dboid)
 	for (i = 0; i < evbus_max_databases(); i++)
 	{
 		if (evbus_shared->slots[i].dboid == dboid &&
-			evbus_shared->slots[i].role == EVBUS_PUBLISHER)
+			evbus_shared->slots[i].role == role)
 		{
 			if (evbus_shared->slots[i].latch)
 				SetLatch(evbus_shared->slots[i].latch);

@@ -36,6 +36,9 @@
 /* Did this transaction stage an event?  Then wake the worker at commit. */
 static bool staged_in_xact = false;
 
+/* Did it requeue a consumed message?  Then wake the consumer at commit. */
+static bool requeued_in_xact = false;
+
 /* Insert plans, one per outbox table, prepared once per backend. */
 static SPIPlanPtr insert_plans[2] = {NULL, NULL};
 
@@ -48,13 +51,17 @@ staging_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (staged_in_xact)
 				evbus_wake_worker(MyDatabaseId);
+			if (requeued_in_xact)
+				evbus_wake_worker_role(MyDatabaseId, EVBUS_CONSUMER);
 			staged_in_xact = false;
+			requeued_in_xact = false;
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			/* COMMIT PREPARED is caught by the worker's periodic poll */
 			staged_in_xact = false;
+			requeued_in_xact = false;
 			break;
 		default:
 			break;
@@ -498,6 +505,8 @@ evbus_retry(PG_FUNCTION_ARGS)
 								  " AND payload IS NOT NULL",
 								  1, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not requeue the message");
+		if (SPI_processed > 0)
+			requeued_in_xact = true;
 		requeued += SPI_processed;
 		SPI_finish();
 	}

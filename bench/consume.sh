@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# bench/consume.sh - the consuming side: how fast a trivial handler runs
+# exactly once, and how long an event takes from the producing commit to
+# the handler's commit.
+#
+# One throwaway PostgreSQL 15 with two databases (bench: the producer,
+# payments: the consumer) and a throwaway Kafka broker (test/kafka/kafka.sh).
+#
+# 1. Throughput.  N events (default 200,000; 100 keys) are published by
+#    bench and are all in Kafka before payments subscribes a trivial handler
+#    (a SQL function that does nothing).  Measured: from evbus.subscribe()
+#    until the inbox holds N handled messages (includes joining the group),
+#    and the steady rate between the first and the last handled_at.  Checked:
+#    N inbox rows, N distinct message ids, no dead letter.
+# 2. Latency.  pgbench stages events at RATE (1,000/s) for DURATION (30 s)
+#    in bench, with the staging time clock_timestamp() in the payload; a
+#    handler in payments records clock_timestamp() when it runs.
+#    latency = handler time - staging time: staging -> Kafka -> handler, just
+#    before the handler's transaction commits (its commit adds one WAL flush).
+#
+# Usage (as root or any user): bench/consume.sh
+# Environment: N, RATE, DURATION, CLIENTS, plus those of bench/lib.sh.
+
+# shellcheck source=bench/lib.sh
+. "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
+bench_init consume 1 "$@"
+
+N=${N:-200000}
+RATE=${RATE:-1000}
+DURATION=${DURATION:-30}
+CLIENTS=${CLIENTS:-4}
+
+environment_report >"$RESULTS_DIR/environment.txt"
+echo "settings: N=$N RATE=$RATE DURATION=$DURATION CLIENTS=$CLIENTS" >>"$RESULTS_DIR/environment.txt"
+
+pg_start "max_worker_processes = 16"
+kafka_start
+for t in ConsumeEvent LatencyEvent; do
+	"$KAFKA_SH" topics "$TMP_DIR/kafka" --create --topic "$t" --partitions 3 \
+		--replication-factor 1 >/dev/null
+done
+psql -qX -d postgres -v ON_ERROR_STOP=1 -c "CREATE DATABASE payments" >/dev/null
+qp() { psql -qXAt -d payments -v ON_ERROR_STOP=1 -c "$1"; }
+qp "CREATE EXTENSION evbus"
+qp "CREATE FUNCTION noop(payload jsonb, headers jsonb) RETURNS void LANGUAGE sql AS 'SELECT'"
+qp "CREATE TABLE lat (staged timestamptz, handled timestamptz)"
+qp "CREATE FUNCTION record_latency(payload jsonb) RETURNS void LANGUAGE sql AS
+    \$\$ INSERT INTO public.lat VALUES ((payload->>'staged')::timestamptz, clock_timestamp()) \$\$"
+set_brokers "$BROKERS"
+
+# ---- 1. throughput ------------------------------------------------------------
+log "staging $N events"
+for ((i = 0; i < N; i += 100000)); do
+	m=$((N - i < 100000 ? N - i : 100000))
+	q "SELECT count(evbus.publish('ConsumeEvent', jsonb_build_object('seq', g, 'account', g % 100, 'amount', 42.5, 'currency', 'EUR'), 'k' || (g % 100))) FROM generate_series($i + 1, $i + $m) g" >/dev/null
+done
+read -r s left < <(wait_outbox_settled 300 60)
+((left == 0)) || die "$left events not published after ${s}s"
+log "all $N events are in Kafka (end offsets: $(kafka_end_offsets ConsumeEvent)); subscribing"
+
+cpid_ticks0=0
+t0=$EPOCHREALTIME
+qp "SELECT evbus.subscribe('ConsumeEvent', 'noop(jsonb, jsonb)')"
+while :; do
+	h=$(qp "SELECT count(*) FROM evbus.inbox WHERE state = 'handled' AND topic = 'ConsumeEvent'")
+	((h >= N)) && break
+	awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {exit !(b - a > 600)}' && die "only $h of $N handled after 600 s"
+	sleep 0.2
+done
+t1=$EPOCHREALTIME
+read -r rows ids dead span < <(qp "SELECT count(*), count(DISTINCT message_id),
+    (SELECT count(*) FROM evbus.dead_letters),
+    extract(epoch FROM max(handled_at) - min(handled_at))
+  FROM evbus.inbox WHERE topic = 'ConsumeEvent'" | tr '|' ' ')
+total=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
+
+# ---- 2. latency ---------------------------------------------------------------
+qp "SELECT evbus.subscribe('LatencyEvent', 'record_latency(jsonb)')"
+# warm up: the group has joined and is assigned before the clock starts
+q "SELECT evbus.publish('LatencyEvent', jsonb_build_object('staged', clock_timestamp(), 'warmup', true))" >/dev/null
+for _ in $(seq 1 300); do
+	[[ $(qp "SELECT count(*) FROM lat") -ge 1 ]] && break
+	sleep 0.2
+done
+qp "TRUNCATE lat"
+cat >"$RESULTS_DIR/latency.sql" <<'SQL'
+\set k random(1, 10000)
+SELECT evbus.publish('LatencyEvent', jsonb_build_object('staged', clock_timestamp(), 'account_id', :k::int, 'amount', 42.5, 'currency', 'EUR'), :k::text);
+SQL
+log "pgbench -R $RATE -T $DURATION"
+pgbench -n -M prepared -c "$CLIENTS" -j 2 -R "$RATE" -T "$DURATION" -f "$RESULTS_DIR/latency.sql" \
+	>"$RESULTS_DIR/pgbench.log" 2>&1 || { cat "$RESULTS_DIR/pgbench.log" >&2; die "pgbench failed"; }
+staged=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$RESULTS_DIR/pgbench.log")
+for _ in $(seq 1 600); do
+	[[ $(qp "SELECT count(*) FROM lat") -ge $staged ]] && break
+	sleep 0.1
+done
+read -r got p50 p90 p99 pmax < <(qp "SELECT count(*),
+    round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+    round(percentile_cont(0.9) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+    round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+    round(max(ms)::numeric, 1)
+  FROM (SELECT extract(epoch FROM handled - staged) * 1000 AS ms FROM lat) s" | tr '|' ' ')
+qp "COPY (SELECT staged, handled, extract(epoch FROM handled - staged) * 1000 FROM lat ORDER BY staged) TO STDOUT" \
+	>"$RESULTS_DIR/latencies.tsv"
+
+{
+	echo "consume: trivial handler, $N events already in Kafka (3 partitions, 100 keys), one consumer database"
+	echo
+	echo "throughput:  $N handled in ${total}s from evbus.subscribe() (group join included): $(awk -v n="$N" -v t="$total" 'BEGIN {printf "%.0f", n / t}') events/s"
+	echo "             steady: first to last handled_at ${span}s: $(awk -v n="$N" -v t="$span" 'BEGIN {printf "%.0f", n / t}') events/s  (goal >= 30000)"
+	echo "exactly once: inbox rows $rows, distinct message ids $ids, dead letters $dead (expected $N, $N, 0)"
+	echo
+	echo "latency:     $staged events staged by pgbench -R $RATE -T $DURATION ($CLIENTS clients), $got handled"
+	echo "             staging -> handler (ms): p50 $p50  p90 $p90  p99 $p99  max $pmax  (goals: p50 <= 10, p99 <= 50)"
+	echo "             pgbench: $(grep -E '^(latency average|tps)' "$RESULTS_DIR/pgbench.log" | tr '\n' ';' | sed 's/;$//')"
+} | tee "$RESULTS_DIR/summary.txt"
