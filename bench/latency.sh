@@ -30,7 +30,7 @@
 # Environment: RATE (1000 events/s), DURATION (30 s), CLIENTS (4),
 #   THREADS (2), plus those of bench/lib.sh.
 # Output: summary on stdout and in $RESULTS_DIR/summary.txt; per-event
-#   values in $RESULTS_DIR/latencies.tsv.
+#   values in $RESULTS_DIR/latencies.tsv.gz.
 
 # shellcheck source=bench/lib.sh
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
@@ -100,7 +100,7 @@ kcat -b "$BROKERS" -C -t "$TOPIC" -o beginning -e -q -f '%T\t%h\t%s\n' 2>/dev/nu
 {
 	printf 'staged_ms\tappend_ms\tproduced_ms\tlatency_ms\tstaged_to_produce_ms\tproduce_to_append_ms\n'
 	sort -n "$TMP_DIR/lat.tsv"
-} >"$RESULTS_DIR/latencies.tsv"
+} | gzip -9 >"$RESULTS_DIR/latencies.tsv.gz"
 got=$(wc -l <"$TMP_DIR/lat.tsv")
 
 # percentiles (nearest rank) of column $1 of lat.tsv

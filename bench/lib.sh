@@ -193,7 +193,21 @@ q() { psql -qXAt -v ON_ERROR_STOP=1 -c "$1"; }
 # kafka_start: start a broker in $TMP_DIR/kafka; sets BROKERS.
 kafka_start() {
 	[[ -x $KAFKA_SH ]] || die "no $KAFKA_SH"
-	BROKERS=$("$KAFKA_SH" start "$TMP_DIR/kafka")
+	local try
+	# kafka.sh makes a random cluster id; one that starts with "-" is taken
+	# for an option by the storage tool and formatting fails: try again
+	for try in 1 2 3; do
+		if BROKERS=$("$KAFKA_SH" start "$TMP_DIR/kafka" 2>"$TMP_DIR/kafka-start.err"); then
+			break
+		fi
+		"$KAFKA_SH" stop "$TMP_DIR/kafka" >/dev/null 2>&1 || true
+		if ((try == 3)) || ! grep -q 'formatting .* failed' "$TMP_DIR/kafka-start.err"; then
+			cat "$TMP_DIR/kafka-start.err" >&2
+			die "the Kafka broker did not start"
+		fi
+		log "kafka.sh could not format the broker's storage (cluster id: $(grep -o "cluster-id.*" "$TMP_DIR/kafka-start.err" | head -1)); trying again"
+		rm -rf "$TMP_DIR/kafka"
+	done
 	KAFKA_STARTED=1
 	log "Kafka broker at $BROKERS"
 }

@@ -40,6 +40,7 @@ if [[ $(id -u) -eq 0 && $PERF == 1 ]]; then
 	chown "$BENCH_USER" "$RESULTS_DIR"
 	[[ $MODE == kafka ]] && "$KAFKA_SH" fetch
 	export RESULTS_DIR PERF_SIGNAL=$RESULTS_DIR/.perf-go
+	TMP_PERF_CHILDREN=$(mktemp)
 	rm -f "$PERF_SIGNAL" "$RESULTS_DIR/.perf-done"
 	runuser -u "$BENCH_USER" -- bash "$0" "$@" &
 	child=$!
@@ -48,10 +49,23 @@ if [[ $(id -u) -eq 0 && $PERF == 1 ]]; then
 	if [[ -f $PERF_SIGNAL ]]; then
 		set +o pipefail
 		perf record -a -g -F 499 -o "$RESULTS_DIR/perf.data" -- sleep "$((DURATION - 2))" 2>"$RESULTS_DIR/perf-record.log"
-		perf report -i "$RESULTS_DIR/perf.data" --no-children --sort comm --stdio 2>/dev/null \
+		perf report -i "$RESULTS_DIR/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null \
 			| grep -v '^#' | grep -v '^$' | head -20 >"$RESULTS_DIR/perf-by-process.txt"
 		perf report -i "$RESULTS_DIR/perf.data" --no-children --sort comm,dso,symbol --stdio -g none 2>/dev/null \
 			| grep -v '^#' | grep -v '^$' | head -60 >"$RESULTS_DIR/perf-by-symbol.txt"
+		# inclusive ("children") shares of the staging path and of the
+		# worker, in percent of all samples of the machine
+		perf report -i "$RESULTS_DIR/perf.data" --children --comm postgres --sort symbol --stdio -g none 2>/dev/null \
+			| grep -v '^#' | grep -v '^$' >"$TMP_PERF_CHILDREN"
+		{
+			echo "inclusive share of all samples (children), postgres processes: evbus functions and what they call"
+			grep -E 'evbus_|staging_|call_converter|fmgr_sql|init_sql_fcache|SPI_execute_plan|SPI_connect|SPI_finish|_SPI_execute_plan|ExecInsert|nextval|pg_strong_random|RAND_bytes|SetLatch|kill|jsonb_|XLogFlush|CommitTransaction|PostgresMain|exec_execute_message|LockAcquire|ProcSleep' "$TMP_PERF_CHILDREN" | head -60
+		} >"$RESULTS_DIR/perf-staging-path.txt"
+		if [[ -f $RESULTS_DIR/.worker-pid ]]; then
+			perf report -i "$RESULTS_DIR/perf.data" --children --pid "$(cat "$RESULTS_DIR/.worker-pid")" --sort symbol --stdio -g none 2>/dev/null \
+				| grep -v '^#' | grep -v '^$' | head -70 >"$RESULTS_DIR/perf-worker.txt"
+		fi
+		rm -f "$TMP_PERF_CHILDREN"
 		rm -f "$RESULTS_DIR/perf.data"
 		set -o pipefail
 		touch "$RESULTS_DIR/.perf-done"
@@ -59,10 +73,10 @@ if [[ $(id -u) -eq 0 && $PERF == 1 ]]; then
 	touch "$RESULTS_DIR/.perf-done"	# never leave the child waiting
 	rc=0
 	wait "$child" || rc=$?
-	rm -f "$PERF_SIGNAL" "$RESULTS_DIR/.perf-done"
-	echo "perf, by process:"
+	rm -f "$PERF_SIGNAL" "$RESULTS_DIR/.perf-done" "$RESULTS_DIR/.worker-pid"
+	echo "perf, by process (share of all samples of the machine):"
 	cat "$RESULTS_DIR/perf-by-process.txt"
-	echo "perf, top symbols: $RESULTS_DIR/perf-by-symbol.txt"
+	echo "perf: $RESULTS_DIR/perf-by-symbol.txt, perf-staging-path.txt, perf-worker.txt"
 	exit $rc
 fi
 
@@ -129,7 +143,10 @@ kpid=$(kafka_pid)
 w0=$(proc_ticks "$wpid"); k0=$(proc_ticks "$kpid")
 read -r busy0 tot0 < <(cpu_stat)
 lsn0=$(q "SELECT pg_current_wal_lsn()")
-[[ -n ${PERF_SIGNAL:-} ]] && touch "$PERF_SIGNAL"
+if [[ -n ${PERF_SIGNAL:-} ]]; then
+	echo "$wpid" >"$RESULTS_DIR/.worker-pid"
+	touch "$PERF_SIGNAL"
+fi
 pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$DURATION" \
 	-f "$RESULTS_DIR/variant-$VARIANT.sql" >"$RESULTS_DIR/pgbench.log" 2>&1 \
 	|| { cat "$RESULTS_DIR/pgbench.log" >&2; die "pgbench failed"; }
