@@ -14,6 +14,8 @@
 #include "port/pg_bswap.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "access/genam.h"
@@ -106,6 +108,24 @@ evbus_schema_oid(void)
 }
 
 /*
+ * The owner is looked up on every staged event: cache it for the backend,
+ * and forget it when evbus.outbox_0 is invalidated (which DROP EXTENSION
+ * does) or on a full relcache reset.
+ */
+static Oid owner_cache = InvalidOid;
+static Oid owner_cache_relid = InvalidOid;
+static bool owner_callback_registered = false;
+
+static void
+owner_cache_invalidate(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == owner_cache_relid)
+		owner_cache = InvalidOid;
+}
+
+static Oid extension_owner_lookup(void);
+
+/*
  * evbus_extension_owner --- the role that owns the evbus extension.
  *
  * evbus's tables belong to it; functions that write them switch to it for
@@ -113,6 +133,21 @@ evbus_schema_oid(void)
  */
 Oid
 evbus_extension_owner(void)
+{
+	if (OidIsValid(owner_cache))
+		return owner_cache;
+	if (!owner_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(owner_cache_invalidate, (Datum) 0);
+		owner_callback_registered = true;
+	}
+	owner_cache = extension_owner_lookup();
+	owner_cache_relid = get_relname_relid("outbox_0", evbus_schema_oid());
+	return owner_cache;
+}
+
+static Oid
+extension_owner_lookup(void)
 {
 	Relation	rel;
 	ScanKeyData key;
