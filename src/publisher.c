@@ -548,9 +548,12 @@ claim_sweep(int limit)
 	n = evbus_outbox_claim_range(sweep_from, limit, &rows, batch_cxt);
 	evbus_outbox_commit();
 
-	if (n > 0)
-		max_seen = Max(max_seen, rows[n - 1].id);
-	if (n < limit || !produce_rows(rows, n))
+	/*
+	 * Produce the page first: a short page is the sweep's last, not one to
+	 * skip.  The forward cursor stays where it is, so the forward scan still
+	 * notes the holes of this range.
+	 */
+	if (!produce_rows(rows, n) || n < limit)
 		sweep_from = -1;		/* done (or resumed by the next sweep) */
 	else
 		sweep_from = rows[n - 1].id + 1;
