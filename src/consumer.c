@@ -28,6 +28,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "consumer.h"
 #include "kafka.h"
@@ -41,7 +42,16 @@ typedef struct GroupConsumer
 	char	   *topics;			/* comma-separated, sorted: detects changes */
 	rd_kafka_t *rk;
 	rd_kafka_queue_t *queue;
+	rd_kafka_topic_partition_list_t *to_commit;	/* offsets not yet told to Kafka */
+	TimestampTz last_commit;
 } GroupConsumer;
+
+/*
+ * Offsets are told to Kafka at most this often: one OffsetCommit per
+ * batch would, at a steady trickle, queue so many requests at the group
+ * coordinator that heartbeats wait behind them and the session times out.
+ */
+#define KAFKA_COMMIT_INTERVAL_MS 1000
 
 static List *consumers = NIL;
 static int	wake_pipe[2] = {-1, -1};
@@ -128,6 +138,11 @@ on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 											  parts->elems[i].partition)->offset = stored;
 	}
 	evbus_consumer_commit();
+	if (gc->to_commit)
+	{
+		rd_kafka_topic_partition_list_destroy(gc->to_commit);
+		gc->to_commit = NULL;
+	}
 	if (commit->cnt > 0)
 		rd_kafka_commit(rk, commit, 0);
 	rd_kafka_topic_partition_list_destroy(commit);
@@ -248,6 +263,12 @@ consumer_create(const char *brokers, const char *group, const char *topics)
 static void
 consumer_destroy(GroupConsumer *gc)
 {
+	if (gc->to_commit)
+	{
+		rd_kafka_commit(gc->rk, gc->to_commit, 0);
+		rd_kafka_topic_partition_list_destroy(gc->to_commit);
+		gc->to_commit = NULL;
+	}
 	rd_kafka_queue_cb_event_enable(gc->queue, NULL, NULL);
 	rd_kafka_queue_destroy(gc->queue);
 	/* leave the group so that its partitions move on at once */
@@ -394,6 +415,7 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 		int			kept = 0;
 		int			i;
 		rd_kafka_topic_partition_list_t *assignment = NULL;
+		rd_kafka_topic_partition_list_t *commit;
 
 		while (n < POLL_BATCH)
 		{
@@ -443,18 +465,33 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 
 		if (kept > 0)
 		{
-			rd_kafka_topic_partition_list_t *commit;
-
 			if (evbus_inbox_receive(gc->group, subs, msgs, kept, offsets, noffsets))
 				*left_pending = true;
 
 			/* the database has it: tell Kafka too (advisory, never ahead) */
-			commit = rd_kafka_topic_partition_list_new(noffsets);
+			if (gc->to_commit == NULL)
+				gc->to_commit = rd_kafka_topic_partition_list_new(noffsets);
 			for (i = 0; i < noffsets; i++)
-				rd_kafka_topic_partition_list_add(commit, offsets[i].topic,
-												  offsets[i].partition)->offset = offsets[i].next_offset;
+			{
+				rd_kafka_topic_partition_t *tp =
+					rd_kafka_topic_partition_list_find(gc->to_commit, offsets[i].topic,
+													   offsets[i].partition);
+
+				if (tp == NULL)
+					tp = rd_kafka_topic_partition_list_add(gc->to_commit, offsets[i].topic,
+														   offsets[i].partition);
+				tp->offset = offsets[i].next_offset;
+			}
+		}
+		if (gc->to_commit != NULL &&
+			TimestampDifferenceExceeds(gc->last_commit, GetCurrentTimestamp(),
+									   KAFKA_COMMIT_INTERVAL_MS))
+		{
+			commit = gc->to_commit;
+			gc->to_commit = NULL;
 			rd_kafka_commit(gc->rk, commit, 1);
 			rd_kafka_topic_partition_list_destroy(commit);
+			gc->last_commit = GetCurrentTimestamp();
 		}
 		MemoryContextSwitchTo(old);
 		MemoryContextDelete(cxt);
