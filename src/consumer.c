@@ -265,7 +265,7 @@ consumer_destroy(GroupConsumer *gc)
 {
 	if (gc->to_commit)
 	{
-		rd_kafka_commit(gc->rk, gc->to_commit, 0);
+		rd_kafka_commit(gc->rk, gc->to_commit, 1);	/* close waits for it */
 		rd_kafka_topic_partition_list_destroy(gc->to_commit);
 		gc->to_commit = NULL;
 	}
