@@ -28,6 +28,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
+#include "utils/resowner.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
@@ -42,6 +43,29 @@ static bool requeued_in_xact = false;
 /* Insert plans, one per outbox table, prepared once per backend. */
 static SPIPlanPtr insert_plans[2] = {NULL, NULL};
 
+/*
+ * Waking happens after the committing transaction has released its locks
+ * (a resource-release callback, AFTER_LOCKS phase), not in the commit
+ * callback, which runs while they are still held: the application's row
+ * locks are not held a moment longer because of evbus.
+ */
+static bool wake_publisher = false;
+static bool wake_consumer = false;
+
+static void
+staging_release_callback(ResourceReleasePhase phase, bool isCommit,
+						 bool isTopLevel, void *arg)
+{
+	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel)
+		return;
+	if (isCommit && wake_publisher)
+		evbus_wake_worker(MyDatabaseId);
+	if (isCommit && wake_consumer)
+		evbus_wake_worker_role(MyDatabaseId, EVBUS_CONSUMER);
+	wake_publisher = false;
+	wake_consumer = false;
+}
+
 static void
 staging_xact_callback(XactEvent event, void *arg)
 {
@@ -49,10 +73,8 @@ staging_xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (staged_in_xact)
-				evbus_wake_worker(MyDatabaseId);
-			if (requeued_in_xact)
-				evbus_wake_worker_role(MyDatabaseId, EVBUS_CONSUMER);
+			wake_publisher = staged_in_xact;
+			wake_consumer = requeued_in_xact;
 			staged_in_xact = false;
 			requeued_in_xact = false;
 			break;
@@ -74,6 +96,7 @@ void
 evbus_staging_init(void)
 {
 	RegisterXactCallback(staging_xact_callback, NULL);
+	RegisterResourceReleaseCallback(staging_release_callback, NULL);
 }
 
 /*
