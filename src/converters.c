@@ -224,38 +224,6 @@ check_converter_function(Oid fn)
 }
 
 /*
- * run_as_owner --- execute one SQL statement with parameters as the
- * extension owner, returning the number of rows processed.
- */
-static uint64
-run_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *values)
-{
-	Oid			save_userid;
-	int			save_sec_context;
-	uint64		processed = 0;
-
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(evbus_extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	PG_TRY();
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute_with_args(sql, nargs, argtypes, values, NULL,
-								  false, 0) < 0)
-			elog(ERROR, "could not execute: %s", sql);
-		processed = SPI_processed;
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-	}
-	PG_END_TRY();
-	return processed;
-}
-
-/*
  * evbus.register_converter(domain_event, integration_event, converter)
  *
  * Registers (or replaces) the converter of a pair.  The caller must be
@@ -281,14 +249,14 @@ evbus_register_converter(PG_FUNCTION_ARGS)
 	values[1] = CStringGetTextDatum(integration_event);
 	values[2] = ObjectIdGetDatum(converter);
 	values[3] = ObjectIdGetDatum(GetUserId());
-	run_as_owner("INSERT INTO evbus.converters"
+	evbus_execute_as_owner("INSERT INTO evbus.converters"
 				 " (domain_event, integration_event, converter, registered_by)"
 				 " VALUES ($1, $2, $3, $4::pg_catalog.regrole)"
 				 " ON CONFLICT (domain_event, integration_event) DO UPDATE"
 				 " SET converter = excluded.converter,"
 				 " registered_by = excluded.registered_by,"
 				 " registered_at = pg_catalog.now()",
-				 4, argtypes, values);
+				 4, argtypes, values, NULL);
 	PG_RETURN_VOID();
 }
 
@@ -305,10 +273,10 @@ evbus_unregister_converter(PG_FUNCTION_ARGS)
 	evbus_check_writable("unregister a converter");
 	values[0] = PointerGetDatum(PG_GETARG_TEXT_PP(0));
 	values[1] = PointerGetDatum(PG_GETARG_TEXT_PP(1));
-	PG_RETURN_BOOL(run_as_owner("DELETE FROM evbus.converters"
+	PG_RETURN_BOOL(evbus_execute_as_owner("DELETE FROM evbus.converters"
 								" WHERE domain_event OPERATOR(pg_catalog.=) $1"
 								" AND integration_event OPERATOR(pg_catalog.=) $2",
-								2, argtypes, values) > 0);
+								2, argtypes, values, NULL) > 0);
 }
 
 /*

@@ -124,5 +124,7 @@ extern void evbus_check_event_name(const char *name, const char *what);
 extern Oid	evbus_extension_owner(void);
 extern Oid	evbus_schema_oid(void);
 extern char *evbus_uuid_to_cstring(const pg_uuid_t *uuid);
+extern uint64 evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
+									 Datum *values, const char *nulls);
 
 #endif							/* EVBUS_H */

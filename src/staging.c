@@ -459,10 +459,8 @@ evbus_retry(PG_FUNCTION_ARGS)
 	pg_uuid_t  *message_id = PG_GETARG_UUID_P(0);
 	Oid			argtypes[1] = {UUIDOID};
 	Datum		values[1];
-	Oid			save_userid;
-	int			save_sec_context;
 	char		sql[1024];
-	uint64		requeued = 0;
+	uint64		requeued;
 
 	evbus_check_writable("retry an event");
 	values[0] = UUIDPGetDatum(message_id);
@@ -482,23 +480,7 @@ evbus_retry(PG_FUNCTION_ARGS)
 			 " domain_event, traceparent, staged_at FROM d",
 			 current_outbox_slot());
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(evbus_extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	PG_TRY();
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute_with_args(sql, 1, argtypes, values, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not requeue the event");
-		requeued = SPI_processed;
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-	}
-	PG_END_TRY();
+	requeued = evbus_execute_as_owner(sql, 1, argtypes, values, NULL);
 
 	if (requeued > 0)
 		staged_in_xact = true;
@@ -508,36 +490,26 @@ evbus_retry(PG_FUNCTION_ARGS)
 	 * attempts reset; a message waiting for a retry is retried now.  The
 	 * consumer worker runs it within its poll interval.
 	 */
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(evbus_extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	PG_TRY();
 	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute_with_args("WITH d AS (DELETE FROM evbus.dead_letters"
-								  " WHERE message_id OPERATOR(pg_catalog.=) $1"
-								  " AND direction OPERATOR(pg_catalog.=) 'consume'"
-								  " AND raw_value IS NULL)"
-								  " UPDATE evbus.inbox SET state = 'pending',"
-								  " attempts = CASE WHEN state OPERATOR(pg_catalog.=) 'dead'"
-								  " THEN 0 ELSE attempts END,"
-								  " next_attempt_at = pg_catalog.now()"
-								  " WHERE message_id OPERATOR(pg_catalog.=) $1"
-								  " AND state OPERATOR(pg_catalog.<>) 'handled'"
-								  " AND payload IS NOT NULL",
-								  1, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not requeue the message");
-		if (SPI_processed > 0)
+		uint64		consumed;
+
+		consumed = evbus_execute_as_owner("WITH d AS (DELETE FROM evbus.dead_letters"
+										  " WHERE message_id OPERATOR(pg_catalog.=) $1"
+										  " AND direction OPERATOR(pg_catalog.=) 'consume'"
+										  " AND raw_value IS NULL)"
+										  " UPDATE evbus.inbox SET state = 'pending',"
+										  " attempts = CASE WHEN state OPERATOR(pg_catalog.=) 'dead'"
+										  " THEN 0 ELSE attempts END,"
+										  " next_attempt_at = pg_catalog.now()"
+										  " WHERE message_id OPERATOR(pg_catalog.=) $1"
+										  " AND state OPERATOR(pg_catalog.<>) 'handled'"
+										  " AND payload IS NOT NULL",
+										  1, argtypes, values, NULL);
+
+		if (consumed > 0)
 			requeued_in_xact = true;
-		requeued += SPI_processed;
-		SPI_finish();
+		requeued += consumed;
 	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-	}
-	PG_END_TRY();
 
 	PG_RETURN_BOOL(requeued > 0);
 }

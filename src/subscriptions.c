@@ -80,35 +80,6 @@ check_handler(Oid fn, bool *is_procedure, bool *takes_headers)
 		aclcheck_error(aclresult, OBJECT_FUNCTION, format_procedure(fn));
 }
 
-/* Run one statement as the extension owner; returns rows processed. */
-static uint64
-write_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *values,
-			   const char *nulls)
-{
-	Oid			save_userid;
-	int			save_sec_context;
-	uint64		processed = 0;
-
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(evbus_extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	PG_TRY();
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0) < 0)
-			elog(ERROR, "could not execute: %s", sql);
-		processed = SPI_processed;
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-	}
-	PG_END_TRY();
-	return processed;
-}
-
 /*
  * evbus.subscribe(integration_event, handler, group_name, max_retries)
  */
@@ -151,7 +122,7 @@ evbus_subscribe(PG_FUNCTION_ARGS)
 		nulls[6] = 'n';
 	else
 		values[6] = Int32GetDatum(PG_GETARG_INT32(3));
-	write_as_owner("INSERT INTO evbus.subscriptions (integration_event, group_name,"
+	evbus_execute_as_owner("INSERT INTO evbus.subscriptions (integration_event, group_name,"
 				   " handler, is_procedure, takes_headers, run_as, max_retries)"
 				   " VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole, $7)"
 				   " ON CONFLICT (integration_event, group_name, handler) DO UPDATE"
@@ -179,7 +150,7 @@ evbus_unsubscribe(PG_FUNCTION_ARGS)
 	values[1] = ObjectIdGetDatum(PG_GETARG_OID(1));
 	values[2] = PG_ARGISNULL(2) ? CStringGetTextDatum(evbus_default_group()) :
 		PointerGetDatum(PG_GETARG_TEXT_PP(2));
-	PG_RETURN_BOOL(write_as_owner("DELETE FROM evbus.subscriptions"
+	PG_RETURN_BOOL(evbus_execute_as_owner("DELETE FROM evbus.subscriptions"
 								  " WHERE integration_event OPERATOR(pg_catalog.=) $1"
 								  " AND handler OPERATOR(pg_catalog.=) $2"
 								  " AND group_name OPERATOR(pg_catalog.=) $3",

@@ -20,6 +20,8 @@
 #include "utils/timestamp.h"
 #include "access/genam.h"
 #include "access/table.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
 
 #include "evbus.h"
 
@@ -171,4 +173,40 @@ extension_owner_lookup(void)
 				 errmsg("extension \"evbus\" is not installed in this database"),
 				 errhint("Run CREATE EXTENSION evbus.")));
 	return owner;
+}
+
+/*
+ * evbus_execute_as_owner --- run one SQL statement with parameters as the
+ * extension owner, who owns evbus's tables; returns the rows processed.
+ *
+ * The functions of the SQL API validate their arguments as the caller and
+ * use this for the write only, so no table needs a grant and no user code
+ * runs with the owner's rights.
+ */
+uint64
+evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
+					   Datum *values, const char *nulls)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	uint64		processed = 0;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(evbus_extension_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0) < 0)
+			elog(ERROR, "could not execute: %s", sql);
+		processed = SPI_processed;
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+	return processed;
 }

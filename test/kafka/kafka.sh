@@ -248,7 +248,12 @@ EOF
 	write_log4j2 "$dir/log4j2.properties" "$dir/logs/server.log" INFO
 	# A cluster id is 16 random bytes, base64url without padding (what
 	# `kafka-storage.sh random-uuid` prints); made here to save a JVM launch.
-	cluster_id=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+	# An id starting with "-" would be read as an option by the format
+	# tool: draw again until it does not.
+	cluster_id=-
+	while [[ $cluster_id == -* ]]; do
+		cluster_id=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)
+	done
 	"$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC \
 		-Dlog4j2.configurationFile="$dir/log4j2.properties" \
 		-cp "$LIBS/*" kafka.tools.StorageTool format \
