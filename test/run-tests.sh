@@ -165,7 +165,7 @@ run_tap() {
 		| tee "$LOG_DIR/prove.log" || rc=$?
 	# prove's "Test Summary Report" names each failed file as "FILE (Wstat: ...";
 	# skipped files print "FILE .. skipped: why"
-	failed_files=$(sed -n 's/^\(\S*\.pl\) (Wstat:.*/\1/p' "$LOG_DIR/prove.log")
+	failed_files=$(sed -n 's/^\(\S*\.pl\) *(Wstat:.*/\1/p' "$LOG_DIR/prove.log")
 	TAP_FAIL=$(grep -c . <<<"$failed_files" || true)
 	TAP_SKIP=$(grep -cE '\.pl \.+ skipped' "$LOG_DIR/prove.log" || true)
 	((rc == 0 || TAP_FAIL > 0)) || TAP_FAIL=${#tests[@]} # prove itself failed

@@ -41,6 +41,10 @@
 #                           send one message per line through Kafka's Java
 #                           console producer; line "HEADERS\tKEY\tVALUE", \N
 #                           for null / no headers (see kafka.sh); dies on error
+#   wait_for_sql($node, $db, $sql, $expected = 't', $timeout = 60)
+#                           poll $sql in $db until it returns $expected, in
+#                           real time; errors (a restarting server) just
+#                           mean "not yet"; true on success, else diag
 #   new_node($name, %opts)  a started PostgreSQL::Test::Cluster node with
 #                           shared_preload_libraries = 'evbus'.  Options:
 #                             conf  => "lines" or [lines] appended to
@@ -63,7 +67,7 @@ use Test::More;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
-our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin
+our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
   kcat_consume java_consume java_produce new_node);
 
 # kafka.sh: from the environment, else next to this file's directory.
@@ -207,6 +211,24 @@ sub java_produce
 	close $fh;
 	die "kafka.sh produce $topic failed (exit " . ($? >> 8) . ")\n" if $?;
 	return;
+}
+
+sub wait_for_sql
+{
+	my ($node, $db, $sql, $expected, $timeout) = @_;
+	$expected //= 't';
+	$timeout //= 60;
+	my $deadline = time() + $timeout;
+	my ($ret, $out, $err);
+	while (1)
+	{
+		($ret, $out, $err) = $node->psql($db, $sql);
+		return 1 if $ret == 0 && $out eq $expected;
+		last if time() >= $deadline;
+		sleep 0.2;
+	}
+	diag "waited ${timeout}s for: $sql\n  want: $expected\n  got:  $out $err";
+	return 0;
 }
 
 sub new_node

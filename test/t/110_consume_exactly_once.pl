@@ -28,26 +28,6 @@ my $node = new_node(
 		"evbus.retry_max_interval = '500ms'"
 	]);
 
-# Poll $sql in $db until it returns $expected (default 't'), at most
-# $timeout s; connection errors (a restarting server) just mean "not yet".
-sub wait_for_sql
-{
-	my ($db, $sql, $expected, $timeout) = @_;
-	$expected //= 't';
-	$timeout //= 60;
-	my $deadline = time() + $timeout;
-	my ($ret, $out, $err);
-	while (1)
-	{
-		($ret, $out, $err) = $node->psql($db, $sql);
-		return 1 if $ret == 0 && $out eq $expected;
-		last if time() >= $deadline;
-		sleep 0.2;
-	}
-	diag "waited ${timeout}s for: $sql\n  want: $expected\n  got:  $out $err";
-	return 0;
-}
-
 $node->safe_psql('postgres', 'CREATE DATABASE orders');
 $node->safe_psql('postgres', 'CREATE DATABASE payments');
 $node->safe_psql($_, 'CREATE EXTENSION evbus') for qw(orders payments);
@@ -117,8 +97,8 @@ my $n = scalar keys %committed;
 note "$id orders inserted, $n committed";
 is($node->safe_psql('orders', 'SELECT count(*) FROM orders'), $n, "$n orders committed");
 
-ok(wait_for_sql('orders', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 60), 'orders: outbox drained');
-ok(wait_for_sql('payments', 'SELECT count(*) FROM payments', $n, 90),
+ok(wait_for_sql($node, 'orders', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 60), 'orders: outbox drained');
+ok(wait_for_sql($node, 'payments', 'SELECT count(*) FROM payments', $n, 90),
 	"payments: $n payment rows");
 # nothing more arrives later
 sleep 3;
@@ -151,7 +131,7 @@ is( $node->safe_psql('payments',
 		    FROM evbus.inbox GROUP BY 1, 2, 3}),
 	"payments|$topic|handled|1|1|$n|$n",
 	'inbox: every event handled once, in one attempt, in group payments');
-ok( wait_for_sql(
+ok( wait_for_sql($node, 
 		'payments',
 		qq{SELECT handled, retrying, dead, pending, lag FROM evbus.stats
 		    WHERE side = 'consume' AND topic = '$topic' AND group_name = 'payments'},

@@ -35,24 +35,6 @@ my $node = new_node(
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
-sub wait_for_sql
-{
-	my ($db, $sql, $expected, $timeout) = @_;
-	$expected //= 't';
-	$timeout //= 60;
-	my $deadline = time() + $timeout;
-	my ($ret, $out, $err);
-	while (1)
-	{
-		($ret, $out, $err) = $node->psql($db, $sql);
-		return 1 if $ret == 0 && $out eq $expected;
-		last if time() >= $deadline;
-		sleep 0.2;
-	}
-	diag "waited ${timeout}s for: $sql\n  want: $expected\n  got:  $out $err";
-	return 0;
-}
-
 # the SQLSTATE of the error $sql raises ('' if none)
 sub sqlstate_of
 {
@@ -109,7 +91,7 @@ SET evbus.traceparent = '$traceparent';
 SELECT evbus.publish('Hdr', '{"n": 1, "note": "caf\\u00e9", "list": [1, 2.5, null]}', 'key-1',
                      '{"tenant": "acme"}');
 });
-ok(wait_for_sql('postgres', q{SELECT count(*) FROM seen}, '1', 60), 'handler ran for the event');
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM seen}, '1', 60), 'handler ran for the event');
 is( $node->safe_psql('postgres',
 		q{SELECT payload = '{"n": 1, "note": "caf\u00e9", "list": [1, 2.5, null]}' FROM seen}),
 	't', 'handler got the payload');
@@ -152,7 +134,7 @@ is( $node->safe_psql('postgres',
 		q{SELECT is_procedure, takes_headers FROM evbus.subscriptions WHERE handler = 'h_payload_only(jsonb)'::regprocedure}),
 	'f|f', 'a function taking only the payload is accepted');
 $node->safe_psql('postgres', q{SELECT evbus.publish('Hdr', '{"n": 2}')});
-ok( wait_for_sql('postgres',
+ok( wait_for_sql($node, 'postgres',
 		q{SELECT string_agg(handler || ':' || (payload->>'n'), ',' ORDER BY handler, payload->>'n') FROM seen},
 		'full:1,full:2,payload_only:2', 30),
 	'a new subscription is picked up without a restart; both handlers run for the next event');
@@ -162,7 +144,7 @@ is($node->safe_psql('postgres', q{SELECT evbus.unsubscribe('Hdr', 'h_full(jsonb,
 is($node->safe_psql('postgres', q{SELECT evbus.unsubscribe('Hdr', 'h_full(jsonb,jsonb)')}),
 	'f', 'unsubscribe again: false');
 $node->safe_psql('postgres', q{SELECT evbus.publish('Hdr', '{"n": 3}')});
-ok( wait_for_sql('postgres',
+ok( wait_for_sql($node, 'postgres',
 		q{SELECT count(*) FROM seen WHERE handler = 'payload_only' AND payload->>'n' = '3'}, '1', 30),
 	'the remaining handler ran for the event published after unsubscribe');
 sleep 1;
@@ -183,7 +165,7 @@ java_produce($cap_topic,
 	"cap-msg-id:$u1,cap-msg-name:CapEvent\tcap-key\t{\"n\":1,\"from\":\"cap\"}",
 	"cap-msg-id:$u2,cap-msg-name:CapEvent\tcap-key\t{\"n\":2,\"from\":\"cap\"}",
 	"\\N\tforeign-key\t{\"n\":3,\"from\":\"foreign\"}");
-ok( wait_for_sql('postgres',
+ok( wait_for_sql($node, 'postgres',
 		qq{SELECT sum(next_offset) FROM evbus.consumer_offsets WHERE topic = '$cap_topic'}, '5', 60),
 	'the group has consumed all 5 messages of the CAP topic');
 is( $node->safe_psql('postgres',
@@ -210,7 +192,7 @@ for (@foreign)
 ok($dedup_ok, 'foreign messages are de-duplicated by topic/partition/offset') or diag join("\n", @foreign);
 
 # --- evbus.stats ----------------------------------------------------------------------
-ok( wait_for_sql(
+ok( wait_for_sql($node, 
 		'postgres',
 		qq{SELECT string_agg(topic || ' ' || group_name || ' ' || handled || ' ' || retrying || ' ' || dead
 		                     || ' ' || pending || ' ' || coalesce(lag::text, 'NULL'), E'\\n' ORDER BY topic)

@@ -36,24 +36,6 @@ my $node = new_node(
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
-sub wait_for_sql
-{
-	my ($db, $sql, $expected, $timeout) = @_;
-	$expected //= 't';
-	$timeout //= 60;
-	my $deadline = time() + $timeout;
-	my ($ret, $out, $err);
-	while (1)
-	{
-		($ret, $out, $err) = $node->psql($db, $sql);
-		return 1 if $ret == 0 && $out eq $expected;
-		last if time() >= $deadline;
-		sleep 0.2;
-	}
-	diag "waited ${timeout}s for: $sql\n  want: $expected\n  got:  $out $err";
-	return 0;
-}
-
 # Kafka's ConsumerGroupCommand (kafka-consumer-groups.sh) against the broker;
 # returns (exit status, stdout+stderr).  (A candidate for EvbusTest.pm and
 # a `groups` subcommand of kafka.sh.)
@@ -119,8 +101,8 @@ SELECT evbus.subscribe('Replayed', 'on_replayed(jsonb,jsonb)');
 my $n = 50;
 $node->safe_psql('postgres',
 	qq{SELECT count(evbus.publish('Replayed', jsonb_build_object('n', g), 'k' || (g % 5))) FROM generate_series(1, $n) g});
-ok(wait_for_sql('postgres', 'SELECT count(*) FROM effects', $n, 60), "$n events handled");
-ok(wait_for_sql('postgres', qq{SELECT sum(next_offset) FROM evbus.consumer_offsets WHERE topic = '$topic'}, $n, 10),
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM effects', $n, 60), "$n events handled");
+ok(wait_for_sql($node, 'postgres', qq{SELECT sum(next_offset) FROM evbus.consumer_offsets WHERE topic = '$topic'}, $n, 10),
 	'the stored offsets are past every message');
 is($node->safe_psql('postgres', q{SELECT last_value FROM handler_calls}), $n, "handler called $n times");
 
@@ -163,7 +145,7 @@ $node->stop;
 $node->append_conf('postgresql.conf', "shared_preload_libraries = 'evbus'\n");
 $node->start;
 
-ok( wait_for_sql('postgres', qq{SELECT sum(next_offset) FROM evbus.consumer_offsets WHERE topic = '$topic'}, $n, 90),
+ok( wait_for_sql($node, 'postgres', qq{SELECT sum(next_offset) FROM evbus.consumer_offsets WHERE topic = '$topic'}, $n, 90),
 	'the consumer read the whole topic again from the beginning');
 sleep 1;
 is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT message_id) FROM effects'),
@@ -182,7 +164,7 @@ for my $m (@msgs)
 	  . "\t$m->{key}\t$m->{payload}";
 }
 java_produce_now($topic, @lines);
-ok( wait_for_sql('postgres', qq{SELECT sum(next_offset) FROM evbus.consumer_offsets WHERE topic = '$topic'}, 2 * $n, 60),
+ok( wait_for_sql($node, 'postgres', qq{SELECT sum(next_offset) FROM evbus.consumer_offsets WHERE topic = '$topic'}, 2 * $n, 60),
 	'the replayed copies were consumed');
 sleep 1;
 is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT message_id) FROM effects'),
@@ -194,7 +176,7 @@ is($node->safe_psql('postgres', q{SELECT count(*), count(*) FILTER (WHERE state 
 
 # --- still working: a new event is handled ------------------------------------------
 my $new = $node->safe_psql('postgres', q{SELECT evbus.publish('Replayed', '{"n": 1000}')});
-ok(wait_for_sql('postgres', qq{SELECT count(*) FROM effects WHERE message_id = '$new'}, '1', 30),
+ok(wait_for_sql($node, 'postgres', qq{SELECT count(*) FROM effects WHERE message_id = '$new'}, '1', 30),
 	'a new event is handled');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM effects'), $n + 1, 'nothing else ran');
 is( $node->safe_psql('postgres',

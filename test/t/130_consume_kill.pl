@@ -30,24 +30,6 @@ my $node = new_node(
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
-sub wait_for_sql
-{
-	my ($db, $sql, $expected, $timeout) = @_;
-	$expected //= 't';
-	$timeout //= 60;
-	my $deadline = time() + $timeout;
-	my ($ret, $out, $err);
-	while (1)
-	{
-		($ret, $out, $err) = $node->psql($db, $sql);
-		return 1 if $ret == 0 && $out eq $expected;
-		last if time() >= $deadline;
-		sleep 0.2;
-	}
-	diag "waited ${timeout}s for: $sql\n  want: $expected\n  got:  $out $err";
-	return 0;
-}
-
 $node->safe_psql(
 	'postgres', q{
 CREATE TABLE effects (seq int, message_id uuid);   -- no unique constraint
@@ -76,7 +58,7 @@ $node->safe_psql('postgres',
 
 # the handler of event $hold is running: its attempt is recorded, and the
 # process that runs handlers sleeps inside it
-ok( wait_for_sql(
+ok( wait_for_sql($node, 
 		'postgres',
 		qq{SELECT i.state = 'pending' AND i.attempts = 1
 		          AND EXISTS (SELECT FROM pg_stat_activity
@@ -84,8 +66,15 @@ ok( wait_for_sql(
 		     FROM evbus.inbox i WHERE (i.payload->>'seq')::int = $hold},
 		't', 60),
 	'the handler of the held event is running, its attempt recorded');
-my ($pid, $type) = split /\|/, $node->safe_psql('postgres',
-	q{SELECT pid, backend_type FROM pg_stat_activity WHERE backend_type LIKE 'evbus%' AND wait_event = 'PgSleep'});
+# the handler sleeps in short steps: catch it inside one
+my ($pid, $type);
+for (my $try = 0; !$pid && $try < 200; $try++)
+{
+	($pid, $type) = split /\|/, $node->safe_psql('postgres',
+		q{SELECT pid, backend_type FROM pg_stat_activity WHERE backend_type LIKE 'evbus%' AND wait_event = 'PgSleep'});
+	sleep 0.01 unless $pid;
+}
+die "no evbus process is sleeping in the handler" unless $pid;
 my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM effects');
 note "killing $type $pid inside a handler; $before effects committed so far";
 kill 'KILL', $pid;
@@ -100,7 +89,7 @@ while (!$restarted && time() < $deadline)
 	sleep 0.2 unless $restarted;
 }
 ok($restarted, 'the server restarted after the crash');
-ok( wait_for_sql('postgres',
+ok( wait_for_sql($node, 'postgres',
 		"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type LIKE 'evbus%' AND pid <> $pid", 't', 60),
 	'after the crash restart evbus runs again');
 is($node->safe_psql('postgres', "SELECT count(*) FROM effects WHERE seq = $hold"),
@@ -108,13 +97,13 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM effects WHERE seq = $hold"
 
 # the interrupted attempt counts: the next one is attempt 2
 my $t0 = time();
-ok( wait_for_sql('postgres',
+ok( wait_for_sql($node, 'postgres',
 		qq{SELECT attempts FROM evbus.inbox WHERE (payload->>'seq')::int = $hold}, '2', 90),
 	'the held event is attempted again, as its attempt 2 (the killed one counted)');
 note sprintf('attempt 2 began %.1f s after the restart was seen', time() - $t0);
 $node->safe_psql('postgres', 'UPDATE control SET hold = false');
 
-ok(wait_for_sql('postgres', 'SELECT count(DISTINCT seq) FROM effects', $n, 90), "all $n events handled");
+ok(wait_for_sql($node, 'postgres', 'SELECT count(DISTINCT seq) FROM effects', $n, 90), "all $n events handled");
 sleep 2;
 is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT seq), count(DISTINCT message_id) FROM effects'),
 	"$n|$n|$n", 'each exactly once');

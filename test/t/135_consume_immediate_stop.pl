@@ -31,24 +31,6 @@ my $node = new_node(
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
-sub wait_for_sql
-{
-	my ($db, $sql, $expected, $timeout) = @_;
-	$expected //= 't';
-	$timeout //= 60;
-	my $deadline = time() + $timeout;
-	my ($ret, $out, $err);
-	while (1)
-	{
-		($ret, $out, $err) = $node->psql($db, $sql);
-		return 1 if $ret == 0 && $out eq $expected;
-		last if time() >= $deadline;
-		sleep 0.2;
-	}
-	diag "waited ${timeout}s for: $sql\n  want: $expected\n  got:  $out $err";
-	return 0;
-}
-
 $node->safe_psql(
 	'postgres', q{
 CREATE TABLE effects (seq int, message_id uuid);   -- no unique constraint
@@ -78,7 +60,7 @@ for (my $i = 1; $i <= 2000; $i += 100)
 {
 	$node->safe_psql('postgres', stage_sql($i, $i + 99));
 }
-ok(wait_for_sql('postgres', 'SELECT count(*) >= 200 FROM effects', 't', 60), 'consuming is under way');
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) >= 200 FROM effects', 't', 60), 'consuming is under way');
 
 # and a session that keeps staging (transactions of 20, every 50 ms) while
 # the server goes down
@@ -94,7 +76,7 @@ my ($bg_out, $bg_err) = ('', '');
 my $stager = IPC::Run::start(
 	[ $node->installed_command('psql'), '-XAtq', '-d', $node->connstr('postgres'), '-f', $script_file ],
 	'<', \undef, '>', \$bg_out, '2>', \$bg_err);
-ok(wait_for_sql('postgres', 'SELECT count(*) > 100 FROM staged WHERE seq > 100000', 't', 30),
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) > 100 FROM staged WHERE seq > 100000', 't', 30),
 	'the stager is staging');
 
 my $handled = $node->safe_psql('postgres', 'SELECT count(*) FROM effects');
@@ -112,7 +94,7 @@ $node->safe_psql('postgres', stage_sql(200001, 200500));
 my $n = $node->safe_psql('postgres', 'SELECT count(*) FROM staged');
 note "$n events committed in all";
 my $t0 = time();
-ok( wait_for_sql('postgres', 'SELECT count(DISTINCT seq) FROM effects', $n, 90),
+ok( wait_for_sql($node, 'postgres', 'SELECT count(DISTINCT seq) FROM effects', $n, 90),
 	"all $n committed events handled");
 note sprintf('drained %.0f s after the restart', time() - $t0);
 sleep 2;
@@ -132,7 +114,7 @@ is( $node->safe_psql('postgres',
 	"$n|$n", 'inbox: one row per event, all handled');
 my @kafka = kcat_consume($topic, $n, 30);
 note sprintf('Kafka holds %d messages for %d events', scalar @kafka, $n);
-ok(wait_for_sql('postgres',
+ok(wait_for_sql($node, 'postgres',
 		qq{SELECT handled, retrying, dead, pending, lag FROM evbus.stats WHERE side = 'consume' AND topic = '$topic'},
 		"$n|0|0|0|0", 30),
 	'evbus.stats: all handled, no lag');

@@ -41,24 +41,6 @@ my $node = new_node(
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
-sub wait_for_sql
-{
-	my ($db, $sql, $expected, $timeout) = @_;
-	$expected //= 't';
-	$timeout //= 60;
-	my $deadline = time() + $timeout;
-	my ($ret, $out, $err);
-	while (1)
-	{
-		($ret, $out, $err) = $node->psql($db, $sql);
-		return 1 if $ret == 0 && $out eq $expected;
-		last if time() >= $deadline;
-		sleep 0.2;
-	}
-	diag "waited ${timeout}s for: $sql\n  want: $expected\n  got:  $out $err";
-	return 0;
-}
-
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 sql(q{
@@ -140,7 +122,7 @@ $listener->query_safe('LISTEN evbus_dead_letter');
 # every evbus process (launcher, publisher worker, consumer): none may crash
 my $evbus_pids_sql = q{SELECT string_agg(backend_type || ' ' || pid, ', ' ORDER BY backend_type, pid)
                          FROM pg_stat_activity WHERE backend_type LIKE 'evbus%'};
-ok(wait_for_sql('postgres', q{SELECT evbus.consumer_pid() IS NOT NULL}, 't', 30), 'the consumer runs');
+ok(wait_for_sql($node, 'postgres', q{SELECT evbus.consumer_pid() IS NOT NULL}, 't', 30), 'the consumer runs');
 my $worker = sql($evbus_pids_sql);
 note "evbus processes: $worker";
 
@@ -158,7 +140,7 @@ sub inbox
 }
 
 # --- fails twice, then succeeds --------------------------------------------------
-ok(wait_for_sql('postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$flaky'", 'handled', 60),
+ok(wait_for_sql($node, 'postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$flaky'", 'handled', 60),
 	'flaky: handled in the end');
 is(inbox($flaky, 'attempts'), '3', 'flaky: attempts = 3');
 is(sql(q{SELECT last_value FROM flaky_calls}), '3', 'flaky: the handler was called 3 times');
@@ -170,7 +152,7 @@ is( inbox($flaky,
 	't', 'flaky: the history has each attempt\'s SQLSTATE and message, in order');
 
 # --- always fails: max_retries 3 -> 4 attempts, dead letter, NOTIFY -------------
-ok(wait_for_sql('postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$doomed'", 'dead', 60),
+ok(wait_for_sql($node, 'postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$doomed'", 'dead', 60),
 	'doomed: inbox state dead');
 is(inbox($doomed, 'attempts'), '4', 'doomed: attempts = max_retries + 1 = 4');
 is(inbox($doomed, 'last_error_code || \' \' || last_error_message'), 'EV002 doomed event 1',
@@ -199,12 +181,12 @@ like($notified, qr/Asynchronous notification "evbus_dead_letter" with payload "\
 # the key moves on: a later event of the same key is handled
 sql(q{UPDATE flag SET ok = true});
 my $doomed2 = sql(q{SELECT evbus.publish('Doomed', '{"n": 2}', 'doomed-key')});
-ok(wait_for_sql('postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$doomed2'", 'handled', 30),
+ok(wait_for_sql($node, 'postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$doomed2'", 'handled', 30),
 	'doomed: a later event of the dead key is handled');
 
 # evbus.retry brings it back; the handler succeeds now
 is(sql(qq{SELECT evbus.retry('$doomed')}), 't', 'evbus.retry finds the dead event');
-ok(wait_for_sql('postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$doomed'", 'handled', 30),
+ok(wait_for_sql($node, 'postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$doomed'", 'handled', 30),
 	'doomed: handled after evbus.retry');
 is(inbox($doomed, 'attempts'), '1', 'doomed: attempts were reset by evbus.retry');
 is(sql(qq{SELECT count(*) FROM effects WHERE handler = 'doomed' AND message_id = '$doomed'}), '1',
@@ -215,13 +197,13 @@ note 'dead letters of the retried event left: '
 is(sql(q{SELECT evbus.retry(gen_random_uuid())}), 'f', 'evbus.retry of an unknown message id: false');
 
 # --- no max_retries argument: evbus.max_retries (1 here) ------------------------------
-ok(wait_for_sql('postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$default'", 'dead', 60),
+ok(wait_for_sql($node, 'postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$default'", 'dead', 60),
 	'default max_retries: dead in the end');
 is(inbox($default, 'attempts'), '2', 'default max_retries: evbus.max_retries = 1 gives 2 attempts');
 is(sql(q{SELECT last_value FROM default_calls}), '2', 'default max_retries: 2 calls');
 
 # --- two handlers, one unit -------------------------------------------------------
-ok(wait_for_sql('postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$multi'", 'handled', 60),
+ok(wait_for_sql($node, 'postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$multi'", 'handled', 60),
 	'multi: handled in the end');
 is(inbox($multi, 'attempts'), '3', 'multi: 3 attempts (each handler failed once, in different attempts)');
 is(sql(q{SELECT handler, count(*) FROM effects WHERE handler LIKE 'multi%' GROUP BY 1 ORDER BY 1}),
@@ -231,7 +213,7 @@ is(sql(q{SELECT (SELECT last_value FROM multi_a_calls) + (SELECT last_value FROM
 	'multi: both handlers ran in the last attempt (5 calls in all)');
 
 # --- transaction control inside a handler -----------------------------------------
-ok(wait_for_sql('postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$txc'", 'dead', 60),
+ok(wait_for_sql($node, 'postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$txc'", 'dead', 60),
 	'COMMIT in a handler: the attempt failed (max_retries 0: dead)');
 is(inbox($txc, 'attempts || \' \' || last_error_code'), '1 2D000',
 	'COMMIT in a handler: recorded as SQLSTATE 2D000 (invalid transaction termination)');
@@ -242,7 +224,7 @@ is(sql(qq{SELECT count(*) FROM effects WHERE handler LIKE 'txc%'}), '0',
 is(sql(q{SELECT last_value FROM txc_calls}), '1', 'COMMIT in a handler: called once');
 
 # --- handler timeout ----------------------------------------------------------------
-ok(wait_for_sql('postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$slow'", 'dead', 60),
+ok(wait_for_sql($node, 'postgres', "SELECT state FROM evbus.inbox WHERE message_id = '$slow'", 'dead', 60),
 	'slow handler: the attempt failed');
 is(inbox($slow, 'last_error_code'), '57014', 'slow handler: cancelled by evbus.handler_timeout (57014)');
 is(sql(qq{SELECT count(*) FROM effects WHERE handler = 'slow'}), '0', 'slow handler: no effect');
@@ -266,9 +248,9 @@ END $$;
 });
 sql(q{SELECT count(evbus.publish('Batch', jsonb_build_object('n', g, 'fail', g = 3), 'b' || g))
         FROM generate_series(1, 5) g});
-ok(wait_for_sql('postgres', q{SELECT count(*) = 0 FROM evbus.outbox}, 't', 30), 'batch: published');
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) = 0 FROM evbus.outbox}, 't', 30), 'batch: published');
 sql(q{SELECT evbus.subscribe('Batch', 'batch_member(jsonb,jsonb)', max_retries => 1)});
-ok( wait_for_sql('postgres',
+ok( wait_for_sql($node, 'postgres',
 		qq{SELECT string_agg(payload->>'n' || ':' || state || ':' || attempts, ',' ORDER BY payload->>'n')
 		     FROM evbus.inbox WHERE topic = '${prefix}Batch'},
 		'1:handled:1,2:handled:1,3:dead:2,4:handled:1,5:handled:1', 60),

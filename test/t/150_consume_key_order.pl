@@ -34,24 +34,6 @@ my $node = new_node(
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
-sub wait_for_sql
-{
-	my ($db, $sql, $expected, $timeout) = @_;
-	$expected //= 't';
-	$timeout //= 60;
-	my $deadline = time() + $timeout;
-	my ($ret, $out, $err);
-	while (1)
-	{
-		($ret, $out, $err) = $node->psql($db, $sql);
-		return 1 if $ret == 0 && $out eq $expected;
-		last if time() >= $deadline;
-		sleep 0.2;
-	}
-	diag "waited ${timeout}s for: $sql\n  want: $expected\n  got:  $out $err";
-	return 0;
-}
-
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 sql(q{
@@ -90,11 +72,11 @@ for my $i (1 .. 5)
 $stage .= "COMMIT;\n";
 sql($stage);
 
-ok(wait_for_sql('postgres', q{SELECT count(*) FROM handled_log WHERE event_key LIKE 'good-%'}, '15', 60),
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM handled_log WHERE event_key LIKE 'good-%'}, '15', 60),
 	'all 15 events of the other keys are handled while key bad fails');
 is(sql(q{SELECT count(*) FROM handled_log WHERE event_key = 'bad'}), '0',
 	'no event of key bad is handled while its first one fails');
-ok( wait_for_sql('postgres',
+ok( wait_for_sql($node, 'postgres',
 		q{SELECT state = 'pending' AND attempts >= 2 FROM evbus.inbox WHERE payload->>'key' = 'bad' AND payload->>'n' = '1'},
 		't', 30),
 	'bad/1 is pending and being retried');
@@ -109,7 +91,7 @@ my $attempts_closed = sql(q{SELECT attempts FROM evbus.inbox WHERE payload->>'ke
 note "bad/1: $attempts_closed attempts while the gate was closed";
 
 sql(q{UPDATE gate SET open = true});
-ok(wait_for_sql('postgres', q{SELECT count(*) FROM handled_log}, '20', 30), 'all 20 events handled once the gate opens');
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM handled_log}, '20', 30), 'all 20 events handled once the gate opens');
 is(sql(q{SELECT string_agg(n::text, ',' ORDER BY id) FROM handled_log WHERE event_key = 'bad'}),
 	'1,2,3,4,5', 'key bad handled in order, its first event first');
 for my $k (qw(good-a good-b good-c))
@@ -134,7 +116,7 @@ SELECT evbus.publish('OrderedDead', '{"key": "y", "n": 1}', 'y');
 SELECT evbus.publish('OrderedDead', '{"key": "x", "n": 3}', 'x');
 COMMIT;
 });
-ok(wait_for_sql('postgres', q{SELECT count(*) FROM handled_log WHERE event_key IN ('x', 'y')}, '3', 60),
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM handled_log WHERE event_key IN ('x', 'y')}, '3', 60),
 	'x/2, x/3 and y/1 handled');
 is(sql(q{SELECT state, attempts FROM evbus.inbox WHERE payload->>'key' = 'x' AND payload->>'n' = '1'}),
 	'dead|3', 'x/1 is dead after max_retries + 1 = 3 attempts');

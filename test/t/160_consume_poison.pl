@@ -35,24 +35,6 @@ my $node = new_node(
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
-sub wait_for_sql
-{
-	my ($db, $sql, $expected, $timeout) = @_;
-	$expected //= 't';
-	$timeout //= 60;
-	my $deadline = time() + $timeout;
-	my ($ret, $out, $err);
-	while (1)
-	{
-		($ret, $out, $err) = $node->psql($db, $sql);
-		return 1 if $ret == 0 && $out eq $expected;
-		last if time() >= $deadline;
-		sleep 0.2;
-	}
-	diag "waited ${timeout}s for: $sql\n  want: $expected\n  got:  $out $err";
-	return 0;
-}
-
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 sql(q{
@@ -68,7 +50,7 @@ SELECT evbus.subscribe('Poison', 'on_poison(jsonb,jsonb)');
 # every evbus process (launcher, publisher worker, consumer): none may crash
 my $evbus_pids_sql = q{SELECT string_agg(backend_type || ' ' || pid, ', ' ORDER BY backend_type, pid)
                          FROM pg_stat_activity WHERE backend_type LIKE 'evbus%'};
-ok(wait_for_sql('postgres', q{SELECT evbus.consumer_pid() IS NOT NULL}, 't', 30), 'the consumer runs');
+ok(wait_for_sql($node, 'postgres', q{SELECT evbus.consumer_pid() IS NOT NULL}, 't', 30), 'the consumer runs');
 my $worker = sql($evbus_pids_sql);
 note "evbus processes: $worker";
 my $postmaster_start = sql('SELECT pg_postmaster_start_time()');
@@ -139,10 +121,10 @@ my @offsets = map { /^0 (\d+)$/ ? $1 : () }
 is_deeply(\@offsets, [ 0 .. $total - 1 ],
 	"the $total messages are at offsets 0.." . ($total - 1) . ' of the one partition');
 
-ok( wait_for_sql('postgres',
+ok( wait_for_sql($node, 'postgres',
 		qq{SELECT sum(next_offset) FROM evbus.consumer_offsets WHERE topic = '$topic'}, $total, 30),
 	'the group consumed past every message: the partition keeps flowing');
-ok(wait_for_sql('postgres', q{SELECT count(*) FROM effects}, '3', 10), 'the three good messages were handled');
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM effects}, '3', 10), 'the three good messages were handled');
 is( sql(q{SELECT string_agg(payload->>'n', ',' ORDER BY (payload->>'n')::int) FROM effects}),
 	'0,10,11', 'the good ones and only they reached the handler');
 is(sql(q{SELECT last_value FROM handler_calls}), '3', 'the handler was called 3 times, never for poison');
@@ -191,7 +173,7 @@ $node->log_check('no crash in the server log', 0,
 
 # still flowing: a good message published through evbus
 my $after = sql(q{SELECT evbus.publish('Poison', '{"n": 12, "good": true}')});
-ok(wait_for_sql('postgres', qq{SELECT count(*) FROM effects WHERE headers->>'cap-msg-id' = '$after'}, '1', 20),
+ok(wait_for_sql($node, 'postgres', qq{SELECT count(*) FROM effects WHERE headers->>'cap-msg-id' = '$after'}, '1', 20),
 	'a later event is handled');
 is(sql(qq{SELECT handled FROM evbus.stats WHERE side = 'consume' AND topic = '$topic'}),
 	'4', 'evbus.stats: 4 handled');

@@ -31,24 +31,6 @@ my $node = new_node(
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
-sub wait_for_sql
-{
-	my ($db, $sql, $expected, $timeout) = @_;
-	$expected //= 't';
-	$timeout //= 60;
-	my $deadline = time() + $timeout;
-	my ($ret, $out, $err);
-	while (1)
-	{
-		($ret, $out, $err) = $node->psql($db, $sql);
-		return 1 if $ret == 0 && $out eq $expected;
-		last if time() >= $deadline;
-		sleep 0.2;
-	}
-	diag "waited ${timeout}s for: $sql\n  want: $expected\n  got:  $out $err";
-	return 0;
-}
-
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 sub sqlstate_of
@@ -111,12 +93,12 @@ is(sqlstate_of(q{SET ROLE carol; SELECT evbus.subscribe('Priv', 'public.record_i
 	'42501', 'a role without EXECUTE on evbus.subscribe cannot subscribe');
 
 my $id = sql(q{SELECT evbus.publish('Priv', '{"n": 1}')});
-ok( wait_for_sql('postgres',
+ok( wait_for_sql($node, 'postgres',
 		qq{SELECT state FROM evbus.inbox WHERE message_id = '$id' AND group_name = '$bob_group'}, 'handled', 60),
 	"bob's group: handled");
 is(sql(q{SELECT n, who, is_superuser FROM ledger}), '1|bob|false',
 	'the handler wrote the ledger as bob, not as a superuser');
-ok( wait_for_sql('postgres',
+ok( wait_for_sql($node, 'postgres',
 		qq{SELECT state FROM evbus.inbox WHERE message_id = '$id' AND group_name = '$alice_group'}, 'dead', 60),
 	"alice's group: the attempt failed (max_retries 0: dead)");
 is(sql(qq{SELECT last_error_code FROM evbus.inbox WHERE message_id = '$id' AND group_name = '$alice_group'}),
@@ -133,7 +115,7 @@ my $e2 = sql(q{SELECT evbus.publish('Escalate2', '{"n": 3}')});
 for ([ $e1, 'RESET ROLE' ], [ $e2, 'SET SESSION AUTHORIZATION DEFAULT' ])
 {
 	my ($mid, $what) = @$_;
-	ok( wait_for_sql('postgres',
+	ok( wait_for_sql($node, 'postgres',
 			qq{SELECT state FROM evbus.inbox WHERE message_id = '$mid'}, 'dead', 60),
 		"$what in a handler: the attempt fails");
 	note "$what: " . sql(qq{SELECT last_error_code || ' ' || last_error_message FROM evbus.inbox WHERE message_id = '$mid'});
@@ -145,7 +127,7 @@ is(sql(q{SELECT count(*) FROM ledger WHERE who = '} . $superuser . q{' OR is_sup
 
 # bob's handler still works after all of it: the worker's role was not changed
 my $id2 = sql(q{SELECT evbus.publish('Priv', '{"n": 4}')});
-ok( wait_for_sql('postgres',
+ok( wait_for_sql($node, 'postgres',
 		qq{SELECT state FROM evbus.inbox WHERE message_id = '$id2' AND group_name = '$bob_group'}, 'handled', 30),
 	"bob's group: the next event handled");
 is(sql(q{SELECT who, is_superuser FROM ledger WHERE n = 4}), 'bob|false', 'still as bob');

@@ -38,24 +38,6 @@ for my $db (qw(src east west))
 	$node->safe_psql($db, 'CREATE EXTENSION evbus');
 }
 
-sub wait_for_sql
-{
-	my ($db, $sql, $expected, $timeout) = @_;
-	$expected //= 't';
-	$timeout //= 60;
-	my $deadline = time() + $timeout;
-	my ($ret, $out, $err);
-	while (1)
-	{
-		($ret, $out, $err) = $node->psql($db, $sql);
-		return 1 if $ret == 0 && $out eq $expected;
-		last if time() >= $deadline;
-		sleep 0.2;
-	}
-	diag "waited ${timeout}s for: $sql\n  want: $expected\n  got:  $out $err";
-	return 0;
-}
-
 for my $db (qw(east west))
 {
 	$node->safe_psql(
@@ -112,7 +94,7 @@ sub wait_total
 # --- 1. east alone ------------------------------------------------------------------
 $node->safe_psql('east', qq{SELECT evbus.subscribe('Shared', 'on_shared(jsonb,jsonb)', '$group')});
 publish(100);
-ok(wait_for_sql('east', 'SELECT count(*) FROM handled', '100', 60), 'east alone handles all 100');
+ok(wait_for_sql($node, 'east', 'SELECT count(*) FROM handled', '100', 60), 'east alone handles all 100');
 is( count_in('east', 'SELECT count(DISTINCT kafka_partition) FROM handled'),
 	'4', 'east consumed all 4 partitions');
 
