@@ -26,15 +26,16 @@ COMMENT ON TABLE evbus.converters IS
 	'converter functions (jsonb) RETURNS jsonb that turn a domain event into an integration event';
 
 /*
- * Any change to evbus.converters, by the API or by hand, invalidates the
- * converter cache of every backend at commit.
+ * Any change to evbus.converters or evbus.subscriptions, by the API or by
+ * hand, invalidates the table's relcache entry at commit: backends drop
+ * their converter cache, the consumer worker reloads its subscriptions.
  */
-CREATE FUNCTION evbus._converters_changed() RETURNS trigger
-	AS 'MODULE_PATHNAME', 'evbus_converters_changed' LANGUAGE C;
-REVOKE ALL ON FUNCTION evbus._converters_changed() FROM PUBLIC;
+CREATE FUNCTION evbus._config_changed() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'evbus_config_changed' LANGUAGE C;
+REVOKE ALL ON FUNCTION evbus._config_changed() FROM PUBLIC;
 CREATE TRIGGER converters_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON evbus.converters
-	FOR EACH STATEMENT EXECUTE FUNCTION evbus._converters_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION evbus._config_changed();
 
 --------------------------------------------------------------------------
 -- Outbox: staged integration events waiting to be published
@@ -134,12 +135,9 @@ CREATE TABLE evbus.subscriptions (
 COMMENT ON TABLE evbus.subscriptions IS
 	'handlers of integration events per consumer group, with the role they run as';
 
-CREATE FUNCTION evbus._subscriptions_changed() RETURNS trigger
-	AS 'MODULE_PATHNAME', 'evbus_subscriptions_changed' LANGUAGE C;
-REVOKE ALL ON FUNCTION evbus._subscriptions_changed() FROM PUBLIC;
 CREATE TRIGGER subscriptions_changed
 	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON evbus.subscriptions
-	FOR EACH STATEMENT EXECUTE FUNCTION evbus._subscriptions_changed();
+	FOR EACH STATEMENT EXECUTE FUNCTION evbus._config_changed();
 
 /*
  * Where each group is in each partition: the offset of the next message to

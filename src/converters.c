@@ -280,19 +280,21 @@ evbus_unregister_converter(PG_FUNCTION_ARGS)
 }
 
 /*
- * evbus._converters_changed() --- statement trigger on evbus.converters:
- * invalidate every backend's converter cache at commit.
+ * evbus._config_changed() --- statement trigger on evbus.converters and
+ * evbus.subscriptions: invalidate the table's relcache entry at commit, so
+ * every backend drops its converter cache and the consumer worker reloads
+ * its subscriptions.
  */
-PG_FUNCTION_INFO_V1(evbus_converters_changed);
+PG_FUNCTION_INFO_V1(evbus_config_changed);
 Datum
-evbus_converters_changed(PG_FUNCTION_ARGS)
+evbus_config_changed(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("evbus._converters_changed() must be called as a trigger")));
+				 errmsg("evbus._config_changed() must be called as a trigger")));
 	CacheInvalidateRelcache(trigdata->tg_relation);
 	return PointerGetDatum(NULL);
 }

@@ -157,21 +157,6 @@ evbus_unsubscribe(PG_FUNCTION_ARGS)
 								  3, argtypes, values, NULL) > 0);
 }
 
-/* Statement trigger on evbus.subscriptions: tell the consumer worker. */
-PG_FUNCTION_INFO_V1(evbus_subscriptions_changed);
-Datum
-evbus_subscriptions_changed(PG_FUNCTION_ARGS)
-{
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("evbus._subscriptions_changed() must be called as a trigger")));
-	CacheInvalidateRelcache(trigdata->tg_relation);
-	return PointerGetDatum(NULL);
-}
-
 /* ------------------------------------------------------------------
  * The consumer worker's view of the subscriptions
  * ------------------------------------------------------------------
