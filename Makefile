@@ -23,6 +23,7 @@ OBJS = \
 	src/consumer.o \
 	src/consumer_worker.o \
 	src/inbox.o \
+	src/attempt_marker.o \
 	src/handler.o \
 	src/util.o
 

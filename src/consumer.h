@@ -71,6 +71,11 @@ extern void evbus_inbox_maintain(void);
 extern int64 evbus_stored_offset(const char *group, const char *topic, int32 partition);
 extern void evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n);
 
+/* attempt_marker.c */
+extern void evbus_attempt_marker_open(void);
+extern bool evbus_attempt_marker_suspect(const char *group, const ReceivedMessage *m);
+extern bool evbus_attempt_marker_write(const char *group, ReceivedMessage *msgs, int n);
+
 /* consumer.c */
 extern void evbus_consumers_sync(List *subs);
 extern bool evbus_consumers_poll(List *subs, bool *left_pending);

@@ -75,6 +75,7 @@ evbus_consumer_main(Datum main_arg)
 		proc_exit(0);
 
 	pgstat_report_appname("evbus consumer");
+	evbus_attempt_marker_open();
 	evbus_subscriptions_watch();
 	subs_cxt = AllocSetContextCreate(TopMemoryContext, "evbus subscriptions",
 									 ALLOCSET_DEFAULT_SIZES);

@@ -4,26 +4,35 @@
  *	  The consumer's transactions: receive messages into the inbox, run
  *	  their handlers, retry, dead-letter, advance the stored offsets.
  *
- * Receiving a batch of messages takes two short transactions:
+ * A received batch is handled in one transaction: decode each message
+ * (undecodable ones are dead-lettered at once with their raw bytes),
+ * insert it into evbus.inbox unless its (group, message id) is there
+ * already (a redelivery), run the handlers of each message that may run
+ * now -- no earlier event of its key is pending -- each message in a
+ * subtransaction, record failures (the error, and a retry scheduled with
+ * exponential backoff and jitter, or after the last retry a dead letter
+ * and NOTIFY evbus_dead_letter), and advance the stored offsets past the
+ * batch.  Handler effects, the inbox state and the offsets commit
+ * together; the rows of messages whose handlers succeed are inserted as
+ * handled straight away (a failure turns its row back to pending), so a
+ * message costs one insert.
  *
- *	1. record: decode each message (undecodable ones are dead-lettered at
- *	   once with their raw bytes), insert it into evbus.inbox unless its
- *	   (group, message id) is there already (a redelivery), and for each
- *	   message that may run now -- no earlier event of its key is pending --
- *	   count the attempt.  Committed before any handler runs, so a handler
- *	   that crashes its backend still counts as an attempt and a poison
- *	   message cannot crash-loop the server.
- *	2. handle: run the handlers of those messages, each in a
- *	   subtransaction; mark each message handled, or record the error and
- *	   schedule a retry (exponential backoff with jitter), or, after the
- *	   last retry, dead-letter it and NOTIFY evbus_dead_letter; and advance
- *	   the stored offsets past the batch.  Handler effects, the inbox
- *	   state and the offset commit together.
+ * A handler that crashes its backend takes that transaction with it, and
+ * with it the record of the attempt.  So a batch is first noted outside
+ * the database (attempt_marker.c), and after a crash the batches that
+ * contain a message of the noted one go the careful way, in two
+ * transactions:
  *
- * Retries go the same way (evbus_inbox_dispatch_due): count the attempt
- * and commit, then handle.  A message waits while an earlier message of
- * its key (same group) is pending, so per-key order holds through retries;
- * other keys flow.
+ *	1. record: insert the inbox rows as pending and count the attempt of
+ *	   each message that may run now, and commit -- before any handler
+ *	   runs, so the crash counts and a poison message cannot crash-loop
+ *	   the server;
+ *	2. handle: run the handlers as above, mark the successes handled, and
+ *	   advance the stored offsets.
+ *
+ * Retries go the careful way too (evbus_inbox_dispatch_due).  A message
+ * waits while an earlier message of its key (same group) is pending, so
+ * per-key order holds through retries; other keys flow.
  *
  *-------------------------------------------------------------------------
  */
@@ -157,27 +166,44 @@ is_uuid_text(const char *s)
 	return true;
 }
 
-/* Append s (valid UTF-8, no NUL) as a JSON string. */
+/* Push a string (valid UTF-8, no NUL) as an object key or value. */
 static void
-append_json_string(StringInfo buf, const char *s, size_t len)
+push_string(JsonbParseState **state, JsonbIteratorToken token, const char *s, size_t len)
 {
-	char	   *copy = pnstrdup(s, len);
+	JsonbValue	v;
 
-	escape_json(buf, copy);
-	pfree(copy);
+	v.type = jbvString;
+	v.val.string.val = (char *) s;
+	v.val.string.len = (int) len;
+	(void) pushJsonbValue(state, token, &v);
 }
 
 static void
-decode_unchecked(const ReceivedMessage *m, const char *group, Decoded *d)
+push_number(JsonbParseState **state, int64 number)
 {
-	JsonLexContext *lex;
-	JsonParseErrorType rc;
-	StringInfoData hdr;
+	JsonbValue	v;
+
+	v.type = jbvNumeric;
+	v.val.numeric = int64_to_numeric(number);
+	(void) pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/*
+ * decode_unchecked --- decode one message into d, or say in d->poison why
+ * it cannot be.  With careful, the value's JSON is checked without
+ * throwing first, to tell invalid JSON (with its detail) from a \u0000;
+ * without, invalid JSON throws, and decode_batch decodes again carefully.
+ */
+static void
+decode_unchecked(const ReceivedMessage *m, const char *group, Decoded *d, bool careful)
+{
+	JsonbParseState *hstate = NULL;
+	JsonbValue	null_value;
 	int			i;
 
 	/* headers: valid UTF-8 strings; a cap-msg-id must be a UUID */
-	initStringInfo(&hdr);
-	appendStringInfoChar(&hdr, '{');
+	null_value.type = jbvNull;
+	(void) pushJsonbValue(&hstate, WJB_BEGIN_OBJECT, NULL);
 	for (i = 0; i < m->nheaders; i++)
 	{
 		const char *name = m->header_names[i];
@@ -205,23 +231,20 @@ decode_unchecked(const ReceivedMessage *m, const char *group, Decoded *d)
 			}
 			d->message_id = id;
 		}
-		if (hdr.len > 1)
-			appendStringInfoChar(&hdr, ',');
-		append_json_string(&hdr, name, strlen(name));
-		appendStringInfoChar(&hdr, ':');
+		push_string(&hstate, WJB_KEY, name, strlen(name));
 		if (m->header_values[i])
-			append_json_string(&hdr, m->header_values[i], m->header_lens[i]);
+			push_string(&hstate, WJB_VALUE, m->header_values[i], m->header_lens[i]);
 		else
-			appendStringInfoString(&hdr, "null");
+			(void) pushJsonbValue(&hstate, WJB_VALUE, &null_value);
 	}
-	if (hdr.len > 1)
-		appendStringInfoChar(&hdr, ',');
-	appendStringInfoString(&hdr, "\"evbus-topic\":");
-	append_json_string(&hdr, m->topic, strlen(m->topic));
-	appendStringInfo(&hdr, ",\"evbus-partition\":%d,\"evbus-offset\":" INT64_FORMAT ",\"evbus-group\":",
-					 m->partition, m->offset);
-	append_json_string(&hdr, group, strlen(group));
-	appendStringInfoChar(&hdr, '}');
+	push_string(&hstate, WJB_KEY, "evbus-topic", strlen("evbus-topic"));
+	push_string(&hstate, WJB_VALUE, m->topic, strlen(m->topic));
+	push_string(&hstate, WJB_KEY, "evbus-partition", strlen("evbus-partition"));
+	push_number(&hstate, m->partition);
+	push_string(&hstate, WJB_KEY, "evbus-offset", strlen("evbus-offset"));
+	push_number(&hstate, m->offset);
+	push_string(&hstate, WJB_KEY, "evbus-group", strlen("evbus-group"));
+	push_string(&hstate, WJB_VALUE, group, strlen(group));
 
 	/* the value: present, bounded, no NUL, UTF-8 */
 	if (m->value == NULL)
@@ -247,19 +270,24 @@ decode_unchecked(const ReceivedMessage *m, const char *group, Decoded *d)
 		return;
 	}
 
-	/* the value: JSON (checked without throwing), then an object */
-	lex = makeJsonLexContextCstringLen(m->value, (int) m->valuelen, PG_UTF8, true);
-	rc = pg_parse_json(lex, &nullSemAction);
-	if (rc == JSON_UNICODE_CODE_POINT_ZERO)
+	/* the value: JSON, then an object */
+	if (careful)
 	{
-		d->poison = "nul_byte";
-		return;
-	}
-	if (rc != JSON_SUCCESS)
-	{
-		d->poison = "invalid_json";
-		d->detail = pstrdup(json_errdetail(rc, lex));
-		return;
+		JsonLexContext *lex = makeJsonLexContextCstringLen(m->value, (int) m->valuelen,
+														   PG_UTF8, true);
+		JsonParseErrorType rc = pg_parse_json(lex, &nullSemAction);
+
+		if (rc == JSON_UNICODE_CODE_POINT_ZERO)
+		{
+			d->poison = "nul_byte";
+			return;
+		}
+		if (rc != JSON_SUCCESS)
+		{
+			d->poison = "invalid_json";
+			d->detail = pstrdup(json_errdetail(rc, lex));
+			return;
+		}
 	}
 	d->payload = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
 													CStringGetDatum(pnstrdup(m->value, m->valuelen))));
@@ -268,8 +296,7 @@ decode_unchecked(const ReceivedMessage *m, const char *group, Decoded *d)
 		d->poison = "not_an_object";
 		return;
 	}
-	d->headers = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(hdr.data)));
-
+	d->headers = JsonbValueToJsonb(pushJsonbValue(&hstate, WJB_END_OBJECT, NULL));
 	if (m->key != NULL)
 	{
 		if (valid_utf8(m->key, m->keylen) && memchr(m->key, '\0', m->keylen) == NULL)
@@ -305,7 +332,7 @@ decode(const ReceivedMessage *m, const char *group, Decoded *d)
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		decode_unchecked(m, group, d);
+		decode_unchecked(m, group, d, true);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
@@ -446,6 +473,17 @@ handle(Dispatch *d)
 		code = "no_handler";
 		message = "no handler is subscribed to this event in this group any more";
 	}
+	else if (d->attempts > max_retries_of(d->subs) + 1)
+	{
+		/* every attempt so far ended with the consumer gone: a crash? */
+		code = "interrupted";
+		message = psprintf("each of the %d attempts ended with the consumer stopping while it ran the handlers (a crash?)",
+						   d->attempts - 1);
+		exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1"
+			 " WHERE id OPERATOR(pg_catalog.=) $1",
+			 1, types, values, NULL, SPI_OK_UPDATE);
+		d->attempts--;
+	}
 	else if (evbus_run_handlers(d->subs, d->payload, d->headers, &code, &message))
 		return HANDLED;
 
@@ -454,7 +492,8 @@ handle(Dispatch *d)
 	if (d->subs != NIL && d->attempts <= max_retries_of(d->subs))
 	{
 		values[3] = Int64GetDatum(backoff_ms(d->attempts));
-		exec("UPDATE evbus.inbox SET last_error_code = $2, last_error_message = $3,"
+		exec("UPDATE evbus.inbox SET state = 'pending', handled_at = NULL,"
+			 " last_error_code = $2, last_error_message = $3,"
 			 " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
 			 " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
 			 " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3)),"
@@ -466,8 +505,8 @@ handle(Dispatch *d)
 	}
 
 	/* out of retries: dead letter, NOTIFY, and the key moves on */
-	exec("WITH i AS (UPDATE evbus.inbox SET state = 'dead', last_error_code = $2,"
-		 " last_error_message = $3, next_attempt_at = NULL,"
+	exec("WITH i AS (UPDATE evbus.inbox SET state = 'dead', handled_at = NULL,"
+		 " last_error_code = $2, last_error_message = $3, next_attempt_at = NULL,"
 		 " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
 		 " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
 		 " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3))"
@@ -585,11 +624,12 @@ mark_handled(int64 *ids, int n)
 
 /*
  * handle_batch --- run the dispatched messages in order and record the
- * outcomes; the successes in one statement.  Returns false if some
+ * outcomes: the successes in one statement, unless their rows were
+ * inserted as handled already (inserted_handled).  Returns false if some
  * message was left pending for a retry.
  */
 static bool
-handle_batch(List *dispatch, MemoryContext cxt)
+handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handled)
 {
 	bool		none_pending = true;
 	int64	   *handled = palloc(sizeof(int64) * Max(list_length(dispatch), 1));
@@ -620,7 +660,8 @@ handle_batch(List *dispatch, MemoryContext cxt)
 			Datum		values[1];
 
 			values[0] = Int64GetDatum(d->inbox_id);
-			exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1"
+			exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1,"
+				 " state = 'pending', handled_at = NULL, next_attempt_at = pg_catalog.now()"
 				 " WHERE id OPERATOR(pg_catalog.=) $1",
 				 1, types, values, NULL, SPI_OK_UPDATE);
 			MemoryContextSwitchTo(cxt);
@@ -639,7 +680,8 @@ handle_batch(List *dispatch, MemoryContext cxt)
 				blocked = lappend(blocked, d->event_key);
 		}
 	}
-	mark_handled(handled, nhandled);
+	if (!inserted_handled)
+		mark_handled(handled, nhandled);
 	MemoryContextSwitchTo(cxt);
 	return none_pending;
 }
@@ -668,7 +710,7 @@ decode_batch(ReceivedMessage *msgs, int n, const char *group, Decoded *dec)
 		for (i = 0; i < n; i++)
 		{
 			memset(&dec[i], 0, sizeof(Decoded));
-			decode_unchecked(&msgs[i], group, &dec[i]);
+			decode_unchecked(&msgs[i], group, &dec[i], false);
 		}
 		ReleaseCurrentSubTransaction();
 		ok = true;
@@ -705,25 +747,22 @@ text_array(char **strs, int n)
 }
 
 /*
- * evbus_inbox_receive --- the two transactions of a received batch.
- *
- * msgs are the batch in the order Kafka delivered them; offsets are the
- * next offsets to store per partition once the batch is handled.
- * Returns true if messages were left pending (a retry, or waiting for an
- * earlier event of their key).
+ * record_batch --- decode a received batch, dead-letter its poison, insert
+ * the inbox rows of the rest (redeliveries excepted) and count the attempt
+ * of each message that may run now.  Those rows are inserted as handled if
+ * inserted_handled (their handlers run in this transaction; a failure sets
+ * the row back to pending), else as pending.  Returns the messages to run,
+ * in Kafka's order, in *dispatch (allocated in cxt); returns true if some
+ * message was left waiting for an earlier event of its key.
  */
-bool
-evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
-					NextOffset *offsets, int noffsets)
+static bool
+record_batch(const char *group, List *subs, ReceivedMessage *msgs, int n,
+			 bool inserted_handled, List **dispatch, MemoryContext batch_cxt)
 {
 	static SPIPlanPtr keys_plan = NULL;
 	static SPIPlanPtr insert_plan = NULL;
 	bool		left_pending = false;
-	List	   *dispatch = NIL;
 	List	   *pending_keys = NIL;
-	MemoryContext batch_cxt = AllocSetContextCreate(TopMemoryContext, "evbus receive",
-													ALLOCSET_DEFAULT_SIZES);
-	MemoryContext old;
 	Decoded    *dec;
 	List	  **msubs;
 	bool	   *runnable;
@@ -742,9 +781,6 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 	int			i;
 	uint64		r;
 
-	/* 1. record: inbox rows, poison dead letters, attempts of runnable messages */
-	evbus_consumer_begin();
-	old = MemoryContextSwitchTo(batch_cxt);
 	dec = palloc0(sizeof(Decoded) * n);
 	msubs = palloc0(sizeof(List *) * n);
 	runnable = palloc0(sizeof(bool) * n);
@@ -833,16 +869,20 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 		offs[nrows] = Int64GetDatum(msgs[i].offset);
 		payload[nrows] = JsonbPGetDatum(dec[i].payload);
 		headers[nrows] = JsonbPGetDatum(dec[i].headers);
-		attempts[nrows] = Int32GetDatum(runnable[i] ? 1 : 0);
+		/* a message the consumer was handling when it stopped: that counts */
+		attempts[nrows] = Int32GetDatum((runnable[i] ? 1 : 0) +
+										(!inserted_handled &&
+										 evbus_attempt_marker_suspect(group, &msgs[i]) ? 1 : 0));
 		index[nrows] = i;
 		nrows++;
 	}
 
 	if (nrows > 0)
 	{
-		Oid			types[11] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-			INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID, INT4ARRAYOID};
-		Datum		values[11];
+		Oid			types[12] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+			INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID, INT4ARRAYOID,
+		BOOLOID};
+		Datum		values[12];
 		int			row = 0;
 
 		values[0] = CStringGetTextDatum(group);
@@ -856,12 +896,15 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 		values[8] = PointerGetDatum(construct_array(payload, nrows, JSONBOID, -1, false, TYPALIGN_INT));
 		values[9] = PointerGetDatum(construct_array(headers, nrows, JSONBOID, -1, false, TYPALIGN_INT));
 		values[10] = PointerGetDatum(construct_array(attempts, nrows, INT4OID, 4, true, TYPALIGN_INT));
+		values[11] = BoolGetDatum(inserted_handled);
 		if (SPI_execute_plan(kept_plan(&insert_plan,
 									   "INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
 									   " integration_event, topic, kafka_partition, kafka_offset, event_key,"
-									   " payload, headers, state, attempts, next_attempt_at)"
-									   " SELECT $1, d, m::pg_catalog.uuid, e, t, p, o, k, pl, h, 'pending', a,"
-									   " pg_catalog.now()"
+									   " payload, headers, state, attempts, next_attempt_at, handled_at)"
+									   " SELECT $1, d, m::pg_catalog.uuid, e, t, p, o, k, pl, h,"
+									   " CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN 'handled' ELSE 'pending' END, a,"
+									   " CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN NULL ELSE pg_catalog.now() END,"
+									   " CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN pg_catalog.now() END"
 									   " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3),"
 									   " pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
 									   " pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9),"
@@ -869,7 +912,7 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 									   " AS u(d, m, e, t, p, o, k, pl, h, a)"
 									   " ON CONFLICT (group_name, dedup_key) DO NOTHING"
 									   " RETURNING id, dedup_key",
-									   11, types),
+									   12, types),
 							 values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not insert into the inbox");
 		MemoryContextSwitchTo(batch_cxt);
@@ -897,28 +940,61 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 				dp->message_id = dec[i].message_id;
 				dp->payload = dec[i].payload;
 				dp->headers = dec[i].headers;
-				dp->attempts = 1;
+				dp->attempts = DatumGetInt32(attempts[row - 1]);
 				dp->event_key = dec[i].event_key;
 				dp->subs = msubs[i];
-				dispatch = lappend(dispatch, dp);
+				*dispatch = lappend(*dispatch, dp);
 			}
 			else
 				left_pending = true;
 		}
 	}
-	MemoryContextSwitchTo(old);
-	evbus_consumer_commit();
+	return left_pending;
+}
 
-	/* 2. handle, and advance the offsets with the handlers' effects */
+/*
+ * evbus_inbox_receive --- handle a received batch: in one transaction, or
+ * the careful way in two if it holds a message that was being handled
+ * when the consumer stopped (see the top of this file).
+ *
+ * msgs are the batch in the order Kafka delivered them; offsets are the
+ * next offsets to store per partition once the batch is handled.
+ * Returns true if messages were left pending (a retry, or waiting for an
+ * earlier event of their key).
+ */
+bool
+evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
+					NextOffset *offsets, int noffsets)
+{
+	static MemoryContext batch_cxt = NULL;
+	bool		careful;
+	bool		left_pending;
+	List	   *dispatch = NIL;
+	MemoryContext old;
+
+	if (batch_cxt == NULL)
+		batch_cxt = AllocSetContextCreate(TopMemoryContext, "evbus receive",
+										  ALLOCSET_DEFAULT_SIZES);
+	careful = !evbus_attempt_marker_write(group, msgs, n);
+
 	evbus_consumer_begin();
 	old = MemoryContextSwitchTo(batch_cxt);
-	if (!handle_batch(dispatch, batch_cxt))
+	left_pending = record_batch(group, subs, msgs, n, !careful, &dispatch, batch_cxt);
+	if (careful)
+	{
+		/* the attempts are on disk before any handler runs */
+		MemoryContextSwitchTo(old);
+		evbus_consumer_commit();
+		evbus_consumer_begin();
+		old = MemoryContextSwitchTo(batch_cxt);
+	}
+	if (!handle_batch(dispatch, batch_cxt, !careful))
 		left_pending = true;
 	store_offsets(group, offsets, noffsets);
 	MemoryContextSwitchTo(old);
 	evbus_consumer_commit();
 
-	MemoryContextDelete(batch_cxt);
+	MemoryContextReset(batch_cxt);
 	return left_pending;
 }
 
@@ -979,7 +1055,7 @@ evbus_inbox_dispatch_due(List *subs)
 	evbus_consumer_begin();
 	old = MemoryContextSwitchTo(batch_cxt);
 	/* in id order: a message handled here lets the next of its key go */
-	(void) handle_batch(dispatch, batch_cxt);
+	(void) handle_batch(dispatch, batch_cxt, false);
 	MemoryContextSwitchTo(old);
 	/* when is the next message due that may run (first of its key)? */
 	if (SPI_execute("SELECT pg_catalog.min(next_attempt_at) FROM evbus.inbox i"

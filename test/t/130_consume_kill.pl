@@ -2,10 +2,13 @@
 # consumer worker) is killed with SIGKILL while the handler runs (it waits
 # on a flag table, so the kill lands inside it).
 # PostgreSQL restarts the whole cluster; afterwards the interrupted event is
-# attempted again -- its attempt, recorded in a committed transaction before
-# the handler ran, still counts -- and every one of the 300 events is handled
-# exactly once: none lost, none twice (a table without a unique constraint
-# counts handler effects).
+# attempted again -- the killed attempt counts: the consumer noted the batch
+# outside the database before running it (src/attempt_marker.c) -- and every
+# one of the 300 events is handled exactly once: none lost, none twice (a
+# table without a unique constraint counts handler effects).
+# Then a handler that "crashes" every time (killed at each attempt) with
+# max_retries = 1: after 2 attempts the event is dead-lettered without
+# running again, so a poison message cannot crash-loop the server.
 use strict;
 use warnings;
 
@@ -39,6 +42,7 @@ CREATE PROCEDURE on_crashy(payload jsonb, headers jsonb) LANGUAGE plpgsql AS $$
 BEGIN
 	INSERT INTO public.effects VALUES ((payload->>'seq')::int, (headers->>'cap-msg-id')::uuid);
 	IF (payload->>'hold')::boolean THEN
+		PERFORM pg_catalog.set_config('application_name', 'evbus-test-holding', true);
 		WHILE (SELECT hold FROM public.control) LOOP
 			PERFORM pg_catalog.pg_sleep(0.05);
 		END LOOP;
@@ -46,7 +50,47 @@ BEGIN
 	PERFORM pg_catalog.pg_sleep(0.002);
 END $$;
 SELECT evbus.subscribe('Crashy', 'on_crashy(jsonb,jsonb)');
+CREATE PROCEDURE on_doomed(payload jsonb) LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_catalog.set_config('application_name', 'evbus-test-holding', true);
+	LOOP
+		PERFORM pg_catalog.pg_sleep(0.05);
+	END LOOP;
+END $$;
+SELECT evbus.subscribe('Doomed', 'on_doomed(jsonb)', max_retries => 1);
 });
+
+# kill the process running a holding handler; wait for the crash restart
+my $crashes = 0;
+sub kill_holding_handler
+{
+	my ($what) = @_;
+	my $pid;
+	ok( wait_for_sql($node, 'postgres',
+			q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'},
+			'1', 90),
+		"$what: a handler is running and holds");
+	$pid = $node->safe_psql('postgres',
+		q{SELECT pid FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'});
+	note "$what: killing pid $pid inside the handler";
+	kill 'KILL', $pid;
+	$crashes++;
+	my $deadline = time() + 60;
+	my $restarted = 0;
+	while (!$restarted && time() < $deadline)
+	{
+		my @ready = slurp_file($node->logfile) =~
+		  /terminated by signal 9.*?reinitializing.*?database system is ready to accept connections/sg;
+		$restarted = @ready >= $crashes;
+		sleep 0.2 unless $restarted;
+	}
+	ok($restarted, "$what: the server restarted after the crash");
+	ok( wait_for_sql($node, 'postgres',
+			"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type LIKE 'evbus%' AND pid <> $pid",
+			't', 60),
+		"$what: after the crash restart evbus runs again");
+	return $pid;
+}
 
 my $n = 300;
 my $hold = 150;
@@ -56,42 +100,11 @@ $node->safe_psql('postgres',
 	                              'k' || (g % 10)))
 	     FROM generate_series(1, $n) g});
 
-# the handler of event $hold is running: its attempt is recorded, and the
-# process that runs handlers sleeps inside it
-ok( wait_for_sql($node, 
-		'postgres',
-		qq{SELECT i.state = 'pending' AND i.attempts = 1
-		          AND EXISTS (SELECT FROM pg_stat_activity
-		                       WHERE backend_type LIKE 'evbus%' AND wait_event = 'PgSleep')
-		     FROM evbus.inbox i WHERE (i.payload->>'seq')::int = $hold},
-		't', 60),
-	'the handler of the held event is running, its attempt recorded');
-# the handler sleeps in short steps: catch it inside one
-my ($pid, $type);
-for (my $try = 0; !$pid && $try < 200; $try++)
-{
-	($pid, $type) = split /\|/, $node->safe_psql('postgres',
-		q{SELECT pid, backend_type FROM pg_stat_activity WHERE backend_type LIKE 'evbus%' AND wait_event = 'PgSleep'});
-	sleep 0.01 unless $pid;
-}
-die "no evbus process is sleeping in the handler" unless $pid;
+# the handler of event $hold is running (its transaction, with the inbox
+# row, is not committed): kill the process
 my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM effects');
-note "killing $type $pid inside a handler; $before effects committed so far";
-kill 'KILL', $pid;
-
-# wait for the crash restart to be over (the log says so), then for evbus
-my $deadline = time() + 60;
-my $restarted = 0;
-while (!$restarted && time() < $deadline)
-{
-	$restarted = slurp_file($node->logfile) =~
-	  /terminated by signal 9.*reinitializing.*database system is ready to accept connections/s;
-	sleep 0.2 unless $restarted;
-}
-ok($restarted, 'the server restarted after the crash');
-ok( wait_for_sql($node, 'postgres',
-		"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type LIKE 'evbus%' AND pid <> $pid", 't', 60),
-	'after the crash restart evbus runs again');
+note "$before effects committed before the kill";
+kill_holding_handler('held event');
 is($node->safe_psql('postgres', "SELECT count(*) FROM effects WHERE seq = $hold"),
 	'0', 'the interrupted handler left no effect');
 
@@ -113,6 +126,25 @@ is( $node->safe_psql('postgres',
 is($node->safe_psql('postgres', "SELECT attempts FROM evbus.inbox WHERE (payload->>'seq')::int = $hold"),
 	'2', 'the held event took 2 attempts');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.dead_letters'), '0', 'no dead letter');
+
+# a handler killed at every attempt, max_retries = 1: 2 attempts, then a
+# dead letter without a third run
+$node->safe_psql('postgres', q{SELECT evbus.publish('Doomed', '{"n": 1}')});
+kill_holding_handler('doomed event, attempt 1');
+kill_holding_handler('doomed event, attempt 2');
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM evbus.dead_letters WHERE integration_event = 'Doomed'}, '1', 90),
+	'doomed event: dead-lettered after its 2 attempts');
+is( $node->safe_psql('postgres',
+		q{SELECT state, attempts, last_error_code FROM evbus.inbox WHERE integration_event = 'Doomed'}),
+	'dead|2|interrupted', 'doomed event: dead, 2 attempts, error "interrupted"');
+is( $node->safe_psql('postgres',
+		q{SELECT attempts, error_code FROM evbus.dead_letters WHERE integration_event = 'Doomed'}),
+	'2|interrupted', 'the dead letter says so too');
+sleep 1;
+is($node->safe_psql('postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'}),
+	'0', 'doomed event: its handler does not run a third time');
 
 $node->stop;
 done_testing();
