@@ -1,11 +1,12 @@
 /*-------------------------------------------------------------------------
  *
  * outbox.c
- *	  Storage work of the publisher, each step one short transaction.
+ *	  Storage work of the publisher, in the short transaction of a step
+ *	  (publisher.c), except maintain, which has its own.
  *
  *	  claim    read a batch of staged events in id order (no row is
  *	           written or locked: one worker per database owns the
- *	           outbox, and librdkafka's work happens after COMMIT);
+ *	           outbox; librdkafka only queues them, it never waits);
  *	  finish   delete the events Kafka acknowledged as PERSISTED, move the
  *	           permanently failed ones to evbus.dead_letters, count both;
  *	  maintain truncate the outbox table staging no longer writes to once
@@ -48,6 +49,8 @@
 
 static SPIPlanPtr claim_range_plan = NULL;
 static SPIPlanPtr claim_ids_plan = NULL;
+static SPIPlanPtr delete_plans[2] = {NULL, NULL};
+static SPIPlanPtr count_plan = NULL;
 
 static SPIPlanPtr
 prepare_kept(const char *sql, int nargs, Oid *argtypes)
@@ -195,7 +198,14 @@ evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
 										2, argtypes);
 	values[0] = Int64GetDatum(from_id);
 	values[1] = Int32GetDatum(limit);
-	if (SPI_execute_plan(claim_range_plan, values, NULL, true, 0) != SPI_OK_SELECT)
+
+	/*
+	 * Not read_only: a claim must see the deletes of the finish that ran
+	 * before it in the same transaction (a read-only SPI call would keep
+	 * the snapshot from before them and claim, and publish, those events
+	 * again).
+	 */
+	if (SPI_execute_plan(claim_range_plan, values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the outbox");
 	return copy_rows(rows, cxt);
 }
@@ -228,7 +238,7 @@ evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
 									  " ORDER BY id",
 									  1, argtypes);
 	values[0] = PointerGetDatum(int8_array(ids, nids));
-	if (SPI_execute_plan(claim_ids_plan, values, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(claim_ids_plan, values, NULL, false, 0) != SPI_OK_SELECT)	/* see above */
 		elog(ERROR, "could not read the outbox");
 	return copy_rows(rows, cxt);
 }
@@ -245,9 +255,10 @@ exec_or_die(const char *sql, int nargs, Oid *argtypes, Datum *values,
 }
 
 /*
- * evbus_outbox_finish --- in one transaction: move dead events to
- * evbus.dead_letters (and NOTIFY evbus_dead_letter), delete the published
- * and dead events from the outbox, count both per integration event.
+ * evbus_outbox_finish --- move dead events to evbus.dead_letters (and
+ * NOTIFY evbus_dead_letter), delete the published and dead events from the
+ * outbox, count both per integration event.  Must run inside
+ * evbus_outbox_begin/commit.
  */
 void
 evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
@@ -255,8 +266,6 @@ evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
 {
 	int			i;
 	int64	   *all_ids = palloc(sizeof(int64) * Max(ndone + ndead, 1));
-
-	evbus_outbox_begin();
 
 	for (i = 0; i < ndead; i++)
 	{
@@ -289,33 +298,42 @@ evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
 		all_ids[ndead + i] = done_ids[i];
 
 	/*
-	 * Delete by primary key.  The bounds let the planner scan only the
-	 * range of the index the batch covers (ids of a batch are nearly
-	 * contiguous) and test membership with a hashed array, instead of a
-	 * sequential scan of the whole table.
+	 * Delete by primary key, with kept plans.  The bounds let the plan
+	 * scan only the range of the index the batch covers (ids of a batch
+	 * are nearly contiguous), whatever the size of the array, instead of
+	 * a sequential scan of the whole table.
 	 */
 	{
 		int64		lo = PG_INT64_MAX;
 		int64		hi = PG_INT64_MIN;
 		Oid			del_types[3] = {INT8ARRAYOID, INT8OID, INT8OID};
 		Datum		del_values[3];
+		int			slot;
 
 		for (i = 0; i < ndone + ndead; i++)
 		{
 			lo = Min(lo, all_ids[i]);
 			hi = Max(hi, all_ids[i]);
 		}
+
 		del_values[0] = PointerGetDatum(int8_array(all_ids, ndone + ndead));
 		del_values[1] = Int64GetDatum(lo);
 		del_values[2] = Int64GetDatum(hi);
-		exec_or_die("DELETE FROM evbus.outbox_0 WHERE id OPERATOR(pg_catalog.>=) $2"
-					" AND id OPERATOR(pg_catalog.<=) $3"
-					" AND id OPERATOR(pg_catalog.=) ANY ($1)",
-					3, del_types, del_values, SPI_OK_DELETE);
-		exec_or_die("DELETE FROM evbus.outbox_1 WHERE id OPERATOR(pg_catalog.>=) $2"
-					" AND id OPERATOR(pg_catalog.<=) $3"
-					" AND id OPERATOR(pg_catalog.=) ANY ($1)",
-					3, del_types, del_values, SPI_OK_DELETE);
+		for (slot = 0; slot < 2; slot++)
+		{
+			if (delete_plans[slot] == NULL)
+			{
+				char		sql[256];
+
+				snprintf(sql, sizeof(sql),
+						 "DELETE FROM evbus.outbox_%d WHERE id OPERATOR(pg_catalog.>=) $2"
+						 " AND id OPERATOR(pg_catalog.<=) $3"
+						 " AND id OPERATOR(pg_catalog.=) ANY ($1)", slot);
+				delete_plans[slot] = prepare_kept(sql, 3, del_types);
+			}
+			if (SPI_execute_plan(delete_plans[slot], del_values, NULL, false, 0) != SPI_OK_DELETE)
+				elog(ERROR, "could not delete from evbus.outbox_%d", slot);
+		}
 	}
 
 	if (ndone > 0)
@@ -328,16 +346,18 @@ evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
 			names[i] = CStringGetTextDatum(done_events[i]);
 		values[0] = PointerGetDatum(construct_array(names, ndone, TEXTOID, -1,
 													false, TYPALIGN_INT));
-		exec_or_die("INSERT INTO evbus.publish_counters AS c"
-					" (integration_event, published, last_published_at)"
-					" SELECT e, pg_catalog.count(*), pg_catalog.now()"
-					" FROM pg_catalog.unnest($1) e GROUP BY e"
-					" ON CONFLICT (integration_event) DO UPDATE"
-					" SET published = c.published OPERATOR(pg_catalog.+) excluded.published,"
-					" last_published_at = excluded.last_published_at",
-					1, argtypes, values, SPI_OK_INSERT);
+		if (count_plan == NULL)
+			count_plan = prepare_kept("INSERT INTO evbus.publish_counters AS c"
+									  " (integration_event, published, last_published_at)"
+									  " SELECT e, pg_catalog.count(*), pg_catalog.now()"
+									  " FROM pg_catalog.unnest($1) e GROUP BY e"
+									  " ON CONFLICT (integration_event) DO UPDATE"
+									  " SET published = c.published OPERATOR(pg_catalog.+) excluded.published,"
+									  " last_published_at = excluded.last_published_at",
+									  1, argtypes);
+		if (SPI_execute_plan(count_plan, values, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not count published events");
 	}
-	evbus_outbox_commit();
 }
 
 /*

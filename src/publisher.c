@@ -3,9 +3,12 @@
  * publisher.c
  *	  Publishing: outbox -> Kafka, one step of the worker's loop at a time.
  *
- * A step serves librdkafka's delivery reports, records them (outbox.c
- * "finish"), then claims more events and produces them.  The flow of one
- * event:
+ * A step serves librdkafka's delivery reports, then, in one short
+ * transaction, records them (outbox.c "finish"), claims more events and
+ * produces them.  A step woken only by delivery reports claims nothing
+ * (no commit woke it) and holds the reports back up to FINISH_DELAY_MS,
+ * so that at a trickle they are recorded by the next claiming step's
+ * transaction instead of one of their own.  The flow of one event:
  *
  *	staged (row in the outbox)
  *	  -> claimed and produced: in flight, remembered in `inflight`
@@ -43,6 +46,13 @@
 #include "kafka.h"
 #include "outbox.h"
 #include "publisher.h"
+
+/*
+ * How long delivery reports may wait for a claiming step to record them
+ * (their rows stay in the outbox meanwhile; a crash then publishes them
+ * again, with the same message ids).
+ */
+#define FINISH_DELAY_MS 20
 
 /* How long a hole is looked up by id before only sweeps look for it. */
 #define HOLE_TIMEOUT_MS 10000
@@ -110,6 +120,7 @@ static int64 max_seen = 0;		/* highest id ever claimed */
 static int64 sweep_from = -1;	/* next id of the running sweep, -1: none */
 static TimestampTz last_sweep = 0;
 static TimestampTz last_maintain = 0;
+static bool backlog = true;		/* the last claim left rows to claim */
 
 /* Results of delivery reports, recorded by the next finish. */
 static int64 *done_ids = NULL;
@@ -119,6 +130,7 @@ static int	done_cap = 0;
 static DeadEvent *dead = NULL;
 static int	ndead = 0;
 static int	dead_cap = 0;
+static TimestampTz first_report_at = 0;	/* of the oldest unrecorded report */
 
 static int
 max_inflight(void)
@@ -248,6 +260,8 @@ record_done(InflightMsg *msg)
 		done_ids = repalloc(done_ids, sizeof(int64) * done_cap);
 		done_events = repalloc(done_events, sizeof(char *) * done_cap);
 	}
+	if (ndone == 0 && ndead == 0)
+		first_report_at = GetCurrentTimestamp();
 	done_ids[ndone] = msg->id;
 	done_events[ndone] = msg->integration_event;
 	ndone++;
@@ -263,6 +277,8 @@ record_dead(int64 id, rd_kafka_resp_err_t err)
 		dead_cap = Max(dead_cap * 2, 16);
 		dead = repalloc(dead, sizeof(DeadEvent) * dead_cap);
 	}
+	if (ndone == 0 && ndead == 0)
+		first_report_at = GetCurrentTimestamp();
 	dead[ndead].id = id;
 	dead[ndead].error_code = rd_kafka_err2name(err);
 	dead[ndead].error_message = pstrdup(rd_kafka_err2str(err));
@@ -492,9 +508,7 @@ claim_revisits(void)
 	if (nids == 0)
 		return;
 
-	evbus_outbox_begin();
 	n = evbus_outbox_claim_ids(ids, nids, &rows, batch_cxt);
-	evbus_outbox_commit();
 
 	/* ids that are not (or no longer) due rows stay until they expire */
 	for (i = 0; i < n; i++)
@@ -514,9 +528,7 @@ claim_forward(int limit)
 	int			i;
 	int64		expected = max_seen + 1;
 
-	evbus_outbox_begin();
 	n = evbus_outbox_claim_range(max_seen + 1, limit, &rows, batch_cxt);
-	evbus_outbox_commit();
 
 	for (i = 0; i < n; i++)
 	{
@@ -544,9 +556,7 @@ claim_sweep(int limit)
 	OutboxRow  *rows;
 	int			n;
 
-	evbus_outbox_begin();
 	n = evbus_outbox_claim_range(sweep_from, limit, &rows, batch_cxt);
-	evbus_outbox_commit();
 
 	/*
 	 * Produce the page first: a short page is the sweep's last, not one to
@@ -582,9 +592,7 @@ produce_solo(void)
 			OutboxRow  *rows;
 			int			n;
 
-			evbus_outbox_begin();
 			n = evbus_outbox_claim_ids(&id, 1, &rows, batch_cxt);
-			evbus_outbox_commit();
 			solo_remove(id);
 			if (n == 1 && produce_row(&rows[0], timestamptz_to_str(GetCurrentTimestamp()), true) != PRODUCED)
 				solo_add(id, solo[i].keyhash);
@@ -594,7 +602,7 @@ produce_solo(void)
 	claim_revisits();
 }
 
-/* Record delivery results in the database. */
+/* Record delivery results in the database (inside the step's transaction). */
 static void
 finish_deliveries(void)
 {
@@ -707,49 +715,63 @@ evbus_publisher_init(const char *database_name)
 }
 
 /*
- * evbus_publisher_step --- one pass: deliveries, claims, maintenance.
+ * evbus_publisher_step --- one pass: delivery reports, then in one
+ * transaction their recording and the claims, then maintenance.
  *
- * Returns true when more work is waiting right now (do not sleep).
+ * claim_wanted: something other than delivery reports woke the worker (a
+ * staging commit, the poll timer).  Returns true when more work is
+ * waiting right now (do not sleep).
  */
 bool
-evbus_publisher_step(void)
+evbus_publisher_step(bool claim_wanted)
 {
 	bool		more = false;
+	bool		claiming;
 	TimestampTz now;
 
 	sync_producer();
 	if (producer != NULL)
 		evbus_producer_serve(producer);
-	finish_deliveries();
 
 	now = GetCurrentTimestamp();
-	if (producer != NULL && ninflight < max_inflight())
+	claiming = producer != NULL && ninflight < max_inflight() && (claim_wanted || backlog);
+	if (claiming ||
+		((ndone > 0 || ndead > 0) &&
+		 (ndone + ndead >= evbus_batch_size || producer == NULL ||
+		  TimestampDifferenceExceeds(first_report_at, now, FINISH_DELAY_MS))))
 	{
-		int			limit = Min(evbus_batch_size, max_inflight() - ninflight);
+		evbus_outbox_begin();
+		finish_deliveries();	/* first: the claims must not see these rows */
+		if (claiming)
+		{
+			int			limit = Min(evbus_batch_size, max_inflight() - ninflight);
 
-		pgstat_report_activity(STATE_RUNNING, "publishing");
-		MemoryContextReset(batch_cxt);
-		if (nsolo > 0)
-			produce_solo();
-		else
-		{
-			claim_revisits();
-			more = claim_forward(limit);
+			pgstat_report_activity(STATE_RUNNING, "publishing");
+			MemoryContextReset(batch_cxt);
+			if (nsolo > 0)
+				produce_solo();
+			else
+			{
+				claim_revisits();
+				more = claim_forward(limit);
+			}
+			if (!more && nsolo == 0 && sweep_from < 0 &&
+				TimestampDifferenceExceeds(last_sweep, now, evbus_poll_interval_ms))
+			{
+				sweep_from = 0;
+				last_sweep = now;
+			}
+			if (sweep_from >= 0 && nsolo == 0 && ninflight < max_inflight())
+			{
+				claim_sweep(Min(evbus_batch_size, max_inflight() - ninflight));
+				more = more || sweep_from >= 0;
+			}
+			MemoryContextReset(batch_cxt);
+			backlog = more;
 		}
-		if (!more && nsolo == 0 && sweep_from < 0 &&
-			TimestampDifferenceExceeds(last_sweep, now, evbus_poll_interval_ms))
-		{
-			sweep_from = 0;
-			last_sweep = now;
-		}
-		if (sweep_from >= 0 && nsolo == 0 && ninflight < max_inflight())
-		{
-			claim_sweep(Min(evbus_batch_size, max_inflight() - ninflight));
-			more = more || sweep_from >= 0;
-		}
-		MemoryContextReset(batch_cxt);
-		evbus_producer_serve(producer);
-		finish_deliveries();
+		evbus_outbox_commit();
+		if (producer != NULL)
+			evbus_producer_serve(producer);
 	}
 
 	if (TimestampDifferenceExceeds(last_maintain, now, 1000))
@@ -760,6 +782,28 @@ evbus_publisher_step(void)
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return more && ninflight < max_inflight();
+}
+
+/*
+ * evbus_publisher_wait_ms --- how long the worker may sleep: the poll
+ * interval, or less while delivery reports wait to be recorded.
+ */
+long
+evbus_publisher_wait_ms(void)
+{
+	long		wait = evbus_poll_interval_ms;
+
+	if (ndone > 0 || ndead > 0)
+	{
+		long		secs;
+		int			usecs;
+
+		TimestampDifference(GetCurrentTimestamp(),
+							TimestampTzPlusMilliseconds(first_report_at, FINISH_DELAY_MS),
+							&secs, &usecs);
+		wait = Min(wait, secs * 1000 + usecs / 1000 + 1);
+	}
+	return wait;
 }
 
 /* The producer's wake-up descriptor, or -1 when not publishing. */

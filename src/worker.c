@@ -78,6 +78,7 @@ evbus_worker_main(Datum main_arg)
 	WaitEventSet *wait_set = NULL;
 	int			wait_fd = -1;
 	MemoryContext step_cxt;
+	bool		claim_wanted = true;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, worker_sigterm);
@@ -124,13 +125,15 @@ evbus_worker_main(Datum main_arg)
 	{
 		bool		more;
 		WaitEvent	events[3];
+		int			nevents;
+		int			i;
 		int			fd;
 
 		if (shutdown_requested)
 			worker_exit(evbus_worker_stop_requested() ? 0 : 1);
 
 		MemoryContextSwitchTo(step_cxt);
-		more = evbus_publisher_step();
+		more = evbus_publisher_step(claim_wanted);
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(step_cxt);
 
@@ -142,8 +145,17 @@ evbus_worker_main(Datum main_arg)
 			wait_set = build_wait_set(fd);
 			wait_fd = fd;
 		}
-		(void) WaitEventSetWait(wait_set, more ? 0 : evbus_poll_interval_ms,
-								events, lengthof(events), PG_WAIT_EXTENSION);
+		nevents = WaitEventSetWait(wait_set, more ? 0 : evbus_publisher_wait_ms(),
+								   events, lengthof(events), PG_WAIT_EXTENSION);
+
+		/*
+		 * Claim unless only delivery reports woke us: a staging commit sets
+		 * the latch, and the timer is the backstop for everything else.
+		 */
+		claim_wanted = more || nevents == 0;
+		for (i = 0; i < nevents; i++)
+			if (events[i].events & WL_LATCH_SET)
+				claim_wanted = true;
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 
@@ -152,6 +164,7 @@ evbus_worker_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			evbus_publisher_reconfigured();
+			claim_wanted = true;
 		}
 	}
 }
