@@ -29,8 +29,9 @@
 #   SCALE (10), MODES ("paused kafka"), VARIANTS ("a b c"; "t" adds plain
 #   TPC-B-like without any outbox), DRAIN_TIMEOUT (s to wait for the worker
 #   to empty the outbox after a kafka-mode run, 300), STALL_S (stop waiting
-#   when the outbox has not changed for this long, 15), WARMUP (s of an
-#   uncounted run of the first variant before the rounds of each mode, 20),
+#   when the outbox has not changed for this long, 15), WARMUP (s of
+#   uncounted runs, split between the variants, before the rounds of each
+#   mode, 20),
 #   plus those of bench/lib.sh.
 # Output: a summary on stdout and in $RESULTS_DIR/summary.txt, one row per
 #   run in $RESULTS_DIR/runs.tsv, pgbench output per run.
@@ -174,11 +175,17 @@ for mode in $MODES; do
 	*) die "unknown mode $mode" ;;
 	esac
 	if ((WARMUP > 0)); then
-		log "$mode: warm-up, ${WARMUP}s of variant ${VARIANTS%% *} (not counted)"
+		# every variant, so that the paths each one uses (in Kafka mode: the
+		# worker's and the broker's JIT-compiled produce path) are warm
+		nvar=$(wc -w <<<"$VARIANTS")
+		each=$(((WARMUP + nvar - 1) / nvar))
+		log "$mode: warm-up, ${each}s of each variant ($VARIANTS; not counted)"
 		q "CHECKPOINT" >/dev/null
-		pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$WARMUP" \
-			-f "$RESULTS_DIR/variant-${VARIANTS%% *}.sql" >"$RESULTS_DIR/pgbench-$mode-warmup.log" 2>&1 \
-			|| { cat "$RESULTS_DIR/pgbench-$mode-warmup.log" >&2; die "pgbench failed"; }
+		for v in $VARIANTS; do
+			pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -T "$each" \
+				-f "$RESULTS_DIR/variant-$v.sql" >"$RESULTS_DIR/pgbench-$mode-warmup-$v.log" 2>&1 \
+				|| { cat "$RESULTS_DIR/pgbench-$mode-warmup-$v.log" >&2; die "pgbench failed"; }
+		done
 	fi
 	for round in $(seq 1 "$ROUNDS"); do
 		for v in $VARIANTS; do

@@ -40,6 +40,7 @@ extern int	evbus_handler_timeout_ms;
 extern int	evbus_max_message_bytes;
 extern int	evbus_batch_size;
 extern int	evbus_poll_interval_ms;
+extern int	evbus_publish_linger_ms;
 extern int	evbus_outbox_rotation_s;
 extern int	evbus_dead_letter_retention_s;
 extern int	evbus_inbox_retention_s;
@@ -122,6 +123,7 @@ extern bool evbus_jsonb_exceeds(Jsonb *jb, int limit);
 extern void evbus_new_message_id(pg_uuid_t *uuid);
 extern void evbus_check_event_name(const char *name, const char *what);
 extern Oid	evbus_extension_owner(void);
+extern bool evbus_extension_present(void);
 extern Oid	evbus_schema_oid(void);
 extern char *evbus_uuid_to_cstring(const pg_uuid_t *uuid);
 extern uint64 evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,

@@ -52,10 +52,16 @@ static SPIPlanPtr claim_ids_plan = NULL;
 static SPIPlanPtr delete_plans[2] = {NULL, NULL};
 static SPIPlanPtr count_plan = NULL;
 
+/*
+ * A kept plan, generic from the start: the custom plans the plan cache
+ * would otherwise build for each of the first executions, and keep
+ * building when the generic plan's estimate looks worse, cost more than
+ * these statements do.
+ */
 static SPIPlanPtr
 prepare_kept(const char *sql, int nargs, Oid *argtypes)
 {
-	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
@@ -79,7 +85,7 @@ evbus_outbox_begin(void)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (!OidIsValid(get_extension_oid("evbus", true)))
+	if (!evbus_extension_present())
 	{
 		PopActiveSnapshot();
 		CommitTransactionCommand();

@@ -5,10 +5,14 @@
  *
  * A step serves librdkafka's delivery reports, then, in one short
  * transaction, records them (outbox.c "finish"), claims more events and
- * produces them.  A step woken only by delivery reports claims nothing
- * (no commit woke it) and holds the reports back up to FINISH_DELAY_MS,
- * so that at a trickle they are recorded by the next claiming step's
- * transaction instead of one of their own.  The flow of one event:
+ * produces them.  At a trickle the steps are made to carry several events
+ * each: a commit that wakes the worker within evbus.publish_linger of the
+ * last claim waits for the end of that interval (at most one claim per
+ * interval); a step woken only by delivery reports claims nothing; and
+ * delivery reports are recorded FINISH_DELAY_MS after the first of them
+ * arrived (or before a sweep reads the outbox), in the transaction of
+ * whatever step comes then, so that one recording covers many reports.
+ * The flow of one event:
  *
  *	staged (row in the outbox)
  *	  -> claimed and produced: in flight, remembered in `inflight`
@@ -48,9 +52,9 @@
 #include "publisher.h"
 
 /*
- * How long delivery reports may wait for a claiming step to record them
- * (their rows stay in the outbox meanwhile; a crash then publishes them
- * again, with the same message ids).
+ * How long delivery reports wait to be recorded together (their rows stay
+ * in the outbox meanwhile; a crash then publishes them again, with the
+ * same message ids, as losing the worker's asynchronous commit would).
  */
 #define FINISH_DELAY_MS 20
 
@@ -121,6 +125,8 @@ static int64 sweep_from = -1;	/* next id of the running sweep, -1: none */
 static TimestampTz last_sweep = 0;
 static TimestampTz last_maintain = 0;
 static bool backlog = true;		/* the last claim left rows to claim */
+static bool claim_requested = true;	/* a commit (or the timer) asked for one */
+static TimestampTz last_claim_at = 0;
 
 /* Results of delivery reports, recorded by the next finish. */
 static int64 *done_ids = NULL;
@@ -716,7 +722,7 @@ evbus_publisher_init(const char *database_name)
 
 /*
  * evbus_publisher_step --- one pass: delivery reports, then in one
- * transaction their recording and the claims, then maintenance.
+ * transaction their recording (when due) and the claims, then maintenance.
  *
  * claim_wanted: something other than delivery reports woke the worker (a
  * staging commit, the poll timer).  Returns true when more work is
@@ -727,6 +733,7 @@ evbus_publisher_step(bool claim_wanted)
 {
 	bool		more = false;
 	bool		claiming;
+	bool		finishing;
 	TimestampTz now;
 
 	sync_producer();
@@ -734,18 +741,29 @@ evbus_publisher_step(bool claim_wanted)
 		evbus_producer_serve(producer);
 
 	now = GetCurrentTimestamp();
-	claiming = producer != NULL && ninflight < max_inflight() && (claim_wanted || backlog);
-	if (claiming ||
-		((ndone > 0 || ndead > 0) &&
-		 (ndone + ndead >= evbus_batch_size || producer == NULL ||
-		  TimestampDifferenceExceeds(first_report_at, now, FINISH_DELAY_MS))))
+	if (claim_wanted)
+		claim_requested = true;
+	claiming = producer != NULL && ninflight < max_inflight() &&
+		(backlog ||
+		 (claim_requested &&
+		  TimestampDifferenceExceeds(last_claim_at, now, evbus_publish_linger_ms)));
+	finishing = (ndone > 0 || ndead > 0) &&
+		(ndone + ndead >= evbus_batch_size || producer == NULL ||
+		 TimestampDifferenceExceeds(first_report_at, now, FINISH_DELAY_MS));
+	if (claiming || finishing)
 	{
 		evbus_outbox_begin();
-		finish_deliveries();	/* first: the claims must not see these rows */
+		if (finishing)
+			finish_deliveries();
 		if (claiming)
 		{
 			int			limit = Min(evbus_batch_size, max_inflight() - ninflight);
 
+			/*
+			 * Neither the remembered ids nor the rows past the cursor can be
+			 * events delivered but not yet recorded; a sweep page can, so
+			 * the reports are recorded before one.
+			 */
 			pgstat_report_activity(STATE_RUNNING, "publishing");
 			MemoryContextReset(batch_cxt);
 			if (nsolo > 0)
@@ -763,11 +781,14 @@ evbus_publisher_step(bool claim_wanted)
 			}
 			if (sweep_from >= 0 && nsolo == 0 && ninflight < max_inflight())
 			{
+				finish_deliveries();
 				claim_sweep(Min(evbus_batch_size, max_inflight() - ninflight));
 				more = more || sweep_from >= 0;
 			}
 			MemoryContextReset(batch_cxt);
 			backlog = more;
+			claim_requested = false;
+			last_claim_at = now;
 		}
 		evbus_outbox_commit();
 		if (producer != NULL)
@@ -784,25 +805,33 @@ evbus_publisher_step(bool claim_wanted)
 	return more && ninflight < max_inflight();
 }
 
+/* Milliseconds from now until deadline (rounded up), 0 if past. */
+static long
+ms_until(TimestampTz deadline)
+{
+	long		secs;
+	int			usecs;
+
+	TimestampDifference(GetCurrentTimestamp(), deadline, &secs, &usecs);
+	return secs * 1000 + (usecs + 999) / 1000;
+}
+
 /*
  * evbus_publisher_wait_ms --- how long the worker may sleep: the poll
- * interval, or less while delivery reports wait to be recorded.
+ * interval, or less while a claim lingers or delivery reports wait to be
+ * recorded.
  */
 long
 evbus_publisher_wait_ms(void)
 {
 	long		wait = evbus_poll_interval_ms;
 
+	if (claim_requested && producer != NULL)
+		wait = Min(wait, ms_until(TimestampTzPlusMilliseconds(last_claim_at,
+															  evbus_publish_linger_ms)));
 	if (ndone > 0 || ndead > 0)
-	{
-		long		secs;
-		int			usecs;
-
-		TimestampDifference(GetCurrentTimestamp(),
-							TimestampTzPlusMilliseconds(first_report_at, FINISH_DELAY_MS),
-							&secs, &usecs);
-		wait = Min(wait, secs * 1000 + usecs / 1000 + 1);
-	}
+		wait = Min(wait, ms_until(TimestampTzPlusMilliseconds(first_report_at,
+															  FINISH_DELAY_MS)));
 	return wait;
 }
 

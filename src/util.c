@@ -148,6 +148,22 @@ evbus_extension_owner(void)
 	return owner_cache;
 }
 
+/*
+ * evbus_extension_present --- is the evbus extension installed in this
+ * database?  Answered from the owner cache while it is valid, so that the
+ * workers can ask at the start of each of their transactions for free.
+ */
+bool
+evbus_extension_present(void)
+{
+	if (OidIsValid(owner_cache))
+		return true;
+	if (!OidIsValid(get_extension_oid("evbus", true)))
+		return false;
+	(void) evbus_extension_owner();
+	return true;
+}
+
 static Oid
 extension_owner_lookup(void)
 {
