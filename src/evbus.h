@@ -18,6 +18,7 @@
 #include "datatype/timestamp.h"
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
+#include "port/atomics.h"
 #include "storage/latch.h"
 #include "utils/jsonb.h"
 #include "utils/uuid.h"
@@ -60,6 +61,7 @@ typedef struct EvbusWorkerSlot
 	pid_t		pid;
 	Latch	   *latch;			/* the worker's process latch */
 	bool		stop_requested; /* exit for good (DROP DATABASE) */
+	pg_atomic_uint32 wake_pending;	/* publisher: woken since its last claim */
 } EvbusWorkerSlot;
 
 extern void evbus_shmem_request(void);
@@ -67,6 +69,7 @@ extern void evbus_shmem_startup(void);
 extern bool evbus_claim_worker_slot(Oid dboid, int role, Latch *latch);
 extern void evbus_release_worker_slot(void);
 extern void evbus_wake_worker(Oid dboid);
+extern void evbus_worker_wake_consumed(void);
 extern void evbus_wake_worker_role(Oid dboid, int role);
 extern pid_t evbus_worker_pid_for(Oid dboid, int role);
 extern int	evbus_request_worker_stop(Oid dboid, pid_t *pids, int maxpids);

@@ -752,6 +752,8 @@ evbus_publisher_step(bool claim_wanted)
 		 TimestampDifferenceExceeds(first_report_at, now, FINISH_DELAY_MS));
 	if (claiming || finishing)
 	{
+		if (claiming)
+			evbus_worker_wake_consumed();
 		evbus_outbox_begin();
 		if (finishing)
 			finish_deliveries();

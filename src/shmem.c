@@ -134,6 +134,7 @@ evbus_claim_worker_slot(Oid dboid, int role, Latch *latch)
 	evbus_shared->slots[free_slot].pid = MyProcPid;
 	evbus_shared->slots[free_slot].latch = latch;
 	evbus_shared->slots[free_slot].stop_requested = false;
+	pg_atomic_init_u32(&evbus_shared->slots[free_slot].wake_pending, 0);
 	my_slot = free_slot;
 	LWLockRelease(evbus_shared->lock);
 
@@ -155,15 +156,31 @@ evbus_release_worker_slot(void)
 }
 
 /*
- * evbus_wake_worker --- set the latch of dboid's worker, if one runs.
+ * evbus_wake_worker --- set the latch of dboid's publisher, if one runs.
  *
  * Called at COMMIT of every staging transaction: a shared lock and a scan
- * of a few slots.
+ * of a few slots.  Only the first commit since the worker's last claim
+ * sets the latch (and maybe sends a signal): the worker claims everything
+ * committed up to its next claim anyway.
  */
 void
 evbus_wake_worker(Oid dboid)
 {
 	evbus_wake_worker_role(dboid, EVBUS_PUBLISHER);
+}
+
+/*
+ * evbus_worker_wake_consumed --- the publisher is about to claim: the next
+ * commit must wake it again.  Called before the claim's snapshot is taken,
+ * so a commit that found the wake pending is seen by this claim.
+ */
+void
+evbus_worker_wake_consumed(void)
+{
+	if (my_slot < 0)
+		return;
+	pg_atomic_write_u32(&evbus_shared->slots[my_slot].wake_pending, 0);
+	pg_memory_barrier();
 }
 
 /* Set the latch of dboid's worker of the given role, if it runs. */
@@ -177,11 +194,14 @@ evbus_wake_worker_role(Oid dboid, int role)
 	LWLockAcquire(evbus_shared->lock, LW_SHARED);
 	for (i = 0; i < evbus_max_databases(); i++)
 	{
-		if (evbus_shared->slots[i].dboid == dboid &&
-			evbus_shared->slots[i].role == role)
+		EvbusWorkerSlot *slot = &evbus_shared->slots[i];
+
+		if (slot->dboid == dboid && slot->role == role)
 		{
-			if (evbus_shared->slots[i].latch)
-				SetLatch(evbus_shared->slots[i].latch);
+			if (slot->latch &&
+				(role != EVBUS_PUBLISHER ||
+				 pg_atomic_exchange_u32(&slot->wake_pending, 1) == 0))
+				SetLatch(slot->latch);
 			break;
 		}
 	}

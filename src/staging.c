@@ -59,7 +59,8 @@ staging_release_callback(ResourceReleasePhase phase, bool isCommit,
 {
 	if (phase != RESOURCE_RELEASE_AFTER_LOCKS || !isTopLevel)
 		return;
-	if (isCommit && wake_publisher)
+	/* publishing paused (no brokers): nothing to wake the worker for */
+	if (isCommit && wake_publisher && evbus_brokers && evbus_brokers[0] != '\0')
 		evbus_wake_worker(MyDatabaseId);
 	if (isCommit && wake_consumer)
 		evbus_wake_worker_role(MyDatabaseId, EVBUS_CONSUMER);
