@@ -15,6 +15,7 @@ OBJS = \
 	src/producer.o \
 	src/publisher.o \
 	src/outbox.o \
+	src/outbox_write.o \
 	src/staging.o \
 	src/converters.o \
 	src/capture.o \

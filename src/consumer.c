@@ -54,6 +54,7 @@ typedef struct GroupConsumer
 #define KAFKA_COMMIT_INTERVAL_MS 1000
 
 static List *consumers = NIL;
+static bool extension_gone = false;	/* dropped: close without the database */
 static int	wake_pipe[2] = {-1, -1};
 
 static void
@@ -99,7 +100,7 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 				(errmsg("evbus: group \"%s\": could not read committed offsets: %s",
 						gc->group, rd_kafka_err2str(err))));
 
-	evbus_consumer_begin();
+	evbus_worker_begin(evbus_consumers_let_go);
 	for (i = 0; i < parts->cnt; i++)
 	{
 		rd_kafka_topic_partition_t *p = &parts->elems[i];
@@ -112,7 +113,7 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 		elog(DEBUG1, "evbus: group \"%s\" assigned %s/%d at " INT64_FORMAT,
 			 gc->group, p->topic, p->partition, p->offset);
 	}
-	evbus_consumer_commit();
+	evbus_worker_commit();
 	rd_kafka_topic_partition_list_destroy(committed);
 	rd_kafka_assign(rk, parts);
 }
@@ -127,7 +128,7 @@ on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 	rd_kafka_topic_partition_list_t *commit = rd_kafka_topic_partition_list_new(parts->cnt);
 	int			i;
 
-	evbus_consumer_begin();
+	evbus_worker_begin(evbus_consumers_let_go);
 	for (i = 0; i < parts->cnt; i++)
 	{
 		int64		stored = evbus_stored_offset(gc->group, parts->elems[i].topic,
@@ -137,7 +138,7 @@ on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 			rd_kafka_topic_partition_list_add(commit, parts->elems[i].topic,
 											  parts->elems[i].partition)->offset = stored;
 	}
-	evbus_consumer_commit();
+	evbus_worker_commit();
 	if (gc->to_commit)
 	{
 		rd_kafka_topic_partition_list_destroy(gc->to_commit);
@@ -155,7 +156,13 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 {
 	GroupConsumer *gc = (GroupConsumer *) opaque;
 
-	/* begin/commit return to the current memory context (the poll's) */
+	/* the extension is gone, and its offsets with it: just let go */
+	if (extension_gone)
+	{
+		rd_kafka_assign(rk, NULL);
+		return;
+	}
+	/* evbus_worker_begin/commit return to the current memory context (the poll's) */
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 		on_assign(rk, gc, parts);
 	else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)
@@ -541,10 +548,22 @@ evbus_consumers_report_watermarks(void)
 void
 evbus_consumers_shutdown(void)
 {
+	List	   *all = consumers;
 	ListCell   *lc;
 
-	foreach(lc, consumers)
+	consumers = NIL;			/* detached first: closing runs callbacks */
+	foreach(lc, all)
 		consumer_destroy(lfirst(lc));
-	list_free(consumers);
-	consumers = NIL;
+	list_free(all);
+}
+
+/*
+ * evbus_consumers_let_go --- leave every group when the extension has been
+ * dropped: the stored offsets are gone, so nothing is read on the way out.
+ */
+void
+evbus_consumers_let_go(void)
+{
+	extension_gone = true;
+	evbus_consumers_shutdown();
 }

@@ -61,8 +61,6 @@ extern bool evbus_run_handlers(List *subs, Jsonb *payload, Jsonb *headers,
 extern void evbus_forget_handler_plans(void);
 
 /* inbox.c */
-extern void evbus_consumer_begin(void);
-extern void evbus_consumer_commit(void);
 extern bool evbus_inbox_receive(const char *group, List *subs,
 								ReceivedMessage *msgs, int n,
 								NextOffset *offsets, int noffsets);
@@ -82,5 +80,6 @@ extern bool evbus_consumers_poll(List *subs, bool *left_pending);
 extern int	evbus_consumers_wakeup_fd(void);
 extern void evbus_consumers_report_watermarks(void);
 extern void evbus_consumers_shutdown(void);
+extern void evbus_consumers_let_go(void);
 
 #endif							/* EVBUS_CONSUMER_H */

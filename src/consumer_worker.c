@@ -108,14 +108,14 @@ evbus_consumer_main(Datum main_arg)
 		MemoryContextSwitchTo(step_cxt);
 
 		/* subscriptions or brokers changed: reload, resubscribe */
-		evbus_consumer_begin();
+		evbus_worker_begin(evbus_consumers_let_go);
 		brokers = evbus_resolve_brokers(buf, sizeof(buf));
 		if (evbus_subscriptions_changed_since_load() ||
 			strcmp(brokers ? brokers : "", brokers_seen) != 0)
 		{
 			MemoryContextReset(subs_cxt);
 			subs = evbus_load_subscriptions(subs_cxt);
-			evbus_consumer_commit();
+			evbus_worker_commit();
 			evbus_forget_handler_plans();
 			strlcpy(brokers_seen, brokers ? brokers : "", sizeof(brokers_seen));
 			pgstat_report_activity(STATE_RUNNING, "subscribing");
@@ -123,7 +123,7 @@ evbus_consumer_main(Datum main_arg)
 			dispatch_now = true;
 		}
 		else
-			evbus_consumer_commit();
+			evbus_worker_commit();
 
 		pgstat_report_activity(STATE_RUNNING, "consuming");
 		more = evbus_consumers_poll(subs, &left_pending);

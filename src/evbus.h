@@ -127,6 +127,12 @@ extern void evbus_new_message_id(pg_uuid_t *uuid);
 extern void evbus_check_event_name(const char *name, const char *what);
 extern Oid	evbus_extension_owner(void);
 extern bool evbus_extension_present(void);
+
+/* outbox_write.c */
+#define EVBUS_OUTBOX_NATTS 10	/* columns of evbus.outbox_N */
+extern int64 evbus_outbox_write(int slot, Datum *values, bool *isnull);
+extern void evbus_worker_begin(void (*let_go) (void));
+extern void evbus_worker_commit(void);
 extern Oid	evbus_schema_oid(void);
 extern char *evbus_uuid_to_cstring(const pg_uuid_t *uuid);
 extern uint64 evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,

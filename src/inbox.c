@@ -78,42 +78,6 @@ typedef struct Dispatch
 	List	   *subs;
 } Dispatch;
 
-/* ------------------------------------------------------------------
- * Transactions
- * ------------------------------------------------------------------
- */
-
-static MemoryContext caller_cxt = NULL;
-
-void
-evbus_consumer_begin(void)
-{
-	caller_cxt = CurrentMemoryContext;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (!evbus_extension_present())
-	{
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		ereport(LOG, (errmsg("evbus: extension dropped, consumer exiting")));
-		proc_exit(0);
-	}
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-}
-
-/* Commit, and return to the memory context the caller began in. */
-void
-evbus_consumer_commit(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(caller_cxt);
-	pgstat_report_stat(false);
-}
-
 static void
 exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
 	 int expected)
@@ -978,22 +942,22 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 										  ALLOCSET_DEFAULT_SIZES);
 	careful = !evbus_attempt_marker_write(group, msgs, n);
 
-	evbus_consumer_begin();
+	evbus_worker_begin(evbus_consumers_let_go);
 	old = MemoryContextSwitchTo(batch_cxt);
 	left_pending = record_batch(group, subs, msgs, n, !careful, &dispatch, batch_cxt);
 	if (careful)
 	{
 		/* the attempts are on disk before any handler runs */
 		MemoryContextSwitchTo(old);
-		evbus_consumer_commit();
-		evbus_consumer_begin();
+		evbus_worker_commit();
+		evbus_worker_begin(evbus_consumers_let_go);
 		old = MemoryContextSwitchTo(batch_cxt);
 	}
 	if (!handle_batch(dispatch, batch_cxt, !careful))
 		left_pending = true;
 	store_offsets(group, offsets, noffsets);
 	MemoryContextSwitchTo(old);
-	evbus_consumer_commit();
+	evbus_worker_commit();
 
 	MemoryContextReset(batch_cxt);
 	return left_pending;
@@ -1016,7 +980,7 @@ evbus_inbox_dispatch_due(List *subs)
 	MemoryContext old;
 
 	/* count the attempts and commit before running anything */
-	evbus_consumer_begin();
+	evbus_worker_begin(evbus_consumers_let_go);
 	if (SPI_execute("WITH due AS ("
 					" SELECT id FROM evbus.inbox i"
 					" WHERE state = 'pending' AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
@@ -1051,9 +1015,9 @@ evbus_inbox_dispatch_due(List *subs)
 		dispatch = lappend(dispatch, dp);
 	}
 	MemoryContextSwitchTo(old);
-	evbus_consumer_commit();
+	evbus_worker_commit();
 
-	evbus_consumer_begin();
+	evbus_worker_begin(evbus_consumers_let_go);
 	old = MemoryContextSwitchTo(batch_cxt);
 	/* in id order: a message handled here lets the next of its key go */
 	(void) handle_batch(dispatch, batch_cxt, false);
@@ -1073,7 +1037,7 @@ evbus_inbox_dispatch_due(List *subs)
 		if (!isnull)
 			next_due = DatumGetTimestampTz(d);
 	}
-	evbus_consumer_commit();
+	evbus_worker_commit();
 	MemoryContextDelete(batch_cxt);
 	return next_due;
 }
@@ -1111,7 +1075,7 @@ evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n)
 
 	if (n == 0)
 		return;
-	evbus_consumer_begin();
+	evbus_worker_begin(evbus_consumers_let_go);
 	for (i = 0; i < n; i++)
 	{
 		Oid			types[4] = {TEXTOID, TEXTOID, INT4OID, INT8OID};
@@ -1127,7 +1091,7 @@ evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n)
 			 " SET high_watermark = excluded.high_watermark",
 			 4, types, values, NULL, SPI_OK_INSERT);
 	}
-	evbus_consumer_commit();
+	evbus_worker_commit();
 }
 
 /* Expire handled messages past the retention; own txn. */
@@ -1139,11 +1103,11 @@ evbus_inbox_maintain(void)
 
 	if (evbus_inbox_retention_s <= 0)
 		return;
-	evbus_consumer_begin();
+	evbus_worker_begin(evbus_consumers_let_go);
 	values[0] = Int32GetDatum(evbus_inbox_retention_s);
 	exec("DELETE FROM evbus.inbox WHERE id IN (SELECT id FROM evbus.inbox"
 		 " WHERE handled_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)"
 		 " pg_catalog.make_interval(secs => $1)) LIMIT 10000)",
 		 1, types, values, NULL, SPI_OK_DELETE);
-	evbus_consumer_commit();
+	evbus_worker_commit();
 }

@@ -70,45 +70,6 @@ prepare_kept(const char *sql, int nargs, Oid *argtypes)
 	return plan;
 }
 
-/*
- * evbus_outbox_begin --- start a short transaction with SPI.
- *
- * If the extension has been dropped meanwhile, the worker has nothing left
- * to do: it exits with 0, so that it is not restarted.
- */
-static MemoryContext caller_cxt = NULL;
-
-void
-evbus_outbox_begin(void)
-{
-	caller_cxt = CurrentMemoryContext;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	if (!evbus_extension_present())
-	{
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		ereport(LOG,
-				(errmsg("evbus: extension dropped, worker exiting")));
-		evbus_publisher_shutdown();
-		proc_exit(0);
-	}
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-}
-
-/* Commit, and return to the memory context the caller began in. */
-void
-evbus_outbox_commit(void)
-{
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(caller_cxt);
-	pgstat_report_stat(false);
-}
-
 static char *
 text_or_null(HeapTuple tup, TupleDesc desc, int col)
 {
@@ -188,7 +149,7 @@ copy_rows(OutboxRow **rows, MemoryContext cxt)
 
 /*
  * evbus_outbox_claim_range --- due events with id >= from_id, in id
- * order, at most limit.  Must run inside evbus_outbox_begin/commit.
+ * order, at most limit.  Must run inside evbus_worker_begin/commit.
  */
 int
 evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
@@ -264,7 +225,7 @@ exec_or_die(const char *sql, int nargs, Oid *argtypes, Datum *values,
  * evbus_outbox_finish --- move dead events to evbus.dead_letters (and
  * NOTIFY evbus_dead_letter), delete the published and dead events from the
  * outbox, count both per integration event.  Must run inside
- * evbus_outbox_begin/commit.
+ * evbus_worker_begin/commit.
  */
 void
 evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
@@ -415,7 +376,7 @@ evbus_outbox_maintain(void)
 	TimestampTz now = GetCurrentTimestamp();
 	int			current = (int) ((now / USECS_PER_SEC / evbus_outbox_rotation_s) % 2);
 
-	evbus_outbox_begin();
+	evbus_worker_begin(evbus_publisher_shutdown);
 	truncate_if_empty(1 - current);
 
 	if (evbus_dead_letter_retention_s > 0 &&
@@ -431,5 +392,5 @@ evbus_outbox_maintain(void)
 					1, argtypes, values, SPI_OK_DELETE);
 		last_expiry = now;
 	}
-	evbus_outbox_commit();
+	evbus_worker_commit();
 }

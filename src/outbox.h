@@ -36,8 +36,6 @@ typedef struct DeadEvent
 	char	   *error_message;
 } DeadEvent;
 
-extern void evbus_outbox_begin(void);
-extern void evbus_outbox_commit(void);
 extern int	evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
 									 MemoryContext cxt);
 extern int	evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,

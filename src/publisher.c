@@ -754,7 +754,7 @@ evbus_publisher_step(bool claim_wanted)
 	{
 		if (claiming)
 			evbus_worker_wake_consumed();
-		evbus_outbox_begin();
+		evbus_worker_begin(evbus_publisher_shutdown);
 		if (finishing)
 			finish_deliveries();
 		if (claiming)
@@ -792,7 +792,7 @@ evbus_publisher_step(bool claim_wanted)
 			claim_requested = false;
 			last_claim_at = now;
 		}
-		evbus_outbox_commit();
+		evbus_worker_commit();
 		if (producer != NULL)
 			evbus_producer_serve(producer);
 	}

@@ -5,12 +5,13 @@
  *	  outbox, in the caller's transaction.
  *
  * This is the hot path of every producing transaction.  An event is one
- * INSERT through a plan prepared once per backend, into the outbox table
- * that is current now (evbus.outbox_rotation).  The insert runs as the
- * extension owner, so applications need no grant on evbus's tables; the
- * converters run as the caller.  At COMMIT a transaction callback,
- * registered once per backend, sets the worker's latch: publishing starts
- * within milliseconds.  Nothing is staged that was not committed together
+ * row written straight into the outbox table that is current now
+ * (evbus.outbox_rotation), without SPI or the executor (outbox_write.c),
+ * so applications need no grant on evbus's tables; the converters run as
+ * the caller.  After COMMIT, once the transaction's locks are released, a
+ * resource-release callback registered once per backend wakes the worker
+ * (the first commit since its last claim sets its latch): publishing
+ * starts within milliseconds.  Nothing is staged that was not committed together
  * with its cause: an error anywhere aborts the caller's transaction.
  *
  *-------------------------------------------------------------------------
@@ -41,8 +42,6 @@ static bool staged_in_xact = false;
 /* Did it requeue a consumed message?  Then wake the consumer at commit. */
 static bool requeued_in_xact = false;
 
-/* Insert plans, one per outbox table, prepared once per backend. */
-static SPIPlanPtr insert_plans[2] = {NULL, NULL};
 
 /*
  * Waking happens after the committing transaction has released its locks
@@ -128,32 +127,6 @@ current_outbox_slot(void)
 	return (int) ((now / USECS_PER_SEC / evbus_outbox_rotation_s) % 2);
 }
 
-static SPIPlanPtr
-insert_plan(int slot)
-{
-	static const Oid argtypes[9] = {UUIDOID, TEXTOID, TEXTOID, JSONBOID,
-	JSONBOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
-
-	if (insert_plans[slot] == NULL)
-	{
-		char		sql[512];
-		SPIPlanPtr	plan;
-
-		snprintf(sql, sizeof(sql),
-				 "INSERT INTO evbus.outbox_%d"
-				 " (id, message_id, integration_event, event_key, payload,"
-				 " headers, domain_event, traceparent, staged_at, deliver_at)"
-				 " VALUES (pg_catalog.nextval('evbus.outbox_id_seq'::pg_catalog.regclass),"
-				 " $1, $2, $3, $4, $5, $6, $7, $8, $9)", slot);
-		plan = SPI_prepare(sql, 9, (Oid *) argtypes);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		insert_plans[slot] = plan;
-	}
-	return insert_plans[slot];
-}
-
 /*
  * check_headers --- user headers are an object of strings, and may not
  * impersonate the headers evbus writes itself.
@@ -219,11 +192,8 @@ check_headers(Jsonb *headers)
 void
 evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
 {
-	Datum		values[9];
-	char		nulls[9];
-	Oid			save_userid;
-	int			save_sec_context;
-	int			slot;
+	Datum		values[EVBUS_OUTBOX_NATTS - 1];
+	bool		nulls[EVBUS_OUTBOX_NATTS - 1];
 
 	if (!JB_ROOT_IS_OBJECT(event->payload) || JB_ROOT_IS_SCALAR(event->payload))
 		ereport(ERROR,
@@ -243,49 +213,33 @@ evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
 
 	evbus_new_message_id(message_id);
 
-	memset(nulls, ' ', sizeof(nulls));
+	memset(nulls, false, sizeof(nulls));
 	values[0] = UUIDPGetDatum(message_id);
 	values[1] = CStringGetTextDatum(event->integration_event);
 	if (event->key)
 		values[2] = CStringGetTextDatum(event->key);
 	else
-		nulls[2] = 'n';
+		nulls[2] = true;
 	values[3] = JsonbPGetDatum(event->payload);
 	if (event->headers)
 		values[4] = JsonbPGetDatum(event->headers);
 	else
-		nulls[4] = 'n';
+		nulls[4] = true;
 	if (event->domain_event)
 		values[5] = CStringGetTextDatum(event->domain_event);
 	else
-		nulls[5] = 'n';
+		nulls[5] = true;
 	if (evbus_traceparent && evbus_traceparent[0] != '\0')
 		values[6] = CStringGetTextDatum(evbus_traceparent);
 	else
-		nulls[6] = 'n';
+		nulls[6] = true;
 	values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
 	if (event->deliver_at != 0)
 		values[8] = TimestampTzGetDatum(event->deliver_at);
 	else
-		nulls[8] = 'n';
+		nulls[8] = true;
 
-	slot = current_outbox_slot();
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(evbus_extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	PG_TRY();
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute_plan(insert_plan(slot), values, nulls, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not insert into the outbox");
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-	}
-	PG_END_TRY();
+	(void) evbus_outbox_write(current_outbox_slot(), values, nulls);
 
 	staged_in_xact = true;
 }

@@ -22,6 +22,12 @@
 #include "access/table.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "access/xact.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
 
 #include "evbus.h"
 
@@ -225,4 +231,48 @@ evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
 	}
 	PG_END_TRY();
 	return processed;
+}
+
+/*
+ * Short transactions of the workers (publisher and consumer).
+ *
+ * evbus_worker_begin --- start a short transaction with SPI connected.  If
+ * the extension has been dropped meanwhile, the worker has nothing left to
+ * do: it lets go of Kafka (let_go), and exits with 0 so that it is not
+ * restarted.
+ *
+ * evbus_worker_commit --- commit, and return to the memory context the
+ * caller began in.
+ */
+static MemoryContext worker_caller_cxt = NULL;
+
+void
+evbus_worker_begin(void (*let_go) (void))
+{
+	worker_caller_cxt = CurrentMemoryContext;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (!evbus_extension_present())
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		ereport(LOG,
+				(errmsg("evbus: extension dropped, %s exiting",
+						MyBgworkerEntry ? MyBgworkerEntry->bgw_type : "worker")));
+		let_go();
+		proc_exit(0);
+	}
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+void
+evbus_worker_commit(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(worker_caller_cxt);
+	pgstat_report_stat(false);
 }

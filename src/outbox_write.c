@@ -1,0 +1,186 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_write.c
+ *	  Writing one staged event into an outbox table, the way PostgreSQL
+ *	  writes its own catalog rows: heap_insert and index_insert, without
+ *	  SPI and the executor.
+ *
+ * Staging runs in the caller's transaction, often while it holds row
+ * locks that other sessions queue for, so every microsecond it takes is
+ * paid several times over.  An INSERT through SPI sets up a portal, a
+ * snapshot and an executor for one row; this file does what that INSERT
+ * would do to evbus.outbox_N and nothing else: take the next id from
+ * evbus.outbox_id_seq, form the tuple, insert it (heap_insert toasts a
+ * large payload and writes the WAL), insert its index entries, and count
+ * the command.  evbus's own tables have no triggers, no CHECK constraints
+ * and no row security; the NOT NULL columns are always given.  An index a
+ * user added that this cannot maintain (on an expression, or partial) is
+ * an error, not something skipped.
+ *
+ * The relation and sequence oids are cached per backend and forgotten
+ * when the relcache entry of either outbox table is invalidated (DROP
+ * EXTENSION, or a full reset).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/namespace.h"
+#include "commands/sequence.h"
+#include "nodes/execnodes.h"
+#include "storage/lmgr.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "evbus.h"
+
+/* The columns of evbus.outbox_N, in order (evbus--0.1.sql). */
+static const char *const outbox_columns[EVBUS_OUTBOX_NATTS] = {
+	"id", "message_id", "integration_event", "event_key", "payload",
+	"headers", "domain_event", "traceparent", "staged_at", "deliver_at"
+};
+
+static Oid	outbox_relids[2] = {InvalidOid, InvalidOid};
+static Oid	outbox_seqid = InvalidOid;
+static bool callback_registered = false;
+
+static void
+forget_oids(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == outbox_relids[0] || relid == outbox_relids[1])
+	{
+		outbox_relids[0] = outbox_relids[1] = InvalidOid;
+		outbox_seqid = InvalidOid;
+	}
+}
+
+/* Look the oids up (once per backend, again after DROP EXTENSION). */
+static void
+lookup_oids(void)
+{
+	Oid			schema = evbus_schema_oid();
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(forget_oids, (Datum) 0);
+		callback_registered = true;
+	}
+	outbox_relids[0] = get_relname_relid("outbox_0", schema);
+	outbox_relids[1] = get_relname_relid("outbox_1", schema);
+	outbox_seqid = get_relname_relid("outbox_id_seq", schema);
+	if (!OidIsValid(outbox_relids[0]) || !OidIsValid(outbox_relids[1]) ||
+		!OidIsValid(outbox_seqid))
+	{
+		outbox_relids[0] = outbox_relids[1] = outbox_seqid = InvalidOid;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("the outbox tables of evbus are missing"),
+				 errhint("Reinstall the extension: DROP EXTENSION evbus; CREATE EXTENSION evbus.")));
+	}
+}
+
+/* The table must have exactly the columns evbus writes, in that order. */
+static void
+check_shape(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+	bool		ok = desc->natts == EVBUS_OUTBOX_NATTS;
+
+	for (i = 0; ok && i < EVBUS_OUTBOX_NATTS; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		ok = !att->attisdropped && strcmp(NameStr(att->attname), outbox_columns[i]) == 0 &&
+			!att->atthasdef;
+	}
+	if (!ok || rel->trigdesc != NULL || rel->rd_rel->relrowsecurity ||
+		(desc->constr && desc->constr->num_check > 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" is not as evbus created it", RelationGetRelationName(rel)),
+				 errdetail("Its columns, defaults, triggers, check constraints or row security were changed."),
+				 errhint("Reinstall the extension: DROP EXTENSION evbus; CREATE EXTENSION evbus.")));
+}
+
+/* Insert the index entries of a new tuple. */
+static void
+insert_index_entries(Relation rel, HeapTuple tup, Datum *values, bool *isnull)
+{
+	List	   *indexes = RelationGetIndexList(rel);
+	ListCell   *lc;
+
+	foreach(lc, indexes)
+	{
+		Relation	index = index_open(lfirst_oid(lc), RowExclusiveLock);
+		IndexInfo  *info = BuildIndexInfo(index);
+		Datum		keys[INDEX_MAX_KEYS];
+		bool		key_isnull[INDEX_MAX_KEYS];
+		int			k;
+
+		if (info->ii_Expressions != NIL || info->ii_Predicate != NIL)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("index \"%s\" on \"%s\" is not supported",
+							RelationGetRelationName(index), RelationGetRelationName(rel)),
+					 errdetail("evbus maintains only plain indexes on its outbox tables, not expression or partial ones."),
+					 errhint("Drop the index.")));
+		for (k = 0; k < info->ii_NumIndexAttrs; k++)
+		{
+			AttrNumber	attno = info->ii_IndexAttrNumbers[k];
+
+			keys[k] = values[attno - 1];
+			key_isnull[k] = isnull[attno - 1];
+		}
+		(void) index_insert(index, keys, key_isnull, &tup->t_self, rel,
+							index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+							false, info);
+		index_close(index, RowExclusiveLock);
+	}
+	list_free(indexes);
+}
+
+/*
+ * evbus_outbox_write --- insert one event into evbus.outbox_<slot>.
+ *
+ * values/isnull hold every column but the first (id), in table order;
+ * returns the id drawn from evbus.outbox_id_seq.  The caller has checked
+ * the NOT NULL columns.  Runs as whoever calls it: the caller decides who
+ * may stage (the tables themselves are only the extension owner's).
+ */
+int64
+evbus_outbox_write(int slot, Datum *values, bool *isnull)
+{
+	Datum		row[EVBUS_OUTBOX_NATTS];
+	bool		row_isnull[EVBUS_OUTBOX_NATTS];
+	Relation	rel;
+	HeapTuple	tup;
+	int64		id;
+
+	if (!OidIsValid(outbox_relids[slot]))
+		lookup_oids();
+
+	rel = table_open(outbox_relids[slot], RowExclusiveLock);
+	check_shape(rel);
+
+	id = nextval_internal(outbox_seqid, false);
+	row[0] = Int64GetDatum(id);
+	row_isnull[0] = false;
+	memcpy(&row[1], values, sizeof(Datum) * (EVBUS_OUTBOX_NATTS - 1));
+	memcpy(&row_isnull[1], isnull, sizeof(bool) * (EVBUS_OUTBOX_NATTS - 1));
+
+	tup = heap_form_tuple(RelationGetDescr(rel), row, row_isnull);
+	simple_heap_insert(rel, tup);
+	insert_index_entries(rel, tup, row, row_isnull);
+	heap_freetuple(tup);
+
+	table_close(rel, RowExclusiveLock);
+	CommandCounterIncrement();
+	return id;
+}
