@@ -113,6 +113,7 @@ static char source_name[NAMEDATALEN];
 static MemoryContext publisher_cxt = NULL;	/* lives as long as the worker */
 static MemoryContext batch_cxt = NULL;	/* one claim */
 static HTAB *inflight = NULL;
+static HTAB *unrecorded = NULL;	/* delivered or dead, not yet finished */
 static HTAB *keys = NULL;
 static HTAB *revisits = NULL;
 static int	ninflight = 0;
@@ -271,6 +272,7 @@ record_done(InflightMsg *msg)
 	done_ids[ndone] = msg->id;
 	done_events[ndone] = msg->integration_event;
 	ndone++;
+	hash_search(unrecorded, &msg->id, HASH_ENTER, NULL);
 }
 
 static void
@@ -285,6 +287,7 @@ record_dead(int64 id, rd_kafka_resp_err_t err)
 	}
 	if (ndone == 0 && ndead == 0)
 		first_report_at = GetCurrentTimestamp();
+	hash_search(unrecorded, &id, HASH_ENTER, NULL);
 	dead[ndead].id = id;
 	dead[ndead].error_code = rd_kafka_err2name(err);
 	dead[ndead].error_message = pstrdup(rd_kafka_err2str(err));
@@ -408,6 +411,15 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 	hash_search(inflight, &row->id, HASH_FIND, &found);
 	if (found)
 		return PRODUCED;		/* already on its way */
+
+	/*
+	 * Delivered (or dead) but not recorded yet: a sweep page can produce a
+	 * row past the forward cursor, which the next forward claim then reads
+	 * again before the finish has deleted it.
+	 */
+	hash_search(unrecorded, &row->id, HASH_FIND, &found);
+	if (found)
+		return PRODUCED;
 
 	ks = key_state(keyhash, false);
 	if (ks && ks->blocking_id != 0 &&
@@ -619,9 +631,15 @@ finish_deliveries(void)
 	pgstat_report_activity(STATE_RUNNING, "recording deliveries");
 	evbus_outbox_finish(done_ids, done_events, ndone, dead, ndead);
 	for (i = 0; i < ndone; i++)
+	{
+		hash_search(unrecorded, &done_ids[i], HASH_REMOVE, NULL);
 		pfree(done_events[i]);
+	}
 	for (i = 0; i < ndead; i++)
+	{
+		hash_search(unrecorded, &dead[i].id, HASH_REMOVE, NULL);
 		pfree(dead[i].error_message);
+	}
 	ndone = 0;
 	ndead = 0;
 }
@@ -710,6 +728,8 @@ evbus_publisher_init(const char *database_name)
 	ctl.hcxt = publisher_cxt;
 	inflight = hash_create("evbus in flight", 4096, &ctl,
 						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	unrecorded = hash_create("evbus unrecorded", 4096, &ctl,
+							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	ctl.keysize = sizeof(uint64);
 	ctl.entrysize = sizeof(KeyState);
 	keys = hash_create("evbus keys", 1024, &ctl,

@@ -68,7 +68,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
 our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
-  kcat_consume java_consume java_produce new_node);
+  wait_for_crash_restart kcat_consume java_consume java_produce new_node);
 
 # kafka.sh: from the environment, else next to this file's directory.
 sub kafka_sh
@@ -228,6 +228,25 @@ sub wait_for_sql
 		sleep 0.2;
 	}
 	diag "waited ${timeout}s for: $sql\n  want: $expected\n  got:  $out $err";
+	return 0;
+}
+
+# wait_for_crash_restart($node, $crashes[, $timeout]): after a process was
+# killed, wait until the server log shows $crashes crash restarts completed
+# (a query sent before that would lose its connection to the restart).
+sub wait_for_crash_restart
+{
+	my ($node, $crashes, $timeout) = @_;
+	$timeout //= 60;
+	my $deadline = time() + $timeout;
+	while (time() < $deadline)
+	{
+		my @done = PostgreSQL::Test::Utils::slurp_file($node->logfile) =~
+		  /terminated by signal 9.*?reinitializing.*?database system is ready to accept connections/sg;
+		return 1 if @done >= $crashes;
+		sleep 0.2;
+	}
+	diag "no crash restart #$crashes in ${timeout}s";
 	return 0;
 }
 

@@ -75,16 +75,7 @@ sub kill_holding_handler
 	note "$what: killing pid $pid inside the handler";
 	kill 'KILL', $pid;
 	$crashes++;
-	my $deadline = time() + 60;
-	my $restarted = 0;
-	while (!$restarted && time() < $deadline)
-	{
-		my @ready = slurp_file($node->logfile) =~
-		  /terminated by signal 9.*?reinitializing.*?database system is ready to accept connections/sg;
-		$restarted = @ready >= $crashes;
-		sleep 0.2 unless $restarted;
-	}
-	ok($restarted, "$what: the server restarted after the crash");
+	ok(wait_for_crash_restart($node, $crashes), "$what: the server restarted after the crash");
 	ok( wait_for_sql($node, 'postgres',
 			"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type LIKE 'evbus%' AND pid <> $pid",
 			't', 60),
