@@ -40,8 +40,11 @@ SELECT evbus.raise('D', NULL);
 SELECT evbus.publish('Big', jsonb_build_object('blob', repeat('x', 1000000)));
 -- escapes count: 200,000 control characters are 1,200,000 bytes of JSON
 SELECT evbus.publish('Big', jsonb_build_object('blob', repeat(E'\u0001', 200000)));
--- just under the limit is fine
+-- just under the limit is fine, and is stored intact (a toasted row)
 SELECT evbus.publish('Big', jsonb_build_object('blob', repeat('x', 999980))) IS NOT NULL AS staged;
+SELECT length(payload->>'blob') AS stored_length, payload->>'blob' = repeat('x', 999980) AS intact,
+       pg_column_size(payload) < 100000 AS compressed
+  FROM evbus.outbox WHERE integration_event = 'Big';
 
 -- names that are not legal Kafka topic names
 SELECT evbus.publish('', '{}');

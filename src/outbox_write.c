@@ -19,7 +19,9 @@
  *
  * The relation and sequence oids are cached per backend and forgotten
  * when the relcache entry of either outbox table is invalidated (DROP
- * EXTENSION, or a full reset).
+ * EXTENSION, but also every TRUNCATE, or a full reset).  That can happen
+ * while this file opens the table (taking the lock processes pending
+ * invalidations), so one write works on its own copies of the oids.
  *
  *-------------------------------------------------------------------------
  */
@@ -159,17 +161,21 @@ evbus_outbox_write(int slot, Datum *values, bool *isnull)
 {
 	Datum		row[EVBUS_OUTBOX_NATTS];
 	bool		row_isnull[EVBUS_OUTBOX_NATTS];
+	Oid			relid;
+	Oid			seqid;
 	Relation	rel;
 	HeapTuple	tup;
 	int64		id;
 
-	if (!OidIsValid(outbox_relids[slot]))
+	if (!OidIsValid(outbox_relids[slot]) || !OidIsValid(outbox_seqid))
 		lookup_oids();
+	relid = outbox_relids[slot];
+	seqid = outbox_seqid;
 
-	rel = table_open(outbox_relids[slot], RowExclusiveLock);
+	rel = table_open(relid, RowExclusiveLock);	/* may reset the cache */
 	check_shape(rel);
 
-	id = nextval_internal(outbox_seqid, false);
+	id = nextval_internal(seqid, false);
 	row[0] = Int64GetDatum(id);
 	row_isnull[0] = false;
 	memcpy(&row[1], values, sizeof(Datum) * (EVBUS_OUTBOX_NATTS - 1));
