@@ -69,6 +69,7 @@ extern void evbus_shmem_startup(void);
 extern bool evbus_claim_worker_slot(Oid dboid, int role, Latch *latch);
 extern void evbus_release_worker_slot(void);
 extern void evbus_wake_worker(Oid dboid);
+extern bool evbus_worker_wake_pending(void);
 extern void evbus_worker_wake_consumed(void);
 extern void evbus_wake_worker_role(Oid dboid, int role);
 extern pid_t evbus_worker_pid_for(Oid dboid, int role);

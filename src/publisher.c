@@ -761,7 +761,7 @@ evbus_publisher_step(bool claim_wanted)
 		evbus_producer_serve(producer);
 
 	now = GetCurrentTimestamp();
-	if (claim_wanted)
+	if (claim_wanted || evbus_worker_wake_pending())
 		claim_requested = true;
 	claiming = producer != NULL && ninflight < max_inflight() &&
 		(backlog ||

@@ -170,10 +170,24 @@ evbus_wake_worker(Oid dboid)
 }
 
 /*
+ * evbus_worker_wake_pending --- has a commit asked the publisher for a claim
+ * since its last one?  The latch alone can be reset after a commit set it
+ * (the worker resets it after waking for another reason); this flag stays
+ * set until the next claim, so such a wake is never lost.
+ *
  * evbus_worker_wake_consumed --- the publisher is about to claim: the next
  * commit must wake it again.  Called before the claim's snapshot is taken,
  * so a commit that found the wake pending is seen by this claim.
  */
+bool
+evbus_worker_wake_pending(void)
+{
+	if (my_slot < 0)
+		return false;
+	pg_memory_barrier();
+	return pg_atomic_read_u32(&evbus_shared->slots[my_slot].wake_pending) != 0;
+}
+
 void
 evbus_worker_wake_consumed(void)
 {

@@ -150,7 +150,9 @@ evbus_worker_main(Datum main_arg)
 
 		/*
 		 * Claim unless only delivery reports woke us: a staging commit sets
-		 * the latch, and the timer is the backstop for everything else.
+		 * the latch (and a flag the step also looks at, which a latch reset
+		 * below cannot lose), and the timer is the backstop for everything
+		 * else.
 		 */
 		claim_wanted = more || nevents == 0;
 		for (i = 0; i < nevents; i++)
