@@ -89,11 +89,28 @@ $node->safe_psql('app', q{SELECT evbus.publish('Life', '{"n": 4}')});
 ok($node->poll_query_until('app', 'SELECT count(*) = 0 FROM evbus.outbox'), 'the new worker publishes');
 
 # --- DROP EXTENSION stops the worker for good ------------------------------
+# ... and the consumer, with a live Kafka consumer in a group: it leaves
+# the group without reading the dropped tables
+$node->safe_psql('app', q{CREATE TABLE got (n int);
+CREATE FUNCTION on_life(payload jsonb) RETURNS void LANGUAGE sql
+	AS 'INSERT INTO public.got VALUES ((payload->>''n'')::int)';
+SELECT evbus.subscribe('Life', 'on_life(jsonb)')});
+$node->safe_psql('app', q{SELECT evbus.publish('Life', '{"n": 5}')});
+ok(wait_for_sql($node, 'app', 'SELECT count(*) > 0 FROM got', 't', 60),
+	'a handler runs: the consumer is in its group');
+my $consumer_pid = $node->safe_psql('app',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'evbus consumer' AND datname = current_database()});
+my $log_offset = -s $node->logfile;
 $pid = worker_pid('app');
 $node->safe_psql('app', 'DROP EXTENSION evbus');
 ok(wait_for(sub { !kill(0, $pid) }, 5.0), 'DROP EXTENSION: the worker exits');
+ok(wait_for(sub { !kill(0, $consumer_pid) }, 10.0), 'DROP EXTENSION: the consumer exits');
 sleep 2;
 is(worker_pid('app'), '', 'and is not restarted');
+my $log = substr(slurp_file($node->logfile), $log_offset);
+like($log, qr/extension dropped, evbus consumer exiting/, 'the consumer says why it exits');
+unlike($log, qr/terminated by signal|exited with exit code [1-9]/,
+	'no evbus process crashed or failed on the way out');
 $node->safe_psql('app', 'CREATE EXTENSION evbus');
 ok(wait_for(sub { worker_pid('app') ne '' }, 1.0), 'CREATE EXTENSION again: a worker within 1 s');
 
