@@ -33,18 +33,6 @@
 
 #include "consumer.h"
 
-static volatile sig_atomic_t shutdown_requested = false;
-
-static void
-consumer_sigterm(SIGNAL_ARGS)
-{
-	int			save_errno = errno;
-
-	shutdown_requested = true;
-	SetLatch(MyLatch);
-	errno = save_errno;
-}
-
 void
 evbus_consumer_main(Datum main_arg)
 {
@@ -61,7 +49,7 @@ evbus_consumer_main(Datum main_arg)
 	MemoryContext step_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, consumer_sigterm);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
@@ -96,7 +84,7 @@ evbus_consumer_main(Datum main_arg)
 		char		buf[1024];
 		const char *brokers;
 
-		if (shutdown_requested)
+		if (ShutdownRequestPending)
 		{
 			evbus_consumers_shutdown();
 			proc_exit(evbus_worker_stop_requested() ? 0 : 1);

@@ -16,6 +16,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "port/atomics.h"
@@ -134,6 +135,10 @@ extern bool evbus_extension_present(void);
 extern int64 evbus_outbox_write(int slot, Datum *values, bool *isnull);
 extern void evbus_worker_begin(void (*let_go) (void));
 extern void evbus_worker_commit(void);
+extern SPIPlanPtr evbus_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs,
+								  Oid *argtypes);
+extern void evbus_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
+						   const char *nulls, int expected);
 extern Oid	evbus_schema_oid(void);
 extern char *evbus_uuid_to_cstring(const pg_uuid_t *uuid);
 extern uint64 evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,

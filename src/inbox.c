@@ -78,16 +78,6 @@ typedef struct Dispatch
 	List	   *subs;
 } Dispatch;
 
-static void
-exec(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls,
-	 int expected)
-{
-	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
-
-	if (rc != expected)
-		elog(ERROR, "evbus: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
-}
-
 /* ------------------------------------------------------------------
  * Decoding: never let an undecodable message reach a handler
  * ------------------------------------------------------------------
@@ -362,7 +352,7 @@ dead_letter_poison(const char *group, const ReceivedMessage *m, const Decoded *d
 	else
 		nulls[8] = 'n';
 	/* integration event: the subscription's, else the topic */
-	exec(psprintf("WITH i AS (INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
+	evbus_spi_exec(psprintf("WITH i AS (INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
 				  " integration_event, topic, kafka_partition, kafka_offset, payload, headers,"
 				  " state, last_error_code, last_error_message)"
 				  " VALUES ($1, $2, $3::pg_catalog.uuid, %s, $4, $5, $6, NULL, '{}', 'dead', $7, $8)"
@@ -443,7 +433,7 @@ handle(Dispatch *d)
 		code = "interrupted";
 		message = psprintf("each of the %d attempts ended with the consumer stopping while it ran the handlers (a crash?)",
 						   d->attempts - 1);
-		exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1"
+		evbus_spi_exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1"
 			 " WHERE id OPERATOR(pg_catalog.=) $1",
 			 1, types, values, NULL, SPI_OK_UPDATE);
 		d->attempts--;
@@ -456,7 +446,7 @@ handle(Dispatch *d)
 	if (d->subs != NIL && d->attempts <= max_retries_of(d->subs))
 	{
 		values[3] = Int64GetDatum(backoff_ms(d->attempts));
-		exec("UPDATE evbus.inbox SET state = 'pending', handled_at = NULL,"
+		evbus_spi_exec("UPDATE evbus.inbox SET state = 'pending', handled_at = NULL,"
 			 " last_error_code = $2, last_error_message = $3,"
 			 " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
 			 " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
@@ -469,7 +459,7 @@ handle(Dispatch *d)
 	}
 
 	/* out of retries: dead letter, NOTIFY, and the key moves on */
-	exec("WITH i AS (UPDATE evbus.inbox SET state = 'dead', handled_at = NULL,"
+	evbus_spi_exec("WITH i AS (UPDATE evbus.inbox SET state = 'dead', handled_at = NULL,"
 		 " last_error_code = $2, last_error_message = $3, next_attempt_at = NULL,"
 		 " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
 		 " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
@@ -507,10 +497,11 @@ subs_for(List *subs, const char *group, const char *topic)
 	return result;
 }
 
-/* Store the offsets of a batch (never moving one backwards). */
+/* Store the offsets of a batch (never moving one backwards); every batch. */
 static void
 store_offsets(const char *group, NextOffset *offsets, int n)
 {
+	static SPIPlanPtr plan = NULL;
 	Datum	   *topics = palloc(sizeof(Datum) * n);
 	Datum	   *parts = palloc(sizeof(Datum) * n);
 	Datum	   *nexts = palloc(sizeof(Datum) * n);
@@ -530,36 +521,23 @@ store_offsets(const char *group, NextOffset *offsets, int n)
 	values[1] = PointerGetDatum(construct_array(topics, n, TEXTOID, -1, false, TYPALIGN_INT));
 	values[2] = PointerGetDatum(construct_array(parts, n, INT4OID, 4, true, TYPALIGN_INT));
 	values[3] = PointerGetDatum(construct_array(nexts, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	exec("INSERT INTO evbus.consumer_offsets AS o (group_name, topic, kafka_partition, next_offset)"
-		 " SELECT $1, t, p, x FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3),"
-		 " pg_catalog.unnest($4)) AS u(t, p, x)"
-		 " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
-		 " SET next_offset = GREATEST(o.next_offset, excluded.next_offset),"
-		 " updated_at = pg_catalog.now()",
-		 4, types, values, NULL, SPI_OK_INSERT);
+	if (SPI_execute_plan(evbus_kept_plan(&plan,
+										 "INSERT INTO evbus.consumer_offsets AS o"
+										 " (group_name, topic, kafka_partition, next_offset)"
+										 " SELECT $1, t, p, x FROM ROWS FROM (pg_catalog.unnest($2),"
+										 " pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(t, p, x)"
+										 " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
+										 " SET next_offset = GREATEST(o.next_offset, excluded.next_offset),"
+										 " updated_at = pg_catalog.now()",
+										 4, types),
+						 values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not store the consumer offsets");
 }
 
 /* ------------------------------------------------------------------
  * Handling a batch
  * ------------------------------------------------------------------
  */
-
-static SPIPlanPtr
-kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *types)
-{
-	if (*plan == NULL)
-	{
-		/* generic from the start: planning would cost more than running */
-		SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
-
-		if (p == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(p);
-		*plan = p;
-	}
-	return *plan;
-}
 
 /* Mark the given inbox rows handled, in one statement. */
 static void
@@ -578,7 +556,7 @@ mark_handled(int64 *ids, int n)
 		elems[i] = Int64GetDatum(ids[i]);
 	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL,
 												TYPALIGN_DOUBLE));
-	if (SPI_execute_plan(kept_plan(&plan,
+	if (SPI_execute_plan(evbus_kept_plan(&plan,
 								   "UPDATE evbus.inbox SET state = 'handled',"
 								   " handled_at = pg_catalog.now(), next_attempt_at = NULL"
 								   " WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
@@ -625,7 +603,7 @@ handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handled)
 			Datum		values[1];
 
 			values[0] = Int64GetDatum(d->inbox_id);
-			exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1,"
+			evbus_spi_exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1,"
 				 " state = 'pending', handled_at = NULL, next_attempt_at = pg_catalog.now()"
 				 " WHERE id OPERATOR(pg_catalog.=) $1",
 				 1, types, values, NULL, SPI_OK_UPDATE);
@@ -777,7 +755,7 @@ record_batch(const char *group, List *subs, ReceivedMessage *msgs, int n,
 		{
 			values[0] = CStringGetTextDatum(group);
 			values[1] = PointerGetDatum(text_array(keys, nkeys));
-			if (SPI_execute_plan(kept_plan(&keys_plan,
+			if (SPI_execute_plan(evbus_kept_plan(&keys_plan,
 										   "SELECT DISTINCT event_key FROM evbus.inbox"
 										   " WHERE state = 'pending'"
 										   " AND group_name OPERATOR(pg_catalog.=) $1"
@@ -862,7 +840,7 @@ record_batch(const char *group, List *subs, ReceivedMessage *msgs, int n,
 		values[9] = PointerGetDatum(construct_array(headers, nrows, JSONBOID, -1, false, TYPALIGN_INT));
 		values[10] = PointerGetDatum(construct_array(attempts, nrows, INT4OID, 4, true, TYPALIGN_INT));
 		values[11] = BoolGetDatum(inserted_handled);
-		if (SPI_execute_plan(kept_plan(&insert_plan,
+		if (SPI_execute_plan(evbus_kept_plan(&insert_plan,
 									   "INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
 									   " integration_event, topic, kafka_partition, kafka_offset, event_key,"
 									   " payload, headers, state, attempts, next_attempt_at, handled_at)"
@@ -1085,7 +1063,7 @@ evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n)
 		values[1] = CStringGetTextDatum(hwm[i].topic);
 		values[2] = Int32GetDatum(hwm[i].partition);
 		values[3] = Int64GetDatum(hwm[i].next_offset);
-		exec("INSERT INTO evbus.consumer_offsets AS o (group_name, topic, kafka_partition,"
+		evbus_spi_exec("INSERT INTO evbus.consumer_offsets AS o (group_name, topic, kafka_partition,"
 			 " next_offset, high_watermark) VALUES ($1, $2, $3, 0, $4)"
 			 " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
 			 " SET high_watermark = excluded.high_watermark",
@@ -1105,7 +1083,7 @@ evbus_inbox_maintain(void)
 		return;
 	evbus_worker_begin(evbus_consumers_let_go);
 	values[0] = Int32GetDatum(evbus_inbox_retention_s);
-	exec("DELETE FROM evbus.inbox WHERE id IN (SELECT id FROM evbus.inbox"
+	evbus_spi_exec("DELETE FROM evbus.inbox WHERE id IN (SELECT id FROM evbus.inbox"
 		 " WHERE handled_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)"
 		 " pg_catalog.make_interval(secs => $1)) LIMIT 10000)",
 		 1, types, values, NULL, SPI_OK_DELETE);

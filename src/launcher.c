@@ -40,20 +40,8 @@
 
 #include "evbus.h"
 
-static volatile sig_atomic_t launcher_shutdown = false;
-
 /* Set by evbus._start_worker_at_commit(), acted upon at COMMIT. */
 static bool start_worker_at_commit = false;
-
-static void
-launcher_sigterm(SIGNAL_ARGS)
-{
-	int			save_errno = errno;
-
-	launcher_shutdown = true;
-	SetLatch(MyLatch);
-	errno = save_errno;
-}
 
 /* Register the launcher (from _PG_init, in the postmaster). */
 void
@@ -223,7 +211,7 @@ void
 evbus_launcher_main(Datum main_arg)
 {
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, launcher_sigterm);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
@@ -233,7 +221,7 @@ evbus_launcher_main(Datum main_arg)
 	start_all_workers();
 	pgstat_report_activity(STATE_IDLE, NULL);
 
-	while (!launcher_shutdown)
+	while (!ShutdownRequestPending)
 	{
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
 						 PG_WAIT_EXTENSION);

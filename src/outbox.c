@@ -52,24 +52,6 @@ static SPIPlanPtr claim_ids_plan = NULL;
 static SPIPlanPtr delete_plans[2] = {NULL, NULL};
 static SPIPlanPtr count_plan = NULL;
 
-/*
- * A kept plan, generic from the start: the custom plans the plan cache
- * would otherwise build for each of the first executions, and keep
- * building when the generic plan's estimate looks worse, cost more than
- * these statements do.
- */
-static SPIPlanPtr
-prepare_kept(const char *sql, int nargs, Oid *argtypes)
-{
-	SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
-
-	if (plan == NULL)
-		elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
-			 SPI_result_code_string(SPI_result));
-	SPI_keepplan(plan);
-	return plan;
-}
-
 static char *
 text_or_null(HeapTuple tup, TupleDesc desc, int col)
 {
@@ -158,11 +140,10 @@ evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
 	Oid			argtypes[2] = {INT8OID, INT4OID};
 	Datum		values[2];
 
-	if (claim_range_plan == NULL)
-		claim_range_plan = prepare_kept(CLAIM_COLUMNS
-										" WHERE id OPERATOR(pg_catalog.>=) $1 AND" CLAIM_DUE
-										" ORDER BY id LIMIT $2",
-										2, argtypes);
+	(void) evbus_kept_plan(&claim_range_plan,
+						   CLAIM_COLUMNS " WHERE id OPERATOR(pg_catalog.>=) $1 AND" CLAIM_DUE
+						   " ORDER BY id LIMIT $2",
+						   2, argtypes);
 	values[0] = Int64GetDatum(from_id);
 	values[1] = Int32GetDatum(limit);
 
@@ -199,26 +180,14 @@ evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
 	Oid			argtypes[1] = {INT8ARRAYOID};
 	Datum		values[1];
 
-	if (claim_ids_plan == NULL)
-		claim_ids_plan = prepare_kept(CLAIM_COLUMNS
-									  " WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND" CLAIM_DUE
-									  " ORDER BY id",
-									  1, argtypes);
+	(void) evbus_kept_plan(&claim_ids_plan,
+						   CLAIM_COLUMNS " WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND" CLAIM_DUE
+						   " ORDER BY id",
+						   1, argtypes);
 	values[0] = PointerGetDatum(int8_array(ids, nids));
 	if (SPI_execute_plan(claim_ids_plan, values, NULL, false, 0) != SPI_OK_SELECT)	/* see above */
 		elog(ERROR, "could not read the outbox");
 	return copy_rows(rows, cxt);
-}
-
-static void
-exec_or_die(const char *sql, int nargs, Oid *argtypes, Datum *values,
-			int expected)
-{
-	int			rc = SPI_execute_with_args(sql, nargs, argtypes, values, NULL,
-										   false, 0);
-
-	if (rc != expected)
-		elog(ERROR, "evbus: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
 }
 
 /*
@@ -243,7 +212,7 @@ evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
 		values[1] = CStringGetTextDatum(dead[i].error_code);
 		values[2] = CStringGetTextDatum(dead[i].error_message);
 		values[3] = CStringGetTextDatum(evbus_topic_prefix);
-		exec_or_die("WITH d AS ("
+		evbus_spi_exec("WITH d AS ("
 					" INSERT INTO evbus.dead_letters (message_id, direction,"
 					" integration_event, topic, event_key, payload, headers,"
 					" domain_event, traceparent, staged_at, error_code, error_message)"
@@ -258,7 +227,7 @@ evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
 					" SET dead = c.dead OPERATOR(pg_catalog.+) 1)"
 					" SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text)"
 					" FROM d",
-					4, argtypes, values, SPI_OK_SELECT);
+					4, argtypes, values, NULL, SPI_OK_SELECT);
 		all_ids[i] = dead[i].id;
 	}
 	for (i = 0; i < ndone; i++)
@@ -296,7 +265,7 @@ evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
 						 "DELETE FROM evbus.outbox_%d WHERE id OPERATOR(pg_catalog.>=) $2"
 						 " AND id OPERATOR(pg_catalog.<=) $3"
 						 " AND id OPERATOR(pg_catalog.=) ANY ($1)", slot);
-				delete_plans[slot] = prepare_kept(sql, 3, del_types);
+				(void) evbus_kept_plan(&delete_plans[slot], sql, 3, del_types);
 			}
 			if (SPI_execute_plan(delete_plans[slot], del_values, NULL, false, 0) != SPI_OK_DELETE)
 				elog(ERROR, "could not delete from evbus.outbox_%d", slot);
@@ -313,16 +282,15 @@ evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
 			names[i] = CStringGetTextDatum(done_events[i]);
 		values[0] = PointerGetDatum(construct_array(names, ndone, TEXTOID, -1,
 													false, TYPALIGN_INT));
-		if (count_plan == NULL)
-			count_plan = prepare_kept("INSERT INTO evbus.publish_counters AS c"
-									  " (integration_event, published, last_published_at)"
-									  " SELECT e, pg_catalog.count(*), pg_catalog.now()"
-									  " FROM pg_catalog.unnest($1) e GROUP BY e"
-									  " ON CONFLICT (integration_event) DO UPDATE"
-									  " SET published = c.published OPERATOR(pg_catalog.+) excluded.published,"
-									  " last_published_at = excluded.last_published_at",
-									  1, argtypes);
-		if (SPI_execute_plan(count_plan, values, NULL, false, 0) != SPI_OK_INSERT)
+		if (SPI_execute_plan(evbus_kept_plan(&count_plan,
+											 "INSERT INTO evbus.publish_counters AS c"
+											 " (integration_event, published, last_published_at)"
+											 " SELECT e, pg_catalog.count(*), pg_catalog.now()"
+											 " FROM pg_catalog.unnest($1) e GROUP BY e"
+											 " ON CONFLICT (integration_event) DO UPDATE"
+											 " SET published = c.published OPERATOR(pg_catalog.+) excluded.published,"
+											 " last_published_at = excluded.last_published_at",
+											 1, argtypes), values, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not count published events");
 	}
 }
@@ -386,10 +354,10 @@ evbus_outbox_maintain(void)
 		Datum		values[1];
 
 		values[0] = Int32GetDatum(evbus_dead_letter_retention_s);
-		exec_or_die("DELETE FROM evbus.dead_letters WHERE dead_at OPERATOR(pg_catalog.<)"
+		evbus_spi_exec("DELETE FROM evbus.dead_letters WHERE dead_at OPERATOR(pg_catalog.<)"
 					" (pg_catalog.now() OPERATOR(pg_catalog.-)"
 					" pg_catalog.make_interval(secs => $1))",
-					1, argtypes, values, SPI_OK_DELETE);
+					1, argtypes, values, NULL, SPI_OK_DELETE);
 		last_expiry = now;
 	}
 	evbus_worker_commit();

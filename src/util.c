@@ -276,3 +276,41 @@ evbus_worker_commit(void)
 	MemoryContextSwitchTo(worker_caller_cxt);
 	pgstat_report_stat(false);
 }
+
+/*
+ * evbus_kept_plan --- the plan of sql, prepared on first use and kept for
+ * the backend's life in *plan.  Generic from the start: the custom plans
+ * the plan cache would otherwise build for the first executions (and keep
+ * building when the generic estimate looks worse) cost more than the
+ * workers' short statements do.
+ */
+SPIPlanPtr
+evbus_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	return *plan;
+}
+
+/*
+ * evbus_spi_exec --- run one statement with arguments (planned for this
+ * call: for statements that run rarely); any result but expected is an
+ * error.
+ */
+void
+evbus_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
+			   const char *nulls, int expected)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
+
+	if (rc != expected)
+		elog(ERROR, "evbus: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
+}

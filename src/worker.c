@@ -37,18 +37,6 @@
 #include "evbus.h"
 #include "publisher.h"
 
-static volatile sig_atomic_t shutdown_requested = false;
-
-static void
-worker_sigterm(SIGNAL_ARGS)
-{
-	int			save_errno = errno;
-
-	shutdown_requested = true;
-	SetLatch(MyLatch);
-	errno = save_errno;
-}
-
 static void
 worker_exit(int code)
 {
@@ -81,7 +69,7 @@ evbus_worker_main(Datum main_arg)
 	bool		claim_wanted = true;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, worker_sigterm);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
@@ -126,10 +114,9 @@ evbus_worker_main(Datum main_arg)
 		bool		more;
 		WaitEvent	events[3];
 		int			nevents;
-		int			i;
 		int			fd;
 
-		if (shutdown_requested)
+		if (ShutdownRequestPending)
 			worker_exit(evbus_worker_stop_requested() ? 0 : 1);
 
 		MemoryContextSwitchTo(step_cxt);
@@ -149,15 +136,12 @@ evbus_worker_main(Datum main_arg)
 								   events, lengthof(events), PG_WAIT_EXTENSION);
 
 		/*
-		 * Claim unless only delivery reports woke us: a staging commit sets
-		 * the latch (and a flag the step also looks at, which a latch reset
-		 * below cannot lose), and the timer is the backstop for everything
-		 * else.
+		 * Claim after the timer (the backstop for everything a commit does
+		 * not announce); a staging commit that set the latch also set the
+		 * wake flag in our slot, which the step reads itself (a latch reset
+		 * here cannot lose it), so delivery reports alone claim nothing.
 		 */
 		claim_wanted = more || nevents == 0;
-		for (i = 0; i < nevents; i++)
-			if (events[i].events & WL_LATCH_SET)
-				claim_wanted = true;
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 
