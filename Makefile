@@ -14,6 +14,7 @@ OBJS = \
 	src/kafka_errors.o \
 	src/producer.o \
 	src/publisher.o \
+	src/cpu_wait.o \
 	src/outbox.o \
 	src/outbox_write.o \
 	src/staging.o \

@@ -43,6 +43,7 @@ extern int	evbus_max_message_bytes;
 extern int	evbus_batch_size;
 extern int	evbus_poll_interval_ms;
 extern int	evbus_publish_linger_ms;
+extern int	evbus_publish_linger_busy_ms;
 extern int	evbus_outbox_rotation_s;
 extern int	evbus_dead_letter_retention_s;
 extern int	evbus_inbox_retention_s;
@@ -89,6 +90,9 @@ extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);
 /* ---------- worker.c, consumer_worker.c ---------- */
 extern PGDLLEXPORT void evbus_worker_main(Datum main_arg);
 extern PGDLLEXPORT void evbus_consumer_main(Datum main_arg);
+
+/* ---------- cpu_wait.c: are the CPUs saturated? ---------- */
+extern bool evbus_cpu_busy(TimestampTz now);
 
 /* ---------- embedded.c: librdkafka's mock cluster as a broker ---------- */
 extern void evbus_embedded_start(void);

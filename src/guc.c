@@ -31,6 +31,7 @@ int			evbus_max_message_bytes = 1000000;
 int			evbus_batch_size = 10000;
 int			evbus_poll_interval_ms = 1000;
 int			evbus_publish_linger_ms = 2;
+int			evbus_publish_linger_busy_ms = 50;
 int			evbus_outbox_rotation_s = 60;
 int			evbus_dead_letter_retention_s = 15 * 24 * 3600;
 int			evbus_inbox_retention_s = 7 * 24 * 3600;
@@ -183,6 +184,14 @@ evbus_define_gucs(void)
 							"Like librdkafka's linger.ms: at most one claim per this interval while events trickle in, so each step carries several events; 0 claims at every wake-up.",
 							&evbus_publish_linger_ms,
 							2, 0, 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.publish_linger_busy",
+							"How long the worker lets commits gather while the server's CPUs are saturated.",
+							"Used instead of evbus.publish_linger while the worker has to wait for a CPU more than half of the time it is ready to run: fewer, larger steps leave the CPUs to the transactions; 0 keeps evbus.publish_linger always.",
+							&evbus_publish_linger_busy_ms,
+							50, 0, 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

@@ -8,7 +8,8 @@
  * produces them.  At a trickle the steps are made to carry several events
  * each: a commit that wakes the worker within evbus.publish_linger of the
  * last claim waits for the end of that interval (at most one claim per
- * interval); a step woken only by delivery reports claims nothing; and
+ * interval; evbus.publish_linger_busy while the CPUs are saturated, see
+ * cpu_wait.c); a step woken only by delivery reports claims nothing; and
  * delivery reports are recorded FINISH_DELAY_MS after the first of them
  * arrived (or before a sweep reads the outbox), in the transaction of
  * whatever step comes then, so that one recording covers many reports.
@@ -741,6 +742,20 @@ evbus_publisher_init(const char *database_name)
 }
 
 /*
+ * linger_ms --- how long commits gather between two claims: longer while
+ * the CPUs are saturated (cpu_wait.c), when every step the worker saves
+ * is CPU time for the transactions.
+ */
+static int
+linger_ms(TimestampTz now)
+{
+	if (evbus_publish_linger_busy_ms > evbus_publish_linger_ms &&
+		evbus_cpu_busy(now))
+		return evbus_publish_linger_busy_ms;
+	return evbus_publish_linger_ms;
+}
+
+/*
  * evbus_publisher_step --- one pass: delivery reports, then in one
  * transaction their recording (when due) and the claims, then maintenance.
  *
@@ -766,7 +781,7 @@ evbus_publisher_step(bool claim_wanted)
 	claiming = producer != NULL && ninflight < max_inflight() &&
 		(backlog ||
 		 (claim_requested &&
-		  TimestampDifferenceExceeds(last_claim_at, now, evbus_publish_linger_ms)));
+		  TimestampDifferenceExceeds(last_claim_at, now, linger_ms(now))));
 	finishing = (ndone > 0 || ndead > 0) &&
 		(ndone + ndead >= evbus_batch_size || producer == NULL ||
 		 TimestampDifferenceExceeds(first_report_at, now, FINISH_DELAY_MS));
@@ -850,7 +865,7 @@ evbus_publisher_wait_ms(void)
 
 	if (claim_requested && producer != NULL)
 		wait = Min(wait, ms_until(TimestampTzPlusMilliseconds(last_claim_at,
-															  evbus_publish_linger_ms)));
+															  linger_ms(GetCurrentTimestamp()))));
 	if (ndone > 0 || ndead > 0)
 		wait = Min(wait, ms_until(TimestampTzPlusMilliseconds(first_report_at,
 															  FINISH_DELAY_MS)));

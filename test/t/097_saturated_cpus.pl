@@ -1,0 +1,84 @@
+# 097_saturated_cpus.pl - while the CPUs are saturated the worker claims
+# less often (evbus.publish_linger_busy), and still publishes every
+# committed event exactly once; once the load is gone it returns to
+# evbus.publish_linger.
+#
+# The load: pgbench without a rate limit, four clients per CPU, each
+# transaction staging one event.  The worker measures how long it waits
+# for a CPU at each wake-up (src/cpu_wait.c) and says at DEBUG1 when it
+# switches.  Where the kernel gives no per-thread scheduler statistics
+# (not Linux) the test is skipped: the worker then never switches.
+use strict;
+use warnings;
+
+use EvbusTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+plan skip_all => 'no per-thread scheduler statistics (/proc/thread-self/schedstat)'
+  unless -r '/proc/thread-self/schedstat';
+
+kafka_bootstrap();
+my $prefix = "t097.$$.";
+my $topic = "${prefix}Busy";
+my $cpus = `getconf _NPROCESSORS_ONLN` || 2;
+chomp $cpus;
+my $clients = 4 * $cpus;
+my $node = new_node('busy', kafka => 1,
+	conf => [
+		"evbus.topic_prefix = '$prefix'", 'log_min_messages = debug1',
+		'max_connections = ' . ($clients + 10)
+	]);
+$node->safe_psql('postgres', 'CREATE EXTENSION evbus');
+
+my $script = "${PostgreSQL::Test::Utils::tmp_check}/097_busy.sql";
+open(my $fh, '>', $script) or die "cannot write $script: $!";
+print $fh <<'SQL';
+\set k random(1, 1000)
+SELECT evbus.publish('Busy', jsonb_build_object('k', :k::int, 'at', clock_timestamp()), :k::text);
+SQL
+close $fh;
+
+my $log_offset = -s $node->logfile;
+my ($out, $err) = ('', '');
+my $ok = IPC::Run::run(
+	[
+		'pgbench', '-n', '-M', 'prepared', '-c', $clients, '-j', $cpus, '-T', '8',
+		'-f', $script, '-h', $node->host, '-p', $node->port, 'postgres'
+	],
+	'>', \$out, '2>', \$err);
+ok($ok, "pgbench ran ($clients clients on $cpus CPUs)") or diag($err);
+my ($committed) = $out =~ /number of transactions actually processed: (\d+)/;
+ok($committed && $committed > 1000, "pgbench committed $committed transactions");
+
+my $log = slurp_file($node->logfile, $log_offset);
+like($log, qr/evbus: CPUs saturated \(the worker waits \d+ us for a CPU at each wake-up\)/,
+	'the worker saw the CPUs saturated and lingers longer');
+
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 60),
+	'the outbox drains');
+my @msgs = kcat_consume($topic, $committed + 1000, 5);
+my %seen;
+$seen{ $_->{headers}{'cap-msg-id'} }++ for @msgs;
+is(scalar @msgs, $committed, 'as many messages in Kafka as committed transactions');
+is(scalar keys %seen, $committed, 'each committed event is in Kafka');
+
+# the load is gone: a trickle of events from one session finds the short
+# linger back
+($out, $err) = ('', '');
+IPC::Run::run(
+	[
+		'pgbench', '-n', '-M', 'prepared', '-c', '1', '-R', '20', '-T', '3',
+		'-f', $script, '-h', $node->host, '-p', $node->port, 'postgres'
+	],
+	'>', \$out, '2>', \$err) or diag($err);
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 30),
+	'the trickle is published');
+$log = slurp_file($node->logfile, $log_offset);
+my $last_busy = rindex($log, 'evbus: CPUs saturated');
+my $back = index($log, 'evbus: CPUs no longer saturated', $last_busy);
+ok($back > $last_busy, 'the worker returns to the short linger after the load')
+  or diag(join("\n", grep { /evbus: CPUs/ } split /\n/, $log));
+
+$node->stop;
+done_testing();
