@@ -14,11 +14,12 @@ OBJS = \
 	src/kafka_errors.o \
 	src/producer.o \
 	src/publisher.o \
-	src/cpu_wait.o \
+	src/server_load.o \
 	src/outbox.o \
 	src/outbox_write.o \
 	src/staging.o \
 	src/converters.o \
+	src/converter_call.o \
 	src/capture.o \
 	src/json_compact.o \
 	src/subscriptions.o \

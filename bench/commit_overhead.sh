@@ -15,8 +15,11 @@
 #           the broker's JVM runs on the same 2 cores)
 #
 # pgbench scale 10, 8 clients, -j 2, -M prepared; CHECKPOINT before every
-# run; variants interleaved in rounds (a b c a b c ...) so that drift hits
-# all alike.  Before each run pgbench_history and the outbox tables are
+# run; variants interleaved in rounds, the order rotated from round to
+# round (a b c, b c a, c a b, ...) so that drift hits all alike, and so
+# does anything periodic: a round of three 20-s runs lasts about as long
+# as one evbus.outbox_rotation (60 s), so in a fixed order the outbox
+# switched tables during the same variant's run in every round.  Before each run pgbench_history and the outbox tables are
 # emptied (in kafka mode: the worker has drained the evbus outbox), so every
 # run starts from the same state.  WAL per transaction is the
 # pg_current_wal_lsn() difference over the run divided by the transactions;
@@ -31,7 +34,8 @@
 #   to empty the outbox after a kafka-mode run, 300), STALL_S (stop waiting
 #   when the outbox has not changed for this long, 15), WARMUP (s of
 #   uncounted runs, split between the variants, before the rounds of each
-#   mode, 20),
+#   mode, 20), PG_CONF (more postgresql.conf lines, separated by ";", e.g.
+#   "evbus.publish_linger_busy = 0"),
 #   plus those of bench/lib.sh.
 # Output: a summary on stdout and in $RESULTS_DIR/summary.txt, one row per
 #   run in $RESULTS_DIR/runs.tsv, pgbench output per run.
@@ -50,13 +54,15 @@ VARIANTS=${VARIANTS:-a b c}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300}
 STALL_S=${STALL_S:-15}
 WARMUP=${WARMUP:-20}
+PG_CONF=${PG_CONF:-}
 
 environment_report >"$RESULTS_DIR/environment.txt"
 {
-	echo "settings: DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS THREADS=$THREADS SCALE=$SCALE MODES='$MODES' VARIANTS='$VARIANTS'"
+	echo "settings: DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS THREADS=$THREADS SCALE=$SCALE MODES='$MODES' VARIANTS='$VARIANTS' PG_CONF='$PG_CONF'"
 } >>"$RESULTS_DIR/environment.txt"
 
-pg_start
+IFS=';' read -r -a pg_conf_lines <<<"$PG_CONF"
+pg_start "${pg_conf_lines[@]}"
 q "SHOW shared_buffers" >/dev/null
 
 log "pgbench -i -s $SCALE"
@@ -92,6 +98,16 @@ declare -A STMT=(
 	[b]="SELECT evbus.raise('AccountUpdatedDomainEvent', $PAYLOAD, :aid::text);"
 	[c]="SELECT evbus.publish('AccountUpdated', $PAYLOAD, :aid::text);"
 )
+# rotated N WORDS...: the words, rotated left by N (mod their count).
+rotated() {
+	local n=$1
+	shift
+	local words=("$@") i
+	for ((i = 0; i < ${#words[@]}; i++)); do
+		printf '%s ' "${words[(i + n) % ${#words[@]}]}"
+	done
+}
+
 for v in $VARIANTS; do
 	[[ -v STMT[$v] ]] || die "unknown variant $v"
 	cat >"$RESULTS_DIR/variant-$v.sql" <<EOF
@@ -188,7 +204,7 @@ for mode in $MODES; do
 		done
 	fi
 	for round in $(seq 1 "$ROUNDS"); do
-		for v in $VARIANTS; do
+		for v in $(rotated $((round - 1)) $VARIANTS); do
 			run_one "$mode" "$round" "$v"
 		done
 	done

@@ -25,11 +25,20 @@
 # worker's wake-up and claim) and produce -> append (librdkafka's linger,
 # the network round trip and the broker).
 #
+# With LOAD=N, N more pgbench clients run TPC-B-like transactions (without
+# events, as fast as they can) during the warm-up and the measured run:
+# the latency of events on a server whose CPUs are saturated, where the
+# worker lingers evbus.publish_linger_busy instead of evbus.publish_linger
+# (docs/publisher.md).
+#
 # Usage (as root or any user; one command):
 #   bench/latency.sh
 # Environment: RATE (1000 events/s), DURATION (30 s), CLIENTS (4),
 #   THREADS (2), WARMUP (5 s of the same load on another topic before the
-#   measured run, so the broker's JVM is warm), plus those of bench/lib.sh.
+#   measured run, so the broker's JVM is warm), LOAD (0 clients of
+#   saturating load), PG_CONF (more postgresql.conf lines, separated by
+#   ";", e.g. "evbus.publish_linger_busy = 0;log_min_messages = debug1"),
+#   plus those of bench/lib.sh.
 # Output: summary on stdout and in $RESULTS_DIR/summary.txt; per-event
 #   values in $RESULTS_DIR/latencies.tsv.gz.
 
@@ -42,12 +51,31 @@ DURATION=${DURATION:-30}
 CLIENTS=${CLIENTS:-4}
 THREADS=${THREADS:-2}
 WARMUP=${WARMUP:-5}
+LOAD=${LOAD:-0}
+PG_CONF=${PG_CONF:-}
 TOPIC=LatencyEvent
 
 environment_report >"$RESULTS_DIR/environment.txt"
-echo "settings: RATE=$RATE DURATION=$DURATION CLIENTS=$CLIENTS THREADS=$THREADS" >>"$RESULTS_DIR/environment.txt"
+echo "settings: RATE=$RATE DURATION=$DURATION CLIENTS=$CLIENTS THREADS=$THREADS LOAD=$LOAD PG_CONF='$PG_CONF'" >>"$RESULTS_DIR/environment.txt"
 
-pg_start
+IFS=';' read -r -a pg_conf_lines <<<"$PG_CONF"
+pg_start "${pg_conf_lines[@]}"
+if ((LOAD > 0)); then
+	pgbench -i -q -s 10 >"$TMP_DIR/pgbench-init.log" 2>&1 \
+		|| { cat "$TMP_DIR/pgbench-init.log" >&2; die "pgbench -i failed"; }
+fi
+
+# load_start SECONDS: the saturating load (LOAD clients) in the background
+load_start() {
+	((LOAD > 0)) || return 0
+	pgbench -n -M prepared -b tpcb-like -c "$LOAD" -j "$THREADS" -T "$1" \
+		>"$TMP_DIR/load-$1.log" 2>&1 &
+	LOAD_PID=$!
+}
+load_wait() {
+	((LOAD > 0)) || return 0
+	wait "$LOAD_PID" || { cat "$TMP_DIR/load-$1.log" >&2; die "the load's pgbench failed"; }
+}
 kafka_start
 "$KAFKA_SH" topics "$TMP_DIR/kafka" --create --topic "$TOPIC" --partitions 3 \
 	--replication-factor 1 --config message.timestamp.type=LogAppendTime >/dev/null
@@ -72,9 +100,11 @@ read -r s left < <(wait_outbox_settled 120 60)
 ((left == 0)) || die "warm-up events not published after ${s}s"
 if ((WARMUP > 0)); then
 	sed 's/LatencyEvent/LatencyWarmup/' "$RESULTS_DIR/latency.sql" >"$TMP_DIR/warmup.sql"
+	load_start "$WARMUP"
 	pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -R "$RATE" -T "$WARMUP" \
 		-f "$TMP_DIR/warmup.sql" >"$TMP_DIR/warmup.log" 2>&1 \
 		|| { cat "$TMP_DIR/warmup.log" >&2; die "pgbench failed"; }
+	load_wait "$WARMUP"
 	read -r s left < <(wait_outbox_settled 120 15)
 fi
 sleep 1
@@ -85,10 +115,12 @@ kpid=$(kafka_pid)
 w0=$(proc_ticks "$wpid"); k0=$(proc_ticks "$kpid")
 foreign_snapshot >"$TMP_DIR/foreign0"
 read -r busy0 tot0 < <(cpu_stat)
-log "pgbench -R $RATE -T $DURATION"
+log "pgbench -R $RATE -T $DURATION (and $LOAD clients of TPC-B-like load)"
+load_start "$DURATION"
 pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -R "$RATE" -T "$DURATION" \
 	-f "$RESULTS_DIR/latency.sql" >"$RESULTS_DIR/pgbench.log" 2>&1 \
 	|| { cat "$RESULTS_DIR/pgbench.log" >&2; die "pgbench failed"; }
+load_wait "$DURATION"
 read -r busy1 tot1 < <(cpu_stat)
 foreign_snapshot >"$TMP_DIR/foreign1"
 w1=$(proc_ticks "$wpid"); k1=$(proc_ticks "$kpid")
@@ -138,6 +170,11 @@ pct() {
 	echo "  produce -> append (ms):        $(pct 6)"
 	echo
 	echo "pgbench: $(grep -E '^(latency average|tps)' "$RESULTS_DIR/pgbench.log" | tr '\n' ';' | sed 's/;$//')"
+	if ((LOAD > 0)); then
+		echo "load ($LOAD clients, TPC-B-like, no events): $(grep -E '^(latency average|tps)' "$TMP_DIR/load-$DURATION.log" | tr '\n' ';' | sed 's/;$//')"
+		[[ $PG_CONF != *debug1* ]] \
+			|| echo "worker: $(grep -c 'evbus: CPUs saturated' "$TMP_DIR/pg.log" || true) switch(es) to evbus.publish_linger_busy logged"
+	fi
 	echo "CPU during the run: machine $(awk -v b=$((busy1 - busy0)) -v t=$((tot1 - tot0)) 'BEGIN {printf "%.0f", 100 * b / t}')% busy; evbus worker $(ticks_to_s $((w1 - w0)))s, Kafka JVM $(ticks_to_s $((k1 - k0)))s, other processes (not this benchmark's) $(foreign_cpu_s "$TMP_DIR/foreign0" "$TMP_DIR/foreign1")s over ${DURATION}s"
 	echo
 	echo "staging = clock_timestamp() in the staging statement (before its INSERT and COMMIT);"

@@ -68,6 +68,45 @@ DROP FUNCTION soon_dropped(jsonb);
 SELECT evbus.raise('ShortLived', '{}');
 SELECT evbus.unregister_converter('ShortLived', 'ShortLivedIntegration');
 
+-- a converter replaced while a session uses it: the next raise runs the new body
+CREATE FUNCTION versioned(payload jsonb) RETURNS jsonb LANGUAGE sql
+AS $$ SELECT jsonb_build_object('version', 1) $$;
+SELECT evbus.register_converter('Versioned', 'VersionedIntegration', 'versioned(jsonb)');
+SELECT evbus.raise('Versioned', '{}');
+CREATE OR REPLACE FUNCTION versioned(payload jsonb) RETURNS jsonb LANGUAGE sql
+AS $$ SELECT jsonb_build_object('version', 2) $$;
+SELECT evbus.raise('Versioned', '{}');
+-- ... and so does a replaced function that the converter calls
+CREATE FUNCTION version_number() RETURNS int LANGUAGE sql AS $$ SELECT 3 $$;
+CREATE OR REPLACE FUNCTION versioned(payload jsonb) RETURNS jsonb LANGUAGE sql
+AS $$ SELECT jsonb_build_object('version', version_number()) $$;
+SELECT evbus.raise('Versioned', '{}');
+CREATE OR REPLACE FUNCTION version_number() RETURNS int LANGUAGE sql AS $$ SELECT 4 $$;
+SELECT evbus.raise('Versioned', '{}');
+-- names in a converter's body follow the caller's search_path, as in a query
+CREATE SCHEMA other_versions;
+CREATE FUNCTION other_versions.version_number() RETURNS int LANGUAGE sql AS $$ SELECT 5 $$;
+SET search_path = other_versions, public;
+SELECT evbus.raise('Versioned', '{}');
+RESET search_path;
+SELECT evbus.raise('Versioned', '{}');
+SELECT payload FROM evbus.outbox WHERE integration_event = 'VersionedIntegration' ORDER BY id;
+
+-- a converter that raises a domain event itself
+CREATE FUNCTION order_shipped(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM evbus.raise('ParcelCreatedDomainEvent', payload || '{"parcel": true}');
+	RETURN jsonb_build_object('shipped', payload->'id');
+END $$;
+CREATE FUNCTION parcel_created(payload jsonb) RETURNS jsonb LANGUAGE sql
+AS $$ SELECT jsonb_build_object('parcelOf', payload->'id') $$;
+SELECT evbus.register_converter('OrderShippedDomainEvent', 'OrderShipped', 'order_shipped(jsonb)');
+SELECT evbus.register_converter('ParcelCreatedDomainEvent', 'ParcelCreated', 'parcel_created(jsonb)');
+SELECT evbus.raise('OrderShippedDomainEvent', '{"id": 7}');
+SELECT evbus.raise('OrderShippedDomainEvent', '{"id": 8}');
+SELECT integration_event, payload FROM evbus.outbox
+ WHERE integration_event IN ('OrderShipped', 'ParcelCreated') ORDER BY id;
+
 SELECT integration_event, count(*) FROM evbus.outbox GROUP BY 1 ORDER BY 1;
 
 DELETE FROM evbus.outbox_0;

@@ -44,6 +44,28 @@ SET ROLE evbus_outsider;
 SELECT evbus.raise('AppDomain', '{}');
 RESET ROLE;
 
+-- the functions a converter calls are checked for the role that raises,
+-- even when the same session ran the converter as another role before,
+-- and again after a REVOKE
+CREATE FUNCTION public.secret_stamp() RETURNS text LANGUAGE sql AS $$ SELECT 'stamped' $$;
+REVOKE ALL ON FUNCTION public.secret_stamp() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION public.secret_stamp() TO evbus_app;
+CREATE FUNCTION public.stamping_converter(payload jsonb) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT jsonb_build_object('stamp', public.secret_stamp()) $$;
+SELECT evbus.register_converter('Stamped', 'StampedIntegration', 'public.stamping_converter(jsonb)');
+SELECT evbus.raise('Stamped', '{}');
+SET ROLE evbus_outsider;
+SELECT evbus.raise('Stamped', '{}');
+RESET ROLE;
+SET ROLE evbus_app;
+SELECT evbus.raise('Stamped', '{}');
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION public.secret_stamp() FROM evbus_app;
+SET ROLE evbus_app;
+SELECT evbus.raise('Stamped', '{}');
+RESET ROLE;
+SELECT evbus.unregister_converter('Stamped', 'StampedIntegration');
+
 SELECT integration_event, payload, registered_by
   FROM evbus.outbox o LEFT JOIN evbus.converters c USING (integration_event)
  ORDER BY id;
@@ -53,5 +75,6 @@ DELETE FROM evbus.outbox_1;
 SELECT evbus.unregister_converter('AppDomain', 'AppIntegration');
 REVOKE ALL ON SCHEMA evbus FROM evbus_app, evbus_outsider;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_app, evbus_outsider;
-DROP FUNCTION public.app_converter(jsonb), public.private_converter(jsonb);
+DROP FUNCTION public.app_converter(jsonb), public.private_converter(jsonb),
+              public.stamping_converter(jsonb), public.secret_stamp();
 DROP ROLE evbus_app, evbus_outsider;

@@ -91,8 +91,8 @@ extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void evbus_worker_main(Datum main_arg);
 extern PGDLLEXPORT void evbus_consumer_main(Datum main_arg);
 
-/* ---------- cpu_wait.c: are the CPUs saturated? ---------- */
-extern bool evbus_cpu_busy(TimestampTz now);
+/* ---------- server_load.c: is the server busy? ---------- */
+extern bool evbus_server_busy(TimestampTz now);
 
 /* ---------- embedded.c: librdkafka's mock cluster as a broker ---------- */
 extern void evbus_embedded_start(void);
@@ -107,6 +107,10 @@ typedef struct EvbusConverter
 } EvbusConverter;
 
 extern List *evbus_lookup_converters(const char *domain_event);
+
+/* ---------- converter_call.c: run one, compiled once per backend ---------- */
+extern Jsonb *evbus_call_converter(const EvbusConverter *conv,
+								   const char *domain_event, Jsonb *payload);
 
 /* ---------- staging.c: the outbox insert, in the caller's transaction ---------- */
 typedef struct EvbusStagedEvent

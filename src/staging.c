@@ -21,17 +21,13 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
-#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
-#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
-#include "utils/regproc.h"
 #include "utils/resowner.h"
-#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "evbus.h"
@@ -244,99 +240,6 @@ evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
 	staged_in_xact = true;
 }
 
-/* SELECT converter($1), prepared once per converter and backend. */
-static SPIPlanPtr
-converter_plan(Oid converter)
-{
-	static HTAB *plans = NULL;
-	struct
-	{
-		Oid			fn;
-		SPIPlanPtr	plan;
-	}		   *entry;
-	bool		found;
-
-	if (plans == NULL)
-	{
-		HASHCTL		ctl;
-
-		ctl.keysize = sizeof(Oid);
-		ctl.entrysize = sizeof(*entry);
-		plans = hash_create("evbus converter plans", 32, &ctl, HASH_ELEM | HASH_BLOBS);
-	}
-	entry = hash_search(plans, &converter, HASH_ENTER, &found);
-	if (!found)
-	{
-		Oid			argtypes[1] = {JSONBOID};
-		char	   *sql = psprintf("SELECT %s($1)",
-								   quote_qualified_identifier(get_namespace_name(get_func_namespace(converter)),
-															  get_func_name(converter)));
-		SPIPlanPtr	plan = SPI_prepare(sql, 1, argtypes);
-
-		if (plan == NULL)
-		{
-			hash_search(plans, &converter, HASH_REMOVE, NULL);
-			elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-		}
-		SPI_keepplan(plan);
-		entry->plan = plan;
-	}
-	return entry->plan;
-}
-
-/*
- * call_converter --- run one converter as the caller; NULL means "emit
- * nothing".  The result must be a JSON object.
- */
-static Jsonb *
-call_converter(const EvbusConverter *conv, const char *domain_event,
-			   Jsonb *payload)
-{
-	AclResult	aclresult;
-	Datum		arg[1];
-	Datum		result;
-	bool		isnull;
-	Jsonb	   *jb;
-
-	if (!SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(conv->converter)))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("the converter of domain event \"%s\" to \"%s\" no longer exists",
-						domain_event, conv->integration_event),
-				 errhint("Unregister it with evbus.unregister_converter() or register a new one.")));
-	aclresult = pg_proc_aclcheck(conv->converter, GetUserId(), ACL_EXECUTE);
-	if (aclresult != ACLCHECK_OK)
-		aclcheck_error(aclresult, OBJECT_FUNCTION, format_procedure(conv->converter));
-
-	/*
-	 * Through a kept SPI plan rather than fmgr: the planner inlines a simple
-	 * SQL converter into the plan, which is then reused by every raise of
-	 * this backend instead of being parsed and planned per call.
-	 */
-	if (SPI_connect() != SPI_OK_CONNECT)
-		elog(ERROR, "SPI_connect failed");
-	arg[0] = JsonbPGetDatum(payload);
-	if (SPI_execute_plan(converter_plan(conv->converter), arg, NULL, false, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not run converter %s", format_procedure(conv->converter));
-	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull)
-		result = SPI_datumTransfer(result, false, -1);
-	SPI_finish();
-	if (isnull)
-		return NULL;
-
-	jb = DatumGetJsonbP(result);
-	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("converter %s returned a non-object",
-						format_procedure(conv->converter)),
-				 errdetail("Converting domain event \"%s\" to \"%s\" must yield a JSON object or NULL.",
-						   domain_event, conv->integration_event)));
-	return jb;
-}
-
 /*
  * evbus_raise_internal --- run every converter of domain_event and stage
  * what they return.  Returns the number of events staged.
@@ -378,7 +281,7 @@ evbus_raise_internal(const char *domain_event, Jsonb *payload, const char *key)
 		EvbusConverter *conv = lfirst(lc);
 		EvbusStagedEvent ev = {0};
 		pg_uuid_t	message_id;
-		Jsonb	   *out = call_converter(conv, domain_event, payload);
+		Jsonb	   *out = evbus_call_converter(conv, domain_event, payload);
 
 		if (out == NULL)
 			continue;
