@@ -14,7 +14,7 @@ OBJS = \
 	src/kafka_errors.o \
 	src/producer.o \
 	src/publisher.o \
-	src/server_load.o \
+	src/cpu_wait.o \
 	src/outbox.o \
 	src/outbox_write.o \
 	src/staging.o \

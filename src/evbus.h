@@ -91,8 +91,8 @@ extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void evbus_worker_main(Datum main_arg);
 extern PGDLLEXPORT void evbus_consumer_main(Datum main_arg);
 
-/* ---------- server_load.c: is the server busy? ---------- */
-extern bool evbus_server_busy(TimestampTz now);
+/* ---------- cpu_wait.c: are the CPUs saturated? ---------- */
+extern bool evbus_cpu_busy(TimestampTz now);
 
 /* ---------- embedded.c: librdkafka's mock cluster as a broker ---------- */
 extern void evbus_embedded_start(void);

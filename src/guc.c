@@ -188,8 +188,8 @@ evbus_define_gucs(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("evbus.publish_linger_busy",
-							"How long the worker lets commits gather while the server is busy.",
-							"Used instead of evbus.publish_linger while the CPUs are saturated or many transactions write at once: fewer, larger steps leave CPU time, WAL and page locks to the transactions; 0 keeps evbus.publish_linger always.",
+							"How long the worker lets commits gather while the server's CPUs are saturated.",
+							"Used instead of evbus.publish_linger while the worker waits for a CPU at each wake-up (Linux): fewer, larger steps leave the CPUs to the transactions; 0 keeps evbus.publish_linger always.",
 							&evbus_publish_linger_busy_ms,
 							50, 0, 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,

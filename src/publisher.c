@@ -8,8 +8,8 @@
  * produces them.  At a trickle the steps are made to carry several events
  * each: a commit that wakes the worker within evbus.publish_linger of the
  * last claim waits for the end of that interval (at most one claim per
- * interval; evbus.publish_linger_busy while the server is busy, see
- * server_load.c); a step woken only by delivery reports claims nothing; and
+ * interval; evbus.publish_linger_busy while the CPUs are saturated, see
+ * cpu_wait.c); a step woken only by delivery reports claims nothing; and
  * delivery reports are recorded FINISH_DELAY_MS after the first of them
  * arrived (or before a sweep reads the outbox), in the transaction of
  * whatever step comes then, so that one recording covers many reports.
@@ -129,7 +129,7 @@ static TimestampTz last_maintain = 0;
 static bool backlog = true;		/* the last claim left rows to claim */
 static bool claim_requested = true;	/* a commit (or the timer) asked for one */
 static TimestampTz last_claim_at = 0;
-static bool server_busy = false;	/* linger evbus.publish_linger_busy */
+static bool cpus_busy = false;	/* linger evbus.publish_linger_busy */
 
 /* Results of delivery reports, recorded by the next finish. */
 static int64 *done_ids = NULL;
@@ -744,13 +744,13 @@ evbus_publisher_init(const char *database_name)
 
 /*
  * linger_ms --- how long commits gather between two claims: longer while
- * the server is busy (server_load.c), when every step the worker saves
- * leaves CPU time, WAL and page locks to the transactions.
+ * the CPUs are saturated (cpu_wait.c), when every step the worker saves
+ * is CPU time for the transactions.
  */
 static int
 linger_ms(void)
 {
-	return server_busy ? evbus_publish_linger_busy_ms : evbus_publish_linger_ms;
+	return cpus_busy ? evbus_publish_linger_busy_ms : evbus_publish_linger_ms;
 }
 
 /*
@@ -774,8 +774,8 @@ evbus_publisher_step(bool claim_wanted)
 		evbus_producer_serve(producer);
 
 	now = GetCurrentTimestamp();
-	server_busy = evbus_publish_linger_busy_ms > evbus_publish_linger_ms &&
-		evbus_server_busy(now);
+	cpus_busy = evbus_publish_linger_busy_ms > evbus_publish_linger_ms &&
+		evbus_cpu_busy(now);
 	if (claim_wanted || evbus_worker_wake_pending())
 		claim_requested = true;
 	claiming = producer != NULL && ninflight < max_inflight() &&
