@@ -9,8 +9,12 @@
  * set-ups).  With idle CPUs nobody pays for that, and the short
  * evbus.publish_linger keeps the commit -> Kafka latency near 3 ms.  When
  * every CPU is taken it comes out of the throughput of the transactions
- * that stage the events, so the publisher then lingers
- * evbus.publish_linger_busy: fewer, larger steps, the same events.
+ * that stage the events, so the publisher can then linger
+ * evbus.publish_linger_busy: fewer, larger steps, the same events.  Off by
+ * default (0): with the broker on the same 2 cores, its JVM's bursts made
+ * the CPUs look saturated now and then at 1,000 events/s, and each such
+ * spell put up to 50 ms on the latency of the events caught in it (p90 of
+ * bench/latency.sh 4.2 -> 21.5 ms, p99 7.3 -> 52.4 ms; p50 unchanged).
  *
  * The measure: Linux accounts, per thread, the time spent waiting on a run
  * queue and the number of times the thread got a CPU

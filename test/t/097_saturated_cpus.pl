@@ -1,5 +1,6 @@
-# 097_saturated_cpus.pl - while the CPUs are saturated the worker claims
-# less often (evbus.publish_linger_busy), and still publishes every
+# 097_saturated_cpus.pl - with evbus.publish_linger_busy set (it is off by
+# default), while the CPUs are saturated the worker claims less often,
+# and still publishes every
 # committed event exactly once; once the load is gone it returns to
 # evbus.publish_linger.
 #
@@ -27,6 +28,7 @@ my $clients = 4 * $cpus < 8 ? 8 : 4 * $cpus;
 my $node = new_node('busy', kafka => 1,
 	conf => [
 		"evbus.topic_prefix = '$prefix'", 'log_min_messages = debug1',
+		"evbus.publish_linger_busy = '50ms'",
 		'max_connections = ' . ($clients + 10)
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
