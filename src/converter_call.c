@@ -256,8 +256,9 @@ evbus_call_converter(const EvbusConverter *conv, const char *domain_event,
 				 errhint("Unregister it with evbus.unregister_converter() or register a new one.")));
 
 	/*
-	 * Checked at every call: the compiled expression is shared by all the
-	 * roles of this backend (SET ROLE, SECURITY DEFINER callers).
+	 * Checked at every call, as the SPI plan's executor start did: an
+	 * inlined converter leaves no function call in its compiled form for
+	 * the executor to check.
 	 */
 	aclresult = pg_proc_aclcheck(conv->converter, GetUserId(), ACL_EXECUTE);
 	if (aclresult != ACLCHECK_OK)
