@@ -68,7 +68,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
 our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
-  wait_for_crash_restart kcat_consume java_consume java_produce new_node);
+  wait_for_crash_restart kcat_consume java_consume java_produce new_node sqlstate_of);
 
 # kafka.sh: from the environment, else next to this file's directory.
 sub kafka_sh
@@ -248,6 +248,14 @@ sub wait_for_crash_restart
 	}
 	diag "no crash restart #$crashes in ${timeout}s";
 	return 0;
+}
+
+# sqlstate_of(node, db, sql): the SQLSTATE of the error sql raises ('' if none)
+sub sqlstate_of
+{
+	my ($node, $db, $sql) = @_;
+	my ($ret, $out, $err) = $node->psql($db, "\\set VERBOSITY verbose\n$sql");
+	return $err =~ /ERROR:\s+([0-9A-Z]{5}):/ ? $1 : '';
 }
 
 sub new_node

@@ -35,14 +35,6 @@ my $node = new_node(
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
-# the SQLSTATE of the error $sql raises ('' if none)
-sub sqlstate_of
-{
-	my ($db, $sql) = @_;
-	my ($ret, $out, $err) = $node->psql($db, "\\set VERBOSITY verbose\n$sql");
-	return $err =~ /ERROR:\s+([0-9A-Z]{5}):/ ? $1 : '';
-}
-
 my $me = $node->safe_psql('postgres', 'SELECT current_user');
 
 $node->safe_psql(
@@ -70,7 +62,7 @@ CREATE PROCEDURE bad_proc(payload int) LANGUAGE sql AS 'SELECT';
 for my $bad ('bad_text(text)', 'bad_second(jsonb,text)', 'bad_three(jsonb,jsonb,jsonb)',
 	'bad_none()', 'bad_proc(integer)')
 {
-	is(sqlstate_of('postgres', "SELECT evbus.subscribe('Hdr', '$bad')"),
+	is(sqlstate_of($node, 'postgres', "SELECT evbus.subscribe('Hdr', '$bad')"),
 		'42P13', "subscribe refuses handler $bad with 42P13");
 }
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.subscriptions'),

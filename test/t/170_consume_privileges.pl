@@ -33,13 +33,6 @@ $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
-sub sqlstate_of
-{
-	my ($sql) = @_;
-	my ($ret, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\n$sql");
-	return $err =~ /ERROR:\s+([0-9A-Z]{5}):/ ? $1 : '';
-}
-
 my $superuser = sql('SELECT current_user');
 sql(q{
 CREATE ROLE alice LOGIN;
@@ -89,7 +82,7 @@ RESET ROLE;
 is( sql(q{SELECT group_name, integration_event, run_as::text FROM evbus.subscriptions ORDER BY 1, 2}),
 	"$alice_group|Escalate|alice\n$alice_group|Escalate2|alice\n$alice_group|Priv|alice\n$bob_group|Priv|bob",
 	'subscriptions run as the roles that subscribed them');
-is(sqlstate_of(q{SET ROLE carol; SELECT evbus.subscribe('Priv', 'public.record_it(jsonb,jsonb)', 'carols')}),
+is(sqlstate_of($node, 'postgres', q{SET ROLE carol; SELECT evbus.subscribe('Priv', 'public.record_it(jsonb,jsonb)', 'carols')}),
 	'42501', 'a role without EXECUTE on evbus.subscribe cannot subscribe');
 
 my $id = sql(q{SELECT evbus.publish('Priv', '{"n": 1}')});
