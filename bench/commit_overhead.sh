@@ -34,9 +34,7 @@
 #   to empty the outbox after a kafka-mode run, 300), STALL_S (stop waiting
 #   when the outbox has not changed for this long, 15), WARMUP (s of
 #   uncounted runs, split between the variants, before the rounds of each
-#   mode, 20), PG_CONF (more postgresql.conf lines, separated by ";", e.g.
-#   "evbus.publish_linger_busy = 0"),
-#   plus those of bench/lib.sh.
+#   mode, 20), plus those of bench/lib.sh (PG_CONF: server settings).
 # Output: a summary on stdout and in $RESULTS_DIR/summary.txt, one row per
 #   run in $RESULTS_DIR/runs.tsv, pgbench output per run.
 
@@ -61,8 +59,7 @@ environment_report >"$RESULTS_DIR/environment.txt"
 	echo "settings: DURATION=$DURATION ROUNDS=$ROUNDS CLIENTS=$CLIENTS THREADS=$THREADS SCALE=$SCALE MODES='$MODES' VARIANTS='$VARIANTS' PG_CONF='$PG_CONF'"
 } >>"$RESULTS_DIR/environment.txt"
 
-IFS=';' read -r -a pg_conf_lines <<<"$PG_CONF"
-pg_start "${pg_conf_lines[@]}"
+pg_start
 q "SHOW shared_buffers" >/dev/null
 
 log "pgbench -i -s $SCALE"

@@ -36,9 +36,8 @@
 # Environment: RATE (1000 events/s), DURATION (30 s), CLIENTS (4),
 #   THREADS (2), WARMUP (5 s of the same load on another topic before the
 #   measured run, so the broker's JVM is warm), LOAD (0 clients of
-#   saturating load), PG_CONF (more postgresql.conf lines, separated by
-#   ";", e.g. "evbus.publish_linger_busy = 0;log_min_messages = debug1"),
-#   plus those of bench/lib.sh.
+#   saturating load), plus those of bench/lib.sh (PG_CONF: server
+#   settings, e.g. "evbus.publish_linger_busy = 50ms").
 # Output: summary on stdout and in $RESULTS_DIR/summary.txt; per-event
 #   values in $RESULTS_DIR/latencies.tsv.gz.
 
@@ -58,8 +57,7 @@ TOPIC=LatencyEvent
 environment_report >"$RESULTS_DIR/environment.txt"
 echo "settings: RATE=$RATE DURATION=$DURATION CLIENTS=$CLIENTS THREADS=$THREADS LOAD=$LOAD PG_CONF='$PG_CONF'" >>"$RESULTS_DIR/environment.txt"
 
-IFS=';' read -r -a pg_conf_lines <<<"$PG_CONF"
-pg_start "${pg_conf_lines[@]}"
+pg_start
 if ((LOAD > 0)); then
 	pgbench -i -q -s 10 >"$TMP_DIR/pgbench-init.log" 2>&1 \
 		|| { cat "$TMP_DIR/pgbench-init.log" >&2; die "pgbench -i failed"; }

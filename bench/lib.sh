@@ -28,6 +28,8 @@
 #   EVBUS_BENCH_USER   unprivileged user to run as when started as root
 #   RESULTS_DIR        where raw results go (default bench/results/NAME-TIMESTAMP)
 #   KEEP_TMP=1         keep the temporary directory (logs) after the run
+#   PG_CONF            more postgresql.conf lines for pg_start, separated
+#                      by ";", e.g. "evbus.publish_linger_busy = 50ms"
 
 set -euo pipefail
 
@@ -139,7 +141,8 @@ free_port() {
 		print $s->sockport, "\n";'
 }
 
-# pg_start [EXTRA_CONF_LINES...]: initdb + start; exports PGHOST, PGPORT,
+# pg_start [EXTRA_CONF_LINES...]: initdb + start (with the lines of
+# PG_CONF after the arguments); exports PGHOST, PGPORT,
 # PGUSER, PGDATABASE=bench (created, with CREATE EXTENSION evbus).
 pg_start() {
 	local port
@@ -166,8 +169,9 @@ log_line_prefix = '%m [%p] %b '
 log_checkpoints = on
 log_autovacuum_min_duration = 0
 EOF
-	local line
-	for line in "$@"; do
+	local line conf_lines
+	IFS=';' read -r -a conf_lines <<<"${PG_CONF:-}"
+	for line in "$@" "${conf_lines[@]}"; do
 		echo "$line" >>"$TMP_DIR/pg/postgresql.conf"
 	done
 	"$PGBIN/pg_ctl" -D "$TMP_DIR/pg" -l "$TMP_DIR/pg.log" -w -t 60 start >/dev/null \

@@ -83,6 +83,7 @@ forget(CompiledConverter *entry)
 	entry->planned = NULL;
 	entry->cxt = NULL;
 	entry->state = NULL;
+	entry->search_path = NULL;
 }
 
 /* Any change of a function or of role membership: compile anew. */
@@ -164,8 +165,7 @@ compiled_converter(Oid converter)
 	{
 		entry->planned = NULL;
 		entry->cxt = NULL;
-		entry->state = NULL;
-		entry->search_path = NULL;
+		forget(entry);
 	}
 	else if (entry->planned &&
 			 (!entry->planned->is_valid ||
@@ -174,29 +174,22 @@ compiled_converter(Oid converter)
 
 	if (entry->planned == NULL)
 	{
-		MemoryContext cxt;
 		MemoryContext old;
 
-		/* built aside, so that an error leaves the entry empty */
-		cxt = AllocSetContextCreate(TopMemoryContext, "evbus converter",
-									ALLOCSET_SMALL_SIZES);
+		entry->cxt = AllocSetContextCreate(TopMemoryContext, "evbus converter",
+										   ALLOCSET_SMALL_SIZES);
 		PG_TRY();
 		{
-			entry->search_path = GetOverrideSearchPath(cxt);
+			entry->search_path = GetOverrideSearchPath(entry->cxt);
 			entry->planned = GetCachedExpression((Node *) call_expression(converter));
-			old = MemoryContextSwitchTo(cxt);
+			old = MemoryContextSwitchTo(entry->cxt);
 			entry->state = ExecInitExpr((Expr *) entry->planned->expr, NULL);
 			MemoryContextSwitchTo(old);
-			entry->cxt = cxt;
 		}
 		PG_CATCH();
 		{
-			if (entry->planned)
-				FreeCachedExpression(entry->planned);
-			entry->planned = NULL;
-			entry->state = NULL;
-			entry->search_path = NULL;
-			MemoryContextDelete(cxt);
+			/* an error leaves the entry empty, to be compiled next time */
+			forget(entry);
 			PG_RE_THROW();
 		}
 		PG_END_TRY();

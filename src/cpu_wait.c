@@ -99,8 +99,9 @@ read_schedstat(uint64 *wait_ns, uint64 *slices)
 /*
  * evbus_cpu_busy --- are the CPUs saturated, as seen from this thread?
  *
- * Called at every step of the worker; reads the kernel's counters at most
- * once per window.  A window in which the worker hardly woke keeps the
+ * Called whenever the publisher needs its linger; reads the kernel's
+ * counters at most once per window (they count every wake-up, however
+ * often this is called).  A window in which the worker hardly woke keeps the
  * previous answer, unless it lasted a second: then there is no load to
  * batch.
  */

@@ -129,7 +129,6 @@ static TimestampTz last_maintain = 0;
 static bool backlog = true;		/* the last claim left rows to claim */
 static bool claim_requested = true;	/* a commit (or the timer) asked for one */
 static TimestampTz last_claim_at = 0;
-static bool cpus_busy = false;	/* linger evbus.publish_linger_busy */
 
 /* Results of delivery reports, recorded by the next finish. */
 static int64 *done_ids = NULL;
@@ -748,9 +747,12 @@ evbus_publisher_init(const char *database_name)
  * is CPU time for the transactions.
  */
 static int
-linger_ms(void)
+linger_ms(TimestampTz now)
 {
-	return cpus_busy ? evbus_publish_linger_busy_ms : evbus_publish_linger_ms;
+	if (evbus_publish_linger_busy_ms > evbus_publish_linger_ms &&
+		evbus_cpu_busy(now))
+		return evbus_publish_linger_busy_ms;
+	return evbus_publish_linger_ms;
 }
 
 /*
@@ -774,14 +776,12 @@ evbus_publisher_step(bool claim_wanted)
 		evbus_producer_serve(producer);
 
 	now = GetCurrentTimestamp();
-	cpus_busy = evbus_publish_linger_busy_ms > evbus_publish_linger_ms &&
-		evbus_cpu_busy(now);
 	if (claim_wanted || evbus_worker_wake_pending())
 		claim_requested = true;
 	claiming = producer != NULL && ninflight < max_inflight() &&
 		(backlog ||
 		 (claim_requested &&
-		  TimestampDifferenceExceeds(last_claim_at, now, linger_ms())));
+		  TimestampDifferenceExceeds(last_claim_at, now, linger_ms(now))));
 	finishing = (ndone > 0 || ndead > 0) &&
 		(ndone + ndead >= evbus_batch_size || producer == NULL ||
 		 TimestampDifferenceExceeds(first_report_at, now, FINISH_DELAY_MS));
@@ -865,7 +865,7 @@ evbus_publisher_wait_ms(void)
 
 	if (claim_requested && producer != NULL)
 		wait = Min(wait, ms_until(TimestampTzPlusMilliseconds(last_claim_at,
-															  linger_ms())));
+															  linger_ms(GetCurrentTimestamp()))));
 	if (ndone > 0 || ndead > 0)
 		wait = Min(wait, ms_until(TimestampTzPlusMilliseconds(first_report_at,
 															  FINISH_DELAY_MS)));

@@ -61,6 +61,7 @@ use warnings;
 use Exporter 'import';
 use File::Basename qw(dirname);
 use File::Spec;
+use IPC::Run ();
 use JSON::PP ();
 use Time::HiRes qw(time sleep);
 use Test::More;
@@ -68,7 +69,8 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
 our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
-  wait_for_crash_restart kcat_consume java_consume java_produce new_node sqlstate_of);
+  wait_for_crash_restart kcat_consume java_consume java_produce new_node sqlstate_of
+  pgbench_script run_pgbench);
 
 # kafka.sh: from the environment, else next to this file's directory.
 sub kafka_sh
@@ -256,6 +258,35 @@ sub sqlstate_of
 	my ($node, $db, $sql) = @_;
 	my ($ret, $out, $err) = $node->psql($db, "\\set VERBOSITY verbose\n$sql");
 	return $err =~ /ERROR:\s+([0-9A-Z]{5}):/ ? $1 : '';
+}
+
+# pgbench_script(name, text): write a pgbench script into the test's
+# temporary directory; returns its path.
+sub pgbench_script
+{
+	my ($name, $text) = @_;
+	my $path = "${PostgreSQL::Test::Utils::tmp_check}/$name.sql";
+	open(my $fh, '>', $path) or die "cannot write $path: $!";
+	print $fh $text;
+	close $fh;
+	return $path;
+}
+
+# run_pgbench(node, script, options...): pgbench -n -M prepared with the
+# options and the script against the node's postgres database.  Returns
+# (ran ok, transactions processed, stderr).
+sub run_pgbench
+{
+	my ($node, $script, @options) = @_;
+	my ($out, $err) = ('', '');
+	my $ok = IPC::Run::run(
+		[
+			'pgbench', '-n', '-M', 'prepared', @options,
+			'-f', $script, '-h', $node->host, '-p', $node->port, 'postgres'
+		],
+		'>', \$out, '2>', \$err);
+	my ($committed) = $out =~ /number of transactions actually processed: (\d+)/;
+	return ($ok, $committed, $err);
 }
 
 sub new_node

@@ -22,23 +22,14 @@ my $node = new_node('trickle', kafka => 1,
 	conf => [ "evbus.topic_prefix = '$prefix'", "evbus.poll_interval = '1h'" ]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
-my $script = "${PostgreSQL::Test::Utils::tmp_check}/095_trickle.sql";
-open(my $fh, '>', $script) or die "cannot write $script: $!";
-print $fh <<'SQL';
+my $script = pgbench_script('095_trickle', <<'SQL');
 \set k random(1, 50)
 SELECT evbus.publish('Trickle', jsonb_build_object('k', :k::int, 'at', clock_timestamp()), :k::text);
 SQL
-close $fh;
 
-my ($out, $err) = ('', '');
-my $ok = IPC::Run::run(
-	[
-		'pgbench', '-n', '-M', 'prepared', '-c', '4', '-j', '2', '-R', '400', '-T', '6',
-		'-f', $script, '-h', $node->host, '-p', $node->port, 'postgres'
-	],
-	'>', \$out, '2>', \$err);
+my ($ok, $committed, $err) =
+  run_pgbench($node, $script, '-c', '4', '-j', '2', '-R', '400', '-T', '6');
 ok($ok, 'pgbench ran') or diag($err);
-my ($committed) = $out =~ /number of transactions actually processed: (\d+)/;
 ok($committed && $committed > 1000, "pgbench committed $committed transactions");
 
 ok(wait_for_sql($node, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 30),

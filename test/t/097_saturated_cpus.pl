@@ -33,24 +33,15 @@ my $node = new_node('busy', kafka => 1,
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
-my $script = "${PostgreSQL::Test::Utils::tmp_check}/097_busy.sql";
-open(my $fh, '>', $script) or die "cannot write $script: $!";
-print $fh <<'SQL';
+my $script = pgbench_script('097_busy', <<'SQL');
 \set k random(1, 1000)
 SELECT evbus.publish('Busy', jsonb_build_object('k', :k::int, 'at', clock_timestamp()), :k::text);
 SQL
-close $fh;
 
 my $log_offset = -s $node->logfile;
-my ($out, $err) = ('', '');
-my $ok = IPC::Run::run(
-	[
-		'pgbench', '-n', '-M', 'prepared', '-c', $clients, '-j', $cpus, '-T', '8',
-		'-f', $script, '-h', $node->host, '-p', $node->port, 'postgres'
-	],
-	'>', \$out, '2>', \$err);
+my ($ok, $committed, $err) =
+  run_pgbench($node, $script, '-c', $clients, '-j', $cpus, '-T', '8');
 ok($ok, "pgbench ran ($clients clients on $cpus CPUs)") or diag($err);
-my ($committed) = $out =~ /number of transactions actually processed: (\d+)/;
 ok($committed && $committed > 1000, "pgbench committed $committed transactions");
 
 my $log = slurp_file($node->logfile, $log_offset);
@@ -67,13 +58,8 @@ is(scalar keys %seen, $committed, 'each committed event is in Kafka');
 
 # the load is gone: a trickle of events from one session finds the short
 # linger back
-($out, $err) = ('', '');
-IPC::Run::run(
-	[
-		'pgbench', '-n', '-M', 'prepared', '-c', '1', '-R', '20', '-T', '3',
-		'-f', $script, '-h', $node->host, '-p', $node->port, 'postgres'
-	],
-	'>', \$out, '2>', \$err) or diag($err);
+($ok, undef, $err) = run_pgbench($node, $script, '-c', '1', '-R', '20', '-T', '3');
+diag($err) unless $ok;
 ok(wait_for_sql($node, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 30),
 	'the trickle is published');
 $log = slurp_file($node->logfile, $log_offset);
