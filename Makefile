@@ -16,6 +16,7 @@ OBJS = \
 	src/publisher.o \
 	src/cpu_wait.o \
 	src/outbox.o \
+	src/outbox_scan.o \
 	src/outbox_write.o \
 	src/staging.o \
 	src/converters.o \

@@ -21,7 +21,9 @@
 #include "nodes/pg_list.h"
 #include "port/atomics.h"
 #include "storage/latch.h"
+#include "storage/lockdefs.h"
 #include "utils/jsonb.h"
+#include "utils/relcache.h"
 #include "utils/uuid.h"
 
 #define EVBUS_SCHEMA "evbus"
@@ -141,6 +143,7 @@ extern bool evbus_extension_present(void);
 /* outbox_write.c */
 #define EVBUS_OUTBOX_NATTS 10	/* columns of evbus.outbox_N */
 extern int64 evbus_outbox_write(int slot, Datum *values, bool *isnull);
+extern Relation evbus_outbox_open(int slot, LOCKMODE lockmode);
 extern void evbus_worker_begin(void (*let_go) (void));
 extern void evbus_worker_commit(void);
 extern SPIPlanPtr evbus_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs,

@@ -2,11 +2,10 @@
  *
  * outbox.c
  *	  Storage work of the publisher, in the short transaction of a step
- *	  (publisher.c), except maintain, which has its own.
+ *	  (publisher.c), except maintain, which has its own.  Claims (reading
+ *	  a batch of staged events in id order; no row is written or locked:
+ *	  one worker per database owns the outbox) are in outbox_scan.c.
  *
- *	  claim    read a batch of staged events in id order (no row is
- *	           written or locked: one worker per database owns the
- *	           outbox; librdkafka only queues them, it never waits);
  *	  finish   delete the events Kafka acknowledged as PERSISTED, move the
  *	           permanently failed ones to evbus.dead_letters, count both;
  *	  maintain truncate the outbox table staging no longer writes to once
@@ -41,154 +40,7 @@
 #include "outbox.h"
 #include "publisher.h"
 
-#define CLAIM_COLUMNS \
-	"SELECT id, message_id, integration_event, event_key, payload, headers," \
-	" domain_event, traceparent, staged_at FROM evbus.outbox"
-#define CLAIM_DUE \
-	" (deliver_at IS NULL OR deliver_at OPERATOR(pg_catalog.<=) pg_catalog.now())"
-
-static SPIPlanPtr claim_range_plan = NULL;
-static SPIPlanPtr claim_ids_plan = NULL;
-static SPIPlanPtr delete_plans[2] = {NULL, NULL};
 static SPIPlanPtr count_plan = NULL;
-
-static char *
-text_or_null(HeapTuple tup, TupleDesc desc, int col)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
-
-	return isnull ? NULL : TextDatumGetCString(d);
-}
-
-/* Copy one claimed row into cxt, printing the payload as compact JSON. */
-static void
-copy_row(HeapTuple tup, TupleDesc desc, OutboxRow *row, MemoryContext cxt)
-{
-	MemoryContext old = MemoryContextSwitchTo(cxt);
-	bool		isnull;
-	Datum		d;
-	StringInfoData buf;
-
-	row->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-	memcpy(&row->message_id, DatumGetUUIDP(SPI_getbinval(tup, desc, 2, &isnull)),
-		   sizeof(pg_uuid_t));
-	row->integration_event = text_or_null(tup, desc, 3);
-	row->key = text_or_null(tup, desc, 4);
-
-	d = SPI_getbinval(tup, desc, 5, &isnull);
-	initStringInfo(&buf);
-	evbus_jsonb_to_compact(&buf, &DatumGetJsonbP(d)->root);
-	row->payload = buf.data;
-	row->payload_len = buf.len;
-
-	row->nheaders = 0;
-	row->header_names = row->header_values = NULL;
-	d = SPI_getbinval(tup, desc, 6, &isnull);
-	if (!isnull)
-	{
-		Jsonb	   *jb = DatumGetJsonbP(d);
-		int			n = JB_ROOT_COUNT(jb);
-		JsonbIterator *it = JsonbIteratorInit(&jb->root);
-		JsonbIteratorToken tok;
-		JsonbValue	v;
-
-		row->header_names = palloc(sizeof(char *) * Max(n, 1));
-		row->header_values = palloc(sizeof(char *) * Max(n, 1));
-		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-		{
-			if (tok == WJB_KEY)
-				row->header_names[row->nheaders] =
-					pnstrdup(v.val.string.val, v.val.string.len);
-			else if (tok == WJB_VALUE && row->nheaders < n)
-			{
-				if (v.type == jbvString)
-					row->header_values[row->nheaders] =
-						pnstrdup(v.val.string.val, v.val.string.len);
-				else
-					row->header_values[row->nheaders] = pstrdup("");
-				row->nheaders++;
-			}
-		}
-	}
-	row->domain_event = text_or_null(tup, desc, 7);
-	row->traceparent = text_or_null(tup, desc, 8);
-	row->staged_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
-	MemoryContextSwitchTo(old);
-}
-
-static int
-copy_rows(OutboxRow **rows, MemoryContext cxt)
-{
-	uint64		i;
-	int			n = (int) SPI_processed;
-
-	*rows = MemoryContextAlloc(cxt, sizeof(OutboxRow) * Max(n, 1));
-	for (i = 0; i < SPI_processed; i++)
-		copy_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &(*rows)[i], cxt);
-	return n;
-}
-
-/*
- * evbus_outbox_claim_range --- due events with id >= from_id, in id
- * order, at most limit.  Must run inside evbus_worker_begin/commit.
- */
-int
-evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
-						 MemoryContext cxt)
-{
-	Oid			argtypes[2] = {INT8OID, INT4OID};
-	Datum		values[2];
-
-	(void) evbus_kept_plan(&claim_range_plan,
-						   CLAIM_COLUMNS " WHERE id OPERATOR(pg_catalog.>=) $1 AND" CLAIM_DUE
-						   " ORDER BY id LIMIT $2",
-						   2, argtypes);
-	values[0] = Int64GetDatum(from_id);
-	values[1] = Int32GetDatum(limit);
-
-	/*
-	 * Not read_only: a claim must see the deletes of the finish that ran
-	 * before it in the same transaction (a read-only SPI call would keep
-	 * the snapshot from before them and claim, and publish, those events
-	 * again).
-	 */
-	if (SPI_execute_plan(claim_range_plan, values, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the outbox");
-	return copy_rows(rows, cxt);
-}
-
-static ArrayType *
-int8_array(int64 *ids, int n)
-{
-	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
-	int			i;
-
-	for (i = 0; i < n; i++)
-		elems[i] = Int64GetDatum(ids[i]);
-	return construct_array(elems, n, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
-						   TYPALIGN_DOUBLE);
-}
-
-/*
- * evbus_outbox_claim_ids --- the due events among ids, in id order.
- */
-int
-evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
-					   MemoryContext cxt)
-{
-	Oid			argtypes[1] = {INT8ARRAYOID};
-	Datum		values[1];
-
-	(void) evbus_kept_plan(&claim_ids_plan,
-						   CLAIM_COLUMNS " WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND" CLAIM_DUE
-						   " ORDER BY id",
-						   1, argtypes);
-	values[0] = PointerGetDatum(int8_array(ids, nids));
-	if (SPI_execute_plan(claim_ids_plan, values, NULL, false, 0) != SPI_OK_SELECT)	/* see above */
-		elog(ERROR, "could not read the outbox");
-	return copy_rows(rows, cxt);
-}
 
 /*
  * evbus_outbox_finish --- move dead events to evbus.dead_letters (and
@@ -233,44 +85,7 @@ evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
 	for (i = 0; i < ndone; i++)
 		all_ids[ndead + i] = done_ids[i];
 
-	/*
-	 * Delete by primary key, with kept plans.  The bounds let the plan
-	 * scan only the range of the index the batch covers (ids of a batch
-	 * are nearly contiguous), whatever the size of the array, instead of
-	 * a sequential scan of the whole table.
-	 */
-	{
-		int64		lo = PG_INT64_MAX;
-		int64		hi = PG_INT64_MIN;
-		Oid			del_types[3] = {INT8ARRAYOID, INT8OID, INT8OID};
-		Datum		del_values[3];
-		int			slot;
-
-		for (i = 0; i < ndone + ndead; i++)
-		{
-			lo = Min(lo, all_ids[i]);
-			hi = Max(hi, all_ids[i]);
-		}
-
-		del_values[0] = PointerGetDatum(int8_array(all_ids, ndone + ndead));
-		del_values[1] = Int64GetDatum(lo);
-		del_values[2] = Int64GetDatum(hi);
-		for (slot = 0; slot < 2; slot++)
-		{
-			if (delete_plans[slot] == NULL)
-			{
-				char		sql[256];
-
-				snprintf(sql, sizeof(sql),
-						 "DELETE FROM evbus.outbox_%d WHERE id OPERATOR(pg_catalog.>=) $2"
-						 " AND id OPERATOR(pg_catalog.<=) $3"
-						 " AND id OPERATOR(pg_catalog.=) ANY ($1)", slot);
-				(void) evbus_kept_plan(&delete_plans[slot], sql, 3, del_types);
-			}
-			if (SPI_execute_plan(delete_plans[slot], del_values, NULL, false, 0) != SPI_OK_DELETE)
-				elog(ERROR, "could not delete from evbus.outbox_%d", slot);
-		}
-	}
+	evbus_outbox_delete_ids(all_ids, ndone + ndead);
 
 	if (ndone > 0)
 	{
@@ -321,11 +136,7 @@ truncate_if_empty(int slot)
 	if (!ConditionalLockRelationOid(relid, AccessExclusiveLock))
 		return;
 
-	snprintf(relname, sizeof(relname),
-			 "SELECT 1 FROM evbus.outbox_%d LIMIT 1", slot);
-	if (SPI_execute(relname, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read evbus.outbox_%d", slot);
-	if (SPI_processed == 0)
+	if (evbus_outbox_is_empty(slot))
 	{
 		snprintf(relname, sizeof(relname), "TRUNCATE evbus.outbox_%d", slot);
 		if (SPI_execute(relname, false, 0) != SPI_OK_UTILITY)

@@ -40,6 +40,8 @@ extern int	evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
 									 MemoryContext cxt);
 extern int	evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
 								   MemoryContext cxt);
+extern void evbus_outbox_delete_ids(int64 *ids, int nids);
+extern bool evbus_outbox_is_empty(int table);
 extern void evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
 								DeadEvent *dead, int ndead);
 extern void evbus_outbox_maintain(void);

@@ -149,6 +149,23 @@ insert_index_entries(Relation rel, HeapTuple tup, Datum *values, bool *isnull)
 }
 
 /*
+ * evbus_outbox_open --- open evbus.outbox_<slot> with lockmode, after
+ * checking that it is as evbus created it (the worker reads its columns
+ * by position, outbox_scan.c).
+ */
+Relation
+evbus_outbox_open(int slot, LOCKMODE lockmode)
+{
+	Relation	rel;
+
+	if (!OidIsValid(outbox_relids[slot]))
+		lookup_oids();
+	rel = table_open(outbox_relids[slot], lockmode);
+	check_shape(rel);
+	return rel;
+}
+
+/*
  * evbus_outbox_write --- insert one event into evbus.outbox_<slot>.
  *
  * values/isnull hold every column but the first (id), in table order;

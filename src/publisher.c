@@ -10,8 +10,9 @@
  * last claim waits for the end of that interval (at most one claim per
  * interval; evbus.publish_linger_busy while the CPUs are saturated, see
  * cpu_wait.c); a step woken only by delivery reports claims nothing; and
- * delivery reports are recorded FINISH_DELAY_MS after the first of them
- * arrived (or before a sweep reads the outbox), in the transaction of
+ * delivery reports are served every REPORT_POLL_MS unless the worker
+ * waits for them, and recorded FINISH_DELAY_MS after the first of them was
+ * served (or before a sweep reads the outbox), in the transaction of
  * whatever step comes then, so that one recording covers many reports.
  * The flow of one event:
  *
@@ -58,6 +59,16 @@
  * same message ids, as losing the worker's asynchronous commit would).
  */
 #define FINISH_DELAY_MS 20
+
+/*
+ * How often delivery reports are served while nothing needs them at once.
+ * librdkafka queues a report per produce request (one per partition and
+ * claim); waking for each would cost the worker a wake-up and a step
+ * several times per claim, and take the CPU from staging transactions at
+ * every one.  They are needed at once only when the worker waits for them
+ * (see reports_urgent).
+ */
+#define REPORT_POLL_MS 10
 
 /* How long a hole is looked up by id before only sweeps look for it. */
 #define HOLE_TIMEOUT_MS 10000
@@ -139,6 +150,7 @@ static DeadEvent *dead = NULL;
 static int	ndead = 0;
 static int	dead_cap = 0;
 static TimestampTz first_report_at = 0;	/* of the oldest unrecorded report */
+static TimestampTz last_served_at = 0;	/* delivery reports last served */
 
 static int
 max_inflight(void)
@@ -772,10 +784,13 @@ evbus_publisher_step(bool claim_wanted)
 	TimestampTz now;
 
 	sync_producer();
-	if (producer != NULL)
-		evbus_producer_serve(producer);
-
 	now = GetCurrentTimestamp();
+	if (producer != NULL)
+	{
+		evbus_producer_serve(producer);
+		last_served_at = now;
+	}
+
 	if (claim_wanted || evbus_worker_wake_pending())
 		claim_requested = true;
 	claiming = producer != NULL && ninflight < max_inflight() &&
@@ -854,14 +869,32 @@ ms_until(TimestampTz deadline)
 }
 
 /*
+ * reports_urgent --- must the worker wake as soon as delivery reports
+ * arrive?  Only when it waits for them: with the most events in flight it
+ * may have (back-pressure), during a backlog (each report frees room for
+ * the next claim), or while an event refused in a batch waits for the
+ * others to be acknowledged before it is produced alone.  Otherwise they
+ * are served every REPORT_POLL_MS, and at every step.
+ */
+static bool
+reports_urgent(void)
+{
+	return ninflight >= max_inflight() || backlog || nsolo > 0;
+}
+
+/*
  * evbus_publisher_wait_ms --- how long the worker may sleep: the poll
- * interval, or less while a claim lingers or delivery reports wait to be
- * recorded.
+ * interval, or less while a claim lingers, events are in flight or
+ * delivery reports wait to be recorded.
  */
 long
 evbus_publisher_wait_ms(void)
 {
 	long		wait = evbus_poll_interval_ms;
+
+	if (ninflight > 0 && producer != NULL)
+		wait = Min(wait, ms_until(TimestampTzPlusMilliseconds(last_served_at,
+															  REPORT_POLL_MS)));
 
 	if (claim_requested && producer != NULL)
 		wait = Min(wait, ms_until(TimestampTzPlusMilliseconds(last_claim_at,
@@ -872,11 +905,14 @@ evbus_publisher_wait_ms(void)
 	return wait;
 }
 
-/* The producer's wake-up descriptor, or -1 when not publishing. */
+/*
+ * The producer's wake-up descriptor while delivery reports are urgent,
+ * or -1 (not publishing, or the reports can wait for the next step).
+ */
 int
 evbus_publisher_wakeup_fd(void)
 {
-	return producer ? evbus_producer_wakeup_fd(producer) : -1;
+	return producer && reports_urgent() ? evbus_producer_wakeup_fd(producer) : -1;
 }
 
 /* Drop the producer at exit: unacknowledged events stay in the outbox. */

@@ -6,9 +6,11 @@
  *
  * The worker waits on one WaitEventSet: its latch (set at COMMIT of every
  * staging transaction, by signals and by shutdown requests), postmaster
- * death, and the descriptor librdkafka writes to when delivery reports
- * are waiting.  A timeout of evbus.poll_interval is the backstop (events
- * committed by COMMIT PREPARED, events whose deliver_at has come).  After
+ * death, and, while the publisher needs them at once, the descriptor
+ * librdkafka writes to when delivery reports are waiting (otherwise they
+ * are served on a short timer, publisher.c).  A timeout of
+ * evbus.poll_interval is the backstop (events committed by COMMIT
+ * PREPARED, events whose deliver_at has come).  After
  * waking it resets the latch, checks for interrupts, reloads its settings
  * on SIGHUP and runs one publisher step.
  *

@@ -1,0 +1,374 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox_scan.c
+ *	  The worker's reads and deletes of outbox rows, by primary key, without
+ *	  SPI, the planner or the executor.
+ *
+ *	  read_from   the due events with id >= a bound, in id order, from
+ *	              both tables of the outbox merged (a claim, a sweep page);
+ *	  read_ids    the due events among given ids, in id order;
+ *	  delete_ids  delete given ids (published, or moved to dead letters);
+ *	  is_empty    does a table hold no row at all (before its TRUNCATE).
+ *
+ * The worker does these hundreds of times a second.  Through SPI, each
+ * one set up an executor for a statement of one index scan, and the plan
+ * was whatever the planner made of the statistics of the moment: the
+ * plan kept for a DELETE planned right after a TRUNCATE (an empty table)
+ * was a sequential scan, kept while the table grew for a minute or more.
+ * Here every access is a scan of a primary key index, whatever the
+ * statistics say, and costs what its rows cost.
+ *
+ * Reads use a fresh snapshot after a command counter increment, so they
+ * see every commit up to now and the deletes this transaction made
+ * before (a claim after a finish must not publish those events again).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "executor/tuptable.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "outbox.h"
+
+/* Column numbers of evbus.outbox_N (evbus--0.1.sql, checked at open). */
+#define COL_ID 1
+#define COL_MESSAGE_ID 2
+#define COL_INTEGRATION_EVENT 3
+#define COL_EVENT_KEY 4
+#define COL_PAYLOAD 5
+#define COL_HEADERS 6
+#define COL_DOMAIN_EVENT 7
+#define COL_TRACEPARENT 8
+#define COL_STAGED_AT 9
+#define COL_DELIVER_AT 10
+
+/* An index scan of one outbox table's primary key. */
+typedef struct OutboxScan
+{
+	Relation	rel;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	LOCKMODE	lockmode;
+} OutboxScan;
+
+static void
+scan_open(OutboxScan *os, int table, LOCKMODE lockmode, Snapshot snapshot)
+{
+	Oid			pkey;
+
+	os->lockmode = lockmode;
+	os->rel = evbus_outbox_open(table, lockmode);
+	pkey = RelationGetPrimaryKeyIndex(os->rel);
+	if (!OidIsValid(pkey))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" has no primary key", RelationGetRelationName(os->rel)),
+				 errhint("Reinstall the extension: DROP EXTENSION evbus; CREATE EXTENSION evbus.")));
+	os->index = index_open(pkey, AccessShareLock);
+	os->scan = index_beginscan(os->rel, os->index, snapshot, 1, 0);
+	os->slot = table_slot_create(os->rel, NULL);
+}
+
+/* Position the scan on ids op value (op: a btree strategy on int8). */
+static void
+scan_rescan(OutboxScan *os, StrategyNumber strategy, RegProcedure proc, int64 value)
+{
+	ScanKeyData key;
+
+	ScanKeyInit(&key, COL_ID, strategy, proc, Int64GetDatum(value));
+	index_rescan(os->scan, &key, 1, NULL, 0);
+}
+
+static void
+scan_close(OutboxScan *os)
+{
+	ExecDropSingleTupleTableSlot(os->slot);
+	index_endscan(os->scan);
+	index_close(os->index, AccessShareLock);
+	table_close(os->rel, os->lockmode);
+}
+
+/* A registered snapshot that sees all commits and this transaction's changes. */
+static Snapshot
+fresh_snapshot(void)
+{
+	CommandCounterIncrement();
+	return RegisterSnapshot(GetLatestSnapshot());
+}
+
+static int64
+slot_id(TupleTableSlot *slot)
+{
+	bool		isnull;
+
+	return DatumGetInt64(slot_getattr(slot, COL_ID, &isnull));
+}
+
+/* Is the row in slot due (no deliver_at, or deliver_at has come)? */
+static bool
+slot_due(TupleTableSlot *slot)
+{
+	bool		isnull;
+	Datum		d = slot_getattr(slot, COL_DELIVER_AT, &isnull);
+
+	return isnull || DatumGetTimestampTz(d) <= GetCurrentTransactionStartTimestamp();
+}
+
+/* The next due row of the scan into its slot; false at the end. */
+static bool
+next_due(OutboxScan *os)
+{
+	while (index_getnext_slot(os->scan, ForwardScanDirection, os->slot))
+		if (slot_due(os->slot))
+			return true;
+	return false;
+}
+
+static char *
+text_or_null(TupleTableSlot *slot, int col)
+{
+	bool		isnull;
+	Datum		d = slot_getattr(slot, col, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+/* Copy the row in slot into row (in cxt), printing the payload as compact JSON. */
+static void
+copy_row(TupleTableSlot *slot, OutboxRow *row, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	bool		isnull;
+	Datum		d;
+	StringInfoData buf;
+
+	row->id = slot_id(slot);
+	memcpy(&row->message_id,
+		   DatumGetUUIDP(slot_getattr(slot, COL_MESSAGE_ID, &isnull)),
+		   sizeof(pg_uuid_t));
+	row->integration_event = text_or_null(slot, COL_INTEGRATION_EVENT);
+	row->key = text_or_null(slot, COL_EVENT_KEY);
+
+	d = slot_getattr(slot, COL_PAYLOAD, &isnull);
+	initStringInfo(&buf);
+	evbus_jsonb_to_compact(&buf, &DatumGetJsonbP(d)->root);
+	row->payload = buf.data;
+	row->payload_len = buf.len;
+
+	row->nheaders = 0;
+	row->header_names = row->header_values = NULL;
+	d = slot_getattr(slot, COL_HEADERS, &isnull);
+	if (!isnull)
+	{
+		Jsonb	   *jb = DatumGetJsonbP(d);
+		int			n = JB_ROOT_COUNT(jb);
+		JsonbIterator *it = JsonbIteratorInit(&jb->root);
+		JsonbIteratorToken tok;
+		JsonbValue	v;
+
+		row->header_names = palloc(sizeof(char *) * Max(n, 1));
+		row->header_values = palloc(sizeof(char *) * Max(n, 1));
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+				row->header_names[row->nheaders] =
+					pnstrdup(v.val.string.val, v.val.string.len);
+			else if (tok == WJB_VALUE && row->nheaders < n)
+			{
+				if (v.type == jbvString)
+					row->header_values[row->nheaders] =
+						pnstrdup(v.val.string.val, v.val.string.len);
+				else
+					row->header_values[row->nheaders] = pstrdup("");
+				row->nheaders++;
+			}
+		}
+	}
+	row->domain_event = text_or_null(slot, COL_DOMAIN_EVENT);
+	row->traceparent = text_or_null(slot, COL_TRACEPARENT);
+	row->staged_at = DatumGetTimestampTz(slot_getattr(slot, COL_STAGED_AT, &isnull));
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * evbus_outbox_claim_range --- due events with id >= from_id, in id
+ * order, at most limit: the scans of both tables merged.  Must run inside
+ * evbus_worker_begin/commit.
+ */
+int
+evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
+						 MemoryContext cxt)
+{
+	Snapshot	snapshot = fresh_snapshot();
+	OutboxScan	scans[2];
+	bool		has[2];
+	int			n = 0;
+	int			cap = Max(Min(limit, 1024), 1);
+	int			t;
+
+	*rows = MemoryContextAlloc(cxt, sizeof(OutboxRow) * cap);
+	for (t = 0; t < 2; t++)
+	{
+		scan_open(&scans[t], t, AccessShareLock, snapshot);
+		scan_rescan(&scans[t], BTGreaterEqualStrategyNumber, F_INT8GE, from_id);
+		has[t] = next_due(&scans[t]);
+	}
+	while (n < limit && (has[0] || has[1]))
+	{
+		int			lower;
+
+		if (!has[1] || (has[0] && slot_id(scans[0].slot) < slot_id(scans[1].slot)))
+			lower = 0;
+		else
+			lower = 1;
+		if (n == cap)
+		{
+			cap = Min(cap * 2, limit);
+			*rows = repalloc(*rows, sizeof(OutboxRow) * cap);
+		}
+		copy_row(scans[lower].slot, &(*rows)[n++], cxt);
+		has[lower] = next_due(&scans[lower]);
+	}
+	for (t = 0; t < 2; t++)
+		scan_close(&scans[t]);
+	UnregisterSnapshot(snapshot);
+	return n;
+}
+
+static int
+int64_cmp(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* ids sorted, without duplicates, in a copy; returns the count. */
+static int
+sorted_unique(int64 *ids, int nids, int64 **sorted)
+{
+	int			i;
+	int			n = 0;
+
+	*sorted = palloc(sizeof(int64) * Max(nids, 1));
+	memcpy(*sorted, ids, sizeof(int64) * nids);
+	qsort(*sorted, nids, sizeof(int64), int64_cmp);
+	for (i = 0; i < nids; i++)
+		if (n == 0 || (*sorted)[n - 1] != (*sorted)[i])
+			(*sorted)[n++] = (*sorted)[i];
+	return n;
+}
+
+/*
+ * evbus_outbox_claim_ids --- the due events among ids, in id order.
+ */
+int
+evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
+					   MemoryContext cxt)
+{
+	Snapshot	snapshot = fresh_snapshot();
+	OutboxScan	scans[2];
+	int64	   *sorted;
+	int			nsorted = sorted_unique(ids, nids, &sorted);
+	int			n = 0;
+	int			i;
+	int			t;
+
+	*rows = MemoryContextAlloc(cxt, sizeof(OutboxRow) * Max(nsorted, 1));
+	for (t = 0; t < 2; t++)
+		scan_open(&scans[t], t, AccessShareLock, snapshot);
+	for (i = 0; i < nsorted; i++)
+	{
+		for (t = 0; t < 2; t++)
+		{
+			scan_rescan(&scans[t], BTEqualStrategyNumber, F_INT8EQ, sorted[i]);
+			if (next_due(&scans[t]))
+			{
+				copy_row(scans[t].slot, &(*rows)[n++], cxt);
+				break;
+			}
+		}
+	}
+	for (t = 0; t < 2; t++)
+		scan_close(&scans[t]);
+	UnregisterSnapshot(snapshot);
+	pfree(sorted);
+	return n;
+}
+
+/*
+ * evbus_outbox_delete_ids --- delete the rows of ids from the outbox.  A
+ * row another transaction deleted meanwhile (by hand) is no error.  Must
+ * run inside evbus_worker_begin/commit.
+ */
+void
+evbus_outbox_delete_ids(int64 *ids, int nids)
+{
+	Snapshot	snapshot = fresh_snapshot();
+	int64	   *sorted;
+	int			nsorted = sorted_unique(ids, nids, &sorted);
+	int			t;
+
+	for (t = 0; t < 2; t++)
+	{
+		OutboxScan	os;
+		int			i;
+
+		scan_open(&os, t, RowExclusiveLock, snapshot);
+		for (i = 0; i < nsorted; i++)
+		{
+			scan_rescan(&os, BTEqualStrategyNumber, F_INT8EQ, sorted[i]);
+			while (index_getnext_slot(os.scan, ForwardScanDirection, os.slot))
+			{
+				TM_FailureData tmfd;
+				TM_Result	result;
+
+				result = heap_delete(os.rel, &os.slot->tts_tid,
+									 GetCurrentCommandId(true), InvalidSnapshot,
+									 true, &tmfd, false);
+				if (result != TM_Ok && result != TM_SelfModified &&
+					result != TM_Updated && result != TM_Deleted)
+					elog(ERROR, "could not delete event %lld from evbus.outbox_%d: result %d",
+						 (long long) sorted[i], t, (int) result);
+			}
+		}
+		scan_close(&os);
+	}
+	UnregisterSnapshot(snapshot);
+	pfree(sorted);
+	CommandCounterIncrement();
+}
+
+/*
+ * evbus_outbox_is_empty --- does evbus.outbox_<table> hold no row at all,
+ * due or not?  The caller holds a lock that keeps writers out.
+ */
+bool
+evbus_outbox_is_empty(int table)
+{
+	Snapshot	snapshot = fresh_snapshot();
+	OutboxScan	os;
+	bool		empty;
+
+	scan_open(&os, table, AccessShareLock, snapshot);
+	scan_rescan(&os, BTGreaterEqualStrategyNumber, F_INT8GE, PG_INT64_MIN);
+	empty = !index_getnext_slot(os.scan, ForwardScanDirection, os.slot);
+	scan_close(&os);
+	UnregisterSnapshot(snapshot);
+	return empty;
+}
