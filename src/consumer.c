@@ -40,6 +40,7 @@ typedef struct GroupConsumer
 {
 	char	   *group;
 	char	   *topics;			/* comma-separated, sorted: detects changes */
+	uint64		settings;		/* evbus_kafka_conf_fingerprint when built */
 	rd_kafka_t *rk;
 	rd_kafka_queue_t *queue;
 	rd_kafka_topic_partition_list_t *to_commit;	/* offsets not yet told to Kafka */
@@ -230,6 +231,7 @@ consumer_create(const char *brokers, const char *group, const char *topics)
 
 	gc->group = MemoryContextStrdup(TopMemoryContext, group);
 	gc->topics = MemoryContextStrdup(TopMemoryContext, topics);
+	gc->settings = evbus_kafka_conf_fingerprint(brokers);
 	snprintf(client_id, sizeof(client_id), "evbus-%u-consumer", MyDatabaseId);
 	conf = evbus_kafka_conf_new(brokers, client_id, consumer_defaults, consumer_forced);
 	PG_TRY();
@@ -288,13 +290,17 @@ consumer_destroy(GroupConsumer *gc)
 
 /*
  * evbus_consumers_sync --- one consumer per group of subs, subscribed to
- * exactly that group's topics; consumers of vanished groups leave.
+ * exactly that group's topics, built from the current brokers and
+ * settings; consumers of vanished groups leave, and so do those built from
+ * other brokers or settings (a new one takes over from the committed
+ * offsets; the inbox drops what both receive).
  */
 void
 evbus_consumers_sync(List *subs)
 {
 	char		buf[1024];
 	const char *brokers = evbus_resolve_brokers(buf, sizeof(buf));
+	uint64		settings = brokers ? evbus_kafka_conf_fingerprint(brokers) : 0;
 	List	   *keep = NIL;
 	ListCell   *lc;
 	ListCell   *lc2;
@@ -314,7 +320,8 @@ evbus_consumers_sync(List *subs)
 		GroupConsumer *gc = lfirst(lc);
 		char	   *topics = group_topics(subs, gc->group);
 
-		if (brokers != NULL && topics[0] != '\0' && strcmp(topics, gc->topics) == 0)
+		if (brokers != NULL && topics[0] != '\0' && strcmp(topics, gc->topics) == 0 &&
+			gc->settings == settings)
 			keep = lappend(keep, gc);
 		else
 			consumer_destroy(gc);

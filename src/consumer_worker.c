@@ -32,6 +32,7 @@
 #include "utils/timestamp.h"
 
 #include "consumer.h"
+#include "kafka.h"
 
 void
 evbus_consumer_main(Datum main_arg)
@@ -45,6 +46,8 @@ evbus_consumer_main(Datum main_arg)
 	TimestampTz last_dispatch = 0;
 	bool		dispatch_now = true;
 	char		brokers_seen[1024] = "";
+	uint64		settings_seen = 0;	/* evbus_kafka_conf_fingerprint */
+	bool		reloaded = false;
 	bool		has_extension;
 	MemoryContext step_cxt;
 
@@ -99,13 +102,16 @@ evbus_consumer_main(Datum main_arg)
 		evbus_worker_begin(evbus_consumers_let_go);
 		brokers = evbus_resolve_brokers(buf, sizeof(buf));
 		if (evbus_subscriptions_changed_since_load() ||
-			strcmp(brokers ? brokers : "", brokers_seen) != 0)
+			strcmp(brokers ? brokers : "", brokers_seen) != 0 ||
+			(reloaded && brokers &&
+			 evbus_kafka_conf_fingerprint(brokers) != settings_seen))
 		{
 			MemoryContextReset(subs_cxt);
 			subs = evbus_load_subscriptions(subs_cxt);
 			evbus_worker_commit();
 			evbus_forget_handler_plans();
 			strlcpy(brokers_seen, brokers ? brokers : "", sizeof(brokers_seen));
+			settings_seen = brokers ? evbus_kafka_conf_fingerprint(brokers) : 0;
 			pgstat_report_activity(STATE_RUNNING, "subscribing");
 			evbus_consumers_sync(subs);
 			dispatch_now = true;
@@ -154,10 +160,12 @@ evbus_consumer_main(Datum main_arg)
 								PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
+		reloaded = false;
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			reloaded = true;	/* compare the Kafka settings once */
 		}
 	}
 }

@@ -21,6 +21,7 @@ extern rd_kafka_conf_t *evbus_kafka_conf_new(const char *brokers,
 											 const char *const *forced);
 extern void evbus_kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
 								 const char *value);
+extern uint64 evbus_kafka_conf_fingerprint(const char *brokers);
 
 /* kafka_errors.c */
 extern bool evbus_kafka_error_is_permanent(rd_kafka_resp_err_t err);

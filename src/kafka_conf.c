@@ -16,6 +16,7 @@
 
 #include <ctype.h>
 
+#include "common/hashfn.h"
 #include "storage/fd.h"
 
 #include "evbus.h"
@@ -147,6 +148,40 @@ apply_config_file(rd_kafka_conf_t *conf, const char *path)
 		PG_END_TRY();
 	}
 	FreeFile(file);
+}
+
+/*
+ * evbus_kafka_conf_fingerprint --- a hash of what a client built now by
+ * evbus_kafka_conf_new would be made of: the bootstrap list, the path of
+ * evbus.kafka_config_file and the file's bytes (a changed password, or a
+ * file that became unreadable, changes it).  A worker compares it after a
+ * configuration reload and rebuilds its clients when it differs, so that
+ * editing the file and reloading is enough.  Never errors; the bytes read
+ * are zeroed after use.
+ */
+uint64
+evbus_kafka_conf_fingerprint(const char *brokers)
+{
+	const char *path = evbus_kafka_config_file ? evbus_kafka_config_file : "";
+	uint64		h = hash_bytes_extended((const unsigned char *) brokers,
+										strlen(brokers), 0);
+
+	h = hash_combine64(h, hash_bytes_extended((const unsigned char *) path,
+											  strlen(path), 1));
+	if (path[0] != '\0')
+	{
+		FILE	   *file = AllocateFile(path, "r");
+		char		chunk[8192];
+		size_t		n;
+
+		if (file == NULL)
+			return hash_combine64(h, (uint64) errno);
+		while ((n = fread(chunk, 1, sizeof(chunk), file)) > 0)
+			h = hash_combine64(h, hash_bytes_extended((const unsigned char *) chunk, n, 2));
+		explicit_bzero(chunk, sizeof(chunk));
+		FreeFile(file);
+	}
+	return h;
 }
 
 /*

@@ -89,7 +89,8 @@ scan_rescan(OutboxScan *os, StrategyNumber strategy, RegProcedure proc, int64 va
 {
 	ScanKeyData key;
 
-	ScanKeyInit(&key, COL_ID, strategy, proc, Int64GetDatum(value));
+	/* attribute 1 of the index: its only column, id */
+	ScanKeyInit(&key, 1, strategy, proc, Int64GetDatum(value));
 	index_rescan(os->scan, &key, 1, NULL, 0);
 }
 

@@ -119,6 +119,8 @@ static EvbusProducer *producer = NULL;
 static char current_brokers[1024] = "";
 static int	config_generation = 1;	/* bumped by each reload */
 static int	failed_generation = 0;	/* when the producer last failed */
+static int	checked_generation = 1;	/* the producer's settings last compared */
+static uint64 producer_fingerprint = 0; /* evbus_kafka_conf_fingerprint */
 static TimestampTz failed_at = 0;
 static char source_name[NAMEDATALEN];
 
@@ -657,7 +659,24 @@ finish_deliveries(void)
 	ndead = 0;
 }
 
-/* (Re)create the producer when the brokers changed, or after a fatal error. */
+/*
+ * Has a configuration reload changed what the producer was built from
+ * (the file of evbus.kafka_config_file: a new password, say)?  Compared
+ * once per reload.
+ */
+static bool
+producer_settings_changed(const char *brokers)
+{
+	if (checked_generation == config_generation)
+		return false;
+	checked_generation = config_generation;
+	return evbus_kafka_conf_fingerprint(brokers) != producer_fingerprint;
+}
+
+/*
+ * (Re)create the producer when the brokers or its settings changed, or
+ * after a fatal error.
+ */
 static void
 sync_producer(void)
 {
@@ -666,7 +685,8 @@ sync_producer(void)
 
 	if (producer != NULL &&
 		(evbus_producer_failed(producer) || brokers == NULL ||
-		 strcmp(brokers, current_brokers) != 0))
+		 strcmp(brokers, current_brokers) != 0 ||
+		 producer_settings_changed(brokers)))
 	{
 		ereport(LOG,
 				(errmsg("evbus: closing the Kafka producer for %s", current_brokers)));
@@ -688,6 +708,8 @@ sync_producer(void)
 		 */
 		PG_TRY();
 		{
+			producer_fingerprint = evbus_kafka_conf_fingerprint(brokers);
+			checked_generation = config_generation;
 			producer = evbus_producer_create(brokers, on_delivery);
 			strlcpy(current_brokers, brokers, sizeof(current_brokers));
 			ereport(LOG,

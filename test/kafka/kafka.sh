@@ -13,8 +13,8 @@
 #
 #   start DIR
 #       Start the broker whose state lives in DIR (created if missing).  The
-#       first start picks two free ports on 127.0.0.1 (broker, controller;
-#       above the ephemeral range, see free_ports),
+#       first start picks three free ports on 127.0.0.1 (broker, controller,
+#       SASL; above the ephemeral range, see free_ports),
 #       writes DIR/server.properties and formats DIR/data; a later start of
 #       the same DIR (a restart) reuses the ports and data, so a stopped broker
 #       comes back with its topics and messages.  The JVM runs detached
@@ -24,7 +24,9 @@
 #       seconds (default 90); on failure prints the log tail and exits 1.
 #       Prints the bootstrap address 127.0.0.1:PORT on stdout (also written
 #       to DIR/bootstrap).  Starting a running broker only re-checks and
-#       prints the address.
+#       prints the address.  A second listener takes SASL/PLAIN clients
+#       (no TLS): its address is in DIR/sasl_bootstrap, its one user is
+#       "evbus" with the random password in DIR/sasl_password (mode 600).
 #
 #   stop DIR        SIGTERM, wait for the process to exit (at most
 #                   EVBUS_KAFKA_STOP_TIMEOUT s, default 30), then SIGKILL.
@@ -146,7 +148,8 @@ need_dir() {
 # the process's command line name the same place whatever the caller's cwd.
 abs_dir() { (cd "$1" && pwd); }
 
-# Two distinct free TCP ports on 127.0.0.1, printed as "BROKER CONTROLLER".
+# Three distinct free TCP ports on 127.0.0.1, printed as "BROKER CONTROLLER
+# SASL".
 # They are picked outside the kernel's ephemeral range (so no outgoing
 # connection can take them while the broker is down for a restart) and below
 # 10200 or above 32767 (PostgreSQL::Test::Cluster's node ports); by default
@@ -167,9 +170,9 @@ free_ports() {
 			                              Proto => "tcp", Listen => 1, ReuseAddr => 1)
 			  or next;
 			push @s, $s;
-			last if @s == 2;
+			last if @s == 3;
 		}
-		@s == 2 or die "no free ports in $lo-$hi\n";
+		@s == 3 or die "no free ports in $lo-$hi\n";
 		print join(" ", map { $_->sockport } @s), "\n";'
 }
 
@@ -205,9 +208,10 @@ EOF
 
 # First start of DIR: ports, server.properties, log4j2 config, formatted log dir.
 init_dir() {
-	local dir=$1 bport cport cluster_id
-	read -r bport cport < <(free_ports)
-	[[ -n $cport ]] || die "could not pick free ports"
+	local dir=$1 bport cport sport sasl_password cluster_id
+	read -r bport cport sport < <(free_ports)
+	[[ -n $sport ]] || die "could not pick free ports"
+	sasl_password=$(head -c12 /dev/urandom | base64 | tr '+/' '-_')
 	rm -rf "$dir/data" # a half-done earlier init
 	mkdir -p "$dir/data" "$dir/logs"
 	cat >"$dir/server.properties" <<EOF
@@ -215,11 +219,14 @@ init_dir() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$bport,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$bport
+listeners=PLAINTEXT://127.0.0.1:$bport,CONTROLLER://127.0.0.1:$cport,SASL_PLAINTEXT://127.0.0.1:$sport
+advertised.listeners=PLAINTEXT://127.0.0.1:$bport,SASL_PLAINTEXT://127.0.0.1:$sport
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+# SASL/PLAIN clients (test 065): one user, evbus
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_evbus="$sasl_password";
 log.dirs=$dir/data
 auto.create.topics.enable=true
 num.partitions=3
@@ -245,6 +252,7 @@ background.threads=2
 num.replica.fetchers=1
 log.cleaner.threads=1
 EOF
+	chmod 600 "$dir/server.properties" # it holds the SASL password
 	write_log4j2 "$dir/log4j2.properties" "$dir/logs/server.log" INFO
 	# A cluster id is 16 random bytes, base64url without padding (what
 	# `kafka-storage.sh random-uuid` prints); made here to save a JVM launch.
@@ -259,6 +267,8 @@ EOF
 		-cp "$LIBS/*" kafka.tools.StorageTool format \
 		-t "$cluster_id" -c "$dir/server.properties" >"$dir/logs/format.log" 2>&1 \
 		|| { cat "$dir/logs/format.log" >&2; die "formatting $dir/data failed"; }
+	echo "127.0.0.1:$sport" >"$dir/sasl_bootstrap"
+	(umask 077 && echo "$sasl_password" >"$dir/sasl_password")
 	echo "127.0.0.1:$bport" >"$dir/bootstrap"
 }
 
