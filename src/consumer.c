@@ -289,6 +289,35 @@ consumer_destroy(GroupConsumer *gc)
 }
 
 /*
+ * try_consumer_create --- add a consumer of topics for group.  A bad
+ * evbus.kafka_config_file must not crash-loop the consumer worker: the
+ * error is logged, messages wait in Kafka, and the group's consumer is
+ * built again at the next sync (after the file is fixed and the
+ * configuration reloaded).
+ */
+static void
+try_consumer_create(const char *brokers, const char *group, const char *topics)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		consumers = lappend(consumers, consumer_create(brokers, group, topics));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		EmitErrorReport();
+		FlushErrorState();
+		ereport(WARNING,
+				(errmsg("evbus: not consuming for group \"%s\": the Kafka consumer could not be created",
+						group),
+				 errhint("Fix the setting named above and reload the configuration.")));
+	}
+	PG_END_TRY();
+}
+
+/*
  * evbus_consumers_sync --- one consumer per group of subs, subscribed to
  * exactly that group's topics, built from the current brokers and
  * settings; consumers of vanished groups leave, and so do those built from
@@ -343,8 +372,7 @@ evbus_consumers_sync(List *subs)
 			if (strcmp(((GroupConsumer *) lfirst(lc2))->group, group) == 0)
 				found = true;
 		if (!found)
-			consumers = lappend(consumers, consumer_create(brokers, group,
-														   group_topics(subs, group)));
+			try_consumer_create(brokers, group, group_topics(subs, group));
 	}
 	list_free_deep(groups);
 	MemoryContextSwitchTo(old);

@@ -34,14 +34,26 @@ write_file("$dir/broken.properties", "linger.ms 5\n");
 
 my $node = new_node('config', kafka => 1,
 	conf => [ "evbus.topic_prefix = '$prefix'", "evbus.kafka_config_file = '$dir/evil.properties'" ]);
-$node->safe_psql('postgres', 'CREATE EXTENSION evbus');
+$node->safe_psql(
+	'postgres', q{
+CREATE EXTENSION evbus;
+CREATE TABLE received (payload jsonb);
+CREATE PROCEDURE on_config(payload jsonb, headers jsonb) LANGUAGE sql
+	AS $$ INSERT INTO public.received VALUES (payload) $$;
+SELECT evbus.subscribe('Config', 'on_config(jsonb, jsonb)');
+});
 $node->safe_psql('postgres', q{SELECT evbus.publish('Config', '{"n": 1}')});
 
 ok($node->wait_for_log(qr/Kafka property "plugin.library.paths" is not allowed/),
 	'plugin.library.paths is refused with a clear message');
+ok($node->wait_for_log(qr/not consuming for group "postgres": the Kafka consumer could not be created/),
+	'the consumer says it cannot consume');
 my $pid = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+my $consumer_pid = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
 sleep 2;
 is($node->safe_psql('postgres', 'SELECT evbus.worker_pid()'), $pid, 'the worker keeps running (no crash loop)');
+is($node->safe_psql('postgres', 'SELECT evbus.consumer_pid()'), $consumer_pid,
+	'so does the consumer worker');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'), '1', 'the event waits in the outbox');
 
 # a malformed line names the line, not its contents
@@ -58,6 +70,8 @@ ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM evbus.outbox'),
 	'with a valid properties file the event is published');
 my @m = kcat_consume("${prefix}Config", 1, 20);
 is(scalar @m, 1, 'the event is in Kafka');
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 1}'}),
+	'and the consumer, built after the reload, hands it to the handler');
 
 my $settings = $node->safe_psql('postgres',
 	q{SELECT string_agg(name || '=' || setting, ' ') FROM pg_settings WHERE name LIKE 'evbus.%'});
