@@ -70,6 +70,7 @@ use PostgreSQL::Test::Utils;
 
 our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
   wait_for_crash_restart kcat_consume java_consume java_produce new_node sqlstate_of
+  subscribe_recorder
   pgbench_script run_pgbench);
 
 # kafka.sh: from the environment, else next to this file's directory.
@@ -250,6 +251,21 @@ sub wait_for_crash_restart
 	}
 	diag "no crash restart #$crashes in ${timeout}s";
 	return 0;
+}
+
+# subscribe_recorder(node, event): in database postgres, a table
+# received (message_id, payload) and a handler that inserts every event
+# of the integration event into it, subscribed with the default group.
+sub subscribe_recorder
+{
+	my ($node, $event) = @_;
+	$node->safe_psql(
+		'postgres', qq{
+CREATE TABLE received (message_id uuid, payload jsonb);
+CREATE PROCEDURE record_received(payload jsonb, headers jsonb) LANGUAGE sql
+	AS \$\$ INSERT INTO public.received VALUES ((headers->>'cap-msg-id')::uuid, payload) \$\$;
+SELECT evbus.subscribe('$event', 'record_received(jsonb, jsonb)');
+});
 }
 
 # sqlstate_of(node, db, sql): the SQLSTATE of the error sql raises ('' if none)

@@ -34,14 +34,8 @@ write_file("$dir/broken.properties", "linger.ms 5\n");
 
 my $node = new_node('config', kafka => 1,
 	conf => [ "evbus.topic_prefix = '$prefix'", "evbus.kafka_config_file = '$dir/evil.properties'" ]);
-$node->safe_psql(
-	'postgres', q{
-CREATE EXTENSION evbus;
-CREATE TABLE received (payload jsonb);
-CREATE PROCEDURE on_config(payload jsonb, headers jsonb) LANGUAGE sql
-	AS $$ INSERT INTO public.received VALUES (payload) $$;
-SELECT evbus.subscribe('Config', 'on_config(jsonb, jsonb)');
-});
+$node->safe_psql('postgres', 'CREATE EXTENSION evbus');
+subscribe_recorder($node, 'Config');
 $node->safe_psql('postgres', q{SELECT evbus.publish('Config', '{"n": 1}')});
 
 ok($node->wait_for_log(qr/Kafka property "plugin.library.paths" is not allowed/),

@@ -48,15 +48,9 @@ my $node = new_node(
 		"evbus.topic_prefix = '$prefix'",
 		"evbus.retry_interval = '100ms'"
 	]);
-$node->safe_psql(
-	'postgres', q{
-CREATE EXTENSION evbus;
-CREATE TABLE received (message_id uuid, payload jsonb);
-CREATE PROCEDURE on_pinged(payload jsonb, headers jsonb) LANGUAGE sql
-	AS $$ INSERT INTO public.received VALUES ((headers->>'cap-msg-id')::uuid, payload) $$;
-SELECT evbus.subscribe('Pinged', 'on_pinged(jsonb, jsonb)');
-SELECT evbus.publish('Pinged', '{"n": 1}', 'k');
-});
+$node->safe_psql('postgres', 'CREATE EXTENSION evbus');
+subscribe_recorder($node, 'Pinged');
+$node->safe_psql('postgres', q{SELECT evbus.publish('Pinged', '{"n": 1}', 'k');});
 
 ok($node->wait_for_log(qr/evbus: Kafka.*(?i:authentication)/),
 	'a wrong password: the authentication error is logged');
