@@ -218,7 +218,8 @@ static const char *const consumer_forced[] = {
 };
 
 static GroupConsumer *
-consumer_create(const char *brokers, const char *group, const char *topics)
+consumer_create(const char *brokers, uint64 settings, const char *group,
+				const char *topics)
 {
 	GroupConsumer *gc = MemoryContextAllocZero(TopMemoryContext, sizeof(GroupConsumer));
 	rd_kafka_conf_t *conf;
@@ -231,7 +232,7 @@ consumer_create(const char *brokers, const char *group, const char *topics)
 
 	gc->group = MemoryContextStrdup(TopMemoryContext, group);
 	gc->topics = MemoryContextStrdup(TopMemoryContext, topics);
-	gc->settings = evbus_kafka_conf_fingerprint(brokers);
+	gc->settings = settings;
 	snprintf(client_id, sizeof(client_id), "evbus-%u-consumer", MyDatabaseId);
 	conf = evbus_kafka_conf_new(brokers, client_id, consumer_defaults, consumer_forced);
 	PG_TRY();
@@ -296,13 +297,14 @@ consumer_destroy(GroupConsumer *gc)
  * configuration reloaded).
  */
 static void
-try_consumer_create(const char *brokers, const char *group, const char *topics)
+try_consumer_create(const char *brokers, uint64 settings, const char *group,
+					const char *topics)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 
 	PG_TRY();
 	{
-		consumers = lappend(consumers, consumer_create(brokers, group, topics));
+		consumers = lappend(consumers, consumer_create(brokers, settings, group, topics));
 	}
 	PG_CATCH();
 	{
@@ -322,9 +324,11 @@ try_consumer_create(const char *brokers, const char *group, const char *topics)
  * exactly that group's topics, built from the current brokers and
  * settings; consumers of vanished groups leave, and so do those built from
  * other brokers or settings (a new one takes over from the committed
- * offsets; the inbox drops what both receive).
+ * offsets; the inbox drops what both receive).  Returns the
+ * evbus_kafka_conf_fingerprint the consumers were built from (0: no
+ * brokers).
  */
-void
+uint64
 evbus_consumers_sync(List *subs)
 {
 	char		buf[1024];
@@ -361,7 +365,7 @@ evbus_consumers_sync(List *subs)
 	if (brokers == NULL)
 	{
 		MemoryContextSwitchTo(old);
-		return;
+		return 0;
 	}
 	foreach(lc, groups)
 	{
@@ -372,10 +376,11 @@ evbus_consumers_sync(List *subs)
 			if (strcmp(((GroupConsumer *) lfirst(lc2))->group, group) == 0)
 				found = true;
 		if (!found)
-			try_consumer_create(brokers, group, group_topics(subs, group));
+			try_consumer_create(brokers, settings, group, group_topics(subs, group));
 	}
 	list_free_deep(groups);
 	MemoryContextSwitchTo(old);
+	return settings;
 }
 
 /* Copy a librdkafka message into cxt. */

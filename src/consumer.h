@@ -75,7 +75,7 @@ extern bool evbus_attempt_marker_suspect(const char *group, const ReceivedMessag
 extern bool evbus_attempt_marker_write(const char *group, ReceivedMessage *msgs, int n);
 
 /* consumer.c */
-extern void evbus_consumers_sync(List *subs);
+extern uint64 evbus_consumers_sync(List *subs);
 extern bool evbus_consumers_poll(List *subs, bool *left_pending);
 extern int	evbus_consumers_wakeup_fd(void);
 extern void evbus_consumers_report_watermarks(void);

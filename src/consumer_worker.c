@@ -111,9 +111,8 @@ evbus_consumer_main(Datum main_arg)
 			evbus_worker_commit();
 			evbus_forget_handler_plans();
 			strlcpy(brokers_seen, brokers ? brokers : "", sizeof(brokers_seen));
-			settings_seen = brokers ? evbus_kafka_conf_fingerprint(brokers) : 0;
 			pgstat_report_activity(STATE_RUNNING, "subscribing");
-			evbus_consumers_sync(subs);
+			settings_seen = evbus_consumers_sync(subs);
 			dispatch_now = true;
 		}
 		else

@@ -178,19 +178,15 @@ evbus_outbox_write(int slot, Datum *values, bool *isnull)
 {
 	Datum		row[EVBUS_OUTBOX_NATTS];
 	bool		row_isnull[EVBUS_OUTBOX_NATTS];
-	Oid			relid;
 	Oid			seqid;
 	Relation	rel;
 	HeapTuple	tup;
 	int64		id;
 
-	if (!OidIsValid(outbox_relids[slot]) || !OidIsValid(outbox_seqid))
+	if (!OidIsValid(outbox_seqid))
 		lookup_oids();
-	relid = outbox_relids[slot];
-	seqid = outbox_seqid;
-
-	rel = table_open(relid, RowExclusiveLock);	/* may reset the cache */
-	check_shape(rel);
+	seqid = outbox_seqid;		/* opening the table may reset the cache */
+	rel = evbus_outbox_open(slot, RowExclusiveLock);
 
 	id = nextval_internal(seqid, false);
 	row[0] = Int64GetDatum(id);
