@@ -93,14 +93,20 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 }
 
 /*
- * Tuning defaults, which evbus.kafka_config_file may override: send within
- * a millisecond (latency), compress batches (throughput: more events per
+ * Tuning defaults, which evbus.kafka_config_file may override.  No
+ * linger in librdkafka: the publisher batches already (a claim produces
+ * its events in one go, at most one claim per evbus.publish_linger), and
+ * a librdkafka linger on top only added its wait to every event and a
+ * timer wake-up of its broker thread per partition and claim (measured:
+ * linger.ms 1 -> 0 took p50 commit -> broker latency from 2.7 to 1.5 ms
+ * at 1,000 events/s, and that thread's wake-ups from ~1,900 to ~1,500 a
+ * second at 2,000 events/s).  Also: compress batches (more events per
  * request), bound the memory librdkafka may take inside a backend, and
  * partition like Java clients so keys land where they would from a Java
  * producer.
  */
 static const char *const producer_defaults[] = {
-	"linger.ms", "1",
+	"linger.ms", "0",
 	"compression.type", "lz4",
 	"queue.buffering.max.kbytes", "262144",
 	"queue.buffering.max.messages", "500000",
