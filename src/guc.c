@@ -30,7 +30,7 @@ int			evbus_handler_timeout_ms = 60000;
 int			evbus_max_message_bytes = 1000000;
 int			evbus_batch_size = 10000;
 int			evbus_poll_interval_ms = 1000;
-int			evbus_publish_linger_ms = 2;
+int			evbus_publish_linger_ms = 5;
 int			evbus_publish_linger_busy_ms = 0;
 int			evbus_outbox_rotation_s = 60;
 int			evbus_dead_letter_retention_s = 15 * 24 * 3600;
@@ -183,7 +183,7 @@ evbus_define_gucs(void)
 							"After a commit wakes it, how long the worker lets more commits gather before it claims them again.",
 							"Like librdkafka's linger.ms: at most one claim per this interval while events trickle in, so each step carries several events; 0 claims at every wake-up.",
 							&evbus_publish_linger_ms,
-							2, 0, 1000,
+							5, 0, 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
