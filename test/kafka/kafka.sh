@@ -13,20 +13,37 @@
 #
 #   start DIR
 #       Start the broker whose state lives in DIR (created if missing).  The
-#       first start picks three free ports on 127.0.0.1 (broker, controller,
-#       SASL; above the ephemeral range, see free_ports),
-#       writes DIR/server.properties and formats DIR/data; a later start of
-#       the same DIR (a restart) reuses the ports and data, so a stopped broker
-#       comes back with its topics and messages.  The JVM runs detached
+#       first start picks five free ports on 127.0.0.1 (broker, controller,
+#       SASL, TLS, mutual TLS; above the ephemeral range, see free_ports),
+#       makes the TLS keys (keytool), writes DIR/server.properties and
+#       formats DIR/data; a later start of the same DIR (a restart) reuses
+#       the ports, keys and data, so a stopped broker comes back with its
+#       topics, messages and ACLs.  The JVM runs detached
 #       (setsid); its pid is in DIR/kafka.pid, its log in DIR/logs/server.log.
 #       Waits until the broker answers (`kcat -L` and a produce+consume round
 #       trip on topic __evbus_probe), at most EVBUS_KAFKA_START_TIMEOUT
 #       seconds (default 90); on failure prints the log tail and exits 1.
 #       Prints the bootstrap address 127.0.0.1:PORT on stdout (also written
 #       to DIR/bootstrap).  Starting a running broker only re-checks and
-#       prints the address.  A second listener takes SASL/PLAIN clients
-#       (no TLS): its address is in DIR/sasl_bootstrap, its one user is
-#       "evbus" with the random password in DIR/sasl_password (mode 600).
+#       prints the address.  More listeners, each with its address in a
+#       file:
+#         DIR/sasl_bootstrap   SASL/PLAIN (no TLS); one user, "evbus", with
+#                              the password in DIR/sasl_password
+#         DIR/ssl_bootstrap    TLS (security.protocol=SSL) with the broker's
+#                              self-signed certificate (EC P-256, SAN
+#                              IP:127.0.0.1), in PEM in DIR/ca.pem: the file
+#                              for ssl.ca.location
+#         DIR/mtls_bootstrap   the same, and a client certificate is
+#                              required: the one it trusts is in the PKCS#12
+#                              keystore DIR/client.p12 (CN=evbus-client,
+#                              certificate DIR/client.pem), whose password is
+#                              in DIR/client_password
+#       Passwords are random and only in mode-600 files (these and
+#       server.properties).  ACLs are enforced (StandardAuthorizer) with
+#       allow.everyone.if.no.acl.found=true, so only what an ACL restricts
+#       is restricted, and only for SASL users and client certificates:
+#       PLAINTEXT, controller and SSL clients are User:ANONYMOUS, a super
+#       user.
 #
 #   stop DIR        SIGTERM, wait for the process to exit (at most
 #                   EVBUS_KAFKA_STOP_TIMEOUT s, default 30), then SIGKILL.
@@ -68,9 +85,15 @@
 #       org.apache.kafka.tools.TopicCommand (kafka-topics.sh) against the
 #       broker; e.g. `kafka.sh topics DIR --create --topic t --partitions 5`.
 #
+#   acls DIR ARGS...
+#       org.apache.kafka.tools.AclCommand (kafka-acls.sh) against the
+#       broker; e.g. `kafka.sh acls DIR --add --deny-principal User:evbus
+#       --operation Write --topic t`.
+#
 # Environment: EVBUS_KAFKA_LIBS (jar dir), JAVA_HOME, EVBUS_KAFKA_HEAP_OPTS
 # (broker heap, default "-Xms256m -Xmx512m"), EVBUS_KAFKA_START_TIMEOUT,
-# EVBUS_KAFKA_STOP_TIMEOUT.  Needs: java 17+, mvn (fetch only), kcat, perl.
+# EVBUS_KAFKA_STOP_TIMEOUT.  Needs: java 17+ and its keytool, mvn (fetch
+# only), kcat, perl.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -148,15 +171,16 @@ need_dir() {
 # the process's command line name the same place whatever the caller's cwd.
 abs_dir() { (cd "$1" && pwd); }
 
-# Three distinct free TCP ports on 127.0.0.1, printed as "BROKER CONTROLLER
-# SASL".
+# N distinct free TCP ports on 127.0.0.1 (init_dir takes five: broker,
+# controller, SASL, TLS, mutual TLS), printed on one line.
 # They are picked outside the kernel's ephemeral range (so no outgoing
 # connection can take them while the broker is down for a restart) and below
 # 10200 or above 32767 (PostgreSQL::Test::Cluster's node ports); by default
-# that is 61000-65535.  Both are held open together while probing, so they
+# that is 61000-65535.  All are held open together while probing, so they
 # differ; a small race with other processes remains until Kafka binds.
 free_ports() {
 	perl -MIO::Socket::INET -e '
+		my $n = shift;
 		my ($elo, $ehi) = (32768, 60999);
 		if (open my $f, "<", "/proc/sys/net/ipv4/ip_local_port_range") {
 			($elo, $ehi) = split " ", scalar <$f>;
@@ -170,10 +194,10 @@ free_ports() {
 			                              Proto => "tcp", Listen => 1, ReuseAddr => 1)
 			  or next;
 			push @s, $s;
-			last if @s == 3;
+			last if @s == $n;
 		}
-		@s == 3 or die "no free ports in $lo-$hi\n";
-		print join(" ", map { $_->sockport } @s), "\n";'
+		@s == $n or die "no free ports in $lo-$hi\n";
+		print join(" ", map { $_->sockport } @s), "\n";' "$1"
 }
 
 # The pid in DIR/kafka.pid if that process is alive and is this DIR's broker
@@ -206,27 +230,95 @@ rootLogger.appenderRef.file.ref = FILE
 EOF
 }
 
-# First start of DIR: ports, server.properties, log4j2 config, formatted log dir.
+# A random secret: 16 url-safe characters.
+random_secret() { head -c12 /dev/urandom | base64 | tr '+/' '-_'; }
+
+# keytool of the JDK that runs the broker, with the tool JVMs' fast start-up
+# flags.  Store passwords are passed in the environment (-storepass:env),
+# never on a command line.
+keytool_q() {
+	"$(dirname "$(readlink -f "$JAVA")")/keytool" -J-XX:TieredStopAtLevel=1 \
+		-J-XX:+UseSerialGC -J-Xshare:auto -J-Djava.awt.headless=true "$@"
+}
+
+# make_key STORE PEM DNAME PWVAR [KEYTOOL-OPTIONS...]: a self-signed EC P-256
+# key pair in the PKCS#12 keystore STORE, whose password is in the
+# environment variable PWVAR, and its certificate in PEM in PEM.  (EC, not
+# RSA: keytool makes a 2048-bit RSA key in 1-2 s on a 2-core box, a P-256
+# key in a tenth of that.)
+make_key() {
+	local store=$1 pem=$2 dname=$3 pwvar=$4
+	shift 4
+	keytool_q -genkeypair -noprompt -storetype PKCS12 -keystore "$store" \
+		-storepass:env "$pwvar" -alias key -keyalg EC -groupname secp256r1 \
+		-validity 3650 -dname "$dname" "$@" \
+		&& keytool_q -exportcert -rfc -keystore "$store" -storepass:env "$pwvar" \
+			-alias key -file "$pem"
+}
+
+# The TLS keys of DIR: the broker's (DIR/broker.p12, SAN IP:127.0.0.1; its
+# certificate DIR/ca.pem is what clients trust) and a client's
+# (DIR/client.p12, CN=evbus-client; its certificate DIR/client.pem is what
+# the mutual-TLS listener trusts).  Keystore passwords come from the
+# environment: EVBUS_BROKER_KS_PASSWORD, EVBUS_CLIENT_KS_PASSWORD.  The two
+# run side by side; keytool's output goes to DIR/logs/keytool.log.
+make_tls_keys() {
+	local dir=$1 broker client b
+	(
+		umask 077
+		make_key "$dir/broker.p12" "$dir/ca.pem" CN=127.0.0.1 EVBUS_BROKER_KS_PASSWORD \
+			-ext SAN=IP:127.0.0.1 &
+		broker=$!
+		make_key "$dir/client.p12" "$dir/client.pem" CN=evbus-client EVBUS_CLIENT_KS_PASSWORD &
+		client=$!
+		wait "$broker"
+		b=$?
+		wait "$client" && ((b == 0))
+	) >"$dir/logs/keytool.log" 2>&1 || return 1
+	chmod 644 "$dir/ca.pem" "$dir/client.pem" # certificates: no secret
+}
+
+# First start of DIR: ports, TLS keys (made while the data dir is formatted),
+# server.properties, log4j2 config, formatted data dir.
 init_dir() {
-	local dir=$1 bport cport sport sasl_password cluster_id
-	read -r bport cport sport < <(free_ports)
-	[[ -n $sport ]] || die "could not pick free ports"
-	sasl_password=$(head -c12 /dev/urandom | base64 | tr '+/' '-_')
-	rm -rf "$dir/data" # a half-done earlier init
+	local dir=$1 bport cport sport tport mport sasl_password cluster_id keys
+	read -r bport cport sport tport mport < <(free_ports 5)
+	[[ -n $mport ]] || die "could not pick free ports"
+	sasl_password=$(random_secret)
+	rm -rf "$dir/data" "$dir/broker.p12" "$dir/client.p12" # a half-done earlier init
 	mkdir -p "$dir/data" "$dir/logs"
+	local -x EVBUS_BROKER_KS_PASSWORD EVBUS_CLIENT_KS_PASSWORD
+	EVBUS_BROKER_KS_PASSWORD=$(random_secret)
+	EVBUS_CLIENT_KS_PASSWORD=$(random_secret)
+	make_tls_keys "$dir" &
+	keys=$!
 	cat >"$dir/server.properties" <<EOF
 # single-node combined broker+controller (KRaft) for evbus tests; written by kafka.sh
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$bport,CONTROLLER://127.0.0.1:$cport,SASL_PLAINTEXT://127.0.0.1:$sport
-advertised.listeners=PLAINTEXT://127.0.0.1:$bport,SASL_PLAINTEXT://127.0.0.1:$sport
+listeners=PLAINTEXT://127.0.0.1:$bport,CONTROLLER://127.0.0.1:$cport,SASL_PLAINTEXT://127.0.0.1:$sport,SSL://127.0.0.1:$tport,MTLS://127.0.0.1:$mport
+advertised.listeners=PLAINTEXT://127.0.0.1:$bport,SASL_PLAINTEXT://127.0.0.1:$sport,SSL://127.0.0.1:$tport,MTLS://127.0.0.1:$mport
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
-# SASL/PLAIN clients (test 065): one user, evbus
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL
+# SASL/PLAIN clients (tests 055, 065): one user, evbus
 sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_evbus="$sasl_password";
+# TLS clients (test 066): the broker's self-signed certificate (ca.pem) on
+# both TLS listeners; MTLS also requires the client certificate client.pem
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$dir/broker.p12
+ssl.keystore.password=$EVBUS_BROKER_KS_PASSWORD
+listener.name.mtls.ssl.client.auth=required
+listener.name.mtls.ssl.truststore.type=PEM
+listener.name.mtls.ssl.truststore.location=$dir/client.pem
+# ACLs (test 055).  PLAINTEXT, CONTROLLER and SSL clients are ANONYMOUS, a
+# super user; a resource without ACLs is open to every user, so only what a
+# test restricts with ACLs is restricted
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=true
 log.dirs=$dir/data
 auto.create.topics.enable=true
 num.partitions=3
@@ -252,7 +344,7 @@ background.threads=2
 num.replica.fetchers=1
 log.cleaner.threads=1
 EOF
-	chmod 600 "$dir/server.properties" # it holds the SASL password
+	chmod 600 "$dir/server.properties" # it holds the SASL and keystore passwords
 	write_log4j2 "$dir/log4j2.properties" "$dir/logs/server.log" INFO
 	# A cluster id is 16 random bytes, base64url without padding (what
 	# `kafka-storage.sh random-uuid` prints); made here to save a JVM launch.
@@ -267,8 +359,12 @@ EOF
 		-cp "$LIBS/*" kafka.tools.StorageTool format \
 		-t "$cluster_id" -c "$dir/server.properties" >"$dir/logs/format.log" 2>&1 \
 		|| { cat "$dir/logs/format.log" >&2; die "formatting $dir/data failed"; }
+	wait "$keys" || { cat "$dir/logs/keytool.log" >&2; die "making the TLS keys failed"; }
 	echo "127.0.0.1:$sport" >"$dir/sasl_bootstrap"
 	(umask 077 && echo "$sasl_password" >"$dir/sasl_password")
+	echo "127.0.0.1:$tport" >"$dir/ssl_bootstrap"
+	echo "127.0.0.1:$mport" >"$dir/mtls_bootstrap"
+	(umask 077 && echo "$EVBUS_CLIENT_KS_PASSWORD" >"$dir/client_password")
 	echo "127.0.0.1:$bport" >"$dir/bootstrap"
 }
 
@@ -465,24 +561,16 @@ cmd_produce() {
 		"$@"
 }
 
-cmd_topics() {
+# admin_tool CLASS DIR ARGS...: the Kafka admin tool CLASS against DIR's
+# broker (its PLAINTEXT listener: a super user).
+admin_tool() {
+	local class=$1 dir
+	shift
 	[[ $# -ge 1 ]] || usage
 	need_dir "$1"
-	local dir
 	dir=$(abs_dir "$1")
 	shift
-	run_tool "$dir" org.apache.kafka.tools.TopicCommand \
-		--bootstrap-server "$(cat "$dir/bootstrap")" "$@"
-}
-
-cmd_configs() {
-	[[ $# -ge 1 ]] || usage
-	need_dir "$1"
-	local dir
-	dir=$(abs_dir "$1")
-	shift
-	run_tool "$dir" kafka.admin.ConfigCommand \
-		--bootstrap-server "$(cat "$dir/bootstrap")" "$@"
+	run_tool "$dir" "$class" --bootstrap-server "$(cat "$dir/bootstrap")" "$@"
 }
 
 main() {
@@ -497,8 +585,9 @@ main() {
 	status) cmd_status "$@" ;;
 	consume) cmd_consume "$@" ;;
 	produce) cmd_produce "$@" ;;
-	topics) cmd_topics "$@" ;;
-	configs) cmd_configs "$@" ;;
+	topics) admin_tool org.apache.kafka.tools.TopicCommand "$@" ;;
+	configs) admin_tool kafka.admin.ConfigCommand "$@" ;;
+	acls) admin_tool org.apache.kafka.tools.AclCommand "$@" ;;
 	*) usage ;;
 	esac
 }
