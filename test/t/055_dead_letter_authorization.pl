@@ -1,0 +1,163 @@
+# 055_dead_letter_authorization.pl - a topic the producing principal may
+# not write to is a permanent publish error (DESIGN.md I5): the event goes
+# to evbus.dead_letters at once, with TOPIC_AUTHORIZATION_FAILED, and the
+# other events, of other topics and of the same key or another, flow on;
+# evbus.stats counts the dead letter; once the ACL is removed,
+# evbus.retry() requeues the event and it is published with its message id.
+#
+# evbus publishes as the SASL user "evbus" (the test broker's SASL
+# listener, where ACLs apply; test/kafka/kafka.sh).  The broker refuses in
+# two ways, both tested: a topic with no ACL that allows user evbus even
+# Describe (librdkafka learns it from the metadata and fails the message
+# itself), and one where Describe is allowed but Write denied (the broker
+# refuses the Produce request; the idempotent producer bumps its epoch and
+# carries on, and must not fail fatally).
+use strict;
+use warnings;
+
+use EvbusTest;
+use File::Spec;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time sleep);
+
+kafka_bootstrap();
+my $kdir = kafka_dir();
+my $acls = 0;
+if (open my $props, '<', "$kdir/server.properties")
+{
+	$acls = grep { /^authorizer\.class\.name=/ } <$props>;
+}
+plan skip_all => "the broker in $kdir has no SASL listener or no ACLs (started by an older kafka.sh)"
+  unless -f "$kdir/sasl_bootstrap" && $acls;
+my $sasl_bootstrap = slurp_file("$kdir/sasl_bootstrap");
+chomp $sasl_bootstrap;
+my $password = slurp_file("$kdir/sasl_password");
+chomp $password;
+
+my $prefix = "t055.$$.";
+my ($hidden, $readonly, $open) = map { "$prefix$_" } qw(Hidden ReadOnly Open);
+kafka_admin('topics', '--create', '--topic', $_, '--partitions', '1') for ($hidden, $readonly, $open);
+# With an ACL on a topic, what no ACL allows is denied: user evbus may not
+# even Describe Hidden; on ReadOnly it may Describe, not Write.
+kafka_admin('acls', '--add', '--deny-principal', 'User:evbus', '--operation', 'Write', '--topic', $_)
+  for ($hidden, $readonly);
+kafka_admin('acls', '--add', '--allow-principal', 'User:evbus', '--operation', 'Describe',
+	'--topic', $readonly);
+
+my $dir = File::Spec->rel2abs(PostgreSQL::Test::Utils::tempdir());
+my $file = "$dir/kafka.properties";
+open my $fh, '>', $file or die "$file: $!";
+print $fh "security.protocol=SASL_PLAINTEXT\nsasl.mechanisms=PLAIN\n"
+  . "sasl.username=evbus\nsasl.password=$password\n";
+close $fh;
+chmod 0600, $file;
+
+my $node = new_node(
+	'acl',
+	conf => [
+		"evbus.brokers = '$sasl_bootstrap'",
+		"evbus.kafka_config_file = '$file'",
+		"evbus.topic_prefix = '$prefix'"
+	]);
+$node->safe_psql('postgres', 'CREATE EXTENSION evbus');
+my $worker = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+
+my $ids = $node->safe_psql(
+	'postgres', q{
+SELECT evbus.publish('Open', '{"n": 1}', 'k');
+SELECT evbus.publish('Hidden', '{"n": 2}', 'k');
+SELECT evbus.publish('Open', '{"n": 3}', 'k');
+SELECT evbus.publish('ReadOnly', '{"n": 4}', 'r');
+SELECT evbus.publish('Open', '{"n": 5}', 'other');
+});
+my (undef, $hidden_id, undef, $readonly_id) = split /\n/, $ids;
+
+ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM evbus.outbox'),
+	'outbox drained: nothing stuck behind the refused events');
+is( $node->safe_psql('postgres',
+		q{SELECT message_id, direction, topic, event_key, payload->>'n', error_code FROM evbus.dead_letters ORDER BY payload->>'n'}
+	),
+	"$hidden_id|publish|$hidden|k|2|TOPIC_AUTHORIZATION_FAILED\n"
+	  . "$readonly_id|publish|$readonly|r|4|TOPIC_AUTHORIZATION_FAILED",
+	'both refused events are dead letters with TOPIC_AUTHORIZATION_FAILED');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM evbus.dead_letters WHERE error_message ILIKE '%authorization failed%'}),
+	'2', 'with a readable error message');
+
+my @msgs = kcat_consume($open, 3, 30);
+is_deeply([ map { "$_->{key}:$_->{payload}" } @msgs ],
+	[ 'k:{"n":1}', 'k:{"n":3}', 'other:{"n":5}' ],
+	'the events of another topic, of the same key or not, were published in order');
+
+my $stats_sql =
+  "SELECT topic, staged, published, dead, pending FROM evbus.stats WHERE topic LIKE '$prefix%' ORDER BY topic";
+is($node->safe_psql('postgres', $stats_sql),
+	"$hidden|1|0|1|0\n$open|3|3|0|0\n$readonly|1|0|1|0",
+	'evbus.stats counts the dead letters');
+
+# A known bug, so TODO until it is fixed (then drop the two `local $TODO`
+# lines): an event refused in a batch is produced again alone; when
+# librdkafka refuses that second attempt at once (it has marked the topic
+# unauthorized), produce_row in src/publisher.c dead-letters the event
+# without releasing its key, and every later event of the key, a requeued
+# one included, is held back until the worker restarts.
+my $key_blocked = 'an event refused by rd_kafka_producev leaves its key blocked';
+
+TODO:
+{
+	local $TODO = $key_blocked;
+
+	# the keys of the dead events are not held back by them
+	$node->safe_psql('postgres',
+		q{SELECT evbus.publish('Open', '{"n": 6}', 'k'); SELECT evbus.publish('Open', '{"n": 7}', 'r');});
+	ok(wait_for_sql($node, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 30),
+		'later events of the keys of the dead events are published');
+}
+
+# the ACLs are removed; once the broker has applied that, the operator
+# requeues the events
+kafka_admin('acls', '--remove', '--force', '--topic', $_) for ($hidden, $readonly);
+ok(wait_until_readable($hidden) && wait_until_readable($readonly),
+	'the broker applies the removal of the ACLs');
+is($node->safe_psql('postgres', "SELECT evbus.retry('$hidden_id') AND evbus.retry('$readonly_id')"),
+	't', 'evbus.retry() finds both dead letters');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.dead_letters'), '0', 'no dead letter left');
+
+TODO:
+{
+	local $TODO = $key_blocked;
+
+	ok(wait_for_sql($node, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 30),
+		'requeued events drained');
+	@msgs = (kcat_consume($hidden, 1, 10), kcat_consume($readonly, 1, 10));
+	is_deeply([ map { $_->{headers}{'cap-msg-id'} } @msgs ], [ $hidden_id, $readonly_id ],
+		'the requeued events are in Kafka with their original message ids');
+	is($node->safe_psql('postgres', $stats_sql),
+		"$hidden|1|1|0|0\n$open|5|5|0|0\n$readonly|1|1|0|0",
+		'evbus.stats after the retries');
+}
+
+is($node->safe_psql('postgres', 'SELECT evbus.worker_pid()'), $worker, 'the worker kept running');
+$node->stop;
+unlike(slurp_file($node->logfile), qr/fatal Kafka producer error/,
+	'the idempotent producer never failed fatally');
+
+done_testing();
+
+# Poll until user evbus, on the SASL listener, may read $topic.  Reading is
+# not what the test restricted, but while any ACL is left on the topic no
+# other operation is allowed, so this says that the broker applied the
+# removal of them all.
+sub wait_until_readable
+{
+	my ($topic) = @_;
+	my $deadline = time() + 60;
+	while (time() < $deadline)
+	{
+		return 1
+		  if system("timeout 20 kcat -F '$file' -b '$sasl_bootstrap' -C -t '$topic' -o beginning -e -q >/dev/null 2>&1") == 0;
+		sleep 0.2;
+	}
+	diag "user evbus still may not read topic $topic";
+	return 0;
+}
