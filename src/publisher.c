@@ -236,6 +236,34 @@ next_failed_id(uint64 keyhash)
 	return lowest;
 }
 
+/*
+ * key_block --- event id of the key failed and must be produced again:
+ * the key's later events wait until it is confirmed (DESIGN.md I2).
+ */
+static void
+key_block(KeyState *ks, int64 id)
+{
+	if (ks->blocking_id != id)
+		ks->failed++;
+	if (ks->blocking_id == 0 || id < ks->blocking_id)
+		ks->blocking_id = id;
+}
+
+/*
+ * key_unblock --- event id of the key is done with (published, or dead):
+ * if it held the key back, the key's next failed event, if any, does now.
+ * The event must no longer be among the revisits or the solo events.
+ */
+static void
+key_unblock(KeyState *ks, int64 id)
+{
+	if (ks->blocking_id == id)
+	{
+		ks->failed--;
+		ks->blocking_id = ks->failed > 0 ? next_failed_id(ks->keyhash) : 0;
+	}
+}
+
 static void
 solo_add(int64 id, uint64 keyhash)
 {
@@ -327,20 +355,13 @@ on_delivery(void *opaque, rd_kafka_resp_err_t err, rd_kafka_msg_status_t status,
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && status == RD_KAFKA_MSG_STATUS_PERSISTED)
 	{
 		record_done(msg);
-		if (ks->blocking_id == msg->id)
-		{
-			ks->failed--;
-			ks->blocking_id = ks->failed > 0 ? next_failed_id(msg->keyhash) : 0;
-		}
+		key_unblock(ks, msg->id);
 	}
 	else if (err != RD_KAFKA_RESP_ERR_NO_ERROR && evbus_kafka_error_is_permanent(err) &&
 			 !msg->solo)
 	{
 		/* maybe a neighbour's fault: produce it again, alone */
-		if (ks->blocking_id != msg->id)
-			ks->failed++;
-		if (ks->blocking_id == 0 || msg->id < ks->blocking_id)
-			ks->blocking_id = msg->id;
+		key_block(ks, msg->id);
 		solo_add(msg->id, msg->keyhash);
 		elog(DEBUG1, "evbus: event %lld refused in a batch (%s), producing it alone",
 			 (long long) msg->id, rd_kafka_err2name(err));
@@ -353,19 +374,12 @@ on_delivery(void *opaque, rd_kafka_resp_err_t err, rd_kafka_msg_status_t status,
 						rd_kafka_err2str(err)),
 				 errdetail("The event is moved to evbus.dead_letters.")));
 		record_dead(msg->id, err);
-		if (ks->blocking_id == msg->id)
-		{
-			ks->failed--;
-			ks->blocking_id = ks->failed > 0 ? next_failed_id(msg->keyhash) : 0;
-		}
+		key_unblock(ks, msg->id);
 	}
 	else
 	{
 		/* not confirmed: produce it again, and hold its key back till then */
-		if (ks->blocking_id != msg->id)
-			ks->failed++;
-		if (ks->blocking_id == 0 || msg->id < ks->blocking_id)
-			ks->blocking_id = msg->id;
+		key_block(ks, msg->id);
 		if (msg->solo)
 			solo_add(msg->id, msg->keyhash);
 		else
@@ -470,6 +484,12 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 			add_revisit(row->id, false, keyhash);
 			return QUEUE_FULL;
 		}
+		/*
+		 * Refused before it was queued (librdkafka may know the topic to be
+		 * unauthorized already, say): the same as the same error in a
+		 * delivery report, and the key is released or held back alike.
+		 */
+		ks = key_state(keyhash, true);
 		if (evbus_kafka_error_is_permanent(err))
 		{
 			ereport(WARNING,
@@ -479,8 +499,11 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 					 errdetail("The event is moved to evbus.dead_letters.")));
 			record_dead(row->id, err);
 			hash_search(revisits, &row->id, HASH_REMOVE, NULL);
+			key_unblock(ks, row->id);
+			key_state_release(ks);
 			return PRODUCED;
 		}
+		key_block(ks, row->id);
 		add_revisit(row->id, true, keyhash);
 		return HELD_BACK;
 	}
