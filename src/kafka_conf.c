@@ -15,6 +15,7 @@
 #include "postgres.h"
 
 #include <ctype.h>
+#include <sys/stat.h>
 
 #include "common/hashfn.h"
 #include "storage/fd.h"
@@ -81,11 +82,36 @@ trim(char *s)
 }
 
 /*
- * apply_config_file --- apply key=value lines of evbus.kafka_config_file.
+ * split_property --- one line of evbus.kafka_config_file, split in place
+ * into a trimmed property name and value.  Returns false for a blank or
+ * comment line (starting with '#' or '!', as in Java properties files);
+ * *value is NULL when the line has no '='.
+ */
+static bool
+split_property(char *line, char **key, char **value)
+{
+	char	   *eq;
+
+	*key = trim(line);
+	*value = NULL;
+	if (**key == '\0' || **key == '#' || **key == '!')
+		return false;
+	eq = strchr(*key, '=');
+	if (eq != NULL)
+	{
+		*eq = '\0';
+		*key = trim(*key);
+		*value = trim(eq + 1);
+	}
+	return true;
+}
+
+/*
+ * apply_config_file --- apply the property=value lines of
+ * evbus.kafka_config_file.
  *
- * Blank lines and lines starting with '#' or '!' are comments, as in
- * Java properties files.  The buffer holding a line is zeroed after use so
- * no secret lingers in the worker's memory.
+ * The buffer holding a line is zeroed after use so no secret lingers in
+ * the worker's memory.
  */
 static void
 apply_config_file(rd_kafka_conf_t *conf, const char *path)
@@ -104,15 +130,12 @@ apply_config_file(rd_kafka_conf_t *conf, const char *path)
 	{
 		char	   *key;
 		char	   *value;
-		char	   *eq;
 		const char *const *refused;
 
 		lineno++;
-		key = trim(line);
-		if (*key == '\0' || *key == '#' || *key == '!')
+		if (!split_property(line, &key, &value))
 			continue;
-		eq = strchr(key, '=');
-		if (eq == NULL)
+		if (value == NULL)
 		{
 			explicit_bzero(line, sizeof(line));
 			FreeFile(file);
@@ -121,9 +144,6 @@ apply_config_file(rd_kafka_conf_t *conf, const char *path)
 					 errmsg("syntax error in evbus.kafka_config_file \"%s\", line %d", path, lineno),
 					 errdetail("Each line must have the form property=value.")));
 		}
-		*eq = '\0';
-		key = trim(key);
-		value = trim(eq + 1);
 		for (refused = refused_properties; *refused; refused++)
 		{
 			if (strcmp(key, *refused) == 0)
@@ -151,13 +171,37 @@ apply_config_file(rd_kafka_conf_t *conf, const char *path)
 }
 
 /*
+ * file_identity --- a hash of which file is at path and of its last change
+ * (device, inode, size, modification time), or of the error that stat
+ * gives.  A certificate replaced by another (rename) or rewritten changes
+ * it; reading the file itself is left to librdkafka.
+ */
+static uint64
+file_identity(const char *path)
+{
+	struct stat st;
+	uint64		parts[5];
+
+	if (stat(path, &st) != 0)
+		return (uint64) errno;
+	parts[0] = (uint64) st.st_dev;
+	parts[1] = (uint64) st.st_ino;
+	parts[2] = (uint64) st.st_size;
+	parts[3] = (uint64) st.st_mtim.tv_sec;
+	parts[4] = (uint64) st.st_mtim.tv_nsec;
+	return hash_bytes_extended((const unsigned char *) parts, sizeof(parts), 3);
+}
+
+/*
  * evbus_kafka_conf_fingerprint --- a hash of what a client built now by
  * evbus_kafka_conf_new would be made of: the bootstrap list, the path of
- * evbus.kafka_config_file and the file's bytes (a changed password, or a
- * file that became unreadable, changes it).  A worker compares it after a
+ * evbus.kafka_config_file, the file's bytes (a changed password, or a file
+ * that became unreadable, changes it), and which file each "*.location"
+ * property names and when that changed (a CA certificate, a keystore or a
+ * key replaced under the same name).  A worker compares it after a
  * configuration reload and rebuilds its clients when it differs, so that
- * editing the file and reloading is enough.  Never errors; the bytes read
- * are zeroed after use.
+ * editing the file, or rotating a certificate, and reloading is enough.
+ * Never errors; the bytes read are zeroed after use.
  */
 uint64
 evbus_kafka_conf_fingerprint(const char *brokers)
@@ -171,14 +215,24 @@ evbus_kafka_conf_fingerprint(const char *brokers)
 	if (path[0] != '\0')
 	{
 		FILE	   *file = AllocateFile(path, "r");
-		char		chunk[8192];
-		size_t		n;
+		char		line[8192];
 
 		if (file == NULL)
 			return hash_combine64(h, (uint64) errno);
-		while ((n = fread(chunk, 1, sizeof(chunk), file)) > 0)
-			h = hash_combine64(h, hash_bytes_extended((const unsigned char *) chunk, n, 2));
-		explicit_bzero(chunk, sizeof(chunk));
+		while (fgets(line, sizeof(line), file) != NULL)
+		{
+			char	   *key;
+			char	   *value;
+			size_t		keylen;
+
+			h = hash_combine64(h, hash_bytes_extended((const unsigned char *) line,
+													  strlen(line), 2));
+			if (split_property(line, &key, &value) && value != NULL &&
+				(keylen = strlen(key)) > strlen(".location") &&
+				strcmp(key + keylen - strlen(".location"), ".location") == 0)
+				h = hash_combine64(h, file_identity(value));
+		}
+		explicit_bzero(line, sizeof(line));
 		FreeFile(file);
 	}
 	return h;

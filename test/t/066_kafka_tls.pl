@@ -5,8 +5,9 @@
 #
 # A wrong CA file (another self-signed certificate): the handshake fails,
 # the error is in the server log, nothing is lost (the event waits in the
-# outbox) and no worker crashes; the file fixed in place and the
-# configuration reloaded, the event is published and handled.
+# outbox) and no worker crashes; the certificate replaced under the same
+# file name (the properties file unchanged) and the configuration
+# reloaded, the event is published and handled.
 #
 # Mutual TLS: a second listener requires a client certificate; evbus
 # presents one from a password-protected PKCS#12 keystore
@@ -17,6 +18,7 @@ use strict;
 use warnings;
 
 use EvbusTest;
+use File::Copy;
 use File::Spec;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -54,7 +56,10 @@ sub reload
 	$node->safe_psql('postgres', 'SELECT pg_reload_conf()');
 }
 
-write_properties($wrong_ca);
+# the CA file the properties name: the wrong certificate at first
+my $trusted = "$dir/trusted-ca.pem";
+copy($wrong_ca, $trusted) or die "copy: $!";
+write_properties($trusted);
 my $node = new_node(
 	'tls',
 	conf => [
@@ -79,11 +84,14 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'), '1',
 my $worker = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
 my $consumer = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
 
-# the file fixed in place, the configuration reloaded: no restart
-write_properties($ca);
+# the right certificate put in its place (as a certificate rotation
+# would), the configuration reloaded: no restart, and no change to the
+# properties file
+copy($ca, "$trusted.new") or die "copy: $!";
+rename "$trusted.new", $trusted or die "rename: $!";
 reload($node);
 ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM evbus.outbox'),
-	'with the right CA the event is published');
+	'with the right CA certificate in the same file the event is published');
 ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 1}'}),
 	'and the consumer, over TLS as well, hands it to the handler');
 my @m = kcat_consume("${prefix}Pinged", 1, 20);
