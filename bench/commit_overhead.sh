@@ -14,9 +14,9 @@
 #   kafka   the worker publishes to a real Kafka broker (full system cost;
 #           the broker's JVM runs on the same 2 cores)
 #   embedded  the worker publishes to evbus.brokers = 'embedded' (librdkafka's
-#           mock cluster, C threads inside the worker): the worker's whole
-#           cost, librdkafka's included, without a JVM broker on the same
-#           cores (not in the default MODES)
+#           mock cluster, C threads inside evbus's launcher process, whose
+#           CPU is not reported): the worker's cost without a JVM broker on
+#           the same cores (not in the default MODES)
 #
 # pgbench scale 10, 8 clients, -j 2, -M prepared; CHECKPOINT before every
 # run; variants interleaved in rounds, the order rotated from round to
