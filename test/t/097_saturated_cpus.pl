@@ -57,14 +57,22 @@ is(scalar @msgs, $committed, 'as many messages in Kafka as committed transaction
 is(scalar keys %seen, $committed, 'each committed event is in Kafka');
 
 # the load is gone: a trickle of events from one session finds the short
-# linger back
-($ok, undef, $err) = run_pgbench($node, $script, '-c', '1', '-R', '20', '-T', '3');
-diag($err) unless $ok;
+# linger back.  Other processes (the broker's JVM after the burst, say) can
+# saturate the CPUs again for a moment, so the trickle goes on, a few
+# seconds at a time, until the last switch logged is the one back (at
+# most 30 s).
+my ($back, $last_busy);
+for my $try (1 .. 10)
+{
+	($ok, undef, $err) = run_pgbench($node, $script, '-c', '1', '-R', '20', '-T', '3');
+	diag($err) unless $ok;
+	$log = slurp_file($node->logfile, $log_offset);
+	$last_busy = rindex($log, 'evbus: CPUs saturated');
+	$back = index($log, 'evbus: CPUs no longer saturated', $last_busy);
+	last if $back > $last_busy;
+}
 ok(wait_for_sql($node, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 30),
 	'the trickle is published');
-$log = slurp_file($node->logfile, $log_offset);
-my $last_busy = rindex($log, 'evbus: CPUs saturated');
-my $back = index($log, 'evbus: CPUs no longer saturated', $last_busy);
 ok($back > $last_busy, 'the worker returns to the short linger after the load')
   or diag(join("\n", grep { /evbus: CPUs/ } split /\n/, $log));
 
