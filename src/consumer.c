@@ -314,7 +314,7 @@ try_consumer_create(const char *brokers, uint64 settings, const char *group,
 		ereport(WARNING,
 				(errmsg("evbus: not consuming for group \"%s\": the Kafka consumer could not be created",
 						group),
-				 errhint("Fix what the error above names (evbus.brokers, or evbus.kafka_config_file or a file its properties name) and reload the configuration.")));
+				 errhint(EVBUS_KAFKA_CLIENT_HINT)));
 	}
 	PG_END_TRY();
 }

@@ -23,6 +23,10 @@ extern void evbus_kafka_conf_set(rd_kafka_conf_t *conf, const char *name,
 								 const char *value);
 extern uint64 evbus_kafka_conf_fingerprint(const char *brokers);
 
+/* The hint after a Kafka client (producer, consumer) could not be built. */
+#define EVBUS_KAFKA_CLIENT_HINT \
+	"Fix what the error above names (evbus.brokers, or evbus.kafka_config_file or a file its properties name) and reload the configuration."
+
 /* kafka_errors.c */
 extern bool evbus_kafka_error_is_permanent(rd_kafka_resp_err_t err);
 extern void evbus_kafka_log_cb(const rd_kafka_t *rk, int level,

@@ -748,7 +748,7 @@ sync_producer(void)
 			failed_at = GetCurrentTimestamp();
 			ereport(WARNING,
 					(errmsg("evbus: not publishing: the Kafka producer could not be created"),
-					 errhint("Fix what the error above names (evbus.brokers, or evbus.kafka_config_file or a file its properties name) and reload the configuration.")));
+					 errhint(EVBUS_KAFKA_CLIENT_HINT)));
 		}
 		PG_END_TRY();
 	}
