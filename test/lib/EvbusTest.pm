@@ -70,7 +70,7 @@ use PostgreSQL::Test::Utils;
 
 our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
   wait_for_crash_restart kcat_consume java_consume java_produce new_node sqlstate_of
-  subscribe_recorder
+  subscribe_recorder write_kafka_properties sasl_properties
   pgbench_script run_pgbench);
 
 # kafka.sh: from the environment, else next to this file's directory.
@@ -251,6 +251,29 @@ sub wait_for_crash_restart
 	}
 	diag "no crash restart #$crashes in ${timeout}s";
 	return 0;
+}
+
+# write_kafka_properties(path, lines...): (re)write a librdkafka properties
+# file for evbus.kafka_config_file, mode 600 (it may hold secrets), in
+# place: written beside it and renamed over it, so that a worker never
+# reads half a file.
+sub write_kafka_properties
+{
+	my ($path, @lines) = @_;
+	open my $fh, '>', "$path.new" or die "$path.new: $!";
+	print $fh map { "$_\n" } @lines;
+	close $fh;
+	chmod 0600, "$path.new";
+	rename "$path.new", $path or die "rename $path.new: $!";
+}
+
+# sasl_properties(password): the properties that log in to the test
+# broker's SASL listener as its user evbus (test/kafka/kafka.sh).
+sub sasl_properties
+{
+	my ($password) = @_;
+	return ('security.protocol=SASL_PLAINTEXT', 'sasl.mechanisms=PLAIN',
+		'sasl.username=evbus', "sasl.password=$password");
 }
 
 # subscribe_recorder(node, event): in database postgres, a table

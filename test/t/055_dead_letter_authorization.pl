@@ -47,11 +47,7 @@ kafka_admin('acls', '--add', '--allow-principal', 'User:evbus', '--operation', '
 
 my $dir = File::Spec->rel2abs(PostgreSQL::Test::Utils::tempdir());
 my $file = "$dir/kafka.properties";
-open my $fh, '>', $file or die "$file: $!";
-print $fh "security.protocol=SASL_PLAINTEXT\nsasl.mechanisms=PLAIN\n"
-  . "sasl.username=evbus\nsasl.password=$password\n";
-close $fh;
-chmod 0600, $file;
+write_kafka_properties($file, sasl_properties($password));
 
 my $node = new_node(
 	'acl',

@@ -28,18 +28,7 @@ my $prefix = "t065.$$.";
 my $dir = File::Spec->rel2abs(PostgreSQL::Test::Utils::tempdir());
 my $file = "$dir/kafka.properties";
 
-sub write_properties
-{
-	my ($pw) = @_;
-	open my $fh, '>', "$file.new" or die "$file.new: $!";
-	print $fh "security.protocol=SASL_PLAINTEXT\nsasl.mechanisms=PLAIN\n"
-	  . "sasl.username=evbus\nsasl.password=$pw\n";
-	close $fh;
-	chmod 0600, "$file.new";
-	rename "$file.new", $file or die "rename: $!";
-}
-
-write_properties($wrong);
+write_kafka_properties($file, sasl_properties($wrong));
 my $node = new_node(
 	'sasl',
 	conf => [
@@ -62,7 +51,7 @@ is($node->safe_psql('postgres', 'SELECT evbus.worker_pid()'), $worker,
 	'the worker keeps running');
 
 # the file edited in place, the configuration reloaded: no restart
-write_properties($password);
+write_kafka_properties($file, sasl_properties($password));
 $node->reload;
 ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM evbus.outbox'),
 	'with the right password the event is published, without a restart');

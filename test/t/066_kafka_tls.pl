@@ -43,11 +43,7 @@ my $file = "$dir/kafka.properties";
 sub write_properties
 {
 	my ($trust, @lines) = @_;
-	open my $fh, '>', "$file.new" or die "$file.new: $!";
-	print $fh join("\n", "security.protocol=SSL", "ssl.ca.location=$trust", @lines), "\n";
-	close $fh;
-	chmod 0600, "$file.new";
-	rename "$file.new", $file or die "rename: $!";
+	write_kafka_properties($file, 'security.protocol=SSL', "ssl.ca.location=$trust", @lines);
 }
 
 sub reload
