@@ -12,6 +12,14 @@
  * worker's WaitEventSet, so the worker sleeps until there is something to
  * do and serves every callback in its own thread (evbus_producer_serve).
  *
+ * Messages name their topic by a handle that the producer keeps per topic
+ * (producer_topic), not by name.  librdkafka 2.0.2 asks the brokers for the
+ * metadata of a topic at once when the application creates its handle
+ * (rd_kafka_topic_new), but a topic first named in rd_kafka_producev waits
+ * for the scan of unknown topics that runs once a second: the first event
+ * to every topic, after each start or reload of the producer, took 0.2-1 s
+ * longer than the next (bench/new_topic.sh; BENCHMARKS.md F6).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -20,10 +28,20 @@
 #include <unistd.h>
 
 #include "miscadmin.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 
 #include "evbus.h"
 #include "kafka.h"
+
+/* A topic the producer has written to, and its handle. */
+#define TOPIC_NAME_MAX 249		/* Kafka's limit on a topic name's length */
+
+typedef struct ProducerTopic
+{
+	char		name[TOPIC_NAME_MAX + 1];	/* hash key */
+	rd_kafka_topic_t *rkt;
+} ProducerTopic;
 
 struct EvbusProducer
 {
@@ -32,6 +50,7 @@ struct EvbusProducer
 	int			pipe_fds[2];	/* [0] in the WaitEventSet, [1] librdkafka's */
 	EvbusDeliveryCb on_delivery;
 	bool		fatal;			/* the handle must be rebuilt */
+	HTAB	   *topics;			/* ProducerTopic by name */
 };
 
 /*
@@ -180,6 +199,59 @@ evbus_producer_create(const char *brokers, EvbusDeliveryCb on_delivery)
 }
 
 /*
+ * producer_topic --- the producer's handle for topic, created (and the
+ * topic's metadata asked for) the first time.  The handles live as long as
+ * the producer, like the topics librdkafka would keep for names anyway.  A
+ * name longer than Kafka allows is refused as the broker would refuse it.
+ */
+static rd_kafka_resp_err_t
+producer_topic(EvbusProducer *producer, const char *topic,
+			   rd_kafka_topic_t **rkt)
+{
+	ProducerTopic *entry;
+	bool		found;
+
+	if (strlen(topic) > TOPIC_NAME_MAX)
+		return RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION;
+	if (producer->topics == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = TOPIC_NAME_MAX + 1;
+		ctl.entrysize = sizeof(ProducerTopic);
+		producer->topics = hash_create("evbus producer topics", 64, &ctl,
+									   HASH_ELEM | HASH_STRINGS);
+	}
+	entry = hash_search(producer->topics, topic, HASH_FIND, NULL);
+	if (entry == NULL)
+	{
+		*rkt = rd_kafka_topic_new(producer->rk, topic, NULL);
+		if (*rkt == NULL)
+			return rd_kafka_last_error();
+		entry = hash_search(producer->topics, topic, HASH_ENTER, &found);
+		entry->rkt = *rkt;
+	}
+	*rkt = entry->rkt;
+	return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+/* Give back every topic handle (before the producer itself). */
+static void
+producer_topics_destroy(EvbusProducer *producer)
+{
+	HASH_SEQ_STATUS status;
+	ProducerTopic *entry;
+
+	if (producer->topics == NULL)
+		return;
+	hash_seq_init(&status, producer->topics);
+	while ((entry = hash_seq_search(&status)) != NULL)
+		rd_kafka_topic_destroy(entry->rkt);
+	hash_destroy(producer->topics);
+	producer->topics = NULL;
+}
+
+/*
  * evbus_producer_destroy --- drop the handle without waiting for the
  * brokers: unacknowledged messages are purged (their events are still in
  * the outbox and will be produced again by the next producer).
@@ -194,6 +266,7 @@ evbus_producer_destroy(EvbusProducer *producer)
 				   RD_KAFKA_PURGE_F_NON_BLOCKING);
 	/* serve the purge reports so that the caller can forget its messages */
 	rd_kafka_poll(producer->rk, 0);
+	producer_topics_destroy(producer);
 	rd_kafka_queue_destroy(producer->main_queue);
 	rd_kafka_destroy(producer->rk);
 	close(producer->pipe_fds[0]);
@@ -229,8 +302,13 @@ evbus_producer_send(EvbusProducer *producer, const char *topic,
 					const char *value, size_t valuelen,
 					rd_kafka_headers_t *headers, void *opaque)
 {
+	rd_kafka_topic_t *rkt;
+	rd_kafka_resp_err_t err = producer_topic(producer, topic, &rkt);
+
+	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return err;
 	return rd_kafka_producev(producer->rk,
-							 RD_KAFKA_V_TOPIC(topic),
+							 RD_KAFKA_V_RKT(rkt),
 							 RD_KAFKA_V_KEY(key, keylen),
 							 RD_KAFKA_V_VALUE((void *) value, valuelen),
 							 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
