@@ -88,9 +88,9 @@ EOF
 
 set_brokers "$BROKERS"
 # warm up (not measured): 20 events on the measured topic, so that the
-# producer has its idempotence PID and the topic's metadata (without them
-# the first events to a topic wait ~0.5-0.8 s; these 20 carry no staging
-# time and are skipped when reading back), then WARMUP seconds of the same
+# producer has its idempotence PID and the topic's metadata (the first
+# events after a start wait for them: bench/new_topic.sh; these 20 carry no
+# staging time and are skipped when reading back), then WARMUP seconds of the same
 # load on another topic, so that the broker's JVM has compiled its hot paths
 log "warm-up: 20 events on $TOPIC, then ${WARMUP}s at $RATE events/s on topic LatencyWarmup"
 q "SELECT count(evbus.publish('$TOPIC', jsonb_build_object('warmup', true), 'w' || g)) FROM generate_series(1, 20) g" >/dev/null
