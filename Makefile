@@ -14,7 +14,7 @@ OBJS = \
 	src/kafka_errors.o \
 	src/producer.o \
 	src/publisher.o \
-	src/cpu_wait.o \
+	src/cpu_pressure.o \
 	src/outbox.o \
 	src/outbox_scan.o \
 	src/outbox_write.o \

@@ -93,7 +93,7 @@ extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);
 extern PGDLLEXPORT void evbus_worker_main(Datum main_arg);
 extern PGDLLEXPORT void evbus_consumer_main(Datum main_arg);
 
-/* ---------- cpu_wait.c: are the CPUs saturated? ---------- */
+/* ---------- cpu_pressure.c: are the CPUs contended? ---------- */
 extern bool evbus_cpu_busy(TimestampTz now);
 
 /* ---------- embedded.c: librdkafka's mock cluster as a broker ---------- */

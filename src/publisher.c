@@ -8,8 +8,8 @@
  * produces them.  At a trickle the steps are made to carry several events
  * each: a commit that wakes the worker within evbus.publish_linger of the
  * last claim waits for the end of that interval (at most one claim per
- * interval; evbus.publish_linger_busy while the CPUs are saturated, see
- * cpu_wait.c); a step woken only by delivery reports claims nothing; and
+ * interval; evbus.publish_linger_busy while the CPUs are contended, see
+ * cpu_pressure.c); a step woken only by delivery reports claims nothing; and
  * delivery reports are served every REPORT_POLL_MS unless the worker
  * waits for them, and recorded FINISH_DELAY_MS after the first of them was
  * served (or before a sweep reads the outbox), in the transaction of
@@ -800,7 +800,7 @@ evbus_publisher_init(const char *database_name)
 
 /*
  * linger_ms --- how long commits gather between two claims: longer while
- * the CPUs are saturated (cpu_wait.c), when every step the worker saves
+ * the CPUs are contended (cpu_pressure.c), when every step the worker saves
  * is CPU time for the transactions.
  */
 static int
