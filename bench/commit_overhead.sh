@@ -38,7 +38,10 @@
 #   to empty the outbox after a kafka-mode run, 300), STALL_S (stop waiting
 #   when the outbox has not changed for this long, 15), WARMUP (s of
 #   uncounted runs, split between the variants, before the rounds of each
-#   mode, 20), plus those of bench/lib.sh (PG_CONF: server settings).
+#   mode, 240: the broker's JVM keeps compiling for minutes; with 20 s of
+#   warm-up per variant it used 1.2-1.6 CPU-s per 20-s run of (c), with
+#   80 s 0.6-0.7, for the same events), plus those of bench/lib.sh
+#   (PG_CONF: server settings).
 # Output: a summary on stdout and in $RESULTS_DIR/summary.txt, one row per
 #   run in $RESULTS_DIR/runs.tsv, pgbench output per run.
 
@@ -55,7 +58,7 @@ MODES=${MODES:-paused kafka}
 VARIANTS=${VARIANTS:-a b c}
 DRAIN_TIMEOUT=${DRAIN_TIMEOUT:-300}
 STALL_S=${STALL_S:-15}
-WARMUP=${WARMUP:-20}
+WARMUP=${WARMUP:-240}
 PG_CONF=${PG_CONF:-}
 
 environment_report >"$RESULTS_DIR/environment.txt"
