@@ -7,7 +7,7 @@
  * wake-ups of the worker and of librdkafka's threads, and a produce
  * request the broker must serve (a JVM, often on the same host in small
  * set-ups).  With idle CPUs nobody pays for that, and the short
- * evbus.publish_linger keeps the commit -> Kafka latency near 3 ms.  When
+ * evbus.publish_linger keeps the commit -> Kafka latency near 4 ms.  When
  * runnable tasks queue for the CPUs it comes out of the throughput of the
  * transactions that stage the events, and more than its share: on the
  * 2-core benchmark machine, under bench/commit_overhead.sh's 8 TPC-B
