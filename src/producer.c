@@ -163,6 +163,7 @@ evbus_producer_create(const char *brokers, EvbusDeliveryCb on_delivery)
 	rd_kafka_conf_t *conf;
 	char		errstr[512];
 	char		client_id[NAMEDATALEN + 32];
+	HASHCTL		ctl;
 
 	producer = MemoryContextAllocZero(TopMemoryContext, sizeof(EvbusProducer));
 	producer->on_delivery = on_delivery;
@@ -199,6 +200,10 @@ evbus_producer_create(const char *brokers, EvbusDeliveryCb on_delivery)
 	producer->main_queue = rd_kafka_queue_get_main(producer->rk);
 	rd_kafka_queue_cb_event_enable(producer->main_queue, queue_nonempty_cb,
 								   producer);
+	ctl.keysize = TOPIC_NAME_MAX + 1;
+	ctl.entrysize = sizeof(ProducerTopic);
+	producer->topics = hash_create("evbus producer topics", 64, &ctl,
+								   HASH_ELEM | HASH_STRINGS);
 	return producer;
 }
 
@@ -217,23 +222,15 @@ producer_topic(EvbusProducer *producer, const char *topic,
 
 	if (strlen(topic) > TOPIC_NAME_MAX)
 		return RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION;
-	if (producer->topics == NULL)
+	entry = hash_search(producer->topics, topic, HASH_ENTER, &found);
+	if (!found)
 	{
-		HASHCTL		ctl;
-
-		ctl.keysize = TOPIC_NAME_MAX + 1;
-		ctl.entrysize = sizeof(ProducerTopic);
-		producer->topics = hash_create("evbus producer topics", 64, &ctl,
-									   HASH_ELEM | HASH_STRINGS);
-	}
-	entry = hash_search(producer->topics, topic, HASH_FIND, NULL);
-	if (entry == NULL)
-	{
-		*rkt = rd_kafka_topic_new(producer->rk, topic, NULL);
-		if (*rkt == NULL)
+		entry->rkt = rd_kafka_topic_new(producer->rk, topic, NULL);
+		if (entry->rkt == NULL)
+		{
+			hash_search(producer->topics, topic, HASH_REMOVE, NULL);
 			return rd_kafka_last_error();
-		entry = hash_search(producer->topics, topic, HASH_ENTER, &found);
-		entry->rkt = *rkt;
+		}
 	}
 	*rkt = entry->rkt;
 	return RD_KAFKA_RESP_ERR_NO_ERROR;
@@ -246,13 +243,10 @@ producer_topics_destroy(EvbusProducer *producer)
 	HASH_SEQ_STATUS status;
 	ProducerTopic *entry;
 
-	if (producer->topics == NULL)
-		return;
 	hash_seq_init(&status, producer->topics);
 	while ((entry = hash_seq_search(&status)) != NULL)
 		rd_kafka_topic_destroy(entry->rkt);
 	hash_destroy(producer->topics);
-	producer->topics = NULL;
 }
 
 /*
@@ -306,7 +300,7 @@ evbus_producer_send(EvbusProducer *producer, const char *topic,
 					const char *value, size_t valuelen,
 					rd_kafka_headers_t *headers, void *opaque)
 {
-	rd_kafka_topic_t *rkt;
+	rd_kafka_topic_t *rkt = NULL;
 	rd_kafka_resp_err_t err = producer_topic(producer, topic, &rkt);
 
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
