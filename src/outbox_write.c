@@ -19,9 +19,11 @@
  *
  * The relation and sequence oids are cached per backend and forgotten
  * when the relcache entry of either outbox table is invalidated (DROP
- * EXTENSION, but also every TRUNCATE, or a full reset).  That can happen
- * while this file opens the table (taking the lock processes pending
- * invalidations), so one write works on its own copies of the oids.
+ * EXTENSION, but also every TRUNCATE, ANALYZE or ALTER TABLE, or a full
+ * reset).  That can happen whenever a lock is taken: while this file opens
+ * the table, and while it looks the oids up (each catalog lookup that
+ * misses the syscache locks pg_class).  So the lookup fills locals, and
+ * one write works on its own copies of the oids.
  *
  *-------------------------------------------------------------------------
  */
@@ -36,6 +38,7 @@
 #include "commands/sequence.h"
 #include "nodes/execnodes.h"
 #include "storage/lmgr.h"
+#include "storage/sinval.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -62,28 +65,50 @@ forget_oids(Datum arg, Oid relid)
 	}
 }
 
-/* Look the oids up (once per backend, again after DROP EXTENSION). */
+/*
+ * outbox_oids --- the oids of evbus.outbox_0, outbox_1 (relids[0], [1]) and
+ * evbus.outbox_id_seq: cached, or looked up (once per backend, again after
+ * an invalidation).
+ *
+ * The lookups can process invalidations, and so run forget_oids in the
+ * middle of filling the cache: they fill the caller's variables, which
+ * are checked and returned, and the cache only if no invalidation at all
+ * arrived meanwhile (one might have been for a DROP EXTENSION).
+ */
 static void
-lookup_oids(void)
+outbox_oids(Oid *relids, Oid *seqid)
 {
-	Oid			schema = evbus_schema_oid();
+	uint64		inval_count;
+	Oid			schema;
 
+	if (OidIsValid(outbox_relids[0]) && OidIsValid(outbox_relids[1]) &&
+		OidIsValid(outbox_seqid))
+	{
+		relids[0] = outbox_relids[0];
+		relids[1] = outbox_relids[1];
+		*seqid = outbox_seqid;
+		return;
+	}
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(forget_oids, (Datum) 0);
 		callback_registered = true;
 	}
-	outbox_relids[0] = get_relname_relid("outbox_0", schema);
-	outbox_relids[1] = get_relname_relid("outbox_1", schema);
-	outbox_seqid = get_relname_relid("outbox_id_seq", schema);
-	if (!OidIsValid(outbox_relids[0]) || !OidIsValid(outbox_relids[1]) ||
-		!OidIsValid(outbox_seqid))
-	{
-		outbox_relids[0] = outbox_relids[1] = outbox_seqid = InvalidOid;
+	inval_count = SharedInvalidMessageCounter;
+	schema = evbus_schema_oid();
+	relids[0] = get_relname_relid("outbox_0", schema);
+	relids[1] = get_relname_relid("outbox_1", schema);
+	*seqid = get_relname_relid("outbox_id_seq", schema);
+	if (!OidIsValid(relids[0]) || !OidIsValid(relids[1]) || !OidIsValid(*seqid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("the outbox tables of evbus are missing"),
 				 errhint("Reinstall the extension: DROP EXTENSION evbus; CREATE EXTENSION evbus.")));
+	if (inval_count == SharedInvalidMessageCounter)
+	{
+		outbox_relids[0] = relids[0];
+		outbox_relids[1] = relids[1];
+		outbox_seqid = *seqid;
 	}
 }
 
@@ -148,6 +173,16 @@ insert_index_entries(Relation rel, HeapTuple tup, Datum *values, bool *isnull)
 	list_free(indexes);
 }
 
+/* Open an outbox table and check that it is as evbus created it. */
+static Relation
+open_checked(Oid relid, LOCKMODE lockmode)
+{
+	Relation	rel = table_open(relid, lockmode);
+
+	check_shape(rel);
+	return rel;
+}
+
 /*
  * evbus_outbox_open --- open evbus.outbox_<slot> with lockmode, after
  * checking that it is as evbus created it (the worker reads its columns
@@ -156,13 +191,11 @@ insert_index_entries(Relation rel, HeapTuple tup, Datum *values, bool *isnull)
 Relation
 evbus_outbox_open(int slot, LOCKMODE lockmode)
 {
-	Relation	rel;
+	Oid			relids[2];
+	Oid			seqid;
 
-	if (!OidIsValid(outbox_relids[slot]))
-		lookup_oids();
-	rel = table_open(outbox_relids[slot], lockmode);
-	check_shape(rel);
-	return rel;
+	outbox_oids(relids, &seqid);
+	return open_checked(relids[slot], lockmode);
 }
 
 /*
@@ -178,15 +211,15 @@ evbus_outbox_write(int slot, Datum *values, bool *isnull)
 {
 	Datum		row[EVBUS_OUTBOX_NATTS];
 	bool		row_isnull[EVBUS_OUTBOX_NATTS];
+	Oid			relids[2];
 	Oid			seqid;
 	Relation	rel;
 	HeapTuple	tup;
 	int64		id;
 
-	if (!OidIsValid(outbox_seqid))
-		lookup_oids();
-	seqid = outbox_seqid;		/* opening the table may reset the cache */
-	rel = evbus_outbox_open(slot, RowExclusiveLock);
+	/* copies: opening the table may reset the cache */
+	outbox_oids(relids, &seqid);
+	rel = open_checked(relids[slot], RowExclusiveLock);
 
 	id = nextval_internal(seqid, false);
 	row[0] = Int64GetDatum(id);

@@ -26,6 +26,7 @@
 #include "access/xact.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
+#include "storage/sinval.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 
@@ -142,6 +143,10 @@ static Oid extension_owner_lookup(void);
 Oid
 evbus_extension_owner(void)
 {
+	uint64		inval_count;
+	Oid			owner;
+	Oid			relid;
+
 	if (OidIsValid(owner_cache))
 		return owner_cache;
 	if (!owner_callback_registered)
@@ -149,9 +154,20 @@ evbus_extension_owner(void)
 		CacheRegisterRelcacheCallback(owner_cache_invalidate, (Datum) 0);
 		owner_callback_registered = true;
 	}
-	owner_cache = extension_owner_lookup();
-	owner_cache_relid = get_relname_relid("outbox_0", evbus_schema_oid());
-	return owner_cache;
+
+	/*
+	 * The lookups can process invalidations (owner_cache_invalidate): the
+	 * answer comes from locals, and is cached only if none arrived.
+	 */
+	inval_count = SharedInvalidMessageCounter;
+	owner = extension_owner_lookup();
+	relid = get_relname_relid("outbox_0", evbus_schema_oid());
+	if (inval_count == SharedInvalidMessageCounter)
+	{
+		owner_cache = owner;
+		owner_cache_relid = relid;
+	}
+	return owner;
 }
 
 /*
