@@ -11,8 +11,9 @@
 # share of time runnable tasks waited for a CPU (/proc/pressure/cpu,
 # src/cpu_pressure.c) and says at DEBUG1 when it switches; the test reads
 # the same file over the load and reports the share it saw.  Where the
-# kernel gives no CPU pressure (not Linux, or no PSI) the test is skipped:
-# the worker then never switches.
+# kernel gives no CPU pressure (not Linux, or no PSI) the test is skipped,
+# and where it shows the load as contention less than 30 % of the time the
+# switch is not asked for: the worker then never switches.
 use strict;
 use warnings;
 
@@ -88,8 +89,21 @@ ok($ok, "pgbench ran ($clients clients and " . 2 * $cpus . " busy loops on $cpus
 ok($committed > 1000, "pgbench committed $committed transactions");
 diag(sprintf('something waited for a CPU %.0f%% of the time under the load', $stalled_pct));
 my $log = slurp_file($node->logfile, $log_offset);
-ok($switched, 'the worker saw the CPUs contended and lingers longer')
-  or diag(join("\n", grep { /evbus: CPUs/ } split /\n/, $log) || 'the worker never said the CPUs were contended');
+
+# A kernel that showed the load as contention less than the worker's
+# threshold (30 %, src/cpu_pressure.c) asks nothing of the worker: a
+# container whose CPU quota is smaller than the CPUs it sees, say, where
+# throttled tasks do not count as waiting.  Then there is nothing to check
+# but that every event is published.
+my $unseen = !$switched && $stalled_pct < 30;
+SKIP:
+{
+	skip(sprintf('the kernel showed the load as CPU contention only %.0f%% of the time',
+			$stalled_pct), 1)
+	  if $unseen;
+	ok($switched, 'the worker saw the CPUs contended and lingers longer')
+	  or diag(join("\n", grep { /evbus: CPUs/ } split /\n/, $log) || 'the worker never said the CPUs were contended');
+}
 
 ok(wait_for_sql($node, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 60),
 	'the outbox drains');
@@ -103,7 +117,8 @@ is(scalar keys %seen, $committed, 'each committed event is in Kafka');
 # linger back.  Other processes (the broker's JVM after the burst, say) can
 # contend for the CPUs again for a moment, so the trickle goes on, a few
 # seconds at a time, until the last switch logged is the one back (at
-# most 30 s).
+# most 30 s).  It runs even when the worker never switched: its events
+# must be published all the same.
 my ($back, $last_busy);
 for my $try (1 .. 10)
 {
@@ -116,8 +131,12 @@ for my $try (1 .. 10)
 }
 ok(wait_for_sql($node, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 30),
 	'the trickle is published');
-ok($back > $last_busy, 'the worker returns to the short linger after the load')
-  or diag(join("\n", grep { /evbus: CPUs/ } split /\n/, $log));
+SKIP:
+{
+	skip 'the worker never lingered longer', 1 if $unseen;
+	ok($back > $last_busy, 'the worker returns to the short linger after the load')
+	  or diag(join("\n", grep { /evbus: CPUs/ } split /\n/, $log));
+}
 
 $node->stop;
 done_testing();
