@@ -508,6 +508,8 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 		}
 		key_block(ks, row->id);
 		add_revisit(row->id, true, keyhash);
+		elog(DEBUG1, "evbus: event %lld refused before it was queued (%s), will produce it again",
+			 (long long) row->id, rd_kafka_err2name(err));
 		return HELD_BACK;
 	}
 
