@@ -287,6 +287,7 @@ evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
 	int64	   *sorted;
 	int			nsorted = sorted_unique(ids, nids, &sorted);
 	int			n = 0;
+	int			likely = 0;
 	int			i;
 	int			t;
 
@@ -295,12 +296,16 @@ evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
 		scan_open(&scans[t], t, AccessShareLock, snapshot);
 	for (i = 0; i < nsorted; i++)
 	{
+		/* an id is in one table at most: the previous id's, most likely */
 		for (t = 0; t < 2; t++)
 		{
-			scan_rescan(&scans[t], BTEqualStrategyNumber, F_INT8EQ, sorted[i]);
-			if (next_due(&scans[t]))
+			int			table = t == 0 ? likely : 1 - likely;
+
+			scan_rescan(&scans[table], BTEqualStrategyNumber, F_INT8EQ, sorted[i]);
+			if (next_due(&scans[table]))
 			{
-				copy_row(scans[t].slot, &(*rows)[n++], cxt);
+				copy_row(scans[table].slot, &(*rows)[n++], cxt);
+				likely = table;
 				break;
 			}
 		}
@@ -313,43 +318,60 @@ evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
 }
 
 /*
- * evbus_outbox_delete_ids --- delete the rows of ids from the outbox.  A
- * row another transaction deleted meanwhile (by hand) is no error.  Must
- * run inside evbus_worker_begin/commit.
+ * delete_id --- delete the row of id from one outbox table, if it has it.
+ * A row another transaction deleted meanwhile (by hand) is no error.
+ */
+static bool
+delete_id(OutboxScan *os, int64 id)
+{
+	bool		found = false;
+
+	scan_rescan(os, BTEqualStrategyNumber, F_INT8EQ, id);
+	while (index_getnext_slot(os->scan, ForwardScanDirection, os->slot))
+	{
+		TM_FailureData tmfd;
+		TM_Result	result;
+
+		found = true;
+		result = heap_delete(os->rel, &os->slot->tts_tid,
+							 GetCurrentCommandId(true), InvalidSnapshot,
+							 true, &tmfd, false);
+		if (result != TM_Ok && result != TM_SelfModified &&
+			result != TM_Updated && result != TM_Deleted)
+			elog(ERROR, "could not delete event %lld from %s: result %d",
+				 (long long) id, RelationGetRelationName(os->rel), (int) result);
+	}
+	return found;
+}
+
+/*
+ * evbus_outbox_delete_ids --- delete the rows of ids from the outbox.
+ * Must run inside evbus_worker_begin/commit.
  */
 void
 evbus_outbox_delete_ids(int64 *ids, int nids)
 {
 	Snapshot	snapshot = fresh_snapshot();
+	OutboxScan	scans[2];
 	int64	   *sorted;
 	int			nsorted = sorted_unique(ids, nids, &sorted);
+	int			likely = 0;
+	int			i;
 	int			t;
 
 	for (t = 0; t < 2; t++)
-	{
-		OutboxScan	os;
-		int			i;
+		scan_open(&scans[t], t, RowExclusiveLock, snapshot);
 
-		scan_open(&os, t, RowExclusiveLock, snapshot);
-		for (i = 0; i < nsorted; i++)
-		{
-			scan_rescan(&os, BTEqualStrategyNumber, F_INT8EQ, sorted[i]);
-			while (index_getnext_slot(os.scan, ForwardScanDirection, os.slot))
-			{
-				TM_FailureData tmfd;
-				TM_Result	result;
-
-				result = heap_delete(os.rel, &os.slot->tts_tid,
-									 GetCurrentCommandId(true), InvalidSnapshot,
-									 true, &tmfd, false);
-				if (result != TM_Ok && result != TM_SelfModified &&
-					result != TM_Updated && result != TM_Deleted)
-					elog(ERROR, "could not delete event %lld from evbus.outbox_%d: result %d",
-						 (long long) sorted[i], t, (int) result);
-			}
-		}
-		scan_close(&os);
-	}
+	/*
+	 * An id is in one table at most, and neighbouring ids mostly in the
+	 * same one: probe the other table only when the likely one lacks it.
+	 */
+	for (i = 0; i < nsorted; i++)
+		if (!delete_id(&scans[likely], sorted[i]) &&
+			delete_id(&scans[1 - likely], sorted[i]))
+			likely = 1 - likely;
+	for (t = 0; t < 2; t++)
+		scan_close(&scans[t]);
 	UnregisterSnapshot(snapshot);
 	pfree(sorted);
 	CommandCounterIncrement();
