@@ -3,6 +3,9 @@
 # test broker's TLS listener, whose self-signed certificate is DIR/ca.pem
 # (test/kafka/kafka.sh).  The producer and the consumer both go over TLS.
 #
+# A broker reached by a name its certificate does not carry: the same,
+# until evbus.brokers names its address again.
+#
 # A wrong CA file (another self-signed certificate): the handshake fails,
 # the error is in the server log, nothing is lost (the event waits in the
 # outbox) and no worker crashes; the certificate replaced under the same
@@ -93,6 +96,24 @@ ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM received WHERE
 my @m = kcat_consume("${prefix}Pinged", 1, 20);
 is($m[0]{headers}{'cap-msg-id'}, $id1, 'the event is in Kafka (read back on the plain listener)');
 
+# the right CA, but a name the broker's certificate does not carry (its
+# only subject alternative name is IP 127.0.0.1): librdkafka checks the
+# name (ssl.endpoint.identification.algorithm=https, its default), the
+# handshake fails and the event waits; back to the address, it goes out
+(my $by_name = $ssl_bootstrap) =~ s/^127\.0\.0\.1:/localhost:/;
+$log_offset = -s $node->logfile;
+$node->safe_psql('postgres', "ALTER SYSTEM SET evbus.brokers = '$by_name'");
+reload($node);
+my $id_name = $node->safe_psql('postgres', q{SELECT evbus.publish('Pinged', '{"n": "by name"}', 'k')});
+ok($node->wait_for_log(qr/evbus: Kafka.*localhost.*certificate verify failed/, $log_offset),
+	'the broker reached by a name its certificate lacks: the TLS error is in the server log');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'), '1',
+	'the event waits in the outbox');
+$node->safe_psql('postgres', "ALTER SYSTEM SET evbus.brokers = '$ssl_bootstrap'");
+reload($node);
+ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM evbus.outbox'),
+	'reached by its address again, the event is published');
+
 # mutual TLS: the listener refuses a client without a certificate
 isnt(system("timeout 20 kcat -b '$mtls_bootstrap' -X security.protocol=SSL -X ssl.ca.location='$ca' "
 		  . "-L -m 5 >/dev/null 2>&1"),
@@ -120,8 +141,9 @@ ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM evbus.outbox'),
 	'with the right keystore password the event is published over mutual TLS');
 ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 2}'}),
 	'and handled');
-@m = kcat_consume("${prefix}Pinged", 2, 20);
-is_deeply([ map { $_->{headers}{'cap-msg-id'} } @m ], [ $id1, $id2 ], 'both events are in Kafka, in order');
+@m = kcat_consume("${prefix}Pinged", 3, 20);
+is_deeply([ map { $_->{headers}{'cap-msg-id'} } @m ], [ $id1, $id_name, $id2 ],
+	'the three events are in Kafka, in order');
 
 is_deeply(
 	[ map { $node->safe_psql('postgres', "SELECT evbus.${_}_pid()") } qw(worker consumer) ],
