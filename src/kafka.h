@@ -29,6 +29,7 @@ extern uint64 evbus_kafka_conf_fingerprint(const char *brokers);
 
 /* kafka_errors.c */
 extern bool evbus_kafka_error_is_permanent(rd_kafka_resp_err_t err);
+extern const char *evbus_kafka_error_hint(const char *text);
 extern void evbus_kafka_log_cb(const rd_kafka_t *rk, int level,
 							   const char *fac, const char *buf);
 

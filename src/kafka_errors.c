@@ -37,6 +37,23 @@ evbus_kafka_error_is_permanent(rd_kafka_resp_err_t err)
 }
 
 /*
+ * evbus_kafka_error_hint --- what to check, for the text of a librdkafka
+ * error or log line; NULL when there is nothing to add.
+ *
+ * librdkafka's own advice for a failed certificate check names only the
+ * CA file, but a broker reached by a name its certificate does not carry
+ * fails the same check (test 066).
+ */
+const char *
+evbus_kafka_error_hint(const char *text)
+{
+	if (strstr(text, "certificate verify failed"))
+		return "Check that ssl.ca.location in evbus.kafka_config_file holds the CA that signed the broker's certificate, "
+			"and that the certificate names the host or address given in evbus.brokers.";
+	return NULL;
+}
+
+/*
  * evbus_kafka_log_cb --- librdkafka log line into the server log.
  *
  * Logs are forwarded to the main queue (log.queue=true), so this runs in
@@ -48,6 +65,7 @@ evbus_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 				   const char *buf)
 {
 	int			elevel;
+	const char *hint = evbus_kafka_error_hint(buf);
 
 	if (level <= 3)				/* LOG_ERR and worse */
 		elevel = WARNING;
@@ -56,5 +74,6 @@ evbus_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 	else
 		elevel = DEBUG1;
 	ereport(elevel,
-			(errmsg_internal("evbus: kafka %s: %s", fac, buf)));
+			(errmsg_internal("evbus: kafka %s: %s", fac, buf),
+			 hint ? errhint("%s", hint) : 0));
 }

@@ -106,9 +106,14 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 		ereport(LOG,
 				(errmsg("evbus: Kafka: %s", reason)));
 	else
+	{
+		const char *hint = evbus_kafka_error_hint(reason);
+
 		ereport(LOG,
 				(errmsg("evbus: Kafka error %s: %s",
-						rd_kafka_err2name((rd_kafka_resp_err_t) err), reason)));
+						rd_kafka_err2name((rd_kafka_resp_err_t) err), reason),
+				 hint ? errhint("%s", hint) : 0));
+	}
 }
 
 /*

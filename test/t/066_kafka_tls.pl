@@ -107,6 +107,8 @@ reload($node);
 my $id_name = $node->safe_psql('postgres', q{SELECT evbus.publish('Pinged', '{"n": "by name"}', 'k')});
 ok($node->wait_for_log(qr/evbus: Kafka.*localhost.*certificate verify failed/, $log_offset),
 	'the broker reached by a name its certificate lacks: the TLS error is in the server log');
+ok($node->wait_for_log(qr/HINT: .*the certificate names the host or address given in evbus.brokers/, $log_offset),
+	'a hint names the two things to check, not only the CA file');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'), '1',
 	'the event waits in the outbox');
 $node->safe_psql('postgres', "ALTER SYSTEM SET evbus.brokers = '$ssl_bootstrap'");
