@@ -275,6 +275,14 @@ sorted_unique(int64 *ids, int nids, int64 **sorted)
 	return n;
 }
 
+/* Is id a due row of the scan's table?  Then it is in the scan's slot. */
+static bool
+due_id(OutboxScan *os, int64 id)
+{
+	scan_rescan(os, BTEqualStrategyNumber, F_INT8EQ, id);
+	return next_due(os);
+}
+
 /*
  * evbus_outbox_claim_ids --- the due events among ids, in id order.
  */
@@ -294,21 +302,16 @@ evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
 	*rows = MemoryContextAlloc(cxt, sizeof(OutboxRow) * Max(nsorted, 1));
 	for (t = 0; t < 2; t++)
 		scan_open(&scans[t], t, AccessShareLock, snapshot);
+	/* an id is in one table at most: the previous id's, most likely */
 	for (i = 0; i < nsorted; i++)
 	{
-		/* an id is in one table at most: the previous id's, most likely */
-		for (t = 0; t < 2; t++)
+		if (!due_id(&scans[likely], sorted[i]))
 		{
-			int			table = t == 0 ? likely : 1 - likely;
-
-			scan_rescan(&scans[table], BTEqualStrategyNumber, F_INT8EQ, sorted[i]);
-			if (next_due(&scans[table]))
-			{
-				copy_row(scans[table].slot, &(*rows)[n++], cxt);
-				likely = table;
-				break;
-			}
+			if (!due_id(&scans[1 - likely], sorted[i]))
+				continue;
+			likely = 1 - likely;
 		}
+		copy_row(scans[likely].slot, &(*rows)[n++], cxt);
 	}
 	for (t = 0; t < 2; t++)
 		scan_close(&scans[t]);
