@@ -24,14 +24,16 @@ $node->safe_psql('postgres',
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET evbus.brokers; SELECT pg_reload_conf()});
 
 # Kill as soon as the first acknowledgements are counted: the worker's pid
-# and the count come from one query, and the kill follows it at once (a
-# drain runs at ~100,000 events/s, so a poll with sleeps between queries
-# can miss the middle of it).
+# and the count come from one query, and the kill follows it at once.  A
+# drain runs at 150,000 events/s or more, so the queries go through one
+# open session: a new psql per query (tens of ms on a loaded machine) can
+# miss the whole drain.
 my ($pid, $published) = (0, 0);
+my $poller = $node->background_psql('postgres');
 my $deadline = time() + 120;
 while (time() < $deadline)
 {
-	($pid, $published) = split /\|/, $node->safe_psql('postgres',
+	($pid, $published) = split /\|/, $poller->query_safe(
 		qq{SELECT evbus.worker_pid(), coalesce(sum(published), 0) FROM evbus.stats WHERE topic = '$topic'});
 	last if $published > 0 && $pid;
 }
@@ -39,6 +41,8 @@ ok($published > 0, 'publishing has started')
   or BAIL_OUT('the worker published nothing in 120 s');
 kill 'KILL', $pid;
 note "killed worker $pid after $published of $n events";
+# the crash restart ends the poller's session too
+eval { $poller->quit };
 cmp_ok($published, '<', $n, 'the kill lands mid-way');
 ok(wait_for_crash_restart($node, 1), 'the server restarted after the crash');
 
