@@ -31,7 +31,7 @@ int			evbus_max_message_bytes = 1000000;
 int			evbus_batch_size = 10000;
 int			evbus_poll_interval_ms = 1000;
 int			evbus_publish_linger_ms = 5;
-int			evbus_publish_linger_busy_ms = 50;
+int			evbus_publish_linger_busy_ms = 200;
 int			evbus_outbox_rotation_s = 60;
 int			evbus_dead_letter_retention_s = 15 * 24 * 3600;
 int			evbus_inbox_retention_s = 7 * 24 * 3600;
@@ -191,7 +191,7 @@ evbus_define_gucs(void)
 							"How long the worker lets commits gather while the server's CPUs are contended.",
 							"Used instead of evbus.publish_linger while runnable tasks wait for a CPU 30 % of the time or more (Linux's /proc/pressure/cpu): fewer, larger steps leave the CPUs to the transactions; 0 keeps evbus.publish_linger always.",
 							&evbus_publish_linger_busy_ms,
-							50, 0, 1000,
+							200, 0, 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

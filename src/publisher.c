@@ -821,7 +821,7 @@ linger_ms(TimestampTz now)
  * report_poll_ms, finish_delay_ms --- how often delivery reports are
  * served when nothing waits for them, and how long served reports wait to
  * be recorded: REPORT_POLL_MS and FINISH_DELAY_MS, or as long as claims
- * linger if that is longer.  With the CPUs contended (a 50 ms linger), a
+ * linger if that is longer.  With the CPUs contended (a 200 ms linger), a
  * step of its own for reports every 10 ms and a transaction of its own
  * for recording them every 20 ms cost the worker more than the claims.
  */

@@ -1,5 +1,5 @@
 # 097_saturated_cpus.pl - while the CPUs are contended the worker claims
-# less often (evbus.publish_linger_busy, 50 ms by default), and still
+# less often (evbus.publish_linger_busy, 200 ms by default), and still
 # publishes every committed event exactly once; once the load is gone it
 # returns to evbus.publish_linger.
 #
