@@ -19,6 +19,38 @@
 
 #include "evbus.h"
 
+/*
+ * append_string --- a JSON string literal.  Most strings need no escape:
+ * those are copied as they are (escape_json would append them a byte at a
+ * time, after a copy to NUL-terminate them); the others go through
+ * escape_json.  escape_json escapes exactly '"', '\\' and the bytes below
+ * 0x20, which is what the scan looks for.
+ */
+static void
+append_string(StringInfo out, const char *val, int len)
+{
+	int			i;
+	char	   *s;
+
+	for (i = 0; i < len; i++)
+	{
+		unsigned char c = (unsigned char) val[i];
+
+		if (c < 0x20 || c == '"' || c == '\\')
+			break;
+	}
+	if (i == len)
+	{
+		appendStringInfoCharMacro(out, '"');
+		appendBinaryStringInfo(out, val, len);
+		appendStringInfoCharMacro(out, '"');
+		return;
+	}
+	s = pnstrdup(val, len);
+	escape_json(out, s);
+	pfree(s);
+}
+
 static void
 append_scalar(StringInfo out, JsonbValue *v)
 {
@@ -36,9 +68,7 @@ append_scalar(StringInfo out, JsonbValue *v)
 				appendBinaryStringInfo(out, "false", 5);
 			break;
 		case jbvString:
-			s = pnstrdup(v->val.string.val, v->val.string.len);
-			escape_json(out, s);
-			pfree(s);
+			append_string(out, v->val.string.val, v->val.string.len);
 			break;
 		case jbvNumeric:
 			s = DatumGetCString(DirectFunctionCall1(numeric_out,

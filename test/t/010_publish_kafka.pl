@@ -47,7 +47,7 @@ SET evbus.traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01
 SELECT evbus.publish('OrderShipped', '{"orderId": 1, "note": "caf\u00e9 \"q\"", "items": [1, 2.50]}',
                      'order-1', '{"tenant": "acme"}');
 RESET evbus.traceparent;
-SELECT evbus.publish('OrderShipped', '{"orderId": 2}');
+SELECT evbus.publish('OrderShipped', '{"orderId": 2, "esc": "a\nb\t\u0001\\\\c"}');
 });
 my ($shipped1, $shipped2) = split /\n/, $ids;
 $node->safe_psql('postgres',
@@ -73,6 +73,8 @@ is($m->{headers}{traceparent}, '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba9
 	'traceparent of the staging session');
 is($m->{headers}{tenant}, 'acme', 'user header');
 ok(!exists $m->{headers}{'evbus-domain-event'}, 'no domain event header for evbus.publish');
+is($by_id{$shipped2}{payload}, '{"esc":"a\nb\t\u0001\\\\c","orderId":2}',
+	'value: control characters and backslash escaped as PostgreSQL escapes them');
 is($by_id{$shipped2}{key}, $shipped2, 'without a key, the message id is the key');
 ok(!exists $by_id{$shipped2}{headers}{traceparent}, 'no traceparent when none was set');
 
