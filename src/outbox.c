@@ -37,6 +37,58 @@
 
 static SPIPlanPtr count_plan = NULL;
 
+static int
+cstring_ptr_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+/*
+ * count_published --- add the published events to evbus.publish_counters,
+ * one row per integration event.  The names are counted here (a claim
+ * carries hundreds of events, mostly of a few names), so the statement
+ * gets one array element per name, not one per event.
+ */
+static void
+count_published(char **events, int nevents)
+{
+	char	  **sorted = palloc(sizeof(char *) * nevents);
+	Datum	   *names = palloc(sizeof(Datum) * nevents);
+	Datum	   *counts = palloc(sizeof(Datum) * nevents);
+	int			nnames = 0;
+	int			i;
+	Oid			argtypes[2] = {TEXTARRAYOID, INT8ARRAYOID};
+	Datum		values[2];
+
+	memcpy(sorted, events, sizeof(char *) * nevents);
+	qsort(sorted, nevents, sizeof(char *), cstring_ptr_cmp);
+	for (i = 0; i < nevents; i++)
+	{
+		int			run = 1;
+
+		while (i + run < nevents && strcmp(sorted[i], sorted[i + run]) == 0)
+			run++;
+		names[nnames] = CStringGetTextDatum(sorted[i]);
+		counts[nnames] = Int64GetDatum(run);
+		nnames++;
+		i += run - 1;
+	}
+	values[0] = PointerGetDatum(construct_array(names, nnames, TEXTOID, -1,
+												false, TYPALIGN_INT));
+	values[1] = PointerGetDatum(construct_array(counts, nnames, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(evbus_kept_plan(&count_plan,
+										 "INSERT INTO evbus.publish_counters AS c"
+										 " (integration_event, published, last_published_at)"
+										 " SELECT u.e, u.n, pg_catalog.now()"
+										 " FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS u(e, n)"
+										 " ON CONFLICT (integration_event) DO UPDATE"
+										 " SET published = c.published OPERATOR(pg_catalog.+) excluded.published,"
+										 " last_published_at = excluded.last_published_at",
+										 2, argtypes), values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not count published events");
+}
+
 /*
  * evbus_outbox_finish --- move dead events to evbus.dead_letters (and
  * NOTIFY evbus_dead_letter), delete the published and dead events from the
@@ -83,26 +135,7 @@ evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
 	evbus_outbox_delete_ids(all_ids, ndone + ndead);
 
 	if (ndone > 0)
-	{
-		Datum	   *names = palloc(sizeof(Datum) * ndone);
-		Oid			argtypes[1] = {TEXTARRAYOID};
-		Datum		values[1];
-
-		for (i = 0; i < ndone; i++)
-			names[i] = CStringGetTextDatum(done_events[i]);
-		values[0] = PointerGetDatum(construct_array(names, ndone, TEXTOID, -1,
-													false, TYPALIGN_INT));
-		if (SPI_execute_plan(evbus_kept_plan(&count_plan,
-											 "INSERT INTO evbus.publish_counters AS c"
-											 " (integration_event, published, last_published_at)"
-											 " SELECT e, pg_catalog.count(*), pg_catalog.now()"
-											 " FROM pg_catalog.unnest($1) e GROUP BY e"
-											 " ON CONFLICT (integration_event) DO UPDATE"
-											 " SET published = c.published OPERATOR(pg_catalog.+) excluded.published,"
-											 " last_published_at = excluded.last_published_at",
-											 1, argtypes), values, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not count published events");
-	}
+		count_published(done_events, ndone);
 }
 
 /*
