@@ -42,7 +42,9 @@ evbus_kafka_error_is_permanent(rd_kafka_resp_err_t err)
  *
  * librdkafka's own advice for a failed certificate check names only the
  * CA file, but a broker reached by a name its certificate does not carry
- * fails the same check (test 066).
+ * fails the same check (test 066).  A client key or keystore that cannot
+ * be opened gets an OpenSSL error code ("PEM lib", "mac verify failure")
+ * that does not say a wrong password is the likely cause (test 067).
  */
 const char *
 evbus_kafka_error_hint(const char *text)
@@ -50,6 +52,12 @@ evbus_kafka_error_hint(const char *text)
 	if (strstr(text, "certificate verify failed"))
 		return "Check that ssl.ca.location in evbus.kafka_config_file holds the CA that signed the broker's certificate, "
 			"and that the certificate names the host or address given in evbus.brokers.";
+	if (strstr(text, "ssl.key.location"))
+		return "Check that the server can read the file of ssl.key.location in evbus.kafka_config_file, "
+			"that it holds a private key in PEM, and that ssl.key.password is its password.";
+	if (strstr(text, "ssl.keystore.location"))
+		return "Check that the server can read the file of ssl.keystore.location in evbus.kafka_config_file, "
+			"that it is a PKCS#12 keystore, and that ssl.keystore.password is its password.";
 	return NULL;
 }
 

@@ -188,7 +188,9 @@ evbus_producer_create(const char *brokers, EvbusDeliveryCb on_delivery)
 		pfree(producer);
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("could not create the Kafka producer: %s", errstr)));
+				 errmsg("could not create the Kafka producer: %s", errstr),
+				 evbus_kafka_error_hint(errstr) ?
+				 errhint("%s", evbus_kafka_error_hint(errstr)) : 0));
 	}
 	rd_kafka_set_log_queue(producer->rk, NULL);
 

@@ -16,7 +16,7 @@ PACKAGES=(
 	librdkafka-dev
 	postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
 	libipc-run-perl
-	kcat
+	kcat openssl
 	build-essential pkg-config
 )
 command -v java >/dev/null || PACKAGES+=(openjdk-17-jdk-headless)

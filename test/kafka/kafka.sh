@@ -37,7 +37,12 @@
 #                              required: the one it trusts is in the PKCS#12
 #                              keystore DIR/client.p12 (CN=evbus-client,
 #                              certificate DIR/client.pem), whose password is
-#                              in DIR/client_password
+#                              in DIR/client_password; the same key, in PEM
+#                              and encrypted with that password, is in
+#                              DIR/client-key.pem (ssl.key.location)
+#         DIR/sasl_ssl_bootstrap  SASL/PLAIN over TLS (security.protocol=
+#                              SASL_SSL): the user of DIR/sasl_password,
+#                              the certificate of DIR/ca.pem
 #       Passwords are random and only in mode-600 files (these and
 #       server.properties).  ACLs are enforced (StandardAuthorizer) with
 #       allow.everyone.if.no.acl.found=true, so only what an ACL restricts
@@ -92,7 +97,7 @@
 #
 # Environment: EVBUS_KAFKA_LIBS (jar dir), JAVA_HOME, EVBUS_KAFKA_HEAP_OPTS
 # (broker heap, default "-Xms256m -Xmx512m"), EVBUS_KAFKA_START_TIMEOUT,
-# EVBUS_KAFKA_STOP_TIMEOUT.  Needs: java 17+ and its keytool, mvn (fetch
+# EVBUS_KAFKA_STOP_TIMEOUT.  Needs: java 17+ and its keytool, openssl, mvn (fetch
 # only), kcat, perl.
 set -euo pipefail
 
@@ -259,9 +264,11 @@ make_key() {
 # The TLS keys of DIR: the broker's (DIR/broker.p12, SAN IP:127.0.0.1; its
 # certificate DIR/ca.pem is what clients trust) and a client's
 # (DIR/client.p12, CN=evbus-client; its certificate DIR/client.pem is what
-# the mutual-TLS listener trusts).  Keystore passwords come from the
-# environment: EVBUS_BROKER_KS_PASSWORD, EVBUS_CLIENT_KS_PASSWORD.  The two
-# run side by side; keytool's output goes to DIR/logs/keytool.log.
+# the mutual-TLS listener trusts; its key also in DIR/client-key.pem, in
+# PEM, encrypted with the keystore's password by openssl).  Keystore
+# passwords come from the environment: EVBUS_BROKER_KS_PASSWORD,
+# EVBUS_CLIENT_KS_PASSWORD.  The two keys are made side by side; the tools'
+# output goes to DIR/logs/keytool.log.
 make_tls_keys() {
 	local dir=$1 broker client b
 	(
@@ -273,7 +280,11 @@ make_tls_keys() {
 		client=$!
 		wait "$broker"
 		b=$?
-		wait "$client" && ((b == 0))
+		wait "$client" && ((b == 0)) &&
+			openssl pkcs12 -in "$dir/client.p12" -nocerts \
+				-passin env:EVBUS_CLIENT_KS_PASSWORD \
+				-passout env:EVBUS_CLIENT_KS_PASSWORD -out "$dir/client-key.pem" &&
+			grep -q 'BEGIN ENCRYPTED PRIVATE KEY' "$dir/client-key.pem"
 	) >"$dir/logs/keytool.log" 2>&1 || return 1
 	chmod 644 "$dir/ca.pem" "$dir/client.pem" # certificates: no secret
 }
@@ -281,11 +292,11 @@ make_tls_keys() {
 # First start of DIR: ports, TLS keys (made while the data dir is formatted),
 # server.properties, log4j2 config, formatted data dir.
 init_dir() {
-	local dir=$1 bport cport sport tport mport sasl_password cluster_id keys
-	read -r bport cport sport tport mport < <(free_ports 5)
-	[[ -n $mport ]] || die "could not pick free ports"
+	local dir=$1 bport cport sport tport mport xport sasl_password cluster_id keys
+	read -r bport cport sport tport mport xport < <(free_ports 6)
+	[[ -n $xport ]] || die "could not pick free ports"
 	sasl_password=$(random_secret)
-	rm -rf "$dir/data" "$dir/broker.p12" "$dir/client.p12" # a half-done earlier init
+	rm -rf "$dir/data" "$dir/broker.p12" "$dir/client.p12" "$dir/client-key.pem" # a half-done earlier init
 	mkdir -p "$dir/data" "$dir/logs"
 	local -x EVBUS_BROKER_KS_PASSWORD EVBUS_CLIENT_KS_PASSWORD
 	EVBUS_BROKER_KS_PASSWORD=$(random_secret)
@@ -297,16 +308,18 @@ init_dir() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$bport,CONTROLLER://127.0.0.1:$cport,SASL_PLAINTEXT://127.0.0.1:$sport,SSL://127.0.0.1:$tport,MTLS://127.0.0.1:$mport
-advertised.listeners=PLAINTEXT://127.0.0.1:$bport,SASL_PLAINTEXT://127.0.0.1:$sport,SSL://127.0.0.1:$tport,MTLS://127.0.0.1:$mport
+listeners=PLAINTEXT://127.0.0.1:$bport,CONTROLLER://127.0.0.1:$cport,SASL_PLAINTEXT://127.0.0.1:$sport,SSL://127.0.0.1:$tport,MTLS://127.0.0.1:$mport,SASL_SSL://127.0.0.1:$xport
+advertised.listeners=PLAINTEXT://127.0.0.1:$bport,SASL_PLAINTEXT://127.0.0.1:$sport,SSL://127.0.0.1:$tport,MTLS://127.0.0.1:$mport,SASL_SSL://127.0.0.1:$xport
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL
-# SASL/PLAIN clients (tests 055, 065): one user, evbus
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,SASL_SSL:SASL_SSL
+# SASL/PLAIN clients (tests 055, 065; over TLS: 067): one user, evbus
 sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_evbus="$sasl_password";
-# TLS clients (test 066): the broker's self-signed certificate (ca.pem) on
-# both TLS listeners; MTLS also requires the client certificate client.pem
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_evbus="$sasl_password";
+# TLS clients (tests 066, 067): the broker's self-signed certificate
+# (ca.pem) on the three TLS listeners; MTLS also requires the client
+# certificate client.pem
 ssl.keystore.type=PKCS12
 ssl.keystore.location=$dir/broker.p12
 ssl.keystore.password=$EVBUS_BROKER_KS_PASSWORD
@@ -364,6 +377,7 @@ EOF
 	(umask 077 && echo "$sasl_password" >"$dir/sasl_password")
 	echo "127.0.0.1:$tport" >"$dir/ssl_bootstrap"
 	echo "127.0.0.1:$mport" >"$dir/mtls_bootstrap"
+	echo "127.0.0.1:$xport" >"$dir/sasl_ssl_bootstrap"
 	(umask 077 && echo "$EVBUS_CLIENT_KS_PASSWORD" >"$dir/client_password")
 	echo "127.0.0.1:$bport" >"$dir/bootstrap"
 }

@@ -130,6 +130,8 @@ reload($node);
 ok($node->wait_for_log($no_producer, $log_offset), 'a wrong keystore password: the producer cannot be created');
 ok($node->wait_for_log(qr/the Kafka consumer could not be created/, $log_offset),
 	'nor can the consumer');
+ok($node->wait_for_log(qr/HINT: .*ssl\.keystore\.password is its password/, $log_offset),
+	'a hint names the keystore password');
 my $id2 = $node->safe_psql('postgres', q{SELECT evbus.publish('Pinged', '{"n": 2}', 'k')});
 # a reload makes the worker try again, now with the event staged
 $log_offset = -s $node->logfile;
