@@ -150,6 +150,9 @@ sub kcat_consume
 	my $deadline = time() + $timeout;
 	my @msgs;
 	my $json = JSON::PP->new->utf8;
+	# kcat writes a value that is not UTF-8 as it is, which is not JSON
+	# text: read such a line as bytes (each byte one character) instead
+	my $bytes_json = JSON::PP->new;
 	while (1)
 	{
 		# -e: stop at the end of every partition; -c: at most $n messages;
@@ -164,7 +167,7 @@ sub kcat_consume
 		while (my $line = <$fh>)
 		{
 			next unless $line =~ /^\{/;
-			my $m = $json->decode($line);
+			my $m = eval { $json->decode($line) } // $bytes_json->decode($line);
 			my @h = @{ $m->{headers} // [] };
 			my (%headers, @list);
 			while (@h)
