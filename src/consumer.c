@@ -250,11 +250,14 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 
 	gc->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (gc->rk == NULL)
+	{
+		const char *hint = evbus_kafka_error_hint(errstr);
+
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("could not create the Kafka consumer of group \"%s\": %s", group, errstr),
-				 evbus_kafka_error_hint(errstr) ?
-				 errhint("%s", evbus_kafka_error_hint(errstr)) : 0));
+				 hint ? errhint("%s", hint) : 0));
+	}
 	rd_kafka_set_log_queue(gc->rk, NULL);
 	rd_kafka_poll_set_consumer(gc->rk);
 	gc->queue = rd_kafka_queue_get_consumer(gc->rk);

@@ -185,12 +185,13 @@ evbus_producer_create(const char *brokers, EvbusDeliveryCb on_delivery)
 	producer->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
 	if (producer->rk == NULL)
 	{
+		const char *hint = evbus_kafka_error_hint(errstr);
+
 		pfree(producer);
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("could not create the Kafka producer: %s", errstr),
-				 evbus_kafka_error_hint(errstr) ?
-				 errhint("%s", evbus_kafka_error_hint(errstr)) : 0));
+				 hint ? errhint("%s", hint) : 0));
 	}
 	rd_kafka_set_log_queue(producer->rk, NULL);
 
