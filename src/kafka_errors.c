@@ -67,6 +67,12 @@ evbus_kafka_error_hint(const char *text)
  * Logs are forwarded to the main queue (log.queue=true), so this runs in
  * the worker's own thread from rd_kafka_poll(), where ereport is safe.
  * librdkafka redacts sensitive properties in its own log lines.
+ *
+ * Two lines are about the gap-less guarantee that evbus sets on purpose
+ * (producer.c) and are left out: the warning, at every producer start,
+ * that the property is experimental, and librdkafka's own "Fatal error"
+ * when the guarantee stops the producer, which the producer's error
+ * callback reports in words of its own.
  */
 void
 evbus_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
@@ -75,6 +81,9 @@ evbus_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 	int			elevel;
 	const char *hint = evbus_kafka_error_hint(buf);
 
+	if ((strcmp(fac, "CONFWARN") == 0 && strstr(buf, "enable.gapless.guarantee")) ||
+		(strcmp(fac, "FATAL") == 0 && strstr(buf, "Gap-less ordering")))
+		return;
 	if (level <= 3)				/* LOG_ERR and worse */
 		elevel = WARNING;
 	else if (level <= 5)		/* LOG_WARNING, LOG_NOTICE */

@@ -6,7 +6,13 @@
  * An idempotent producer (acks=all, no duplicates or reordering from
  * librdkafka's own retries) with no message timeout: while a broker is
  * unreachable, librdkafka keeps retrying, in order, without limit, and
- * evbus never counts that against an event.  Delivery reports, errors and
+ * evbus never counts that against an event.  With the gap-less guarantee:
+ * when the broker refuses a record batch for good (too large for its
+ * topic, say), librdkafka would otherwise renumber and send the batches
+ * queued behind it, and a key's later events would reach Kafka before the
+ * refused batch's innocent neighbours are produced again (test 052).
+ * Instead the producer stops with a fatal error and is rebuilt; every
+ * event it had not confirmed is produced again, in order (publisher.c).  Delivery reports, errors and
  * log lines are forwarded to the main queue; a callback writes a byte to
  * a pipe when that queue becomes non-empty, and the pipe is part of the
  * worker's WaitEventSet, so the worker sleeps until there is something to
@@ -96,10 +102,16 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 
 		fatal_err = rd_kafka_fatal_error(rk, fatal_reason, sizeof(fatal_reason));
 		producer->fatal = true;
-		ereport(WARNING,
-				(errmsg("evbus: fatal Kafka producer error: %s: %s",
-						rd_kafka_err2name(fatal_err), fatal_reason),
-				 errdetail("The producer is rebuilt; unacknowledged events are produced again.")));
+		if (fatal_err == RD_KAFKA_RESP_ERR__GAPLESS_GUARANTEE)
+			ereport(LOG,
+					(errmsg("evbus: the broker refused a record batch, so the Kafka producer stops: %s",
+							fatal_reason),
+					 errdetail("The producer is rebuilt; unacknowledged events are produced again, in order, and the refused ones one by one.")));
+		else
+			ereport(WARNING,
+					(errmsg("evbus: fatal Kafka producer error: %s: %s",
+							rd_kafka_err2name(fatal_err), fatal_reason),
+					 errdetail("The producer is rebuilt; unacknowledged events are produced again.")));
 	}
 	else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
 			 err == RD_KAFKA_RESP_ERR__TRANSPORT)
@@ -145,11 +157,13 @@ static const char *const producer_defaults[] = {
 
 /*
  * What evbus's guarantees rest on: no duplicates or reordering from
- * librdkafka's own retries (idempotence, acks=all), and no message given
- * up on while a broker is unreachable (no message timeout).
+ * librdkafka's own retries (idempotence, acks=all), no message given up on
+ * while a broker is unreachable (no message timeout), and no batch sent
+ * past one the broker refused (the gap-less guarantee, see above).
  */
 static const char *const producer_forced[] = {
 	"enable.idempotence", "true",
+	"enable.gapless.guarantee", "true",
 	"acks", "all",
 	"message.timeout.ms", "0",
 	NULL

@@ -87,6 +87,13 @@ typedef struct InflightMsg
 	bool		solo;			/* produced alone, to isolate an error */
 } InflightMsg;
 
+/* Entry of `inflight`: the message librdkafka holds, by event id. */
+typedef struct InflightEntry
+{
+	int64		id;				/* hash key */
+	InflightMsg *msg;
+} InflightEntry;
+
 /*
  * An event refused with a permanent error while it shared a record batch
  * with others.  The broker refuses whole batches ("message too large" for
@@ -513,7 +520,7 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 		return HELD_BACK;
 	}
 
-	hash_search(inflight, &row->id, HASH_ENTER, NULL);
+	((InflightEntry *) hash_search(inflight, &row->id, HASH_ENTER, NULL))->msg = msg;
 	ninflight++;
 	ks = key_state(keyhash, true);
 	ks->inflight++;
@@ -688,6 +695,31 @@ finish_deliveries(void)
 }
 
 /*
+ * forget_unreported --- after the producer was destroyed: events it never
+ * reported on count as not confirmed, as if purged.  Its purge does not
+ * wait for librdkafka's broker threads, so some purge reports may come too
+ * late to be served before the handle goes; their events must not stay
+ * "in flight" for ever (they would never be produced again, and a refused
+ * event waiting to go alone would wait for them).
+ */
+static void
+forget_unreported(void)
+{
+	HASH_SEQ_STATUS status;
+	InflightEntry *entry;
+	long		n = hash_get_num_entries(inflight);
+
+	if (n == 0)
+		return;
+	ereport(LOG,
+			(errmsg("evbus: %ld events were not reported on by the closed producer; they are produced again", n)));
+	hash_seq_init(&status, inflight);
+	while ((entry = hash_seq_search(&status)) != NULL)
+		on_delivery(entry->msg, RD_KAFKA_RESP_ERR__PURGE_INFLIGHT,
+					RD_KAFKA_MSG_STATUS_POSSIBLY_PERSISTED, -1, -1);
+}
+
+/*
  * Has a configuration reload changed what the producer was built from
  * (the file of evbus.kafka_config_file: a new password, say)?  Compared
  * once per reload.
@@ -721,7 +753,13 @@ sync_producer(void)
 		evbus_producer_destroy(producer);	/* reports purges: keys blocked */
 		producer = NULL;
 		current_brokers[0] = '\0';
-		finish_deliveries();
+		forget_unreported();
+
+		/*
+		 * Reports served so far are recorded by the next step's finish, in
+		 * its transaction (there is none here); until then `unrecorded`
+		 * keeps their events from being produced again.
+		 */
 	}
 	if (producer == NULL && brokers != NULL &&
 		(config_generation != failed_generation ||
@@ -787,10 +825,11 @@ evbus_publisher_init(const char *database_name)
 
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(int64);
-	ctl.entrysize = sizeof(int64);
 	ctl.hcxt = publisher_cxt;
+	ctl.entrysize = sizeof(InflightEntry);
 	inflight = hash_create("evbus in flight", 4096, &ctl,
 						   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.entrysize = sizeof(int64);
 	unrecorded = hash_create("evbus unrecorded", 4096, &ctl,
 							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	ctl.keysize = sizeof(uint64);
