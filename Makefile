@@ -18,6 +18,7 @@ OBJS = \
 	src/outbox.o \
 	src/outbox_scan.o \
 	src/outbox_write.o \
+	src/outbox_published.o \
 	src/staging.o \
 	src/converters.o \
 	src/converter_call.o \

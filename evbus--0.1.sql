@@ -51,9 +51,12 @@ CREATE SEQUENCE evbus.outbox_id_seq AS bigint CACHE 1;
 
 /*
  * The outbox is two tables used in turn (by time, evbus.outbox_rotation):
- * staging writes to the current one, the worker deletes rows once Kafka has
- * acknowledged them, and truncates the other table once it holds no row, so
- * the outbox returns to empty without VACUUM FULL.
+ * staging writes to the current one.  The worker does not delete a row
+ * Kafka acknowledged: it records the ids it is done with (published, or
+ * moved to the dead letters) as ranges in evbus.outbox_published_<n>, a
+ * row or two per batch, and truncates the other table, with its ranges,
+ * once they cover every row in it, so the outbox returns to empty without
+ * a DELETE per event or VACUUM FULL.
  */
 CREATE TABLE evbus.outbox_0 (
 	id				bigint PRIMARY KEY,
@@ -71,14 +74,30 @@ CREATE TABLE evbus.outbox_1 (LIKE evbus.outbox_0 INCLUDING ALL);
 COMMENT ON TABLE evbus.outbox_0 IS 'outbox, half 0: see evbus.outbox';
 COMMENT ON TABLE evbus.outbox_1 IS 'outbox, half 1: see evbus.outbox';
 
+CREATE TABLE evbus.outbox_published_0 (
+	lo				bigint NOT NULL,
+	hi				bigint NOT NULL CHECK (hi >= lo)
+);
+CREATE TABLE evbus.outbox_published_1 (LIKE evbus.outbox_published_0 INCLUDING ALL);
+COMMENT ON TABLE evbus.outbox_published_0 IS
+	'ids [lo, hi] of evbus.outbox_0 that the worker is done with (published or dead-lettered)';
+COMMENT ON TABLE evbus.outbox_published_1 IS
+	'ids [lo, hi] of evbus.outbox_1 that the worker is done with (published or dead-lettered)';
+
 CREATE VIEW evbus.outbox AS
 	SELECT id, message_id, integration_event, event_key, payload, headers,
 		   domain_event, traceparent, staged_at, deliver_at
 	  FROM evbus.outbox_0
+	 WHERE NOT id OPERATOR(pg_catalog.<@)
+		   (SELECT COALESCE(pg_catalog.range_agg(pg_catalog.int8range(lo, hi, '[]')), '{}')
+			  FROM evbus.outbox_published_0)
 	UNION ALL
 	SELECT id, message_id, integration_event, event_key, payload, headers,
 		   domain_event, traceparent, staged_at, deliver_at
-	  FROM evbus.outbox_1;
+	  FROM evbus.outbox_1
+	 WHERE NOT id OPERATOR(pg_catalog.<@)
+		   (SELECT COALESCE(pg_catalog.range_agg(pg_catalog.int8range(lo, hi, '[]')), '{}')
+			  FROM evbus.outbox_published_1);
 COMMENT ON VIEW evbus.outbox IS
 	'integration events staged by committed transactions and not yet acknowledged by Kafka';
 

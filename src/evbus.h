@@ -148,6 +148,7 @@ extern void evbus_worker_begin(void (*let_go) (void));
 extern void evbus_worker_commit(void);
 extern SPIPlanPtr evbus_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs,
 								  Oid *argtypes);
+extern int	evbus_int64_cmp(const void *a, const void *b);
 extern void evbus_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 						   const char *nulls, int expected);
 extern Oid	evbus_schema_oid(void);

@@ -6,10 +6,15 @@
  *	  a batch of staged events in id order; no row is written or locked:
  *	  one worker per database owns the outbox) are in outbox_scan.c.
  *
- *	  finish   delete the events Kafka acknowledged as PERSISTED, move the
- *	           permanently failed ones to evbus.dead_letters, count both;
+ *	  finish   record the events Kafka acknowledged as PERSISTED as done
+ *	           (outbox_published.c: ranges of ids, no DELETE), move the
+ *	           permanently failed ones to evbus.dead_letters (done too),
+ *	           count both;
  *	  maintain truncate the outbox table staging no longer writes to once
- *	           it is empty, and expire old dead letters.
+ *	           the worker is done with every row in it (the few rows that
+ *	           wait, for a deliver_at to come or for an earlier event of
+ *	           their key, are moved to the other table first), and expire
+ *	           old dead letters.
  *
  * No transaction is open while the worker waits for the network.
  *
@@ -90,87 +95,157 @@ count_published(char **events, int nevents)
 }
 
 /*
- * evbus_outbox_finish --- move dead events to evbus.dead_letters (and
- * NOTIFY evbus_dead_letter), delete the published and dead events from the
- * outbox, count both per integration event.  Must run inside
+ * evbus_outbox_finish --- copy dead events to evbus.dead_letters (and
+ * NOTIFY evbus_dead_letter), record the published and dead events as done,
+ * count both per integration event.  Must run inside
  * evbus_worker_begin/commit.
  */
 void
-evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
-					DeadEvent *dead, int ndead)
+evbus_outbox_finish(int64 *done_ids, int *done_tables, char **done_events,
+					int ndone, DeadEvent *dead, int ndead)
 {
 	int			i;
-	int64	   *all_ids = palloc(sizeof(int64) * Max(ndone + ndead, 1));
+	int			table;
+	int64	   *ids = palloc(sizeof(int64) * Max(ndone + ndead, 1));
 
 	for (i = 0; i < ndead; i++)
 	{
 		Oid			argtypes[4] = {INT8OID, TEXTOID, TEXTOID, TEXTOID};
 		Datum		values[4];
+		char		sql[1024];
 
 		values[0] = Int64GetDatum(dead[i].id);
 		values[1] = CStringGetTextDatum(dead[i].error_code);
 		values[2] = CStringGetTextDatum(dead[i].error_message);
 		values[3] = CStringGetTextDatum(evbus_topic_prefix);
-		evbus_spi_exec("WITH d AS ("
-					" INSERT INTO evbus.dead_letters (message_id, direction,"
-					" integration_event, topic, event_key, payload, headers,"
-					" domain_event, traceparent, staged_at, error_code, error_message)"
-					" SELECT message_id, 'publish', integration_event,"
-					" $4 OPERATOR(pg_catalog.||) integration_event, event_key,"
-					" payload, headers, domain_event, traceparent, staged_at, $2, $3"
-					" FROM evbus.outbox WHERE id OPERATOR(pg_catalog.=) $1"
-					" RETURNING message_id, integration_event),"
-					" c AS (INSERT INTO evbus.publish_counters AS c (integration_event, dead)"
-					" SELECT integration_event, 1 FROM d"
-					" ON CONFLICT (integration_event) DO UPDATE"
-					" SET dead = c.dead OPERATOR(pg_catalog.+) 1)"
-					" SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text)"
-					" FROM d",
-					4, argtypes, values, NULL, SPI_OK_SELECT);
-		all_ids[i] = dead[i].id;
+		snprintf(sql, sizeof(sql),
+				 "WITH d AS ("
+				 " INSERT INTO evbus.dead_letters (message_id, direction,"
+				 " integration_event, topic, event_key, payload, headers,"
+				 " domain_event, traceparent, staged_at, error_code, error_message)"
+				 " SELECT message_id, 'publish', integration_event,"
+				 " $4 OPERATOR(pg_catalog.||) integration_event, event_key,"
+				 " payload, headers, domain_event, traceparent, staged_at, $2, $3"
+				 " FROM evbus.outbox_%d WHERE id OPERATOR(pg_catalog.=) $1"
+				 " RETURNING message_id, integration_event),"
+				 " c AS (INSERT INTO evbus.publish_counters AS c (integration_event, dead)"
+				 " SELECT integration_event, 1 FROM d"
+				 " ON CONFLICT (integration_event) DO UPDATE"
+				 " SET dead = c.dead OPERATOR(pg_catalog.+) 1)"
+				 " SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text)"
+				 " FROM d",
+				 dead[i].table);
+		evbus_spi_exec(sql, 4, argtypes, values, NULL, SPI_OK_SELECT);
 	}
-	for (i = 0; i < ndone; i++)
-		all_ids[ndead + i] = done_ids[i];
 
-	evbus_outbox_delete_ids(all_ids, ndone + ndead);
+	/* done with: the published and the dead, per table */
+	for (table = 0; table < 2; table++)
+	{
+		int			n = 0;
+
+		for (i = 0; i < ndone; i++)
+			if (done_tables[i] == table)
+				ids[n++] = done_ids[i];
+		for (i = 0; i < ndead; i++)
+			if (dead[i].table == table)
+				ids[n++] = dead[i].id;
+		evbus_outbox_published_add(table, ids, n);
+	}
+	pfree(ids);
 
 	if (ndone > 0)
 		count_published(done_events, ndone);
 }
 
+/* At most this many waiting rows are moved so that their table can go. */
+#define MOVE_MAX 100
+
 /*
- * truncate_if_empty --- TRUNCATE evbus.outbox_<slot> if it has pages but
- * no row.  The exclusive lock is only tried, never waited for, so
- * staging is not held up; emptiness is checked under the lock with a
- * fresh snapshot, so a row committed meanwhile is never lost.
+ * Which of a table's pending rows hold its TRUNCATE back: 0 if none (the
+ * rows may move), -1 if the truncation must wait (more than MOVE_MAX rows
+ * pending, a backlog; or one of them in flight, or delivered and not yet
+ * recorded: its finish will name this table).
+ */
+static int
+pending_rows(int slot, int64 *ids)
+{
+	int			n = evbus_outbox_pending_ids(slot, MOVE_MAX, ids);
+	int			i;
+
+	if (n > MOVE_MAX)
+		return -1;
+	for (i = 0; i < n; i++)
+		if (evbus_publisher_holds(ids[i]))
+			return -1;
+	return n;
+}
+
+/*
+ * truncate_if_published --- TRUNCATE evbus.outbox_<slot> and its ranges
+ * once the worker is done with every row in it.  Rows that still wait (a
+ * deliver_at to come, a key held back by an earlier event), if there are
+ * only a few and none of them is in flight, are moved to the current
+ * table first, with their ids: one event due next week must not keep a
+ * minute of published events on disk.  The exclusive locks are only
+ * tried, never waited for, so neither staging nor a reader of
+ * evbus.outbox is held up; the rows are listed again under the locks with
+ * a fresh snapshot, so a row committed meanwhile is never lost.
  */
 static void
-truncate_if_empty(int slot)
+truncate_if_published(int slot, int current)
 {
 	char		relname[NAMEDATALEN];
 	Oid			relid;
+	Oid			ranges_relid;
 	Relation	rel;
 	BlockNumber nblocks;
+	int64		ids[MOVE_MAX];
+	int			n;
+	char		sql[256];
 
 	snprintf(relname, sizeof(relname), "outbox_%d", slot);
 	relid = get_relname_relid(relname, evbus_schema_oid());
-	if (!OidIsValid(relid))
+	snprintf(relname, sizeof(relname), "outbox_published_%d", slot);
+	ranges_relid = get_relname_relid(relname, evbus_schema_oid());
+	if (!OidIsValid(relid) || !OidIsValid(ranges_relid))
 		return;
 	rel = table_open(relid, AccessShareLock);
 	nblocks = RelationGetNumberOfBlocks(rel);
 	table_close(rel, NoLock);
-	if (nblocks == 0)
+	if (nblocks == 0 || pending_rows(slot, ids) < 0)
 		return;
-	if (!ConditionalLockRelationOid(relid, AccessExclusiveLock))
+	if (!ConditionalLockRelationOid(relid, AccessExclusiveLock) ||
+		!ConditionalLockRelationOid(ranges_relid, AccessExclusiveLock))
 		return;
 
-	if (evbus_outbox_is_empty(slot))
+	n = pending_rows(slot, ids);
+	if (n < 0)
+		return;
+	if (n > 0)
 	{
-		snprintf(relname, sizeof(relname), "TRUNCATE evbus.outbox_%d", slot);
-		if (SPI_execute(relname, false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not truncate evbus.outbox_%d", slot);
-		elog(DEBUG1, "evbus: truncated evbus.outbox_%d (%u pages)", slot, nblocks);
+		Oid			argtypes[1] = {INT8ARRAYOID};
+		Datum		values[1];
+		Datum	   *elems = palloc(sizeof(Datum) * n);
+		int			i;
+
+		for (i = 0; i < n; i++)
+			elems[i] = Int64GetDatum(ids[i]);
+		values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, 8,
+													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		snprintf(sql, sizeof(sql),
+				 "INSERT INTO evbus.outbox_%d SELECT * FROM evbus.outbox_%d"
+				 " WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+				 current, slot);
+		evbus_spi_exec(sql, 1, argtypes, values, NULL, SPI_OK_INSERT);
+		elog(DEBUG1, "evbus: moved %d waiting events from evbus.outbox_%d to evbus.outbox_%d",
+			 n, slot, current);
 	}
+	snprintf(sql, sizeof(sql), "TRUNCATE evbus.outbox_%d, evbus.outbox_published_%d",
+			 slot, slot);
+	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not truncate evbus.outbox_%d", slot);
+	evbus_outbox_published_forget(slot);
+	elog(DEBUG1, "evbus: truncated evbus.outbox_%d (%u pages)", slot, nblocks);
 }
 
 /*
@@ -184,7 +259,8 @@ evbus_outbox_maintain(void)
 	int			current = (int) ((now / USECS_PER_SEC / evbus_outbox_rotation_s) % 2);
 
 	evbus_worker_begin(evbus_publisher_shutdown);
-	truncate_if_empty(1 - current);
+	evbus_outbox_published_load();
+	truncate_if_published(1 - current, current);
 
 	if (evbus_dead_letter_retention_s > 0 &&
 		TimestampDifferenceExceeds(last_expiry, now, 60 * 1000))

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * outbox.h
- *	  The worker's view of the outbox: claim rows, release published ones,
+ *	  The worker's view of the outbox: claim rows, record published ones,
  *	  dead-letter failed ones, keep the tables small.
  *
  *-------------------------------------------------------------------------
@@ -15,6 +15,7 @@
 typedef struct OutboxRow
 {
 	int64		id;
+	int			table;			/* evbus.outbox_<table> holds it */
 	pg_uuid_t	message_id;
 	char	   *integration_event;
 	char	   *key;			/* NULL: use the message id */
@@ -32,6 +33,7 @@ typedef struct OutboxRow
 typedef struct DeadEvent
 {
 	int64		id;
+	int			table;
 	const char *error_code;
 	char	   *error_message;
 } DeadEvent;
@@ -40,10 +42,17 @@ extern int	evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
 									 MemoryContext cxt);
 extern int	evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
 								   MemoryContext cxt);
-extern void evbus_outbox_delete_ids(int64 *ids, int nids);
-extern bool evbus_outbox_is_empty(int table);
-extern void evbus_outbox_finish(int64 *done_ids, char **done_events, int ndone,
+extern int	evbus_outbox_pending_ids(int table, int max, int64 *ids);
+extern void evbus_outbox_finish(int64 *done_ids, int *done_tables,
+								char **done_events, int ndone,
 								DeadEvent *dead, int ndead);
 extern void evbus_outbox_maintain(void);
+
+/* outbox_published.c: the ids the worker is done with, per table */
+extern bool evbus_outbox_published_covers(int table, int64 id, int64 *last);
+extern void evbus_outbox_published_load(void);
+extern void evbus_outbox_published_add(int table, int64 *ids, int nids);
+extern void evbus_outbox_published_forget(int table);
+extern int	evbus_outbox_published_nranges(int table);
 
 #endif							/* EVBUS_OUTBOX_H */

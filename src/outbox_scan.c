@@ -4,11 +4,15 @@
  *	  The worker's reads and deletes of outbox rows, by primary key, without
  *	  SPI, the planner or the executor.
  *
- *	  read_from   the due events with id >= a bound, in id order, from
- *	              both tables of the outbox merged (a claim, a sweep page);
- *	  read_ids    the due events among given ids, in id order;
- *	  delete_ids  delete given ids (published, or moved to dead letters);
- *	  is_empty    does a table hold no row at all (before its TRUNCATE).
+ *	  claim_range  the due events with id >= a bound, in id order, from
+ *	               both tables of the outbox merged (a claim, a sweep page);
+ *	  claim_ids    the due events among given ids, in id order;
+ *	  pending_ids  the rows of a table the worker is not done with, due or
+ *	               not (before its TRUNCATE).
+ *
+ * Rows the worker is done with (published, dead-lettered) stay until their
+ * table is truncated; every scan skips them, a range at a time
+ * (outbox_published.c).
  *
  * The worker does these hundreds of times a second.  Through SPI, each
  * one set up an executor for a statement of one index scan, and the plan
@@ -19,15 +23,13 @@
  * statistics say, and costs what its rows cost.
  *
  * Reads use a fresh snapshot after a command counter increment, so they
- * see every commit up to now and the deletes this transaction made
- * before (a claim after a finish must not publish those events again).
+ * see every commit up to now.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/genam.h"
-#include "access/heapam.h"
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -63,6 +65,7 @@ typedef struct OutboxScan
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
 	LOCKMODE	lockmode;
+	int			table;
 } OutboxScan;
 
 static void
@@ -71,6 +74,7 @@ scan_open(OutboxScan *os, int table, LOCKMODE lockmode, Snapshot snapshot)
 	Oid			pkey;
 
 	os->lockmode = lockmode;
+	os->table = table;
 	os->rel = evbus_outbox_open(table, lockmode);
 	pkey = RelationGetPrimaryKeyIndex(os->rel);
 	if (!OidIsValid(pkey))
@@ -129,11 +133,30 @@ slot_due(TupleTableSlot *slot)
 	return isnull || DatumGetTimestampTz(d) <= GetCurrentTransactionStartTimestamp();
 }
 
-/* The next due row of the scan into its slot; false at the end. */
+/*
+ * next_pending --- the next row of a scan in id order (>=) that the worker
+ * is not done with, into its slot; false at the end.  A row it is done
+ * with ends the scan's position: the scan starts again past its range.
+ */
+static bool
+next_pending(OutboxScan *os)
+{
+	while (index_getnext_slot(os->scan, ForwardScanDirection, os->slot))
+	{
+		int64		last;
+
+		if (!evbus_outbox_published_covers(os->table, slot_id(os->slot), &last))
+			return true;
+		scan_rescan(os, BTGreaterEqualStrategyNumber, F_INT8GE, last + 1);
+	}
+	return false;
+}
+
+/* The next due row of a scan in id order into its slot; false at the end. */
 static bool
 next_due(OutboxScan *os)
 {
-	while (index_getnext_slot(os->scan, ForwardScanDirection, os->slot))
+	while (next_pending(os))
 		if (slot_due(os->slot))
 			return true;
 	return false;
@@ -150,14 +173,16 @@ text_or_null(TupleTableSlot *slot, int col)
 
 /* Copy the row in slot into row (in cxt), printing the payload as compact JSON. */
 static void
-copy_row(TupleTableSlot *slot, OutboxRow *row, MemoryContext cxt)
+copy_row(OutboxScan *os, OutboxRow *row, MemoryContext cxt)
 {
+	TupleTableSlot *slot = os->slot;
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	bool		isnull;
 	Datum		d;
 	StringInfoData buf;
 
 	row->id = slot_id(slot);
+	row->table = os->table;
 	memcpy(&row->message_id,
 		   DatumGetUUIDP(slot_getattr(slot, COL_MESSAGE_ID, &isnull)),
 		   sizeof(pg_uuid_t));
@@ -241,22 +266,13 @@ evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
 			cap = Min(cap * 2, limit);
 			*rows = repalloc(*rows, sizeof(OutboxRow) * cap);
 		}
-		copy_row(scans[lower].slot, &(*rows)[n++], cxt);
+		copy_row(&scans[lower], &(*rows)[n++], cxt);
 		has[lower] = next_due(&scans[lower]);
 	}
 	for (t = 0; t < 2; t++)
 		scan_close(&scans[t]);
 	UnregisterSnapshot(snapshot);
 	return n;
-}
-
-static int
-int64_cmp(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return x < y ? -1 : x > y ? 1 : 0;
 }
 
 /* ids sorted, without duplicates, in a copy; returns the count. */
@@ -268,19 +284,27 @@ sorted_unique(int64 *ids, int nids, int64 **sorted)
 
 	*sorted = palloc(sizeof(int64) * Max(nids, 1));
 	memcpy(*sorted, ids, sizeof(int64) * nids);
-	qsort(*sorted, nids, sizeof(int64), int64_cmp);
+	qsort(*sorted, nids, sizeof(int64), evbus_int64_cmp);
 	for (i = 0; i < nids; i++)
 		if (n == 0 || (*sorted)[n - 1] != (*sorted)[i])
 			(*sorted)[n++] = (*sorted)[i];
 	return n;
 }
 
-/* Is id a due row of the scan's table?  Then it is in the scan's slot. */
+/*
+ * Is id a due row of the scan's table that the worker is not done with?
+ * Then it is in the scan's slot.
+ */
 static bool
 due_id(OutboxScan *os, int64 id)
 {
+	if (evbus_outbox_published_covers(os->table, id, NULL))
+		return false;
 	scan_rescan(os, BTEqualStrategyNumber, F_INT8EQ, id);
-	return next_due(os);
+	while (index_getnext_slot(os->scan, ForwardScanDirection, os->slot))
+		if (slot_due(os->slot))
+			return true;
+	return false;
 }
 
 /*
@@ -311,7 +335,7 @@ evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
 				continue;
 			likely = 1 - likely;
 		}
-		copy_row(scans[likely].slot, &(*rows)[n++], cxt);
+		copy_row(&scans[likely], &(*rows)[n++], cxt);
 	}
 	for (t = 0; t < 2; t++)
 		scan_close(&scans[t]);
@@ -321,80 +345,27 @@ evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
 }
 
 /*
- * delete_id --- delete the row of id from one outbox table, if it has it.
- * A row another transaction deleted meanwhile (by hand) is no error.
+ * evbus_outbox_pending_ids --- the ids of the rows of evbus.outbox_<table>
+ * that the worker is not done with, due or not, in id order: at most max
+ * of them into ids; returns how many there are, up to max + 1 (so that
+ * max + 1 says "more than max").  Must run inside evbus_worker_begin/commit.
  */
-static bool
-delete_id(OutboxScan *os, int64 id)
-{
-	bool		found = false;
-
-	scan_rescan(os, BTEqualStrategyNumber, F_INT8EQ, id);
-	while (index_getnext_slot(os->scan, ForwardScanDirection, os->slot))
-	{
-		TM_FailureData tmfd;
-		TM_Result	result;
-
-		found = true;
-		result = heap_delete(os->rel, &os->slot->tts_tid,
-							 GetCurrentCommandId(true), InvalidSnapshot,
-							 true, &tmfd, false);
-		if (result != TM_Ok && result != TM_SelfModified &&
-			result != TM_Updated && result != TM_Deleted)
-			elog(ERROR, "could not delete event %lld from %s: result %d",
-				 (long long) id, RelationGetRelationName(os->rel), (int) result);
-	}
-	return found;
-}
-
-/*
- * evbus_outbox_delete_ids --- delete the rows of ids from the outbox.
- * Must run inside evbus_worker_begin/commit.
- */
-void
-evbus_outbox_delete_ids(int64 *ids, int nids)
-{
-	Snapshot	snapshot = fresh_snapshot();
-	OutboxScan	scans[2];
-	int64	   *sorted;
-	int			nsorted = sorted_unique(ids, nids, &sorted);
-	int			likely = 0;
-	int			i;
-	int			t;
-
-	for (t = 0; t < 2; t++)
-		scan_open(&scans[t], t, RowExclusiveLock, snapshot);
-
-	/*
-	 * An id is in one table at most, and neighbouring ids mostly in the
-	 * same one: probe the other table only when the likely one lacks it.
-	 */
-	for (i = 0; i < nsorted; i++)
-		if (!delete_id(&scans[likely], sorted[i]) &&
-			delete_id(&scans[1 - likely], sorted[i]))
-			likely = 1 - likely;
-	for (t = 0; t < 2; t++)
-		scan_close(&scans[t]);
-	UnregisterSnapshot(snapshot);
-	pfree(sorted);
-	CommandCounterIncrement();
-}
-
-/*
- * evbus_outbox_is_empty --- does evbus.outbox_<table> hold no row at all,
- * due or not?  The caller holds a lock that keeps writers out.
- */
-bool
-evbus_outbox_is_empty(int table)
+int
+evbus_outbox_pending_ids(int table, int max, int64 *ids)
 {
 	Snapshot	snapshot = fresh_snapshot();
 	OutboxScan	os;
-	bool		empty;
+	int			n = 0;
 
 	scan_open(&os, table, AccessShareLock, snapshot);
 	scan_rescan(&os, BTGreaterEqualStrategyNumber, F_INT8GE, PG_INT64_MIN);
-	empty = !index_getnext_slot(os.scan, ForwardScanDirection, os.slot);
+	while (n <= max && next_pending(&os))
+	{
+		if (n < max)
+			ids[n] = slot_id(os.slot);
+		n++;
+	}
 	scan_close(&os);
 	UnregisterSnapshot(snapshot);
-	return empty;
+	return n;
 }

@@ -21,7 +21,9 @@
  *
  *	staged (row in the outbox)
  *	  -> claimed and produced: in flight, remembered in `inflight`
- *	  -> delivery report PERSISTED: row deleted, counted as published
+ *	  -> delivery report PERSISTED: recorded as done (its id joins the
+ *	     ranges of outbox_published.c; the row goes with its table's
+ *	     TRUNCATE), counted as published
  *	  -> delivery report with a permanent error: produced again alone (the
  *	     broker refuses whole batches, so the culprit may be a neighbour);
  *	     refused alone, it is moved to dead letters
@@ -82,6 +84,7 @@
 typedef struct InflightMsg
 {
 	int64		id;				/* hash key */
+	int			table;			/* evbus.outbox_<table> holds it */
 	uint64		keyhash;
 	char	   *integration_event;
 	bool		solo;			/* produced alone, to isolate an error */
@@ -155,6 +158,7 @@ static TimestampTz last_claim_at = 0;
 
 /* Results of delivery reports, recorded by the next finish. */
 static int64 *done_ids = NULL;
+static int *done_tables = NULL;
 static char **done_events = NULL;
 static int	ndone = 0;
 static int	done_cap = 0;
@@ -318,18 +322,20 @@ record_done(InflightMsg *msg)
 	{
 		done_cap = Max(done_cap * 2, 1024);
 		done_ids = repalloc(done_ids, sizeof(int64) * done_cap);
+		done_tables = repalloc(done_tables, sizeof(int) * done_cap);
 		done_events = repalloc(done_events, sizeof(char *) * done_cap);
 	}
 	if (ndone == 0 && ndead == 0)
 		first_report_at = GetCurrentTimestamp();
 	done_ids[ndone] = msg->id;
+	done_tables[ndone] = msg->table;
 	done_events[ndone] = msg->integration_event;
 	ndone++;
 	hash_search(unrecorded, &msg->id, HASH_ENTER, NULL);
 }
 
 static void
-record_dead(int64 id, rd_kafka_resp_err_t err)
+record_dead(int64 id, int table, rd_kafka_resp_err_t err)
 {
 	MemoryContext old = MemoryContextSwitchTo(publisher_cxt);
 
@@ -342,6 +348,7 @@ record_dead(int64 id, rd_kafka_resp_err_t err)
 		first_report_at = GetCurrentTimestamp();
 	hash_search(unrecorded, &id, HASH_ENTER, NULL);
 	dead[ndead].id = id;
+	dead[ndead].table = table;
 	dead[ndead].error_code = rd_kafka_err2name(err);
 	dead[ndead].error_message = pstrdup(rd_kafka_err2str(err));
 	ndead++;
@@ -383,7 +390,7 @@ on_delivery(void *opaque, rd_kafka_resp_err_t err, rd_kafka_msg_status_t status,
 						(long long) msg->id, msg->integration_event,
 						rd_kafka_err2str(err)),
 				 errdetail("The event is moved to evbus.dead_letters.")));
-		record_dead(msg->id, err);
+		record_dead(msg->id, msg->table, err);
 		key_unblock(ks, msg->id);
 	}
 	else
@@ -454,7 +461,7 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 	/*
 	 * Delivered (or dead) but not recorded yet: a sweep page can produce a
 	 * row past the forward cursor, which the next forward claim then reads
-	 * again before the finish has deleted it.
+	 * again before the finish has recorded it.
 	 */
 	hash_search(unrecorded, &row->id, HASH_FIND, &found);
 	if (found)
@@ -474,6 +481,7 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 
 	msg = MemoryContextAlloc(publisher_cxt, sizeof(InflightMsg));
 	msg->id = row->id;
+	msg->table = row->table;
 	msg->keyhash = keyhash;
 	msg->integration_event = MemoryContextStrdup(publisher_cxt, row->integration_event);
 	msg->solo = alone;
@@ -507,7 +515,7 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 							(long long) row->id, row->integration_event,
 							rd_kafka_err2str(err)),
 					 errdetail("The event is moved to evbus.dead_letters.")));
-			record_dead(row->id, err);
+			record_dead(row->id, row->table, err);
 			hash_search(revisits, &row->id, HASH_REMOVE, NULL);
 			key_unblock(ks, row->id);
 			key_state_release(ks);
@@ -605,11 +613,14 @@ claim_forward(int limit)
 		/*
 		 * Ids skipped over may still commit: remember them for a while.  A
 		 * huge gap (a big rolled back transaction) is left to the sweep, as
-		 * is everything below the first id this worker sees.
+		 * is everything below the first id this worker sees.  Ids skipped
+		 * because they are done with (after a restart) are no holes.
 		 */
 		if (max_seen > 0 && rows[i].id - expected <= MAX_HOLE_RUN)
 			for (hole = expected; hole < rows[i].id; hole++)
-				add_revisit(hole, false, 0);
+				if (!evbus_outbox_published_covers(0, hole, NULL) &&
+					!evbus_outbox_published_covers(1, hole, NULL))
+					add_revisit(hole, false, 0);
 		expected = rows[i].id + 1;
 		max_seen = rows[i].id;
 	}
@@ -679,7 +690,7 @@ finish_deliveries(void)
 	if (ndone == 0 && ndead == 0)
 		return;
 	pgstat_report_activity(STATE_RUNNING, "recording deliveries");
-	evbus_outbox_finish(done_ids, done_events, ndone, dead, ndead);
+	evbus_outbox_finish(done_ids, done_tables, done_events, ndone, dead, ndead);
 	for (i = 0; i < ndone; i++)
 	{
 		hash_search(unrecorded, &done_ids[i], HASH_REMOVE, NULL);
@@ -692,6 +703,21 @@ finish_deliveries(void)
 	}
 	ndone = 0;
 	ndead = 0;
+}
+
+/*
+ * evbus_publisher_holds --- is the event of id in flight, or delivered
+ * (or dead) and not yet recorded?  Then its row must stay where it is.
+ */
+bool
+evbus_publisher_holds(int64 id)
+{
+	bool		found;
+
+	hash_search(inflight, &id, HASH_FIND, &found);
+	if (!found)
+		hash_search(unrecorded, &id, HASH_FIND, &found);
+	return found;
 }
 
 /*
@@ -818,6 +844,7 @@ evbus_publisher_init(const char *database_name)
 	batch_cxt = AllocSetContextCreate(publisher_cxt, "evbus publisher batch",
 									  ALLOCSET_DEFAULT_SIZES);
 	done_ids = MemoryContextAlloc(publisher_cxt, sizeof(int64) * 1024);
+	done_tables = MemoryContextAlloc(publisher_cxt, sizeof(int) * 1024);
 	done_events = MemoryContextAlloc(publisher_cxt, sizeof(char *) * 1024);
 	done_cap = 1024;
 	dead = MemoryContextAlloc(publisher_cxt, sizeof(DeadEvent) * 16);
@@ -914,6 +941,7 @@ evbus_publisher_step(bool claim_wanted)
 		if (claiming)
 			evbus_worker_wake_consumed();
 		evbus_worker_begin(evbus_publisher_shutdown);
+		evbus_outbox_published_load();
 		if (finishing)
 			finish_deliveries();
 		if (claiming)

@@ -14,5 +14,6 @@ extern long evbus_publisher_wait_ms(void);
 extern int	evbus_publisher_wakeup_fd(void);
 extern void evbus_publisher_shutdown(void);
 extern void evbus_publisher_reconfigured(void);
+extern bool evbus_publisher_holds(int64 id);
 
 #endif							/* EVBUS_PUBLISHER_H */

@@ -330,3 +330,13 @@ evbus_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 	if (rc != expected)
 		elog(ERROR, "evbus: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
 }
+
+/* qsort comparator of int64 values (outbox ids). */
+int
+evbus_int64_cmp(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
