@@ -28,7 +28,7 @@
 # run starts from the same state.  WAL per transaction is the
 # pg_current_wal_lsn() difference over the run divided by the transactions;
 # in kafka mode the end LSN is taken once the worker has drained the outbox,
-# so the worker's DELETEs are counted too.
+# so the worker's WAL (its finishes) is counted too.
 #
 # Usage (as root or any user; one command):
 #   bench/commit_overhead.sh
@@ -40,8 +40,9 @@
 #   uncounted runs, split between the variants, before the rounds of each
 #   mode, 240: the broker's JVM keeps compiling for minutes; with 20 s of
 #   warm-up per variant it used 1.2-1.6 CPU-s per 20-s run of (c), with
-#   80 s 0.6-0.7, for the same events), plus those of bench/lib.sh
-#   (PG_CONF: server settings).
+#   80 s 0.6-0.7, for the same events), WAL_STATS (non-empty: save
+#   `pg_waldump --stats=record` of each run's WAL as walstats-*.txt), plus
+#   those of bench/lib.sh (PG_CONF: server settings).
 # Output: a summary on stdout and in $RESULTS_DIR/summary.txt, one row per
 #   run in $RESULTS_DIR/runs.tsv, pgbench output per run.
 
@@ -166,6 +167,10 @@ run_one() {
 		LEFT=$left
 	fi
 	lsn1=$(q "SELECT pg_current_wal_lsn()")
+	if [[ -n ${WAL_STATS:-} ]]; then
+		"$PGBIN/pg_waldump" -p "$TMP_DIR/pg/pg_wal" -s "$lsn0" -e "$lsn1" --stats=record \
+			>"$RESULTS_DIR/walstats-$mode-r$round-$v.txt" 2>&1 || true
+	fi
 	tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$out")
 	n=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out")
 	lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' "$out")
