@@ -57,6 +57,12 @@ CREATE SEQUENCE evbus.outbox_id_seq AS bigint CACHE 1;
  * row or two per batch, and truncates the other table, with its ranges,
  * once they cover every row in it, so the outbox returns to empty without
  * a DELETE per event or VACUUM FULL.
+ *
+ * Autovacuum is off for these tables: they have nothing to clean (no row
+ * is deleted or updated; a rolled back row goes with the TRUNCATE), and a
+ * vacuum of a minute of events read every page of it, each minute, to
+ * set visibility bits nobody needs.  Vacuums against wraparound still
+ * run.  Staging only appends (outbox_write.c).
  */
 CREATE TABLE evbus.outbox_0 (
 	id				bigint PRIMARY KEY,
@@ -69,16 +75,18 @@ CREATE TABLE evbus.outbox_0 (
 	traceparent		text,
 	staged_at		timestamptz NOT NULL,
 	deliver_at		timestamptz
-);
-CREATE TABLE evbus.outbox_1 (LIKE evbus.outbox_0 INCLUDING ALL);
+) WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false);
+CREATE TABLE evbus.outbox_1 (LIKE evbus.outbox_0 INCLUDING ALL)
+	WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false);
 COMMENT ON TABLE evbus.outbox_0 IS 'outbox, half 0: see evbus.outbox';
 COMMENT ON TABLE evbus.outbox_1 IS 'outbox, half 1: see evbus.outbox';
 
 CREATE TABLE evbus.outbox_published_0 (
 	lo				bigint NOT NULL,
 	hi				bigint NOT NULL CHECK (hi >= lo)
-);
-CREATE TABLE evbus.outbox_published_1 (LIKE evbus.outbox_published_0 INCLUDING ALL);
+) WITH (autovacuum_enabled = false);
+CREATE TABLE evbus.outbox_published_1 (LIKE evbus.outbox_published_0 INCLUDING ALL)
+	WITH (autovacuum_enabled = false);
 COMMENT ON TABLE evbus.outbox_published_0 IS
 	'ids [lo, hi] of evbus.outbox_0 that the worker is done with (published or dead-lettered)';
 COMMENT ON TABLE evbus.outbox_published_1 IS

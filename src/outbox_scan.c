@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * outbox_scan.c
- *	  The worker's reads and deletes of outbox rows, by primary key, without
+ *	  The worker's reads of outbox rows, by primary key, without
  *	  SPI, the planner or the executor.
  *
  *	  claim_range  the due events with id >= a bound, in id order, from

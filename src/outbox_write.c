@@ -17,6 +17,15 @@
  * user added that this cannot maintain (on an expression, or partial) is
  * an error, not something skipped.
  *
+ * Rows are only appended: the insert goes to this backend's last page or
+ * the table's last, never, by the free space map, to the few bytes left at
+ * the end of an older page.  The outbox only grows until it is truncated,
+ * so those bytes are worth nothing, and writing into an old page after a
+ * checkpoint puts a full-page image in the WAL: a smaller event put into
+ * the remains of pages that larger ones had filled cost up to 350 B of WAL
+ * per transaction more (bench/commit_overhead.sh with WAL_STATS=1, (c)
+ * run after (b) in the same table).
+ *
  * The relation and sequence oids are cached per backend and forgotten
  * when the relcache entry of either outbox table is invalidated (DROP
  * EXTENSION, but also every TRUNCATE, ANALYZE or ALTER TABLE, or a full
@@ -228,7 +237,7 @@ evbus_outbox_write(int slot, Datum *values, bool *isnull)
 	memcpy(&row_isnull[1], isnull, sizeof(bool) * (EVBUS_OUTBOX_NATTS - 1));
 
 	tup = heap_form_tuple(RelationGetDescr(rel), row, row_isnull);
-	simple_heap_insert(rel, tup);
+	heap_insert(rel, tup, GetCurrentCommandId(true), HEAP_INSERT_SKIP_FSM, NULL);
 	insert_index_entries(rel, tup, row, row_isnull);
 	heap_freetuple(tup);
 
