@@ -12,11 +12,13 @@
  * queued behind it, and a key's later events would reach Kafka before the
  * refused batch's innocent neighbours are produced again (test 052).
  * Instead the producer stops with a fatal error and is rebuilt; every
- * event it had not confirmed is produced again, in order (publisher.c).  Delivery reports, errors and
- * log lines are forwarded to the main queue; a callback writes a byte to
- * a pipe when that queue becomes non-empty, and the pipe is part of the
- * worker's WaitEventSet, so the worker sleeps until there is something to
- * do and serves every callback in its own thread (evbus_producer_serve).
+ * event it had not confirmed is produced again, in order (publisher.c).
+ *
+ * Delivery reports, errors and log lines are forwarded to the main queue;
+ * a callback writes a byte to a pipe when that queue becomes non-empty,
+ * and the pipe is part of the worker's WaitEventSet, so the worker sleeps
+ * until there is something to do and serves every callback in its own
+ * thread (evbus_producer_serve).
  *
  * Messages name their topic by a handle that the producer keeps per topic
  * (producer_topic), not by name.  librdkafka 2.0.2 asks the brokers for the
