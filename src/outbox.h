@@ -53,6 +53,5 @@ extern bool evbus_outbox_published_covers(int table, int64 id, int64 *last);
 extern void evbus_outbox_published_load(void);
 extern void evbus_outbox_published_add(int table, int64 *ids, int nids);
 extern void evbus_outbox_published_forget(int table);
-extern int	evbus_outbox_published_nranges(int table);
 
 #endif							/* EVBUS_OUTBOX_H */

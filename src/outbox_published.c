@@ -249,10 +249,3 @@ evbus_outbox_published_forget(int table)
 {
 	ranges[table].n = 0;
 }
-
-/* How many ranges table has (for the log). */
-int
-evbus_outbox_published_nranges(int table)
-{
-	return ranges[table].n;
-}
