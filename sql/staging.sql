@@ -50,6 +50,16 @@ COMMIT PREPARED 'evbus_commit';
 
 SELECT array_agg((payload->>'orderId')::int ORDER BY id) AS staged_orders FROM evbus.outbox;
 
+-- staging keeps its lock on the outbox table till the transaction ends, as
+-- an INSERT does: the worker's TRUNCATE of a rotated-out table must wait
+-- for rows that are not committed yet
+BEGIN;
+SELECT evbus.publish('OrderShipped', '{"orderId": 10}') IS NOT NULL AS staged;
+SELECT count(*) AS outbox_locks FROM pg_locks
+ WHERE pid = pg_backend_pid() AND locktype = 'relation' AND mode = 'RowExclusiveLock'
+   AND relation IN ('evbus.outbox_0'::regclass, 'evbus.outbox_1'::regclass);
+ROLLBACK;
+
 -- ids are strictly increasing in staging order
 SELECT bool_and(id > prev) AS ordered
   FROM (SELECT id, lag(id) OVER (ORDER BY staged_at, id) AS prev FROM evbus.outbox) s

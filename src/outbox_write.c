@@ -177,7 +177,7 @@ insert_index_entries(Relation rel, HeapTuple tup, Datum *values, bool *isnull)
 		(void) index_insert(index, keys, key_isnull, &tup->t_self, rel,
 							index->rd_index->indisunique ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
 							false, info);
-		index_close(index, RowExclusiveLock);
+		index_close(index, NoLock);
 	}
 	list_free(indexes);
 }
@@ -241,7 +241,15 @@ evbus_outbox_write(int slot, Datum *values, bool *isnull)
 	insert_index_entries(rel, tup, row, row_isnull);
 	heap_freetuple(tup);
 
-	table_close(rel, RowExclusiveLock);
+	/*
+	 * The lock stays until the transaction ends, as an INSERT's does: it is
+	 * what keeps the worker from truncating this table (outbox.c) while
+	 * the row is not committed yet, and so invisible to the worker.
+	 * Released here, a transaction that stayed open across a rotation lost
+	 * its events to the TRUNCATE (the landing CI of the tenth session, test
+	 * 090).
+	 */
+	table_close(rel, NoLock);
 	CommandCounterIncrement();
 	return id;
 }
