@@ -216,15 +216,11 @@ add_revisit(int64 id, bool failed, uint64 keyhash)
 	if (!failed && hash_get_num_entries(revisits) >= MAX_REVISITS)
 		return;					/* the sweep will find it */
 	rv = hash_search(revisits, &id, HASH_ENTER, &found);
-	if (!found)
-	{
+	if (!found || !rv->failed)
 		rv->since = GetCurrentTimestamp();
-		rv->failed = failed;
-		rv->keyhash = keyhash;
-	}
-	else if (failed)
+	if (!found || failed)
 	{
-		rv->failed = true;
+		rv->failed = failed;
 		rv->keyhash = keyhash;
 	}
 }
@@ -456,7 +452,10 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 
 	hash_search(inflight, &row->id, HASH_FIND, &found);
 	if (found)
+	{
+		hash_search(revisits, &row->id, HASH_REMOVE, NULL);
 		return PRODUCED;		/* already on its way */
+	}
 
 	/*
 	 * Delivered (or dead) but not recorded yet: a sweep page can produce a
@@ -465,7 +464,10 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 	 */
 	hash_search(unrecorded, &row->id, HASH_FIND, &found);
 	if (found)
+	{
+		hash_search(revisits, &row->id, HASH_REMOVE, NULL);
 		return PRODUCED;
+	}
 
 	ks = key_state(keyhash, false);
 	if (ks && ks->blocking_id != 0 &&
@@ -556,6 +558,56 @@ produce_rows(OutboxRow *rows, int n)
 	return true;
 }
 
+/*
+ * forget_vanished --- events that failed (they were due rows then) and that
+ * a claim of their ids did not find (rows, in id order) were deleted by
+ * hand: they hold their keys back no longer.
+ */
+static void
+forget_vanished(int64 *ids, int nids, OutboxRow *rows, int n)
+{
+	int			i;
+
+	for (i = 0; i < nids; i++)
+	{
+		Revisit    *rv = hash_search(revisits, &ids[i], HASH_FIND, NULL);
+		int			low = 0;
+		int			high = n - 1;
+		bool		claimed = false;
+		uint64		keyhash;
+		KeyState   *ks;
+
+		if (rv == NULL || !rv->failed)
+			continue;
+		while (low <= high && !claimed)
+		{
+			int			mid = low + (high - low) / 2;
+
+			if (rows[mid].id == ids[i])
+				claimed = true;
+			else if (rows[mid].id < ids[i])
+				low = mid + 1;
+			else
+				high = mid - 1;
+		}
+		if (claimed)
+			continue;
+		keyhash = rv->keyhash;
+		hash_search(revisits, &ids[i], HASH_REMOVE, NULL);
+		elog(LOG, "evbus: event %lld is no longer in the outbox; it holds its key back no longer",
+			 (long long) ids[i]);
+		ks = key_state(keyhash, false);
+		if (ks != NULL)
+		{
+			if (ks->blocking_id == ids[i])
+				key_unblock(ks, ids[i]);
+			else if (ks->failed > 0)
+				ks->failed--;
+			key_state_release(ks);
+		}
+	}
+}
+
 /* Look up remembered ids again; holes expire after HOLE_TIMEOUT_MS. */
 static void
 claim_revisits(void)
@@ -567,7 +619,6 @@ claim_revisits(void)
 	TimestampTz now = GetCurrentTimestamp();
 	OutboxRow  *rows;
 	int			n;
-	int			i;
 
 	if (hash_get_num_entries(revisits) == 0)
 		return;
@@ -585,10 +636,14 @@ claim_revisits(void)
 		return;
 
 	n = evbus_outbox_claim_ids(ids, nids, &rows, batch_cxt);
+	forget_vanished(ids, nids, rows, n);
 
-	/* ids that are not (or no longer) due rows stay until they expire */
-	for (i = 0; i < n; i++)
-		hash_search(revisits, &rows[i].id, HASH_REMOVE, NULL);
+	/*
+	 * A row produced leaves the revisits (produce_row); one held back
+	 * stays, and an event that failed stays one that failed, which its
+	 * key's next blocker is looked up among (next_failed_id).  Ids that
+	 * are not (or no longer) due rows stay until they expire.
+	 */
 	produce_rows(rows, n);
 }
 
@@ -667,14 +722,23 @@ produce_solo(void)
 
 		if (ks == NULL || ks->blocking_id == 0 || ks->blocking_id == solo[i].id)
 		{
+			/* copies: solo_remove moves the entries after solo[i] down */
 			int64		id = solo[i].id;
+			uint64		keyhash = solo[i].keyhash;
 			OutboxRow  *rows;
 			int			n;
 
 			n = evbus_outbox_claim_ids(&id, 1, &rows, batch_cxt);
 			solo_remove(id);
-			if (n == 1 && produce_row(&rows[0], timestamptz_to_str(GetCurrentTimestamp()), true) != PRODUCED)
-				solo_add(id, solo[i].keyhash);
+			if (n == 0 && ks != NULL)
+			{
+				/* its row is gone (deleted by hand): it holds nothing back */
+				key_unblock(ks, id);
+				key_state_release(ks);
+			}
+			else if (n == 1 &&
+					 produce_row(&rows[0], timestamptz_to_str(GetCurrentTimestamp()), true) != PRODUCED)
+				solo_add(id, keyhash);
 			return;
 		}
 	}
