@@ -60,6 +60,19 @@ SELECT count(*) AS outbox_locks FROM pg_locks
    AND relation IN ('evbus.outbox_0'::regclass, 'evbus.outbox_1'::regclass);
 ROLLBACK;
 
+-- message ids: version 7, RFC 4122 variant, distinct in their random bits
+-- (2,000 of them draw on several pools of random bytes)
+BEGIN;
+CREATE TEMP TABLE ids AS
+  SELECT n, evbus.publish('OrderShipped', jsonb_build_object('n', n)) AS id
+  FROM generate_series(1, 2000) n;
+SELECT count(DISTINCT id) AS distinct_ids,
+       bool_and(substr(id::text, 15, 1) = '7') AS version_7,
+       bool_and(substr(id::text, 20, 1) IN ('8', '9', 'a', 'b')) AS variant,
+       count(DISTINCT substr(id::text, 20, 17)) AS distinct_random_parts
+  FROM ids;
+ROLLBACK;
+
 -- ids are strictly increasing in staging order
 SELECT bool_and(id > prev) AS ordered
   FROM (SELECT id, lag(id) OVER (ORDER BY staged_at, id) AS prev FROM evbus.outbox) s
