@@ -63,7 +63,7 @@ random_bytes(uint8 *buf, int len)
 		random_pool_pid = MyProcPid;
 	}
 	memcpy(buf, random_pool + random_pool_used, len);
-	/* never hand out the same bytes twice */
+	/* what was handed out does not stay behind in memory */
 	memset(random_pool + random_pool_used, 0, len);
 	random_pool_used += len;
 }
