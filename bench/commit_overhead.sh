@@ -74,23 +74,7 @@ log "pgbench -i -s $SCALE"
 pgbench -i -q -s "$SCALE" >"$TMP_DIR/pgbench-init.log" 2>&1 \
 	|| { cat "$TMP_DIR/pgbench-init.log" >&2; die "pgbench -i failed"; }
 
-psql -qX -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
--- variant a: the hand-written outbox of an application without evbus
-CREATE TABLE bench_outbox (
-	id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-	topic text,
-	key text,
-	payload jsonb,
-	headers jsonb,
-	created_at timestamptz DEFAULT now()
-);
--- variant b: one converter that returns the domain event as it is
-CREATE SCHEMA bench;
-CREATE FUNCTION bench.account_updated(payload jsonb) RETURNS jsonb
-	LANGUAGE sql IMMUTABLE AS 'SELECT payload';
-SELECT evbus.register_converter('AccountUpdatedDomainEvent', 'AccountUpdated',
-								'bench.account_updated(jsonb)');
-SQL
+create_staging_variants
 
 # The payload, identical in all variants (its numbers vary per transaction).
 PAYLOAD="jsonb_build_object('account_id', :aid::int, 'branch_id', :bid::int, 'teller_id', :tid::int, 'delta', :delta::int, 'currency', 'EUR', 'reason', 'pgbench tpcb-like transfer', 'source', 'evbus bench/commit_overhead', 'ref', 'c0ffee00-1234-4abc-8def-000000000042')"

@@ -191,6 +191,29 @@ EOF
 	log "PostgreSQL $(q 'SHOW server_version') on port $port, evbus worker pid $(q 'SELECT evbus.worker_pid()')"
 }
 
+# create_staging_variants: what the variants of commit_overhead.sh and
+# staging_cost.sh stage through, in $PGDATABASE: (a) a hand-written outbox
+# table, (b) one converter that returns the domain event as it is.
+create_staging_variants() {
+	psql -qX -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
+-- variant a: the hand-written outbox of an application without evbus
+CREATE TABLE bench_outbox (
+	id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	topic text,
+	key text,
+	payload jsonb,
+	headers jsonb,
+	created_at timestamptz DEFAULT now()
+);
+-- variant b: one converter that returns the domain event as it is
+CREATE SCHEMA bench;
+CREATE FUNCTION bench.account_updated(payload jsonb) RETURNS jsonb
+	LANGUAGE sql IMMUTABLE AS 'SELECT payload';
+SELECT evbus.register_converter('AccountUpdatedDomainEvent', 'AccountUpdated',
+								'bench.account_updated(jsonb)');
+SQL
+}
+
 # q SQL: one query, unaligned tuples only, stop on error.
 q() { psql -qXAt -v ON_ERROR_STOP=1 -c "$1"; }
 

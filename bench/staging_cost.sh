@@ -39,21 +39,7 @@ environment_report >"$RESULTS_DIR/environment.txt"
 echo "settings: N=$N ROUNDS=$ROUNDS" >>"$RESULTS_DIR/environment.txt"
 
 pg_start
-psql -qX -v ON_ERROR_STOP=1 >/dev/null <<'SQL'
-CREATE TABLE bench_outbox (
-	id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-	topic text,
-	key text,
-	payload jsonb,
-	headers jsonb,
-	created_at timestamptz DEFAULT now()
-);
-CREATE SCHEMA bench;
-CREATE FUNCTION bench.account_updated(payload jsonb) RETURNS jsonb
-	LANGUAGE sql IMMUTABLE AS 'SELECT payload';
-SELECT evbus.register_converter('AccountUpdatedDomainEvent', 'AccountUpdated',
-								'bench.account_updated(jsonb)');
-SQL
+create_staging_variants
 
 PAYLOAD="jsonb_build_object('account_id', i, 'branch_id', 3, 'teller_id', 27, 'delta', -1234, 'currency', 'EUR', 'reason', 'pgbench tpcb-like transfer', 'source', 'evbus bench/commit_overhead', 'ref', 'c0ffee00-1234-4abc-8def-000000000042')"
 declare -A STMT=(

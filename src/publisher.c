@@ -274,6 +274,27 @@ key_unblock(KeyState *ks, int64 id)
 	}
 }
 
+/*
+ * key_forget_gone --- event id of a key failed, and its row is gone from
+ * the outbox (deleted by hand): it holds the key back no longer.  The
+ * event must no longer be among the revisits or the solo events.
+ */
+static void
+key_forget_gone(uint64 keyhash, int64 id)
+{
+	KeyState   *ks = key_state(keyhash, false);
+
+	elog(LOG, "evbus: event %lld is no longer in the outbox; it holds its key back no longer",
+		 (long long) id);
+	if (ks == NULL)
+		return;
+	if (ks->blocking_id == id)
+		key_unblock(ks, id);
+	else if (ks->failed > 0)
+		ks->failed--;
+	key_state_release(ks);
+}
+
 static void
 solo_add(int64 id, uint64 keyhash)
 {
@@ -441,7 +462,6 @@ typedef enum ProduceResult
 static ProduceResult
 produce_row(const OutboxRow *row, const char *sent, bool alone)
 {
-	bool		found;
 	uint64		keyhash = key_hash(row);
 	KeyState   *ks;
 	InflightMsg *msg;
@@ -450,20 +470,12 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 	rd_kafka_headers_t *headers;
 	rd_kafka_resp_err_t err;
 
-	hash_search(inflight, &row->id, HASH_FIND, &found);
-	if (found)
-	{
-		hash_search(revisits, &row->id, HASH_REMOVE, NULL);
-		return PRODUCED;		/* already on its way */
-	}
-
 	/*
-	 * Delivered (or dead) but not recorded yet: a sweep page can produce a
-	 * row past the forward cursor, which the next forward claim then reads
-	 * again before the finish has recorded it.
+	 * Already on its way, or delivered (or dead) but not recorded yet: a
+	 * sweep page can produce a row past the forward cursor, which the next
+	 * forward claim then reads again before the finish has recorded it.
 	 */
-	hash_search(unrecorded, &row->id, HASH_FIND, &found);
-	if (found)
+	if (evbus_publisher_holds(row->id))
 	{
 		hash_search(revisits, &row->id, HASH_REMOVE, NULL);
 		return PRODUCED;
@@ -558,6 +570,27 @@ produce_rows(OutboxRow *rows, int n)
 	return true;
 }
 
+/* Is id among rows (in id order)? */
+static bool
+rows_have(const OutboxRow *rows, int n, int64 id)
+{
+	int			low = 0;
+	int			high = n - 1;
+
+	while (low <= high)
+	{
+		int			mid = low + (high - low) / 2;
+
+		if (rows[mid].id == id)
+			return true;
+		if (rows[mid].id < id)
+			low = mid + 1;
+		else
+			high = mid - 1;
+	}
+	return false;
+}
+
 /*
  * forget_vanished --- events that failed (they were due rows then) and that
  * a claim of their ids did not find (rows, in id order) were deleted by
@@ -571,40 +604,13 @@ forget_vanished(int64 *ids, int nids, OutboxRow *rows, int n)
 	for (i = 0; i < nids; i++)
 	{
 		Revisit    *rv = hash_search(revisits, &ids[i], HASH_FIND, NULL);
-		int			low = 0;
-		int			high = n - 1;
-		bool		claimed = false;
 		uint64		keyhash;
-		KeyState   *ks;
 
-		if (rv == NULL || !rv->failed)
-			continue;
-		while (low <= high && !claimed)
-		{
-			int			mid = low + (high - low) / 2;
-
-			if (rows[mid].id == ids[i])
-				claimed = true;
-			else if (rows[mid].id < ids[i])
-				low = mid + 1;
-			else
-				high = mid - 1;
-		}
-		if (claimed)
+		if (rv == NULL || !rv->failed || rows_have(rows, n, ids[i]))
 			continue;
 		keyhash = rv->keyhash;
 		hash_search(revisits, &ids[i], HASH_REMOVE, NULL);
-		elog(LOG, "evbus: event %lld is no longer in the outbox; it holds its key back no longer",
-			 (long long) ids[i]);
-		ks = key_state(keyhash, false);
-		if (ks != NULL)
-		{
-			if (ks->blocking_id == ids[i])
-				key_unblock(ks, ids[i]);
-			else if (ks->failed > 0)
-				ks->failed--;
-			key_state_release(ks);
-		}
+		key_forget_gone(keyhash, ids[i]);
 	}
 }
 
@@ -730,12 +736,8 @@ produce_solo(void)
 
 			n = evbus_outbox_claim_ids(&id, 1, &rows, batch_cxt);
 			solo_remove(id);
-			if (n == 0 && ks != NULL)
-			{
-				/* its row is gone (deleted by hand): it holds nothing back */
-				key_unblock(ks, id);
-				key_state_release(ks);
-			}
+			if (n == 0)
+				key_forget_gone(keyhash, id);
 			else if (n == 1 &&
 					 produce_row(&rows[0], timestamptz_to_str(GetCurrentTimestamp()), true) != PRODUCED)
 				solo_add(id, keyhash);
