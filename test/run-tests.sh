@@ -27,14 +27,19 @@
 #                                 when everything passed
 #   EVBUS_COPT                    extra C flags for the build (default -Werror)
 #   EVBUS_SKIP_INSTALL=1          not root: skip `make install` (done by hand)
+#   EVBUS_PG_BIN                  the PostgreSQL 15 bin directory to build,
+#                                 install and test against (default
+#                                 /usr/lib/postgresql/15/bin); a relocated
+#                                 copy of the installation keeps two trees'
+#                                 runs from sharing one installed evbus
 # Internal: EVBUS_TEST_STAGE=inner marks the part after step 4.
 # shellcheck disable=SC2317 # the step functions are called through phase()
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PG_BIN=/usr/lib/postgresql/15/bin
+PG_BIN=${EVBUS_PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PG_BIN/pg_config
-PGXS_DIR=/usr/lib/postgresql/15/lib/pgxs
+PGXS_DIR=$(dirname "$PG_BIN")/lib/pgxs
 PGXS_PERL=$PGXS_DIR/src/test/perl
 PG_REGRESS=$PGXS_DIR/src/test/regress/pg_regress
 TEST_USER=evbus_test
