@@ -1,5 +1,5 @@
 # 010_publish_kafka.pl - committed events reach a real Kafka broker exactly
-# once, with the wire format of DESIGN.md section 3; events of rolled back
+# once, with the wire format of README "Wire format"; events of rolled back
 # transactions, rolled back subtransactions and ROLLBACK PREPARED never do;
 # an older transaction that commits after a newer one is still published
 # (no high-water mark); Kafka's own Java consumer reads the headers.

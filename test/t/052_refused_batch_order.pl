@@ -5,8 +5,8 @@
 # left to itself, resends the batches that followed a refused one as soon
 # as it has renumbered them, before evbus can produce the refused batch's
 # events again one by one: later events of the key overtake earlier ones
-# (the landing CI of the ninth session saw this in test 050; this test,
-# before the fix, failed with "key b: seq 101 after 179").  The producer
+# (without the guard below this test fails with "key b: seq 101 after
+# 179").  The producer
 # runs with enable.gapless.guarantee, so a refused batch stops it instead;
 # the worker rebuilds it and produces every unconfirmed event again, in
 # order.  The event too large alone is dead-lettered; the rest arrive, in

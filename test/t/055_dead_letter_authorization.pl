@@ -1,5 +1,5 @@
 # 055_dead_letter_authorization.pl - a topic the producing principal may
-# not write to is a permanent publish error (DESIGN.md I5): the event goes
+# not write to is a permanent publish error: the event goes
 # to evbus.dead_letters at once, with TOPIC_AUTHORIZATION_FAILED, and the
 # other events, of other topics and of the same key or another, flow on;
 # evbus.stats counts the dead letter; once the ACL is removed,

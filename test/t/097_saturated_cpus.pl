@@ -7,7 +7,7 @@
 # 8), each transaction staging one event, beside two busy loops per CPU.
 # The busy loops make the contention certain whatever the machine's disks
 # and clocks: pgbench alone left the CPUs contended too little for the
-# worker to notice within 8 s on one CI machine.  The worker reads the
+# worker to notice within 8 s on a machine with fast disks.  The worker reads the
 # share of time runnable tasks waited for a CPU (/proc/pressure/cpu,
 # src/cpu_pressure.c) and says at DEBUG1 when it switches; the test reads
 # the same file over the load and reports the share it saw.  Where the
