@@ -142,6 +142,64 @@ evbus_copy_converters(List *converters)
 	return copy;
 }
 
+/* What load_converters reads, and where its result goes. */
+typedef struct ConverterLoad
+{
+	const char *domain_event;
+	MemoryContext result_cxt;
+	List	   *result;			/* of EvbusConverter, in result_cxt */
+} ConverterLoad;
+
+/* Under SPI, as the extension owner: read and look up. */
+static void
+read_converters(void *arg)
+{
+	static SPIPlanPtr plan = NULL;
+	ConverterLoad *load = (ConverterLoad *) arg;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
+	uint64		i;
+
+	if (plan == NULL)
+	{
+		plan = SPI_prepare("SELECT c.integration_event, c.converter,"
+						   " pg_catalog.to_regprocedure(c.converter)::pg_catalog.oid,"
+						   " c.registered_by, r.oid"
+						   " FROM evbus.converters c"
+						   " LEFT JOIN pg_catalog.pg_roles r"
+						   " ON r.rolname OPERATOR(pg_catalog.=) c.registered_by"
+						   " WHERE c.domain_event OPERATOR(pg_catalog.=) $1"
+						   " ORDER BY c.integration_event",
+						   1, argtypes);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	values[0] = CStringGetTextDatum(load->domain_event);
+	if (SPI_execute_plan(plan, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read evbus.converters");
+
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		MemoryContext old = MemoryContextSwitchTo(load->result_cxt);
+		EvbusConverter *conv = palloc(sizeof(EvbusConverter));
+		Datum		d;
+
+		conv->integration_event = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
+		conv->signature = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		d = SPI_getbinval(tup, desc, 3, &isnull);
+		conv->converter = isnull ? InvalidOid : DatumGetObjectId(d);
+		conv->registered_by = pstrdup(NameStr(*DatumGetName(SPI_getbinval(tup, desc, 4, &isnull))));
+		d = SPI_getbinval(tup, desc, 5, &isnull);
+		conv->run_as = isnull ? InvalidOid : DatumGetObjectId(d);
+		load->result = lappend(load->result, conv);
+		MemoryContextSwitchTo(old);
+	}
+}
+
 /*
  * load_converters --- read the converters of one domain event (as the
  * extension owner: the table is not readable by PUBLIC), with their
@@ -150,69 +208,10 @@ evbus_copy_converters(List *converters)
 static List *
 load_converters(const char *domain_event)
 {
-	static SPIPlanPtr plan = NULL;
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		values[1];
-	List	   *result = NIL;
-	Oid			save_userid;
-	int			save_sec_context;
-	uint64		i;
-	MemoryContext caller_cxt = CurrentMemoryContext;
+	ConverterLoad load = {domain_event, CurrentMemoryContext, NIL};
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(evbus_extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	PG_TRY();
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (plan == NULL)
-		{
-			plan = SPI_prepare("SELECT c.integration_event, c.converter,"
-							   " pg_catalog.to_regprocedure(c.converter)::pg_catalog.oid,"
-							   " c.registered_by, r.oid"
-							   " FROM evbus.converters c"
-							   " LEFT JOIN pg_catalog.pg_roles r"
-							   " ON r.rolname OPERATOR(pg_catalog.=) c.registered_by"
-							   " WHERE c.domain_event OPERATOR(pg_catalog.=) $1"
-							   " ORDER BY c.integration_event",
-							   1, argtypes);
-			if (plan == NULL)
-				elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-			SPI_keepplan(plan);
-		}
-		values[0] = CStringGetTextDatum(domain_event);
-		if (SPI_execute_plan(plan, values, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read evbus.converters");
-
-		for (i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			MemoryContext old = MemoryContextSwitchTo(caller_cxt);
-			EvbusConverter *conv = palloc(sizeof(EvbusConverter));
-
-			Datum		d;
-
-			conv->integration_event = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
-			conv->signature = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
-			d = SPI_getbinval(tup, desc, 3, &isnull);
-			conv->converter = isnull ? InvalidOid : DatumGetObjectId(d);
-			conv->registered_by = pstrdup(NameStr(*DatumGetName(SPI_getbinval(tup, desc, 4, &isnull))));
-			d = SPI_getbinval(tup, desc, 5, &isnull);
-			conv->run_as = isnull ? InvalidOid : DatumGetObjectId(d);
-			result = lappend(result, conv);
-			MemoryContextSwitchTo(old);
-		}
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-	}
-	PG_END_TRY();
-	return result;
+	evbus_spi_as_owner(read_converters, &load);
+	return load.result;
 }
 
 /*
@@ -394,6 +393,41 @@ evbus_check_converter(const EvbusConverter *conv, const char *domain_event)
 	PG_END_TRY();
 }
 
+/* A pair, and the role that registered it (NULL: no such pair). */
+typedef struct PairOwner
+{
+	text	   *domain_event;
+	text	   *integration_event;
+	MemoryContext result_cxt;
+	char	   *owner;			/* in result_cxt */
+} PairOwner;
+
+/* Under SPI, as the extension owner: lock the pair, read its owner. */
+static void
+read_pair_owner(void *arg)
+{
+	PairOwner  *pair = (PairOwner *) arg;
+	Oid			argtypes[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+
+	values[0] = PointerGetDatum(pair->domain_event);
+	values[1] = PointerGetDatum(pair->integration_event);
+	if (SPI_execute_with_args("SELECT registered_by FROM evbus.converters"
+							  " WHERE domain_event OPERATOR(pg_catalog.=) $1"
+							  " AND integration_event OPERATOR(pg_catalog.=) $2"
+							  " FOR UPDATE",
+							  2, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read evbus.converters");
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									  1, &isnull);
+
+		pair->owner = MemoryContextStrdup(pair->result_cxt, NameStr(*DatumGetName(d)));
+	}
+}
+
 /*
  * lock_pair_owner --- the role that registered a pair, or NULL if there
  * is no such pair.  The row stays locked (FOR UPDATE) until the end of the
@@ -403,44 +437,10 @@ evbus_check_converter(const EvbusConverter *conv, const char *domain_event)
 static char *
 lock_pair_owner(text *domain_event, text *integration_event)
 {
-	Oid			argtypes[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
-	Oid			save_userid;
-	int			save_sec_context;
-	char	   *owner = NULL;
-	MemoryContext caller_cxt = CurrentMemoryContext;
+	PairOwner	pair = {domain_event, integration_event, CurrentMemoryContext, NULL};
 
-	values[0] = PointerGetDatum(domain_event);
-	values[1] = PointerGetDatum(integration_event);
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(evbus_extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	PG_TRY();
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute_with_args("SELECT registered_by FROM evbus.converters"
-								  " WHERE domain_event OPERATOR(pg_catalog.=) $1"
-								  " AND integration_event OPERATOR(pg_catalog.=) $2"
-								  " FOR UPDATE",
-								  2, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read evbus.converters");
-		if (SPI_processed > 0)
-		{
-			bool		isnull;
-			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-										  1, &isnull);
-
-			owner = MemoryContextStrdup(caller_cxt, NameStr(*DatumGetName(d)));
-		}
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-	}
-	PG_END_TRY();
-	return owner;
+	evbus_spi_as_owner(read_pair_owner, &pair);
+	return pair.owner;
 }
 
 /*

@@ -159,6 +159,7 @@ extern void evbus_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *val
 						   const char *nulls, int expected);
 extern Oid	evbus_schema_oid(void);
 extern char *evbus_uuid_to_cstring(const pg_uuid_t *uuid);
+extern void evbus_spi_as_owner(void (*work) (void *arg), void *arg);
 extern uint64 evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
 									 Datum *values, const char *nulls);
 
