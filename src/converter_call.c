@@ -36,9 +36,10 @@
  * CachedExpression tracks), and is not used under another search_path
  * (an inlined body's names were resolved under the one it was compiled
  * with: always pg_catalog, pg_temp, but pg_temp may be another schema
- * once the session has created its temporary schema).  A converter that raises domain events itself (nesting) gets a
- * private, one-time compilation: an expression being evaluated is never
- * evaluated again from inside itself.
+ * once the session has created its temporary schema).  A converter that
+ * raises domain events itself (nesting) gets a private, one-time
+ * compilation: an expression being evaluated is never evaluated again
+ * from inside itself.
  *
  *-------------------------------------------------------------------------
  */

@@ -8,11 +8,12 @@
  * row written straight into the outbox table that is current now
  * (evbus.outbox_rotation), without SPI or the executor (outbox_write.c),
  * so applications need no grant on evbus's tables; each converter runs as
- * the role that registered it (converter_call.c).  After COMMIT, once the transaction's locks are released, a
- * resource-release callback registered once per backend wakes the worker
- * (the first commit since its last claim sets its latch): publishing
- * starts within milliseconds.  Nothing is staged that was not committed together
- * with its cause: an error anywhere aborts the caller's transaction.
+ * the role that registered it (converter_call.c).  After COMMIT, once the
+ * transaction's locks are released, a resource-release callback registered
+ * once per backend wakes the worker (the first commit since its last claim
+ * sets its latch): publishing starts within milliseconds.  Nothing is
+ * staged that was not committed together with its cause: an error
+ * anywhere aborts the caller's transaction.
  *
  *-------------------------------------------------------------------------
  */
@@ -203,16 +204,18 @@ check_size(const EvbusStagedEvent *event, int64 header_bytes)
 	if (room >= 0 && !evbus_jsonb_exceeds(event->payload, (int) room))
 		return;
 
-	initStringInfo(&payload);
-	evbus_jsonb_to_compact(&payload, &event->payload->root);
-	if (key_bytes == 0 && header_bytes == 0)
+	if (evbus_jsonb_exceeds(event->payload, evbus_max_message_bytes))
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("payload of integration event \"%s\" is too large",
 						event->integration_event),
-				 errdetail("Its compact JSON text is %d bytes, more than evbus.max_message_bytes (%d bytes).",
-						   payload.len, evbus_max_message_bytes),
+				 errdetail("Its compact JSON text is longer than evbus.max_message_bytes (%d bytes).",
+						   evbus_max_message_bytes),
 				 errhint("Send a smaller payload, or raise evbus.max_message_bytes together with the broker's message.max.bytes.")));
+
+	/* the payload alone fits: its text is small enough to measure */
+	initStringInfo(&payload);
+	evbus_jsonb_to_compact(&payload, &event->payload->root);
 	ereport(ERROR,
 			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 			 errmsg("integration event \"%s\" is too large",
