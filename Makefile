@@ -37,7 +37,9 @@ DATA = evbus--0.1.sql
 PGFILEDESC = "evbus - integration events between PostgreSQL and Kafka"
 
 REGRESS = setup staging converters capture misuse security subscriptions
-REGRESS_OPTS = --temp-config=$(srcdir)/sql/evbus.conf --temp-instance=./tmp_check
+# evbus needs a UTF8 database, whatever the locale of the environment
+REGRESS_OPTS = --temp-config=$(srcdir)/sql/evbus.conf --temp-instance=./tmp_check \
+	--encoding=UTF8
 
 PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags rdkafka) -Wall -Wmissing-prototypes
 SHLIB_LINK = $(shell pkg-config --libs rdkafka)

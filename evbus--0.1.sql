@@ -4,6 +4,26 @@
 \echo Use "CREATE EXTENSION evbus" to load this file. \quit
 
 /*
+ * evbus needs a UTF8 database.  Payloads go to Kafka as UTF-8 JSON and
+ * received payloads are stored as they came: nothing converts between
+ * the wire and another database encoding, so elsewhere events would be
+ * published in the wrong encoding and received ones stored garbled.
+ * Refused before anything is created (test 205_database_encoding.pl).
+ */
+DO $$
+BEGIN
+	IF pg_catalog.getdatabaseencoding() OPERATOR(pg_catalog.<>) 'UTF8' THEN
+		RAISE EXCEPTION 'evbus requires a database with encoding UTF8'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = pg_catalog.format('Database "%s" has encoding %s; evbus publishes and receives UTF-8 JSON and converts nothing.',
+											 pg_catalog.current_database(),
+											 pg_catalog.getdatabaseencoding()),
+				  HINT = 'Create the database with ENCODING ''UTF8'' (for example createdb -E UTF8 -T template0) and install evbus there.';
+	END IF;
+END
+$$;
+
+/*
  * Everything below lives in the fixed schema evbus.  Objects are qualified,
  * and the C functions that write evbus's tables switch to the extension
  * owner for the write only, so no table is granted to anyone and no
@@ -14,16 +34,26 @@
 -- Converters: (domain event, integration event) -> SQL function
 --------------------------------------------------------------------------
 
+/*
+ * A pair belongs to the role that registered it (registered_by): only that
+ * role, or a role with its privileges, may replace or remove it, and the
+ * converter runs as that role.  The function and the role are stored by
+ * name, the function as its schema-qualified signature, and looked up when
+ * a backend loads the converters of a domain event: no reg* column (which
+ * pg_upgrade refuses), and a dump restores them by name.  A function
+ * dropped or renamed since makes raising its domain event an error that
+ * names it.
+ */
 CREATE TABLE evbus.converters (
 	domain_event		text NOT NULL,
 	integration_event	text NOT NULL,
-	converter			regprocedure NOT NULL,
-	registered_by		regrole NOT NULL,
+	converter			text NOT NULL,
+	registered_by		name NOT NULL,
 	registered_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	PRIMARY KEY (domain_event, integration_event)
 );
 COMMENT ON TABLE evbus.converters IS
-	'converter functions (jsonb) RETURNS jsonb that turn a domain event into an integration event';
+	'converter functions (jsonb) RETURNS jsonb, by qualified signature, that turn a domain event into an integration event; each runs as the role that registered it';
 
 /*
  * Any change to evbus.converters or evbus.subscriptions, by the API or by
@@ -299,7 +329,7 @@ CREATE FUNCTION evbus.register_converter(domain_event text,
 	AS 'MODULE_PATHNAME', 'evbus_register_converter'
 	LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION evbus.register_converter(text, text, regprocedure) IS
-	'register converter (jsonb) RETURNS jsonb turning domain_event into integration_event; replaces an existing one for the pair';
+	'register converter (jsonb) RETURNS jsonb turning domain_event into integration_event, to run as the calling role; replaces the pair''s converter if the caller has the privileges of the role that registered it';
 
 CREATE FUNCTION evbus.unregister_converter(domain_event text,
 										   integration_event text)
@@ -307,7 +337,7 @@ CREATE FUNCTION evbus.unregister_converter(domain_event text,
 	AS 'MODULE_PATHNAME', 'evbus_unregister_converter'
 	LANGUAGE C STRICT VOLATILE;
 COMMENT ON FUNCTION evbus.unregister_converter(text, text) IS
-	'remove the converter of a (domain event, integration event) pair; false if there was none';
+	'remove the converter of a (domain event, integration event) pair, if the caller has the privileges of the role that registered it; false if there was none';
 
 CREATE FUNCTION evbus.raise(domain_event text, payload jsonb,
 							key text DEFAULT NULL)

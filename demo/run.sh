@@ -55,7 +55,8 @@ BROKER=$(bash "$KAFKA_SH" start "$WORK/kafka")
 say "Kafka is listening on $BROKER"
 
 step "3. Starting PostgreSQL 15 with evbus preloaded"
-as_demo "$PG_BIN/initdb" -D "$PGDATA" -A trust -U postgres >/dev/null
+# evbus needs UTF8 databases, whatever the locale of the environment
+as_demo "$PG_BIN/initdb" -D "$PGDATA" -A trust -U postgres -E UTF8 >/dev/null
 cat >>"$PGDATA/postgresql.conf" <<CONF
 shared_preload_libraries = 'evbus'
 evbus.brokers = '$BROKER'

@@ -16,7 +16,7 @@ $$;
 
 SELECT evbus.register_converter('OrderCreatedDomainEvent', 'OrderCreatedIntegrationEvent',
                                 'order_created_to_integration(jsonb)');
-SELECT domain_event, integration_event, converter, registered_by = current_user::regrole AS by_me
+SELECT domain_event, integration_event, converter, registered_by = current_user AS by_me
   FROM evbus.converters;
 
 -- one converter: one event, returns 1
@@ -79,11 +79,13 @@ SELECT evbus.raise('Versioned', '{}');
 -- ... and so does a replaced function that the converter calls
 CREATE FUNCTION version_number() RETURNS int LANGUAGE sql AS $$ SELECT 3 $$;
 CREATE OR REPLACE FUNCTION versioned(payload jsonb) RETURNS jsonb LANGUAGE sql
-AS $$ SELECT jsonb_build_object('version', version_number()) $$;
+AS $$ SELECT jsonb_build_object('version', public.version_number()) $$;
 SELECT evbus.raise('Versioned', '{}');
 CREATE OR REPLACE FUNCTION version_number() RETURNS int LANGUAGE sql AS $$ SELECT 4 $$;
 SELECT evbus.raise('Versioned', '{}');
--- names in a converter's body follow the caller's search_path, as in a query
+-- a converter runs with search_path = pg_catalog, pg_temp, whatever the
+-- raising session's: the session cannot put its own functions in place of
+-- the ones the converter names (qualify them) ...
 CREATE SCHEMA other_versions;
 CREATE FUNCTION other_versions.version_number() RETURNS int LANGUAGE sql AS $$ SELECT 5 $$;
 SET search_path = other_versions, public;
@@ -91,6 +93,12 @@ SELECT evbus.raise('Versioned', '{}');
 RESET search_path;
 SELECT evbus.raise('Versioned', '{}');
 SELECT payload FROM evbus.outbox WHERE integration_event = 'VersionedIntegration' ORDER BY id;
+-- ... and an unqualified name of a function outside pg_catalog is not found
+CREATE FUNCTION unqualified(payload jsonb) RETURNS jsonb LANGUAGE sql
+AS $$ SELECT jsonb_build_object('version', version_number()) $$;
+SELECT evbus.register_converter('Unqualified', 'UnqualifiedIntegration', 'unqualified(jsonb)');
+SELECT evbus.raise('Unqualified', '{}');
+SELECT evbus.unregister_converter('Unqualified', 'UnqualifiedIntegration');
 
 -- a converter that raises a domain event itself
 CREATE FUNCTION order_shipped(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$

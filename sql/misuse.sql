@@ -46,6 +46,25 @@ SELECT length(payload->>'blob') AS stored_length, payload->>'blob' = repeat('x',
        pg_column_size(payload) < 100000 AS compressed
   FROM evbus.outbox WHERE integration_event = 'Big';
 
+-- the key and the headers count too: payload + key + header names and
+-- values over evbus.max_message_bytes is refused, for publish, raise and
+-- capture (the payload here is 999,991 bytes of compact JSON)
+SELECT evbus.publish('Big', jsonb_build_object('blob', repeat('x', 999980)), repeat('k', 9)) IS NOT NULL AS staged;
+SELECT evbus.publish('Big', jsonb_build_object('blob', repeat('x', 999980)), repeat('k', 10));
+SELECT evbus.publish('Big', jsonb_build_object('blob', repeat('x', 999980)), NULL,
+                     jsonb_build_object('h', repeat('v', 9)));
+SELECT evbus.publish('Big', '{}', repeat('k', 1000001));
+CREATE FUNCTION identity_converter(payload jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT payload $$;
+SELECT evbus.register_converter('BigDomain', 'BigIntegration', 'identity_converter(jsonb)');
+SELECT evbus.raise('BigDomain', jsonb_build_object('blob', repeat('x', 999980)), repeat('k', 10));
+CREATE TABLE big_rows (id text, body text);
+CREATE TRIGGER big_rows_capture AFTER INSERT ON big_rows
+	FOR EACH ROW EXECUTE FUNCTION evbus.capture('BigDomain', 'id');
+INSERT INTO big_rows VALUES (repeat('k', 400000), repeat('x', 300000));
+SELECT count(*) AS big_rows FROM big_rows;
+SELECT integration_event, length(event_key) AS key_length FROM evbus.outbox
+ WHERE integration_event IN ('Big', 'BigIntegration') AND event_key IS NOT NULL;
+
 -- names that are not legal Kafka topic names
 SELECT evbus.publish('', '{}');
 SELECT evbus.publish('has space', '{}');
@@ -94,6 +113,7 @@ SELECT misuse, sqlstate_of(statement) FROM (VALUES
 	('payload not an object', $$SELECT evbus.publish('Thing', '[1]')$$),
 	('null name', $$SELECT evbus.publish(NULL, '{}')$$),
 	('payload too large', $$SELECT evbus.publish('Big', jsonb_build_object('blob', repeat('x', 1000000)))$$),
+	('payload + key too large', $$SELECT evbus.publish('Big', '{}', repeat('k', 1000001))$$),
 	('invalid topic name', $$SELECT evbus.publish('has space', '{}')$$),
 	('topic name too long', $$SELECT evbus.publish(repeat('a', 250), '{}')$$),
 	('reserved header', $$SELECT evbus.publish('Thing', '{}', NULL, '{"cap-msg-id": "x"}')$$),
@@ -105,3 +125,4 @@ DELETE FROM evbus.outbox_0;
 DELETE FROM evbus.outbox_1;
 SELECT evbus.unregister_converter('ArrayEvent', 'ArrayIntegration');
 SELECT evbus.unregister_converter('ScalarEvent', 'ScalarIntegration');
+SELECT evbus.unregister_converter('BigDomain', 'BigIntegration');

@@ -4,7 +4,8 @@ CREATE ROLE evbus_outsider LOGIN;
 GRANT USAGE ON SCHEMA evbus TO evbus_app, evbus_outsider;
 GRANT EXECUTE ON FUNCTION evbus.publish(text, jsonb, text, jsonb, timestamptz),
                           evbus.raise(text, jsonb, text),
-                          evbus.register_converter(text, text, regprocedure)
+                          evbus.register_converter(text, text, regprocedure),
+                          evbus.unregister_converter(text, text)
    TO evbus_app;
 
 CREATE FUNCTION public.app_converter(payload jsonb) RETURNS jsonb
@@ -17,7 +18,8 @@ SET ROLE evbus_app;
 -- staging works without any grant on evbus's tables
 SELECT evbus.publish('AppEvent', '{"n": 1}') IS NOT NULL AS staged;
 SELECT evbus.register_converter('AppDomain', 'AppIntegration', 'public.app_converter(jsonb)');
--- the converter runs as the role that raises the event
+-- the converter runs as the role that registered it (here also the one
+-- that raises)
 SELECT evbus.raise('AppDomain', '{"n": 2}');
 -- but the tables stay closed
 SELECT count(*) FROM evbus.outbox_0;
@@ -28,6 +30,79 @@ VALUES (-1, gen_random_uuid(), 'Forged', '{}', now());
 SELECT evbus.register_converter('AppDomain', 'Private', 'public.private_converter(jsonb)');
 RESET ROLE;
 
+-- a pair belongs to the role that registered it: another role can neither
+-- replace nor unregister it (a converter runs as its registrant, so taking
+-- over a pair would run the new owner's code for the old one's events)
+CREATE ROLE evbus_rival LOGIN;
+GRANT USAGE ON SCHEMA evbus TO evbus_rival;
+GRANT EXECUTE ON FUNCTION evbus.register_converter(text, text, regprocedure),
+                          evbus.unregister_converter(text, text)
+   TO evbus_rival;
+SET ROLE evbus_rival;
+SELECT evbus.register_converter('AppDomain', 'AppIntegration', 'public.app_converter(jsonb)');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.unregister_converter('AppDomain', 'AppIntegration');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+
+-- a function that belongs to another role (not a superuser, not one the
+-- registrant is a member of) cannot be registered: its owner could
+-- redefine it and run code as the registrant
+CREATE FUNCTION public.rival_converter(payload jsonb) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT payload $$;
+ALTER FUNCTION public.rival_converter(jsonb) OWNER TO evbus_rival;
+SET ROLE evbus_app;
+SELECT evbus.register_converter('AppDomain', 'Rival', 'public.rival_converter(jsonb)');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+-- ... and a registered one is refused when called once it belongs to such
+-- a role: the raising transaction fails
+ALTER FUNCTION public.app_converter(jsonb) OWNER TO evbus_rival;
+SELECT evbus.raise('AppDomain', '{"n": 3}');
+\echo :LAST_ERROR_SQLSTATE
+ALTER FUNCTION public.app_converter(jsonb) OWNER TO CURRENT_USER;
+
+-- a converter runs as a security-restricted operation, with search_path
+-- pg_catalog, pg_temp, and no setting it changes outlives it
+CREATE FUNCTION public.meddling_converter(payload jsonb) RETURNS jsonb
+LANGUAGE sql AS $$
+	SELECT jsonb_build_object('user', current_user,
+	                          'search_path', current_setting('search_path'),
+	                          'set', set_config('search_path', 'evbus_app_schema', false),
+	                          'set_local', set_config('work_mem', '77kB', true))
+$$;
+SET ROLE evbus_app;
+SELECT evbus.register_converter('Meddling', 'MeddlingIntegration', 'public.meddling_converter(jsonb)');
+RESET ROLE;
+BEGIN;
+SELECT evbus.raise('Meddling', '{}');
+SHOW search_path;
+SHOW work_mem;
+COMMIT;
+SELECT payload FROM evbus.outbox WHERE integration_event = 'MeddlingIntegration';
+CREATE FUNCTION public.temp_table_converter(payload jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+	CREATE TEMP TABLE converter_scratch (n int);
+	RETURN payload;
+END $$;
+SET ROLE evbus_app;
+SELECT evbus.register_converter('Scratch', 'ScratchIntegration', 'public.temp_table_converter(jsonb)');
+RESET ROLE;
+SELECT evbus.raise('Scratch', '{}');
+\echo :LAST_ERROR_SQLSTATE
+SET ROLE evbus_app;
+SELECT evbus.unregister_converter('Meddling', 'MeddlingIntegration');
+SELECT evbus.unregister_converter('Scratch', 'ScratchIntegration');
+RESET ROLE;
+DELETE FROM evbus.outbox_0 WHERE integration_event = 'MeddlingIntegration';
+DELETE FROM evbus.outbox_1 WHERE integration_event = 'MeddlingIntegration';
+REVOKE ALL ON SCHEMA evbus FROM evbus_rival;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_rival;
+DROP FUNCTION public.rival_converter(jsonb), public.meddling_converter(jsonb),
+              public.temp_table_converter(jsonb);
+DROP ROLE evbus_rival;
+
 -- a role without EXECUTE cannot stage at all
 SET ROLE evbus_outsider;
 SELECT evbus.publish('AppEvent', '{}');
@@ -36,35 +111,41 @@ SELECT evbus.register_converter('X', 'Y', 'public.app_converter(jsonb)');
 SELECT evbus.retry('00000000-0000-0000-0000-000000000000');
 RESET ROLE;
 
--- a converter registered by evbus_app but raised by someone whose
--- EXECUTE was revoked fails with a permission error
+-- EXECUTE on a converter is checked for the role that registered it,
+-- whoever raises: revoked from PUBLIC, evbus_app (its registrant) no
+-- longer has it and raising fails; granted to evbus_app, a role that may
+-- not execute the converter itself raises the event
 REVOKE EXECUTE ON FUNCTION public.app_converter(jsonb) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION evbus.raise(text, jsonb, text) TO evbus_outsider;
 SET ROLE evbus_outsider;
 SELECT evbus.raise('AppDomain', '{}');
 RESET ROLE;
+GRANT EXECUTE ON FUNCTION public.app_converter(jsonb) TO evbus_app;
+SET ROLE evbus_outsider;
+SELECT evbus.raise('AppDomain', '{"n": 4}');
+RESET ROLE;
 
--- the functions a converter calls are checked for the role that raises,
--- even when the same session ran the converter as another role before,
--- and again after a REVOKE
+-- the functions a converter calls are checked for the role that
+-- registered it, whoever raises, and again after a REVOKE
 CREATE FUNCTION public.secret_stamp() RETURNS text LANGUAGE sql AS $$ SELECT 'stamped' $$;
 REVOKE ALL ON FUNCTION public.secret_stamp() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.secret_stamp() TO evbus_app;
 CREATE FUNCTION public.stamping_converter(payload jsonb) RETURNS jsonb
 LANGUAGE sql AS $$ SELECT jsonb_build_object('stamp', public.secret_stamp()) $$;
+SET ROLE evbus_app;
 SELECT evbus.register_converter('Stamped', 'StampedIntegration', 'public.stamping_converter(jsonb)');
+SELECT evbus.raise('Stamped', '{}');
+RESET ROLE;
 SELECT evbus.raise('Stamped', '{}');
 SET ROLE evbus_outsider;
 SELECT evbus.raise('Stamped', '{}');
 RESET ROLE;
-SET ROLE evbus_app;
-SELECT evbus.raise('Stamped', '{}');
-RESET ROLE;
 REVOKE EXECUTE ON FUNCTION public.secret_stamp() FROM evbus_app;
+SELECT evbus.raise('Stamped', '{}');
 SET ROLE evbus_app;
 SELECT evbus.raise('Stamped', '{}');
-RESET ROLE;
 SELECT evbus.unregister_converter('Stamped', 'StampedIntegration');
+RESET ROLE;
 
 SELECT integration_event, payload, registered_by
   FROM evbus.outbox o LEFT JOIN evbus.converters c USING (integration_event)

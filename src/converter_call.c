@@ -2,8 +2,21 @@
  *
  * converter_call.c
  *	  Run a converter: domain event payload in, integration event payload
- *	  (or NULL, "emit nothing") out, in the caller's transaction and as the
- *	  caller.
+ *	  (or NULL, "emit nothing") out, in the caller's transaction, as the
+ *	  role that registered it.
+ *
+ * A converter runs as the role that registered it, never as the role that
+ * raises the domain event: otherwise whoever may register a converter
+ * could run code as anyone who raises, a superuser inserting into a
+ * captured table included (test 200_converter_ownership.pl).  As
+ * PostgreSQL does for index expressions and REFRESH MATERIALIZED VIEW, the
+ * call is a security-restricted operation under the registrant's user id,
+ * in a GUC nest level that is rolled back when it returns, so that no
+ * setting it changes (SET, SET LOCAL, set_config) outlives it, and with
+ * search_path = pg_catalog, pg_temp, so that what its names mean depends
+ * on neither the raising session nor the registrant's session.  The
+ * user id and sec context come back when it returns or fails; an error
+ * aborts the raising transaction, and the abort rolls the GUC level back.
  *
  * evbus.raise runs once per domain event, inside the application's
  * transaction, so a converter call must cost little.  Each converter is
@@ -22,9 +35,11 @@
  * GRANT or REVOKE on a built-in function is not a change the
  * CachedExpression tracks), and is not used under another search_path
  * (an inlined body's names were resolved under the one it was compiled
- * with).  A converter that raises domain events itself (nesting) gets a
- * private, one-time compilation: an expression being evaluated is never
- * evaluated again from inside itself.
+ * with: always pg_catalog, pg_temp, but pg_temp may be another schema
+ * once the session has created its temporary schema).  A converter that
+ * raises domain events itself (nesting) gets a private, one-time
+ * compilation: an expression being evaluated is never evaluated again
+ * from inside itself.
  *
  *-------------------------------------------------------------------------
  */
@@ -39,6 +54,7 @@
 #include "optimizer/optimizer.h"
 #include "utils/acl.h"
 #include "utils/datum.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/jsonb.h"
@@ -229,8 +245,8 @@ evaluate_nested(Oid converter, Jsonb *payload)
 }
 
 /*
- * evbus_call_converter --- run one converter as the caller; NULL means
- * "emit nothing".  The result must be a JSON object.
+ * evbus_call_converter --- run one converter as the role that registered
+ * it; NULL means "emit nothing".  The result must be a JSON object.
  */
 Jsonb *
 evbus_call_converter(const EvbusConverter *conv, const char *domain_event,
@@ -240,26 +256,40 @@ evbus_call_converter(const EvbusConverter *conv, const char *domain_event,
 	Datum		result;
 	bool		isnull;
 	Jsonb	   *volatile jb = NULL;
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
 
-	if (!SearchSysCacheExists1(PROCOID, ObjectIdGetDatum(conv->converter)))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("the converter of domain event \"%s\" to \"%s\" no longer exists",
-						domain_event, conv->integration_event),
-				 errhint("Unregister it with evbus.unregister_converter() or register a new one.")));
+	/* it exists, is a converter and belongs to a role it may run as */
+	evbus_check_converter(conv, domain_event);
 
 	/*
 	 * Checked at every call, as the SPI plan's executor start did: an
 	 * inlined converter leaves no function call in its compiled form for
 	 * the executor to check.
 	 */
-	aclresult = pg_proc_aclcheck(conv->converter, GetUserId(), ACL_EXECUTE);
+	aclresult = pg_proc_aclcheck(conv->converter, conv->run_as, ACL_EXECUTE);
 	if (aclresult != ACLCHECK_OK)
-		aclcheck_error(aclresult, OBJECT_FUNCTION, format_procedure(conv->converter));
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function %s",
+						format_procedure(conv->converter)),
+				 errdetail("The converter of domain event \"%s\" to \"%s\" runs as role \"%s\", which registered it.",
+						   domain_event, conv->integration_event, conv->registered_by),
+				 errhint("Grant EXECUTE on the function to role \"%s\".",
+						 conv->registered_by)));
 
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(conv->run_as,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	save_nestlevel = NewGUCNestLevel();
 	depth++;
 	PG_TRY();
 	{
+		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 		if (depth > 1)
 			jb = evaluate_nested(conv->converter, payload);
 		else
@@ -273,10 +303,13 @@ evbus_call_converter(const EvbusConverter *conv, const char *domain_event,
 			/* out of the expression's memory, which the next call resets */
 			jb = isnull ? NULL : DatumGetJsonbPCopy(result);
 		}
+		/* roll back every setting it changed, even a plain SET */
+		AtEOXact_GUC(false, save_nestlevel);
 	}
 	PG_FINALLY();
 	{
 		depth--;
+		SetUserIdAndSecContext(save_userid, save_sec_context);
 	}
 	PG_END_TRY();
 	if (jb == NULL)

@@ -105,10 +105,16 @@ extern const char *evbus_resolve_brokers(char *buf, size_t len);
 typedef struct EvbusConverter
 {
 	char	   *integration_event;
-	Oid			converter;
+	char	   *signature;		/* the function, schema-qualified */
+	Oid			converter;		/* it, looked up; InvalidOid: none now */
+	char	   *registered_by;	/* the role that registered the pair */
+	Oid			run_as;			/* it, looked up; InvalidOid: none now */
 } EvbusConverter;
 
 extern List *evbus_lookup_converters(const char *domain_event);
+extern List *evbus_copy_converters(List *converters);
+extern void evbus_check_converter(const EvbusConverter *conv,
+								  const char *domain_event);
 
 /* ---------- converter_call.c: run one, compiled once per backend ---------- */
 extern Jsonb *evbus_call_converter(const EvbusConverter *conv,
@@ -153,6 +159,7 @@ extern void evbus_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *val
 						   const char *nulls, int expected);
 extern Oid	evbus_schema_oid(void);
 extern char *evbus_uuid_to_cstring(const pg_uuid_t *uuid);
+extern void evbus_spi_as_owner(void (*work) (void *arg), void *arg);
 extern uint64 evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
 									 Datum *values, const char *nulls);
 

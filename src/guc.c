@@ -156,7 +156,7 @@ evbus_define_gucs(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("evbus.max_message_bytes",
-							"Largest integration event payload, in bytes of compact JSON; larger ones are refused when staged.",
+							"Largest integration event, in bytes: payload as compact JSON, key, and header names and values; larger ones are refused when staged.",
 							"Keep it at or below the broker's message.max.bytes.",
 							&evbus_max_message_bytes,
 							1000000, 1024, 100000000,

@@ -7,12 +7,13 @@
  * This is the hot path of every producing transaction.  An event is one
  * row written straight into the outbox table that is current now
  * (evbus.outbox_rotation), without SPI or the executor (outbox_write.c),
- * so applications need no grant on evbus's tables; the converters run as
- * the caller.  After COMMIT, once the transaction's locks are released, a
- * resource-release callback registered once per backend wakes the worker
- * (the first commit since its last claim sets its latch): publishing
- * starts within milliseconds.  Nothing is staged that was not committed together
- * with its cause: an error anywhere aborts the caller's transaction.
+ * so applications need no grant on evbus's tables; each converter runs as
+ * the role that registered it (converter_call.c).  After COMMIT, once the
+ * transaction's locks are released, a resource-release callback registered
+ * once per backend wakes the worker (the first commit since its last claim
+ * sets its latch): publishing starts within milliseconds.  Nothing is
+ * staged that was not committed together with its cause: an error
+ * anywhere aborts the caller's transaction.
  *
  *-------------------------------------------------------------------------
  */
@@ -125,15 +126,17 @@ current_outbox_slot(void)
 
 /*
  * check_headers --- user headers are an object of strings, and may not
- * impersonate the headers evbus writes itself.
+ * impersonate the headers evbus writes itself.  Returns the bytes they
+ * take on the wire: their names and values.
  */
-static void
+static int64
 check_headers(Jsonb *headers)
 {
 	JsonbIterator *it;
 	JsonbIteratorToken tok;
 	JsonbValue	v;
 	int			depth = 0;
+	int64		bytes = 0;
 
 	if (!JB_ROOT_IS_OBJECT(headers) || JB_ROOT_IS_SCALAR(headers))
 		ereport(ERROR,
@@ -169,21 +172,64 @@ check_headers(Jsonb *headers)
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("header names must not be empty")));
+			bytes += v.val.string.len;
 		}
 		else if (tok == WJB_VALUE && v.type != jbvString)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("headers must be a JSON object of strings"),
 					 errdetail("A header value is not a string.")));
+		else if (tok == WJB_VALUE)
+			bytes += v.val.string.len;
 	}
+	return bytes;
+}
+
+/*
+ * check_size --- refuse an event over evbus.max_message_bytes: its payload
+ * as compact JSON, its key and its headers' names and values together
+ * (the headers evbus adds itself, a few hundred bytes, are left to the
+ * margin between this setting and the broker's message.max.bytes).
+ * Refused here, at staging, so an oversized event fails its own
+ * transaction instead of failing later at publish (sql/misuse.sql).
+ */
+static void
+check_size(const EvbusStagedEvent *event, int64 header_bytes)
+{
+	int64		key_bytes = event->key ? strlen(event->key) : 0;
+	int64		room = (int64) evbus_max_message_bytes - key_bytes - header_bytes;
+	StringInfoData payload;
+
+	/* the common case: the payload fits in what key and headers leave */
+	if (room >= 0 && !evbus_jsonb_exceeds(event->payload, (int) room))
+		return;
+
+	if (evbus_jsonb_exceeds(event->payload, evbus_max_message_bytes))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("payload of integration event \"%s\" is too large",
+						event->integration_event),
+				 errdetail("Its compact JSON text is longer than evbus.max_message_bytes (%d bytes).",
+						   evbus_max_message_bytes),
+				 errhint("Send a smaller payload, or raise evbus.max_message_bytes together with the broker's message.max.bytes.")));
+
+	/* the payload alone fits: its text is small enough to measure */
+	initStringInfo(&payload);
+	evbus_jsonb_to_compact(&payload, &event->payload->root);
+	ereport(ERROR,
+			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+			 errmsg("integration event \"%s\" is too large",
+					event->integration_event),
+			 errdetail("Its payload as compact JSON (%d bytes), key (" INT64_FORMAT " bytes) and headers (" INT64_FORMAT " bytes) come to more than evbus.max_message_bytes (%d bytes).",
+					   payload.len, key_bytes, header_bytes, evbus_max_message_bytes),
+			 errhint("Send a smaller payload, key or headers, or raise evbus.max_message_bytes together with the broker's message.max.bytes.")));
 }
 
 /*
  * evbus_stage --- insert one integration event into the outbox.
  *
- * The payload must be a JSON object no larger than evbus.max_message_bytes
- * as compact JSON; checked here, at staging time, so an oversized event
- * fails its own transaction instead of failing later at publish.
+ * The payload must be a JSON object, and the event no larger than
+ * evbus.max_message_bytes (check_size).
  */
 void
 evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
@@ -196,16 +242,7 @@ evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("payload of integration event \"%s\" is not a JSON object",
 						event->integration_event)));
-	if (evbus_jsonb_exceeds(event->payload, evbus_max_message_bytes))
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("payload of integration event \"%s\" is too large",
-						event->integration_event),
-				 errdetail("Its compact JSON text is longer than evbus.max_message_bytes (%d bytes).",
-						   evbus_max_message_bytes),
-				 errhint("Send a smaller payload, or raise evbus.max_message_bytes together with the broker's message.max.bytes.")));
-	if (event->headers)
-		check_headers(event->headers);
+	check_size(event, event->headers ? check_headers(event->headers) : 0);
 
 	evbus_new_message_id(message_id);
 
@@ -263,19 +300,7 @@ evbus_raise_internal(const char *domain_event, Jsonb *payload, const char *key)
 	 * The list belongs to the cache, which an invalidation during a
 	 * converter call may reset: work on a copy.
 	 */
-	{
-		List	   *copy = NIL;
-
-		foreach(lc, converters)
-		{
-			EvbusConverter *conv = palloc(sizeof(EvbusConverter));
-
-			*conv = *(EvbusConverter *) lfirst(lc);
-			conv->integration_event = pstrdup(conv->integration_event);
-			copy = lappend(copy, conv);
-		}
-		converters = copy;
-	}
+	converters = evbus_copy_converters(converters);
 	foreach(lc, converters)
 	{
 		EvbusConverter *conv = lfirst(lc);

@@ -247,6 +247,57 @@ extension_owner_lookup(void)
 }
 
 /*
+ * evbus_spi_as_owner --- run work(arg) connected to SPI, as the extension
+ * owner, who owns evbus's tables.  The caller's user id and security
+ * context come back whether work returns or fails; work copies what it
+ * keeps out of SPI's memory, which goes when it returns.
+ */
+void
+evbus_spi_as_owner(void (*work) (void *arg), void *arg)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(evbus_extension_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		work(arg);
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+}
+
+/* One statement for evbus_execute_as_owner, and the rows it processed. */
+typedef struct OwnerStatement
+{
+	const char *sql;
+	int			nargs;
+	Oid		   *argtypes;
+	Datum	   *values;
+	const char *nulls;
+	uint64		processed;
+} OwnerStatement;
+
+static void
+execute_statement(void *arg)
+{
+	OwnerStatement *st = (OwnerStatement *) arg;
+
+	if (SPI_execute_with_args(st->sql, st->nargs, st->argtypes, st->values,
+							  st->nulls, false, 0) < 0)
+		elog(ERROR, "could not execute: %s", st->sql);
+	st->processed = SPI_processed;
+}
+
+/*
  * evbus_execute_as_owner --- run one SQL statement with parameters as the
  * extension owner, who owns evbus's tables; returns the rows processed.
  *
@@ -258,28 +309,10 @@ uint64
 evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
 					   Datum *values, const char *nulls)
 {
-	Oid			save_userid;
-	int			save_sec_context;
-	uint64		processed = 0;
+	OwnerStatement st = {sql, nargs, argtypes, values, nulls, 0};
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(evbus_extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	PG_TRY();
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0) < 0)
-			elog(ERROR, "could not execute: %s", sql);
-		processed = SPI_processed;
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-	}
-	PG_END_TRY();
-	return processed;
+	evbus_spi_as_owner(execute_statement, &st);
+	return st.processed;
 }
 
 /*

@@ -52,6 +52,7 @@
 #                             kafka => 1  also sets evbus.brokers to
 #                                      kafka_bootstrap()
 #                             init  => { ... } passed to $node->init
+#                                      (initdb always gets --encoding=UTF8)
 #                             start => 0  leave it stopped
 package EvbusTest;
 
@@ -335,7 +336,12 @@ sub new_node
 {
 	my ($name, %opts) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init(%{ $opts{init} // {} });
+	# evbus needs UTF8 databases (CREATE EXTENSION refuses any other
+	# encoding): a UTF8 cluster whatever the environment's locale, where a
+	# POSIX one would give SQL_ASCII
+	my %init = %{ $opts{init} // {} };
+	$init{extra} = [ '--encoding=UTF8', @{ $init{extra} // [] } ];
+	$node->init(%init);
 	# two workers per database with evbus (publisher, consumer) and the
 	# launcher: leave room for several databases
 	my @conf = ("shared_preload_libraries = 'evbus'", 'max_worker_processes = 20');
