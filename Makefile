@@ -36,7 +36,7 @@ EXTENSION = evbus
 DATA = evbus--0.1.sql
 PGFILEDESC = "evbus - integration events between PostgreSQL and Kafka"
 
-REGRESS = setup staging converters capture misuse security subscriptions
+REGRESS = setup staging converters capture misuse security subscriptions kafka_config
 REGRESS_OPTS = --temp-config=$(srcdir)/sql/evbus.conf --temp-instance=./tmp_check
 
 PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags rdkafka) -Wall -Wmissing-prototypes
