@@ -334,7 +334,7 @@ check_property(const char *key, const char *value, const char *path, int lineno)
 {
 	if (property_dangerous(key))
 		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
 				 errmsg("Kafka property \"%s\" is not allowed in evbus.kafka_config_file (line %d of \"%s\")",
 						key, lineno, path),
 				 errdetail("librdkafka would load code, run a command or write a file inside the database server with it."),
@@ -349,7 +349,7 @@ check_property(const char *key, const char *value, const char *path, int lineno)
 	if ((strcmp(key, "sasl.mechanisms") == 0 || strcmp(key, "sasl.mechanism") == 0) &&
 		!sasl_mechanism_allowed(value))
 		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				(errcode(ERRCODE_CONFIG_FILE_ERROR),
 				 errmsg("Kafka property \"%s\" must be " ALLOWED_SASL_MECHANISMS " in evbus.kafka_config_file (line %d of \"%s\")",
 						key, lineno, path),
 				 errhint("GSSAPI is refused: librdkafka runs the kinit command for it inside the database server.")));
@@ -464,7 +464,7 @@ check_sasl(rd_kafka_conf_t *conf)
 		sasl_mechanism_allowed(mechanism))
 		return;
 	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			(errcode(ERRCODE_CONFIG_FILE_ERROR),
 			 errmsg("SASL with the GSSAPI mechanism is not allowed in evbus.kafka_config_file"),
 			 errdetail("librdkafka uses GSSAPI when sasl.mechanisms is not set, and runs the kinit command for it inside the database server."),
 			 errhint("Set sasl.mechanisms to " ALLOWED_SASL_MECHANISMS ".")));
