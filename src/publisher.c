@@ -146,7 +146,8 @@ static HTAB *keys = NULL;
 static HTAB *revisits = NULL;
 static int	ninflight = 0;
 static int64 inflight_bytes = 0;	/* payload bytes of the messages in flight */
-static int64 claim_budget = 0;	/* payload bytes the step may still claim */
+static int64 step_budget = 0;	/* payload bytes the step may put in flight */
+static int64 step_inflight_start = 0;	/* inflight_bytes when the step began */
 static SoloEvent *solo = NULL;	/* sorted by id */
 static int	nsolo = 0;
 static int	solo_cap = 0;
@@ -191,6 +192,30 @@ static int64
 max_inflight_bytes(void)
 {
 	return (int64) evbus_batch_max_bytes * 2;
+}
+
+/*
+ * claim_budget --- payload bytes the step's claims may still read: what
+ * the step may put in flight less what it has.  Rows held back (their key
+ * waits) are read but not put in flight, so they do not use the budget up
+ * and keep other keys from being claimed; their payloads are freed as
+ * soon as they are looked at (release_payload).
+ */
+static int64
+claim_budget(void)
+{
+	return step_budget - (inflight_bytes - step_inflight_start);
+}
+
+/* Payload bytes of claimed rows. */
+static int64
+rows_bytes(const OutboxRow *rows, int n)
+{
+	int64		bytes = 0;
+
+	for (int i = 0; i < n; i++)
+		bytes += rows[i].payload_len;
+	return bytes;
 }
 
 /* Is there room for more events in flight, by count and by bytes? */
@@ -595,10 +620,7 @@ release_payload(OutboxRow *row)
 	}
 }
 
-/*
- * Produce claimed rows in order; false on back-pressure.  Their payload
- * bytes are taken from the step's claim_budget.
- */
+/* Produce claimed rows in order; false on back-pressure. */
 static bool
 produce_rows(OutboxRow *rows, int n)
 {
@@ -606,8 +628,6 @@ produce_rows(OutboxRow *rows, int n)
 	/* cap-senttime: when this batch was handed to the producer */
 	const char *sent = n > 0 ? timestamptz_to_str(GetCurrentTimestamp()) : NULL;
 
-	for (i = 0; i < n; i++)
-		claim_budget -= rows[i].payload_len;
 	for (i = 0; i < n; i++)
 	{
 		ProduceResult result = produce_row(&rows[i], sent, false);
@@ -686,7 +706,7 @@ claim_revisits(void)
 	int			n;
 	int64		last_examined;
 
-	if (hash_get_num_entries(revisits) == 0 || claim_budget <= 0)
+	if (hash_get_num_entries(revisits) == 0 || claim_budget() <= 0)
 		return;
 	ids = MemoryContextAlloc(batch_cxt, sizeof(int64) * hash_get_num_entries(revisits));
 	hash_seq_init(&status, revisits);
@@ -701,7 +721,7 @@ claim_revisits(void)
 	if (nids == 0)
 		return;
 
-	n = evbus_outbox_claim_ids(ids, nids, claim_budget, &rows, batch_cxt,
+	n = evbus_outbox_claim_ids(ids, nids, claim_budget(), &rows, batch_cxt,
 							   &last_examined);
 	forget_vanished(ids, nids, rows, n, last_examined);
 
@@ -725,11 +745,14 @@ claim_forward(int limit)
 	int			n;
 	int			i;
 	int64		expected = max_seen + 1;
+	int64		max_bytes = claim_budget();
+	bool		full;
 
-	if (claim_budget <= 0)
+	if (max_bytes <= 0)
 		return true;			/* the remembered ids took the step's bytes */
-	n = evbus_outbox_claim_range(max_seen + 1, limit, claim_budget, &rows,
+	n = evbus_outbox_claim_range(max_seen + 1, limit, max_bytes, &rows,
 								 batch_cxt);
+	full = n == limit || rows_bytes(rows, n) >= max_bytes;
 
 	for (i = 0; i < n; i++)
 	{
@@ -750,7 +773,7 @@ claim_forward(int limit)
 		max_seen = rows[i].id;
 	}
 	produce_rows(rows, n);
-	return n == limit || claim_budget <= 0;
+	return full;
 }
 
 /* One page of the sweep that finds whatever the cursor left behind. */
@@ -759,9 +782,12 @@ claim_sweep(int limit)
 {
 	OutboxRow  *rows;
 	int			n;
+	int64		max_bytes = claim_budget();
+	bool		full;
 
-	n = evbus_outbox_claim_range(sweep_from, limit, claim_budget, &rows,
+	n = evbus_outbox_claim_range(sweep_from, limit, max_bytes, &rows,
 								 batch_cxt);
+	full = n == limit || rows_bytes(rows, n) >= max_bytes;
 
 	/*
 	 * Produce the page first: a short page is the sweep's last, not one to
@@ -769,7 +795,7 @@ claim_sweep(int limit)
 	 * cursor stays where it is, so the forward scan still notes the holes
 	 * of this range.
 	 */
-	if (!produce_rows(rows, n) || (n < limit && claim_budget > 0))
+	if (!produce_rows(rows, n) || !full)
 		sweep_from = -1;		/* done (or resumed by the next sweep) */
 	else
 		sweep_from = rows[n - 1].id + 1;
@@ -802,7 +828,7 @@ produce_solo(void)
 
 			int64		last_examined;
 
-			n = evbus_outbox_claim_ids(&id, 1, claim_budget, &rows, batch_cxt,
+			n = evbus_outbox_claim_ids(&id, 1, claim_budget(), &rows, batch_cxt,
 									   &last_examined);
 			solo_remove(id);
 			if (n == 0)
@@ -1084,8 +1110,9 @@ evbus_publisher_step(bool claim_wanted)
 			int			limit = Min(evbus_batch_size, max_inflight() - ninflight);
 
 			/* at least one row, however large (inflight_room: some room) */
-			claim_budget = Min((int64) evbus_batch_max_bytes,
-							   max_inflight_bytes() - inflight_bytes);
+			step_budget = Min((int64) evbus_batch_max_bytes,
+							  max_inflight_bytes() - inflight_bytes);
+			step_inflight_start = inflight_bytes;
 
 			/*
 			 * Neither the remembered ids nor the rows past the cursor can be
@@ -1108,7 +1135,7 @@ evbus_publisher_step(bool claim_wanted)
 				last_sweep = now;
 			}
 			if (sweep_from >= 0 && nsolo == 0 && ninflight < max_inflight() &&
-				claim_budget > 0)
+				claim_budget() > 0)
 			{
 				finish_deliveries();
 				claim_sweep(Min(evbus_batch_size, max_inflight() - ninflight));
