@@ -107,10 +107,34 @@ valid_utf8(const char *s, size_t len)
 #define MAX_MESSAGE_ID_BYTES 200
 
 /*
+ * looks_positional --- does an id end in "/<digits>/<digits>" after some
+ * text, the form "topic/partition/offset" of the de-duplication key of a
+ * message without any id?  Such an id could pass for that message.
+ */
+static bool
+looks_positional(const char *id, size_t len)
+{
+	const char *p = id + len;
+	int			part;
+
+	for (part = 0; part < 2; part++)
+	{
+		const char *end = p;
+
+		while (p > id && isdigit((unsigned char) p[-1]))
+			p--;
+		if (p == end || p == id || p[-1] != '/')
+			return false;
+		p--;
+	}
+	return p > id;
+}
+
+/*
  * message_id_problem --- why a cap-msg-id (valid UTF-8 without NUL,
  * checked with the other headers) cannot be a message's de-duplication
- * key, or NULL if it can: it must be present, non-empty and at most
- * MAX_MESSAGE_ID_BYTES.
+ * key, or NULL if it can: it must be present, non-empty, at most
+ * MAX_MESSAGE_ID_BYTES, and not of the form of another message's key.
  */
 static char *
 message_id_problem(const char *id, size_t len)
@@ -120,6 +144,8 @@ message_id_problem(const char *id, size_t len)
 	if (len > MAX_MESSAGE_ID_BYTES)
 		return psprintf("cap-msg-id of %zu bytes is longer than %d bytes", len,
 						MAX_MESSAGE_ID_BYTES);
+	if (looks_positional(id, len))
+		return pstrdup("cap-msg-id has the form topic/partition/offset, kept for messages without an id");
 	return NULL;
 }
 

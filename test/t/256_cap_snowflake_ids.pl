@@ -3,7 +3,8 @@
 # up to 200 bytes is the de-duplication key: a message sent twice with
 # cap-msg-id 1795123456789012480 is handled once and the inbox shows the
 # id; evbus.retry takes such an id (and still a uuid); an empty or an
-# over-long cap-msg-id is poison, dead-lettered at once.
+# over-long cap-msg-id, or one of the form topic/partition/offset (the key
+# of a message without an id), is poison, dead-lettered at once.
 use strict;
 use warnings;
 
@@ -59,17 +60,19 @@ cap_send('', '{"n":2}');
 cap_send($long, '{"n":3}');
 cap_send($failing, '{"n":4,"fail":true}');
 cap_send('1795123456789012482', '{"n":5}');
+cap_send("$topic/0/0", '{"n":6}');    # would pass for a message without an id
 
 ok(wait_for_sql($node, 'postgres',
-		qq{SELECT sum(next_offset) FROM evbus.consumer_offsets WHERE topic = '$topic'}, '6', 60),
-	'all 6 messages consumed');
+		qq{SELECT sum(next_offset) FROM evbus.consumer_offsets WHERE topic = '$topic'}, '7', 60),
+	'all 7 messages consumed');
 is(sql(q{SELECT message_id, payload->>'n' FROM received ORDER BY payload->>'n'}),
 	"$id|1\n1795123456789012482|5", 'the Snowflake id sent twice is handled once');
 is(sql(qq{SELECT message_id, dedup_key, state FROM evbus.inbox WHERE payload->>'n' = '1'}),
 	"$id|$id|handled", 'the inbox shows the Snowflake id as message id and de-duplication key');
 is(sql(qq{SELECT kafka_offset, error_code FROM evbus.dead_letters WHERE topic = '$topic'
            AND error_code = 'invalid_message_id' ORDER BY kafka_offset}),
-	"2|invalid_message_id\n3|invalid_message_id", 'an empty and an over-long cap-msg-id are poison');
+	"2|invalid_message_id\n3|invalid_message_id\n6|invalid_message_id",
+	'an empty, an over-long and a positional cap-msg-id are poison');
 
 ok(wait_for_sql($node, 'postgres', qq{SELECT state FROM evbus.inbox WHERE message_id = '$failing'}, 'dead'),
 	'a failing message with a Snowflake id is dead-lettered');
