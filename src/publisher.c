@@ -299,7 +299,7 @@ next_failed_id(uint64 keyhash)
 
 /*
  * key_block --- event id of the key failed and must be produced again:
- * the key's later events wait until it is confirmed (DESIGN.md I2).
+ * the key's later events wait until it is confirmed (per-key order).
  */
 static void
 key_block(KeyState *ks, int64 id)
@@ -480,7 +480,7 @@ on_delivery(void *opaque, rd_kafka_resp_err_t err, rd_kafka_msg_status_t status,
 	pfree(msg);
 }
 
-/* Wire headers of DESIGN.md section 3, then the user's. */
+/* The wire headers (README.md, Wire format), then the user's. */
 static rd_kafka_headers_t *
 build_headers(const OutboxRow *row, const char *message_id, const char *sent)
 {
