@@ -27,6 +27,7 @@
 
 #include "common/hashfn.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "storage/fd.h"
 
 #include "evbus.h"
@@ -264,19 +265,18 @@ reader_next(LineReader *r)
 
 	while ((c = getc(r->file)) != EOF && c != '\n')
 	{
+		if (len >= MAX_LINE_BYTES)
+		{
+			while ((c = getc(r->file)) != EOF && c != '\n')
+				;
+			r->buf[len] = '\0';
+			r->lineno++;
+			return LINE_TOO_LONG;
+		}
 		if (len + 1 >= r->cap)
 		{
-			char	   *bigger;
+			char	   *bigger = palloc(r->cap * 2);
 
-			if (r->cap >= MAX_LINE_BYTES)
-			{
-				while ((c = getc(r->file)) != EOF && c != '\n')
-					;
-				r->buf[len] = '\0';
-				r->lineno++;
-				return LINE_TOO_LONG;
-			}
-			bigger = palloc(r->cap * 2);
 			memcpy(bigger, r->buf, len);
 			explicit_bzero(r->buf, r->cap);
 			pfree(r->buf);
@@ -332,18 +332,21 @@ sasl_mechanism_allowed(const char *value)
 static void
 check_property(const char *key, const char *value, const char *path, int lineno)
 {
+	/* a name that no property has is shown by its first 64 bytes at most */
+	int			shown = pg_mbcliplen(key, strlen(key), 64);
+
 	if (property_dangerous(key))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("Kafka property \"%s\" is not allowed in evbus.kafka_config_file (line %d of \"%s\")",
-						key, lineno, path),
+				 errmsg("Kafka property \"%.*s\" is not allowed in evbus.kafka_config_file (line %d of \"%s\")",
+						shown, key, lineno, path),
 				 errdetail("librdkafka would load code, run a command or write a file inside the database server with it."),
 				 errhint("Properties that load code or run a command inside the database server are refused; remove the line.")));
 	if (!property_allowed(key))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIG_FILE_ERROR),
-				 errmsg("Kafka property \"%s\" is not allowed in evbus.kafka_config_file (line %d of \"%s\")",
-						key, lineno, path),
+				 errmsg("Kafka property \"%.*s\" is not allowed in evbus.kafka_config_file (line %d of \"%s\")",
+						shown, key, lineno, path),
 				 errdetail("evbus accepts only the librdkafka properties of its allow-list; it sets the ones its guarantees rest on itself."),
 				 errhint("Check the spelling; the allowed properties are listed under Configuration in evbus's README.")));
 	if ((strcmp(key, "sasl.mechanisms") == 0 || strcmp(key, "sasl.mechanism") == 0) &&

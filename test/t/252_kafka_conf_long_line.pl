@@ -1,7 +1,8 @@
 # 252_kafka_conf_long_line.pl - a line of evbus.kafka_config_file is read
 # whole, however long: a sasl.password of 10 KiB is one value, its tail is
 # never taken for a property of its own (whose name, the secret's tail,
-# would be logged); a line over the limit is refused by its number alone.
+# would be logged); a line over the limit is refused by its number alone,
+# and an unknown property name is shown by its first 64 bytes at most.
 use strict;
 use warnings;
 
@@ -24,6 +25,9 @@ write_kafka_properties("$dir/long.properties",
 write_kafka_properties("$dir/huge.properties",
 	'security.protocol=PLAINTEXT', 'sasl.password=' . ('q' x (2 * 1024 * 1024)) . $tail);
 
+# a long name that no property has (a secret pasted as a line of its own)
+write_kafka_properties("$dir/longname.properties", ('n' x 100) . "NameTail$$=1");
+
 my $node = new_node('longline', kafka => 1,
 	conf => [ "evbus.topic_prefix = '$prefix'", "evbus.kafka_config_file = '$dir/long.properties'" ]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
@@ -45,10 +49,22 @@ for (my $deadline = time() + 30; !$refused && time() < $deadline; sleep 0.2)
 ok($refused,
 	'a line over the limit is refused by its number');
 
+$offset = -s $node->logfile;
+$node->safe_psql('postgres', "ALTER SYSTEM SET evbus.kafka_config_file = '$dir/longname.properties'");
+$node->reload;
+$refused = 0;
+for (my $deadline = time() + 30; !$refused && time() < $deadline; sleep 0.2)
+{
+	$refused = slurp_file($node->logfile, $offset) =~
+	  /Kafka property "n{64}" is not allowed in evbus.kafka_config_file \(line 1 of /;
+}
+ok($refused, 'an unknown property is named by its first 64 bytes at most');
+
 $node->stop;
 my $log = slurp_file($node->logfile);
 # (ok, not unlike: a failure must not print the log)
 ok($log !~ /\Q$tail\E/, 'the tail of the secret never appears in the server log');
 ok($log !~ /ppppp|qqqqq/, 'nor does any other part of it');
+ok($log !~ /NameTail$$/, 'nor the tail of a long unknown name');
 
 done_testing();
