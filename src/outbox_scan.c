@@ -270,7 +270,7 @@ evbus_outbox_claim_range(int64 from_id, int limit, int64 max_bytes,
 		scan_rescan(&scans[t], BTGreaterEqualStrategyNumber, F_INT8GE, from_id);
 		has[t] = next_due(&scans[t]);
 	}
-	while (n < limit && bytes < max_bytes && (has[0] || has[1]))
+	while (n < limit && (n == 0 || bytes < max_bytes) && (has[0] || has[1]))
 	{
 		int			lower;
 
@@ -353,7 +353,7 @@ evbus_outbox_claim_ids(int64 *ids, int nids, int64 max_bytes,
 	*last_examined = PG_INT64_MAX;
 	for (i = 0; i < nsorted; i++)
 	{
-		if (bytes >= max_bytes)
+		if (n > 0 && bytes >= max_bytes)
 		{
 			*last_examined = sorted[i - 1];
 			break;

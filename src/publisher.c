@@ -825,7 +825,6 @@ produce_solo(void)
 			uint64		keyhash = solo[i].keyhash;
 			OutboxRow  *rows;
 			int			n;
-
 			int64		last_examined;
 
 			n = evbus_outbox_claim_ids(&id, 1, claim_budget(), &rows, batch_cxt,
