@@ -36,7 +36,7 @@ EXTENSION = evbus
 DATA = evbus--0.1.sql
 PGFILEDESC = "evbus - integration events between PostgreSQL and Kafka"
 
-REGRESS = setup staging converters capture misuse security subscriptions
+REGRESS = setup staging converters capture misuse security subscriptions kafka_config
 # evbus needs a UTF8 database, whatever the locale of the environment
 REGRESS_OPTS = --temp-config=$(srcdir)/sql/evbus.conf --temp-instance=./tmp_check \
 	--encoding=UTF8

@@ -145,7 +145,7 @@ COMMENT ON VIEW evbus.outbox IS
 
 CREATE TABLE evbus.dead_letters (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-	message_id		uuid NOT NULL,
+	message_id		text NOT NULL,	/* a UUID, or a CAP producer's id */
 	direction		text NOT NULL CHECK (direction IN ('publish', 'consume')),
 	integration_event text NOT NULL,
 	topic			text,
@@ -223,7 +223,7 @@ CREATE TABLE evbus.inbox (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
 	group_name		text NOT NULL,
 	dedup_key		text NOT NULL,
-	message_id		uuid,
+	message_id		text,			/* cap-msg-id: a UUID, a Snowflake integer ... */
 	integration_event text NOT NULL,
 	topic			text NOT NULL,
 	kafka_partition integer NOT NULL,
@@ -387,11 +387,16 @@ COMMENT ON FUNCTION evbus.unsubscribe(text, regprocedure, text) IS
 -- SQL API: operations
 --------------------------------------------------------------------------
 
-CREATE FUNCTION evbus.retry(message_id uuid) RETURNS boolean
+CREATE FUNCTION evbus.retry(message_id text) RETURNS boolean
 	AS 'MODULE_PATHNAME', 'evbus_retry'
 	LANGUAGE C STRICT VOLATILE;
-COMMENT ON FUNCTION evbus.retry(uuid) IS
+COMMENT ON FUNCTION evbus.retry(text) IS
 	'requeue a dead or failed event, on either side; false if no such event has this message id';
+CREATE FUNCTION evbus.retry(message_id uuid) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'evbus_retry_uuid'
+	LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION evbus.retry(uuid) IS
+	'evbus.retry(text) for a message id held as a uuid';
 
 CREATE FUNCTION evbus.brokers() RETURNS text
 	AS 'MODULE_PATHNAME', 'evbus_current_brokers'
@@ -429,6 +434,7 @@ REVOKE ALL ON FUNCTION evbus.unregister_converter(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.raise(text, jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.publish(text, jsonb, text, jsonb, timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.capture() FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.retry(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.retry(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.unsubscribe(text, regprocedure, text) FROM PUBLIC;

@@ -29,6 +29,7 @@ int			evbus_retry_max_interval_ms = 300000;
 int			evbus_handler_timeout_ms = 60000;
 int			evbus_max_message_bytes = 1000000;
 int			evbus_batch_size = 10000;
+int			evbus_batch_max_bytes = 64 * 1024 * 1024;
 int			evbus_poll_interval_ms = 1000;
 int			evbus_publish_linger_ms = 5;
 int			evbus_publish_linger_busy_ms = 200;
@@ -169,6 +170,14 @@ evbus_define_gucs(void)
 							&evbus_batch_size,
 							10000, 1, 1000000,
 							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.batch_max_bytes",
+							"Most payload bytes the worker reads from the outbox in one pass (at least one event).",
+							"The worker holds at most twice this much in flight to Kafka.",
+							&evbus_batch_max_bytes,
+							64 * 1024 * 1024, 64 * 1024, INT_MAX / 2,
+							PGC_SIGHUP, GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("evbus.poll_interval",

@@ -99,25 +99,54 @@ valid_utf8(const char *s, size_t len)
 	return pg_verify_mbstr(PG_UTF8, s, (int) len, true);
 }
 
-/* The canonical text form of a UUID: 8-4-4-4-12 hex digits. */
-static bool
-is_uuid_text(const char *s)
-{
-	int			i;
+/*
+ * The longest cap-msg-id accepted.  DotNetCore.CAP sends a Snowflake
+ * integer (19 digits), evbus a UUID (36 characters); any other producer's
+ * id up to this length is a de-duplication key as good (test 256).
+ */
+#define MAX_MESSAGE_ID_BYTES 200
 
-	if (strlen(s) != 36)
-		return false;
-	for (i = 0; i < 36; i++)
+/*
+ * looks_positional --- does an id end in "/<digits>/<digits>" after some
+ * text, the form "topic/partition/offset" of the de-duplication key of a
+ * message without any id?  Such an id could pass for that message.
+ */
+static bool
+looks_positional(const char *id, size_t len)
+{
+	const char *p = id + len;
+	int			part;
+
+	for (part = 0; part < 2; part++)
 	{
-		if (i == 8 || i == 13 || i == 18 || i == 23)
-		{
-			if (s[i] != '-')
-				return false;
-		}
-		else if (!isxdigit((unsigned char) s[i]))
+		const char *end = p;
+
+		while (p > id && isdigit((unsigned char) p[-1]))
+			p--;
+		if (p == end || p == id || p[-1] != '/')
 			return false;
+		p--;
 	}
-	return true;
+	return p > id;
+}
+
+/*
+ * message_id_problem --- why a cap-msg-id (valid UTF-8 without NUL,
+ * checked with the other headers) cannot be a message's de-duplication
+ * key, or NULL if it can: it must be present, non-empty, at most
+ * MAX_MESSAGE_ID_BYTES, and not of the form of another message's key.
+ */
+static char *
+message_id_problem(const char *id, size_t len)
+{
+	if (id == NULL || len == 0)
+		return pstrdup("cap-msg-id is empty");
+	if (len > MAX_MESSAGE_ID_BYTES)
+		return psprintf("cap-msg-id of %zu bytes is longer than %d bytes", len,
+						MAX_MESSAGE_ID_BYTES);
+	if (looks_positional(id, len))
+		return pstrdup("cap-msg-id has the form topic/partition/offset, kept for messages without an id");
+	return NULL;
 }
 
 /* Push a string (valid UTF-8, no NUL) as an object key or value. */
@@ -155,7 +184,7 @@ decode_unchecked(const ReceivedMessage *m, const char *group, Decoded *d, bool c
 	JsonbValue	null_value;
 	int			i;
 
-	/* headers: valid UTF-8 strings; a cap-msg-id must be a UUID */
+	/* headers: valid UTF-8 strings; a cap-msg-id must be a usable key */
 	null_value.type = jbvNull;
 	(void) pushJsonbValue(&hstate, WJB_BEGIN_OBJECT, NULL);
 	for (i = 0; i < m->nheaders; i++)
@@ -175,15 +204,15 @@ decode_unchecked(const ReceivedMessage *m, const char *group, Decoded *d, bool c
 			continue;			/* evbus sets these itself */
 		if (strcmp(name, "cap-msg-id") == 0)
 		{
-			char	   *id = m->header_values[i] ? pnstrdup(m->header_values[i], m->header_lens[i]) : NULL;
+			char	   *problem = message_id_problem(m->header_values[i], m->header_lens[i]);
 
-			if (id == NULL || !is_uuid_text(id))
+			if (problem != NULL)
 			{
 				d->poison = "invalid_message_id";
-				d->detail = psprintf("cap-msg-id \"%.64s\" is not a UUID", id ? id : "(null)");
+				d->detail = problem;
 				return;
 			}
-			d->message_id = id;
+			d->message_id = pnstrdup(m->header_values[i], m->header_lens[i]);
 		}
 		push_string(&hstate, WJB_KEY, name, strlen(name));
 		if (m->header_values[i])
@@ -355,7 +384,7 @@ dead_letter_poison(const char *group, const ReceivedMessage *m, const Decoded *d
 	evbus_spi_exec(psprintf("WITH i AS (INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
 				  " integration_event, topic, kafka_partition, kafka_offset, payload, headers,"
 				  " state, last_error_code, last_error_message)"
-				  " VALUES ($1, $2, $3::pg_catalog.uuid, %s, $4, $5, $6, NULL, '{}', 'dead', $7, $8)"
+				  " VALUES ($1, $2, $3, %s, $4, $5, $6, NULL, '{}', 'dead', $7, $8)"
 				  " ON CONFLICT (group_name, dedup_key) DO NOTHING RETURNING message_id),"
 				  " d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
 				  " topic, group_name, kafka_partition, kafka_offset, raw_value, attempts,"
@@ -468,7 +497,7 @@ handle(Dispatch *d)
 		 " d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
 		 " topic, event_key, payload, headers, group_name, kafka_partition, kafka_offset,"
 		 " attempts, errors, error_code, error_message)"
-		 " SELECT COALESCE(message_id, pg_catalog.gen_random_uuid()), 'consume', integration_event,"
+		 " SELECT COALESCE(message_id, pg_catalog.gen_random_uuid()::pg_catalog.text), 'consume', integration_event,"
 		 " topic, event_key, payload, headers, group_name, kafka_partition, kafka_offset,"
 		 " attempts, errors, $2, $3 FROM i RETURNING message_id)"
 		 " SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
@@ -844,7 +873,7 @@ record_batch(const char *group, List *subs, ReceivedMessage *msgs, int n,
 									   "INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
 									   " integration_event, topic, kafka_partition, kafka_offset, event_key,"
 									   " payload, headers, state, attempts, next_attempt_at, handled_at)"
-									   " SELECT $1, d, m::pg_catalog.uuid, e, t, p, o, k, pl, h,"
+									   " SELECT $1, d, m, e, t, p, o, k, pl, h,"
 									   " CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN 'handled' ELSE 'pending' END, a,"
 									   " CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN NULL ELSE pg_catalog.now() END,"
 									   " CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN pg_catalog.now() END"

@@ -123,7 +123,7 @@ evbus_outbox_finish(int64 *done_ids, int *done_tables, char **done_events,
 				 " INSERT INTO evbus.dead_letters (message_id, direction,"
 				 " integration_event, topic, event_key, payload, headers,"
 				 " domain_event, traceparent, staged_at, error_code, error_message)"
-				 " SELECT message_id, 'publish', integration_event,"
+				 " SELECT message_id::pg_catalog.text, 'publish', integration_event,"
 				 " $4 OPERATOR(pg_catalog.||) integration_event, event_key,"
 				 " payload, headers, domain_event, traceparent, staged_at, $2, $3"
 				 " FROM evbus.outbox_%d WHERE id OPERATOR(pg_catalog.=) $1"

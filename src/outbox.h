@@ -19,7 +19,7 @@ typedef struct OutboxRow
 	pg_uuid_t	message_id;
 	char	   *integration_event;
 	char	   *key;			/* NULL: use the message id */
-	char	   *payload;		/* compact JSON */
+	char	   *payload;		/* compact JSON; freed once produced */
 	int			payload_len;
 	int			nheaders;		/* user headers */
 	char	  **header_names;
@@ -38,10 +38,11 @@ typedef struct DeadEvent
 	char	   *error_message;
 } DeadEvent;
 
-extern int	evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
-									 MemoryContext cxt);
-extern int	evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
-								   MemoryContext cxt);
+extern int	evbus_outbox_claim_range(int64 from_id, int limit, int64 max_bytes,
+									 OutboxRow **rows, MemoryContext cxt);
+extern int	evbus_outbox_claim_ids(int64 *ids, int nids, int64 max_bytes,
+								   OutboxRow **rows, MemoryContext cxt,
+								   int64 *last_examined);
 extern int	evbus_outbox_pending_ids(int table, int max, int64 *ids);
 extern void evbus_outbox_finish(int64 *done_ids, int *done_tables,
 								char **done_events, int ndone,

@@ -189,9 +189,24 @@ copy_row(OutboxScan *os, OutboxRow *row, MemoryContext cxt)
 	row->integration_event = text_or_null(slot, COL_INTEGRATION_EVENT);
 	row->key = text_or_null(slot, COL_EVENT_KEY);
 
+	/*
+	 * The payload is held once: the detoasted jsonb goes as soon as it is
+	 * printed, into a buffer sized for it from the start and trimmed to
+	 * fit, so that a claim of evbus.batch_max_bytes takes about that much
+	 * memory (test 254_publisher_memory.pl).
+	 */
 	d = slot_getattr(slot, COL_PAYLOAD, &isnull);
-	initStringInfo(&buf);
-	evbus_jsonb_to_compact(&buf, &DatumGetJsonbP(d)->root);
+	{
+		Jsonb	   *jb = DatumGetJsonbP(d);
+
+		initStringInfo(&buf);
+		enlargeStringInfo(&buf, VARSIZE(jb));
+		evbus_jsonb_to_compact(&buf, &jb->root);
+		if ((Pointer) jb != DatumGetPointer(d))
+			pfree(jb);
+	}
+	if (buf.maxlen > ALLOCSET_SEPARATE_THRESHOLD && buf.maxlen - buf.len > buf.len / 8)
+		buf.data = repalloc(buf.data, buf.len + 1);
 	row->payload = buf.data;
 	row->payload_len = buf.len;
 
@@ -232,13 +247,15 @@ copy_row(OutboxScan *os, OutboxRow *row, MemoryContext cxt)
 
 /*
  * evbus_outbox_claim_range --- due events with id >= from_id, in id
- * order, at most limit: the scans of both tables merged.  Must run inside
- * evbus_worker_begin/commit.
+ * order, at most limit, and no more once their payloads reach max_bytes
+ * (the first row is always taken, however large): the scans of both
+ * tables merged.  Must run inside evbus_worker_begin/commit.
  */
 int
-evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
-						 MemoryContext cxt)
+evbus_outbox_claim_range(int64 from_id, int limit, int64 max_bytes,
+						 OutboxRow **rows, MemoryContext cxt)
 {
+	int64		bytes = 0;
 	Snapshot	snapshot = fresh_snapshot();
 	OutboxScan	scans[2];
 	bool		has[2];
@@ -253,7 +270,7 @@ evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
 		scan_rescan(&scans[t], BTGreaterEqualStrategyNumber, F_INT8GE, from_id);
 		has[t] = next_due(&scans[t]);
 	}
-	while (n < limit && (has[0] || has[1]))
+	while (n < limit && (n == 0 || bytes < max_bytes) && (has[0] || has[1]))
 	{
 		int			lower;
 
@@ -266,7 +283,8 @@ evbus_outbox_claim_range(int64 from_id, int limit, OutboxRow **rows,
 			cap = Min(cap * 2, limit);
 			*rows = repalloc(*rows, sizeof(OutboxRow) * cap);
 		}
-		copy_row(&scans[lower], &(*rows)[n++], cxt);
+		copy_row(&scans[lower], &(*rows)[n], cxt);
+		bytes += (*rows)[n++].payload_len;
 		has[lower] = next_due(&scans[lower]);
 	}
 	for (t = 0; t < 2; t++)
@@ -308,12 +326,17 @@ due_id(OutboxScan *os, int64 id)
 }
 
 /*
- * evbus_outbox_claim_ids --- the due events among ids, in id order.
+ * evbus_outbox_claim_ids --- the due events among ids, in id order, until
+ * their payloads reach max_bytes (the first one found is always taken).
+ * *last_examined is the highest id looked up: the ids above it were not
+ * (PG_INT64_MAX when every id was).
  */
 int
-evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
-					   MemoryContext cxt)
+evbus_outbox_claim_ids(int64 *ids, int nids, int64 max_bytes,
+					   OutboxRow **rows, MemoryContext cxt,
+					   int64 *last_examined)
 {
+	int64		bytes = 0;
 	Snapshot	snapshot = fresh_snapshot();
 	OutboxScan	scans[2];
 	int64	   *sorted;
@@ -327,15 +350,22 @@ evbus_outbox_claim_ids(int64 *ids, int nids, OutboxRow **rows,
 	for (t = 0; t < 2; t++)
 		scan_open(&scans[t], t, AccessShareLock, snapshot);
 	/* an id is in one table at most: the previous id's, most likely */
+	*last_examined = PG_INT64_MAX;
 	for (i = 0; i < nsorted; i++)
 	{
+		if (n > 0 && bytes >= max_bytes)
+		{
+			*last_examined = sorted[i - 1];
+			break;
+		}
 		if (!due_id(&scans[likely], sorted[i]))
 		{
 			if (!due_id(&scans[1 - likely], sorted[i]))
 				continue;
 			likely = 1 - likely;
 		}
-		copy_row(&scans[likely], &(*rows)[n++], cxt);
+		copy_row(&scans[likely], &(*rows)[n], cxt);
+		bytes += (*rows)[n++].payload_len;
 	}
 	for (t = 0; t < 2; t++)
 		scan_close(&scans[t]);

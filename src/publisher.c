@@ -87,6 +87,7 @@ typedef struct InflightMsg
 	int			table;			/* evbus.outbox_<table> holds it */
 	uint64		keyhash;
 	char	   *integration_event;
+	int			bytes;			/* payload bytes librdkafka holds for it */
 	bool		solo;			/* produced alone, to isolate an error */
 } InflightMsg;
 
@@ -144,6 +145,9 @@ static HTAB *unrecorded = NULL;	/* delivered or dead, not yet finished */
 static HTAB *keys = NULL;
 static HTAB *revisits = NULL;
 static int	ninflight = 0;
+static int64 inflight_bytes = 0;	/* payload bytes of the messages in flight */
+static int64 step_budget = 0;	/* payload bytes the step may put in flight */
+static int64 step_inflight_start = 0;	/* inflight_bytes when the step began */
 static SoloEvent *solo = NULL;	/* sorted by id */
 static int	nsolo = 0;
 static int	solo_cap = 0;
@@ -172,6 +176,53 @@ static int
 max_inflight(void)
 {
 	return Max(evbus_batch_size * 10, 1000);
+}
+
+/*
+ * max_inflight_bytes --- the most payload bytes in flight (librdkafka holds
+ * a copy of each until its delivery report): twice evbus.batch_max_bytes,
+ * so that one claim is produced while the one before is being delivered.
+ * With a claim bounded by evbus.batch_max_bytes too, and each claimed
+ * payload freed once produced, the worker's memory is bounded by bytes,
+ * not by rows times payload size: 400 events of 0.9 MB once took it to
+ * 1.7 GB, and a backlog of large events at the default batch_size got it
+ * killed for memory (test 254_publisher_memory.pl).
+ */
+static int64
+max_inflight_bytes(void)
+{
+	return (int64) evbus_batch_max_bytes * 2;
+}
+
+/*
+ * claim_budget --- payload bytes the step's claims may still read: what
+ * the step may put in flight less what it has.  Rows held back (their key
+ * waits) are read but not put in flight, so they do not use the budget up
+ * and keep other keys from being claimed; their payloads are freed as
+ * soon as they are looked at (release_payload).
+ */
+static int64
+claim_budget(void)
+{
+	return step_budget - (inflight_bytes - step_inflight_start);
+}
+
+/* Payload bytes of claimed rows. */
+static int64
+rows_bytes(const OutboxRow *rows, int n)
+{
+	int64		bytes = 0;
+
+	for (int i = 0; i < n; i++)
+		bytes += rows[i].payload_len;
+	return bytes;
+}
+
+/* Is there room for more events in flight, by count and by bytes? */
+static bool
+inflight_room(void)
+{
+	return ninflight < max_inflight() && inflight_bytes < max_inflight_bytes();
 }
 
 static uint64
@@ -248,7 +299,7 @@ next_failed_id(uint64 keyhash)
 
 /*
  * key_block --- event id of the key failed and must be produced again:
- * the key's later events wait until it is confirmed (DESIGN.md I2).
+ * the key's later events wait until it is confirmed (per-key order).
  */
 static void
 key_block(KeyState *ks, int64 id)
@@ -384,6 +435,7 @@ on_delivery(void *opaque, rd_kafka_resp_err_t err, rd_kafka_msg_status_t status,
 
 	hash_search(inflight, &msg->id, HASH_REMOVE, NULL);
 	ninflight--;
+	inflight_bytes -= msg->bytes;
 	ks->inflight--;
 
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && status == RD_KAFKA_MSG_STATUS_PERSISTED)
@@ -428,7 +480,7 @@ on_delivery(void *opaque, rd_kafka_resp_err_t err, rd_kafka_msg_status_t status,
 	pfree(msg);
 }
 
-/* Wire headers of DESIGN.md section 3, then the user's. */
+/* The wire headers (README.md, Wire format), then the user's. */
 static rd_kafka_headers_t *
 build_headers(const OutboxRow *row, const char *message_id, const char *sent)
 {
@@ -498,6 +550,7 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 	msg->table = row->table;
 	msg->keyhash = keyhash;
 	msg->integration_event = MemoryContextStrdup(publisher_cxt, row->integration_event);
+	msg->bytes = row->payload_len;
 	msg->solo = alone;
 
 	err = evbus_producer_send(producer, topic,
@@ -544,10 +597,27 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 
 	((InflightEntry *) hash_search(inflight, &row->id, HASH_ENTER, NULL))->msg = msg;
 	ninflight++;
+	inflight_bytes += msg->bytes;
 	ks = key_state(keyhash, true);
 	ks->inflight++;
 	hash_search(revisits, &row->id, HASH_REMOVE, NULL);
 	return PRODUCED;
+}
+
+/*
+ * release_payload --- a claimed row's payload is no longer needed (librdkafka
+ * copied it, or the row waits to be claimed again): free it now rather
+ * than with the claim, so that the claim's payloads and librdkafka's
+ * copies of them are not all held at once.
+ */
+static void
+release_payload(OutboxRow *row)
+{
+	if (row->payload != NULL)
+	{
+		pfree(row->payload);
+		row->payload = NULL;
+	}
 }
 
 /* Produce claimed rows in order; false on back-pressure. */
@@ -560,10 +630,16 @@ produce_rows(OutboxRow *rows, int n)
 
 	for (i = 0; i < n; i++)
 	{
-		if (produce_row(&rows[i], sent, false) == QUEUE_FULL)
+		ProduceResult result = produce_row(&rows[i], sent, false);
+
+		release_payload(&rows[i]);
+		if (result == QUEUE_FULL)
 		{
 			for (i++; i < n; i++)
+			{
 				add_revisit(rows[i].id, false, key_hash(&rows[i]));
+				release_payload(&rows[i]);
+			}
 			return false;
 		}
 	}
@@ -594,10 +670,12 @@ rows_have(const OutboxRow *rows, int n, int64 id)
 /*
  * forget_vanished --- events that failed (they were due rows then) and that
  * a claim of their ids did not find (rows, in id order) were deleted by
- * hand: they hold their keys back no longer.
+ * hand: they hold their keys back no longer.  Ids above last_examined
+ * were not looked up (the claim was full) and are left alone.
  */
 static void
-forget_vanished(int64 *ids, int nids, OutboxRow *rows, int n)
+forget_vanished(int64 *ids, int nids, OutboxRow *rows, int n,
+				int64 last_examined)
 {
 	int			i;
 
@@ -606,7 +684,8 @@ forget_vanished(int64 *ids, int nids, OutboxRow *rows, int n)
 		Revisit    *rv = hash_search(revisits, &ids[i], HASH_FIND, NULL);
 		uint64		keyhash;
 
-		if (rv == NULL || !rv->failed || rows_have(rows, n, ids[i]))
+		if (rv == NULL || !rv->failed || ids[i] > last_examined ||
+			rows_have(rows, n, ids[i]))
 			continue;
 		keyhash = rv->keyhash;
 		hash_search(revisits, &ids[i], HASH_REMOVE, NULL);
@@ -625,8 +704,9 @@ claim_revisits(void)
 	TimestampTz now = GetCurrentTimestamp();
 	OutboxRow  *rows;
 	int			n;
+	int64		last_examined;
 
-	if (hash_get_num_entries(revisits) == 0)
+	if (hash_get_num_entries(revisits) == 0 || claim_budget() <= 0)
 		return;
 	ids = MemoryContextAlloc(batch_cxt, sizeof(int64) * hash_get_num_entries(revisits));
 	hash_seq_init(&status, revisits);
@@ -641,8 +721,9 @@ claim_revisits(void)
 	if (nids == 0)
 		return;
 
-	n = evbus_outbox_claim_ids(ids, nids, &rows, batch_cxt);
-	forget_vanished(ids, nids, rows, n);
+	n = evbus_outbox_claim_ids(ids, nids, claim_budget(), &rows, batch_cxt,
+							   &last_examined);
+	forget_vanished(ids, nids, rows, n, last_examined);
 
 	/*
 	 * A row produced leaves the revisits (produce_row); one held back
@@ -664,8 +745,14 @@ claim_forward(int limit)
 	int			n;
 	int			i;
 	int64		expected = max_seen + 1;
+	int64		max_bytes = claim_budget();
+	bool		full;
 
-	n = evbus_outbox_claim_range(max_seen + 1, limit, &rows, batch_cxt);
+	if (max_bytes <= 0)
+		return true;			/* the remembered ids took the step's bytes */
+	n = evbus_outbox_claim_range(max_seen + 1, limit, max_bytes, &rows,
+								 batch_cxt);
+	full = n == limit || rows_bytes(rows, n) >= max_bytes;
 
 	for (i = 0; i < n; i++)
 	{
@@ -686,7 +773,7 @@ claim_forward(int limit)
 		max_seen = rows[i].id;
 	}
 	produce_rows(rows, n);
-	return n == limit;
+	return full;
 }
 
 /* One page of the sweep that finds whatever the cursor left behind. */
@@ -695,15 +782,20 @@ claim_sweep(int limit)
 {
 	OutboxRow  *rows;
 	int			n;
+	int64		max_bytes = claim_budget();
+	bool		full;
 
-	n = evbus_outbox_claim_range(sweep_from, limit, &rows, batch_cxt);
+	n = evbus_outbox_claim_range(sweep_from, limit, max_bytes, &rows,
+								 batch_cxt);
+	full = n == limit || rows_bytes(rows, n) >= max_bytes;
 
 	/*
 	 * Produce the page first: a short page is the sweep's last, not one to
-	 * skip.  The forward cursor stays where it is, so the forward scan still
-	 * notes the holes of this range.
+	 * skip (a page cut short by its bytes is not short).  The forward
+	 * cursor stays where it is, so the forward scan still notes the holes
+	 * of this range.
 	 */
-	if (!produce_rows(rows, n) || n < limit)
+	if (!produce_rows(rows, n) || !full)
 		sweep_from = -1;		/* done (or resumed by the next sweep) */
 	else
 		sweep_from = rows[n - 1].id + 1;
@@ -733,8 +825,10 @@ produce_solo(void)
 			uint64		keyhash = solo[i].keyhash;
 			OutboxRow  *rows;
 			int			n;
+			int64		last_examined;
 
-			n = evbus_outbox_claim_ids(&id, 1, &rows, batch_cxt);
+			n = evbus_outbox_claim_ids(&id, 1, claim_budget(), &rows, batch_cxt,
+									   &last_examined);
 			solo_remove(id);
 			if (n == 0)
 				key_forget_gone(keyhash, id);
@@ -995,7 +1089,7 @@ evbus_publisher_step(bool claim_wanted)
 
 	if (claim_wanted || evbus_worker_wake_pending())
 		claim_requested = true;
-	claiming = producer != NULL && ninflight < max_inflight() &&
+	claiming = producer != NULL && inflight_room() &&
 		(backlog ||
 		 (claim_requested &&
 		  TimestampDifferenceExceeds(last_claim_at, now, linger_ms(now))));
@@ -1013,6 +1107,11 @@ evbus_publisher_step(bool claim_wanted)
 		if (claiming)
 		{
 			int			limit = Min(evbus_batch_size, max_inflight() - ninflight);
+
+			/* at least one row, however large (inflight_room: some room) */
+			step_budget = Min((int64) evbus_batch_max_bytes,
+							  max_inflight_bytes() - inflight_bytes);
+			step_inflight_start = inflight_bytes;
 
 			/*
 			 * Neither the remembered ids nor the rows past the cursor can be
@@ -1034,7 +1133,8 @@ evbus_publisher_step(bool claim_wanted)
 				sweep_from = 0;
 				last_sweep = now;
 			}
-			if (sweep_from >= 0 && nsolo == 0 && ninflight < max_inflight())
+			if (sweep_from >= 0 && nsolo == 0 && ninflight < max_inflight() &&
+				claim_budget() > 0)
 			{
 				finish_deliveries();
 				claim_sweep(Min(evbus_batch_size, max_inflight() - ninflight));
@@ -1057,7 +1157,7 @@ evbus_publisher_step(bool claim_wanted)
 		last_maintain = now;
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);
-	return more && ninflight < max_inflight();
+	return more && inflight_room();
 }
 
 /* Milliseconds from now until deadline (rounded up), 0 if past. */
@@ -1073,8 +1173,8 @@ ms_until(TimestampTz deadline)
 
 /*
  * reports_urgent --- must the worker wake as soon as delivery reports
- * arrive?  Only when it waits for them: with the most events in flight it
- * may have (back-pressure), during a backlog (each report frees room for
+ * arrive?  Only when it waits for them: with the most events or bytes in
+ * flight it may have (back-pressure), during a backlog (each report frees room for
  * the next claim), or while an event refused in a batch waits for the
  * others to be acknowledged before it is produced alone.  Otherwise they
  * are served every REPORT_POLL_MS, and at every step.
@@ -1082,7 +1182,7 @@ ms_until(TimestampTz deadline)
 static bool
 reports_urgent(void)
 {
-	return ninflight >= max_inflight() || backlog || nsolo > 0;
+	return !inflight_room() || backlog || nsolo > 0;
 }
 
 /*

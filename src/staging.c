@@ -376,7 +376,10 @@ evbus_publish(PG_FUNCTION_ARGS)
 }
 
 /*
- * evbus.retry(message_id uuid) -> boolean
+ * evbus.retry(message_id text) -> boolean
+ *
+ * A message id is text: evbus's own are UUIDs, DotNetCore.CAP's are
+ * Snowflake integers (test 256_cap_snowflake_ids.pl).
  *
  * Requeues a dead-lettered event of the publishing side: it goes back to
  * the outbox with its original message id (so a consumer that saw an
@@ -390,14 +393,14 @@ PG_FUNCTION_INFO_V1(evbus_retry);
 Datum
 evbus_retry(PG_FUNCTION_ARGS)
 {
-	pg_uuid_t  *message_id = PG_GETARG_UUID_P(0);
-	Oid			argtypes[1] = {UUIDOID};
+	text	   *message_id = PG_GETARG_TEXT_PP(0);
+	Oid			argtypes[1] = {TEXTOID};
 	Datum		values[1];
 	char		sql[1024];
 	uint64		requeued;
 
 	evbus_check_writable("retry an event");
-	values[0] = UUIDPGetDatum(message_id);
+	values[0] = PointerGetDatum(message_id);
 	snprintf(sql, sizeof(sql),
 			 "WITH d AS (DELETE FROM evbus.dead_letters"
 			 " WHERE message_id OPERATOR(pg_catalog.=) $1"
@@ -410,7 +413,7 @@ evbus_retry(PG_FUNCTION_ARGS)
 			 " INSERT INTO evbus.outbox_%d (id, message_id, integration_event,"
 			 " event_key, payload, headers, domain_event, traceparent, staged_at)"
 			 " SELECT pg_catalog.nextval('evbus.outbox_id_seq'::pg_catalog.regclass),"
-			 " message_id, integration_event, event_key, payload, headers,"
+			 " message_id::pg_catalog.uuid, integration_event, event_key, payload, headers,"
 			 " domain_event, traceparent, staged_at FROM d",
 			 current_outbox_slot());
 
@@ -446,4 +449,17 @@ evbus_retry(PG_FUNCTION_ARGS)
 	}
 
 	PG_RETURN_BOOL(requeued > 0);
+}
+
+/*
+ * evbus.retry(message_id uuid) -> boolean: the same, for callers that
+ * hold an evbus message id as a uuid.
+ */
+PG_FUNCTION_INFO_V1(evbus_retry_uuid);
+Datum
+evbus_retry_uuid(PG_FUNCTION_ARGS)
+{
+	char	   *message_id = evbus_uuid_to_cstring(PG_GETARG_UUID_P(0));
+
+	return DirectFunctionCall1(evbus_retry, CStringGetTextDatum(message_id));
 }
