@@ -181,7 +181,7 @@ worker_state(const EvbusDatabase *db, bool found, int role, char **detail)
 		*detail = psprintf("No background worker slot has been free for it since %s; "
 						   "evbus tries again every few seconds. Raise max_worker_processes "
 						   "(now %d): each database with evbus uses two background workers, "
-						   "and the server one for the evbus launcher.",
+						   "plus one for the evbus launcher.",
 						   timestamptz_to_str(db->failed_since[role]), max_worker_processes);
 		return "no free slot";
 	}

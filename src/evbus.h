@@ -98,6 +98,7 @@ extern int	evbus_max_databases(void);
 #define EVBUS_DB_UNPROBED 0		/* a start to look for evbus failed */
 #define EVBUS_DB_INSTALLED 1	/* evbus is installed: keep its workers */
 #define EVBUS_DB_DROPPING 2		/* DROP DATABASE in progress: start nothing */
+#define EVBUS_DB_DROPPED 3		/* dropped: until the launcher sees it gone */
 
 typedef struct EvbusDatabase
 {

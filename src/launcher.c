@@ -173,7 +173,7 @@ evbus_start_worker(Oid dboid, const char *dbname, int role, pid_t notify_pid,
 					 errmsg("evbus: could not look for evbus in database \"%s\": no free background worker slot",
 							dbname),
 					 errdetail("evbus tries again every second, and says so only once."),
-					 errhint("Raise max_worker_processes (now %d): each database with evbus uses two background workers, and the server one for the evbus launcher.",
+					 errhint("Raise max_worker_processes (now %d): each database with evbus uses two background workers, plus one for the evbus launcher.",
 							 max_worker_processes)));
 		return false;
 	}
@@ -462,7 +462,7 @@ launcher_pass(List **dbs, List **probed)
 		}
 		if (db == NULL)
 		{
-			evbus_db_forget(e->dboid);
+			evbus_db_forget(e->dboid);	/* also a dropped one's tombstone */
 			continue;
 		}
 		if (e->state != EVBUS_DB_INSTALLED)

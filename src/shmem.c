@@ -13,8 +13,10 @@
  * The database entries are what the launcher keeps running: a database
  * is entered when a worker finds evbus installed in it or CREATE
  * EXTENSION commits there, and leaves when DROP EXTENSION commits, when a
- * worker finds evbus gone, or when DROP DATABASE succeeds.  While DROP
- * DATABASE runs, its entry says so and nothing starts a worker there.  An
+ * worker finds evbus gone, or when DROP DATABASE succeeded and the
+ * launcher no longer sees the database.  While DROP DATABASE runs, and
+ * after it succeeded, the entry says so and nothing starts a worker
+ * there (test 230_drop_database_guard.pl).  An
  * entry also remembers a worker that could not be started for want of a
  * background worker slot, so that the failure is logged once and
  * evbus.worker_status() can say why the worker is missing.
@@ -355,7 +357,7 @@ find_db(Oid dboid, bool create)
 /*
  * evbus_db_installed --- evbus is installed in dboid (a worker found it, or
  * CREATE EXTENSION committed): the launcher keeps its workers running.
- * A database being dropped stays so.
+ * A database being dropped, or dropped, stays so.
  */
 void
 evbus_db_installed(Oid dboid)
@@ -368,7 +370,7 @@ evbus_db_installed(Oid dboid)
 	{
 		if (db->state == EVBUS_DB_DROPPING)
 			db->state_before_drop = EVBUS_DB_INSTALLED;
-		else
+		else if (db->state != EVBUS_DB_DROPPED)
 			db->state = EVBUS_DB_INSTALLED;
 	}
 	LWLockRelease(evbus_shared->lock);
@@ -421,7 +423,7 @@ evbus_db_snapshot(EvbusDatabase *copy, int max)
 	return n;
 }
 
-/* May a worker start in dboid?  Not while DROP DATABASE runs there. */
+/* May a worker start in dboid?  Not while or after DROP DATABASE. */
 bool
 evbus_db_may_start(Oid dboid)
 {
@@ -430,7 +432,8 @@ evbus_db_may_start(Oid dboid)
 
 	LWLockAcquire(evbus_shared->lock, LW_SHARED);
 	db = find_db(dboid, false);
-	result = (db == NULL || db->state != EVBUS_DB_DROPPING);
+	result = (db == NULL ||
+			  (db->state != EVBUS_DB_DROPPING && db->state != EVBUS_DB_DROPPED));
 	LWLockRelease(evbus_shared->lock);
 	return result;
 }
@@ -513,8 +516,10 @@ evbus_db_begin_drop(Oid dboid)
 }
 
 /*
- * evbus_db_end_drop --- the DROP DATABASE of dboid is over: the entry goes
- * if the database is gone, else gets its state back.
+ * evbus_db_end_drop --- the DROP DATABASE of dboid is over: if the
+ * database is gone, the entry stays as a tombstone until the launcher
+ * sees it gone from pg_database too (so that it does not look for evbus
+ * there); else the entry gets its state back.
  */
 void
 evbus_db_end_drop(Oid dboid, bool dropped)
@@ -526,7 +531,7 @@ evbus_db_end_drop(Oid dboid, bool dropped)
 	if (db != NULL && db->state == EVBUS_DB_DROPPING)
 	{
 		if (dropped)
-			db->dboid = InvalidOid;
+			db->state = EVBUS_DB_DROPPED;
 		else
 		{
 			db->state = db->state_before_drop;
