@@ -386,9 +386,11 @@ find_scanned(List *dbs, Oid dboid)
 
 /*
  * probe --- start a worker in db to see whether it has evbus, and wait
- * until it knows (it enters the database in shared memory and stays) or
- * it exits.  One probe at a time, so that looking takes one slot however
- * many databases there are.  False if no slot was free.
+ * until it knows (it enters the database in shared memory and stays, and
+ * has started its consumer) or it exits.  One probe at a time, so that
+ * looking takes one slot however many databases there are, and a
+ * database found with evbus gets both its workers before the next probe
+ * takes a slot.  False if no slot was free.
  */
 static bool
 probe(LauncherDb *db)
@@ -403,7 +405,9 @@ probe(LauncherDb *db)
 	while (!ShutdownRequestPending &&
 		   !TimestampDifferenceExceeds(start, GetCurrentTimestamp(), PROBE_TIMEOUT_MS))
 	{
-		if (evbus_db_lookup(db->dboid, &entry) && entry.state == EVBUS_DB_INSTALLED)
+		if (evbus_db_lookup(db->dboid, &entry) && entry.state == EVBUS_DB_INSTALLED &&
+			(evbus_worker_pid_for(db->dboid, EVBUS_CONSUMER) != 0 ||
+			 entry.failed_since[EVBUS_CONSUMER] != 0))
 			break;
 		if (GetBackgroundWorkerPid(handle, &pid) == BGWH_STOPPED)
 			break;

@@ -2,6 +2,7 @@
 # cannot catch it: pg_terminate_backend of the consumer ends it within
 # seconds even while a handler loops catching query_canceled, and
 # `pg_ctl stop -m fast` is not delayed by a handler sleeping for a minute.
+# The same for the publisher: termination ends it in a lock wait.
 # After the restart each message is handled exactly once: the interrupted
 # attempt left no effect, and the offsets live in the database.
 use strict;
@@ -10,6 +11,7 @@ use warnings;
 use EvbusTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run ();
 use Time::HiRes qw(time sleep);
 
 kafka_bootstrap();
@@ -84,6 +86,26 @@ ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM effects WHERE handler 
 sleep 2;
 is($node->safe_psql('postgres', q{SELECT count(*) FROM effects WHERE handler = 'stubborn'}), '1',
 	'exactly once');
+
+# --- the publisher too: termination ends it in a lock wait ------------------
+# a session holds the outbox tables: the publisher's next claim waits
+my ($lock_out, $lock_err) = ('', '');
+my $locker = IPC::Run::start(
+	[ $node->installed_command('psql'), '-XAtq', '-d', $node->connstr('postgres'), '-c',
+	  'BEGIN; LOCK TABLE evbus.outbox_0, evbus.outbox_1 IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)' ],
+	'<', \undef, '>', \$lock_out, '2>', \$lock_err);
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'evbus worker' AND wait_event_type = 'Lock'},
+		'1', 30),
+	'the publisher waits for the outbox lock');
+$pid = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+ok(wait_for(sub { !kill(0, $pid) }, 5), 'pg_terminate_backend ends the publisher within 5 s');
+$node->safe_psql('postgres',
+	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'BEGIN; LOCK TABLE evbus.outbox_0%'});
+$locker->finish;
+ok(wait_for_sql($node, 'postgres', 'SELECT evbus.worker_pid() IS NOT NULL', 't', 10),
+	'and a new publisher takes over');
 
 # --- a fast shutdown does not wait for a handler sleeping a minute ---------
 $node->safe_psql('postgres', q{ALTER SYSTEM SET evbus.handler_timeout = '120s'; SELECT pg_reload_conf()});

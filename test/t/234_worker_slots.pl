@@ -72,5 +72,25 @@ is($node->safe_psql('d02', q{SELECT string_agg(worker || ':' || state, ',' ORDER
 $log = substr(slurp_file($node->logfile), $log_offset);
 like($log, qr/evbus: worker started for database "d02"/, 'the log says it started');
 
+# --- at startup, with every slot taken before the launcher reaches d10 -----
+# d01 and d02 have evbus again and come first in pg_database: after a
+# restart their workers take every slot, and the launcher cannot even
+# look at d03 .. d10
+$node->safe_psql('d01', 'CREATE EXTENSION evbus');
+$node->safe_psql('d10', q{SELECT evbus.publish('Late', '{"n": 2}')});
+$node->restart;
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('evbus worker', 'evbus consumer')}, '4', 30),
+	'after a restart, d01 and d02 have their workers');
+ok( wait_for_sql($node, 'd10',
+		q{SELECT state FROM evbus.worker_status() WHERE worker = 'publisher'}, 'no free slot', 10),
+	'd10 reports that its worker finds no free slot');
+is($node->safe_psql('d10', 'SELECT count(*) FROM evbus.outbox'), '1', 'its event waits');
+$node->safe_psql('d01', 'DROP EXTENSION evbus');
+ok(wait_for_sql($node, 'd10', 'SELECT count(*) FROM evbus.outbox', '0', 20),
+	'once slots are free, it drains');
+ok(wait_for_sql($node, 'd10', 'SELECT evbus.worker_pid() > 0 AND evbus.consumer_pid() > 0', 't', 10),
+	'with both workers');
+
 $node->stop;
 done_testing();
