@@ -23,6 +23,20 @@ my $node = new_node(
 		'max_parallel_workers = 0'
 	]);
 
+# both workers of db run (waits up to 10 s); evbus.worker_status() as text
+sub both_workers
+{
+	my ($db) = @_;
+	return wait_for_sql($node, $db, 'SELECT evbus.worker_pid() > 0 AND evbus.consumer_pid() > 0', 't', 10);
+}
+
+sub status
+{
+	my ($db) = @_;
+	return $node->safe_psql($db,
+		q{SELECT string_agg(worker || ':' || state, ',' ORDER BY worker) FROM evbus.worker_status()});
+}
+
 # ten databases; evbus only in the last one
 for my $i (1 .. 10)
 {
@@ -34,18 +48,15 @@ $node->restart;
 
 ok(wait_for_sql($node, 'd10', 'SELECT count(*) FROM evbus.outbox', '0', 30),
 	'after a restart, the outbox of the last database drains');
-ok(wait_for_sql($node, 'd10', 'SELECT evbus.worker_pid() > 0 AND evbus.consumer_pid() > 0', 't', 10),
-	'it has both workers');
-is($node->safe_psql('d10', q{SELECT string_agg(worker || ':' || state, ',' ORDER BY worker) FROM evbus.worker_status()}),
-	'consumer:running,publisher:running', 'evbus.worker_status(): both running');
+ok(both_workers('d10'), 'it has both workers');
+is(status('d10'), 'consumer:running,publisher:running', 'evbus.worker_status(): both running');
 is($node->safe_psql('postgres',
 		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('evbus worker', 'evbus consumer') AND datname <> 'd10'}),
 	'0', 'no worker stays in a database without evbus');
 
 # --- the slots are taken by evbus databases -----------------------------------
 $node->safe_psql('d01', 'CREATE EXTENSION evbus');
-ok(wait_for_sql($node, 'd01', 'SELECT evbus.worker_pid() > 0 AND evbus.consumer_pid() > 0', 't', 10),
-	'd01 has its workers: the slots are full');
+ok(both_workers('d01'), 'd01 has its workers: the slots are full');
 my $log_offset = -s $node->logfile;
 my ($ret, $out, $err) = $node->psql('d02', 'CREATE EXTENSION evbus');
 is($ret, 0, 'CREATE EXTENSION in a third database succeeds');
@@ -65,10 +76,8 @@ is($warnings, 1, 'the server log says it once, not at every retry');
 $node->safe_psql('d01', 'DROP EXTENSION evbus');
 ok(wait_for_sql($node, 'd02', 'SELECT count(*) FROM evbus.outbox', '0', 20),
 	'once slots are free, the outbox of the starved database drains');
-ok(wait_for_sql($node, 'd02', 'SELECT evbus.worker_pid() > 0 AND evbus.consumer_pid() > 0', 't', 10),
-	'and it has both workers');
-is($node->safe_psql('d02', q{SELECT string_agg(worker || ':' || state, ',' ORDER BY worker) FROM evbus.worker_status()}),
-	'consumer:running,publisher:running', 'evbus.worker_status(): both running');
+ok(both_workers('d02'), 'and it has both workers');
+is(status('d02'), 'consumer:running,publisher:running', 'evbus.worker_status(): both running');
 $log = substr(slurp_file($node->logfile), $log_offset);
 like($log, qr/evbus: worker started for database "d02"/, 'the log says it started');
 
@@ -89,8 +98,7 @@ is($node->safe_psql('d10', 'SELECT count(*) FROM evbus.outbox'), '1', 'its event
 $node->safe_psql('d01', 'DROP EXTENSION evbus');
 ok(wait_for_sql($node, 'd10', 'SELECT count(*) FROM evbus.outbox', '0', 20),
 	'once slots are free, it drains');
-ok(wait_for_sql($node, 'd10', 'SELECT evbus.worker_pid() > 0 AND evbus.consumer_pid() > 0', 't', 10),
-	'with both workers');
+ok(both_workers('d10'), 'with both workers');
 
 $node->stop;
 done_testing();
