@@ -416,6 +416,21 @@ CREATE FUNCTION evbus.consumer_pid() RETURNS integer
 COMMENT ON FUNCTION evbus.consumer_pid() IS
 	'process id of this database''s consumer worker (it runs the handlers), or NULL when none runs';
 
+CREATE FUNCTION evbus.worker_status(OUT worker text, OUT pid integer,
+									 OUT state text, OUT detail text)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'evbus_worker_status'
+	LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION evbus.worker_status() IS
+	'this database''s workers (publisher, consumer): process id, state (running, starting, no free slot, stopped) and why one is not running';
+
+/*
+ * The consumer deletes a dead message's inbox row once its dead letter is
+ * gone or older than evbus.dead_letter_retention; this index finds the
+ * dead rows without reading the handled ones.
+ */
+CREATE INDEX inbox_dead ON evbus.inbox (id) WHERE state = 'dead';
+
 /* Starts this database's worker when CREATE EXTENSION commits. */
 CREATE FUNCTION evbus._start_worker_at_commit() RETURNS void
 	AS 'MODULE_PATHNAME', 'evbus_start_worker_at_commit'

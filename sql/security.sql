@@ -159,3 +159,17 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_app, evbus_outsider;
 DROP FUNCTION public.app_converter(jsonb), public.private_converter(jsonb),
               public.stamping_converter(jsonb), public.secret_stamp();
 DROP ROLE evbus_app, evbus_outsider;
+
+-- DROP DATABASE by a role that does not own the database is refused by
+-- PostgreSQL (42501) and leaves the database's evbus workers alone: evbus
+-- stops them only for a drop that will proceed
+CREATE ROLE evbus_dropper LOGIN;
+SELECT evbus.worker_pid() AS worker_before \gset
+SELECT current_database() AS this_db \gset
+SET ROLE evbus_dropper;
+DROP DATABASE :"this_db";
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+SELECT pg_sleep(0.5);
+SELECT evbus.worker_pid() = :worker_before AS worker_undisturbed;
+DROP ROLE evbus_dropper;

@@ -56,6 +56,7 @@ typedef struct GroupConsumer
 
 static List *consumers = NIL;
 static bool extension_gone = false;	/* dropped: close without the database */
+static bool in_rebalance = false;	/* inside rebalance_cb (set on the way in) */
 static int	wake_pipe[2] = {-1, -1};
 
 static void
@@ -163,6 +164,8 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		rd_kafka_assign(rk, NULL);
 		return;
 	}
+	/* left set if an error or termination ends the process in here */
+	in_rebalance = true;
 	/* evbus_worker_begin/commit return to the current memory context (the poll's) */
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 		on_assign(rk, gc, parts);
@@ -170,6 +173,7 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		on_revoke(rk, gc, parts);
 	else
 		rd_kafka_assign(rk, NULL);
+	in_rebalance = false;
 }
 
 /* Comma-separated sorted topics of a group's subscriptions. */
@@ -600,6 +604,23 @@ evbus_consumers_shutdown(void)
 	foreach(lc, all)
 		consumer_destroy(lfirst(lc));
 	list_free(all);
+}
+
+/*
+ * evbus_consumers_exit --- at process exit, when an error or a termination
+ * (a FATAL in a handler) cut a pass short: leave every group without the
+ * database, whose transaction is being aborted; the offsets told to Kafka
+ * are those already committed in the database.  Not from inside the
+ * rebalance callback, where librdkafka cannot close the consumer: the
+ * group then notices the member's departure by its session timeout.
+ */
+void
+evbus_consumers_exit(void)
+{
+	if (consumers == NIL || in_rebalance)
+		return;
+	extension_gone = true;		/* close without the database */
+	evbus_consumers_shutdown();
 }
 
 /*

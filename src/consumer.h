@@ -81,5 +81,6 @@ extern int	evbus_consumers_wakeup_fd(void);
 extern void evbus_consumers_report_watermarks(void);
 extern void evbus_consumers_shutdown(void);
 extern void evbus_consumers_let_go(void);
+extern void evbus_consumers_exit(void);
 
 #endif							/* EVBUS_CONSUMER_H */

@@ -12,6 +12,18 @@
  * consumers have, run due retries, and every few seconds record the high
  * watermarks (for the lag) and expire old inbox rows.
  *
+ * SIGTERM is die(), as in a regular backend, because a handler is user
+ * code: the handler timeout is a statement timeout, which a handler can
+ * catch (EXCEPTION WHEN query_canceled) and ignore, but the FATAL that
+ * CHECK_FOR_INTERRUPTS raises on termination cannot be caught.  So
+ * pg_terminate_backend, a fast shutdown and DROP DATABASE end the worker
+ * within moments even in a handler that never returns (test
+ * 232_terminate_handler.pl).  The interrupted batch's transaction is
+ * rolled back, offsets included: the messages are handled again by the
+ * next consumer, as an attempt cut short (attempt_marker.c).  Its Kafka
+ * consumers are closed on the way out (consumer_exit).  Terminated while
+ * waiting, the worker leaves cleanly from its wait point instead.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -26,6 +38,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -33,6 +46,30 @@
 
 #include "consumer.h"
 #include "kafka.h"
+
+/*
+ * consumer_exit --- at exit, also after a FATAL in a handler: leave the
+ * consumer groups, so that the partitions move on at once rather than
+ * after the group's session timeout.  A clean exit has left them already.
+ */
+static void
+consumer_exit(int code, Datum arg)
+{
+	evbus_consumers_exit();
+}
+
+/*
+ * consumer_leave --- leave cleanly (from the wait point).  The termination
+ * request is consumed first, so that leaving the groups, which reads the
+ * stored offsets, is not itself cut short by CHECK_FOR_INTERRUPTS.
+ */
+static void
+consumer_leave(void)
+{
+	ProcDiePending = false;
+	evbus_consumers_shutdown();
+	proc_exit(evbus_worker_stop_requested() ? 0 : 1);
+}
 
 void
 evbus_consumer_main(Datum main_arg)
@@ -52,8 +89,10 @@ evbus_consumer_main(Datum main_arg)
 	MemoryContext step_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	if (!evbus_db_may_start(dboid))
+		proc_exit(0);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
 	if (!evbus_claim_worker_slot(dboid, EVBUS_CONSUMER, MyLatch))
@@ -64,6 +103,8 @@ evbus_consumer_main(Datum main_arg)
 	CommitTransactionCommand();
 	if (!has_extension)
 		proc_exit(0);
+	evbus_db_worker_running(dboid, EVBUS_CONSUMER);
+	before_shmem_exit(consumer_exit, (Datum) 0);
 
 	pgstat_report_appname("evbus consumer");
 	evbus_attempt_marker_open();
@@ -87,11 +128,8 @@ evbus_consumer_main(Datum main_arg)
 		char		buf[1024];
 		const char *brokers;
 
-		if (ShutdownRequestPending)
-		{
-			evbus_consumers_shutdown();
-			proc_exit(evbus_worker_stop_requested() ? 0 : 1);
-		}
+		if (ProcDiePending)
+			consumer_leave();
 
 		/* what a pass allocates is gone at its end */
 		MemoryContextSwitchTo(TopMemoryContext);
@@ -158,6 +196,8 @@ evbus_consumer_main(Datum main_arg)
 		(void) WaitEventSetWait(wait_set, timeout, events, lengthof(events),
 								PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
+		if (ProcDiePending)
+			consumer_leave();
 		CHECK_FOR_INTERRUPTS();
 		reloaded = false;
 		if (ConfigReloadPending)

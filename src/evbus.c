@@ -14,10 +14,12 @@
 
 #include "commands/dbcommands.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 
 #include "evbus.h"
 
@@ -30,12 +32,33 @@ extern void evbus_launcher_xact_init(void);
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
+/* Does a DROP EXTENSION name evbus? */
+static bool
+drops_evbus(DropStmt *stmt)
+{
+	ListCell   *lc;
+
+	if (stmt->removeType != OBJECT_EXTENSION)
+		return false;
+	foreach(lc, stmt->objects)
+	{
+		if (strcmp(strVal(lfirst(lc)), "evbus") == 0)
+			return true;
+	}
+	return false;
+}
+
 /*
- * evbus_process_utility --- stop a database's worker before DROP DATABASE.
+ * evbus_process_utility --- keep the workers in step with DROP DATABASE
+ * and DROP EXTENSION.
  *
- * The worker is connected to its database and would make DROP DATABASE
- * fail with "database is being accessed by other users".  If the drop
- * fails anyway, the worker is started again.
+ * DROP DATABASE: the workers are connected to their database and would
+ * make the drop fail with "database is being accessed by other users", so
+ * they are stopped first -- but only when the drop is going to proceed
+ * (evbus_drop_database_guard: anyone else's DROP DATABASE leaves them
+ * alone), and both are started again if it fails all the same.
+ * DROP EXTENSION evbus: the database is forgotten at COMMIT, so that the
+ * launcher starts no worker there again.
  */
 static void
 evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -43,18 +66,15 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 					  ParamListInfo params, QueryEnvironment *queryEnv,
 					  DestReceiver *dest, QueryCompletion *qc)
 {
-	Oid			dropped_db = InvalidOid;
+	Node	   *parsetree = pstmt->utilityStmt;
+	Oid			guarded = InvalidOid;
+	bool		forget = false;
 
-	if (IsA(pstmt->utilityStmt, DropdbStmt))
-	{
-		DropdbStmt *stmt = (DropdbStmt *) pstmt->utilityStmt;
-
-		dropped_db = get_database_oid(stmt->dbname, true);
-		if (OidIsValid(dropped_db) && evbus_worker_pid_for(dropped_db, -1) != 0)
-			evbus_stop_worker(dropped_db);
-		else
-			dropped_db = InvalidOid;
-	}
+	if (IsA(parsetree, DropdbStmt))
+		guarded = evbus_drop_database_guard(parsetree,
+											context == PROCESS_UTILITY_TOPLEVEL);
+	else if (IsA(parsetree, DropStmt))
+		forget = drops_evbus((DropStmt *) parsetree);
 
 	PG_TRY();
 	{
@@ -67,11 +87,13 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 	}
 	PG_CATCH();
 	{
-		if (OidIsValid(dropped_db))
-			evbus_start_worker(dropped_db, EVBUS_PUBLISHER, false);
+		evbus_drop_database_done(guarded, false);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	evbus_drop_database_done(guarded, true);
+	if (forget)
+		evbus_forget_database_at_commit();
 }
 
 /*
@@ -140,4 +162,84 @@ evbus_consumer_pid(PG_FUNCTION_ARGS)
 	if (pid == 0)
 		PG_RETURN_NULL();
 	PG_RETURN_INT32((int32) pid);
+}
+
+/*
+ * worker_state --- the state and detail evbus.worker_status() shows for
+ * this database's worker of role that is not running.
+ */
+static const char *
+worker_state(const EvbusDatabase *db, bool found, int role, char **detail)
+{
+	if (found && db->state == EVBUS_DB_DROPPING)
+	{
+		*detail = pstrdup("DROP DATABASE of this database is in progress.");
+		return "stopped";
+	}
+	if (found && db->failed_since[role] != 0)
+	{
+		*detail = psprintf("No background worker slot has been free for it since %s; "
+						   "evbus tries again every few seconds. Raise max_worker_processes "
+						   "(now %d): each database with evbus uses two background workers, "
+						   "plus one for the evbus launcher.",
+						   timestamptz_to_str(db->failed_since[role]), max_worker_processes);
+		return "no free slot";
+	}
+	if (role == EVBUS_CONSUMER && evbus_worker_pid_for(MyDatabaseId, EVBUS_PUBLISHER) == 0)
+		*detail = pstrdup("It starts once the worker runs.");
+	else
+		*detail = pstrdup("The evbus launcher starts it within seconds.");
+	return "starting";
+}
+
+/*
+ * evbus.worker_status() --- one row per worker of this database (the
+ * publisher, called worker, and the consumer): its process id, and when
+ * it is not running, why (for example no free background worker slot,
+ * test 234_worker_slots.pl).
+ *
+ * A call also tells the launcher that this database has evbus, in case it
+ * could not look yet.
+ */
+PG_FUNCTION_INFO_V1(evbus_worker_status);
+Datum
+evbus_worker_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	EvbusDatabase db;
+	bool		found;
+	int			role;
+
+	InitMaterializedSRF(fcinfo, 0);
+	memset(&db, 0, sizeof(db));
+	found = evbus_db_lookup(MyDatabaseId, &db);
+	if (!found || db.state == EVBUS_DB_UNPROBED)
+	{
+		evbus_db_installed(MyDatabaseId);
+		evbus_wake_launcher();
+	}
+	for (role = EVBUS_PUBLISHER; role <= EVBUS_CONSUMER; role++)
+	{
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+		pid_t		pid = evbus_worker_pid_for(MyDatabaseId, role);
+
+		values[0] = CStringGetTextDatum(role == EVBUS_PUBLISHER ? "publisher" : "consumer");
+		if (pid != 0)
+		{
+			values[1] = Int32GetDatum((int32) pid);
+			values[2] = CStringGetTextDatum("running");
+			nulls[3] = true;
+		}
+		else
+		{
+			char	   *detail;
+
+			nulls[1] = true;
+			values[2] = CStringGetTextDatum(worker_state(&db, found, role, &detail));
+			values[3] = CStringGetTextDatum(detail);
+		}
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }

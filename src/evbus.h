@@ -20,6 +20,7 @@
 #include "lib/stringinfo.h"
 #include "nodes/pg_list.h"
 #include "port/atomics.h"
+#include "postmaster/bgworker.h"
 #include "storage/latch.h"
 #include "storage/lockdefs.h"
 #include "utils/jsonb.h"
@@ -84,10 +85,55 @@ extern void evbus_set_embedded_bootstrap(const char *bootstrap);
 extern bool evbus_get_embedded_bootstrap(char *buf, size_t len);
 extern int	evbus_max_databases(void);
 
+/*
+ * shmem.c: the databases known to have evbus, so that the launcher starts
+ * workers there only, and starts them again when they are missing.
+ */
+/*
+ * Databases the server keeps track of.  Beyond this many, a database
+ * still works once its workers run; only the launcher's restarts of a
+ * missing worker are lost for it (a WARNING says so).
+ */
+#define EVBUS_MAX_TRACKED_DBS 1024
+
+#define EVBUS_DB_UNPROBED 0		/* a start to look for evbus failed */
+#define EVBUS_DB_INSTALLED 1	/* evbus is installed: keep its workers */
+#define EVBUS_DB_DROPPING 2		/* DROP DATABASE in progress: start nothing */
+#define EVBUS_DB_DROPPED 3		/* dropped: until the launcher sees it gone */
+
+typedef struct EvbusDatabase
+{
+	Oid			dboid;			/* InvalidOid: free entry */
+	int			state;			/* EVBUS_DB_* */
+	int			state_before_drop;	/* EVBUS_DB_DROPPING: state to restore */
+	pid_t		dropper;		/* EVBUS_DB_DROPPING: the dropping backend */
+	TimestampTz started_at[2];	/* per role: last start registered */
+	TimestampTz failed_since[2];	/* per role: no slot since (0: none) */
+	bool		warned[2];		/* per role: failure logged since */
+} EvbusDatabase;
+
+extern void evbus_db_installed(Oid dboid);
+extern void evbus_db_forget(Oid dboid);
+extern bool evbus_db_lookup(Oid dboid, EvbusDatabase *copy);
+extern int	evbus_db_snapshot(EvbusDatabase *copy, int max);
+extern bool evbus_db_may_start(Oid dboid);
+extern void evbus_db_start_registered(Oid dboid, int role);
+extern bool evbus_db_start_failed(Oid dboid, int role);
+extern void evbus_db_worker_running(Oid dboid, int role);
+extern bool evbus_db_begin_drop(Oid dboid);
+extern void evbus_db_end_drop(Oid dboid, bool dropped);
+extern void evbus_set_launcher_latch(Latch *latch);
+extern void evbus_wake_launcher(void);
+
 /* ---------- launcher.c ---------- */
 extern void evbus_register_launcher(void);
-extern bool evbus_start_worker(Oid dboid, int role, bool wait_for_start);
+extern bool evbus_start_worker(Oid dboid, const char *dbname, int role,
+							   pid_t notify_pid, BackgroundWorkerHandle **handle);
 extern void evbus_stop_worker(Oid dboid);
+extern Oid	evbus_drop_database_guard(Node *stmt, bool is_top_level);
+extern void evbus_drop_database_done(Oid guarded, bool dropped);
+extern void evbus_forget_database_at_commit(void);
+extern const char *evbus_worker_role_name(int role);
 extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);
 
 /* ---------- worker.c, consumer_worker.c ---------- */

@@ -214,7 +214,7 @@ evbus_define_gucs(void)
 
 	DefineCustomIntVariable("evbus.dead_letter_retention",
 							"How long dead letters are kept before the worker deletes them.",
-							NULL,
+							"The inbox row of a dead message goes with its dead letter.",
 							&evbus_dead_letter_retention_s,
 							15 * 24 * 3600, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S,

@@ -1101,20 +1101,50 @@ evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n)
 	evbus_worker_commit();
 }
 
-/* Expire handled messages past the retention; own txn. */
+/*
+ * evbus_inbox_maintain --- trim the inbox, in its own transaction, at most
+ * 10000 rows of each kind per call.
+ *
+ * A handled message's row goes after evbus.inbox_retention (the window in
+ * which a redelivery is recognised).  A dead message's row goes with its
+ * dead letter: once that is gone (deleted by evbus.dead_letter_retention,
+ * or by hand) or older than evbus.dead_letter_retention; as long as the
+ * dead letter is kept, evbus.retry() can requeue the message and a
+ * redelivery is recognised (test 236_inbox_retention.pl).  0 keeps either
+ * kind for ever.  The partial index inbox_dead finds the dead rows.
+ */
 void
 evbus_inbox_maintain(void)
 {
 	Oid			types[1] = {INT4OID};
 	Datum		values[1];
 
-	if (evbus_inbox_retention_s <= 0)
+	if (evbus_inbox_retention_s <= 0 && evbus_dead_letter_retention_s <= 0)
 		return;
 	evbus_worker_begin(evbus_consumers_let_go);
-	values[0] = Int32GetDatum(evbus_inbox_retention_s);
-	evbus_spi_exec("DELETE FROM evbus.inbox WHERE id IN (SELECT id FROM evbus.inbox"
-		 " WHERE handled_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)"
-		 " pg_catalog.make_interval(secs => $1)) LIMIT 10000)",
-		 1, types, values, NULL, SPI_OK_DELETE);
+	if (evbus_inbox_retention_s > 0)
+	{
+		values[0] = Int32GetDatum(evbus_inbox_retention_s);
+		evbus_spi_exec("DELETE FROM evbus.inbox WHERE id IN (SELECT id FROM evbus.inbox"
+			 " WHERE handled_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)"
+			 " pg_catalog.make_interval(secs => $1)) LIMIT 10000)",
+			 1, types, values, NULL, SPI_OK_DELETE);
+	}
+	if (evbus_dead_letter_retention_s > 0)
+	{
+		values[0] = Int32GetDatum(evbus_dead_letter_retention_s);
+		evbus_spi_exec("DELETE FROM evbus.inbox WHERE id IN (SELECT i.id FROM evbus.inbox i"
+			 " WHERE i.state OPERATOR(pg_catalog.=) 'dead' AND NOT EXISTS"
+			 " (SELECT FROM evbus.dead_letters d"
+			 " WHERE d.direction OPERATOR(pg_catalog.=) 'consume'"
+			 " AND d.group_name OPERATOR(pg_catalog.=) i.group_name"
+			 " AND d.topic OPERATOR(pg_catalog.=) i.topic"
+			 " AND d.kafka_partition OPERATOR(pg_catalog.=) i.kafka_partition"
+			 " AND d.kafka_offset OPERATOR(pg_catalog.=) i.kafka_offset"
+			 " AND d.dead_at OPERATOR(pg_catalog.>=) (pg_catalog.now() OPERATOR(pg_catalog.-)"
+			 " pg_catalog.make_interval(secs => $1)))"
+			 " LIMIT 10000)",
+			 1, types, values, NULL, SPI_OK_DELETE);
+	}
 	evbus_worker_commit();
 }

@@ -1,16 +1,30 @@
 /*-------------------------------------------------------------------------
  *
  * launcher.c
- *	  The evbus launcher: starts one worker per database, and hosts the
+ *	  The evbus launcher: keeps the workers of every database that has
+ *	  evbus running, guards them through DROP DATABASE, and hosts the
  *	  embedded broker.
  *
  * The launcher is a static background worker that starts once recovery
- * has finished (never on a standby).  It connects to no database, reads
- * pg_database, and starts a worker for each database that accepts
- * connections; a worker whose database lacks the extension exits at once.
- * CREATE EXTENSION starts its database's worker when it commits (see
- * evbus._start_worker_at_commit), DROP EXTENSION makes the worker exit,
- * DROP DATABASE stops it first (evbus.c).
+ * has finished (never on a standby).  It connects to no database, so it
+ * cannot see which databases have evbus: it looks, one database at a
+ * time, by starting a worker there (a probe) and waiting until the worker
+ * either finds evbus and stays, or exits.  Starting one worker per
+ * database at once would take a background worker slot per database, and
+ * with more databases than slots the ones late in pg_database would get
+ * none (test 234_worker_slots.pl).  What it learns is kept in shared
+ * memory (shmem.c): CREATE EXTENSION enters its database at COMMIT and
+ * starts its worker, DROP EXTENSION removes it, DROP DATABASE marks it
+ * while it runs (evbus_drop_database_guard).
+ *
+ * Workers are never restarted by the postmaster (BGW_NEVER_RESTART): the
+ * launcher does it.  Every LAUNCHER_NAP_MS it starts the worker (and,
+ * once that runs, the consumer) of every evbus database where one is
+ * missing -- it exited, crashed, or no slot was free -- unless one was
+ * started within START_GRACE_MS and may still be coming up.  A start that
+ * finds no free slot is logged once (WARNING, with a hint to raise
+ * max_worker_processes) and shown by evbus.worker_status() in the
+ * database, until the worker runs.
  *
  * When evbus.brokers = 'embedded', the launcher also runs librdkafka's
  * mock cluster (embedded.c): one broker for the whole server, shared by
@@ -26,22 +40,57 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 #include "evbus.h"
 
+/* How often the launcher looks for missing workers. */
+#define LAUNCHER_NAP_MS 1000
+
+/* A worker registered this recently may still be starting: not again. */
+#define START_GRACE_MS 3000
+
+/* How often pg_database is read again for new databases. */
+#define SCAN_INTERVAL_MS 10000
+
+/* How long a probe may take to find evbus before the launcher moves on. */
+#define PROBE_TIMEOUT_MS 10000
+
+/* How long DROP DATABASE waits for the workers to exit. */
+#define STOP_TIMEOUT_MS 10000
+
 /* Set by evbus._start_worker_at_commit(), acted upon at COMMIT. */
 static bool start_worker_at_commit = false;
+static char start_dbname[NAMEDATALEN];
+
+/* The database evbus_drop_database_guard stopped the workers of. */
+static char guarded_dbname[NAMEDATALEN];
+
+/* Set when DROP EXTENSION evbus ran, acted upon at COMMIT. */
+static bool forget_database_at_commit = false;
+
+/* A database that accepts connections, as the launcher's scan saw it. */
+typedef struct LauncherDb
+{
+	Oid			dboid;
+	char		name[NAMEDATALEN];
+} LauncherDb;
 
 /* Register the launcher (from _PG_init, in the postmaster). */
 void
@@ -60,24 +109,39 @@ evbus_register_launcher(void)
 	RegisterBackgroundWorker(&worker);
 }
 
+/* "worker" (the publisher) or "consumer", as in messages. */
+const char *
+evbus_worker_role_name(int role)
+{
+	return role == EVBUS_PUBLISHER ? "worker" : "consumer";
+}
+
 /*
  * evbus_start_worker --- register a dynamic worker for one database: its
  * publisher (which starts its consumer) or its consumer.
  *
- * The worker restarts 1 s after an error exit; it exits with 0 (and is
- * forgotten) when its database has no evbus or already has such a worker.
+ * notify_pid and handle are for the launcher's probes (0 and NULL
+ * otherwise).  Nothing is started while DROP DATABASE runs in dboid.
+ * Without a free background worker slot, the first failure since the
+ * worker last ran is a WARNING; the launcher retries.  The worker is
+ * never restarted by the postmaster: it exits when its database has no
+ * evbus or already has such a worker, and the launcher starts it again
+ * when it is missing.
  */
 bool
-evbus_start_worker(Oid dboid, int role, bool wait_for_start)
+evbus_start_worker(Oid dboid, const char *dbname, int role, pid_t notify_pid,
+				   BackgroundWorkerHandle **handle)
 {
 	BackgroundWorker worker;
-	BackgroundWorkerHandle *handle;
-	pid_t		pid;
+	BackgroundWorkerHandle *h;
+
+	if (!evbus_db_may_start(dboid))
+		return false;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 1;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
 	strlcpy(worker.bgw_library_name, "evbus", BGW_MAXLEN);
 	if (role == EVBUS_PUBLISHER)
 	{
@@ -92,24 +156,39 @@ evbus_start_worker(Oid dboid, int role, bool wait_for_start)
 		strlcpy(worker.bgw_type, "evbus consumer", BGW_MAXLEN);
 	}
 	worker.bgw_main_arg = ObjectIdGetDatum(dboid);
-	worker.bgw_notify_pid = wait_for_start ? MyProcPid : 0;
+	worker.bgw_notify_pid = notify_pid;
 
-	if (!RegisterDynamicBackgroundWorker(&worker, &handle))
+	if (!RegisterDynamicBackgroundWorker(&worker, &h))
 	{
-		ereport(WARNING,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start the evbus worker for database %u", dboid),
-				 errhint("Increase max_worker_processes.")));
+		EvbusDatabase db;
+		bool		installed = evbus_db_lookup(dboid, &db) &&
+			db.state == EVBUS_DB_INSTALLED;
+
+		if (evbus_db_start_failed(dboid, role))
+			ereport(installed ? WARNING : LOG,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 installed ?
+					 errmsg("could not start the evbus %s for database \"%s\": no free background worker slot",
+							evbus_worker_role_name(role), dbname) :
+					 errmsg("evbus: could not look for evbus in database \"%s\": no free background worker slot",
+							dbname),
+					 errdetail("evbus tries again every second, and says so only once."),
+					 errhint("Raise max_worker_processes (now %d): each database with evbus uses two background workers, plus one for the evbus launcher.",
+							 max_worker_processes)));
 		return false;
 	}
-	if (wait_for_start)
-		return WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED;
+	evbus_db_start_registered(dboid, role);
+	if (handle)
+		*handle = h;
+	else
+		pfree(h);
 	return true;
 }
 
 /*
- * evbus_stop_worker --- make dboid's workers exit for good and wait (up to
- * 10 s) until they have.
+ * evbus_stop_worker --- make dboid's workers exit and wait (up to
+ * STOP_TIMEOUT_MS) until they have.  A handler they run is interrupted:
+ * SIGTERM makes them exit even there (consumer_worker.c).
  */
 void
 evbus_stop_worker(Oid dboid)
@@ -120,23 +199,114 @@ evbus_stop_worker(Oid dboid)
 
 	for (i = 0; i < n; i++)
 		kill(pids[i], SIGTERM);
-	for (i = 0; i < 1000 && evbus_worker_pid_for(dboid, -1) != 0; i++)
+	for (i = 0; i < STOP_TIMEOUT_MS / 10 && evbus_worker_pid_for(dboid, -1) != 0; i++)
 	{
 		CHECK_FOR_INTERRUPTS();
 		pg_usleep(10000L);
 	}
 }
 
+/*
+ * evbus_drop_database_guard --- before DROP DATABASE: if the drop is going
+ * to proceed, mark the database as being dropped (no worker starts there)
+ * and stop its workers, which would otherwise keep it "accessed by other
+ * users".  Returns the database, or InvalidOid when nothing was touched.
+ *
+ * Only a drop PostgreSQL will attempt touches the workers: an existing
+ * database, not the current one, not a template, by its owner or a
+ * superuser, at top level outside a transaction block.  Anyone else's
+ * DROP DATABASE fails without disturbing them (test
+ * 230_drop_database_guard.pl).  The caller must call
+ * evbus_drop_database_done with the result, also on error.
+ */
+Oid
+evbus_drop_database_guard(Node *stmt, bool is_top_level)
+{
+	DropdbStmt *drop = (DropdbStmt *) stmt;
+	Oid			dboid;
+	HeapTuple	tup;
+	bool		is_template;
+
+	if (!is_top_level || IsTransactionBlock())
+		return InvalidOid;		/* PreventInTransactionBlock refuses it */
+	dboid = get_database_oid(drop->dbname, true);
+	if (!OidIsValid(dboid) || dboid == MyDatabaseId)
+		return InvalidOid;
+	if (!pg_database_ownercheck(dboid, GetUserId()))
+		return InvalidOid;
+	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
+	if (!HeapTupleIsValid(tup))
+		return InvalidOid;
+	is_template = ((Form_pg_database) GETSTRUCT(tup))->datistemplate;
+	ReleaseSysCache(tup);
+	if (is_template)
+		return InvalidOid;
+
+	if (!evbus_db_begin_drop(dboid))
+		return InvalidOid;
+	strlcpy(guarded_dbname, drop->dbname, sizeof(guarded_dbname));
+	PG_TRY();
+	{
+		evbus_stop_worker(dboid);
+	}
+	PG_CATCH();
+	{
+		evbus_drop_database_done(dboid, false);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return dboid;
+}
+
+/*
+ * evbus_drop_database_done --- after DROP DATABASE of a guarded database:
+ * forget it if it is gone; else both its workers start again at once
+ * (the launcher would within seconds), even if stopping them took long.
+ */
+void
+evbus_drop_database_done(Oid guarded, bool dropped)
+{
+	EvbusDatabase db;
+
+	if (!OidIsValid(guarded))
+		return;
+	evbus_db_end_drop(guarded, dropped);
+	if (dropped || !evbus_db_lookup(guarded, &db) || db.state != EVBUS_DB_INSTALLED)
+		return;
+	if (evbus_worker_pid_for(guarded, EVBUS_PUBLISHER) == 0)
+		evbus_start_worker(guarded, guarded_dbname, EVBUS_PUBLISHER, 0, NULL);
+	if (evbus_worker_pid_for(guarded, EVBUS_CONSUMER) == 0)
+		evbus_start_worker(guarded, guarded_dbname, EVBUS_CONSUMER, 0, NULL);
+	evbus_wake_launcher();
+}
+
+/* DROP EXTENSION evbus ran in this transaction: forget it at COMMIT. */
+void
+evbus_forget_database_at_commit(void)
+{
+	forget_database_at_commit = true;
+}
+
 static void
 launcher_xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_COMMIT && start_worker_at_commit)
+	if (event == XACT_EVENT_COMMIT)
+	{
+		if (forget_database_at_commit)
+			evbus_db_forget(MyDatabaseId);
+		if (start_worker_at_commit)
+		{
+			evbus_db_installed(MyDatabaseId);
+			evbus_start_worker(MyDatabaseId, start_dbname, EVBUS_PUBLISHER, 0, NULL);
+			evbus_wake_launcher();
+		}
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE)
 	{
 		start_worker_at_commit = false;
-		evbus_start_worker(MyDatabaseId, EVBUS_PUBLISHER, false);
+		forget_database_at_commit = false;
 	}
-	else if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE)
-		start_worker_at_commit = false;
 }
 
 void		evbus_launcher_xact_init(void);
@@ -154,33 +324,40 @@ PG_FUNCTION_INFO_V1(evbus_start_worker_at_commit);
 Datum
 evbus_start_worker_at_commit(PG_FUNCTION_ARGS)
 {
+	char	   *name = get_database_name(MyDatabaseId);
+
+	strlcpy(start_dbname, name ? name : "?", sizeof(start_dbname));
 	start_worker_at_commit = true;
 	PG_RETURN_VOID();
 }
 
-/* Start a worker for every database that accepts connections. */
-static void
-start_all_workers(void)
+/* Read pg_database: the databases that accept connections. */
+static List *
+scan_databases(void)
 {
+	MemoryContext caller_cxt = CurrentMemoryContext;
 	Relation	rel;
 	TableScanDesc scan;
 	HeapTuple	tup;
 	List	   *dbs = NIL;
-	ListCell   *lc;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	rel = table_open(DatabaseRelationId, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);
 	while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
-		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+		Form_pg_database pgdb = (Form_pg_database) GETSTRUCT(tup);
 
-		if (db->datallowconn && !db->datistemplate)
+		if (pgdb->datallowconn && !pgdb->datistemplate)
 		{
 			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+			LauncherDb *db = palloc(sizeof(LauncherDb));
 
-			dbs = lappend_oid(dbs, db->oid);
+			db->dboid = pgdb->oid;
+			strlcpy(db->name, NameStr(pgdb->datname), sizeof(db->name));
+			dbs = lappend(dbs, db);
 			MemoryContextSwitchTo(old);
 		}
 	}
@@ -188,13 +365,137 @@ start_all_workers(void)
 	table_close(rel, AccessShareLock);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_cxt);
+	return dbs;
+}
+
+static LauncherDb *
+find_scanned(List *dbs, Oid dboid)
+{
+	ListCell   *lc;
 
 	foreach(lc, dbs)
 	{
-		if (evbus_worker_pid_for(lfirst_oid(lc), EVBUS_PUBLISHER) == 0)
-			evbus_start_worker(lfirst_oid(lc), EVBUS_PUBLISHER, false);
+		LauncherDb *db = lfirst(lc);
+
+		if (db->dboid == dboid)
+			return db;
 	}
-	list_free(dbs);
+	return NULL;
+}
+
+/*
+ * probe --- start a worker in db to see whether it has evbus, and wait
+ * until it knows (it enters the database in shared memory and stays, and
+ * has started its consumer) or it exits.  One probe at a time, so that
+ * looking takes one slot however many databases there are, and a
+ * database found with evbus gets both its workers before the next probe
+ * takes a slot.  False if no slot was free.
+ */
+static bool
+probe(LauncherDb *db)
+{
+	BackgroundWorkerHandle *handle;
+	TimestampTz start = GetCurrentTimestamp();
+	EvbusDatabase entry;
+	pid_t		pid;
+
+	if (!evbus_start_worker(db->dboid, db->name, EVBUS_PUBLISHER, MyProcPid, &handle))
+		return false;
+	while (!ShutdownRequestPending &&
+		   !TimestampDifferenceExceeds(start, GetCurrentTimestamp(), PROBE_TIMEOUT_MS))
+	{
+		if (evbus_db_lookup(db->dboid, &entry) && entry.state == EVBUS_DB_INSTALLED &&
+			(evbus_worker_pid_for(db->dboid, EVBUS_CONSUMER) != 0 ||
+			 entry.failed_since[EVBUS_CONSUMER] != 0))
+			break;
+		if (GetBackgroundWorkerPid(handle, &pid) == BGWH_STOPPED)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 50L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	pfree(handle);
+	return true;
+}
+
+/* Is the worker of role missing in db, and not just being started? */
+static bool
+worker_missing(const EvbusDatabase *db, int role, TimestampTz now)
+{
+	return evbus_worker_pid_for(db->dboid, role) == 0 &&
+		TimestampDifferenceExceeds(db->started_at[role], now, START_GRACE_MS);
+}
+
+/*
+ * launcher_pass --- one look at every database: restore entries whose
+ * DROP DATABASE backend died, forget databases that are gone, start the
+ * missing workers of evbus databases, then probe databases not yet
+ * looked at (*probed lists those that were).  *dbs is pg_database as last
+ * scanned; it is scanned again when an entry names a database not in it.
+ */
+static void
+launcher_pass(List **dbs, List **probed)
+{
+	EvbusDatabase *entries = palloc(sizeof(EvbusDatabase) * EVBUS_MAX_TRACKED_DBS);
+	int			n = evbus_db_snapshot(entries, EVBUS_MAX_TRACKED_DBS);
+	TimestampTz now = GetCurrentTimestamp();
+	bool		rescanned = false;
+	int			i;
+	ListCell   *lc;
+
+	for (i = 0; i < n; i++)
+	{
+		EvbusDatabase *e = &entries[i];
+		LauncherDb *db = find_scanned(*dbs, e->dboid);
+
+		if (db == NULL && !rescanned)
+		{
+			list_free_deep(*dbs);
+			*dbs = scan_databases();
+			rescanned = true;
+			db = find_scanned(*dbs, e->dboid);
+		}
+		if (e->state == EVBUS_DB_DROPPING)
+		{
+			/* its DROP DATABASE ended without saying so (the backend died) */
+			if (BackendPidGetProc(e->dropper) == NULL)
+				evbus_db_end_drop(e->dboid, db == NULL);
+			continue;
+		}
+		if (db == NULL)
+		{
+			evbus_db_forget(e->dboid);	/* also a dropped one's tombstone */
+			continue;
+		}
+		if (e->state != EVBUS_DB_INSTALLED)
+			continue;
+		if (worker_missing(e, EVBUS_PUBLISHER, now))
+			evbus_start_worker(e->dboid, db->name, EVBUS_PUBLISHER, 0, NULL);
+		else if (evbus_worker_pid_for(e->dboid, EVBUS_PUBLISHER) != 0 &&
+				 worker_missing(e, EVBUS_CONSUMER, now))
+			evbus_start_worker(e->dboid, db->name, EVBUS_CONSUMER, 0, NULL);
+	}
+	pfree(entries);
+
+	foreach(lc, *dbs)
+	{
+		LauncherDb *db = lfirst(lc);
+		EvbusDatabase e;
+		bool		known = evbus_db_lookup(db->dboid, &e);
+		MemoryContext old;
+
+		if (ShutdownRequestPending)
+			break;
+		if (known ? e.state != EVBUS_DB_UNPROBED : list_member_oid(*probed, db->dboid))
+			continue;
+		if (!probe(db))
+			break;				/* no slot: the next pass tries again */
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		*probed = lappend_oid(*probed, db->dboid);
+		MemoryContextSwitchTo(old);
+	}
 }
 
 /* Start or stop the embedded broker to match evbus.brokers. */
@@ -207,24 +508,52 @@ sync_embedded_broker(void)
 		evbus_embedded_stop();
 }
 
+static void
+launcher_exit(int code, Datum arg)
+{
+	evbus_set_launcher_latch(NULL);
+}
+
 void
 evbus_launcher_main(Datum main_arg)
 {
+	List	   *dbs = NIL;
+	List	   *probed = NIL;
+	TimestampTz last_scan = 0;
+	MemoryContext pass_cxt;
+
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
-	pgstat_report_activity(STATE_RUNNING, "starting workers");
+	evbus_set_launcher_latch(MyLatch);
+	before_shmem_exit(launcher_exit, (Datum) 0);
+	pass_cxt = AllocSetContextCreate(TopMemoryContext, "evbus launcher pass",
+									 ALLOCSET_DEFAULT_SIZES);
 
+	pgstat_report_activity(STATE_RUNNING, "starting workers");
 	sync_embedded_broker();
-	start_all_workers();
-	pgstat_report_activity(STATE_IDLE, NULL);
 
 	while (!ShutdownRequestPending)
 	{
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
-						 PG_WAIT_EXTENSION);
+		TimestampTz now = GetCurrentTimestamp();
+		MemoryContext old;
+
+		if (TimestampDifferenceExceeds(last_scan, now, SCAN_INTERVAL_MS))
+		{
+			list_free_deep(dbs);
+			dbs = scan_databases();
+			last_scan = now;
+		}
+		old = MemoryContextSwitchTo(pass_cxt);
+		launcher_pass(&dbs, &probed);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(pass_cxt);
+		pgstat_report_activity(STATE_IDLE, NULL);
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 LAUNCHER_NAP_MS, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 

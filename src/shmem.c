@@ -1,13 +1,25 @@
 /*-------------------------------------------------------------------------
  *
  * shmem.c
- *	  Shared memory of evbus: one slot per database worker, and the
- *	  address of the embedded broker.
+ *	  Shared memory of evbus: one slot per database worker, the databases
+ *	  that have evbus, the launcher's latch and the address of the
+ *	  embedded broker.
  *
  * A slot lets any backend wake its database's worker at COMMIT (SetLatch
  * on the worker's latch), lets the launcher and DROP DATABASE find the
  * worker, and guarantees one worker per database: a second one finds the
  * slot taken and exits.  Slots are freed by the worker's exit callback.
+ *
+ * The database entries are what the launcher keeps running: a database
+ * is entered when a worker finds evbus installed in it or CREATE
+ * EXTENSION commits there, and leaves when DROP EXTENSION commits, when a
+ * worker finds evbus gone, or when DROP DATABASE succeeded and the
+ * launcher no longer sees the database.  While DROP DATABASE runs, and
+ * after it succeeded, the entry says so and nothing starts a worker
+ * there (test 230_drop_database_guard.pl).  An
+ * entry also remembers a worker that could not be started for want of a
+ * background worker slot, so that the failure is logged once and
+ * evbus.worker_status() can say why the worker is missing.
  *
  *-------------------------------------------------------------------------
  */
@@ -18,6 +30,7 @@
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
+#include "utils/timestamp.h"
 
 #include "evbus.h"
 
@@ -25,6 +38,8 @@ typedef struct EvbusShared
 {
 	LWLock	   *lock;
 	char		embedded_bootstrap[256];	/* "" until the launcher set it */
+	Latch	   *launcher_latch; /* NULL while no launcher runs */
+	EvbusDatabase dbs[EVBUS_MAX_TRACKED_DBS];
 	EvbusWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } EvbusShared;
 
@@ -302,4 +317,247 @@ evbus_get_embedded_bootstrap(char *buf, size_t len)
 	strlcpy(buf, evbus_shared->embedded_bootstrap, len);
 	LWLockRelease(evbus_shared->lock);
 	return buf[0] != '\0';
+}
+
+/*
+ * find_db --- the entry of dboid, or with create a new one (NULL when
+ * every entry is taken).  Caller holds the lock, exclusively to create.
+ */
+static EvbusDatabase *
+find_db(Oid dboid, bool create)
+{
+	EvbusDatabase *free_entry = NULL;
+	int			i;
+
+	for (i = 0; i < EVBUS_MAX_TRACKED_DBS; i++)
+	{
+		EvbusDatabase *db = &evbus_shared->dbs[i];
+
+		if (db->dboid == dboid)
+			return db;
+		if (db->dboid == InvalidOid && free_entry == NULL)
+			free_entry = db;
+	}
+	if (!create)
+		return NULL;
+	if (free_entry == NULL)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("evbus keeps track of at most %d databases", EVBUS_MAX_TRACKED_DBS),
+				 errhint("A database beyond them is not restarted when its worker is missing.")));
+		return NULL;
+	}
+	memset(free_entry, 0, sizeof(EvbusDatabase));
+	free_entry->dboid = dboid;
+	free_entry->state = EVBUS_DB_UNPROBED;
+	return free_entry;
+}
+
+/*
+ * evbus_db_installed --- evbus is installed in dboid (a worker found it, or
+ * CREATE EXTENSION committed): the launcher keeps its workers running.
+ * A database being dropped, or dropped, stays so.
+ */
+void
+evbus_db_installed(Oid dboid)
+{
+	EvbusDatabase *db;
+
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	db = find_db(dboid, true);
+	if (db != NULL)
+	{
+		if (db->state == EVBUS_DB_DROPPING)
+			db->state_before_drop = EVBUS_DB_INSTALLED;
+		else if (db->state != EVBUS_DB_DROPPED)
+			db->state = EVBUS_DB_INSTALLED;
+	}
+	LWLockRelease(evbus_shared->lock);
+}
+
+/*
+ * evbus_db_forget --- evbus is not (or no longer) installed in dboid: no
+ * worker is started there again.  A database being dropped stays so.
+ */
+void
+evbus_db_forget(Oid dboid)
+{
+	EvbusDatabase *db;
+
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	db = find_db(dboid, false);
+	if (db != NULL && db->state != EVBUS_DB_DROPPING)
+		db->dboid = InvalidOid;
+	LWLockRelease(evbus_shared->lock);
+}
+
+/* Copy dboid's entry into *copy; false if it has none. */
+bool
+evbus_db_lookup(Oid dboid, EvbusDatabase *copy)
+{
+	EvbusDatabase *db;
+
+	LWLockAcquire(evbus_shared->lock, LW_SHARED);
+	db = find_db(dboid, false);
+	if (db != NULL)
+		*copy = *db;
+	LWLockRelease(evbus_shared->lock);
+	return db != NULL;
+}
+
+/* Copy up to max entries in use into copy; returns how many. */
+int
+evbus_db_snapshot(EvbusDatabase *copy, int max)
+{
+	int			i;
+	int			n = 0;
+
+	LWLockAcquire(evbus_shared->lock, LW_SHARED);
+	for (i = 0; i < EVBUS_MAX_TRACKED_DBS && n < max; i++)
+	{
+		if (evbus_shared->dbs[i].dboid != InvalidOid)
+			copy[n++] = evbus_shared->dbs[i];
+	}
+	LWLockRelease(evbus_shared->lock);
+	return n;
+}
+
+/* May a worker start in dboid?  Not while or after DROP DATABASE. */
+bool
+evbus_db_may_start(Oid dboid)
+{
+	EvbusDatabase *db;
+	bool		result;
+
+	LWLockAcquire(evbus_shared->lock, LW_SHARED);
+	db = find_db(dboid, false);
+	result = (db == NULL ||
+			  (db->state != EVBUS_DB_DROPPING && db->state != EVBUS_DB_DROPPED));
+	LWLockRelease(evbus_shared->lock);
+	return result;
+}
+
+/* A worker of role was registered for dboid just now. */
+void
+evbus_db_start_registered(Oid dboid, int role)
+{
+	EvbusDatabase *db;
+
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	db = find_db(dboid, false);
+	if (db != NULL)
+		db->started_at[role] = GetCurrentTimestamp();
+	LWLockRelease(evbus_shared->lock);
+}
+
+/*
+ * evbus_db_start_failed --- no background worker slot was free for a
+ * worker of role in dboid.  Returns true the first time since the worker
+ * last ran: the caller logs it then, not at every retry.
+ */
+bool
+evbus_db_start_failed(Oid dboid, int role)
+{
+	EvbusDatabase *db;
+	bool		first = false;
+
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	db = find_db(dboid, true);
+	if (db != NULL)
+	{
+		if (db->failed_since[role] == 0)
+			db->failed_since[role] = GetCurrentTimestamp();
+		first = !db->warned[role];
+		db->warned[role] = true;
+	}
+	LWLockRelease(evbus_shared->lock);
+	return first;
+}
+
+/* The worker of role runs in dboid: forget its failed starts. */
+void
+evbus_db_worker_running(Oid dboid, int role)
+{
+	EvbusDatabase *db;
+
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	db = find_db(dboid, false);
+	if (db != NULL)
+	{
+		db->failed_since[role] = 0;
+		db->warned[role] = false;
+	}
+	LWLockRelease(evbus_shared->lock);
+}
+
+/*
+ * evbus_db_begin_drop --- DROP DATABASE of dboid is about to proceed: start
+ * no worker there until evbus_db_end_drop.  The entry names this backend,
+ * so that the launcher can restore it should the backend die meanwhile.
+ * Returns false when no entry can be made (too many databases).
+ */
+bool
+evbus_db_begin_drop(Oid dboid)
+{
+	EvbusDatabase *db;
+
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	db = find_db(dboid, true);
+	if (db != NULL)
+	{
+		if (db->state != EVBUS_DB_DROPPING)
+			db->state_before_drop = db->state;
+		db->state = EVBUS_DB_DROPPING;
+		db->dropper = MyProcPid;
+	}
+	LWLockRelease(evbus_shared->lock);
+	return db != NULL;
+}
+
+/*
+ * evbus_db_end_drop --- the DROP DATABASE of dboid is over: if the
+ * database is gone, the entry stays as a tombstone until the launcher
+ * sees it gone from pg_database too (so that it does not look for evbus
+ * there); else the entry gets its state back.
+ */
+void
+evbus_db_end_drop(Oid dboid, bool dropped)
+{
+	EvbusDatabase *db;
+
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	db = find_db(dboid, false);
+	if (db != NULL && db->state == EVBUS_DB_DROPPING)
+	{
+		if (dropped)
+			db->state = EVBUS_DB_DROPPED;
+		else
+		{
+			db->state = db->state_before_drop;
+			db->dropper = 0;
+		}
+	}
+	LWLockRelease(evbus_shared->lock);
+}
+
+/* The launcher's latch, so that backends can wake it (NULL at its exit). */
+void
+evbus_set_launcher_latch(Latch *latch)
+{
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	evbus_shared->launcher_latch = latch;
+	LWLockRelease(evbus_shared->lock);
+}
+
+/* Wake the launcher: a database's workers should be looked at now. */
+void
+evbus_wake_launcher(void)
+{
+	if (evbus_shared == NULL)
+		return;
+	LWLockAcquire(evbus_shared->lock, LW_SHARED);
+	if (evbus_shared->launcher_latch)
+		SetLatch(evbus_shared->launcher_latch);
+	LWLockRelease(evbus_shared->lock);
 }

@@ -15,8 +15,14 @@
  * on SIGHUP and runs one publisher step.
  *
  * SIGTERM ends it promptly: unacknowledged events stay in the outbox.
- * It exits with 1 (and is restarted a second later) unless it was asked
- * to stop for good (DROP DATABASE) or its extension is gone (exit 0).
+ * As in a regular backend, SIGTERM is die(): waiting, the worker sees it
+ * and exits cleanly; in the middle of a step, the next
+ * CHECK_FOR_INTERRUPTS ends the process with FATAL, so that nothing it
+ * runs (a query, a lock wait) delays a shutdown or DROP DATABASE.  A step
+ * cut short only means events produced again, with the same message ids.
+ * The postmaster never restarts the worker: the launcher starts it again
+ * when it is missing, unless its database is being dropped or no longer
+ * has evbus (launcher.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -32,6 +38,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "tcop/tcopprot.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -39,9 +46,15 @@
 #include "evbus.h"
 #include "publisher.h"
 
+/*
+ * worker_exit --- leave cleanly (from the wait point).  The termination
+ * request is consumed first, so that closing down is not itself cut short
+ * by CHECK_FOR_INTERRUPTS.
+ */
 static void
 worker_exit(int code)
 {
+	ProcDiePending = false;
 	evbus_publisher_shutdown();
 	proc_exit(code);
 }
@@ -71,9 +84,12 @@ evbus_worker_main(Datum main_arg)
 	bool		claim_wanted = true;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 
+	/* never into a database being dropped (test 230_drop_database_guard.pl) */
+	if (!evbus_db_may_start(dboid))
+		proc_exit(0);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
 	/* one worker per database */
@@ -85,8 +101,15 @@ evbus_worker_main(Datum main_arg)
 	has_extension = OidIsValid(get_extension_oid("evbus", true));
 	dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
 	CommitTransactionCommand();
+
+	/* what the launcher's probe of this database learns */
 	if (!has_extension)
+	{
+		evbus_db_forget(dboid);
 		proc_exit(0);
+	}
+	evbus_db_installed(dboid);
+	evbus_db_worker_running(dboid, EVBUS_PUBLISHER);
 
 	pgstat_report_appname("evbus worker");
 
@@ -105,7 +128,7 @@ evbus_worker_main(Datum main_arg)
 	 * Handlers run in a process of their own, so that a slow handler never
 	 * delays publishing.  If it runs already, the new one exits at once.
 	 */
-	evbus_start_worker(dboid, EVBUS_CONSUMER, false);
+	evbus_start_worker(dboid, dbname, EVBUS_CONSUMER, 0, NULL);
 
 	/* what a step allocates is gone at the end of the step */
 	step_cxt = AllocSetContextCreate(TopMemoryContext, "evbus worker step",
@@ -118,7 +141,7 @@ evbus_worker_main(Datum main_arg)
 		int			nevents;
 		int			fd;
 
-		if (ShutdownRequestPending)
+		if (ProcDiePending)
 			worker_exit(evbus_worker_stop_requested() ? 0 : 1);
 
 		MemoryContextSwitchTo(step_cxt);
@@ -145,6 +168,8 @@ evbus_worker_main(Datum main_arg)
 		 */
 		claim_wanted = more || nevents == 0;
 		ResetLatch(MyLatch);
+		if (ProcDiePending)
+			worker_exit(evbus_worker_stop_requested() ? 0 : 1);
 		CHECK_FOR_INTERRUPTS();
 
 		if (ConfigReloadPending)
