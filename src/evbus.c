@@ -20,6 +20,7 @@
 #include "utils/builtins.h"
 
 #include "evbus.h"
+#include "consumer.h"
 
 PG_MODULE_MAGIC;
 
@@ -44,6 +45,10 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 					  DestReceiver *dest, QueryCompletion *qc)
 {
 	Oid			dropped_db = InvalidOid;
+
+	/* a role that evbus subscriptions run as is not dropped (subscriptions.c) */
+	if (IsA(pstmt->utilityStmt, DropRoleStmt))
+		evbus_refuse_subscriber_drop((DropRoleStmt *) pstmt->utilityStmt);
 
 	if (IsA(pstmt->utilityStmt, DropdbStmt))
 	{
