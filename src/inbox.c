@@ -6,16 +6,19 @@
  *
  * A received batch is handled in one transaction: decode each message
  * (undecodable ones are dead-lettered at once with their raw bytes),
- * insert it into evbus.inbox unless its (group, message id) is there
- * already (a redelivery), run the handlers of each message that may run
- * now -- no earlier event of its key is pending -- each message in a
- * subtransaction, record failures (the error, and a retry scheduled with
+ * insert a row per message and handler into evbus.inbox unless its
+ * (group, message id, handler) is there already (a redelivery), run each
+ * (message, handler) that may run now -- no earlier event of its key is
+ * pending for that handler -- each in its own subtransaction, record
+ * failures for that handler alone (the error, and a retry scheduled with
  * exponential backoff and jitter, or after the last retry a dead letter
  * and NOTIFY evbus_dead_letter), and advance the stored offsets past the
  * batch.  Handler effects, the inbox state and the offsets commit
- * together; the rows of messages whose handlers succeed are inserted as
- * handled straight away (a failure turns its row back to pending), so a
- * message costs one insert.
+ * together; the rows of handlers that succeed are inserted as handled
+ * straight away (a failure turns its row back to pending), so a handled
+ * message costs one insert per handler.  One subscriber's failing handler
+ * never rolls back, holds back or dead-letters another handler's work
+ * (test 210_subscription_ownership.pl).
  *
  * A handler that crashes its backend takes that transaction with it, and
  * with it the record of the attempt.  So a batch is first noted outside
@@ -30,9 +33,10 @@
  *	2. handle: run the handlers as above, mark the successes handled, and
  *	   advance the stored offsets.
  *
- * Retries go the careful way too (evbus_inbox_dispatch_due).  A message
- * waits while an earlier message of its key (same group) is pending, so
- * per-key order holds through retries; other keys flow.
+ * Retries go the careful way too (evbus_inbox_dispatch_due).  A row
+ * waits while an earlier row of its key, group and handler is pending, so
+ * per-key order holds through retries, per handler; other keys, and other
+ * handlers of the same key, flow.
  *
  *-------------------------------------------------------------------------
  */
