@@ -249,16 +249,31 @@ CREATE VIEW evbus.stats AS
 			   pg_catalog.min(staged_at) AS oldest_staged_at
 		  FROM evbus.outbox
 		 GROUP BY integration_event
+	), messages AS (
+		/*
+		 * The inbox has a row per message and handler; a message is
+		 * pending while a handler of it is, else dead if a handler gave
+		 * up on it, else handled.
+		 */
+		SELECT group_name, topic,
+			   CASE WHEN pg_catalog.bool_or(state OPERATOR(pg_catalog.=) 'pending') THEN 'pending'
+					WHEN pg_catalog.bool_or(state OPERATOR(pg_catalog.=) 'dead') THEN 'dead'
+					ELSE 'handled' END AS state,
+			   pg_catalog.bool_or(state OPERATOR(pg_catalog.=) 'pending'
+								  AND attempts OPERATOR(pg_catalog.>) 0) AS retrying,
+			   pg_catalog.min(received_at) AS received_at,
+			   pg_catalog.max(handled_at) AS handled_at
+		  FROM evbus.inbox
+		 GROUP BY group_name, topic, dedup_key
 	), inbox AS (
 		SELECT group_name, topic,
 			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'handled') AS handled,
-			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending'
-										   AND attempts OPERATOR(pg_catalog.>) 0) AS retrying,
+			   pg_catalog.count(*) FILTER (WHERE retrying) AS retrying,
 			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending') AS pending,
 			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'dead') AS dead,
 			   pg_catalog.min(received_at) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending') AS oldest_pending_at,
 			   pg_catalog.max(handled_at) AS last_handled_at
-		  FROM evbus.inbox
+		  FROM messages
 		 GROUP BY group_name, topic
 	), lag AS (
 		SELECT group_name, topic,
