@@ -390,6 +390,8 @@ CREATE FUNCTION evbus._refuse_handler_drop() RETURNS event_trigger
 REVOKE ALL ON FUNCTION evbus._refuse_handler_drop() FROM PUBLIC;
 CREATE EVENT TRIGGER evbus_refuse_handler_drop ON sql_drop
 	EXECUTE FUNCTION evbus._refuse_handler_drop();
+COMMENT ON EVENT TRIGGER evbus_refuse_handler_drop IS
+	'refuses to drop a function or procedure subscribed as a handler (unsubscribe it first)';
 
 --------------------------------------------------------------------------
 -- SQL API: operations

@@ -220,6 +220,17 @@ refuse_not_member(const char *what, const char *event, const char *group,
 			 errhint("Only role %s or a member of it may change or remove it.", owner)));
 }
 
+/* Insert a subscription, or change it if the caller is a member of its owner. */
+#define UPSERT_SUBSCRIPTION \
+	"INSERT INTO evbus.subscriptions AS s (integration_event, group_name," \
+	" handler, is_procedure, takes_headers, run_as, max_retries)" \
+	" VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole, $7)" \
+	" ON CONFLICT (integration_event, group_name, handler) DO UPDATE" \
+	" SET is_procedure = excluded.is_procedure," \
+	" takes_headers = excluded.takes_headers, run_as = excluded.run_as," \
+	" max_retries = excluded.max_retries, subscribed_at = pg_catalog.now()" \
+	" WHERE pg_catalog.pg_has_role($6, s.run_as::pg_catalog.oid, 'MEMBER')"
+
 /*
  * evbus.subscribe(integration_event, handler, group_name, max_retries)
  *
@@ -238,6 +249,7 @@ evbus_subscribe(PG_FUNCTION_ARGS)
 	char	   *group;
 	bool		is_procedure;
 	bool		takes_headers;
+	int			attempt;
 	Oid			argtypes[7] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID, BOOLOID, OIDOID, INT4OID};
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
@@ -276,16 +288,20 @@ evbus_subscribe(PG_FUNCTION_ARGS)
 		nulls[6] = 'n';
 	else
 		values[6] = Int32GetDatum(PG_GETARG_INT32(3));
-	if (evbus_execute_as_owner("INSERT INTO evbus.subscriptions AS s (integration_event, group_name,"
-							   " handler, is_procedure, takes_headers, run_as, max_retries)"
-							   " VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole, $7)"
-							   " ON CONFLICT (integration_event, group_name, handler) DO UPDATE"
-							   " SET is_procedure = excluded.is_procedure,"
-							   " takes_headers = excluded.takes_headers, run_as = excluded.run_as,"
-							   " max_retries = excluded.max_retries, subscribed_at = pg_catalog.now()"
-							   " WHERE pg_catalog.pg_has_role($6, s.run_as::pg_catalog.oid, 'MEMBER')",
-							   7, argtypes, values, nulls) == 0)
+
+	/*
+	 * The upsert changes an existing subscription only for a member of its
+	 * owner.  When it did nothing, say whose the subscription is; if it
+	 * was removed meanwhile, try once more (it inserts now).
+	 */
+	for (attempt = 0;; attempt++)
+	{
+		if (evbus_execute_as_owner(UPSERT_SUBSCRIPTION, 7, argtypes, values, nulls) > 0)
+			break;
 		refuse_not_member("change", event, group, signature);
+		if (attempt > 0)
+			elog(ERROR, "could not subscribe %s: the subscription changed concurrently", signature);
+	}
 	PG_RETURN_VOID();
 }
 
