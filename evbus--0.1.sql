@@ -156,6 +156,7 @@ CREATE TABLE evbus.dead_letters (
 	traceparent		text,
 	staged_at		timestamptz,
 	group_name		text,			/* consume: the group that gave up */
+	handler			text,			/* consume: the handler that gave up (its signature) */
 	kafka_partition integer,
 	kafka_offset	bigint,
 	raw_value		bytea,			/* consume: a message that could not be decoded */
@@ -175,13 +176,18 @@ COMMENT ON TABLE evbus.dead_letters IS
 --------------------------------------------------------------------------
 
 /*
- * A handler of an integration event in a consumer group.  The handler runs
- * as run_as, the role that subscribed it.
+ * A handler of an integration event in a consumer group.  The subscription
+ * belongs to run_as, the role that subscribed it: the handler runs as that
+ * role, and only its members may change or remove the subscription.  The
+ * handler is kept as its qualified signature (format_procedure_qualified,
+ * the object_identity of pg_event_trigger_dropped_objects), resolved when
+ * it runs: no reg* column (pg_upgrade, dump and restore), and a handler
+ * that cannot be found makes its messages fail and retry, never vanish.
  */
 CREATE TABLE evbus.subscriptions (
 	integration_event text NOT NULL,
 	group_name		text NOT NULL,
-	handler			regprocedure NOT NULL,
+	handler			text NOT NULL,
 	is_procedure	boolean NOT NULL,
 	takes_headers	boolean NOT NULL,
 	run_as			regrole NOT NULL,
@@ -214,10 +220,13 @@ COMMENT ON TABLE evbus.consumer_offsets IS
 	'per group and partition: the next offset to consume (authoritative) and the last known high watermark';
 
 /*
- * Every message a group received: de-duplicates redeliveries by
- * (group, message id) -- or (topic, partition, offset) for messages
- * without cap-msg-id -- and queues the ones waiting for a retry or for an
- * earlier event of their key.
+ * Every message a group received, one row per handler it was given to:
+ * de-duplicates redeliveries by (group, message id, handler) -- the
+ * message id being (topic, partition, offset) for messages without
+ * cap-msg-id -- and queues the ones waiting for a retry or for an earlier
+ * event of their key for that handler.  Each row is a unit of its own:
+ * its attempts, backoff, errors and dead letter are its handler's alone.
+ * An undecodable message has one row, with handler ''.
  */
 CREATE TABLE evbus.inbox (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -228,6 +237,7 @@ CREATE TABLE evbus.inbox (
 	topic			text NOT NULL,
 	kafka_partition integer NOT NULL,
 	kafka_offset	bigint NOT NULL,
+	handler			text NOT NULL DEFAULT '',	/* signature; '': undecodable */
 	event_key		text,
 	payload			jsonb,			/* NULL: undecodable (dead, see dead_letters) */
 	headers			jsonb NOT NULL,
@@ -239,15 +249,15 @@ CREATE TABLE evbus.inbox (
 	errors			jsonb,
 	received_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	handled_at		timestamptz,
-	UNIQUE (group_name, dedup_key)
+	UNIQUE (group_name, dedup_key, handler)
 );
-CREATE INDEX inbox_pending_key ON evbus.inbox (group_name, event_key, id)
+CREATE INDEX inbox_pending_key ON evbus.inbox (group_name, handler, event_key, id)
 	WHERE state = 'pending';
 CREATE INDEX inbox_pending_due ON evbus.inbox (next_attempt_at)
 	WHERE state = 'pending';
 CREATE INDEX inbox_handled_at ON evbus.inbox (handled_at);
 COMMENT ON TABLE evbus.inbox IS
-	'messages received per consumer group: handled, pending (retry or waiting for its key) or dead';
+	'messages received per consumer group and handler: handled, pending (retry or waiting for its key) or dead';
 
 --------------------------------------------------------------------------
 -- Counters for evbus.stats (one row per integration event, updated once
@@ -269,16 +279,31 @@ CREATE VIEW evbus.stats AS
 			   pg_catalog.min(staged_at) AS oldest_staged_at
 		  FROM evbus.outbox
 		 GROUP BY integration_event
+	), messages AS (
+		/*
+		 * The inbox has a row per message and handler; a message is
+		 * pending while a handler of it is, else dead if a handler gave
+		 * up on it, else handled.
+		 */
+		SELECT group_name, topic,
+			   CASE WHEN pg_catalog.bool_or(state OPERATOR(pg_catalog.=) 'pending') THEN 'pending'
+					WHEN pg_catalog.bool_or(state OPERATOR(pg_catalog.=) 'dead') THEN 'dead'
+					ELSE 'handled' END AS state,
+			   pg_catalog.bool_or(state OPERATOR(pg_catalog.=) 'pending'
+								  AND attempts OPERATOR(pg_catalog.>) 0) AS retrying,
+			   pg_catalog.min(received_at) AS received_at,
+			   pg_catalog.max(handled_at) AS handled_at
+		  FROM evbus.inbox
+		 GROUP BY group_name, topic, dedup_key
 	), inbox AS (
 		SELECT group_name, topic,
 			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'handled') AS handled,
-			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending'
-										   AND attempts OPERATOR(pg_catalog.>) 0) AS retrying,
+			   pg_catalog.count(*) FILTER (WHERE retrying) AS retrying,
 			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending') AS pending,
 			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'dead') AS dead,
 			   pg_catalog.min(received_at) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending') AS oldest_pending_at,
 			   pg_catalog.max(handled_at) AS last_handled_at
-		  FROM evbus.inbox
+		  FROM messages
 		 GROUP BY group_name, topic
 	), lag AS (
 		SELECT group_name, topic,
@@ -373,7 +398,7 @@ CREATE FUNCTION evbus.subscribe(integration_event text, handler regprocedure,
 	AS 'MODULE_PATHNAME', 'evbus_subscribe'
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) IS
-	'subscribe a handler (payload jsonb [, headers jsonb]) to an integration event in a consumer group; it runs as the calling role';
+	'subscribe a handler (payload jsonb [, headers jsonb]) to an integration event in a consumer group; it runs as the calling role, which owns the subscription';
 
 CREATE FUNCTION evbus.unsubscribe(integration_event text, handler regprocedure,
 								  group_name text DEFAULT NULL)
@@ -381,7 +406,22 @@ CREATE FUNCTION evbus.unsubscribe(integration_event text, handler regprocedure,
 	AS 'MODULE_PATHNAME', 'evbus_unsubscribe'
 	LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION evbus.unsubscribe(text, regprocedure, text) IS
-	'remove a subscription; false if there was none';
+	'remove a subscription (only a member of its role may); false if there was none';
+
+/*
+ * A subscribed handler cannot be dropped: its messages would have nobody
+ * to run them.  DROP FUNCTION, DROP PROCEDURE, DROP OWNED, DROP SCHEMA
+ * ... CASCADE of one is refused with a hint to unsubscribe first (test
+ * 216_dropped_handler.pl).
+ */
+CREATE FUNCTION evbus._refuse_handler_drop() RETURNS event_trigger
+	AS 'MODULE_PATHNAME', 'evbus_refuse_handler_drop'
+	LANGUAGE C;
+REVOKE ALL ON FUNCTION evbus._refuse_handler_drop() FROM PUBLIC;
+CREATE EVENT TRIGGER evbus_refuse_handler_drop ON sql_drop
+	EXECUTE FUNCTION evbus._refuse_handler_drop();
+COMMENT ON EVENT TRIGGER evbus_refuse_handler_drop IS
+	'refuses to drop a function or procedure subscribed as a handler (unsubscribe it first)';
 
 --------------------------------------------------------------------------
 -- SQL API: operations

@@ -45,11 +45,17 @@ done
 psql -qX -d postgres -v ON_ERROR_STOP=1 -c "CREATE DATABASE payments" >/dev/null
 qp() { psql -qXAt -d payments -v ON_ERROR_STOP=1 -c "$1"; }
 qp "CREATE EXTENSION evbus"
+# handlers are subscribed by, owned by and run as a role that is not a
+# superuser
+qp "CREATE ROLE bench_app; GRANT USAGE ON SCHEMA evbus TO bench_app;
+    GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) TO bench_app"
 qp "CREATE FUNCTION noop(payload jsonb, headers jsonb) RETURNS void LANGUAGE sql AS 'SELECT'"
 qp "CREATE TABLE lat (staged timestamptz, sent timestamptz, handled timestamptz)"
 qp "CREATE FUNCTION record_latency(payload jsonb, headers jsonb) RETURNS void LANGUAGE sql AS
     \$\$ INSERT INTO public.lat VALUES ((payload->>'staged')::timestamptz,
          (headers->>'cap-senttime')::timestamptz, clock_timestamp()) \$\$"
+qp "ALTER FUNCTION noop(jsonb, jsonb) OWNER TO bench_app;
+    ALTER FUNCTION record_latency(jsonb, jsonb) OWNER TO bench_app; GRANT INSERT ON lat TO bench_app"
 set_brokers "$BROKERS"
 
 # ---- 1. throughput ------------------------------------------------------------
@@ -64,7 +70,7 @@ log "all $N events are in Kafka (end offsets: $(kafka_end_offsets ConsumeEvent))
 
 cpid_ticks0=0
 t0=$EPOCHREALTIME
-qp "SELECT evbus.subscribe('ConsumeEvent', 'noop(jsonb, jsonb)')"
+qp "SET ROLE bench_app; SELECT evbus.subscribe('ConsumeEvent', 'noop(jsonb, jsonb)')"
 while :; do
 	h=$(qp "SELECT count(*) FROM evbus.inbox WHERE state = 'handled' AND topic = 'ConsumeEvent'")
 	((h >= N)) && break
@@ -79,7 +85,7 @@ read -r rows ids dead span < <(qp "SELECT count(*), count(DISTINCT message_id),
 total=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
 
 # ---- 2. latency ---------------------------------------------------------------
-qp "SELECT evbus.subscribe('LatencyEvent', 'record_latency(jsonb, jsonb)')"
+qp "SET ROLE bench_app; SELECT evbus.subscribe('LatencyEvent', 'record_latency(jsonb, jsonb)')"
 # warm up: the group has joined and is assigned before the clock starts
 q "SELECT evbus.publish('LatencyEvent', jsonb_build_object('staged', clock_timestamp(), 'warmup', true))" >/dev/null
 for _ in $(seq 1 300); do

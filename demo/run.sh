@@ -107,6 +107,14 @@ sql postgres -c 'CREATE DATABASE payments'
 sql payments >/dev/null <<'SQL'
 CREATE EXTENSION evbus;
 
+-- the payments service's own role: a subscription belongs to the role
+-- that subscribes it, never a superuser, and that role owns its handler
+CREATE ROLE payments_app;
+GRANT CREATE, USAGE ON SCHEMA public TO payments_app;
+GRANT USAGE ON SCHEMA evbus TO payments_app;
+GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) TO payments_app;
+SET ROLE payments_app;
+
 CREATE TABLE payments (order_id int NOT NULL, customer text NOT NULL, amount numeric NOT NULL,
                        paid_at timestamptz NOT NULL DEFAULT now());
 

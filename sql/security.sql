@@ -173,3 +173,50 @@ RESET ROLE;
 SELECT pg_sleep(0.5);
 SELECT evbus.worker_pid() = :worker_before AS worker_undisturbed;
 DROP ROLE evbus_dropper;
+
+-- subscriptions: a subscription belongs to the role that subscribed it
+-- (never a superuser); its handler must be owned by that role or a role it
+-- is a member of
+CREATE ROLE evbus_team;
+CREATE ROLE evbus_bob IN ROLE evbus_team;
+CREATE ROLE evbus_mallory IN ROLE evbus_team;
+GRANT USAGE ON SCHEMA evbus TO evbus_team;
+GRANT CREATE ON SCHEMA public TO evbus_team;
+GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer),
+                          evbus.unsubscribe(text, regprocedure, text)
+   TO evbus_team;
+SET ROLE evbus_team;
+CREATE FUNCTION public.team_handler(payload jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+SET ROLE evbus_bob;
+CREATE FUNCTION public.bob_handler(payload jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+SELECT evbus.subscribe('Paid', 'public.team_handler(jsonb)', 'billing');
+RESET ROLE;
+-- a superuser cannot subscribe: its handler would run as a superuser
+SELECT evbus.subscribe('Paid', 'public.team_handler(jsonb)', 'superusers');
+\echo :LAST_ERROR_SQLSTATE
+-- mallory cannot take over, change or remove bob's subscription
+SET ROLE evbus_mallory;
+SELECT evbus.subscribe('Paid', 'public.team_handler(jsonb)', 'billing');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.subscribe('Paid', 'public.team_handler(jsonb)', 'billing', 0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.unsubscribe('Paid', 'public.team_handler(jsonb)', 'billing');
+\echo :LAST_ERROR_SQLSTATE
+-- nor subscribe a handler owned by bob: bob could make it act as mallory
+SELECT evbus.subscribe('Paid', 'public.bob_handler(jsonb)', 'mallorys');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+-- a subscribed handler cannot be dropped, nor can a role that
+-- subscriptions run as
+DROP FUNCTION public.team_handler(jsonb);
+\echo :LAST_ERROR_SQLSTATE
+DROP ROLE evbus_bob;
+\echo :LAST_ERROR_SQLSTATE
+SELECT group_name, handler, run_as FROM evbus.subscriptions WHERE integration_event = 'Paid';
+SET ROLE evbus_bob;
+SELECT evbus.unsubscribe('Paid', 'public.team_handler(jsonb)', 'billing');
+RESET ROLE;
+DROP FUNCTION public.team_handler(jsonb), public.bob_handler(jsonb);
+REVOKE ALL ON SCHEMA evbus, public FROM evbus_team;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_team;
+DROP ROLE evbus_bob, evbus_mallory, evbus_team;

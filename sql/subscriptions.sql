@@ -1,4 +1,14 @@
--- handlers subscribe to integration events, per consumer group
+-- handlers subscribe to integration events, per consumer group.  A
+-- subscription belongs to the role that subscribes it (never a superuser),
+-- the handler runs as that role, and the role owns the handler (or is a
+-- member of its owner)
+CREATE ROLE evbus_subscriber;
+GRANT USAGE ON SCHEMA evbus TO evbus_subscriber;
+GRANT CREATE ON SCHEMA public TO evbus_subscriber;
+GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer),
+                          evbus.unsubscribe(text, regprocedure, text)
+   TO evbus_subscriber;
+SET ROLE evbus_subscriber;
 CREATE TABLE received (payload jsonb, headers jsonb);
 CREATE PROCEDURE on_order(payload jsonb, headers jsonb) LANGUAGE sql
 	AS $$ INSERT INTO public.received VALUES (payload, headers) $$;
@@ -8,20 +18,27 @@ CREATE FUNCTION on_order_payload_only(payload jsonb) RETURNS void LANGUAGE sql
 -- the default group is evbus.group_name, or the database name
 SELECT evbus.subscribe('OrderCreated', 'on_order(jsonb, jsonb)');
 SELECT evbus.subscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'audit', 3);
+RESET ROLE;
+-- the handler is kept as its qualified signature
 SELECT integration_event, group_name, handler, is_procedure, takes_headers,
-       run_as = current_user::regrole AS runs_as_me, max_retries
+       run_as, max_retries
   FROM evbus.subscriptions ORDER BY group_name;
 
 -- subscribing again updates the subscription
+SET ROLE evbus_subscriber;
 SELECT evbus.subscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'audit', 5);
+RESET ROLE;
 SELECT group_name, max_retries FROM evbus.subscriptions WHERE group_name = 'audit';
 
 -- unsubscribe: true when it existed
+SET ROLE evbus_subscriber;
 SELECT evbus.unsubscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'audit');
 SELECT evbus.unsubscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'audit');
+RESET ROLE;
 SELECT count(*) FROM evbus.subscriptions;
 
 -- wrong handlers are refused at subscribe time
+SET ROLE evbus_subscriber;
 CREATE FUNCTION wrong_args(payload text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
 CREATE FUNCTION three_args(a jsonb, b jsonb, c jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
 CREATE FUNCTION second_not_jsonb(a jsonb, b text) RETURNS void LANGUAGE sql AS $$ SELECT $$;
@@ -35,16 +52,23 @@ SELECT evbus.subscribe('bad topic', 'on_order(jsonb, jsonb)');
 SELECT evbus.subscribe('OrderCreated', 'on_order(jsonb, jsonb)', 'bad group');
 SELECT evbus.subscribe('OrderCreated', 'on_order(jsonb, jsonb)', NULL, -1);
 SELECT evbus.subscribe(NULL, 'on_order(jsonb, jsonb)');
+RESET ROLE;
 
 -- a handler runs as the role that subscribed it; that role must be allowed
--- to execute it
+-- to execute it, and own it or be a member of its owner
 CREATE ROLE evbus_consumer_role;
 GRANT USAGE ON SCHEMA evbus TO evbus_consumer_role;
-GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) TO evbus_consumer_role;
+GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer),
+                          evbus.unsubscribe(text, regprocedure, text)
+   TO evbus_consumer_role;
 CREATE FUNCTION private_handler(payload jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
 REVOKE ALL ON FUNCTION private_handler(jsonb) FROM PUBLIC;
 SET ROLE evbus_consumer_role;
 SELECT evbus.subscribe('OrderCreated', 'private_handler(jsonb)');
+SELECT evbus.subscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'limited');
+RESET ROLE;
+GRANT evbus_subscriber TO evbus_consumer_role;
+SET ROLE evbus_consumer_role;
 SELECT evbus.subscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'limited');
 RESET ROLE;
 SELECT group_name, run_as FROM evbus.subscriptions WHERE group_name = 'limited';
@@ -64,8 +88,17 @@ BEGIN
 END $$;
 SELECT backend_type FROM pg_stat_activity WHERE pid = evbus.consumer_pid();
 
+SET ROLE evbus_consumer_role;
 SELECT evbus.unsubscribe('OrderCreated', 'on_order_payload_only(jsonb)', 'limited');
+RESET ROLE;
+SET ROLE evbus_subscriber;
 SELECT evbus.unsubscribe('OrderCreated', 'on_order(jsonb, jsonb)');
-REVOKE ALL ON SCHEMA evbus FROM evbus_consumer_role;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_consumer_role;
-DROP ROLE evbus_consumer_role, evbus_nobody;
+RESET ROLE;
+DROP TABLE received;
+DROP ROUTINE on_order(jsonb, jsonb), on_order_payload_only(jsonb), wrong_args(text),
+              three_args(jsonb, jsonb, jsonb), second_not_jsonb(jsonb, text),
+              set_returning(jsonb), private_handler(jsonb);
+REVOKE ALL ON SCHEMA evbus FROM evbus_consumer_role, evbus_subscriber;
+REVOKE ALL ON SCHEMA public FROM evbus_subscriber;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_consumer_role, evbus_subscriber;
+DROP ROLE evbus_consumer_role, evbus_subscriber, evbus_nobody;

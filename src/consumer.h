@@ -9,6 +9,8 @@
 #ifndef EVBUS_CONSUMER_H
 #define EVBUS_CONSUMER_H
 
+#include "nodes/parsenodes.h"
+
 #include "evbus.h"
 
 /* One handler of one integration event in one group (subscriptions.c). */
@@ -17,12 +19,11 @@ typedef struct EvbusSubscription
 	char	   *group_name;
 	char	   *integration_event;
 	char	   *topic;			/* evbus.topic_prefix || integration_event */
-	Oid			handler;
+	char	   *signature;		/* qualified, as evbus.subscriptions.handler */
 	bool		is_procedure;
 	bool		takes_headers;
 	Oid			run_as;
 	int			max_retries;	/* -1: evbus.max_retries */
-	char	   *call_sql;		/* CALL/SELECT schema.handler($1[, $2]) */
 } EvbusSubscription;
 
 /* A message as received from Kafka, copied out of librdkafka. */
@@ -54,10 +55,15 @@ extern char *evbus_default_group(void);
 extern void evbus_subscriptions_watch(void);
 extern bool evbus_subscriptions_changed_since_load(void);
 extern List *evbus_load_subscriptions(MemoryContext cxt);
+extern char *evbus_role_name(Oid roleid);
+extern Oid	evbus_resolve_handler(const char *signature);
+extern void evbus_check_handler_owner(Oid fn, Oid proowner, Oid run_as);
+extern void evbus_refuse_subscriber_drop(DropRoleStmt *stmt);
 
 /* handler.c */
-extern bool evbus_run_handlers(List *subs, Jsonb *payload, Jsonb *headers,
-							   char **error_code, char **error_message);
+extern bool evbus_run_handler(const EvbusSubscription *sub, Jsonb *payload,
+							  Jsonb *headers, char **error_code,
+							  char **error_message);
 extern void evbus_forget_handler_plans(void);
 
 /* inbox.c */

@@ -22,6 +22,7 @@
 #include "utils/timestamp.h"
 
 #include "evbus.h"
+#include "consumer.h"
 
 PG_MODULE_MAGIC;
 
@@ -59,6 +60,8 @@ drops_evbus(DropStmt *stmt)
  * alone), and both are started again if it fails all the same.
  * DROP EXTENSION evbus: the database is forgotten at COMMIT, so that the
  * launcher starts no worker there again.
+ * DROP ROLE of a role that subscriptions of this database run as is
+ * refused (test 216_dropped_handler.pl).
  */
 static void
 evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -70,7 +73,10 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 	Oid			guarded = InvalidOid;
 	bool		forget = false;
 
-	if (IsA(parsetree, DropdbStmt))
+	/* a role that evbus subscriptions run as is not dropped (subscriptions.c) */
+	if (IsA(parsetree, DropRoleStmt))
+		evbus_refuse_subscriber_drop((DropRoleStmt *) parsetree);
+	else if (IsA(parsetree, DropdbStmt))
 		guarded = evbus_drop_database_guard(parsetree,
 											context == PROCESS_UTILITY_TOPLEVEL);
 	else if (IsA(parsetree, DropStmt))

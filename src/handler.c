@@ -1,74 +1,102 @@
 /*-------------------------------------------------------------------------
  *
  * handler.c
- *	  Running the handlers of one message: in a subtransaction, as the role
- *	  that subscribed each handler, with a pinned search_path and
+ *	  Running one handler for one message: in its own subtransaction, as
+ *	  the role that subscribed it, with a pinned search_path and
  *	  evbus.handler_timeout as statement timeout.
  *
- * The handlers of one message run as one unit: if any fails, the
- * subtransaction rolls back every handler's effects of this attempt, and
- * the error (SQLSTATE and message) goes back to the caller, which records
- * it in the same (outer) transaction.  Handlers cannot control the
- * transaction (SPI is atomic here: COMMIT in a procedure is an error like
- * any other) and run as a security-restricted operation, like PostgreSQL's
- * own maintenance commands running user code.
+ * Each handler of a message is a unit of its own: a failure rolls back
+ * that handler's effects only, and the error (SQLSTATE and message) goes
+ * back to the caller, which records it for that handler in the same
+ * (outer) transaction (test 210_subscription_ownership.pl).  Handlers
+ * cannot control the transaction (SPI is atomic here: COMMIT in a
+ * procedure is an error like any other) and run as a security-restricted
+ * operation, like PostgreSQL's own maintenance commands running user code.
+ *
+ * Before each run the subscription is checked again: its role exists and
+ * is not a superuser, its handler exists (resolved from its signature)
+ * and is owned by that role or a role it is a member of.  A check that
+ * fails is a failed attempt like any other: retried, then dead-lettered,
+ * the handler never run (tests 212_handler_run_as.pl,
+ * 216_dropped_handler.pl).
+ *
+ * Every setting a handler changes, even with set_config(..., false), is
+ * undone when it returns: the next handler, whoever runs it, and the
+ * consumer's own transactions start from the same settings (test
+ * 214_handler_settings.pl).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/syscache.h"
 #include "utils/timeout.h"
 
 #include "consumer.h"
 
-/* Prepared CALL/SELECT per statement text, kept across transactions. */
+/*
+ * Prepared CALL/SELECT per handler function, kept across transactions.
+ * Keyed on the function's OID: the statement text is derived from it
+ * (name, schema, procedure or not, arity), and a statement text that no
+ * longer matches (a renamed function) is prepared again (test
+ * 218_handler_plan_cache.pl).
+ */
 typedef struct HandlerPlan
 {
-	char		sql[NAMEDATALEN * 2 + 64];	/* hash key */
+	Oid			fn;				/* hash key */
+	char	   *sql;			/* in TopMemoryContext */
 	SPIPlanPtr	plan;
 } HandlerPlan;
 
 static HTAB *plans = NULL;
 
 static SPIPlanPtr
-handler_plan(const EvbusSubscription *sub)
+handler_plan(Oid fn, const char *sql, int nargs)
 {
 	HandlerPlan *entry;
-	bool		found;
+	SPIPlanPtr	plan;
+	Oid			argtypes[2] = {JSONBOID, JSONBOID};
 
 	if (plans == NULL)
 	{
 		HASHCTL		ctl;
 
-		ctl.keysize = sizeof(((HandlerPlan *) 0)->sql);
+		ctl.keysize = sizeof(Oid);
 		ctl.entrysize = sizeof(HandlerPlan);
-		plans = hash_create("evbus handler plans", 32, &ctl, HASH_ELEM | HASH_STRINGS);
+		plans = hash_create("evbus handler plans", 32, &ctl, HASH_ELEM | HASH_BLOBS);
 	}
-	entry = hash_search(plans, sub->call_sql, HASH_ENTER, &found);
-	if (!found)
+	entry = hash_search(plans, &fn, HASH_FIND, NULL);
+	if (entry != NULL && strcmp(entry->sql, sql) == 0)
+		return entry->plan;
+	if (entry != NULL)
 	{
-		Oid			argtypes[2] = {JSONBOID, JSONBOID};
-
-		entry->plan = NULL;
-		entry->plan = SPI_prepare(sub->call_sql, sub->takes_headers ? 2 : 1, argtypes);
-		if (entry->plan == NULL)
-		{
-			hash_search(plans, sub->call_sql, HASH_REMOVE, NULL);
-			elog(ERROR, "could not prepare \"%s\": %s", sub->call_sql,
-				 SPI_result_code_string(SPI_result));
-		}
-		SPI_keepplan(entry->plan);
+		SPI_freeplan(entry->plan);
+		pfree(entry->sql);
+		hash_search(plans, &fn, HASH_REMOVE, NULL);
 	}
-	return entry->plan;
+
+	/* only a prepared plan enters the cache (preparing may throw) */
+	plan = SPI_prepare(sql, nargs, argtypes);
+	if (plan == NULL)
+		elog(ERROR, "could not prepare \"%s\": %s", sql,
+			 SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	entry = hash_search(plans, &fn, HASH_ENTER, NULL);
+	entry->plan = plan;
+	entry->sql = MemoryContextStrdup(TopMemoryContext, sql);
+	return plan;
 }
 
 /* Drop prepared plans (subscriptions changed). */
@@ -82,12 +110,63 @@ evbus_forget_handler_plans(void)
 		return;
 	hash_seq_init(&status, plans);
 	while ((entry = hash_seq_search(&status)) != NULL)
+	{
 		SPI_freeplan(entry->plan);
+		pfree(entry->sql);
+	}
 	hash_destroy(plans);
 	plans = NULL;
 }
 
-/* Run one handler as its subscriber, with the pinned settings. */
+/*
+ * checked_call --- check the subscription as of now (see the top of this
+ * file) and return the statement that calls its handler, with the
+ * function's OID in *fn and its arity in *nargs.  Errors are failed
+ * attempts.
+ */
+static char *
+checked_call(const EvbusSubscription *sub, Oid *fn, int *nargs)
+{
+	HeapTuple	tup;
+	Form_pg_proc proc;
+	char	   *sql;
+
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(sub->run_as)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("role with OID %u, which handler %s runs as, does not exist",
+						sub->run_as, sub->signature),
+				 errhint("Unsubscribe the handler (as a superuser) and subscribe it again as another role.")));
+	if (superuser_arg(sub->run_as))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("handler %s would run as role %s, a superuser",
+						sub->signature, evbus_role_name(sub->run_as)),
+				 errhint("Remove superuser from role %s, or unsubscribe the handler.",
+						 evbus_role_name(sub->run_as))));
+
+	*fn = evbus_resolve_handler(sub->signature);
+	tup = OidIsValid(*fn) ? SearchSysCache1(PROCOID, ObjectIdGetDatum(*fn)) : NULL;
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("handler %s does not exist", sub->signature),
+				 errhint("Create it again (its messages run then), or unsubscribe it.")));
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	*nargs = proc->pronargs;
+	sql = psprintf(proc->prokind == PROKIND_PROCEDURE ? "CALL %s(%s)" : "SELECT %s(%s)",
+				   quote_qualified_identifier(get_namespace_name(proc->pronamespace),
+											  NameStr(proc->proname)),
+				   proc->pronargs == 2 ? "$1, $2" : "$1");
+	evbus_check_handler_owner(*fn, proc->proowner, sub->run_as);
+	ReleaseSysCache(tup);
+	return sql;
+}
+
+/*
+ * Run one handler as its subscriber, with the pinned settings; whatever
+ * settings it changes are undone when it returns or fails.
+ */
 static void
 run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
 {
@@ -95,7 +174,10 @@ run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
 	Oid			save_userid;
 	int			save_sec_context;
 	int			nest;
-	SPIPlanPtr	plan = handler_plan(sub);
+	Oid			fn;
+	int			nargs;
+	char	   *sql = checked_call(sub, &fn, &nargs);
+	SPIPlanPtr	plan = handler_plan(fn, sql, nargs);
 	int			rc;
 
 	values[0] = JsonbPGetDatum(payload);
@@ -114,23 +196,24 @@ run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);
 
 	disable_timeout(STATEMENT_TIMEOUT, false);
-	AtEOXact_GUC(true, nest);
+	/* false: also undo the handler's session-level SETs (test 214) */
+	AtEOXact_GUC(false, nest);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 	if (rc < 0)
-		elog(ERROR, "handler %s failed: %s", sub->call_sql, SPI_result_code_string(rc));
+		elog(ERROR, "handler %s failed: %s", sub->signature, SPI_result_code_string(rc));
 }
 
 /*
- * evbus_run_handlers --- run every handler of subs for one message.
+ * evbus_run_handler --- run one handler of one message in a subtransaction.
  *
  * Returns true on success.  On failure, returns false with the SQLSTATE and
- * message of the error (palloc'd in the caller's context); the handlers'
+ * message of the error (palloc'd in the caller's context); the handler's
  * effects of this attempt are rolled back, the outer transaction is intact.
  * Must be called inside a transaction with SPI connected.
  */
 bool
-evbus_run_handlers(List *subs, Jsonb *payload, Jsonb *headers,
-				   char **error_code, char **error_message)
+evbus_run_handler(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers,
+				  char **error_code, char **error_message)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -143,10 +226,7 @@ evbus_run_handlers(List *subs, Jsonb *payload, Jsonb *headers,
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		ListCell   *lc;
-
-		foreach(lc, subs)
-			run_one(lfirst(lc), payload, headers);
+		run_one(sub, payload, headers);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;

@@ -6,16 +6,19 @@
  *
  * A received batch is handled in one transaction: decode each message
  * (undecodable ones are dead-lettered at once with their raw bytes),
- * insert it into evbus.inbox unless its (group, message id) is there
- * already (a redelivery), run the handlers of each message that may run
- * now -- no earlier event of its key is pending -- each message in a
- * subtransaction, record failures (the error, and a retry scheduled with
+ * insert a row per message and handler into evbus.inbox unless its
+ * (group, message id, handler) is there already (a redelivery), run each
+ * (message, handler) that may run now -- no earlier event of its key is
+ * pending for that handler -- each in its own subtransaction, record
+ * failures for that handler alone (the error, and a retry scheduled with
  * exponential backoff and jitter, or after the last retry a dead letter
  * and NOTIFY evbus_dead_letter), and advance the stored offsets past the
  * batch.  Handler effects, the inbox state and the offsets commit
- * together; the rows of messages whose handlers succeed are inserted as
- * handled straight away (a failure turns its row back to pending), so a
- * message costs one insert.
+ * together; the rows of handlers that succeed are inserted as handled
+ * straight away (a failure turns its row back to pending), so a handled
+ * message costs one insert per handler.  One subscriber's failing handler
+ * never rolls back, holds back or dead-letters another handler's work
+ * (test 210_subscription_ownership.pl).
  *
  * A handler that crashes its backend takes that transaction with it, and
  * with it the record of the attempt.  So a batch is first noted outside
@@ -30,9 +33,10 @@
  *	2. handle: run the handlers as above, mark the successes handled, and
  *	   advance the stored offsets.
  *
- * Retries go the careful way too (evbus_inbox_dispatch_due).  A message
- * waits while an earlier message of its key (same group) is pending, so
- * per-key order holds through retries; other keys flow.
+ * Retries go the careful way too (evbus_inbox_dispatch_due).  A row
+ * waits while an earlier row of its key, group and handler is pending, so
+ * per-key order holds through retries, per handler; other keys, and other
+ * handlers of the same key, flow.
  *
  *-------------------------------------------------------------------------
  */
@@ -64,7 +68,7 @@
 
 #include "consumer.h"
 
-/* A message that may run its handlers in this transaction. */
+/* A (message, handler) that may run in this transaction: an inbox row. */
 typedef struct Dispatch
 {
 	int64		inbox_id;
@@ -75,8 +79,41 @@ typedef struct Dispatch
 	Jsonb	   *headers;
 	int			attempts;		/* including this one */
 	char	   *event_key;		/* NULL: no order to keep */
-	List	   *subs;
+	char	   *handler;		/* the handler's signature */
+	EvbusSubscription *sub;		/* NULL: no longer subscribed */
 } Dispatch;
+
+/* A key held back for one handler: (handler, event key). */
+typedef struct HeldKey
+{
+	const char *handler;
+	const char *key;
+} HeldKey;
+
+static List *
+hold_key(List *held, const char *handler, const char *key)
+{
+	HeldKey    *h = palloc(sizeof(HeldKey));
+
+	h->handler = handler;
+	h->key = key;
+	return lappend(held, h);
+}
+
+static bool
+key_held(List *held, const char *handler, const char *key)
+{
+	ListCell   *lc;
+
+	foreach(lc, held)
+	{
+		HeldKey    *h = lfirst(lc);
+
+		if (strcmp(h->key, key) == 0 && strcmp(h->handler, handler) == 0)
+			return true;
+	}
+	return false;
+}
 
 /* ------------------------------------------------------------------
  * Decoding: never let an undecodable message reach a handler
@@ -385,7 +422,7 @@ dead_letter_poison(const char *group, const ReceivedMessage *m, const Decoded *d
 				  " integration_event, topic, kafka_partition, kafka_offset, payload, headers,"
 				  " state, last_error_code, last_error_message)"
 				  " VALUES ($1, $2, $3, %s, $4, $5, $6, NULL, '{}', 'dead', $7, $8)"
-				  " ON CONFLICT (group_name, dedup_key) DO NOTHING RETURNING message_id),"
+				  " ON CONFLICT (group_name, dedup_key, handler) DO NOTHING RETURNING message_id),"
 				  " d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
 				  " topic, group_name, kafka_partition, kafka_offset, raw_value, attempts,"
 				  " error_code, error_message)"
@@ -414,20 +451,11 @@ backoff_ms(int attempts)
 	return (int64) ms;
 }
 
+/* A handler's own retry budget. */
 static int
-max_retries_of(List *subs)
+max_retries_of(const EvbusSubscription *sub)
 {
-	ListCell   *lc;
-	int			result = -1;
-
-	foreach(lc, subs)
-	{
-		EvbusSubscription *sub = lfirst(lc);
-
-		if (sub->max_retries >= 0 && (result < 0 || sub->max_retries < result))
-			result = sub->max_retries;
-	}
-	return result >= 0 ? result : evbus_max_retries;
+	return sub->max_retries >= 0 ? sub->max_retries : evbus_max_retries;
 }
 
 typedef enum Outcome
@@ -438,9 +466,10 @@ typedef enum Outcome
 } Outcome;
 
 /*
- * Run one dispatched message in its own subtransaction and record a
- * failure (inside a txn).  Success is left to the caller to record
- * (in one statement for the batch).
+ * Run one dispatched (message, handler) in its own subtransaction and
+ * record a failure (inside a txn): the retry, or the dead letter, is this
+ * handler's alone.  Success is left to the caller to record (in one
+ * statement for the batch).
  */
 static Outcome
 handle(Dispatch *d)
@@ -451,12 +480,13 @@ handle(Dispatch *d)
 	Datum		values[4];
 
 	values[0] = Int64GetDatum(d->inbox_id);
-	if (d->subs == NIL)
+	if (d->sub == NULL)
 	{
 		code = "no_handler";
-		message = "no handler is subscribed to this event in this group any more";
+		message = psprintf("handler %s is not subscribed to this event in this group any more",
+						   d->handler);
 	}
-	else if (d->attempts > max_retries_of(d->subs) + 1)
+	else if (d->attempts > max_retries_of(d->sub) + 1)
 	{
 		/* every attempt so far ended with the consumer gone: a crash? */
 		code = "interrupted";
@@ -467,12 +497,12 @@ handle(Dispatch *d)
 			 1, types, values, NULL, SPI_OK_UPDATE);
 		d->attempts--;
 	}
-	else if (evbus_run_handlers(d->subs, d->payload, d->headers, &code, &message))
+	else if (evbus_run_handler(d->sub, d->payload, d->headers, &code, &message))
 		return HANDLED;
 
 	values[1] = CStringGetTextDatum(code);
 	values[2] = CStringGetTextDatum(message);
-	if (d->subs != NIL && d->attempts <= max_retries_of(d->subs))
+	if (d->sub != NULL && d->attempts <= max_retries_of(d->sub))
 	{
 		values[3] = Int64GetDatum(backoff_ms(d->attempts));
 		evbus_spi_exec("UPDATE evbus.inbox SET state = 'pending', handled_at = NULL,"
@@ -495,21 +525,22 @@ handle(Dispatch *d)
 		 " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3))"
 		 " WHERE id OPERATOR(pg_catalog.=) $1 RETURNING *),"
 		 " d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
-		 " topic, event_key, payload, headers, group_name, kafka_partition, kafka_offset,"
+		 " topic, event_key, payload, headers, group_name, handler, kafka_partition, kafka_offset,"
 		 " attempts, errors, error_code, error_message)"
 		 " SELECT COALESCE(message_id, pg_catalog.gen_random_uuid()::pg_catalog.text), 'consume', integration_event,"
-		 " topic, event_key, payload, headers, group_name, kafka_partition, kafka_offset,"
+		 " topic, event_key, payload, headers, group_name, handler, kafka_partition, kafka_offset,"
 		 " attempts, errors, $2, $3 FROM i RETURNING message_id)"
 		 " SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
 		 3, types, values, NULL, SPI_OK_SELECT);
 	ereport(WARNING,
-			(errmsg("evbus: handling of message %s in group \"%s\" failed %d times; dead-lettered",
-					d->message_id ? d->message_id : "(no id)", d->group_name, d->attempts),
+			(errmsg("evbus: handler %s of message %s in group \"%s\" failed %d times; dead-lettered",
+					d->handler, d->message_id ? d->message_id : "(no id)", d->group_name,
+					d->attempts),
 			 errdetail("Last error: %s: %s", code, message)));
 	return DEAD;
 }
 
-/* Subscriptions of (group, topic) among subs. */
+/* Subscriptions of (group, topic) among subs, in handler order. */
 static List *
 subs_for(List *subs, const char *group, const char *topic)
 {
@@ -524,6 +555,23 @@ subs_for(List *subs, const char *group, const char *topic)
 			result = lappend(result, sub);
 	}
 	return result;
+}
+
+/* The subscription of (group, topic, handler) among subs, or NULL. */
+static EvbusSubscription *
+sub_named(List *subs, const char *group, const char *topic, const char *handler)
+{
+	ListCell   *lc;
+
+	foreach(lc, subs)
+	{
+		EvbusSubscription *sub = lfirst(lc);
+
+		if (strcmp(sub->group_name, group) == 0 && strcmp(sub->topic, topic) == 0 &&
+			strcmp(sub->signature, handler) == 0)
+			return sub;
+	}
+	return NULL;
 }
 
 /* Store the offsets of a batch (never moving one backwards); every batch. */
@@ -606,27 +654,23 @@ handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handled)
 	bool		none_pending = true;
 	int64	   *handled = palloc(sizeof(int64) * Max(list_length(dispatch), 1));
 	int			nhandled = 0;
-	List	   *blocked = NIL;	/* keys with a message left pending here */
+	List	   *blocked = NIL;	/* (handler, key) with a row left pending here */
 	ListCell   *lc;
 
 	/*
-	 * Each message in its own subtransaction: a handler runs exactly once
-	 * per recorded attempt, and a failure rolls back only its message.
-	 * After a message of key K stays pending, the later messages of K in
-	 * the batch do not run: their attempt is taken back and they wait.
+	 * Each (message, handler) in its own subtransaction: a handler runs
+	 * exactly once per recorded attempt, and a failure rolls back only its
+	 * own effects for that message.  After a message of key K stays
+	 * pending for handler H, the later messages of K in the batch do not
+	 * run H: their attempt is taken back and they wait; other handlers of
+	 * K, and other keys, go on (test 210_subscription_ownership.pl).
 	 */
 	foreach(lc, dispatch)
 	{
 		Dispatch   *d = lfirst(lc);
 		Outcome		outcome;
-		bool		is_blocked = false;
-		ListCell   *kc;
 
-		if (d->event_key)
-			foreach(kc, blocked)
-				if (strcmp(lfirst(kc), d->event_key) == 0)
-					is_blocked = true;
-		if (is_blocked)
+		if (d->event_key && key_held(blocked, d->handler, d->event_key))
 		{
 			Oid			types[1] = {INT8OID};
 			Datum		values[1];
@@ -649,7 +693,7 @@ handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handled)
 		{
 			none_pending = false;
 			if (d->event_key)
-				blocked = lappend(blocked, d->event_key);
+				blocked = hold_key(blocked, d->handler, d->event_key);
 		}
 	}
 	if (!inserted_handled)
@@ -720,12 +764,14 @@ text_array(char **strs, int n)
 
 /*
  * record_batch --- decode a received batch, dead-letter its poison, insert
- * the inbox rows of the rest (redeliveries excepted) and count the attempt
- * of each message that may run now.  Those rows are inserted as handled if
- * inserted_handled (their handlers run in this transaction; a failure sets
- * the row back to pending), else as pending.  Returns the messages to run,
- * in Kafka's order, in *dispatch (allocated in cxt); returns true if some
- * message was left waiting for an earlier event of its key.
+ * the inbox rows of the rest, one per (message, handler) (redeliveries
+ * excepted), and count the attempt of each that may run now: whose key
+ * has no earlier row pending for that handler.  Those rows are inserted
+ * as handled if inserted_handled (their handlers run in this transaction;
+ * a failure sets the row back to pending), else as pending.  Returns the
+ * rows to run, in Kafka's order (a message's handlers in subscription
+ * order), in *dispatch (allocated in cxt); returns true if some row was
+ * left waiting for an earlier event of its key.
  */
 static bool
 record_batch(const char *group, List *subs, ReceivedMessage *msgs, int n,
@@ -734,28 +780,30 @@ record_batch(const char *group, List *subs, ReceivedMessage *msgs, int n,
 	static SPIPlanPtr keys_plan = NULL;
 	static SPIPlanPtr insert_plan = NULL;
 	bool		left_pending = false;
-	List	   *pending_keys = NIL;
+	List	   *pending_keys = NIL; /* HeldKey */
 	Decoded    *dec;
 	List	  **msubs;
+	int			maxrows = 0;
 	bool	   *runnable;
 	char	  **dedup;
 	char	  **mid;
 	char	  **event;
 	char	  **topic;
 	char	  **key;
+	char	  **handler;
 	Datum	   *part;
 	Datum	   *offs;
 	Datum	   *payload;
 	Datum	   *headers;
 	Datum	   *attempts;
 	int		   *index;			/* row of the insert -> message */
+	EvbusSubscription **rowsub;
 	int			nrows = 0;
 	int			i;
 	uint64		r;
 
 	dec = palloc0(sizeof(Decoded) * n);
 	msubs = palloc0(sizeof(List *) * n);
-	runnable = palloc0(sizeof(bool) * n);
 	decode_batch(msgs, n, group, dec);
 
 	for (i = 0; i < n; i++)
@@ -768,9 +816,11 @@ record_batch(const char *group, List *subs, ReceivedMessage *msgs, int n,
 							   msgs[i].topic);
 			MemoryContextSwitchTo(batch_cxt);
 		}
+		else
+			maxrows += list_length(msubs[i]);
 	}
 
-	/* which keys of the batch have an earlier event pending in the inbox? */
+	/* which (handler, key) of the batch have an earlier event pending? */
 	{
 		char	  **keys = palloc(sizeof(char *) * n);
 		int			nkeys = 0;
@@ -785,76 +835,87 @@ record_batch(const char *group, List *subs, ReceivedMessage *msgs, int n,
 			values[0] = CStringGetTextDatum(group);
 			values[1] = PointerGetDatum(text_array(keys, nkeys));
 			if (SPI_execute_plan(evbus_kept_plan(&keys_plan,
-										   "SELECT DISTINCT event_key FROM evbus.inbox"
-										   " WHERE state = 'pending'"
-										   " AND group_name OPERATOR(pg_catalog.=) $1"
-										   " AND event_key OPERATOR(pg_catalog.=) ANY ($2)",
-										   2, types),
+												 "SELECT DISTINCT handler, event_key FROM evbus.inbox"
+												 " WHERE state = 'pending'"
+												 " AND group_name OPERATOR(pg_catalog.=) $1"
+												 " AND event_key OPERATOR(pg_catalog.=) ANY ($2)",
+												 2, types),
 								 values, NULL, true, 0) != SPI_OK_SELECT)
 				elog(ERROR, "could not read the inbox");
 			MemoryContextSwitchTo(batch_cxt);
 			for (r = 0; r < SPI_processed; r++)
-				pending_keys = lappend(pending_keys,
-									   SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1));
+				pending_keys = hold_key(pending_keys,
+										SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1),
+										SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2));
 		}
 	}
 
-	/* in Kafka's order: a message runs now unless an earlier one of its key waits */
-	dedup = palloc(sizeof(char *) * n);
-	mid = palloc(sizeof(char *) * n);
-	event = palloc(sizeof(char *) * n);
-	topic = palloc(sizeof(char *) * n);
-	key = palloc(sizeof(char *) * n);
-	part = palloc(sizeof(Datum) * n);
-	offs = palloc(sizeof(Datum) * n);
-	payload = palloc(sizeof(Datum) * n);
-	headers = palloc(sizeof(Datum) * n);
-	attempts = palloc(sizeof(Datum) * n);
-	index = palloc(sizeof(int) * n);
+	/*
+	 * In Kafka's order, one row per handler: it runs now unless an earlier
+	 * message of its key waits for that handler.
+	 */
+	maxrows = Max(maxrows, 1);
+	runnable = palloc0(sizeof(bool) * maxrows);
+	dedup = palloc(sizeof(char *) * maxrows);
+	mid = palloc(sizeof(char *) * maxrows);
+	event = palloc(sizeof(char *) * maxrows);
+	topic = palloc(sizeof(char *) * maxrows);
+	key = palloc(sizeof(char *) * maxrows);
+	handler = palloc(sizeof(char *) * maxrows);
+	part = palloc(sizeof(Datum) * maxrows);
+	offs = palloc(sizeof(Datum) * maxrows);
+	payload = palloc(sizeof(Datum) * maxrows);
+	headers = palloc(sizeof(Datum) * maxrows);
+	attempts = palloc(sizeof(Datum) * maxrows);
+	index = palloc(sizeof(int) * maxrows);
+	rowsub = palloc(sizeof(EvbusSubscription *) * maxrows);
 	for (i = 0; i < n; i++)
 	{
 		ListCell   *lc;
+		char	   *dedup_key;
+		bool		suspect;
 
 		if (dec[i].poison || msubs[i] == NIL)
 			continue;			/* dead-lettered, or nobody subscribes any more */
-		/*
-		 * Blocked if an earlier message of its key waits in the inbox; a
-		 * message behind another of the batch runs after it, in order, in
-		 * the handling transaction (which holds it back if that one fails).
-		 */
-		runnable[i] = true;
-		if (dec[i].event_key)
-		{
-			foreach(lc, pending_keys)
-				if (strcmp(lfirst(lc), dec[i].event_key) == 0)
-					runnable[i] = false;
-			if (!runnable[i])
-				pending_keys = lappend(pending_keys, dec[i].event_key);
-		}
-		dedup[nrows] = dec[i].message_id ? dec[i].message_id :
+		dedup_key = dec[i].message_id ? dec[i].message_id :
 			psprintf("%s/%d/" INT64_FORMAT, msgs[i].topic, msgs[i].partition, msgs[i].offset);
-		mid[nrows] = dec[i].message_id;
-		event[nrows] = ((EvbusSubscription *) linitial(msubs[i]))->integration_event;
-		topic[nrows] = msgs[i].topic;
-		key[nrows] = dec[i].event_key;
-		part[nrows] = Int32GetDatum(msgs[i].partition);
-		offs[nrows] = Int64GetDatum(msgs[i].offset);
-		payload[nrows] = JsonbPGetDatum(dec[i].payload);
-		headers[nrows] = JsonbPGetDatum(dec[i].headers);
 		/* a message the consumer was handling when it stopped: that counts */
-		attempts[nrows] = Int32GetDatum((runnable[i] ? 1 : 0) +
-										(!inserted_handled &&
-										 evbus_attempt_marker_suspect(group, &msgs[i]) ? 1 : 0));
-		index[nrows] = i;
-		nrows++;
+		suspect = !inserted_handled && evbus_attempt_marker_suspect(group, &msgs[i]);
+		foreach(lc, msubs[i])
+		{
+			EvbusSubscription *sub = lfirst(lc);
+
+			/*
+			 * Blocked if an earlier message of its key waits in the inbox
+			 * for this handler; a message behind another of the batch runs
+			 * after it, in order, in the handling transaction (which holds
+			 * it back if that one fails).
+			 */
+			runnable[nrows] = !(dec[i].event_key &&
+								key_held(pending_keys, sub->signature, dec[i].event_key));
+			dedup[nrows] = dedup_key;
+			mid[nrows] = dec[i].message_id;
+			event[nrows] = sub->integration_event;
+			topic[nrows] = msgs[i].topic;
+			key[nrows] = dec[i].event_key;
+			handler[nrows] = sub->signature;
+			part[nrows] = Int32GetDatum(msgs[i].partition);
+			offs[nrows] = Int64GetDatum(msgs[i].offset);
+			payload[nrows] = JsonbPGetDatum(dec[i].payload);
+			headers[nrows] = JsonbPGetDatum(dec[i].headers);
+			attempts[nrows] = Int32GetDatum((runnable[nrows] ? 1 : 0) + (suspect ? 1 : 0));
+			index[nrows] = i;
+			rowsub[nrows] = sub;
+			nrows++;
+		}
 	}
 
 	if (nrows > 0)
 	{
-		Oid			types[12] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		Oid			types[13] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 			INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID, INT4ARRAYOID,
-		BOOLOID};
-		Datum		values[12];
+		BOOLOID, TEXTARRAYOID};
+		Datum		values[13];
 		int			row = 0;
 
 		values[0] = CStringGetTextDatum(group);
@@ -869,22 +930,23 @@ record_batch(const char *group, List *subs, ReceivedMessage *msgs, int n,
 		values[9] = PointerGetDatum(construct_array(headers, nrows, JSONBOID, -1, false, TYPALIGN_INT));
 		values[10] = PointerGetDatum(construct_array(attempts, nrows, INT4OID, 4, true, TYPALIGN_INT));
 		values[11] = BoolGetDatum(inserted_handled);
+		values[12] = PointerGetDatum(text_array(handler, nrows));
 		if (SPI_execute_plan(evbus_kept_plan(&insert_plan,
-									   "INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
-									   " integration_event, topic, kafka_partition, kafka_offset, event_key,"
-									   " payload, headers, state, attempts, next_attempt_at, handled_at)"
-									   " SELECT $1, d, m, e, t, p, o, k, pl, h,"
-									   " CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN 'handled' ELSE 'pending' END, a,"
-									   " CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN NULL ELSE pg_catalog.now() END,"
-									   " CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN pg_catalog.now() END"
-									   " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3),"
-									   " pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
-									   " pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9),"
-									   " pg_catalog.unnest($10), pg_catalog.unnest($11))"
-									   " AS u(d, m, e, t, p, o, k, pl, h, a)"
-									   " ON CONFLICT (group_name, dedup_key) DO NOTHING"
-									   " RETURNING id, dedup_key",
-									   12, types),
+											 "INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
+											 " integration_event, topic, kafka_partition, kafka_offset, event_key,"
+											 " payload, headers, state, attempts, next_attempt_at, handled_at, handler)"
+											 " SELECT $1, d, m, e, t, p, o, k, pl, h,"
+											 " CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN 'handled' ELSE 'pending' END, a,"
+											 " CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN NULL ELSE pg_catalog.now() END,"
+											 " CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN pg_catalog.now() END, hd"
+											 " FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3),"
+											 " pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6),"
+											 " pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9),"
+											 " pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($13))"
+											 " AS u(d, m, e, t, p, o, k, pl, h, a, hd)"
+											 " ON CONFLICT (group_name, dedup_key, handler) DO NOTHING"
+											 " RETURNING id, dedup_key, handler",
+											 13, types),
 							 values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not insert into the inbox");
 		MemoryContextSwitchTo(batch_cxt);
@@ -896,29 +958,33 @@ record_batch(const char *group, List *subs, ReceivedMessage *msgs, int n,
 			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
 														 SPI_tuptable->tupdesc, 1, &isnull));
 			char	   *returned = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2);
+			char	   *returned_handler = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 3);
 
-			while (row < nrows && strcmp(dedup[row], returned) != 0)
+			while (row < nrows && (strcmp(dedup[row], returned) != 0 ||
+								   strcmp(handler[row], returned_handler) != 0))
 				row++;
 			if (row == nrows)
 				elog(ERROR, "evbus: inbox insert returned an unexpected row");
-			i = index[row++];
-			if (runnable[i])
+			if (runnable[row])
 			{
 				Dispatch   *dp = palloc0(sizeof(Dispatch));
 
+				i = index[row];
 				dp->inbox_id = id;
 				dp->group_name = pstrdup(group);
 				dp->topic = msgs[i].topic;
 				dp->message_id = dec[i].message_id;
 				dp->payload = dec[i].payload;
 				dp->headers = dec[i].headers;
-				dp->attempts = DatumGetInt32(attempts[row - 1]);
+				dp->attempts = DatumGetInt32(attempts[row]);
 				dp->event_key = dec[i].event_key;
-				dp->subs = msubs[i];
+				dp->handler = handler[row];
+				dp->sub = rowsub[row];
 				*dispatch = lappend(*dispatch, dp);
 			}
 			else
 				left_pending = true;
+			row++;
 		}
 	}
 	return left_pending;
@@ -993,13 +1059,14 @@ evbus_inbox_dispatch_due(List *subs)
 					" WHERE state = 'pending' AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 					" AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'"
 					" AND e.group_name OPERATOR(pg_catalog.=) i.group_name"
+					" AND e.handler OPERATOR(pg_catalog.=) i.handler"
 					" AND e.event_key OPERATOR(pg_catalog.=) i.event_key"
 					" AND e.id OPERATOR(pg_catalog.<) i.id)"
 					" ORDER BY id LIMIT 500)"
 					" UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
 					" FROM due WHERE i.id OPERATOR(pg_catalog.=) due.id"
 					" RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
-					" i.payload, i.headers, i.attempts, i.event_key",
+					" i.payload, i.headers, i.attempts, i.event_key, i.handler",
 					false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not read the inbox");
 	old = MemoryContextSwitchTo(batch_cxt);
@@ -1018,7 +1085,8 @@ evbus_inbox_dispatch_due(List *subs)
 		dp->headers = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 6, &isnull));
 		dp->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
 		dp->event_key = SPI_getvalue(tup, desc, 8);
-		dp->subs = subs_for(subs, dp->group_name, dp->topic);
+		dp->handler = SPI_getvalue(tup, desc, 9);
+		dp->sub = sub_named(subs, dp->group_name, dp->topic, dp->handler);
 		dispatch = lappend(dispatch, dp);
 	}
 	MemoryContextSwitchTo(old);
@@ -1034,6 +1102,7 @@ evbus_inbox_dispatch_due(List *subs)
 					" WHERE state = 'pending'"
 					" AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'"
 					" AND e.group_name OPERATOR(pg_catalog.=) i.group_name"
+					" AND e.handler OPERATOR(pg_catalog.=) i.handler"
 					" AND e.event_key OPERATOR(pg_catalog.=) i.event_key"
 					" AND e.id OPERATOR(pg_catalog.<) i.id)",
 					true, 0) == SPI_OK_SELECT && SPI_processed == 1)

@@ -1,14 +1,29 @@
 /*-------------------------------------------------------------------------
  *
  * subscriptions.c
- *	  evbus.subscribe / evbus.unsubscribe, and the consumer's view of the
- *	  subscriptions (which groups consume which topics with which handlers).
+ *	  evbus.subscribe / evbus.unsubscribe, the rules that guard them, and
+ *	  the consumer's view of the subscriptions (which groups consume which
+ *	  topics with which handlers).
  *
  * A handler is a procedure or function taking (payload jsonb, headers
- * jsonb) or (payload jsonb); it runs as the role that subscribed it.  Any
- * change to evbus.subscriptions fires a statement trigger that invalidates
- * the table's relcache entry, which the consumer worker notices at its
- * next transaction and reloads its subscriptions: no restart needed.
+ * jsonb) or (payload jsonb).  A subscription belongs to the role that
+ * subscribed it (run_as): the handler runs as that role, and only a member
+ * of it may change or remove the subscription.  The subscriber is never a
+ * superuser, and the handler is owned by the subscriber or by a role it
+ * is a member of: otherwise whoever may redefine the function would run
+ * code as the subscriber (tests 210_subscription_ownership.pl and
+ * 212_handler_run_as.pl; handler.c checks both again at each run).
+ *
+ * The handler is stored as its qualified signature, resolved when it
+ * runs; a subscribed handler cannot be dropped (an sql_drop event
+ * trigger), nor can a role that subscriptions run as (DROP ROLE, from the
+ * ProcessUtility hook, in the database that has them): test
+ * 216_dropped_handler.pl.
+ *
+ * Any change to evbus.subscriptions fires a statement trigger that
+ * invalidates the table's relcache entry, which the consumer worker
+ * notices at its next transaction and reloads its subscriptions: no
+ * restart needed.
  *
  *-------------------------------------------------------------------------
  */
@@ -19,11 +34,15 @@
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
+#include "commands/event_trigger.h"
+#include "commands/extension.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -42,9 +61,58 @@ evbus_default_group(void)
 	return get_database_name(MyDatabaseId);
 }
 
+/* A role's name for a message; a dropped role by its OID. */
+char *
+evbus_role_name(Oid roleid)
+{
+	char	   *name = GetUserNameFromId(roleid, true);
+
+	return name ? name : psprintf("with OID %u", roleid);
+}
+
+/*
+ * evbus_resolve_handler --- the function a stored signature names now, or
+ * InvalidOid (dropped, renamed, moved).  The signature is qualified, so
+ * search_path does not choose the function.
+ */
+Oid
+evbus_resolve_handler(const char *signature)
+{
+	LOCAL_FCINFO(fcinfo, 1);
+	Datum		result;
+
+	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = CStringGetTextDatum(signature);
+	fcinfo->args[0].isnull = false;
+	result = to_regprocedure(fcinfo);
+	return fcinfo->isnull ? InvalidOid : DatumGetObjectId(result);
+}
+
+/*
+ * evbus_check_handler_owner --- refuse a handler that run_as would run
+ * but does not control: its owner must be run_as or a role run_as is a
+ * member of, else that owner could redefine it to act as run_as.  Called
+ * at subscribe time and before each run (a changed owner).
+ */
+void
+evbus_check_handler_owner(Oid fn, Oid proowner, Oid run_as)
+{
+	if (!is_member_of_role(run_as, proowner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("handler %s is owned by role %s, not by role %s or a role it is a member of",
+						format_procedure(fn), evbus_role_name(proowner),
+						evbus_role_name(run_as)),
+				 errdetail("Whoever may redefine a handler may run code as the role it runs as."),
+				 errhint("Make role %s (or a role it is a member of) the owner: ALTER FUNCTION %s OWNER TO %s.",
+						 evbus_role_name(run_as), format_procedure(fn),
+						 quote_identifier(evbus_role_name(run_as)))));
+}
+
 /*
  * check_handler --- a procedure or function (jsonb [, jsonb]) the caller may
- * execute.  Returns whether it is a procedure and whether it takes headers.
+ * execute and controls (see evbus_check_handler_owner).  Returns whether it
+ * is a procedure and whether it takes headers.
  */
 static void
 check_handler(Oid fn, bool *is_procedure, bool *takes_headers)
@@ -52,6 +120,7 @@ check_handler(Oid fn, bool *is_procedure, bool *takes_headers)
 	HeapTuple	tup;
 	Form_pg_proc proc;
 	AclResult	aclresult;
+	Oid			proowner;
 	bool		ok;
 
 	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
@@ -67,6 +136,7 @@ check_handler(Oid fn, bool *is_procedure, bool *takes_headers)
 		(proc->pronargs == 1 || proc->proargtypes.values[1] == JSONBOID);
 	*is_procedure = proc->prokind == PROKIND_PROCEDURE;
 	*takes_headers = proc->pronargs == 2;
+	proowner = proc->proowner;
 	ReleaseSysCache(tup);
 	if (!ok)
 		ereport(ERROR,
@@ -78,10 +148,96 @@ check_handler(Oid fn, bool *is_procedure, bool *takes_headers)
 	aclresult = pg_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE);
 	if (aclresult != ACLCHECK_OK)
 		aclcheck_error(aclresult, OBJECT_FUNCTION, format_procedure(fn));
+	evbus_check_handler_owner(fn, proowner, GetUserId());
 }
 
 /*
+ * select_as_owner --- run a query as the extension owner (who alone may
+ * read evbus's tables) and return the first column of its first row as
+ * text, or NULL when it returns no row.
+ */
+static char *
+select_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *values)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Oid			save_userid;
+	int			save_sec_context;
+	char	   *result = NULL;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(evbus_extension_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		if (SPI_execute_with_args(sql, nargs, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not execute: %s", sql);
+		if (SPI_processed > 0)
+		{
+			char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+			if (value)
+				result = MemoryContextStrdup(cxt, value);
+		}
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+	return result;
+}
+
+/*
+ * refuse_not_member --- the subscription (event, group, signature) exists
+ * and belongs to a role the caller is not a member of: say whose it is.
+ */
+static void
+refuse_not_member(const char *what, const char *event, const char *group,
+				  const char *signature)
+{
+	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	char	   *owner;
+
+	values[0] = CStringGetTextDatum(event);
+	values[1] = CStringGetTextDatum(group);
+	values[2] = CStringGetTextDatum(signature);
+	owner = select_as_owner("SELECT run_as::pg_catalog.text FROM evbus.subscriptions"
+							" WHERE integration_event OPERATOR(pg_catalog.=) $1"
+							" AND group_name OPERATOR(pg_catalog.=) $2"
+							" AND handler OPERATOR(pg_catalog.=) $3",
+							3, argtypes, values);
+	if (owner == NULL)
+		return;					/* gone meanwhile */
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to %s the subscription of %s to %s in group %s",
+					what, signature, event, group),
+			 errdetail("The subscription belongs to role %s, the role its handler runs as.", owner),
+			 errhint("Only role %s or a member of it may change or remove it.", owner)));
+}
+
+/* Insert a subscription, or change it if the caller is a member of its owner. */
+#define UPSERT_SUBSCRIPTION \
+	"INSERT INTO evbus.subscriptions AS s (integration_event, group_name," \
+	" handler, is_procedure, takes_headers, run_as, max_retries)" \
+	" VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole, $7)" \
+	" ON CONFLICT (integration_event, group_name, handler) DO UPDATE" \
+	" SET is_procedure = excluded.is_procedure," \
+	" takes_headers = excluded.takes_headers, run_as = excluded.run_as," \
+	" max_retries = excluded.max_retries, subscribed_at = pg_catalog.now()" \
+	" WHERE pg_catalog.pg_has_role($6, s.run_as::pg_catalog.oid, 'MEMBER')"
+
+/*
  * evbus.subscribe(integration_event, handler, group_name, max_retries)
+ *
+ * The calling role (current_user) becomes the subscription's owner and
+ * the role the handler runs as.  Subscribing again changes an existing
+ * subscription only for a member of its owner (test
+ * 210_subscription_ownership.pl).
  */
 PG_FUNCTION_INFO_V1(evbus_subscribe);
 Datum
@@ -89,10 +245,12 @@ evbus_subscribe(PG_FUNCTION_ARGS)
 {
 	char	   *event;
 	Oid			handler;
+	char	   *signature;
 	char	   *group;
 	bool		is_procedure;
 	bool		takes_headers;
-	Oid			argtypes[7] = {TEXTOID, TEXTOID, REGPROCEDUREOID, BOOLOID, BOOLOID, OIDOID, INT4OID};
+	int			attempt;
+	Oid			argtypes[7] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID, BOOLOID, OIDOID, INT4OID};
 	Datum		values[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
@@ -110,11 +268,19 @@ evbus_subscribe(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_retries must not be negative")));
+	/* a superuser's handler would hand its rights to whoever redefines it */
+	if (superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("a superuser cannot subscribe a handler"),
+				 errdetail("A handler runs as the role that subscribes it, and never as a superuser."),
+				 errhint("SET ROLE to the role the handler should run as, then subscribe it.")));
 	check_handler(handler, &is_procedure, &takes_headers);
+	signature = format_procedure_qualified(handler);
 
 	values[0] = CStringGetTextDatum(event);
 	values[1] = CStringGetTextDatum(group);
-	values[2] = ObjectIdGetDatum(handler);
+	values[2] = CStringGetTextDatum(signature);
 	values[3] = BoolGetDatum(is_procedure);
 	values[4] = BoolGetDatum(takes_headers);
 	values[5] = ObjectIdGetDatum(GetUserId());
@@ -122,41 +288,142 @@ evbus_subscribe(PG_FUNCTION_ARGS)
 		nulls[6] = 'n';
 	else
 		values[6] = Int32GetDatum(PG_GETARG_INT32(3));
-	evbus_execute_as_owner("INSERT INTO evbus.subscriptions (integration_event, group_name,"
-				   " handler, is_procedure, takes_headers, run_as, max_retries)"
-				   " VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole, $7)"
-				   " ON CONFLICT (integration_event, group_name, handler) DO UPDATE"
-				   " SET is_procedure = excluded.is_procedure,"
-				   " takes_headers = excluded.takes_headers, run_as = excluded.run_as,"
-				   " max_retries = excluded.max_retries, subscribed_at = pg_catalog.now()",
-				   7, argtypes, values, nulls);
+
+	/*
+	 * The upsert changes an existing subscription only for a member of its
+	 * owner.  When it did nothing, say whose the subscription is; if it
+	 * was removed meanwhile, try once more (it inserts now).
+	 */
+	for (attempt = 0;; attempt++)
+	{
+		if (evbus_execute_as_owner(UPSERT_SUBSCRIPTION, 7, argtypes, values, nulls) > 0)
+			break;
+		refuse_not_member("change", event, group, signature);
+		if (attempt > 0)
+			elog(ERROR, "could not subscribe %s: the subscription changed concurrently", signature);
+	}
 	PG_RETURN_VOID();
 }
 
 /*
  * evbus.unsubscribe(integration_event, handler, group_name) -> boolean
+ *
+ * Only a member of the subscription's owner may remove it (test
+ * 210_subscription_ownership.pl).
  */
 PG_FUNCTION_INFO_V1(evbus_unsubscribe);
 Datum
 evbus_unsubscribe(PG_FUNCTION_ARGS)
 {
-	Oid			argtypes[3] = {TEXTOID, REGPROCEDUREOID, TEXTOID};
-	Datum		values[3];
+	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, OIDOID};
+	Datum		values[4];
+	char	   *event;
+	char	   *signature;
+	char	   *group;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		PG_RETURN_BOOL(false);
 	evbus_check_writable("unsubscribe a handler");
-	values[0] = PointerGetDatum(PG_GETARG_TEXT_PP(0));
-	values[1] = ObjectIdGetDatum(PG_GETARG_OID(1));
-	values[2] = PG_ARGISNULL(2) ? CStringGetTextDatum(evbus_default_group()) :
-		PointerGetDatum(PG_GETARG_TEXT_PP(2));
-	PG_RETURN_BOOL(evbus_execute_as_owner("DELETE FROM evbus.subscriptions"
-								  " WHERE integration_event OPERATOR(pg_catalog.=) $1"
-								  " AND handler OPERATOR(pg_catalog.=) $2"
-								  " AND group_name OPERATOR(pg_catalog.=) $3",
-								  3, argtypes, values, NULL) > 0);
+	event = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	signature = format_procedure_qualified(PG_GETARG_OID(1));
+	group = PG_ARGISNULL(2) ? evbus_default_group() : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	values[0] = CStringGetTextDatum(event);
+	values[1] = CStringGetTextDatum(signature);
+	values[2] = CStringGetTextDatum(group);
+	values[3] = ObjectIdGetDatum(GetUserId());
+	if (evbus_execute_as_owner("DELETE FROM evbus.subscriptions"
+							   " WHERE integration_event OPERATOR(pg_catalog.=) $1"
+							   " AND handler OPERATOR(pg_catalog.=) $2"
+							   " AND group_name OPERATOR(pg_catalog.=) $3"
+							   " AND pg_catalog.pg_has_role($4, run_as::pg_catalog.oid, 'MEMBER')",
+							   4, argtypes, values, NULL) > 0)
+		PG_RETURN_BOOL(true);
+	refuse_not_member("remove", event, group, signature);
+	PG_RETURN_BOOL(false);
 }
 
+/*
+ * evbus._refuse_handler_drop() --- sql_drop event trigger: a subscribed
+ * handler cannot be dropped (its messages would have nothing to run), by
+ * any command that drops functions.  Does nothing while evbus itself is
+ * being dropped.
+ */
+PG_FUNCTION_INFO_V1(evbus_refuse_handler_drop);
+Datum
+evbus_refuse_handler_drop(PG_FUNCTION_ARGS)
+{
+	Oid			nsp;
+	char	   *found;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		elog(ERROR, "evbus_refuse_handler_drop: not called by the event trigger manager");
+	nsp = get_namespace_oid(EVBUS_SCHEMA, true);
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("subscriptions", nsp)))
+		PG_RETURN_VOID();
+	found = select_as_owner("SELECT pg_catalog.format('%s (subscribed to %s in group %s by role %s)',"
+							" s.handler, s.integration_event, s.group_name, s.run_as)"
+							" FROM pg_catalog.pg_event_trigger_dropped_objects() d"
+							" JOIN evbus.subscriptions s"
+							" ON s.handler OPERATOR(pg_catalog.=) d.object_identity"
+							" WHERE d.object_type OPERATOR(pg_catalog.=) ANY ('{function,procedure}')"
+							" ORDER BY 1 LIMIT 1",
+							0, NULL, NULL);
+	if (found)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot drop handler %s", found),
+				 errdetail("Its messages would have no handler to run them."),
+				 errhint("Unsubscribe it first with evbus.unsubscribe().")));
+	PG_RETURN_VOID();
+}
+
+/*
+ * evbus_refuse_subscriber_drop --- called from the ProcessUtility hook
+ * before DROP ROLE: a role that subscriptions of this database run as
+ * cannot be dropped here.  (Dropped from another database, its
+ * subscriptions' messages fail and retry: handler.c.)
+ */
+void
+evbus_refuse_subscriber_drop(DropRoleStmt *stmt)
+{
+	Oid			nsp;
+	ListCell   *lc;
+
+	if (!OidIsValid(get_extension_oid("evbus", true)))
+		return;
+	nsp = get_namespace_oid(EVBUS_SCHEMA, true);
+	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("subscriptions", nsp)))
+		return;
+	foreach(lc, stmt->roles)
+	{
+		RoleSpec   *spec = lfirst(lc);
+		Oid			roleid;
+		Oid			argtypes[1] = {OIDOID};
+		Datum		values[1];
+		char	   *found;
+
+		if (spec->roletype != ROLESPEC_CSTRING)
+			continue;			/* DROP ROLE refuses these itself */
+		roleid = get_role_oid(spec->rolename, true);
+		if (!OidIsValid(roleid))
+			continue;
+		values[0] = ObjectIdGetDatum(roleid);
+		found = select_as_owner("SELECT pg_catalog.format('%s of %s in group %s', handler,"
+								" integration_event, group_name)"
+								" FROM evbus.subscriptions"
+								" WHERE run_as::pg_catalog.oid OPERATOR(pg_catalog.=) $1"
+								" ORDER BY 1 LIMIT 1",
+								1, argtypes, values);
+		if (found)
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("role \"%s\" cannot be dropped because evbus subscriptions run as it",
+							spec->rolename),
+					 errdetail("It owns the subscription of handler %s.", found),
+					 errhint("Unsubscribe its handlers first, as role %s, with evbus.unsubscribe().",
+							 quote_identifier(spec->rolename))));
+	}
+}
 /* ------------------------------------------------------------------
  * The consumer worker's view of the subscriptions
  * ------------------------------------------------------------------
@@ -189,7 +456,9 @@ evbus_subscriptions_changed_since_load(void)
 /*
  * evbus_load_subscriptions --- every subscription, ordered by group, topic
  * and handler, as a List of EvbusSubscription allocated in cxt.  Runs
- * inside a transaction with SPI connected.
+ * inside a transaction with SPI connected.  A subscription whose handler
+ * or role is missing is loaded all the same: its messages are received,
+ * fail and retry (handler.c), and run once the handler is back.
  */
 List *
 evbus_load_subscriptions(MemoryContext cxt)
@@ -200,13 +469,10 @@ evbus_load_subscriptions(MemoryContext cxt)
 	subscriptions_stale = false;
 	subscriptions_relid = get_relname_relid("subscriptions", evbus_schema_oid());
 
-	if (SPI_execute("SELECT s.group_name, s.integration_event, s.handler::pg_catalog.oid,"
-					" s.is_procedure, s.takes_headers, s.run_as::pg_catalog.oid,"
-					" COALESCE(s.max_retries, -1), n.nspname, p.proname"
-					" FROM evbus.subscriptions s"
-					" JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) s.handler"
-					" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace"
-					" ORDER BY s.group_name, s.integration_event, s.handler::pg_catalog.oid",
+	if (SPI_execute("SELECT group_name, integration_event, handler, is_procedure,"
+					" takes_headers, run_as::pg_catalog.oid, COALESCE(max_retries, -1)"
+					" FROM evbus.subscriptions"
+					" ORDER BY group_name, integration_event, handler",
 					true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read evbus.subscriptions");
 
@@ -220,15 +486,11 @@ evbus_load_subscriptions(MemoryContext cxt)
 
 		sub->group_name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
 		sub->integration_event = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
-		sub->handler = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		sub->signature = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
 		sub->is_procedure = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 		sub->takes_headers = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
 		sub->run_as = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
 		sub->max_retries = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
-		sub->call_sql = psprintf(sub->is_procedure ? "CALL %s(%s)" : "SELECT %s(%s)",
-								 quote_qualified_identifier(SPI_getvalue(tup, desc, 8),
-															SPI_getvalue(tup, desc, 9)),
-								 sub->takes_headers ? "$1, $2" : "$1");
 		sub->topic = psprintf("%s%s", evbus_topic_prefix, sub->integration_event);
 		result = lappend(result, sub);
 		MemoryContextSwitchTo(old);

@@ -45,6 +45,14 @@
 #                           poll $sql in $db until it returns $expected, in
 #                           real time; errors (a restarting server) just
 #                           mean "not yet"; true on success, else diag
+#   as_subscriber($node[, $db])
+#                           "SET ROLE evbus_app; ": put it before the SQL
+#                           that creates handlers (and their tables) and
+#                           subscribes them.  Creates the role evbus_app
+#                           once (not a superuser: a handler never runs as
+#                           one, and it must own its handler), allowed to
+#                           create in schema public and to call the evbus
+#                           API
 #   new_node($name, %opts)  a started PostgreSQL::Test::Cluster node with
 #                           shared_preload_libraries = 'evbus'.  Options:
 #                             conf  => "lines" or [lines] appended to
@@ -71,7 +79,7 @@ use PostgreSQL::Test::Utils;
 
 our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
   wait_for_crash_restart kcat_consume java_consume java_produce new_node sqlstate_of
-  subscribe_recorder write_kafka_properties sasl_properties
+  subscribe_recorder as_subscriber write_kafka_properties sasl_properties
   pgbench_script run_pgbench);
 
 # kafka.sh: from the environment, else next to this file's directory.
@@ -280,14 +288,37 @@ sub sasl_properties
 		'sasl.username=evbus', "sasl.password=$password");
 }
 
+# as_subscriber(node[, db]): see the top of this file.
+sub as_subscriber
+{
+	my ($node, $db) = @_;
+	$node->safe_psql(
+		$db // 'postgres', q{
+DO $$
+BEGIN
+	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'evbus_app') THEN
+		CREATE ROLE evbus_app;
+	END IF;
+END $$;
+GRANT CREATE, USAGE ON SCHEMA public TO evbus_app;
+GRANT USAGE ON SCHEMA evbus TO evbus_app;
+GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer),
+	evbus.unsubscribe(text, regprocedure, text),
+	evbus.publish(text, jsonb, text, jsonb, timestamptz),
+	evbus.retry(uuid) TO evbus_app;
+});
+	return 'SET ROLE evbus_app; ';
+}
+
 # subscribe_recorder(node, event): in database postgres, a table
 # received (message_id, payload) and a handler that inserts every event
-# of the integration event into it, subscribed with the default group.
+# of the integration event into it, subscribed with the default group by
+# the role evbus_app, which owns both (as_subscriber).
 sub subscribe_recorder
 {
 	my ($node, $event) = @_;
 	$node->safe_psql(
-		'postgres', qq{
+		'postgres', as_subscriber($node) . qq{
 CREATE TABLE received (message_id uuid, payload jsonb);
 CREATE PROCEDURE record_received(payload jsonb, headers jsonb) LANGUAGE sql
 	AS \$\$ INSERT INTO public.received VALUES ((headers->>'cap-msg-id')::uuid, payload) \$\$;

@@ -91,7 +91,7 @@ ok($node->poll_query_until('app', 'SELECT count(*) = 0 FROM evbus.outbox'), 'the
 # --- DROP EXTENSION stops the worker for good ------------------------------
 # ... and the consumer, with a live Kafka consumer in a group: it leaves
 # the group without reading the dropped tables
-$node->safe_psql('app', q{CREATE TABLE got (n int);
+$node->safe_psql('app', as_subscriber($node, 'app') . q{CREATE TABLE got (n int);
 CREATE FUNCTION on_life(payload jsonb) RETURNS void LANGUAGE sql
 	AS 'INSERT INTO public.got VALUES ((payload->>''n'')::int)';
 SELECT evbus.subscribe('Life', 'on_life(jsonb)')});

@@ -50,7 +50,7 @@ CREATE TRIGGER orders_created AFTER INSERT ON orders
 # payments has deliberately no unique constraint: a second run of the
 # handler for one order would show as a second row.
 $node->safe_psql(
-	'payments', q{
+	'payments', as_subscriber($node, 'payments') . q{
 CREATE TABLE payments (order_id int NOT NULL, amount numeric NOT NULL,
                        message_id uuid, paid_at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE PROCEDURE handle_order_created(payload jsonb, headers jsonb) LANGUAGE plpgsql AS $$
@@ -63,7 +63,7 @@ SELECT evbus.subscribe('OrderCreatedIntegrationEvent', 'handle_order_created(jso
 });
 is( $node->safe_psql('payments',
 		q{SELECT integration_event, group_name, handler::text, is_procedure, takes_headers FROM evbus.subscriptions}),
-	'OrderCreatedIntegrationEvent|payments|handle_order_created(jsonb,jsonb)|t|t',
+	'OrderCreatedIntegrationEvent|payments|public.handle_order_created(pg_catalog.jsonb,pg_catalog.jsonb)|t|t',
 	'subscription recorded; the default group is the database name');
 
 # --- a few hundred orders, some rolled back ------------------------------------

@@ -35,10 +35,11 @@ my $node = new_node(
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
-my $me = $node->safe_psql('postgres', 'SELECT current_user');
+my $as_app = as_subscriber($node);
+my $me = 'evbus_app';
 
 $node->safe_psql(
-	'postgres', q{
+	'postgres', $as_app . q{
 CREATE TABLE seen (id bigint GENERATED ALWAYS AS IDENTITY, handler text, payload jsonb,
                    headers jsonb, who name, path text);
 CREATE PROCEDURE h_full(payload jsonb, headers jsonb) LANGUAGE plpgsql AS $$
@@ -62,17 +63,17 @@ CREATE PROCEDURE bad_proc(payload int) LANGUAGE sql AS 'SELECT';
 for my $bad ('bad_text(text)', 'bad_second(jsonb,text)', 'bad_three(jsonb,jsonb,jsonb)',
 	'bad_none()', 'bad_proc(integer)')
 {
-	is(sqlstate_of($node, 'postgres', "SELECT evbus.subscribe('Hdr', '$bad')"),
+	is(sqlstate_of($node, 'postgres', "${as_app}SELECT evbus.subscribe('Hdr', '$bad')"),
 		'42P13', "subscribe refuses handler $bad with 42P13");
 }
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.subscriptions'),
 	'0', 'no subscription recorded for a refused handler');
 
-$node->safe_psql('postgres', q{SELECT evbus.subscribe('Hdr', 'h_full(jsonb,jsonb)')});
+$node->safe_psql('postgres', $as_app . q{SELECT evbus.subscribe('Hdr', 'h_full(jsonb,jsonb)')});
 is( $node->safe_psql('postgres',
 		q{SELECT integration_event, group_name, handler::text, is_procedure, takes_headers, run_as::text
 		    FROM evbus.subscriptions}),
-	"Hdr|postgres|h_full(jsonb,jsonb)|t|t|$me",
+	"Hdr|postgres|public.h_full(pg_catalog.jsonb,pg_catalog.jsonb)|t|t|$me",
 	'subscription: default group is the database name, runs as the caller');
 
 # --- one event with everything in its headers ------------------------------------
@@ -121,9 +122,9 @@ $path =~ s/\s+//g;
 is($path, 'pg_catalog,pg_temp', 'handler runs with search_path pg_catalog, pg_temp');
 
 # --- subscriptions change while the worker runs ----------------------------------
-$node->safe_psql('postgres', q{SELECT evbus.subscribe('Hdr', 'h_payload_only(jsonb)')});
+$node->safe_psql('postgres', $as_app . q{SELECT evbus.subscribe('Hdr', 'h_payload_only(jsonb)')});
 is( $node->safe_psql('postgres',
-		q{SELECT is_procedure, takes_headers FROM evbus.subscriptions WHERE handler = 'h_payload_only(jsonb)'::regprocedure}),
+		q{SELECT is_procedure, takes_headers FROM evbus.subscriptions WHERE handler::regprocedure = 'h_payload_only(jsonb)'::regprocedure}),
 	'f|f', 'a function taking only the payload is accepted');
 $node->safe_psql('postgres', q{SELECT evbus.publish('Hdr', '{"n": 2}')});
 ok( wait_for_sql($node, 'postgres',
@@ -131,9 +132,9 @@ ok( wait_for_sql($node, 'postgres',
 		'full:1,full:2,payload_only:2', 30),
 	'a new subscription is picked up without a restart; both handlers run for the next event');
 
-is($node->safe_psql('postgres', q{SELECT evbus.unsubscribe('Hdr', 'h_full(jsonb,jsonb)')}),
+is($node->safe_psql('postgres', $as_app . q{SELECT evbus.unsubscribe('Hdr', 'h_full(jsonb,jsonb)')}),
 	't', 'unsubscribe: true');
-is($node->safe_psql('postgres', q{SELECT evbus.unsubscribe('Hdr', 'h_full(jsonb,jsonb)')}),
+is($node->safe_psql('postgres', $as_app . q{SELECT evbus.unsubscribe('Hdr', 'h_full(jsonb,jsonb)')}),
 	'f', 'unsubscribe again: false');
 $node->safe_psql('postgres', q{SELECT evbus.publish('Hdr', '{"n": 3}')});
 ok( wait_for_sql($node, 'postgres',
@@ -145,7 +146,7 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM seen WHERE handler = 'ful
 
 # --- CAP interop: Kafka's Java console producer ----------------------------------
 my $cap_topic = "${prefix}CapEvent";
-$node->safe_psql('postgres', q{SELECT evbus.subscribe('CapEvent', 'h_full(jsonb,jsonb)')});
+$node->safe_psql('postgres', $as_app . q{SELECT evbus.subscribe('CapEvent', 'h_full(jsonb,jsonb)')});
 my $u1 = $node->safe_psql('postgres', 'SELECT gen_random_uuid()');
 my $u2 = $node->safe_psql('postgres', 'SELECT gen_random_uuid()');
 java_produce($cap_topic,

@@ -87,7 +87,7 @@ sub java_produce_now
 }
 
 $node->safe_psql(
-	'postgres', q{
+	'postgres', as_subscriber($node) . q{
 CREATE SEQUENCE handler_calls;
 CREATE TABLE effects (message_id uuid, n int, at timestamptz DEFAULT clock_timestamp());  -- no unique constraint
 CREATE PROCEDURE on_replayed(payload jsonb, headers jsonb) LANGUAGE plpgsql AS $$

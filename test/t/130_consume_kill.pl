@@ -34,7 +34,7 @@ my $node = new_node(
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
 $node->safe_psql(
-	'postgres', q{
+	'postgres', as_subscriber($node) . q{
 CREATE TABLE effects (seq int, message_id uuid);   -- no unique constraint
 CREATE TABLE control (hold boolean NOT NULL);
 INSERT INTO control VALUES (true);

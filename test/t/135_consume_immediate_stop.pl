@@ -32,7 +32,7 @@ my $node = new_node(
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
 $node->safe_psql(
-	'postgres', q{
+	'postgres', as_subscriber($node) . q{
 CREATE TABLE effects (seq int, message_id uuid);   -- no unique constraint
 CREATE PROCEDURE on_busy(payload jsonb, headers jsonb) LANGUAGE plpgsql AS $$
 BEGIN

@@ -36,7 +36,7 @@ $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
-sql(q{
+sql(as_subscriber($node) . q{
 CREATE TABLE handled_log (id bigint GENERATED ALWAYS AS IDENTITY, event_key text, n int,
                           message_id uuid, at timestamptz DEFAULT clock_timestamp());
 CREATE TABLE gate (open boolean NOT NULL);

@@ -37,7 +37,7 @@ $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
-sql(q{
+sql(as_subscriber($node) . q{
 CREATE TABLE effects (payload jsonb, headers jsonb);
 CREATE SEQUENCE handler_calls;
 CREATE PROCEDURE on_poison(payload jsonb, headers jsonb) LANGUAGE plpgsql AS $$

@@ -35,8 +35,10 @@ sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 my $superuser = sql('SELECT current_user');
 sql(q{
-CREATE ROLE alice LOGIN;
-CREATE ROLE bob LOGIN;
+-- the handlers belong to a role that alice and bob are members of
+CREATE ROLE t170_handlers;
+CREATE ROLE alice LOGIN IN ROLE t170_handlers;
+CREATE ROLE bob LOGIN IN ROLE t170_handlers;
 CREATE ROLE carol LOGIN;
 GRANT USAGE ON SCHEMA evbus TO alice, bob, carol;
 GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) TO alice, bob;
@@ -66,6 +68,9 @@ BEGIN
 	INSERT INTO public.ledger (n, who, is_superuser)
 	VALUES ((payload->>'n')::int, current_user, (SELECT rolsuper::text FROM pg_catalog.pg_roles WHERE rolname = current_user));
 END $$;
+ALTER FUNCTION record_it(jsonb, jsonb) OWNER TO t170_handlers;
+ALTER FUNCTION escalate_reset_role(jsonb) OWNER TO t170_handlers;
+ALTER FUNCTION escalate_session_auth(jsonb) OWNER TO t170_handlers;
 });
 
 # each role subscribes for itself (SET ROLE: its current_user)

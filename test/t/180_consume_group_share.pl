@@ -41,7 +41,7 @@ for my $db (qw(src east west))
 for my $db (qw(east west))
 {
 	$node->safe_psql(
-		$db, qq{
+		$db, as_subscriber($node, $db) . qq{
 CREATE TABLE handled (n int, message_id uuid, kafka_partition int, at timestamptz DEFAULT clock_timestamp());
 CREATE PROCEDURE on_shared(payload jsonb, headers jsonb) LANGUAGE plpgsql AS \$\$
 BEGIN
@@ -92,14 +92,14 @@ sub wait_total
 }
 
 # --- 1. east alone ------------------------------------------------------------------
-$node->safe_psql('east', qq{SELECT evbus.subscribe('Shared', 'on_shared(jsonb,jsonb)', '$group')});
+$node->safe_psql('east', qq{SET ROLE evbus_app; SELECT evbus.subscribe('Shared', 'on_shared(jsonb,jsonb)', '$group')});
 publish(100);
 ok(wait_for_sql($node, 'east', 'SELECT count(*) FROM handled', '100', 60), 'east alone handles all 100');
 is( count_in('east', 'SELECT count(DISTINCT kafka_partition) FROM handled'),
 	'4', 'east consumed all 4 partitions');
 
 # --- 2. west joins while events keep coming ------------------------------------------
-$node->safe_psql('west', qq{SELECT evbus.subscribe('Shared', 'on_shared(jsonb,jsonb)', '$group')});
+$node->safe_psql('west', qq{SET ROLE evbus_app; SELECT evbus.subscribe('Shared', 'on_shared(jsonb,jsonb)', '$group')});
 my $t0 = time();
 # publish 10 every 0.2 s until west has handled some, then 20 batches more
 my $after_join = 0;
@@ -133,7 +133,7 @@ for my $db (qw(east west))
 is($overlap, 0, 'the last 100 events: each partition handled by one database');
 
 # --- 3. west leaves, east takes everything back ---------------------------------------
-is($node->safe_psql('west', qq{SELECT evbus.unsubscribe('Shared', 'on_shared(jsonb,jsonb)', '$group')}),
+is($node->safe_psql('west', qq{SET ROLE evbus_app; SELECT evbus.unsubscribe('Shared', 'on_shared(jsonb,jsonb)', '$group')}),
 	't', 'west unsubscribes');
 my $west_before = count_in('west');
 $t0 = time();
