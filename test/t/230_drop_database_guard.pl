@@ -51,7 +51,7 @@ is(pids(), $before, 'and leaves the workers alone');
 
 # --- the owner's drop fails: both workers come back --------------------------
 $node->safe_psql(
-	'shop', q{
+	'shop', as_subscriber($node, 'shop') . q{
 CREATE TABLE effects (n int);
 CREATE SEQUENCE calls;
 CREATE PROCEDURE on_order(payload jsonb) LANGUAGE plpgsql AS $$

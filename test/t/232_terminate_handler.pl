@@ -30,7 +30,7 @@ $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 # Each handler misbehaves on its first call only (a sequence counts calls:
 # it is not rolled back with the attempt).
 $node->safe_psql(
-	'postgres', q{
+	'postgres', as_subscriber($node) . q{
 CREATE TABLE effects (handler text, n int);   -- no unique constraint
 CREATE SEQUENCE stubborn_calls;
 CREATE SEQUENCE slow_calls;

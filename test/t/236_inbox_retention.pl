@@ -22,7 +22,7 @@ my $node = new_node(
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 $node->safe_psql(
-	'postgres', q{
+	'postgres', as_subscriber($node) . q{
 CREATE TABLE got (n int);
 CREATE PROCEDURE on_kept(payload jsonb) LANGUAGE plpgsql AS $$
 BEGIN

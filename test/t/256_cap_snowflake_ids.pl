@@ -23,7 +23,7 @@ $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
-sql(q{
+sql(as_subscriber($node) . q{
 CREATE TABLE received (message_id text, payload jsonb);
 CREATE TABLE allow_failing (yes boolean);
 CREATE PROCEDURE on_snowflake(payload jsonb, headers jsonb) LANGUAGE plpgsql AS $$
