@@ -107,6 +107,10 @@ consumer_start(Oid dboid)
 	evbus_subscriptions_watch();
 }
 
+/*
+ * evbus_consumer_main --- the consumer worker of the database main_arg:
+ * the loop described atop this file.
+ */
 void
 evbus_consumer_main(Datum main_arg)
 {
