@@ -25,11 +25,14 @@ OBJS = \
 	src/capture.o \
 	src/json_compact.o \
 	src/subscriptions.o \
-	src/consumer.o \
 	src/consumer_worker.o \
+	src/consumer.o \
+	src/consumer_offsets.o \
+	src/inbox_decode.o \
 	src/inbox.o \
 	src/attempt_marker.o \
 	src/handler.o \
+	src/inbox_retry.o \
 	src/util.o
 
 EXTENSION = evbus

@@ -555,7 +555,10 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 	return more;
 }
 
-/* Store the high watermarks of the assigned partitions (for the lag). */
+/*
+ * evbus_consumers_report_watermarks --- store the high watermarks of the
+ * assigned partitions (for the lag), in a transaction per group.
+ */
 void
 evbus_consumers_report_watermarks(void)
 {
@@ -589,7 +592,12 @@ evbus_consumers_report_watermarks(void)
 			}
 		}
 		rd_kafka_topic_partition_list_destroy(assignment);
-		evbus_store_high_watermarks(gc->group, hwm, n);
+		if (n > 0)
+		{
+			evbus_worker_begin(evbus_consumers_let_go);
+			evbus_store_high_watermarks(gc->group, hwm, n);
+			evbus_worker_commit();
+		}
 	}
 }
 

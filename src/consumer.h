@@ -66,12 +66,15 @@ extern bool evbus_run_handler(const EvbusSubscription *sub, Jsonb *payload,
 							  char **error_message);
 extern void evbus_forget_handler_plans(void);
 
-/* inbox.c */
+/* inbox.c (its parts: inbox.h) */
+extern void evbus_inbox_init(void (*let_go) (void));
 extern bool evbus_inbox_receive(const char *group, List *subs,
 								ReceivedMessage *msgs, int n,
 								NextOffset *offsets, int noffsets);
 extern TimestampTz evbus_inbox_dispatch_due(List *subs);
 extern void evbus_inbox_maintain(void);
+
+/* consumer_offsets.c (inside the caller's transaction) */
 extern int64 evbus_stored_offset(const char *group, const char *topic, int32 partition);
 extern void evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n);
 

@@ -71,22 +71,16 @@ consumer_leave(void)
 	proc_exit(evbus_worker_stop_requested() ? 0 : 1);
 }
 
-void
-evbus_consumer_main(Datum main_arg)
+/*
+ * consumer_start --- connect to the database and take its consumer's slot;
+ * exit quietly if the database may not have one or has no evbus.  Then
+ * register what leaving needs (consumer_exit, and how the inbox lets go
+ * of Kafka) and open the attempt marker.
+ */
+static void
+consumer_start(Oid dboid)
 {
-	Oid			dboid = DatumGetObjectId(main_arg);
-	MemoryContext subs_cxt;
-	List	   *subs = NIL;
-	WaitEventSet *wait_set;
-	TimestampTz next_due = 0;
-	TimestampTz last_maintain = 0;
-	TimestampTz last_dispatch = 0;
-	bool		dispatch_now = true;
-	char		brokers_seen[1024] = "";
-	uint64		settings_seen = 0;	/* evbus_kafka_conf_fingerprint */
-	bool		reloaded = false;
 	bool		has_extension;
-	MemoryContext step_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -105,10 +99,35 @@ evbus_consumer_main(Datum main_arg)
 		proc_exit(0);
 	evbus_db_worker_running(dboid, EVBUS_CONSUMER);
 	before_shmem_exit(consumer_exit, (Datum) 0);
+	/* the inbox lets go of Kafka through this, never calling consumer.c */
+	evbus_inbox_init(evbus_consumers_let_go);
 
 	pgstat_report_appname("evbus consumer");
 	evbus_attempt_marker_open();
 	evbus_subscriptions_watch();
+}
+
+/*
+ * evbus_consumer_main --- the consumer worker of the database main_arg:
+ * the loop described atop this file.
+ */
+void
+evbus_consumer_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	MemoryContext subs_cxt;
+	List	   *subs = NIL;
+	WaitEventSet *wait_set;
+	TimestampTz next_due = 0;
+	TimestampTz last_maintain = 0;
+	TimestampTz last_dispatch = 0;
+	bool		dispatch_now = true;
+	char		brokers_seen[1024] = "";
+	uint64		settings_seen = 0;	/* evbus_kafka_conf_fingerprint */
+	bool		reloaded = false;
+	MemoryContext step_cxt;
+
+	consumer_start(dboid);
 	subs_cxt = AllocSetContextCreate(TopMemoryContext, "evbus subscriptions",
 									 ALLOCSET_DEFAULT_SIZES);
 	step_cxt = AllocSetContextCreate(TopMemoryContext, "evbus consumer step",

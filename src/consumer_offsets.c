@@ -1,0 +1,119 @@
+/*-------------------------------------------------------------------------
+ *
+ * consumer_offsets.c
+ *	  The consumer's offsets in the database (evbus.consumer_offsets): the
+ *	  next offset to read in each partition, and its high watermark.
+ *
+ * The database, not Kafka, owns the offsets: a batch's next offsets are
+ * stored in the transaction that handles it (inbox.c), so handler effects,
+ * inbox and offsets commit together, and a partition assigned to the
+ * consumer starts where the database says (consumer.c).  A stored offset
+ * never moves backwards.  The high watermarks only serve the lag shown in
+ * evbus.stats.
+ *
+ * Every function here runs inside its caller's transaction, with SPI
+ * connected; none opens one.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+
+#include "inbox.h"
+
+/*
+ * evbus_store_offsets --- store the next offsets of a handled batch (never
+ * moving one backwards); in the batch's transaction.
+ */
+void
+evbus_store_offsets(const char *group, NextOffset *offsets, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum	   *topics = palloc(sizeof(Datum) * n);
+	Datum	   *parts = palloc(sizeof(Datum) * n);
+	Datum	   *nexts = palloc(sizeof(Datum) * n);
+	Oid			types[4] = {TEXTOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
+	Datum		values[4];
+	int			i;
+
+	if (n == 0)
+		return;
+	for (i = 0; i < n; i++)
+	{
+		topics[i] = CStringGetTextDatum(offsets[i].topic);
+		parts[i] = Int32GetDatum(offsets[i].partition);
+		nexts[i] = Int64GetDatum(offsets[i].next_offset);
+	}
+	values[0] = CStringGetTextDatum(group);
+	values[1] = PointerGetDatum(construct_array(topics, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(parts, n, INT4OID, 4, true, TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_array(nexts, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(evbus_kept_plan(&plan,
+										 "INSERT INTO evbus.consumer_offsets AS o"
+										 " (group_name, topic, kafka_partition, next_offset)"
+										 " SELECT $1, t, p, x FROM ROWS FROM (pg_catalog.unnest($2),"
+										 " pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(t, p, x)"
+										 " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
+										 " SET next_offset = GREATEST(o.next_offset, excluded.next_offset),"
+										 " updated_at = pg_catalog.now()",
+										 4, types),
+						 values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not store the consumer offsets");
+}
+
+/*
+ * evbus_stored_offset --- the stored next offset of a partition, or -1.
+ */
+int64
+evbus_stored_offset(const char *group, const char *topic, int32 partition)
+{
+	Oid			types[3] = {TEXTOID, TEXTOID, INT4OID};
+	Datum		values[3];
+	int64		result = -1;
+
+	values[0] = CStringGetTextDatum(group);
+	values[1] = CStringGetTextDatum(topic);
+	values[2] = Int32GetDatum(partition);
+	if (SPI_execute_with_args("SELECT next_offset FROM evbus.consumer_offsets"
+							  " WHERE group_name OPERATOR(pg_catalog.=) $1"
+							  " AND topic OPERATOR(pg_catalog.=) $2"
+							  " AND kafka_partition OPERATOR(pg_catalog.=) $3",
+							  3, types, values, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		bool		isnull;
+
+		result = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	return result;
+}
+
+/*
+ * evbus_store_high_watermarks --- record the high watermarks of a group's
+ * partitions (for the lag in evbus.stats).
+ */
+void
+evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		Oid			types[4] = {TEXTOID, TEXTOID, INT4OID, INT8OID};
+		Datum		values[4];
+
+		values[0] = CStringGetTextDatum(group);
+		values[1] = CStringGetTextDatum(hwm[i].topic);
+		values[2] = Int32GetDatum(hwm[i].partition);
+		values[3] = Int64GetDatum(hwm[i].next_offset);
+		evbus_spi_exec("INSERT INTO evbus.consumer_offsets AS o (group_name, topic, kafka_partition,"
+			 " next_offset, high_watermark) VALUES ($1, $2, $3, 0, $4)"
+			 " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
+			 " SET high_watermark = excluded.high_watermark",
+			 4, types, values, NULL, SPI_OK_INSERT);
+	}
+}

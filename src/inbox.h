@@ -1,0 +1,64 @@
+/*-------------------------------------------------------------------------
+ *
+ * inbox.h
+ *	  What the files of the inbox share: a decoded message, a dispatched
+ *	  (message, handler), and the functions one file of the inbox offers
+ *	  another.
+ *
+ * The calls go one way: inbox.c (the batch protocol) calls
+ * inbox_decode.c (decoding), inbox_retry.c (running dispatched rows,
+ * retries and dead letters) and consumer_offsets.c (stored offsets); none
+ * of these calls back into inbox.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef EVBUS_INBOX_H
+#define EVBUS_INBOX_H
+
+#include "utils/jsonb.h"
+
+#include "consumer.h"
+
+/* A received message, decoded (inbox_decode.c). */
+typedef struct Decoded
+{
+	const char *poison;			/* NULL if decodable, else the error code */
+	char	   *detail;
+	Jsonb	   *payload;
+	Jsonb	   *headers;
+	char	   *message_id;		/* valid cap-msg-id, or NULL */
+	char	   *event_key;
+} Decoded;
+
+/* A (message, handler) that may run in this transaction: an inbox row. */
+typedef struct Dispatch
+{
+	int64		inbox_id;
+	char	   *group_name;
+	char	   *topic;
+	char	   *message_id;		/* text, for NOTIFY and dead letters */
+	Jsonb	   *payload;
+	Jsonb	   *headers;
+	int			attempts;		/* including this one */
+	char	   *event_key;		/* NULL: no order to keep */
+	char	   *handler;		/* the handler's signature */
+	EvbusSubscription *sub;		/* NULL: no longer subscribed */
+} Dispatch;
+
+/* inbox_decode.c */
+extern void evbus_decode_batch(ReceivedMessage *msgs, int n, const char *group,
+							   Decoded *dec);
+
+/* inbox_retry.c */
+extern List *evbus_hold_key(List *held, const char *handler, const char *key);
+extern bool evbus_key_held(List *held, const char *handler, const char *key);
+extern bool evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt,
+									 bool inserted_handled);
+extern void evbus_dead_letter_poison(const char *group, const ReceivedMessage *m,
+									 const Decoded *d,
+									 const char *integration_event);
+
+/* consumer_offsets.c */
+extern void evbus_store_offsets(const char *group, NextOffset *offsets, int n);
+
+#endif							/* EVBUS_INBOX_H */

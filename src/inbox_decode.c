@@ -1,0 +1,336 @@
+/*-------------------------------------------------------------------------
+ *
+ * inbox_decode.c
+ *	  Decoding a message received from Kafka into what a handler gets:
+ *	  payload, headers, event key and message id -- or the reason it is
+ *	  poison.
+ *
+ * Validation only: no SQL runs here.  An undecodable message never
+ * reaches a handler; inbox.c dead-letters it with its raw bytes
+ * (inbox_retry.c) and the partition moves on (test 160_consume_poison.pl).
+ * A message id must be a usable de-duplication key (test
+ * 256_cap_snowflake_ids.pl).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <ctype.h>
+
+#include "access/xact.h"
+#include "common/jsonapi.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonfuncs.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+
+#include "inbox.h"
+
+
+static bool
+valid_utf8(const char *s, size_t len)
+{
+	return pg_verify_mbstr(PG_UTF8, s, (int) len, true);
+}
+
+/*
+ * The longest cap-msg-id accepted.  DotNetCore.CAP sends a Snowflake
+ * integer (19 digits), evbus a UUID (36 characters); any other producer's
+ * id up to this length is a de-duplication key as good (test 256).
+ */
+#define MAX_MESSAGE_ID_BYTES 200
+
+/*
+ * looks_positional --- does an id end in "/<digits>/<digits>" after some
+ * text, the form "topic/partition/offset" of the de-duplication key of a
+ * message without any id?  Such an id could pass for that message.
+ */
+static bool
+looks_positional(const char *id, size_t len)
+{
+	const char *p = id + len;
+	int			part;
+
+	for (part = 0; part < 2; part++)
+	{
+		const char *end = p;
+
+		while (p > id && isdigit((unsigned char) p[-1]))
+			p--;
+		if (p == end || p == id || p[-1] != '/')
+			return false;
+		p--;
+	}
+	return p > id;
+}
+
+/*
+ * message_id_problem --- why a cap-msg-id (valid UTF-8 without NUL,
+ * checked with the other headers) cannot be a message's de-duplication
+ * key, or NULL if it can: it must be present, non-empty, at most
+ * MAX_MESSAGE_ID_BYTES, and not of the form of another message's key.
+ */
+static char *
+message_id_problem(const char *id, size_t len)
+{
+	if (id == NULL || len == 0)
+		return pstrdup("cap-msg-id is empty");
+	if (len > MAX_MESSAGE_ID_BYTES)
+		return psprintf("cap-msg-id of %zu bytes is longer than %d bytes", len,
+						MAX_MESSAGE_ID_BYTES);
+	if (looks_positional(id, len))
+		return pstrdup("cap-msg-id has the form topic/partition/offset, kept for messages without an id");
+	return NULL;
+}
+
+/* Push a string (valid UTF-8, no NUL) as an object key or value. */
+static void
+push_string(JsonbParseState **state, JsonbIteratorToken token, const char *s, size_t len)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = (char *) s;
+	v.val.string.len = (int) len;
+	(void) pushJsonbValue(state, token, &v);
+}
+
+static void
+push_number(JsonbParseState **state, int64 number)
+{
+	JsonbValue	v;
+
+	v.type = jbvNumeric;
+	v.val.numeric = int64_to_numeric(number);
+	(void) pushJsonbValue(state, WJB_VALUE, &v);
+}
+
+/*
+ * decode_headers --- push the headers of m, and those evbus sets itself,
+ * into the open object *hstate; note a valid cap-msg-id in d.  Returns
+ * false, with d->poison set, if a header is not valid UTF-8 or the
+ * cap-msg-id cannot be a de-duplication key.
+ */
+static bool
+decode_headers(const ReceivedMessage *m, const char *group, Decoded *d,
+			   JsonbParseState **hstate)
+{
+	JsonbValue	null_value;
+	int			i;
+
+	/* headers: valid UTF-8 strings; a cap-msg-id must be a usable key */
+	null_value.type = jbvNull;
+	for (i = 0; i < m->nheaders; i++)
+	{
+		const char *name = m->header_names[i];
+
+		if (!valid_utf8(name, strlen(name)) ||
+			(m->header_values[i] && (!valid_utf8(m->header_values[i], m->header_lens[i]) ||
+									 memchr(m->header_values[i], '\0', m->header_lens[i]))))
+		{
+			d->poison = "invalid_utf8";
+			d->detail = pstrdup("a header is not valid UTF-8");
+			return false;
+		}
+		if (strncmp(name, "evbus-topic", 11) == 0 || strcmp(name, "evbus-partition") == 0 ||
+			strcmp(name, "evbus-offset") == 0 || strcmp(name, "evbus-group") == 0)
+			continue;			/* evbus sets these itself */
+		if (strcmp(name, "cap-msg-id") == 0)
+		{
+			char	   *problem = message_id_problem(m->header_values[i], m->header_lens[i]);
+
+			if (problem != NULL)
+			{
+				d->poison = "invalid_message_id";
+				d->detail = problem;
+				return false;
+			}
+			d->message_id = pnstrdup(m->header_values[i], m->header_lens[i]);
+		}
+		push_string(hstate, WJB_KEY, name, strlen(name));
+		if (m->header_values[i])
+			push_string(hstate, WJB_VALUE, m->header_values[i], m->header_lens[i]);
+		else
+			(void) pushJsonbValue(hstate, WJB_VALUE, &null_value);
+	}
+	push_string(hstate, WJB_KEY, "evbus-topic", strlen("evbus-topic"));
+	push_string(hstate, WJB_VALUE, m->topic, strlen(m->topic));
+	push_string(hstate, WJB_KEY, "evbus-partition", strlen("evbus-partition"));
+	push_number(hstate, m->partition);
+	push_string(hstate, WJB_KEY, "evbus-offset", strlen("evbus-offset"));
+	push_number(hstate, m->offset);
+	push_string(hstate, WJB_KEY, "evbus-group", strlen("evbus-group"));
+	push_string(hstate, WJB_VALUE, group, strlen(group));
+	return true;
+}
+
+/*
+ * event_key_of --- the event key of m as text, NULL if it has none.
+ * Ordering only needs equality: a key that is not valid UTF-8 text is
+ * kept as hex.
+ */
+static char *
+event_key_of(const ReceivedMessage *m)
+{
+	StringInfoData k;
+	size_t		j;
+
+	if (m->key == NULL)
+		return NULL;
+	if (valid_utf8(m->key, m->keylen) && memchr(m->key, '\0', m->keylen) == NULL)
+		return pnstrdup(m->key, m->keylen);
+	initStringInfo(&k);
+	appendStringInfoString(&k, "\\x");
+	for (j = 0; j < m->keylen; j++)
+		appendStringInfo(&k, "%02x", (unsigned char) m->key[j]);
+	return k.data;
+}
+
+/*
+ * decode_unchecked --- decode one message into d, or say in d->poison why
+ * it cannot be.  With careful, the value's JSON is checked without
+ * throwing first, to tell invalid JSON (with its detail) from a \u0000;
+ * without, invalid JSON throws, and evbus_decode_batch decodes again
+ * carefully.
+ */
+static void
+decode_unchecked(const ReceivedMessage *m, const char *group, Decoded *d, bool careful)
+{
+	JsonbParseState *hstate = NULL;
+
+	(void) pushJsonbValue(&hstate, WJB_BEGIN_OBJECT, NULL);
+	if (!decode_headers(m, group, d, &hstate))
+		return;
+
+	/* the value: present, bounded, no NUL, UTF-8 */
+	if (m->value == NULL)
+	{
+		d->poison = "no_value";
+		return;
+	}
+	if ((int64) m->valuelen > (int64) evbus_max_message_bytes)
+	{
+		d->poison = "too_large";
+		d->detail = psprintf("%zu bytes, over evbus.max_message_bytes (%d)", m->valuelen,
+							 evbus_max_message_bytes);
+		return;
+	}
+	if (memchr(m->value, '\0', m->valuelen) != NULL)
+	{
+		d->poison = "nul_byte";
+		return;
+	}
+	if (!valid_utf8(m->value, m->valuelen))
+	{
+		d->poison = "invalid_utf8";
+		return;
+	}
+
+	/* the value: JSON, then an object */
+	if (careful)
+	{
+		JsonLexContext *lex = makeJsonLexContextCstringLen(m->value, (int) m->valuelen,
+														   PG_UTF8, true);
+		JsonParseErrorType rc = pg_parse_json(lex, &nullSemAction);
+
+		if (rc == JSON_UNICODE_CODE_POINT_ZERO)
+		{
+			d->poison = "nul_byte";
+			return;
+		}
+		if (rc != JSON_SUCCESS)
+		{
+			d->poison = "invalid_json";
+			d->detail = pstrdup(json_errdetail(rc, lex));
+			return;
+		}
+	}
+	d->payload = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+													CStringGetDatum(pnstrdup(m->value, m->valuelen))));
+	if (!JB_ROOT_IS_OBJECT(d->payload) || JB_ROOT_IS_SCALAR(d->payload))
+	{
+		d->poison = "not_an_object";
+		return;
+	}
+	d->headers = JsonbValueToJsonb(pushJsonbValue(&hstate, WJB_END_OBJECT, NULL));
+	d->event_key = event_key_of(m);
+}
+
+/*
+ * decode --- decode one message; anything that throws (a pathological
+ * value, say nesting too deep) makes it poison instead of stopping the
+ * partition.
+ */
+static void
+decode(const ReceivedMessage *m, const char *group, Decoded *d)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	memset(d, 0, sizeof(Decoded));
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		decode_unchecked(m, group, d, true);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		d->poison = "invalid_json";
+		d->detail = pstrdup(edata->message);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
+/*
+ * evbus_decode_batch --- decode every message of a batch into dec (n
+ * entries); optimistically in one subtransaction, and one by one if
+ * something throws.
+ */
+void
+evbus_decode_batch(ReceivedMessage *msgs, int n, const char *group, Decoded *dec)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	bool		ok = false;
+	int			i;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		for (i = 0; i < n; i++)
+		{
+			memset(&dec[i], 0, sizeof(Decoded));
+			decode_unchecked(&msgs[i], group, &dec[i], false);
+		}
+		ReleaseCurrentSubTransaction();
+		ok = true;
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	if (!ok)
+		for (i = 0; i < n; i++)
+			decode(&msgs[i], group, &dec[i]);
+}

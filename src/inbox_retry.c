@@ -1,0 +1,326 @@
+/*-------------------------------------------------------------------------
+ *
+ * inbox_retry.c
+ *	  Running the (message, handler)s a transaction of the inbox
+ *	  dispatches, and what follows a failure: a retry scheduled with
+ *	  exponential backoff and jitter, or after the last retry a dead letter
+ *	  and NOTIFY evbus_dead_letter.  Also the dead letter of an undecodable
+ *	  message, with its raw bytes.
+ *
+ * Each (message, handler) runs in its own subtransaction (handler.c) and
+ * its failure is recorded for that handler alone: one subscriber's failing
+ * handler never rolls back, holds back or dead-letters another handler's
+ * work (test 210_subscription_ownership.pl).  Once a message of a key stays
+ * pending for a handler, the later messages of that key wait for that
+ * handler (test 150_consume_key_order.pl).  A message whose attempts all
+ * ended with the consumer gone is dead-lettered as "interrupted" without
+ * running again, so a poison message cannot crash-loop the server (test
+ * 130_consume_kill.pl).
+ *
+ * Called by inbox.c inside its transactions; calls nothing of inbox.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/uuid.h"
+
+#include "inbox.h"
+
+/* What running a dispatched (message, handler) came to. */
+typedef enum Outcome
+{
+	HANDLED,					/* handlers succeeded; caller marks it handled */
+	PENDING,					/* failed, retry scheduled */
+	DEAD						/* failed for the last time, dead-lettered */
+} Outcome;
+
+/* A key held back for one handler: (handler, event key). */
+typedef struct HeldKey
+{
+	const char *handler;
+	const char *key;
+} HeldKey;
+
+/*
+ * evbus_hold_key --- add (handler, key) to held, a list of keys held back
+ * for one handler; the strings are not copied.
+ */
+List *
+evbus_hold_key(List *held, const char *handler, const char *key)
+{
+	HeldKey    *h = palloc(sizeof(HeldKey));
+
+	h->handler = handler;
+	h->key = key;
+	return lappend(held, h);
+}
+
+/* evbus_key_held --- is (handler, key) in held? */
+bool
+evbus_key_held(List *held, const char *handler, const char *key)
+{
+	ListCell   *lc;
+
+	foreach(lc, held)
+	{
+		HeldKey    *h = lfirst(lc);
+
+		if (strcmp(h->key, key) == 0 && strcmp(h->handler, handler) == 0)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * evbus_dead_letter_poison --- a poison message: an inbox row (for
+ * de-duplication; a redelivery is dead-lettered only once) and a dead
+ * letter with its raw bytes, under integration_event.
+ */
+void
+evbus_dead_letter_poison(const char *group, const ReceivedMessage *m, const Decoded *d,
+						 const char *integration_event)
+{
+	char	   *dedup = d->message_id ? d->message_id :
+		psprintf("%s/%d/" INT64_FORMAT, m->topic, m->partition, m->offset);
+	char	   *message_id = d->message_id;
+	bytea	   *raw = NULL;
+	Oid			types[9] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID, BYTEAOID};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+	if (message_id == NULL)
+	{
+		pg_uuid_t	uuid;
+
+		evbus_new_message_id(&uuid);
+		message_id = evbus_uuid_to_cstring(&uuid);
+	}
+	if (m->value)
+	{
+		raw = palloc(VARHDRSZ + m->valuelen);
+		SET_VARSIZE(raw, VARHDRSZ + m->valuelen);
+		memcpy(VARDATA(raw), m->value, m->valuelen);
+	}
+	values[0] = CStringGetTextDatum(group);
+	values[1] = CStringGetTextDatum(dedup);
+	values[2] = CStringGetTextDatum(message_id);
+	values[3] = CStringGetTextDatum(m->topic);
+	values[4] = Int32GetDatum(m->partition);
+	values[5] = Int64GetDatum(m->offset);
+	values[6] = CStringGetTextDatum(d->poison);
+	values[7] = CStringGetTextDatum(d->detail ? d->detail : d->poison);
+	if (raw)
+		values[8] = PointerGetDatum(raw);
+	else
+		nulls[8] = 'n';
+	/* integration event: the subscription's, else the topic */
+	evbus_spi_exec(psprintf("WITH i AS (INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
+				  " integration_event, topic, kafka_partition, kafka_offset, payload, headers,"
+				  " state, last_error_code, last_error_message)"
+				  " VALUES ($1, $2, $3, %s, $4, $5, $6, NULL, '{}', 'dead', $7, $8)"
+				  " ON CONFLICT (group_name, dedup_key, handler) DO NOTHING RETURNING message_id),"
+				  " d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
+				  " topic, group_name, kafka_partition, kafka_offset, raw_value, attempts,"
+				  " error_code, error_message)"
+				  " SELECT message_id, 'consume', %s, $4, $1, $5, $6, $9, 0, $7, $8 FROM i"
+				  " RETURNING message_id)"
+				  " SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
+				  quote_literal_cstr(integration_event), quote_literal_cstr(integration_event)),
+		 9, types, values, nulls, SPI_OK_SELECT);
+	ereport(WARNING,
+			(errmsg("evbus: message at %s/%d/" INT64_FORMAT " cannot be decoded (%s); dead-lettered",
+					m->topic, m->partition, m->offset, d->poison)));
+}
+
+/* Exponential backoff with +-20 % jitter, capped. */
+static int64
+backoff_ms(int attempts)
+{
+	double		ms = evbus_retry_interval_ms;
+	int			i;
+
+	for (i = 1; i < attempts && ms < evbus_retry_max_interval_ms; i++)
+		ms *= 2;
+	if (ms > evbus_retry_max_interval_ms)
+		ms = evbus_retry_max_interval_ms;
+	ms *= 0.8 + 0.4 * pg_prng_double(&pg_global_prng_state);
+	return (int64) ms;
+}
+
+/* A handler's own retry budget. */
+static int
+max_retries_of(const EvbusSubscription *sub)
+{
+	return sub->max_retries >= 0 ? sub->max_retries : evbus_max_retries;
+}
+
+/*
+ * run_one --- run one dispatched (message, handler) (the handler
+ * in its own subtransaction, handler.c) and record a failure (inside a
+ * txn): the retry, or the dead letter, is this handler's alone.  Success
+ * is left to the caller to record (in one statement for the batch).
+ */
+static Outcome
+run_one(Dispatch *d)
+{
+	char	   *code = NULL;
+	char	   *message = NULL;
+	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, INT8OID};
+	Datum		values[4];
+
+	values[0] = Int64GetDatum(d->inbox_id);
+	if (d->sub == NULL)
+	{
+		code = "no_handler";
+		message = psprintf("handler %s is not subscribed to this event in this group any more",
+						   d->handler);
+	}
+	else if (d->attempts > max_retries_of(d->sub) + 1)
+	{
+		/* every attempt so far ended with the consumer gone: a crash? */
+		code = "interrupted";
+		message = psprintf("each of the %d attempts ended with the consumer stopping while it ran the handlers (a crash?)",
+						   d->attempts - 1);
+		evbus_spi_exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1"
+			 " WHERE id OPERATOR(pg_catalog.=) $1",
+			 1, types, values, NULL, SPI_OK_UPDATE);
+		d->attempts--;
+	}
+	else if (evbus_run_handler(d->sub, d->payload, d->headers, &code, &message))
+		return HANDLED;
+
+	values[1] = CStringGetTextDatum(code);
+	values[2] = CStringGetTextDatum(message);
+	if (d->sub != NULL && d->attempts <= max_retries_of(d->sub))
+	{
+		values[3] = Int64GetDatum(backoff_ms(d->attempts));
+		evbus_spi_exec("UPDATE evbus.inbox SET state = 'pending', handled_at = NULL,"
+			 " last_error_code = $2, last_error_message = $3,"
+			 " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
+			 " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
+			 " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3)),"
+			 " next_attempt_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+)"
+			 " pg_catalog.make_interval(secs => $4::pg_catalog.float8 OPERATOR(pg_catalog./) 1000)"
+			 " WHERE id OPERATOR(pg_catalog.=) $1",
+			 4, types, values, NULL, SPI_OK_UPDATE);
+		return PENDING;
+	}
+
+	/* out of retries: dead letter, NOTIFY, and the key moves on */
+	evbus_spi_exec("WITH i AS (UPDATE evbus.inbox SET state = 'dead', handled_at = NULL,"
+		 " last_error_code = $2, last_error_message = $3, next_attempt_at = NULL,"
+		 " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
+		 " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
+		 " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3))"
+		 " WHERE id OPERATOR(pg_catalog.=) $1 RETURNING *),"
+		 " d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
+		 " topic, event_key, payload, headers, group_name, handler, kafka_partition, kafka_offset,"
+		 " attempts, errors, error_code, error_message)"
+		 " SELECT COALESCE(message_id, pg_catalog.gen_random_uuid()::pg_catalog.text), 'consume', integration_event,"
+		 " topic, event_key, payload, headers, group_name, handler, kafka_partition, kafka_offset,"
+		 " attempts, errors, $2, $3 FROM i RETURNING message_id)"
+		 " SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
+		 3, types, values, NULL, SPI_OK_SELECT);
+	ereport(WARNING,
+			(errmsg("evbus: handler %s of message %s in group \"%s\" failed %d times; dead-lettered",
+					d->handler, d->message_id ? d->message_id : "(no id)", d->group_name,
+					d->attempts),
+			 errdetail("Last error: %s: %s", code, message)));
+	return DEAD;
+}
+
+/* ------------------------------------------------------------------
+ * Running a transaction's dispatched rows
+ * ------------------------------------------------------------------
+ */
+
+/* Mark the given inbox rows handled, in one statement. */
+static void
+mark_handled(int64 *ids, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		values[1];
+	Datum	   *elems;
+	int			i;
+
+	if (n == 0)
+		return;
+	elems = palloc(sizeof(Datum) * n);
+	for (i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL,
+												TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(evbus_kept_plan(&plan,
+								   "UPDATE evbus.inbox SET state = 'handled',"
+								   " handled_at = pg_catalog.now(), next_attempt_at = NULL"
+								   " WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+								   1, types),
+						 values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update the inbox");
+}
+
+/*
+ * evbus_inbox_handle_batch --- run the dispatched messages in order and
+ * record the outcomes: the successes in one statement, unless their rows
+ * were inserted as handled already (inserted_handled).  Returns false if
+ * some message was left pending for a retry.
+ */
+bool
+evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handled)
+{
+	bool		none_pending = true;
+	int64	   *handled = palloc(sizeof(int64) * Max(list_length(dispatch), 1));
+	int			nhandled = 0;
+	List	   *blocked = NIL;	/* (handler, key) with a row left pending here */
+	ListCell   *lc;
+
+	/*
+	 * Each (message, handler) in its own subtransaction: a handler runs
+	 * exactly once per recorded attempt, and a failure rolls back only its
+	 * own effects for that message.  After a message of key K stays
+	 * pending for handler H, the later messages of K in the batch do not
+	 * run H: their attempt is taken back and they wait; other handlers of
+	 * K, and other keys, go on (test 210_subscription_ownership.pl).
+	 */
+	foreach(lc, dispatch)
+	{
+		Dispatch   *d = lfirst(lc);
+		Outcome		outcome;
+
+		if (d->event_key && evbus_key_held(blocked, d->handler, d->event_key))
+		{
+			Oid			types[1] = {INT8OID};
+			Datum		values[1];
+
+			values[0] = Int64GetDatum(d->inbox_id);
+			evbus_spi_exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1,"
+				 " state = 'pending', handled_at = NULL, next_attempt_at = pg_catalog.now()"
+				 " WHERE id OPERATOR(pg_catalog.=) $1",
+				 1, types, values, NULL, SPI_OK_UPDATE);
+			MemoryContextSwitchTo(cxt);
+			none_pending = false;
+			continue;
+		}
+
+		outcome = run_one(d);
+		MemoryContextSwitchTo(cxt);
+		if (outcome == HANDLED)
+			handled[nhandled++] = d->inbox_id;
+		else if (outcome == PENDING)
+		{
+			none_pending = false;
+			if (d->event_key)
+				blocked = evbus_hold_key(blocked, d->handler, d->event_key);
+		}
+	}
+	if (!inserted_handled)
+		mark_handled(handled, nhandled);
+	MemoryContextSwitchTo(cxt);
+	return none_pending;
+}
