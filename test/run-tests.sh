@@ -235,7 +235,7 @@ inner() {
 	else
 		say "logs: $RUN_DIR/installcheck.log, $ROOT/regression.diffs," \
 			"$ROOT/tmp_check_regress/log (pg_regress), $ROOT/tmp_check_pgtap/log (pgTAP)," \
-			"$ROOT/tmp_check/log (TAP), ${KAFKA_DIR:-(no broker)}/logs (broker)"
+			"$ROOT/tmp_check/log (TAP)${KAFKA_DIR:+, $KAFKA_DIR/logs (broker)}"
 	fi
 	[[ $ONLY != '' && $ONLY != regress ]] || say "regress: $REGRESS_PASS passed, $REGRESS_FAIL failed"
 	[[ $ONLY != '' && $ONLY != pgtap ]] || say "pgtap: $PGTAP_PASS passed, $PGTAP_FAIL failed, $PGTAP_SKIP skipped"
