@@ -4,12 +4,6 @@
  * contract; sql/misuse.sql keeps the readable transcript of the messages.
  * Runs in a transaction that it rolls back.
  */
-\set ON_ERROR_STOP 1
-\set QUIET 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-
 BEGIN;
 SELECT plan(54);
 

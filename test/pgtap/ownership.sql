@@ -9,12 +9,6 @@
  * role that subscriptions run as cannot be dropped (2BP01).  Runs in a
  * transaction that it rolls back.
  */
-\set ON_ERROR_STOP 1
-\set QUIET 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-
 BEGIN;
 SELECT plan(27);
 

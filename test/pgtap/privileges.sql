@@ -8,12 +8,6 @@
  * and for one granted the consuming API, on every function, table, view
  * and sequence.  Runs in a transaction that it rolls back.
  */
-\set ON_ERROR_STOP 1
-\set QUIET 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-
 BEGIN;
 SELECT plan(107);
 

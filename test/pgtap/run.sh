@@ -13,7 +13,9 @@
 # that directory only (no TCP port, so runs of other trees never collide),
 # then a database with the extensions pgtap and evbus.  Each test file is
 # a plan()-ed script that runs in one transaction and rolls it back, so
-# the files share the database and leave nothing behind.
+# the files share the database and leave nothing behind.  pg_prove runs
+# psql with ON_ERROR_STOP, unaligned tuples only and no psqlrc, so the
+# files need no psql settings of their own.
 #
 # The instance is always stopped; tmp_check_pgtap/ is removed when every
 # file passed and kept otherwise (its log/postmaster.log, log/pg_prove.log).

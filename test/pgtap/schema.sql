@@ -5,12 +5,6 @@
  * change of the contract and must show up here.  Runs in a transaction
  * that it rolls back (test/pgtap/run.sh).
  */
-\set ON_ERROR_STOP 1
-\set QUIET 1
-\pset format unaligned
-\pset tuples_only true
-\pset pager off
-
 BEGIN;
 SELECT plan(105);
 
