@@ -5,7 +5,7 @@
  * Runs in a transaction that it rolls back.
  */
 BEGIN;
-SELECT plan(54);
+SELECT plan(60);
 
 CREATE FUNCTION public.pgtap_identity(payload jsonb) RETURNS jsonb
 	LANGUAGE sql AS $$ SELECT payload $$;
@@ -110,6 +110,29 @@ SELECT throws_ok($$SET TRANSACTION READ ONLY; SELECT evbus.publish('Thing', '{}'
 				 '25006', NULL, 'publish: read-only transaction (25006)');
 
 -- evbus.capture
+CREATE TABLE public.pgtap_notes (body text);
+SELECT throws_ok($$CREATE TRIGGER pgtap_before BEFORE INSERT ON public.pgtap_notes
+					FOR EACH ROW EXECUTE FUNCTION evbus.capture('PgtapBig');
+				   INSERT INTO public.pgtap_notes VALUES ('before')$$,
+				 '39P01', NULL, 'capture: a BEFORE trigger (39P01)');
+SELECT throws_ok($$CREATE TRIGGER pgtap_statement AFTER INSERT ON public.pgtap_notes
+					FOR EACH STATEMENT EXECUTE FUNCTION evbus.capture('PgtapBig');
+				   INSERT INTO public.pgtap_notes VALUES ('statement')$$,
+				 '39P01', NULL, 'capture: a statement trigger (39P01)');
+SELECT throws_ok($$CREATE TRIGGER pgtap_noargs AFTER INSERT ON public.pgtap_notes
+					FOR EACH ROW EXECUTE FUNCTION evbus.capture();
+				   INSERT INTO public.pgtap_notes VALUES ('no args')$$,
+				 '39P01', NULL, 'capture: no domain event argument (39P01)');
+SELECT throws_ok($$CREATE TRIGGER pgtap_badkey AFTER INSERT ON public.pgtap_notes
+					FOR EACH ROW EXECUTE FUNCTION evbus.capture('PgtapBig', 'no_such_column');
+				   INSERT INTO public.pgtap_notes VALUES ('bad key')$$,
+				 '42703', NULL, 'capture: unknown key column (42703)');
+SELECT throws_ok($$CREATE TRIGGER pgtap_unknown AFTER INSERT ON public.pgtap_notes
+					FOR EACH ROW EXECUTE FUNCTION evbus.capture('PgtapNobodyConvertsThis');
+				   INSERT INTO public.pgtap_notes VALUES ('unknown')$$,
+				 '42704', NULL, 'capture: unknown domain event (42704)');
+SELECT throws_ok($$SELECT evbus.capture()$$,
+				 '39P01', NULL, 'capture: called other than as a trigger (39P01)');
 SELECT throws_ok($$CREATE TRIGGER pgtap_capture AFTER INSERT ON public.pgtap_rows
 					FOR EACH ROW EXECUTE FUNCTION evbus.capture('PgtapBig', 'id');
 				   INSERT INTO public.pgtap_rows VALUES (repeat('k', 400000), repeat('x', 300000))$$,
