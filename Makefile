@@ -107,7 +107,8 @@ ifeq ($(EVBUS_TEST_KAFKA_BOOTSTRAP),)
 	trap 'bash "$(KAFKA_SH)" stop "$$dir" >/dev/null 2>&1 || true' EXIT; \
 	trap 'exit 130' INT TERM; \
 	if ! boot=$$(bash "$(KAFKA_SH)" start "$$dir"); then \
-		echo "installcheck-tap: no Kafka broker, and the TAP tests need one: fetch its jars with 'bash test/kafka/kafka.sh fetch' (needs mvn and a JDK 17), or set EVBUS_TEST_KAFKA_BOOTSTRAP to a broker of yours (bash test/run-tests.sh does all of it); broker logs in $$dir/logs" >&2; \
+		echo "installcheck-tap: no Kafka broker, and the TAP tests need one: fetch its jars with 'bash test/kafka/kafka.sh fetch' (needs mvn and a JDK 17), or set EVBUS_TEST_KAFKA_BOOTSTRAP to a broker of yours (bash test/run-tests.sh does all of it)" >&2; \
+		if [ -d "$$dir/logs" ]; then echo "installcheck-tap: broker logs in $$dir/logs" >&2; else rm -rf "$$dir"; fi; \
 		exit 1; \
 	fi; \
 	echo "installcheck-tap: broker at $$boot, dir $$dir"; \
