@@ -1,6 +1,18 @@
 # evbus: PGXS build.  The library must be preloaded
-# (shared_preload_libraries = 'evbus'); regression tests start their own
-# server with it (see sql/evbus.conf).
+# (shared_preload_libraries = 'evbus'); the tests start their own servers
+# with it (see sql/evbus.conf).
+#
+# make installcheck runs the three layers of tests against the installed
+# evbus, each even when an earlier one failed (CONTRIBUTING.md):
+#   installcheck-regress  pg_regress, sql/*.sql (readable transcripts)
+#   installcheck-pgtap    pgTAP, test/pgtap/*.sql with pg_prove (the SQL
+#                         API's contract); PGTAP_TESTS= picks files
+#   installcheck-tap      Perl TAP, test/t/*.pl with PGXS's
+#                         prove_installcheck; PROVE_TESTS= picks files.
+#                         Needs a Kafka broker: EVBUS_TEST_KAFKA_BOOTSTRAP,
+#                         else one is started with test/kafka/kafka.sh
+# Each layer runs its own temporary instances; PostgreSQL refuses to run
+# as root, so run it as another user (bash test/run-tests.sh does).
 
 MODULE_big = evbus
 OBJS = \
@@ -40,9 +52,22 @@ DATA = evbus--0.1.sql
 PGFILEDESC = "evbus - integration events between PostgreSQL and Kafka"
 
 REGRESS = setup staging converters capture misuse security subscriptions kafka_config
-# evbus needs a UTF8 database, whatever the locale of the environment
-REGRESS_OPTS = --temp-config=$(srcdir)/sql/evbus.conf --temp-instance=./tmp_check \
+# evbus needs a UTF8 database, whatever the locale of the environment.  Not
+# ./tmp_check: prove_installcheck empties that one for the TAP tests.
+REGRESS_OPTS = --temp-config=$(srcdir)/sql/evbus.conf --temp-instance=./tmp_check_regress \
 	--encoding=UTF8
+
+# pgTAP files to run (default: all of test/pgtap/*.sql)
+PGTAP_TESTS =
+
+# Perl TAP tests, run by PGXS's prove_installcheck with TESTDIR at the top
+# of the tree (their logs go to tmp_check/log)
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+
+# installcheck is defined below, with the pgTAP layer between the others
+NO_INSTALLCHECK = 1
+EXTRA_CLEAN = tmp_check_regress tmp_check_pgtap
 
 PG_CPPFLAGS = -I$(srcdir)/src $(shell pkg-config --cflags rdkafka) -Wall -Wmissing-prototypes
 SHLIB_LINK = $(shell pkg-config --libs rdkafka)
@@ -50,3 +75,52 @@ SHLIB_LINK = $(shell pkg-config --libs rdkafka)
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# after the include: Makefile.global empties PROVE_FLAGS
+PROVE_FLAGS = -I $(srcdir)/test/lib --timer
+
+KAFKA_SH = $(abspath $(srcdir))/test/kafka/kafka.sh
+
+.PHONY: installcheck installcheck-regress installcheck-pgtap installcheck-tap
+
+installcheck:
+	@if [ "$$(id -u)" -eq 0 ]; then \
+		echo "installcheck: PostgreSQL refuses to run as root: run it as another user, or run bash test/run-tests.sh" >&2; \
+		exit 1; \
+	fi; \
+	rc=0; \
+	$(MAKE) --no-print-directory installcheck-regress || rc=1; \
+	$(MAKE) --no-print-directory installcheck-pgtap || rc=1; \
+	$(MAKE) --no-print-directory installcheck-tap || rc=1; \
+	exit $$rc
+
+installcheck-regress:
+	$(pg_regress_installcheck) $(REGRESS_OPTS) $(REGRESS)
+
+installcheck-pgtap:
+	bash $(srcdir)/test/pgtap/run.sh '$(bindir)' $(PGTAP_TESTS)
+
+# Without a broker (EVBUS_TEST_KAFKA_BOOTSTRAP unset) start one for the run
+# in a temporary directory and stop it afterwards, even when interrupted;
+# its logs are kept when a test failed.
+installcheck-tap:
+ifeq ($(EVBUS_TEST_KAFKA_BOOTSTRAP),)
+	@echo "installcheck-tap: EVBUS_TEST_KAFKA_BOOTSTRAP is not set: starting a Kafka broker with test/kafka/kafka.sh"
+	@dir=$$(mktemp -d "$${TMPDIR:-/tmp}/evbus-kafka.XXXXXX") || exit 1; \
+	trap 'bash "$(KAFKA_SH)" stop "$$dir" >/dev/null 2>&1 || true' EXIT; \
+	trap 'exit 130' INT TERM; \
+	if ! boot=$$(bash "$(KAFKA_SH)" start "$$dir"); then \
+		echo "installcheck-tap: no Kafka broker, and the TAP tests need one: fetch its jars with 'bash test/kafka/kafka.sh fetch' (needs mvn and a JDK 17), or set EVBUS_TEST_KAFKA_BOOTSTRAP to a broker of yours (bash test/run-tests.sh does all of it)" >&2; \
+		if [ -d "$$dir/logs" ]; then echo "installcheck-tap: broker logs in $$dir/logs" >&2; else rm -rf "$$dir"; fi; \
+		exit 1; \
+	fi; \
+	echo "installcheck-tap: broker at $$boot, dir $$dir"; \
+	rc=0; \
+	EVBUS_TEST_KAFKA_BOOTSTRAP=$$boot EVBUS_TEST_KAFKA_DIR=$$dir EVBUS_TEST_KAFKA_SH="$(KAFKA_SH)" \
+		$(MAKE) --no-print-directory installcheck-tap || rc=$$?; \
+	bash "$(KAFKA_SH)" stop "$$dir" || true; \
+	if [ $$rc -eq 0 ]; then rm -rf "$$dir"; else echo "installcheck-tap: broker logs kept in $$dir/logs"; fi; \
+	exit $$rc
+else
+	$(prove_installcheck)
+endif

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # run-tests.sh - THE test command of evbus (README: `bash test/run-tests.sh`;
-# .ci/run calls exactly that).  On a fresh Debian 12 machine:
+# .ci/run calls exactly that).  A thin wrapper around `make installcheck`
+# (see the Makefile and CONTRIBUTING.md).  On a fresh Debian 12 machine:
 #
 #   1. deps     test/install-deps.sh (as root it installs; otherwise it only
 #               checks and stops the run when something is missing)
@@ -14,15 +15,22 @@
 #               rest there as that user (runuser).  Not root: run in place.
 #   5. kafka    one broker for the whole run, in a temporary directory;
 #               exported to the tests as EVBUS_TEST_KAFKA_BOOTSTRAP,
-#               EVBUS_TEST_KAFKA_DIR and EVBUS_TEST_KAFKA_SH
-#   6. regress  make installcheck (pg_regress, its own --temp-instance)
-#      tap      prove -I test/lib -I <pgxs perl> test/t/*.pl
+#               EVBUS_TEST_KAFKA_DIR and EVBUS_TEST_KAFKA_SH (only when the
+#               Perl TAP tests run)
+#   6. make installcheck: pg_regress (sql/*.sql), pgTAP (test/pgtap/*.sql
+#               with pg_prove) and Perl TAP (test/t/*.pl with prove), each
+#               against temporary instances of its own
 #   7. the broker is always stopped; on failure regression.diffs and the
-#      failing TAP tests' logs are printed and the exit status is non-zero.
+#               logs of what failed are printed and the exit status is
+#               non-zero.  The last line counts the pg_regress tests and the
+#               pgTAP and TAP files:
+#                   evbus: N passed, N failed, N skipped
 #
 # Environment:
-#   EVBUS_TEST_ONLY=regress|tap   run only that phase of step 6
-#   EVBUS_TAP_TESTS='test/t/010_x.pl ...'  the TAP tests to run (default all)
+#   EVBUS_TEST_ONLY=regress|pgtap|tap   run only that layer of step 6
+#                                 (make installcheck-regress|-pgtap|-tap)
+#   EVBUS_TAP_TESTS='test/t/010_x.pl ...'  the TAP tests to run (default all;
+#                                 make installcheck PROVE_TESTS=...)
 #   EVBUS_TEST_KEEP=1             keep the temporary tree / broker dir even
 #                                 when everything passed
 #   EVBUS_COPT                    extra C flags for the build (default -Werror)
@@ -39,9 +47,6 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_BIN=${EVBUS_PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PG_BIN/pg_config
-PGXS_DIR=$(dirname "$PG_BIN")/lib/pgxs
-PGXS_PERL=$PGXS_DIR/src/test/perl
-PG_REGRESS=$PGXS_DIR/src/test/regress/pg_regress
 TEST_USER=evbus_test
 ONLY=${EVBUS_TEST_ONLY:-}
 KEEP=${EVBUS_TEST_KEEP:-}
@@ -51,8 +56,8 @@ cd "$ROOT"
 say() { echo "run-tests: $*"; }
 
 case $ONLY in
-'' | regress | tap) ;;
-*) say "EVBUS_TEST_ONLY must be regress or tap, not '$ONLY'" >&2; exit 2 ;;
+'' | regress | pgtap | tap) ;;
+*) say "EVBUS_TEST_ONLY must be regress, pgtap or tap, not '$ONLY'" >&2; exit 2 ;;
 esac
 
 # phase NAME CMD... : run CMD, print "NAME ok|FAILED (Ns)"; return its status.
@@ -101,7 +106,8 @@ make_copy() {
 	id -u "$TEST_USER" >/dev/null 2>&1 \
 		|| useradd --system --create-home --shell /bin/bash "$TEST_USER" || return 1
 	tree=$(mktemp -d /tmp/evbus-test.XXXXXX) || return 1
-	tar -C "$ROOT" --exclude=./.git --exclude=./tmp_check --exclude=./test/tmp_check \
+	tar -C "$ROOT" --exclude=./.git --exclude=./tmp_check --exclude=./tmp_check_regress \
+		--exclude=./tmp_check_pgtap --exclude=./test/tmp_check \
 		--exclude=./results --exclude=./test/kafka/libs -cf - . \
 		| tar -C "$tree" -xf - || return 1
 	mkdir -p "$tree/test/kafka/libs" || return 1
@@ -129,90 +135,114 @@ start_kafka() {
 	say "broker at $EVBUS_TEST_KAFKA_BOOTSTRAP, dir $KAFKA_DIR"
 }
 
-REGRESS_PASS=0 REGRESS_FAIL=0 TAP_PASS=0 TAP_FAIL=0 TAP_SKIP=0
+# count_prove LOG EXT TOTAL: set PASS, FAIL, SKIP for the files ending in EXT
+# that prove (or pg_prove) reported in LOG, out of TOTAL run.  Its "Test
+# Summary Report" names each failed file as "FILE (Wstat: ..."; a skipped
+# file prints "FILE .. skipped: why".  Also sets FAILED_FILES.
+count_prove() {
+	local log=$1 ext=$2 total=$3
+	FAILED_FILES=$(sed -n "s/^\(\S*\\$ext\) *(Wstat:.*/\1/p" "$log")
+	FAIL=$(grep -c . <<<"$FAILED_FILES" || true)
+	SKIP=$(grep -cE "\\$ext \.+ skipped" "$log" || true)
+	PASS=$((total - FAIL - SKIP))
+}
 
-run_regress() {
-	local rc=0
+REGRESS_PASS=0 REGRESS_FAIL=0 PGTAP_PASS=0 PGTAP_FAIL=0 PGTAP_SKIP=0
+TAP_PASS=0 TAP_FAIL=0 TAP_SKIP=0
+
+# make installcheck (or one layer of it), then the counts of each layer
+# from its output, and the logs of what failed
+run_installcheck() {
+	local rc=0 target=installcheck tap_tests pgtap_tests t base f log=$LOG_DIR/installcheck.log
+	local -a args=(PG_CONFIG="$PG_CONFIG")
+	[[ -z $ONLY ]] || target=installcheck-$ONLY
+	if [[ -n ${EVBUS_TAP_TESTS:-} ]]; then
+		args+=(PROVE_TESTS="$EVBUS_TAP_TESTS")
+		read -r -a tap_tests <<<"$EVBUS_TAP_TESTS"
+	else
+		tap_tests=("$ROOT"/test/t/*.pl)
+	fi
+	pgtap_tests=("$ROOT"/test/pgtap/*.sql)
 	rm -f "$ROOT/regression.diffs" "$ROOT/regression.out"
-	make -C "$ROOT" PG_CONFIG="$PG_CONFIG" installcheck 2>&1 | tee "$LOG_DIR/regress.log" || rc=$?
-	# pg_regress 15 prints "test NAME ... ok|FAILED" (or "     NAME ... ") per test
-	REGRESS_PASS=$(grep -cE '\.\.\. +ok( |$)' "$LOG_DIR/regress.log" || true)
-	REGRESS_FAIL=$(grep -cE '\.\.\. +FAILED' "$LOG_DIR/regress.log" || true)
-	if ((rc != 0)) && ((REGRESS_FAIL == 0)); then
-		REGRESS_FAIL=1 # failed before or outside any test
+	make -C "$ROOT" --no-print-directory "${args[@]}" "$target" 2>&1 | tee "$log" || rc=$?
+
+	if [[ $ONLY == '' || $ONLY == regress ]]; then
+		# pg_regress 15 prints "test NAME ... ok|FAILED" (or "     NAME ... ") per test
+		REGRESS_PASS=$(grep -cE '^(test | +)\S+ +\.\.\. +ok( |$)' "$log" || true)
+		REGRESS_FAIL=$(grep -cE '^(test | +)\S+ +\.\.\. +FAILED' "$log" || true)
+		if ((REGRESS_FAIL == 0)) && ! grep -qE 'All [0-9]+ tests passed' "$log"; then
+			REGRESS_FAIL=1 # failed before or outside any test
+		fi
+	fi
+	if [[ $ONLY == '' || $ONLY == pgtap ]]; then
+		count_prove "$log" .sql "${#pgtap_tests[@]}"
+		PGTAP_PASS=$PASS PGTAP_FAIL=$FAIL PGTAP_SKIP=$SKIP
+		if ((PGTAP_FAIL == 0)) && grep -q '^pgtap: ' "$log"; then
+			PGTAP_FAIL=${#pgtap_tests[@]} PGTAP_PASS=0 # the instance could not be set up
+		fi
+		[[ -f $ROOT/tmp_check_pgtap/log/postmaster.log ]] && {
+			say "---- $ROOT/tmp_check_pgtap/log/postmaster.log (last 60 lines)"
+			tail -n 60 "$ROOT/tmp_check_pgtap/log/postmaster.log"
+		}
+	fi
+	if [[ $ONLY == '' || $ONLY == tap ]]; then
+		count_prove "$log" .pl "${#tap_tests[@]}"
+		TAP_PASS=$PASS TAP_FAIL=$FAIL TAP_SKIP=$SKIP
+		if ((TAP_FAIL == 0)) && grep -q '^installcheck-tap: no Kafka broker' "$log"; then
+			TAP_FAIL=${#tap_tests[@]} TAP_PASS=0
+		fi
+		for t in $FAILED_FILES; do
+			base=$(basename "$t" .pl)
+			f=$ROOT/tmp_check/log/regress_log_$base
+			[[ -f $f ]] && { say "---- $f (last 200 lines)"; tail -n 200 "$f"; }
+			for f in "$ROOT/tmp_check/log/${base}"_*.log; do
+				[[ -f $f ]] && { say "---- $f (last 60 lines)"; tail -n 60 "$f"; }
+			done
+		done
 	fi
 	if [[ -s $ROOT/regression.diffs ]]; then
 		say "---- $ROOT/regression.diffs (first 300 lines)"
 		head -n 300 "$ROOT/regression.diffs"
 	fi
-	if ((rc != 0)) && [[ -f $ROOT/tmp_check/log/postmaster.log ]]; then
-		say "---- $ROOT/tmp_check/log/postmaster.log (last 60 lines)"
-		tail -n 60 "$ROOT/tmp_check/log/postmaster.log"
+	if [[ -f $ROOT/tmp_check_regress/log/postmaster.log ]]; then
+		say "---- $ROOT/tmp_check_regress/log/postmaster.log (last 60 lines)"
+		tail -n 60 "$ROOT/tmp_check_regress/log/postmaster.log"
 	fi
-	return "$rc"
-}
-
-run_tap() {
-	local rc=0 tests t base f failed_files
-	if [[ -n ${EVBUS_TAP_TESTS:-} ]]; then
-		read -r -a tests <<<"$EVBUS_TAP_TESTS"
-	else
-		tests=("$ROOT"/test/t/*.pl)
-		tests=("${tests[@]#"$ROOT"/}")
+	# a failure no file accounts for (make itself, a layer that did not start)
+	if ((rc != 0 && REGRESS_FAIL + PGTAP_FAIL + TAP_FAIL == 0)); then
+		REGRESS_FAIL=1
 	fi
-	[[ -e ${tests[0]:-} ]] || { say "no TAP tests found" >&2; TAP_FAIL=1; return 1; }
-	# what PGXS's prove_installcheck sets: TESTDIR (tmp_check/ with the
-	# logs and node data goes there), PATH, PG_REGRESS
-	rm -rf "$ROOT/test/tmp_check"
-	mkdir -p "$ROOT/test/tmp_check"
-	TESTDIR=$ROOT/test PATH="$PG_BIN:$PATH" PG_REGRESS=$PG_REGRESS \
-		prove --timer -I "$ROOT/test/lib" -I "$PGXS_PERL" "${tests[@]}" 2>&1 \
-		| tee "$LOG_DIR/prove.log" || rc=$?
-	# prove's "Test Summary Report" names each failed file as "FILE (Wstat: ...";
-	# skipped files print "FILE .. skipped: why"
-	failed_files=$(sed -n 's/^\(\S*\.pl\) *(Wstat:.*/\1/p' "$LOG_DIR/prove.log")
-	TAP_FAIL=$(grep -c . <<<"$failed_files" || true)
-	TAP_SKIP=$(grep -cE '\.pl \.+ skipped' "$LOG_DIR/prove.log" || true)
-	((rc == 0 || TAP_FAIL > 0)) || TAP_FAIL=${#tests[@]} # prove itself failed
-	TAP_PASS=$((${#tests[@]} - TAP_FAIL - TAP_SKIP))
-	for t in $failed_files; do
-		base=$(basename "$t" .pl)
-		f=$ROOT/test/tmp_check/log/regress_log_$base
-		[[ -f $f ]] && { say "---- $f (last 200 lines)"; tail -n 200 "$f"; }
-		for f in "$ROOT/test/tmp_check/log/${base}"_*.log; do
-			[[ -f $f ]] && { say "---- $f (last 60 lines)"; tail -n 60 "$f"; }
-		done
-	done
 	return "$rc"
 }
 
 inner() {
 	local failed=0
-	# RUN_DIR: the broker's dir (kafka/) and this run's logs
+	# RUN_DIR: the broker's dir (kafka/) and this run's log
 	RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/evbus-run.XXXXXX")
 	LOG_DIR=$RUN_DIR
 	trap 'stop_kafka' EXIT
 	trap 'exit 130' INT TERM
-	phase kafka start_kafka || { say "no broker, no tests"; exit 1; }
-	if [[ $ONLY != tap ]]; then
-		phase regress run_regress || failed=1
+	# only the Perl TAP tests need the broker
+	if [[ $ONLY == '' || $ONLY == tap ]]; then
+		phase kafka start_kafka || { say "no broker, no tests"; exit 1; }
 	fi
-	if [[ $ONLY != regress ]]; then
-		phase tap run_tap || failed=1
-	fi
+	phase installcheck run_installcheck || failed=1
 	trap - EXIT
 	stop_kafka
 	if ((failed == 0)) && [[ -z $KEEP ]]; then
 		rm -rf "$RUN_DIR"
 		say "passed; temporary files removed (EVBUS_TEST_KEEP=1 keeps them)"
 	else
-		say "logs: $RUN_DIR/{regress,prove}.log, $ROOT/regression.diffs," \
-			"$ROOT/test/tmp_check/log (TAP), $KAFKA_DIR/logs (broker)"
+		say "logs: $RUN_DIR/installcheck.log, $ROOT/regression.diffs," \
+			"$ROOT/tmp_check_regress/log (pg_regress), $ROOT/tmp_check_pgtap/log (pgTAP)," \
+			"$ROOT/tmp_check/log (TAP)${KAFKA_DIR:+, $KAFKA_DIR/logs (broker)}"
 	fi
-	[[ $ONLY == tap ]] || say "regress: $REGRESS_PASS passed, $REGRESS_FAIL failed"
-	[[ $ONLY == regress ]] || say "tap: $TAP_PASS passed, $TAP_FAIL failed, $TAP_SKIP skipped"
+	[[ $ONLY != '' && $ONLY != regress ]] || say "regress: $REGRESS_PASS passed, $REGRESS_FAIL failed"
+	[[ $ONLY != '' && $ONLY != pgtap ]] || say "pgtap: $PGTAP_PASS passed, $PGTAP_FAIL failed, $PGTAP_SKIP skipped"
+	[[ $ONLY != '' && $ONLY != tap ]] || say "tap: $TAP_PASS passed, $TAP_FAIL failed, $TAP_SKIP skipped"
 	# the closing line, printed last by the outer stage
-	echo "evbus: $((REGRESS_PASS + TAP_PASS)) passed, $((REGRESS_FAIL + TAP_FAIL)) failed, $TAP_SKIP skipped" \
+	echo "evbus: $((REGRESS_PASS + PGTAP_PASS + TAP_PASS)) passed," \
+		"$((REGRESS_FAIL + PGTAP_FAIL + TAP_FAIL)) failed, $((PGTAP_SKIP + TAP_SKIP)) skipped" \
 		>"$EVBUS_TEST_SUMMARY"
 	return "$failed"
 }
