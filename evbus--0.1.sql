@@ -493,4 +493,5 @@ REVOKE ALL ON FUNCTION evbus.retry(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.retry(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.unsubscribe(text, regprocedure, text) FROM PUBLIC;
+GRANT USAGE ON SCHEMA evbus TO pg_monitor;
 GRANT SELECT ON evbus.stats TO pg_monitor;
