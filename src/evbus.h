@@ -33,7 +33,7 @@
 /* Longest legal Kafka topic name (Kafka's Topic.MAX_NAME_LENGTH). */
 #define EVBUS_MAX_TOPIC_LEN 249
 
-/* ---------- guc.c: settings (DESIGN.md section 6) ---------- */
+/* ---------- guc.c: settings (README "Configuration") ---------- */
 extern char *evbus_brokers;
 extern char *evbus_kafka_config_file;
 extern char *evbus_topic_prefix;

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
  * guc.c
- *	  The evbus.* settings (DESIGN.md section 6).
+ *	  The evbus.* settings (README "Configuration").
  *
  * Where a setting reaches the network (brokers, Kafka properties file,
  * topic prefix) it is PGC_SIGHUP: only postgresql.conf or ALTER SYSTEM can

@@ -4,7 +4,7 @@
  *	  Compact JSON text of a jsonb value, as it goes on the wire.
  *
  * jsonb's own output puts a space after ':' and ','; the wire format
- * (DESIGN.md section 3) is compact UTF-8 JSON, so evbus writes its own.
+ * (README "Wire format") is compact UTF-8 JSON, so evbus writes its own.
  * Strings are escaped with PostgreSQL's escape_json, numbers printed by
  * numeric_out, so the text reads back to the same jsonb.
  *
