@@ -12,7 +12,7 @@
  * from the lowest id finds whatever is left.  Events held back (their key
  * waits) and events whose delivery failed are remembered the same way; a
  * failed one never expires (test 020_broker_outage.pl), a hole does after
- * HOLE_TIMEOUT_MS (test 090_late_events.pl).
+ * HOLE_TIMEOUT_MS, and the sweep then finds it (test 090_late_events.pl).
  *
  * This part only reads: it returns the rows it claimed, and publisher.c
  * produces them.
@@ -176,6 +176,7 @@ evbus_cursor_claim_forward(int limit, int64 max_bytes, OutboxRow **rows,
 	int			i;
 	int64		expected = max_seen + 1;
 
+	*rows = NULL;
 	if (max_bytes <= 0)
 	{
 		*full = true;			/* the remembered ids took the step's bytes */

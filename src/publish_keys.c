@@ -155,6 +155,25 @@ evbus_key_sent(uint64 keyhash)
 }
 
 /*
+ * key_settle --- an event of the key was reported on (reported: it was in
+ * flight) or refused before it was queued: done with (failed false) or to
+ * be produced again (failed true).
+ */
+static void
+key_settle(uint64 keyhash, int64 id, bool reported, bool failed)
+{
+	KeyState   *ks = key_state(keyhash, true);
+
+	if (reported)
+		ks->inflight--;
+	if (failed)
+		key_block(ks, id);
+	else
+		key_unblock(ks, id);
+	key_state_release(ks);
+}
+
+/*
  * evbus_key_done --- event id of the key is done with (published, or
  * dead); reported: it was in flight.  Remove it from the revisits and the
  * solo list first.
@@ -162,12 +181,7 @@ evbus_key_sent(uint64 keyhash)
 void
 evbus_key_done(uint64 keyhash, int64 id, bool reported)
 {
-	KeyState   *ks = key_state(keyhash, true);
-
-	if (reported)
-		ks->inflight--;
-	key_unblock(ks, id);
-	key_state_release(ks);
+	key_settle(keyhash, id, reported, false);
 }
 
 /*
@@ -178,12 +192,7 @@ evbus_key_done(uint64 keyhash, int64 id, bool reported)
 void
 evbus_key_failed(uint64 keyhash, int64 id, bool reported)
 {
-	KeyState   *ks = key_state(keyhash, true);
-
-	if (reported)
-		ks->inflight--;
-	key_block(ks, id);
-	key_state_release(ks);
+	key_settle(keyhash, id, reported, true);
 }
 
 /*

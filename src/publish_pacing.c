@@ -14,8 +14,9 @@
  * whatever step comes then, so that one recording covers many reports.
  * While claims linger longer than those intervals, both wait as long as a
  * claim: then one step, one transaction, serves the reports, records them
- * and claims (report_poll_ms, finish_delay_ms).  During a backlog every
- * step claims (test 095_trickle_exactly_once.pl).
+ * and claims (report_poll_ms, finish_delay_ms).  A claim asked for stays
+ * asked for until a step claims, so a commit's wake-up is never lost
+ * (test 095_trickle_exactly_once.pl).
  *
  *-------------------------------------------------------------------------
  */
