@@ -50,7 +50,6 @@ extern void evbus_keys_forget_vanished(int64 *ids, int nids,
 									   int64 last_examined);
 extern void evbus_solo_add(int64 id, uint64 keyhash);
 extern int	evbus_solo_count(void);
-extern int64 evbus_solo_lowest_failed(uint64 keyhash, int64 lowest);
 extern bool evbus_solo_take_next(int64 *id, uint64 *keyhash);
 
 /* publish_reports.c: events in flight and delivery-report bookkeeping */

@@ -101,8 +101,12 @@ key_state_release(KeyState *ks)
 static int64
 next_failed_id(uint64 keyhash)
 {
-	return evbus_solo_lowest_failed(keyhash,
-									evbus_revisit_lowest_failed(keyhash));
+	int64		lowest = evbus_revisit_lowest_failed(keyhash);
+
+	for (int i = 0; i < nsolo; i++)
+		if (solo[i].keyhash == keyhash && (lowest == 0 || solo[i].id < lowest))
+			lowest = solo[i].id;
+	return lowest;
 }
 
 /*
@@ -288,16 +292,6 @@ int
 evbus_solo_count(void)
 {
 	return nsolo;
-}
-
-/* The lower of lowest (0: none) and the key's lowest solo event. */
-int64
-evbus_solo_lowest_failed(uint64 keyhash, int64 lowest)
-{
-	for (int i = 0; i < nsolo; i++)
-		if (solo[i].keyhash == keyhash && (lowest == 0 || solo[i].id < lowest))
-			lowest = solo[i].id;
-	return lowest;
 }
 
 /*
