@@ -26,6 +26,11 @@ OBJS = \
 	src/kafka_errors.o \
 	src/producer.o \
 	src/publisher.o \
+	src/publish_keys.o \
+	src/publish_cursor.o \
+	src/publish_reports.o \
+	src/publish_producer.o \
+	src/publish_pacing.o \
 	src/cpu_pressure.o \
 	src/outbox.o \
 	src/outbox_scan.o \

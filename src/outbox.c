@@ -38,7 +38,6 @@
 #include "storage/bufmgr.h"
 
 #include "outbox.h"
-#include "publisher.h"
 
 static SPIPlanPtr count_plan = NULL;
 
@@ -164,10 +163,10 @@ evbus_outbox_finish(int64 *done_ids, int *done_tables, char **done_events,
  * Which of a table's pending rows hold its TRUNCATE back: 0 if none (the
  * rows may move), -1 if the truncation must wait (more than MOVE_MAX rows
  * pending, a backlog; or one of them in flight, or delivered and not yet
- * recorded: its finish will name this table).
+ * recorded: its finish will name this table; held says which are).
  */
 static int
-pending_rows(int slot, int64 *ids)
+pending_rows(int slot, int64 *ids, EvbusOutboxHeldFn held)
 {
 	int			n = evbus_outbox_pending_ids(slot, MOVE_MAX, ids);
 	int			i;
@@ -175,7 +174,7 @@ pending_rows(int slot, int64 *ids)
 	if (n > MOVE_MAX)
 		return -1;
 	for (i = 0; i < n; i++)
-		if (evbus_publisher_holds(ids[i]))
+		if (held(ids[i]))
 			return -1;
 	return n;
 }
@@ -192,7 +191,7 @@ pending_rows(int slot, int64 *ids)
  * a fresh snapshot, so a row committed meanwhile is never lost.
  */
 static void
-truncate_if_published(int slot, int current)
+truncate_if_published(int slot, int current, EvbusOutboxHeldFn held)
 {
 	char		relname[NAMEDATALEN];
 	Oid			relid;
@@ -212,13 +211,13 @@ truncate_if_published(int slot, int current)
 	rel = table_open(relid, AccessShareLock);
 	nblocks = RelationGetNumberOfBlocks(rel);
 	table_close(rel, NoLock);
-	if (nblocks == 0 || pending_rows(slot, ids) < 0)
+	if (nblocks == 0 || pending_rows(slot, ids, held) < 0)
 		return;
 	if (!ConditionalLockRelationOid(relid, AccessExclusiveLock) ||
 		!ConditionalLockRelationOid(ranges_relid, AccessExclusiveLock))
 		return;
 
-	n = pending_rows(slot, ids);
+	n = pending_rows(slot, ids, held);
 	if (n < 0)
 		return;
 	if (n > 0)
@@ -249,18 +248,22 @@ truncate_if_published(int slot, int current)
 }
 
 /*
- * evbus_outbox_maintain --- keep the outbox small and expire dead letters.
+ * evbus_outbox_maintain --- keep the outbox small and expire dead letters,
+ * in a transaction of its own.  held: is an event in flight, or delivered
+ * and not yet recorded (its row must stay)?  let_go: what the worker lets
+ * go of if the extension was dropped (evbus_worker_begin).  The publisher
+ * passes both, so that the outbox never calls the publisher.
  */
 void
-evbus_outbox_maintain(void)
+evbus_outbox_maintain(EvbusOutboxHeldFn held, void (*let_go) (void))
 {
 	static TimestampTz last_expiry = 0;
 	TimestampTz now = GetCurrentTimestamp();
 	int			current = (int) ((now / USECS_PER_SEC / evbus_outbox_rotation_s) % 2);
 
-	evbus_worker_begin(evbus_publisher_shutdown);
+	evbus_worker_begin(let_go);
 	evbus_outbox_published_load();
-	truncate_if_published(1 - current, current);
+	truncate_if_published(1 - current, current, held);
 
 	if (evbus_dead_letter_retention_s > 0 &&
 		TimestampDifferenceExceeds(last_expiry, now, 60 * 1000))

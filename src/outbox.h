@@ -47,7 +47,11 @@ extern int	evbus_outbox_pending_ids(int table, int max, int64 *ids);
 extern void evbus_outbox_finish(int64 *done_ids, int *done_tables,
 								char **done_events, int ndone,
 								DeadEvent *dead, int ndead);
-extern void evbus_outbox_maintain(void);
+/* Is the event of this id held by the publisher (its row must stay)? */
+typedef bool (*EvbusOutboxHeldFn) (int64 id);
+
+extern void evbus_outbox_maintain(EvbusOutboxHeldFn held,
+								  void (*let_go) (void));
 
 /* outbox_published.c: the ids the worker is done with, per table */
 extern bool evbus_outbox_published_covers(int table, int64 id, int64 *last);

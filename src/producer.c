@@ -12,7 +12,8 @@
  * queued behind it, and a key's later events would reach Kafka before the
  * refused batch's innocent neighbours are produced again (test 052).
  * Instead the producer stops with a fatal error and is rebuilt; every
- * event it had not confirmed is produced again, in order (publisher.c).
+ * event it had not confirmed is produced again, in order
+ * (publish_producer.c, publish_reports.c).
  *
  * Delivery reports, errors and log lines are forwarded to the main queue;
  * a callback writes a byte to a pipe when that queue becomes non-empty,

@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * publisher.h
- *	  Publishing outbox events to Kafka (publisher.c).
+ *	  Publishing outbox events to Kafka: the worker's entry points
+ *	  (publisher.c; the producer's life cycle in publish_producer.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -14,6 +15,5 @@ extern long evbus_publisher_wait_ms(void);
 extern int	evbus_publisher_wakeup_fd(void);
 extern void evbus_publisher_shutdown(void);
 extern void evbus_publisher_reconfigured(void);
-extern bool evbus_publisher_holds(int64 id);
 
 #endif							/* EVBUS_PUBLISHER_H */

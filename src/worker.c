@@ -8,7 +8,7 @@
  * staging transaction, by signals and by shutdown requests), postmaster
  * death, and, while the publisher needs them at once, the descriptor
  * librdkafka writes to when delivery reports are waiting (otherwise they
- * are served on a short timer, publisher.c).  A timeout of
+ * are served on a short timer, publish_pacing.c).  A timeout of
  * evbus.poll_interval is the backstop (events committed by COMMIT
  * PREPARED, events whose deliver_at has come).  After
  * waking it resets the latch, checks for interrupts, reloads its settings

@@ -1,0 +1,321 @@
+/*-------------------------------------------------------------------------
+ *
+ * publish_keys.c
+ *	  Per-key ordering of the publisher: how many events of each key are
+ *	  in flight, which event holds a key back, and the events to produce
+ *	  alone.
+ *
+ * An event that is not confirmed blocks its key until it is produced
+ * again and PERSISTED, so later events of the key never overtake it
+ * (tests 020_broker_outage.pl, 052_refused_batch_order.pl).  The broker
+ * refuses whole record batches ("message too large" for a compressed
+ * batch), so an event refused with a permanent error while it shared a
+ * batch may be paying for a neighbour: it goes to the solo list, to be
+ * produced again alone, and only an event refused alone is dead-lettered
+ * (test 050_dead_letters.pl).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/hashfn.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+
+#include "evbus.h"
+#include "publish.h"
+
+/* Per-key state: how many in flight, and whether the key is blocked. */
+typedef struct KeyState
+{
+	uint64		keyhash;		/* hash key */
+	int			inflight;
+	int			failed;			/* events of this key awaiting re-produce */
+	int64		blocking_id;	/* lowest failed id; 0 if not blocked */
+} KeyState;
+
+/* An event refused in a batch, to be produced again alone. */
+typedef struct SoloEvent
+{
+	int64		id;
+	uint64		keyhash;
+} SoloEvent;
+
+static MemoryContext keys_cxt = NULL;	/* the publisher's */
+static HTAB *keys = NULL;
+static SoloEvent *solo = NULL;	/* sorted by id */
+static int	nsolo = 0;
+static int	solo_cap = 0;
+
+/* evbus_keys_init --- set up the key states, in the publisher's context. */
+void
+evbus_keys_init(MemoryContext cxt)
+{
+	HASHCTL		ctl;
+
+	keys_cxt = cxt;
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.hcxt = cxt;
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(KeyState);
+	keys = hash_create("evbus keys", 1024, &ctl,
+					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+}
+
+/* The hash of a row's key (of its message id if it has none). */
+uint64
+evbus_key_hash(const OutboxRow *row)
+{
+	if (row->key == NULL)
+		return hash_bytes_extended((const unsigned char *) &row->message_id,
+								   sizeof(pg_uuid_t), 1);
+	return hash_bytes_extended((const unsigned char *) row->key,
+							   strlen(row->key), 0);
+}
+
+static KeyState *
+key_state(uint64 keyhash, bool create)
+{
+	bool		found;
+	KeyState   *ks = hash_search(keys, &keyhash, create ? HASH_ENTER : HASH_FIND,
+								 &found);
+
+	if (create && !found)
+	{
+		ks->inflight = 0;
+		ks->failed = 0;
+		ks->blocking_id = 0;
+	}
+	return ks;
+}
+
+/* Forget a key with nothing in flight and nothing to produce again. */
+static void
+key_state_release(KeyState *ks)
+{
+	if (ks->inflight == 0 && ks->failed == 0)
+		hash_search(keys, &ks->keyhash, HASH_REMOVE, NULL);
+}
+
+/* The lowest failed id of a key still to be produced again, or 0. */
+static int64
+next_failed_id(uint64 keyhash)
+{
+	int64		lowest = evbus_revisit_lowest_failed(keyhash);
+
+	for (int i = 0; i < nsolo; i++)
+		if (solo[i].keyhash == keyhash && (lowest == 0 || solo[i].id < lowest))
+			lowest = solo[i].id;
+	return lowest;
+}
+
+/*
+ * key_block --- event id of the key failed and must be produced again:
+ * the key's later events wait until it is confirmed (per-key order).
+ */
+static void
+key_block(KeyState *ks, int64 id)
+{
+	if (ks->blocking_id != id)
+		ks->failed++;
+	if (ks->blocking_id == 0 || id < ks->blocking_id)
+		ks->blocking_id = id;
+}
+
+/*
+ * key_unblock --- event id of the key is done with (published, or dead):
+ * if it held the key back, the key's next failed event, if any, does now.
+ * The event must no longer be among the revisits or the solo events.
+ */
+static void
+key_unblock(KeyState *ks, int64 id)
+{
+	if (ks->blocking_id == id)
+	{
+		ks->failed--;
+		ks->blocking_id = ks->failed > 0 ? next_failed_id(ks->keyhash) : 0;
+	}
+}
+
+/*
+ * evbus_key_may_produce --- may event id of the key go now?  Not while an
+ * earlier event of the key waits to be produced again, nor, for that
+ * event itself, while others of its key are still in flight.
+ */
+bool
+evbus_key_may_produce(uint64 keyhash, int64 id)
+{
+	KeyState   *ks = key_state(keyhash, false);
+
+	return !(ks && ks->blocking_id != 0 &&
+			 (ks->blocking_id != id || ks->inflight > 0));
+}
+
+/* evbus_key_sent --- an event of the key is in flight. */
+void
+evbus_key_sent(uint64 keyhash)
+{
+	key_state(keyhash, true)->inflight++;
+}
+
+/*
+ * key_settle --- an event of the key was reported on (reported: it was in
+ * flight) or refused before it was queued: done with (failed false) or to
+ * be produced again (failed true).
+ */
+static void
+key_settle(uint64 keyhash, int64 id, bool reported, bool failed)
+{
+	KeyState   *ks = key_state(keyhash, true);
+
+	if (reported)
+		ks->inflight--;
+	if (failed)
+		key_block(ks, id);
+	else
+		key_unblock(ks, id);
+	key_state_release(ks);
+}
+
+/*
+ * evbus_key_done --- event id of the key is done with (published, or
+ * dead); reported: it was in flight.  Remove it from the revisits and the
+ * solo list first.
+ */
+void
+evbus_key_done(uint64 keyhash, int64 id, bool reported)
+{
+	key_settle(keyhash, id, reported, false);
+}
+
+/*
+ * evbus_key_failed --- event id of the key must be produced again, and
+ * holds the key back till then; reported: it was in flight.  The caller
+ * remembers it among the revisits or the solo events.
+ */
+void
+evbus_key_failed(uint64 keyhash, int64 id, bool reported)
+{
+	key_settle(keyhash, id, reported, true);
+}
+
+/*
+ * evbus_key_forget_gone --- event id of a key failed, and its row is gone
+ * from the outbox (deleted by hand): it holds the key back no longer.  The
+ * event must no longer be among the revisits or the solo events.
+ */
+void
+evbus_key_forget_gone(uint64 keyhash, int64 id)
+{
+	KeyState   *ks = key_state(keyhash, false);
+
+	elog(LOG, "evbus: event %lld is no longer in the outbox; it holds its key back no longer",
+		 (long long) id);
+	if (ks == NULL)
+		return;
+	if (ks->blocking_id == id)
+		key_unblock(ks, id);
+	else if (ks->failed > 0)
+		ks->failed--;
+	key_state_release(ks);
+}
+
+/* Is id among rows (in id order)? */
+static bool
+rows_have(const OutboxRow *rows, int n, int64 id)
+{
+	int			low = 0;
+	int			high = n - 1;
+
+	while (low <= high)
+	{
+		int			mid = low + (high - low) / 2;
+
+		if (rows[mid].id == id)
+			return true;
+		if (rows[mid].id < id)
+			low = mid + 1;
+		else
+			high = mid - 1;
+	}
+	return false;
+}
+
+/*
+ * evbus_keys_forget_vanished --- events that failed (they were due rows
+ * then) and that a claim of their ids did not find (rows, in id order)
+ * were deleted by hand: they hold their keys back no longer.  Ids above
+ * last_examined were not looked up (the claim was full) and are left
+ * alone.
+ */
+void
+evbus_keys_forget_vanished(int64 *ids, int nids, OutboxRow *rows, int n,
+						   int64 last_examined)
+{
+	int			i;
+
+	for (i = 0; i < nids; i++)
+	{
+		uint64		keyhash;
+
+		if (ids[i] > last_examined || rows_have(rows, n, ids[i]) ||
+			!evbus_revisit_take_failed(ids[i], &keyhash))
+			continue;
+		evbus_key_forget_gone(keyhash, ids[i]);
+	}
+}
+
+/* evbus_solo_add --- event id was refused in a batch: produce it alone. */
+void
+evbus_solo_add(int64 id, uint64 keyhash)
+{
+	int			i;
+
+	for (i = 0; i < nsolo; i++)
+		if (solo[i].id == id)
+			return;
+	if (nsolo == solo_cap)
+	{
+		solo_cap = Max(solo_cap * 2, 16);
+		solo = solo ? repalloc(solo, sizeof(SoloEvent) * solo_cap) :
+			MemoryContextAlloc(keys_cxt, sizeof(SoloEvent) * solo_cap);
+	}
+	for (i = nsolo; i > 0 && solo[i - 1].id > id; i--)
+		solo[i] = solo[i - 1];
+	solo[i].id = id;
+	solo[i].keyhash = keyhash;
+	nsolo++;
+}
+
+/* How many events wait to be produced alone. */
+int
+evbus_solo_count(void)
+{
+	return nsolo;
+}
+
+/*
+ * evbus_solo_take_next --- the lowest solo event whose key it may go for
+ * (its key is not held back by an earlier event) leaves the list; false
+ * if none may go yet.
+ */
+bool
+evbus_solo_take_next(int64 *id, uint64 *keyhash)
+{
+	int			i;
+
+	for (i = 0; i < nsolo; i++)
+	{
+		KeyState   *ks = key_state(solo[i].keyhash, false);
+
+		if (ks == NULL || ks->blocking_id == 0 || ks->blocking_id == solo[i].id)
+		{
+			*id = solo[i].id;
+			*keyhash = solo[i].keyhash;
+			memmove(&solo[i], &solo[i + 1], sizeof(SoloEvent) * (nsolo - i - 1));
+			nsolo--;
+			return true;
+		}
+	}
+	return false;
+}
