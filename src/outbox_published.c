@@ -5,9 +5,10 @@
  *	  in the worker's memory and in evbus.outbox_published_<n>.
  *
  * A row Kafka acknowledged (or that went to the dead letters) is not
- * deleted: deleting it cost 54 B of WAL per event (over half of what evbus
- * added to a staging transaction's WAL) and ~13 % of the worker's CPU
- * (BENCHMARKS.md, ninth session).  Instead its id joins the ranges of its
+ * deleted: a DELETE per event costs WAL and worker CPU in proportion to
+ * the events (a large share of what evbus adds to a staging transaction's
+ * WAL; bench/commit_overhead.sh with WAL_STATS=1 shows it).  Instead its
+ * id joins the ranges of its
  * table.  A finish appends its ids as ranges (runs of consecutive ids: a
  * row or two per batch) to evbus.outbox_published_<n> in the finish's
  * transaction, and merges them into the copy in memory, which the claims

@@ -138,12 +138,9 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
  * with no linger at all librdkafka's broker thread wakes at the first
  * event of a claim to each partition and sends what is queued so far,
  * while the claim is still being produced: many small produce requests
- * per claim instead of one per partition.  Measured at 2,500 events/s
- * with 50-ms claims (three alternations, ~17 s each): that thread used
- * 21-43 CPU ticks with linger.ms 0, 5-6 with 1, and the broker's JVM
- * 128-283 against 75-134.  The cost is up to 1 ms more per event (the
- * fifth session's move from 1 to 0 was measured with 2-ms claims, when
- * the claims were small enough not to be split).  Also: compress batches
+ * per claim instead of one per partition, which costs that thread and
+ * the broker several times the CPU per event.  The cost is up to 1 ms
+ * more latency per event (bench/latency.sh).  Also: compress batches
  * (more events per request), bound the memory librdkafka may take inside
  * a backend, and partition like Java clients so keys land where they
  * would from a Java producer.
