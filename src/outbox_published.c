@@ -8,8 +8,7 @@
  * deleted: a DELETE per event costs WAL and worker CPU in proportion to
  * the events (a large share of what evbus adds to a staging transaction's
  * WAL; bench/commit_overhead.sh with WAL_STATS=1 shows it).  Instead its
- * id joins the ranges of its
- * table.  A finish appends its ids as ranges (runs of consecutive ids: a
+ * id joins the ranges of its table.  A finish appends its ids as ranges (runs of consecutive ids: a
  * row or two per batch) to evbus.outbox_published_<n> in the finish's
  * transaction, and merges them into the copy in memory, which the claims
  * consult to skip rows already done (outbox_scan.c).  When the ranges of
