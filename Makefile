@@ -50,6 +50,7 @@ OBJS = \
 	src/attempt_marker.o \
 	src/handler.o \
 	src/inbox_retry.o \
+	src/spi_run.o \
 	src/util.o
 
 EXTENSION = evbus

@@ -84,13 +84,9 @@ check_traceparent(char **newval, void **extra, GucSource source)
 	return true;
 }
 
-/*
- * evbus_define_gucs --- define every evbus.* setting and reserve the prefix.
- *
- * Called from _PG_init in every process that loads the library.
- */
-void
-evbus_define_gucs(void)
+/* Where Kafka is and what evbus calls things there. */
+static void
+define_kafka_gucs(void)
 {
 	DefineCustomStringVariable("evbus.brokers",
 							   "Kafka bootstrap servers the worker publishes to and consumes from.",
@@ -123,7 +119,12 @@ evbus_define_gucs(void)
 							   "",
 							   PGC_SIGHUP, 0,
 							   NULL, NULL, NULL);
+}
 
+/* The consuming side: retries and the handlers. */
+static void
+define_consume_gucs(void)
+{
 	DefineCustomIntVariable("evbus.max_retries",
 							"Default number of retries of a failing handler before its event is dead-lettered.",
 							NULL,
@@ -155,7 +156,12 @@ evbus_define_gucs(void)
 							60000, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+}
 
+/* The publishing side: sizes, batches and pacing. */
+static void
+define_publish_gucs(void)
+{
 	DefineCustomIntVariable("evbus.max_message_bytes",
 							"Largest integration event, in bytes: payload as compact JSON, key, and header names and values; larger ones are refused when staged.",
 							"Keep it at or below the broker's message.max.bytes.",
@@ -211,7 +217,12 @@ evbus_define_gucs(void)
 							60, 1, 86400,
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
+}
 
+/* How long done and dead events are kept; the trace context. */
+static void
+define_retention_gucs(void)
+{
 	DefineCustomIntVariable("evbus.dead_letter_retention",
 							"How long dead letters are kept before the worker deletes them.",
 							"The inbox row of a dead message goes with its dead letter.",
@@ -236,5 +247,19 @@ evbus_define_gucs(void)
 							   PGC_USERSET, 0,
 							   check_traceparent, NULL, NULL);
 
+}
+
+/*
+ * evbus_define_gucs --- define every evbus.* setting and reserve the prefix.
+ *
+ * Called from _PG_init in every process that loads the library.
+ */
+void
+evbus_define_gucs(void)
+{
+	define_kafka_gucs();
+	define_consume_gucs();
+	define_publish_gucs();
+	define_retention_gucs();
 	MarkGUCPrefixReserved("evbus");
 }

@@ -97,24 +97,6 @@ evbus_staging_init(void)
 	RegisterResourceReleaseCallback(staging_release_callback, NULL);
 }
 
-/*
- * evbus_check_writable --- refuse to stage where nothing can be written.
- */
-void
-evbus_check_writable(const char *what)
-{
-	if (RecoveryInProgress())
-		ereport(ERROR,
-				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot %s during recovery", what),
-				 errhint("Stage events on the primary server.")));
-	if (XactReadOnly)
-		ereport(ERROR,
-				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-				 errmsg("cannot %s in a read-only transaction", what),
-				 errhint("Events are staged in the outbox with the transaction's writes; use a read-write transaction.")));
-}
-
 /* The outbox table staging writes to now: alternates every rotation. */
 static int
 current_outbox_slot(void)

@@ -1,0 +1,179 @@
+/*-------------------------------------------------------------------------
+ *
+ * spi_run.c
+ *	  SQL that evbus runs itself: as the extension owner for the SQL API's
+ *	  writes, in the workers' short transactions, and with plans kept for
+ *	  the backend's life.
+ *
+ * evbus's tables belong to the extension owner and are granted to nobody:
+ * the functions of the SQL API check their arguments as the caller and
+ * switch to the owner for the write only (evbus_spi_as_owner), so no user
+ * code runs with the owner's rights.  The workers run each step in a
+ * short transaction of its own (evbus_worker_begin / evbus_worker_commit),
+ * never open across a network wait.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+#include "evbus.h"
+
+/*
+ * evbus_spi_as_owner --- run work(arg) connected to SPI, as the extension
+ * owner, who owns evbus's tables.  The caller's user id and security
+ * context come back whether work returns or fails; work copies what it
+ * keeps out of SPI's memory, which goes when it returns.
+ */
+void
+evbus_spi_as_owner(void (*work) (void *arg), void *arg)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(evbus_extension_owner(),
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	PG_TRY();
+	{
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		work(arg);
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+	}
+	PG_END_TRY();
+}
+
+/* One statement for evbus_execute_as_owner, and the rows it processed. */
+typedef struct OwnerStatement
+{
+	const char *sql;
+	int			nargs;
+	Oid		   *argtypes;
+	Datum	   *values;
+	const char *nulls;
+	uint64		processed;
+} OwnerStatement;
+
+static void
+execute_statement(void *arg)
+{
+	OwnerStatement *st = (OwnerStatement *) arg;
+
+	if (SPI_execute_with_args(st->sql, st->nargs, st->argtypes, st->values,
+							  st->nulls, false, 0) < 0)
+		elog(ERROR, "could not execute: %s", st->sql);
+	st->processed = SPI_processed;
+}
+
+/*
+ * evbus_execute_as_owner --- run one SQL statement with parameters as the
+ * extension owner, who owns evbus's tables; returns the rows processed.
+ *
+ * The functions of the SQL API validate their arguments as the caller and
+ * use this for the write only, so no table needs a grant and no user code
+ * runs with the owner's rights.
+ */
+uint64
+evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
+					   Datum *values, const char *nulls)
+{
+	OwnerStatement st = {sql, nargs, argtypes, values, nulls, 0};
+
+	evbus_spi_as_owner(execute_statement, &st);
+	return st.processed;
+}
+
+/*
+ * Short transactions of the workers (publisher and consumer).
+ *
+ * evbus_worker_begin --- start a short transaction with SPI connected.  If
+ * the extension has been dropped meanwhile, the worker has nothing left to
+ * do: it lets go of Kafka (let_go), and exits with 0 so that it is not
+ * restarted.
+ *
+ * evbus_worker_commit --- commit, and return to the memory context the
+ * caller began in.
+ */
+static MemoryContext worker_caller_cxt = NULL;
+
+void
+evbus_worker_begin(void (*let_go) (void))
+{
+	worker_caller_cxt = CurrentMemoryContext;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (!evbus_extension_present())
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		ereport(LOG,
+				(errmsg("evbus: extension dropped, %s exiting",
+						MyBgworkerEntry ? MyBgworkerEntry->bgw_type : "worker")));
+		let_go();
+		proc_exit(0);
+	}
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+void
+evbus_worker_commit(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(worker_caller_cxt);
+	pgstat_report_stat(false);
+}
+
+/*
+ * evbus_kept_plan --- the plan of sql, prepared on first use and kept for
+ * the backend's life in *plan.  Generic from the start: the custom plans
+ * the plan cache would otherwise build for the first executions (and keep
+ * building when the generic estimate looks worse) cost more than the
+ * workers' short statements do.
+ */
+SPIPlanPtr
+evbus_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare_cursor(sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+
+		if (p == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	return *plan;
+}
+
+/*
+ * evbus_spi_exec --- run one statement with arguments (planned for this
+ * call: for statements that run rarely); any result but expected is an
+ * error.
+ */
+void
+evbus_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
+			   const char *nulls, int expected)
+{
+	int			rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, false, 0);
+
+	if (rc != expected)
+		elog(ERROR, "evbus: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
+}
