@@ -25,6 +25,7 @@
 #include "storage/lockdefs.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
+#include "utils/resowner.h"
 #include "utils/uuid.h"
 
 #define EVBUS_SCHEMA "evbus"
@@ -181,33 +182,70 @@ typedef struct EvbusStagedEvent
 extern void evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id);
 extern int	evbus_raise_internal(const char *domain_event, Jsonb *payload,
 								 const char *key);
-extern void evbus_check_writable(const char *what);
 
 /* ---------- json_compact.c ---------- */
 extern void evbus_jsonb_to_compact(StringInfo out, JsonbContainer *jc);
 extern bool evbus_jsonb_exceeds(Jsonb *jb, int limit);
 
-/* ---------- util.c ---------- */
+/* ---------- util.c: ids, checks, the extension's schema and owner ---------- */
 extern void evbus_new_message_id(pg_uuid_t *uuid);
+extern char *evbus_uuid_to_cstring(const pg_uuid_t *uuid);
 extern void evbus_check_event_name(const char *name, const char *what);
+extern void evbus_check_writable(const char *what);
+extern Oid	evbus_schema_oid(void);
 extern Oid	evbus_extension_owner(void);
 extern bool evbus_extension_present(void);
+extern int	evbus_int64_cmp(const void *a, const void *b);
 
-/* outbox_write.c */
-#define EVBUS_OUTBOX_NATTS 10	/* columns of evbus.outbox_N */
+/* ---------- outbox_write.c ---------- */
+
+/*
+ * The columns of evbus.outbox_0 and outbox_1 (attribute numbers), in the
+ * order evbus--0.1.sql creates them; staging writes them and the
+ * publisher's scans read them through these names only.
+ */
+#define EVBUS_OUTBOX_ID					1
+#define EVBUS_OUTBOX_MESSAGE_ID			2
+#define EVBUS_OUTBOX_INTEGRATION_EVENT	3
+#define EVBUS_OUTBOX_EVENT_KEY			4
+#define EVBUS_OUTBOX_PAYLOAD			5
+#define EVBUS_OUTBOX_HEADERS			6
+#define EVBUS_OUTBOX_DOMAIN_EVENT		7
+#define EVBUS_OUTBOX_TRACEPARENT		8
+#define EVBUS_OUTBOX_STAGED_AT			9
+#define EVBUS_OUTBOX_DELIVER_AT			10
+#define EVBUS_OUTBOX_NATTS				10
+
+/* evbus_outbox_write's values[] hold the columns after the id */
+#define EVBUS_STAGED(col)	((col) - 2)
+
 extern int64 evbus_outbox_write(int slot, Datum *values, bool *isnull);
 extern Relation evbus_outbox_open(int slot, LOCKMODE lockmode);
+
+/* ---------- spi_run.c: SQL that evbus runs itself ---------- */
+extern void evbus_spi_as_owner(void (*work) (void *arg), void *arg);
+extern uint64 evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
+									 Datum *values, const char *nulls);
 extern void evbus_worker_begin(void (*let_go) (void));
 extern void evbus_worker_commit(void);
 extern SPIPlanPtr evbus_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs,
 								  Oid *argtypes);
-extern int	evbus_int64_cmp(const void *a, const void *b);
 extern void evbus_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 						   const char *nulls, int expected);
-extern Oid	evbus_schema_oid(void);
-extern char *evbus_uuid_to_cstring(const pg_uuid_t *uuid);
-extern void evbus_spi_as_owner(void (*work) (void *arg), void *arg);
-extern uint64 evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
-									 Datum *values, const char *nulls);
+
+/*
+ * A subtransaction around code that may throw, whose error the caller
+ * handles: begin, then commit or (in PG_CATCH) abort, which returns the
+ * error; both come back to the caller's memory context and resource owner.
+ */
+typedef struct EvbusSubxact
+{
+	MemoryContext cxt;
+	ResourceOwner owner;
+} EvbusSubxact;
+
+extern void evbus_subxact_begin(EvbusSubxact *sx);
+extern void evbus_subxact_commit(EvbusSubxact *sx);
+extern ErrorData *evbus_subxact_abort(EvbusSubxact *sx);
 
 #endif							/* EVBUS_H */

@@ -215,33 +215,24 @@ bool
 evbus_run_handler(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers,
 				  char **error_code, char **error_message)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
+	EvbusSubxact sx;
 	Oid			save_userid;
 	int			save_sec_context;
 	bool		ok = true;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
+	evbus_subxact_begin(&sx);
 	PG_TRY();
 	{
 		run_one(sub, payload, headers);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
+		evbus_subxact_commit(&sx);
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata;
 
 		disable_timeout(STATEMENT_TIMEOUT, false);
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
+		edata = evbus_subxact_abort(&sx);
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 
 		*error_code = pstrdup(unpack_sql_state(edata->sqlerrcode));

@@ -266,29 +266,19 @@ decode_unchecked(const ReceivedMessage *m, const char *group, Decoded *d, bool c
 static void
 decode(const ReceivedMessage *m, const char *group, Decoded *d)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
+	EvbusSubxact sx;
 
 	memset(d, 0, sizeof(Decoded));
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
+	evbus_subxact_begin(&sx);
 	PG_TRY();
 	{
 		decode_unchecked(m, group, d, true);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
+		evbus_subxact_commit(&sx);
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = evbus_subxact_abort(&sx);
 
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
 		d->poison = "invalid_json";
 		d->detail = pstrdup(edata->message);
 		FreeErrorData(edata);
@@ -304,13 +294,11 @@ decode(const ReceivedMessage *m, const char *group, Decoded *d)
 void
 evbus_decode_batch(ReceivedMessage *msgs, int n, const char *group, Decoded *dec)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
+	EvbusSubxact sx;
 	bool		ok = false;
 	int			i;
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
+	evbus_subxact_begin(&sx);
 	PG_TRY();
 	{
 		for (i = 0; i < n; i++)
@@ -318,18 +306,14 @@ evbus_decode_batch(ReceivedMessage *msgs, int n, const char *group, Decoded *dec
 			memset(&dec[i], 0, sizeof(Decoded));
 			decode_unchecked(&msgs[i], group, &dec[i], false);
 		}
-		ReleaseCurrentSubTransaction();
+		evbus_subxact_commit(&sx);
 		ok = true;
 	}
 	PG_CATCH();
 	{
-		MemoryContextSwitchTo(cxt);
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
+		FreeErrorData(evbus_subxact_abort(&sx));
 	}
 	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
 	if (!ok)
 		for (i = 0; i < n; i++)
 			decode(&msgs[i], group, &dec[i]);

@@ -45,18 +45,6 @@
 
 #include "outbox.h"
 
-/* Column numbers of evbus.outbox_N (evbus--0.1.sql, checked at open). */
-#define COL_ID 1
-#define COL_MESSAGE_ID 2
-#define COL_INTEGRATION_EVENT 3
-#define COL_EVENT_KEY 4
-#define COL_PAYLOAD 5
-#define COL_HEADERS 6
-#define COL_DOMAIN_EVENT 7
-#define COL_TRACEPARENT 8
-#define COL_STAGED_AT 9
-#define COL_DELIVER_AT 10
-
 /* An index scan of one outbox table's primary key. */
 typedef struct OutboxScan
 {
@@ -120,7 +108,7 @@ slot_id(TupleTableSlot *slot)
 {
 	bool		isnull;
 
-	return DatumGetInt64(slot_getattr(slot, COL_ID, &isnull));
+	return DatumGetInt64(slot_getattr(slot, EVBUS_OUTBOX_ID, &isnull));
 }
 
 /* Is the row in slot due (no deliver_at, or deliver_at has come)? */
@@ -128,7 +116,7 @@ static bool
 slot_due(TupleTableSlot *slot)
 {
 	bool		isnull;
-	Datum		d = slot_getattr(slot, COL_DELIVER_AT, &isnull);
+	Datum		d = slot_getattr(slot, EVBUS_OUTBOX_DELIVER_AT, &isnull);
 
 	return isnull || DatumGetTimestampTz(d) <= GetCurrentTransactionStartTimestamp();
 }
@@ -184,10 +172,10 @@ copy_row(OutboxScan *os, OutboxRow *row, MemoryContext cxt)
 	row->id = slot_id(slot);
 	row->table = os->table;
 	memcpy(&row->message_id,
-		   DatumGetUUIDP(slot_getattr(slot, COL_MESSAGE_ID, &isnull)),
+		   DatumGetUUIDP(slot_getattr(slot, EVBUS_OUTBOX_MESSAGE_ID, &isnull)),
 		   sizeof(pg_uuid_t));
-	row->integration_event = text_or_null(slot, COL_INTEGRATION_EVENT);
-	row->key = text_or_null(slot, COL_EVENT_KEY);
+	row->integration_event = text_or_null(slot, EVBUS_OUTBOX_INTEGRATION_EVENT);
+	row->key = text_or_null(slot, EVBUS_OUTBOX_EVENT_KEY);
 
 	/*
 	 * The payload is held once: the detoasted jsonb goes as soon as it is
@@ -195,7 +183,7 @@ copy_row(OutboxScan *os, OutboxRow *row, MemoryContext cxt)
 	 * fit, so that a claim of evbus.batch_max_bytes takes about that much
 	 * memory (test 254_publisher_memory.pl).
 	 */
-	d = slot_getattr(slot, COL_PAYLOAD, &isnull);
+	d = slot_getattr(slot, EVBUS_OUTBOX_PAYLOAD, &isnull);
 	{
 		Jsonb	   *jb = DatumGetJsonbP(d);
 
@@ -212,7 +200,7 @@ copy_row(OutboxScan *os, OutboxRow *row, MemoryContext cxt)
 
 	row->nheaders = 0;
 	row->header_names = row->header_values = NULL;
-	d = slot_getattr(slot, COL_HEADERS, &isnull);
+	d = slot_getattr(slot, EVBUS_OUTBOX_HEADERS, &isnull);
 	if (!isnull)
 	{
 		Jsonb	   *jb = DatumGetJsonbP(d);
@@ -239,9 +227,9 @@ copy_row(OutboxScan *os, OutboxRow *row, MemoryContext cxt)
 			}
 		}
 	}
-	row->domain_event = text_or_null(slot, COL_DOMAIN_EVENT);
-	row->traceparent = text_or_null(slot, COL_TRACEPARENT);
-	row->staged_at = DatumGetTimestampTz(slot_getattr(slot, COL_STAGED_AT, &isnull));
+	row->domain_event = text_or_null(slot, EVBUS_OUTBOX_DOMAIN_EVENT);
+	row->traceparent = text_or_null(slot, EVBUS_OUTBOX_TRACEPARENT);
+	row->staged_at = DatumGetTimestampTz(slot_getattr(slot, EVBUS_OUTBOX_STAGED_AT, &isnull));
 	MemoryContextSwitchTo(old);
 }
 

@@ -54,10 +54,22 @@
 
 #include "evbus.h"
 
-/* The columns of evbus.outbox_N, in order (evbus--0.1.sql). */
+/*
+ * The names of evbus.outbox_N's columns (evbus.h numbers them), checked
+ * against the table when it is opened, so that a table of another shape is
+ * an error rather than misread data.
+ */
 static const char *const outbox_columns[EVBUS_OUTBOX_NATTS] = {
-	"id", "message_id", "integration_event", "event_key", "payload",
-	"headers", "domain_event", "traceparent", "staged_at", "deliver_at"
+	[EVBUS_OUTBOX_ID - 1] = "id",
+	[EVBUS_OUTBOX_MESSAGE_ID - 1] = "message_id",
+	[EVBUS_OUTBOX_INTEGRATION_EVENT - 1] = "integration_event",
+	[EVBUS_OUTBOX_EVENT_KEY - 1] = "event_key",
+	[EVBUS_OUTBOX_PAYLOAD - 1] = "payload",
+	[EVBUS_OUTBOX_HEADERS - 1] = "headers",
+	[EVBUS_OUTBOX_DOMAIN_EVENT - 1] = "domain_event",
+	[EVBUS_OUTBOX_TRACEPARENT - 1] = "traceparent",
+	[EVBUS_OUTBOX_STAGED_AT - 1] = "staged_at",
+	[EVBUS_OUTBOX_DELIVER_AT - 1] = "deliver_at"
 };
 
 static Oid	outbox_relids[2] = {InvalidOid, InvalidOid};

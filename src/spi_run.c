@@ -10,7 +10,9 @@
  * switch to the owner for the write only (evbus_spi_as_owner), so no user
  * code runs with the owner's rights.  The workers run each step in a
  * short transaction of its own (evbus_worker_begin / evbus_worker_commit),
- * never open across a network wait.
+ * never open across a network wait.  Code whose errors evbus handles
+ * itself (a handler, the decoding of a message) runs in a subtransaction
+ * through evbus_subxact_begin / _commit / _abort.
  *
  *-------------------------------------------------------------------------
  */
@@ -176,4 +178,42 @@ evbus_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 
 	if (rc != expected)
 		elog(ERROR, "evbus: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
+}
+
+/* evbus_subxact_begin --- start a subtransaction, remembering where we were. */
+void
+evbus_subxact_begin(EvbusSubxact *sx)
+{
+	sx->cxt = CurrentMemoryContext;
+	sx->owner = CurrentResourceOwner;
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(sx->cxt);
+}
+
+/* evbus_subxact_commit --- the code ran through: keep its effects. */
+void
+evbus_subxact_commit(EvbusSubxact *sx)
+{
+	ReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(sx->cxt);
+	CurrentResourceOwner = sx->owner;
+}
+
+/*
+ * evbus_subxact_abort --- in PG_CATCH: roll the subtransaction back and
+ * return a copy of the error (the caller frees it), in the caller's
+ * memory context; the outer transaction goes on.
+ */
+ErrorData *
+evbus_subxact_abort(EvbusSubxact *sx)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(sx->cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(sx->cxt);
+	CurrentResourceOwner = sx->owner;
+	return edata;
 }

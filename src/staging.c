@@ -229,30 +229,30 @@ evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
 	evbus_new_message_id(message_id);
 
 	memset(nulls, false, sizeof(nulls));
-	values[0] = UUIDPGetDatum(message_id);
-	values[1] = CStringGetTextDatum(event->integration_event);
+	values[EVBUS_STAGED(EVBUS_OUTBOX_MESSAGE_ID)] = UUIDPGetDatum(message_id);
+	values[EVBUS_STAGED(EVBUS_OUTBOX_INTEGRATION_EVENT)] = CStringGetTextDatum(event->integration_event);
 	if (event->key)
-		values[2] = CStringGetTextDatum(event->key);
+		values[EVBUS_STAGED(EVBUS_OUTBOX_EVENT_KEY)] = CStringGetTextDatum(event->key);
 	else
-		nulls[2] = true;
-	values[3] = JsonbPGetDatum(event->payload);
+		nulls[EVBUS_STAGED(EVBUS_OUTBOX_EVENT_KEY)] = true;
+	values[EVBUS_STAGED(EVBUS_OUTBOX_PAYLOAD)] = JsonbPGetDatum(event->payload);
 	if (event->headers)
-		values[4] = JsonbPGetDatum(event->headers);
+		values[EVBUS_STAGED(EVBUS_OUTBOX_HEADERS)] = JsonbPGetDatum(event->headers);
 	else
-		nulls[4] = true;
+		nulls[EVBUS_STAGED(EVBUS_OUTBOX_HEADERS)] = true;
 	if (event->domain_event)
-		values[5] = CStringGetTextDatum(event->domain_event);
+		values[EVBUS_STAGED(EVBUS_OUTBOX_DOMAIN_EVENT)] = CStringGetTextDatum(event->domain_event);
 	else
-		nulls[5] = true;
+		nulls[EVBUS_STAGED(EVBUS_OUTBOX_DOMAIN_EVENT)] = true;
 	if (evbus_traceparent && evbus_traceparent[0] != '\0')
-		values[6] = CStringGetTextDatum(evbus_traceparent);
+		values[EVBUS_STAGED(EVBUS_OUTBOX_TRACEPARENT)] = CStringGetTextDatum(evbus_traceparent);
 	else
-		nulls[6] = true;
-	values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
+		nulls[EVBUS_STAGED(EVBUS_OUTBOX_TRACEPARENT)] = true;
+	values[EVBUS_STAGED(EVBUS_OUTBOX_STAGED_AT)] = TimestampTzGetDatum(GetCurrentTimestamp());
 	if (event->deliver_at != 0)
-		values[8] = TimestampTzGetDatum(event->deliver_at);
+		values[EVBUS_STAGED(EVBUS_OUTBOX_DELIVER_AT)] = TimestampTzGetDatum(event->deliver_at);
 	else
-		nulls[8] = true;
+		nulls[EVBUS_STAGED(EVBUS_OUTBOX_DELIVER_AT)] = true;
 
 	(void) evbus_outbox_write(current_outbox_slot(), values, nulls);
 
