@@ -41,6 +41,7 @@ OBJS = \
 	src/converter_call.o \
 	src/capture.o \
 	src/json_compact.o \
+	src/dead_letters.o \
 	src/subscriptions.o \
 	src/consumer_worker.o \
 	src/consumer.o \

@@ -183,6 +183,15 @@ extern void evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id);
 extern int	evbus_raise_internal(const char *domain_event, Jsonb *payload,
 								 const char *key);
 
+extern int	evbus_current_outbox_slot(void);
+extern void evbus_wake_at_commit(bool publisher, bool consumer);
+
+/* ---------- dead_letters.c ---------- */
+extern void evbus_dead_letter_unpublishable(int table, int64 id,
+											const char *error_code,
+											const char *error_message);
+extern void evbus_dead_letters_expire(void);
+
 /* ---------- json_compact.c ---------- */
 extern void evbus_jsonb_to_compact(StringInfo out, JsonbContainer *jc);
 extern bool evbus_jsonb_exceeds(Jsonb *jb, int limit);

@@ -8,13 +8,13 @@
  *
  *	  finish   record the events Kafka acknowledged as PERSISTED as done
  *	           (outbox_published.c: ranges of ids, no DELETE), move the
- *	           permanently failed ones to evbus.dead_letters (done too),
- *	           count both;
+ *	           permanently failed ones to evbus.dead_letters
+ *	           (dead_letters.c; done too), count both;
  *	  maintain truncate the outbox table staging no longer writes to once
  *	           the worker is done with every row in it (the few rows that
  *	           wait, for a deliver_at to come or for an earlier event of
  *	           their key, are moved to the other table first), and expire
- *	           old dead letters.
+ *	           old dead letters (dead_letters.c).
  *
  * No transaction is open while the worker waits for the network.
  *
@@ -108,34 +108,8 @@ evbus_outbox_finish(int64 *done_ids, int *done_tables, char **done_events,
 	int64	   *ids = palloc(sizeof(int64) * Max(ndone + ndead, 1));
 
 	for (i = 0; i < ndead; i++)
-	{
-		Oid			argtypes[4] = {INT8OID, TEXTOID, TEXTOID, TEXTOID};
-		Datum		values[4];
-		char		sql[1024];
-
-		values[0] = Int64GetDatum(dead[i].id);
-		values[1] = CStringGetTextDatum(dead[i].error_code);
-		values[2] = CStringGetTextDatum(dead[i].error_message);
-		values[3] = CStringGetTextDatum(evbus_topic_prefix);
-		snprintf(sql, sizeof(sql),
-				 "WITH d AS ("
-				 " INSERT INTO evbus.dead_letters (message_id, direction,"
-				 " integration_event, topic, event_key, payload, headers,"
-				 " domain_event, traceparent, staged_at, error_code, error_message)"
-				 " SELECT message_id::pg_catalog.text, 'publish', integration_event,"
-				 " $4 OPERATOR(pg_catalog.||) integration_event, event_key,"
-				 " payload, headers, domain_event, traceparent, staged_at, $2, $3"
-				 " FROM evbus.outbox_%d WHERE id OPERATOR(pg_catalog.=) $1"
-				 " RETURNING message_id, integration_event),"
-				 " c AS (INSERT INTO evbus.publish_counters AS c (integration_event, dead)"
-				 " SELECT integration_event, 1 FROM d"
-				 " ON CONFLICT (integration_event) DO UPDATE"
-				 " SET dead = c.dead OPERATOR(pg_catalog.+) 1)"
-				 " SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text)"
-				 " FROM d",
-				 dead[i].table);
-		evbus_spi_exec(sql, 4, argtypes, values, NULL, SPI_OK_SELECT);
-	}
+		evbus_dead_letter_unpublishable(dead[i].table, dead[i].id,
+										dead[i].error_code, dead[i].error_message);
 
 	/* done with: the published and the dead, per table */
 	for (table = 0; table < 2; table++)
@@ -257,7 +231,6 @@ truncate_if_published(int slot, int current, EvbusOutboxHeldFn held)
 void
 evbus_outbox_maintain(EvbusOutboxHeldFn held, void (*let_go) (void))
 {
-	static TimestampTz last_expiry = 0;
 	TimestampTz now = GetCurrentTimestamp();
 	int			current = (int) ((now / USECS_PER_SEC / evbus_outbox_rotation_s) % 2);
 
@@ -265,18 +238,6 @@ evbus_outbox_maintain(EvbusOutboxHeldFn held, void (*let_go) (void))
 	evbus_outbox_published_load();
 	truncate_if_published(1 - current, current, held);
 
-	if (evbus_dead_letter_retention_s > 0 &&
-		TimestampDifferenceExceeds(last_expiry, now, 60 * 1000))
-	{
-		Oid			argtypes[1] = {INT4OID};
-		Datum		values[1];
-
-		values[0] = Int32GetDatum(evbus_dead_letter_retention_s);
-		evbus_spi_exec("DELETE FROM evbus.dead_letters WHERE dead_at OPERATOR(pg_catalog.<)"
-					" (pg_catalog.now() OPERATOR(pg_catalog.-)"
-					" pg_catalog.make_interval(secs => $1))",
-					1, argtypes, values, NULL, SPI_OK_DELETE);
-		last_expiry = now;
-	}
+	evbus_dead_letters_expire();
 	evbus_worker_commit();
 }

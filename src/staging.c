@@ -97,9 +97,21 @@ evbus_staging_init(void)
 	RegisterResourceReleaseCallback(staging_release_callback, NULL);
 }
 
+/*
+ * evbus_wake_at_commit --- this transaction put work back for the
+ * publisher (an event in the outbox) or the consumer (a message due
+ * again): wake that worker when it commits.
+ */
+void
+evbus_wake_at_commit(bool publisher, bool consumer)
+{
+	staged_in_xact |= publisher;
+	requeued_in_xact |= consumer;
+}
+
 /* The outbox table staging writes to now: alternates every rotation. */
-static int
-current_outbox_slot(void)
+int
+evbus_current_outbox_slot(void)
 {
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 
@@ -254,7 +266,7 @@ evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
 	else
 		nulls[EVBUS_STAGED(EVBUS_OUTBOX_DELIVER_AT)] = true;
 
-	(void) evbus_outbox_write(current_outbox_slot(), values, nulls);
+	(void) evbus_outbox_write(evbus_current_outbox_slot(), values, nulls);
 
 	staged_in_xact = true;
 }
@@ -355,93 +367,4 @@ evbus_publish(PG_FUNCTION_ARGS)
 	ev.deliver_at = PG_ARGISNULL(4) ? 0 : PG_GETARG_TIMESTAMPTZ(4);
 	evbus_stage(&ev, message_id);
 	PG_RETURN_UUID_P(message_id);
-}
-
-/*
- * evbus.retry(message_id text) -> boolean
- *
- * A message id is text: evbus's own are UUIDs, DotNetCore.CAP's are
- * Snowflake integers (test 256_cap_snowflake_ids.pl).
- *
- * Requeues a dead-lettered event of the publishing side: it goes back to
- * the outbox with its original message id (so a consumer that saw an
- * earlier copy still de-duplicates it) and is published again.  On the
- * consuming side, a dead message is handled again from the start (its
- * attempts reset) and a failed one waiting for its retry is retried now.
- * Messages that could not be decoded stay dead: there is nothing to hand a
- * handler.
- */
-PG_FUNCTION_INFO_V1(evbus_retry);
-Datum
-evbus_retry(PG_FUNCTION_ARGS)
-{
-	text	   *message_id = PG_GETARG_TEXT_PP(0);
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		values[1];
-	char		sql[1024];
-	uint64		requeued;
-
-	evbus_check_writable("retry an event");
-	values[0] = PointerGetDatum(message_id);
-	snprintf(sql, sizeof(sql),
-			 "WITH d AS (DELETE FROM evbus.dead_letters"
-			 " WHERE message_id OPERATOR(pg_catalog.=) $1"
-			 " AND direction OPERATOR(pg_catalog.=) 'publish'"
-			 " RETURNING message_id, integration_event, event_key, payload,"
-			 " headers, domain_event, traceparent, staged_at),"
-			 " c AS (UPDATE evbus.publish_counters c"
-			 " SET dead = c.dead OPERATOR(pg_catalog.-) 1 FROM d"
-			 " WHERE c.integration_event OPERATOR(pg_catalog.=) d.integration_event)"
-			 " INSERT INTO evbus.outbox_%d (id, message_id, integration_event,"
-			 " event_key, payload, headers, domain_event, traceparent, staged_at)"
-			 " SELECT pg_catalog.nextval('evbus.outbox_id_seq'::pg_catalog.regclass),"
-			 " message_id::pg_catalog.uuid, integration_event, event_key, payload, headers,"
-			 " domain_event, traceparent, staged_at FROM d",
-			 current_outbox_slot());
-
-	requeued = evbus_execute_as_owner(sql, 1, argtypes, values, NULL);
-
-	if (requeued > 0)
-		staged_in_xact = true;
-
-	/*
-	 * The consuming side: a dead message goes back to pending with its
-	 * attempts reset; a message waiting for a retry is retried now.  The
-	 * consumer worker runs it within its poll interval.
-	 */
-	{
-		uint64		consumed;
-
-		consumed = evbus_execute_as_owner("WITH d AS (DELETE FROM evbus.dead_letters"
-										  " WHERE message_id OPERATOR(pg_catalog.=) $1"
-										  " AND direction OPERATOR(pg_catalog.=) 'consume'"
-										  " AND raw_value IS NULL)"
-										  " UPDATE evbus.inbox SET state = 'pending',"
-										  " attempts = CASE WHEN state OPERATOR(pg_catalog.=) 'dead'"
-										  " THEN 0 ELSE attempts END,"
-										  " next_attempt_at = pg_catalog.now()"
-										  " WHERE message_id OPERATOR(pg_catalog.=) $1"
-										  " AND state OPERATOR(pg_catalog.<>) 'handled'"
-										  " AND payload IS NOT NULL",
-										  1, argtypes, values, NULL);
-
-		if (consumed > 0)
-			requeued_in_xact = true;
-		requeued += consumed;
-	}
-
-	PG_RETURN_BOOL(requeued > 0);
-}
-
-/*
- * evbus.retry(message_id uuid) -> boolean: the same, for callers that
- * hold an evbus message id as a uuid.
- */
-PG_FUNCTION_INFO_V1(evbus_retry_uuid);
-Datum
-evbus_retry_uuid(PG_FUNCTION_ARGS)
-{
-	char	   *message_id = evbus_uuid_to_cstring(PG_GETARG_UUID_P(0));
-
-	return DirectFunctionCall1(evbus_retry, CStringGetTextDatum(message_id));
 }
