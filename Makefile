@@ -20,7 +20,7 @@ OBJS = \
 	src/guc.o \
 	src/shmem.o \
 	src/launcher.o \
-	src/worker.o \
+	src/publisher_worker.o \
 	src/embedded.o \
 	src/kafka_conf.o \
 	src/kafka_errors.o \

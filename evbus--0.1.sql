@@ -444,11 +444,11 @@ CREATE FUNCTION evbus.brokers() RETURNS text
 COMMENT ON FUNCTION evbus.brokers() IS
 	'bootstrap servers the worker uses now (for ''embedded'': the in-process broker''s address)';
 
-CREATE FUNCTION evbus.worker_pid() RETURNS integer
-	AS 'MODULE_PATHNAME', 'evbus_worker_pid'
+CREATE FUNCTION evbus.publisher_pid() RETURNS integer
+	AS 'MODULE_PATHNAME', 'evbus_publisher_pid'
 	LANGUAGE C STRICT VOLATILE;
-COMMENT ON FUNCTION evbus.worker_pid() IS
-	'process id of this database''s evbus worker, or NULL when none runs';
+COMMENT ON FUNCTION evbus.publisher_pid() IS
+	'process id of this database''s evbus publisher, or NULL when none runs';
 
 CREATE FUNCTION evbus.consumer_pid() RETURNS integer
 	AS 'MODULE_PATHNAME', 'evbus_consumer_pid'

@@ -99,7 +99,7 @@ SELECT evbus.register_converter('OrderCreatedDomainEvent',
 CREATE TRIGGER orders_created AFTER INSERT ON orders
 	FOR EACH ROW EXECUTE FUNCTION evbus.capture('OrderCreatedDomainEvent', 'id');
 SQL
-say "CREATE EXTENSION evbus started this database's worker: pid $(sql orders -Atc 'SELECT evbus.worker_pid()')"
+say "CREATE EXTENSION evbus started this database's worker: pid $(sql orders -Atc 'SELECT evbus.publisher_pid()')"
 show orders "SELECT domain_event, integration_event, converter FROM evbus.converters"
 
 step "5. The payments service: a handler subscribed to OrderCreatedIntegrationEvent"

@@ -164,14 +164,14 @@ DROP ROLE evbus_app, evbus_outsider;
 -- PostgreSQL (42501) and leaves the database's evbus workers alone: evbus
 -- stops them only for a drop that will proceed
 CREATE ROLE evbus_dropper LOGIN;
-SELECT evbus.worker_pid() AS worker_before \gset
+SELECT evbus.publisher_pid() AS worker_before \gset
 SELECT current_database() AS this_db \gset
 SET ROLE evbus_dropper;
 DROP DATABASE :"this_db";
 \echo :LAST_ERROR_SQLSTATE
 RESET ROLE;
 SELECT pg_sleep(0.5);
-SELECT evbus.worker_pid() = :worker_before AS worker_undisturbed;
+SELECT evbus.publisher_pid() = :worker_before AS worker_undisturbed;
 DROP ROLE evbus_dropper;
 
 -- subscriptions: a subscription belongs to the role that subscribed it

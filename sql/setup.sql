@@ -8,12 +8,12 @@ SELECT nspname FROM pg_namespace WHERE nspname = 'evbus';
 DO $$
 BEGIN
 	FOR i IN 1..100 LOOP
-		EXIT WHEN evbus.worker_pid() IS NOT NULL;
+		EXIT WHEN evbus.publisher_pid() IS NOT NULL;
 		PERFORM pg_sleep(0.05);
 	END LOOP;
 END $$;
-SELECT evbus.worker_pid() IS NOT NULL AS worker_running;
-SELECT backend_type FROM pg_stat_activity WHERE pid = evbus.worker_pid();
+SELECT evbus.publisher_pid() IS NOT NULL AS worker_running;
+SELECT backend_type FROM pg_stat_activity WHERE pid = evbus.publisher_pid();
 
 -- empty evbus.brokers: publishing is paused and no broker is in use
 SHOW evbus.brokers;

@@ -141,12 +141,12 @@ evbus_current_brokers(PG_FUNCTION_ARGS)
 }
 
 /*
- * evbus.worker_pid() --- process id of this database's worker (the
- * publisher), or NULL.
+ * evbus.publisher_pid() --- process id of this database's publisher, or
+ * NULL.
  */
-PG_FUNCTION_INFO_V1(evbus_worker_pid);
+PG_FUNCTION_INFO_V1(evbus_publisher_pid);
 Datum
-evbus_worker_pid(PG_FUNCTION_ARGS)
+evbus_publisher_pid(PG_FUNCTION_ARGS)
 {
 	pid_t		pid = evbus_worker_pid_for(MyDatabaseId, EVBUS_PUBLISHER);
 
@@ -200,7 +200,7 @@ worker_state(const EvbusDatabase *db, bool found, int role, char **detail)
 
 /*
  * evbus.worker_status() --- one row per worker of this database (the
- * publisher, called worker, and the consumer): its process id, and when
+ * publisher and the consumer): its process id, and when
  * it is not running, why (for example no free background worker slot,
  * test 234_worker_slots.pl).
  *

@@ -137,8 +137,8 @@ extern void evbus_forget_database_at_commit(void);
 extern const char *evbus_worker_role_name(int role);
 extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);
 
-/* ---------- worker.c, consumer_worker.c ---------- */
-extern PGDLLEXPORT void evbus_worker_main(Datum main_arg);
+/* ---------- publisher_worker.c, consumer_worker.c ---------- */
+extern PGDLLEXPORT void evbus_publisher_main(Datum main_arg);
 extern PGDLLEXPORT void evbus_consumer_main(Datum main_arg);
 
 /* ---------- cpu_pressure.c: are the CPUs contended? ---------- */

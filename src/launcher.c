@@ -109,11 +109,11 @@ evbus_register_launcher(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* "worker" (the publisher) or "consumer", as in messages. */
+/* "publisher" or "consumer", as in messages. */
 const char *
 evbus_worker_role_name(int role)
 {
-	return role == EVBUS_PUBLISHER ? "worker" : "consumer";
+	return role == EVBUS_PUBLISHER ? "publisher" : "consumer";
 }
 
 /*
@@ -145,9 +145,9 @@ evbus_start_worker(Oid dboid, const char *dbname, int role, pid_t notify_pid,
 	strlcpy(worker.bgw_library_name, "evbus", BGW_MAXLEN);
 	if (role == EVBUS_PUBLISHER)
 	{
-		strlcpy(worker.bgw_function_name, "evbus_worker_main", BGW_MAXLEN);
-		snprintf(worker.bgw_name, BGW_MAXLEN, "evbus worker for database %u", dboid);
-		strlcpy(worker.bgw_type, "evbus worker", BGW_MAXLEN);
+		strlcpy(worker.bgw_function_name, "evbus_publisher_main", BGW_MAXLEN);
+		snprintf(worker.bgw_name, BGW_MAXLEN, "evbus publisher for database %u", dboid);
+		strlcpy(worker.bgw_type, "evbus publisher", BGW_MAXLEN);
 	}
 	else
 	{

@@ -188,8 +188,8 @@ SELECT throws_ok($$SET evbus.no_such_setting = 1$$,
 				 '42602', NULL, 'the prefix evbus. is reserved: an unknown setting is refused (42602)');
 
 -- the functions that only report never fail for lack of workers
-SELECT lives_ok($$SELECT evbus.brokers(), evbus.worker_pid(), evbus.consumer_pid()$$,
-				'brokers(), worker_pid(), consumer_pid() answer');
+SELECT lives_ok($$SELECT evbus.brokers(), evbus.publisher_pid(), evbus.consumer_pid()$$,
+				'brokers(), publisher_pid(), consumer_pid() answer');
 SELECT lives_ok($$SELECT * FROM evbus.worker_status()$$, 'worker_status() answers');
 
 -- nothing was staged by the refused calls

@@ -42,7 +42,7 @@ SELECT function_privs_are('evbus', 'unsubscribe', ARRAY['text', 'regprocedure', 
 SELECT function_privs_are('evbus', 'retry', ARRAY['text'], 'public', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', 'retry', ARRAY['uuid'], 'public', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', 'brokers', ARRAY[]::name[], 'public', ARRAY['EXECUTE']);
-SELECT function_privs_are('evbus', 'worker_pid', ARRAY[]::name[], 'public', ARRAY['EXECUTE']);
+SELECT function_privs_are('evbus', 'publisher_pid', ARRAY[]::name[], 'public', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'consumer_pid', ARRAY[]::name[], 'public', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'worker_status', ARRAY[]::name[], 'public', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', '_config_changed', ARRAY[]::name[], 'public', ARRAY[]::name[]);
@@ -60,7 +60,7 @@ SELECT function_privs_are('evbus', 'unsubscribe', ARRAY['text', 'regprocedure', 
 SELECT function_privs_are('evbus', 'retry', ARRAY['text'], 'evbus_pgtap_producer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', 'retry', ARRAY['uuid'], 'evbus_pgtap_producer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', 'brokers', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY['EXECUTE']);
-SELECT function_privs_are('evbus', 'worker_pid', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY['EXECUTE']);
+SELECT function_privs_are('evbus', 'publisher_pid', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'consumer_pid', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'worker_status', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', '_config_changed', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY[]::name[]);
@@ -78,7 +78,7 @@ SELECT function_privs_are('evbus', 'unsubscribe', ARRAY['text', 'regprocedure', 
 SELECT function_privs_are('evbus', 'retry', ARRAY['text'], 'evbus_pgtap_consumer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', 'retry', ARRAY['uuid'], 'evbus_pgtap_consumer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', 'brokers', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY['EXECUTE']);
-SELECT function_privs_are('evbus', 'worker_pid', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY['EXECUTE']);
+SELECT function_privs_are('evbus', 'publisher_pid', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'consumer_pid', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'worker_status', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', '_config_changed', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY[]::name[]);

@@ -27,7 +27,7 @@ SELECT sequences_are('evbus', ARRAY['outbox_id_seq', 'dead_letters_id_seq', 'inb
 SELECT functions_are('evbus', ARRAY[
 	'_config_changed', 'register_converter', 'unregister_converter',
 	'raise', 'publish', 'capture', 'subscribe', 'unsubscribe',
-	'_refuse_handler_drop', 'retry', 'brokers', 'worker_pid',
+	'_refuse_handler_drop', 'retry', 'brokers', 'publisher_pid',
 	'consumer_pid', 'worker_status', '_start_worker_at_commit']);
 
 -- every function with its argument types and its result
@@ -51,8 +51,8 @@ SELECT has_function('evbus', 'retry', ARRAY['uuid']);
 SELECT function_returns('evbus', 'retry', ARRAY['uuid'], 'boolean');
 SELECT has_function('evbus', 'brokers', ARRAY[]::name[]);
 SELECT function_returns('evbus', 'brokers', ARRAY[]::name[], 'text');
-SELECT has_function('evbus', 'worker_pid', ARRAY[]::name[]);
-SELECT function_returns('evbus', 'worker_pid', ARRAY[]::name[], 'integer');
+SELECT has_function('evbus', 'publisher_pid', ARRAY[]::name[]);
+SELECT function_returns('evbus', 'publisher_pid', ARRAY[]::name[], 'integer');
 SELECT has_function('evbus', 'consumer_pid', ARRAY[]::name[]);
 SELECT function_returns('evbus', 'consumer_pid', ARRAY[]::name[], 'integer');
 SELECT has_function('evbus', 'worker_status', ARRAY[]::name[]);

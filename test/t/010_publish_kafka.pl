@@ -180,7 +180,7 @@ is( $stats,
 
 # no evbus transaction stays open: the worker holds no snapshot between passes
 my $xmin_age = $node->safe_psql('postgres',
-	q{SELECT coalesce(max(age(backend_xmin)), 0) FROM pg_stat_activity WHERE backend_type = 'evbus worker'});
+	q{SELECT coalesce(max(age(backend_xmin)), 0) FROM pg_stat_activity WHERE backend_type = 'evbus publisher'});
 cmp_ok($xmin_age, '<=', 1, 'the worker holds no old snapshot');
 
 $node->stop;

@@ -34,7 +34,7 @@ my $deadline = time() + 120;
 while (time() < $deadline)
 {
 	($pid, $published) = split /\|/, $poller->query_safe(
-		qq{SELECT evbus.worker_pid(), coalesce(sum(published), 0) FROM evbus.stats WHERE topic = '$topic'});
+		qq{SELECT evbus.publisher_pid(), coalesce(sum(published), 0) FROM evbus.stats WHERE topic = '$topic'});
 	last if $published > 0 && $pid;
 }
 ok($published > 0, 'publishing has started')
@@ -48,7 +48,7 @@ ok(wait_for_crash_restart($node, 1), 'the server restarted after the crash');
 
 ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM evbus.outbox'),
 	'after the crash restart the outbox drains');
-ok($node->safe_psql('postgres', 'SELECT evbus.worker_pid() IS NOT NULL') eq 't',
+ok($node->safe_psql('postgres', 'SELECT evbus.publisher_pid() IS NOT NULL') eq 't',
 	'a new worker runs');
 
 my @messages = kcat_consume($topic, $n + 100000, 15);

@@ -21,7 +21,7 @@ sub worker_pid
 {
 	my ($db) = @_;
 	return $node->safe_psql($db,
-		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'evbus worker' AND datname = current_database()});
+		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'evbus publisher' AND datname = current_database()});
 }
 
 sub wait_for
@@ -43,7 +43,7 @@ my $t0 = time();
 $node->safe_psql('app', 'CREATE EXTENSION evbus');
 ok(wait_for(sub { worker_pid('app') ne '' }, 1.0), 'worker started within 1 s of CREATE EXTENSION');
 note sprintf('worker visible after %.0f ms', (time() - $t0) * 1000);
-is($node->safe_psql('app', 'SELECT evbus.worker_pid()'), worker_pid('app'), 'evbus.worker_pid() names it');
+is($node->safe_psql('app', 'SELECT evbus.publisher_pid()'), worker_pid('app'), 'evbus.publisher_pid() names it');
 is($node->safe_psql('app', 'SELECT evbus.brokers()'), $bootstrap, 'evbus.brokers() reports the bootstrap servers');
 
 # a rolled back CREATE EXTENSION starts nothing

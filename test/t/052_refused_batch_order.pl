@@ -91,7 +91,7 @@ like(slurp_file($node->logfile), qr/the broker refused a record batch, so the Ka
 
 is($node->safe_psql('postgres', "SELECT staged, published, dead, pending FROM evbus.stats WHERE topic = '$topic'"),
 	'180|179|1|0', 'evbus.stats');
-ok($node->safe_psql('postgres', 'SELECT evbus.worker_pid() IS NOT NULL'), 'the worker kept running');
+ok($node->safe_psql('postgres', 'SELECT evbus.publisher_pid() IS NOT NULL'), 'the worker kept running');
 
 $node->stop;
 done_testing();

@@ -58,7 +58,7 @@ my $node = new_node(
 		"evbus.topic_prefix = '$prefix'"
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
-my $worker = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+my $worker = $node->safe_psql('postgres', 'SELECT evbus.publisher_pid()');
 
 my $ids = $node->safe_psql(
 	'postgres', q{
@@ -119,7 +119,7 @@ is($node->safe_psql('postgres', $stats_sql),
 	"$hidden|1|1|0|0\n$open|5|5|0|0\n$readonly|1|1|0|0",
 	'evbus.stats after the retries');
 
-is($node->safe_psql('postgres', 'SELECT evbus.worker_pid()'), $worker, 'the worker kept running');
+is($node->safe_psql('postgres', 'SELECT evbus.publisher_pid()'), $worker, 'the worker kept running');
 $node->stop;
 my $log = slurp_file($node->logfile);
 unlike($log, qr/fatal Kafka producer error/,

@@ -42,10 +42,10 @@ ok($node->wait_for_log(qr/Kafka property "plugin.library.paths" is not allowed/)
 	'plugin.library.paths is refused with a clear message');
 ok($node->wait_for_log(qr/not consuming for group "postgres": the Kafka consumer could not be created/),
 	'the consumer says it cannot consume');
-my $pid = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+my $pid = $node->safe_psql('postgres', 'SELECT evbus.publisher_pid()');
 my $consumer_pid = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
 sleep 2;
-is($node->safe_psql('postgres', 'SELECT evbus.worker_pid()'), $pid, 'the worker keeps running (no crash loop)');
+is($node->safe_psql('postgres', 'SELECT evbus.publisher_pid()'), $pid, 'the worker keeps running (no crash loop)');
 is($node->safe_psql('postgres', 'SELECT evbus.consumer_pid()'), $consumer_pid,
 	'so does the consumer worker');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'), '1', 'the event waits in the outbox');

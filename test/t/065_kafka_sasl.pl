@@ -43,11 +43,11 @@ $node->safe_psql('postgres', q{SELECT evbus.publish('Pinged', '{"n": 1}', 'k');}
 
 ok($node->wait_for_log(qr/evbus: Kafka.*(?i:authentication)/),
 	'a wrong password: the authentication error is logged');
-my $worker = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+my $worker = $node->safe_psql('postgres', 'SELECT evbus.publisher_pid()');
 sleep 2;
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'), '1',
 	'the event waits in the outbox');
-is($node->safe_psql('postgres', 'SELECT evbus.worker_pid()'), $worker,
+is($node->safe_psql('postgres', 'SELECT evbus.publisher_pid()'), $worker,
 	'the worker keeps running');
 
 # the file edited in place, the configuration reloaded: no restart
@@ -57,7 +57,7 @@ ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM evbus.outbox'),
 	'with the right password the event is published, without a restart');
 ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 1}'}),
 	'and the consumer, rebuilt as well, hands it to the handler');
-is($node->safe_psql('postgres', 'SELECT evbus.worker_pid()'), $worker,
+is($node->safe_psql('postgres', 'SELECT evbus.publisher_pid()'), $worker,
 	'by the same worker process');
 my @m = kcat_consume("${prefix}Pinged", 1, 20);
 is(scalar @m, 1, 'the event is in Kafka (read back on the plain listener)');

@@ -80,7 +80,7 @@ ok($node->wait_for_log(qr/evbus: kafka .*evbus-\d+-consumer#consumer-\d+: .*cert
 	'the consumer\'s as well');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'), '1',
 	'the event waits in the outbox');
-my $worker = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+my $worker = $node->safe_psql('postgres', 'SELECT evbus.publisher_pid()');
 my $consumer = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
 
 # the right certificate put in its place (as a certificate rotation

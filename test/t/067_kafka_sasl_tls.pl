@@ -68,7 +68,7 @@ my $node = new_node(
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 subscribe_recorder($node, 'Pinged');
-my $worker = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+my $worker = $node->safe_psql('postgres', 'SELECT evbus.publisher_pid()');
 my $consumer = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
 my $id1 = $node->safe_psql('postgres', q{SELECT evbus.publish('Pinged', '{"n": 1}', 'k')});
 

@@ -39,7 +39,7 @@ my $max_xmin_age = 0;
 while ($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox') > 0)
 {
 	my $age = $node->safe_psql('postgres',
-		q{SELECT coalesce(max(age(backend_xmin)), 0) FROM pg_stat_activity WHERE backend_type = 'evbus worker'});
+		q{SELECT coalesce(max(age(backend_xmin)), 0) FROM pg_stat_activity WHERE backend_type = 'evbus publisher'});
 	$max_xmin_age = $age if $age > $max_xmin_age;
 	last if time() - $t0 > 600;
 	sleep 0.2;

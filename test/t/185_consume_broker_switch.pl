@@ -28,7 +28,7 @@ ok($node->poll_query_until('postgres', 'SELECT evbus.consumer_pid() IS NOT NULL'
 sleep 2;
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'), '1',
 	'the event waits in the outbox');
-my $worker = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+my $worker = $node->safe_psql('postgres', 'SELECT evbus.publisher_pid()');
 my $consumer = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
 
 $node->safe_psql('postgres', "ALTER SYSTEM SET evbus.brokers = '$bootstrap'");
@@ -37,7 +37,7 @@ ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM evbus.outbox'),
 	'after the switch the event is published');
 ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 1}'}),
 	'and handled: the consumer follows the new brokers');
-is($node->safe_psql('postgres', 'SELECT evbus.worker_pid() || \' \' || evbus.consumer_pid()'),
+is($node->safe_psql('postgres', 'SELECT evbus.publisher_pid() || \' \' || evbus.consumer_pid()'),
 	"$worker $consumer", 'by the same worker processes (a reload, not a restart)');
 
 $node->stop;

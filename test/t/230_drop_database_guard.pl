@@ -32,9 +32,9 @@ $node->safe_psql('shop', 'CREATE EXTENSION evbus');
 sub pids
 {
 	return $node->safe_psql('shop',
-		q{SELECT coalesce(evbus.worker_pid(), 0) || ',' || coalesce(evbus.consumer_pid(), 0)});
+		q{SELECT coalesce(evbus.publisher_pid(), 0) || ',' || coalesce(evbus.consumer_pid(), 0)});
 }
-ok(wait_for_sql($node, 'shop', 'SELECT evbus.worker_pid() > 0 AND evbus.consumer_pid() > 0', 't', 30),
+ok(wait_for_sql($node, 'shop', 'SELECT evbus.publisher_pid() > 0 AND evbus.consumer_pid() > 0', 't', 30),
 	'shop has both workers');
 
 # --- a role without any privilege ------------------------------------------
@@ -80,11 +80,11 @@ my $t0 = time();
 isnt($ret, 0, "the owner's DROP DATABASE fails");
 like($err, qr/is being accessed by other users/, 'because another session is connected');
 note sprintf('DROP DATABASE failed after %.1f s', time() - $t0);
-ok(wait_for_sql($node, 'shop', 'SELECT evbus.worker_pid() > 0 AND evbus.consumer_pid() > 0', 't', 10),
+ok(wait_for_sql($node, 'shop', 'SELECT evbus.publisher_pid() > 0 AND evbus.consumer_pid() > 0', 't', 10),
 	'both workers run again');
 # until well after the interrupted handler would have ended
 sleep 30 - (time() - $t0) if time() - $t0 < 30;
-ok(wait_for_sql($node, 'shop', 'SELECT evbus.worker_pid() > 0 AND evbus.consumer_pid() > 0', 't', 10),
+ok(wait_for_sql($node, 'shop', 'SELECT evbus.publisher_pid() > 0 AND evbus.consumer_pid() > 0', 't', 10),
 	'and still run later');
 ok(wait_for_sql($node, 'shop', 'SELECT count(*) FROM effects', '1', 60),
 	'the message is handled');
@@ -105,7 +105,7 @@ my $log_offset = -s $node->logfile;
 is($ret, 0, "the owner's DROP DATABASE succeeds") or diag $err;
 sleep 4;
 is($node->safe_psql('postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('evbus worker', 'evbus consumer')}),
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('evbus publisher', 'evbus consumer')}),
 	'0', 'no evbus worker left');
 my $log = substr(slurp_file($node->logfile), $log_offset);
 unlike($log, qr/database \d+ does not exist/, 'no worker tries to connect to the dropped database');

@@ -95,16 +95,16 @@ my $locker = IPC::Run::start(
 	  'BEGIN; LOCK TABLE evbus.outbox_0, evbus.outbox_1 IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60)' ],
 	'<', \undef, '>', \$lock_out, '2>', \$lock_err);
 ok( wait_for_sql($node, 'postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'evbus worker' AND wait_event_type = 'Lock'},
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'evbus publisher' AND wait_event_type = 'Lock'},
 		'1', 30),
 	'the publisher waits for the outbox lock');
-$pid = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+$pid = $node->safe_psql('postgres', 'SELECT evbus.publisher_pid()');
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
 ok(wait_for(sub { !kill(0, $pid) }, 5), 'pg_terminate_backend ends the publisher within 5 s');
 $node->safe_psql('postgres',
 	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'BEGIN; LOCK TABLE evbus.outbox_0%'});
 $locker->finish;
-ok(wait_for_sql($node, 'postgres', 'SELECT evbus.worker_pid() IS NOT NULL', 't', 10),
+ok(wait_for_sql($node, 'postgres', 'SELECT evbus.publisher_pid() IS NOT NULL', 't', 10),
 	'and a new publisher takes over');
 
 # --- a fast shutdown does not wait for a handler sleeping a minute ---------

@@ -27,7 +27,7 @@ my $node = new_node(
 sub both_workers
 {
 	my ($db) = @_;
-	return wait_for_sql($node, $db, 'SELECT evbus.worker_pid() > 0 AND evbus.consumer_pid() > 0', 't', 10);
+	return wait_for_sql($node, $db, 'SELECT evbus.publisher_pid() > 0 AND evbus.consumer_pid() > 0', 't', 10);
 }
 
 sub status
@@ -51,7 +51,7 @@ ok(wait_for_sql($node, 'd10', 'SELECT count(*) FROM evbus.outbox', '0', 30),
 ok(both_workers('d10'), 'it has both workers');
 is(status('d10'), 'consumer:running,publisher:running', 'evbus.worker_status(): both running');
 is($node->safe_psql('postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('evbus worker', 'evbus consumer') AND datname <> 'd10'}),
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('evbus publisher', 'evbus consumer') AND datname <> 'd10'}),
 	'0', 'no worker stays in a database without evbus');
 
 # --- the slots are taken by evbus databases -----------------------------------
@@ -79,7 +79,7 @@ ok(wait_for_sql($node, 'd02', 'SELECT count(*) FROM evbus.outbox', '0', 20),
 ok(both_workers('d02'), 'and it has both workers');
 is(status('d02'), 'consumer:running,publisher:running', 'evbus.worker_status(): both running');
 $log = substr(slurp_file($node->logfile), $log_offset);
-like($log, qr/evbus: worker started for database "d02"/, 'the log says it started');
+like($log, qr/evbus: publisher started for database "d02"/, 'the log says it started');
 
 # --- at startup, with every slot taken before the launcher reaches d10 -----
 # d01 and d02 have evbus again and come first in pg_database: after a
@@ -89,7 +89,7 @@ $node->safe_psql('d01', 'CREATE EXTENSION evbus');
 $node->safe_psql('d10', q{SELECT evbus.publish('Late', '{"n": 2}')});
 $node->restart;
 ok( wait_for_sql($node, 'postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('evbus worker', 'evbus consumer')}, '4', 30),
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type IN ('evbus publisher', 'evbus consumer')}, '4', 30),
 	'after a restart, d01 and d02 have their workers');
 ok( wait_for_sql($node, 'd10',
 		q{SELECT state FROM evbus.worker_status() WHERE worker = 'publisher'}, 'no free slot', 10),

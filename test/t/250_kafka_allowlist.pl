@@ -75,10 +75,10 @@ $node->safe_psql('postgres', q{SELECT evbus.publish('Allowed', '{"n": 1}')});
 
 ok(wait_log(qr/Kafka property "sasl.kerberos.principal" is not allowed in evbus.kafka_config_file \(line 2 of "[^"]*kerberos.properties"\)/, 0),
 	'sasl.kerberos.principal is refused, by line number and name');
-my $pid = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+my $pid = $node->safe_psql('postgres', 'SELECT evbus.publisher_pid()');
 sleep 3;
 ok(!-e $witness, 'the command in the principal never ran');
-is($node->safe_psql('postgres', 'SELECT evbus.worker_pid()'), $pid, 'the worker keeps running');
+is($node->safe_psql('postgres', 'SELECT evbus.publisher_pid()'), $pid, 'the worker keeps running');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'), '1', 'the event waits in the outbox');
 
 my $offset = use_file('providers.properties');
@@ -99,7 +99,7 @@ ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM evbus.outbox', '0', 60)
 	'with a file of allowed properties the event is published');
 my @m = kcat_consume("${prefix}Allowed", 1, 30);
 is(scalar @m, 1, 'the event is in Kafka');
-is($node->safe_psql('postgres', 'SELECT evbus.worker_pid()'), $pid, 'by the same worker');
+is($node->safe_psql('postgres', 'SELECT evbus.publisher_pid()'), $pid, 'by the same worker');
 
 $node->stop;
 ok(!-e $witness, 'the command in the principal never ran, to the end');

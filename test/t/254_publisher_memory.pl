@@ -20,8 +20,8 @@ my $bound_mb = 400;
 my $node = new_node('memory', kafka => 1,
 	conf => [ "evbus.topic_prefix = '$prefix'", 'evbus.max_message_bytes = 1000000' ]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
-ok(wait_for_sql($node, 'postgres', 'SELECT evbus.worker_pid() IS NOT NULL', 't', 30), 'the worker runs');
-my $pid = $node->safe_psql('postgres', 'SELECT evbus.worker_pid()');
+ok(wait_for_sql($node, 'postgres', 'SELECT evbus.publisher_pid() IS NOT NULL', 't', 30), 'the worker runs');
+my $pid = $node->safe_psql('postgres', 'SELECT evbus.publisher_pid()');
 
 # 400 events of 896,010 bytes of compact JSON, staged in one transaction so
 # that they are one backlog (TOAST compresses the repeated text on disk)
@@ -31,7 +31,7 @@ SELECT count(evbus.publish('Large', jsonb_build_object('blob', repeat(md5(i::tex
 
 ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM evbus.outbox', '0', 300),
 	'the backlog of large events drains');
-is($node->safe_psql('postgres', 'SELECT evbus.worker_pid()'), $pid,
+is($node->safe_psql('postgres', 'SELECT evbus.publisher_pid()'), $pid,
 	'by the same worker (never killed for its memory)');
 
 my $status = slurp_file("/proc/$pid/status");

@@ -1,7 +1,7 @@
 /*-------------------------------------------------------------------------
  *
- * worker.c
- *	  The evbus worker of one database: its signals, its single wait point
+ * publisher_worker.c
+ *	  The evbus publisher of one database: its signals, its single wait point
  *	  and its loop.
  *
  * The worker waits on one WaitEventSet: its latch (set at COMMIT of every
@@ -73,7 +73,7 @@ build_wait_set(int kafka_fd)
 }
 
 void
-evbus_worker_main(Datum main_arg)
+evbus_publisher_main(Datum main_arg)
 {
 	Oid			dboid = DatumGetObjectId(main_arg);
 	char	   *dbname;
@@ -111,7 +111,7 @@ evbus_worker_main(Datum main_arg)
 	evbus_db_installed(dboid);
 	evbus_db_worker_running(dboid, EVBUS_PUBLISHER);
 
-	pgstat_report_appname("evbus worker");
+	pgstat_report_appname("evbus publisher");
 
 	/*
 	 * The worker's own commits (marking events published) need not wait for
@@ -121,7 +121,7 @@ evbus_worker_main(Datum main_arg)
 	 * guarantee.
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	ereport(LOG, (errmsg("evbus: worker started for database \"%s\"", dbname)));
+	ereport(LOG, (errmsg("evbus: publisher started for database \"%s\"", dbname)));
 	evbus_publisher_init(dbname);
 
 	/*
@@ -131,7 +131,7 @@ evbus_worker_main(Datum main_arg)
 	evbus_start_worker(dboid, dbname, EVBUS_CONSUMER, 0, NULL);
 
 	/* what a step allocates is gone at the end of the step */
-	step_cxt = AllocSetContextCreate(TopMemoryContext, "evbus worker step",
+	step_cxt = AllocSetContextCreate(TopMemoryContext, "evbus publisher step",
 									 ALLOCSET_DEFAULT_SIZES);
 
 	for (;;)
