@@ -43,6 +43,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
+#include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -71,12 +72,36 @@ evbus_role_name(Oid roleid)
 }
 
 /*
- * evbus_resolve_handler --- the function a stored signature names now, or
- * InvalidOid (dropped, renamed, moved).  The signature is qualified, so
- * search_path does not choose the function.
+ * Signatures resolved since the last change to pg_proc or pg_namespace.
+ * Resolving parses the signature's type names, which costs more than the
+ * rest of a trivial handler's run; any change to a function or a schema
+ * (a DROP, a rename, a CREATE of a function of that signature) empties the
+ * cache, so that what a signature names is always as of now (test
+ * 216_dropped_handler.pl).  A signature too long for the key is resolved
+ * every time rather than compared on a prefix.
  */
-Oid
-evbus_resolve_handler(const char *signature)
+#define SIGNATURE_KEY_SIZE 512
+
+typedef struct ResolvedHandler
+{
+	char		signature[SIGNATURE_KEY_SIZE];	/* hash key */
+	Oid			fn;				/* InvalidOid: names no function now */
+} ResolvedHandler;
+
+static HTAB *resolved = NULL;
+
+static void
+resolved_invalidate(Datum arg, int cacheid, uint32 hashvalue)
+{
+	if (resolved != NULL)
+	{
+		hash_destroy(resolved);
+		resolved = NULL;
+	}
+}
+
+static Oid
+resolve_now(const char *signature)
 {
 	LOCAL_FCINFO(fcinfo, 1);
 	Datum		result;
@@ -86,6 +111,50 @@ evbus_resolve_handler(const char *signature)
 	fcinfo->args[0].isnull = false;
 	result = to_regprocedure(fcinfo);
 	return fcinfo->isnull ? InvalidOid : DatumGetObjectId(result);
+}
+
+/*
+ * evbus_resolve_handler --- the function a stored signature names now, or
+ * InvalidOid (dropped, renamed, moved).  The signature is qualified, so
+ * search_path does not choose the function.
+ */
+Oid
+evbus_resolve_handler(const char *signature)
+{
+	static bool callbacks_registered = false;
+	ResolvedHandler *entry;
+	bool		found;
+	Oid			fn;
+
+	if (strlen(signature) >= SIGNATURE_KEY_SIZE)
+		return resolve_now(signature);
+	if (!callbacks_registered)
+	{
+		CacheRegisterSyscacheCallback(PROCOID, resolved_invalidate, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, resolved_invalidate, (Datum) 0);
+		callbacks_registered = true;
+	}
+	if (resolved == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = SIGNATURE_KEY_SIZE;
+		ctl.entrysize = sizeof(ResolvedHandler);
+		resolved = hash_create("evbus resolved handlers", 16, &ctl,
+							   HASH_ELEM | HASH_STRINGS);
+	}
+	entry = hash_search(resolved, signature, HASH_FIND, NULL);
+	if (entry != NULL)
+		return entry->fn;
+
+	/* resolving may process invalidations, which may empty the cache */
+	fn = resolve_now(signature);
+	if (resolved != NULL)
+	{
+		entry = hash_search(resolved, signature, HASH_ENTER, &found);
+		entry->fn = fn;
+	}
+	return fn;
 }
 
 /*
