@@ -89,6 +89,12 @@ consumer_start(Oid dboid)
 		proc_exit(0);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
+	/*
+	 * The consumer's own SQL is qualified; handlers run under this same
+	 * pinned search_path, so handler.c need not set it per run.
+	 */
+	SetConfigOption("search_path", EVBUS_PINNED_SEARCH_PATH, PGC_SUSET, PGC_S_SESSION);
+
 	if (!evbus_claim_worker_slot(dboid, EVBUS_CONSUMER, MyLatch))
 		proc_exit(0);
 	SetCurrentStatementStartTimestamp();

@@ -287,7 +287,7 @@ evbus_call_converter(const EvbusConverter *conv, const char *domain_event,
 	depth++;
 	PG_TRY();
 	{
-		(void) set_config_option("search_path", "pg_catalog, pg_temp",
+		(void) set_config_option("search_path", EVBUS_PINNED_SEARCH_PATH,
 								 PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_SAVE, true, 0, false);
 		if (depth > 1)

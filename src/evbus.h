@@ -232,6 +232,10 @@ extern int64 evbus_outbox_write(int slot, Datum *values, bool *isnull);
 extern Relation evbus_outbox_open(int slot, LOCKMODE lockmode);
 
 /* ---------- spi_run.c: SQL that evbus runs itself ---------- */
+
+/* The search_path of converters, handlers and the workers' own SQL */
+#define EVBUS_PINNED_SEARCH_PATH "pg_catalog, pg_temp"
+
 extern void evbus_spi_as_owner(void (*work) (void *arg), void *arg);
 extern uint64 evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
 									 Datum *values, const char *nulls);

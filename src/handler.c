@@ -31,6 +31,7 @@
 
 #include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -188,9 +189,11 @@ run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	nest = NewGUCNestLevel();
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-							 true, 0, false);
+	/* the consumer's own (consumer_worker.c), unless something changed it */
+	if (strcmp(namespace_search_path, EVBUS_PINNED_SEARCH_PATH) != 0)
+		(void) set_config_option("search_path", EVBUS_PINNED_SEARCH_PATH,
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+								 true, 0, false);
 	enable_timeout_after(STATEMENT_TIMEOUT, evbus_handler_timeout_ms);
 
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);
