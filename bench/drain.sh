@@ -48,7 +48,7 @@ kafka_start
 "$KAFKA_SH" topics "$TMP_DIR/kafka" --create --topic "$TOPIC" \
 	--partitions 3 --replication-factor 1 >"$RESULTS_DIR/topic-create.log" 2>&1 || { cat "$RESULTS_DIR/topic-create.log" >&2; die "could not create the topic"; }
 KAFKA_PID=$(cat "$TMP_DIR/kafka/kafka.pid")
-WORKER_PID=$(q "SELECT evbus.worker_pid()")
+WORKER_PID=$(q "$PUBLISHER_PID_SQL")
 
 outbox_size() {
 	q "SELECT pg_total_relation_size('evbus.outbox_0') + pg_total_relation_size('evbus.outbox_1')"

@@ -33,6 +33,10 @@
 
 set -euo pipefail
 
+# this database's publisher; its backend type was 'evbus worker' before
+# 0.1's rename, so that older commits can be measured too (EVBUS_REF)
+PUBLISHER_PID_SQL="SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type IN ('evbus publisher', 'evbus worker') AND datname = current_database()"
+
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(dirname "$BENCH_DIR")
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
@@ -181,14 +185,14 @@ EOF
 	psql -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE bench" >/dev/null
 	export PGDATABASE=bench
 	psql -qX -v ON_ERROR_STOP=1 -c "CREATE EXTENSION evbus" >/dev/null
-	# the worker starts within a second of CREATE EXTENSION
+	# the publisher starts within a second of CREATE EXTENSION
 	local i
 	for i in $(seq 1 50); do
-		[[ -n $(q "SELECT evbus.worker_pid()") ]] && break
+		[[ -n $(q "$PUBLISHER_PID_SQL") ]] && break
 		sleep 0.2
 	done
-	[[ -n $(q "SELECT evbus.worker_pid()") ]] || die "the evbus worker did not start"
-	log "PostgreSQL $(q 'SHOW server_version') on port $port, evbus worker pid $(q 'SELECT evbus.worker_pid()')"
+	[[ -n $(q "$PUBLISHER_PID_SQL") ]] || die "the evbus publisher did not start"
+	log "PostgreSQL $(q 'SHOW server_version') on port $port, evbus publisher pid $(q "$PUBLISHER_PID_SQL")"
 }
 
 # create_staging_variants: what the variants of commit_overhead.sh and
@@ -293,7 +297,7 @@ pg_other_ticks() {
 	echo $((sum + $(proc_ticks "$pm")))
 }
 # the publishing worker of this benchmark's server (not of anyone else's)
-evbus_worker_pid() { pgrep -P "$(head -1 "$TMP_DIR/pg/postmaster.pid")" -f "^postgres: evbus worker for database" | head -1; }
+evbus_worker_pid() { pgrep -P "$(head -1 "$TMP_DIR/pg/postmaster.pid")" -f "^postgres: evbus (publisher|worker) for database" | head -1; }
 kafka_pid() { cat "$TMP_DIR/kafka/kafka.pid" 2>/dev/null || echo 0; }
 ticks_to_s() { awk -v t="$1" -v h="$CLK_TCK" 'BEGIN {printf "%.1f", t / h}'; }
 
