@@ -28,6 +28,11 @@
 #include "utils/resowner.h"
 #include "utils/uuid.h"
 
+/* evbus is built for PostgreSQL 15 (README, "Requirements") */
+#if PG_VERSION_NUM < 150000 || PG_VERSION_NUM >= 160000
+#error "evbus supports PostgreSQL 15 only"
+#endif
+
 #define EVBUS_SCHEMA "evbus"
 #define EVBUS_EMBEDDED "embedded"
 

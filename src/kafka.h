@@ -14,6 +14,14 @@
 
 #include <librdkafka/rdkafka.h>
 
+/*
+ * librdkafka 2.0 or later: the idempotent producer's gapless guarantee and
+ * rd_kafka_queue_io_event_enable as evbus uses them (README, "Requirements").
+ */
+#if RD_KAFKA_VERSION < 0x02000000
+#error "evbus needs librdkafka 2.0 or later"
+#endif
+
 /* kafka_conf.c */
 extern rd_kafka_conf_t *evbus_kafka_conf_new(const char *brokers,
 											 const char *client_id,
