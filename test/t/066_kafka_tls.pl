@@ -150,7 +150,7 @@ is_deeply([ map { $_->{headers}{'cap-msg-id'} } @m ], [ $id1, $id_name, $id2 ],
 	'the three events are in Kafka, in order');
 
 is_deeply(
-	[ map { $node->safe_psql('postgres', "SELECT evbus.${_}_pid()") } qw(worker consumer) ],
+	[ map { $node->safe_psql('postgres', "SELECT evbus.${_}_pid()") } qw(publisher consumer) ],
 	[ $worker, $consumer ],
 	'the same workers ran throughout');
 my $settings = $node->safe_psql('postgres',

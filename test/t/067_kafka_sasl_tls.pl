@@ -114,7 +114,7 @@ is_deeply([ map { $_->{headers}{'cap-msg-id'} } @m ], [ $id1, $id2 ],
 	'both events are in Kafka, in order');
 
 is_deeply(
-	[ map { $node->safe_psql('postgres', "SELECT evbus.${_}_pid()") } qw(worker consumer) ],
+	[ map { $node->safe_psql('postgres', "SELECT evbus.${_}_pid()") } qw(publisher consumer) ],
 	[ $worker, $consumer ],
 	'the same workers ran throughout');
 my $settings = $node->safe_psql('postgres',
