@@ -220,6 +220,34 @@ check_handler(Oid fn, bool *is_procedure, bool *takes_headers)
 	evbus_check_handler_owner(fn, proowner, GetUserId());
 }
 
+/* One query for select_as_owner, and the first column of its first row. */
+typedef struct OwnerSelect
+{
+	const char *sql;
+	int			nargs;
+	Oid		   *argtypes;
+	Datum	   *values;
+	MemoryContext cxt;			/* where the result goes */
+	char	   *result;
+} OwnerSelect;
+
+static void
+run_owner_select(void *arg)
+{
+	OwnerSelect *q = (OwnerSelect *) arg;
+
+	if (SPI_execute_with_args(q->sql, q->nargs, q->argtypes, q->values, NULL,
+							  true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not execute: %s", q->sql);
+	if (SPI_processed > 0)
+	{
+		char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (value)
+			q->result = MemoryContextStrdup(q->cxt, value);
+	}
+}
+
 /*
  * select_as_owner --- run a query as the extension owner (who alone may
  * read evbus's tables) and return the first column of its first row as
@@ -228,35 +256,10 @@ check_handler(Oid fn, bool *is_procedure, bool *takes_headers)
 static char *
 select_as_owner(const char *sql, int nargs, Oid *argtypes, Datum *values)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	Oid			save_userid;
-	int			save_sec_context;
-	char	   *result = NULL;
+	OwnerSelect q = {sql, nargs, argtypes, values, CurrentMemoryContext, NULL};
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(evbus_extension_owner(),
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	PG_TRY();
-	{
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		if (SPI_execute_with_args(sql, nargs, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not execute: %s", sql);
-		if (SPI_processed > 0)
-		{
-			char	   *value = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-
-			if (value)
-				result = MemoryContextStrdup(cxt, value);
-		}
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-	}
-	PG_END_TRY();
-	return result;
+	evbus_spi_as_owner(run_owner_select, &q);
+	return q.result;
 }
 
 /*
