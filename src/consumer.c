@@ -164,8 +164,17 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		rd_kafka_assign(rk, NULL);
 		return;
 	}
-	/* left set if an error or termination ends the process in here */
+	/* left set if an error ends the process in here */
 	in_rebalance = true;
+
+	/*
+	 * A termination waits until the rebalance is done (its queries are
+	 * short): ended in here, the consumer could not leave its group, and
+	 * the group would keep a dead member until its session times out
+	 * (test 120_consume_redelivery.pl resets the group's offsets right
+	 * after a fast shutdown).
+	 */
+	HOLD_INTERRUPTS();
 	/* evbus_worker_begin/commit return to the current memory context (the poll's) */
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 		on_assign(rk, gc, parts);
@@ -173,6 +182,7 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		on_revoke(rk, gc, parts);
 	else
 		rd_kafka_assign(rk, NULL);
+	RESUME_INTERRUPTS();
 	in_rebalance = false;
 }
 

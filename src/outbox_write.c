@@ -44,8 +44,12 @@
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/namespace.h"
+#include "commands/extension.h"
 #include "commands/sequence.h"
+#include "miscadmin.h"
 #include "nodes/execnodes.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
 #include "storage/lmgr.h"
 #include "storage/sinval.h"
 #include "utils/inval.h"
@@ -194,12 +198,34 @@ insert_index_entries(Relation rel, HeapTuple tup, Datum *values, bool *isnull)
 	list_free(indexes);
 }
 
-/* Open an outbox table and check that it is as evbus created it. */
+/*
+ * Open an outbox table and check that it is as evbus created it.
+ *
+ * A DROP EXTENSION that commits while this waits for the lock leaves no
+ * table to open.  A worker then has nothing left to do and exits as it
+ * does when it finds the extension gone at the start of a step (exit
+ * code 0: not restarted, not a failure; test 040_lifecycle.pl); a
+ * backend that stages gets an error.
+ */
 static Relation
 open_checked(Oid relid, LOCKMODE lockmode)
 {
-	Relation	rel = table_open(relid, lockmode);
+	Relation	rel = try_table_open(relid, lockmode);
 
+	if (rel == NULL)
+	{
+		if (IsBackgroundWorker && !OidIsValid(get_extension_oid("evbus", true)))
+		{
+			ereport(LOG,
+					(errmsg("evbus: extension dropped, %s exiting",
+							MyBgworkerEntry->bgw_type)));
+			proc_exit(0);
+		}
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("evbus's outbox table no longer exists"),
+				 errhint("The extension evbus was dropped or is being dropped.")));
+	}
 	check_shape(rel);
 	return rel;
 }
