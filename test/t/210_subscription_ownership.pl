@@ -132,7 +132,7 @@ SELECT evbus.publish('Ordered', '{"key": "k2", "n": 1}', 'k2');
 COMMIT;
 });
 ok( wait_for_sql($node, 'postgres',
-		q{SELECT string_agg(event_key || '/' || n, ',' ORDER BY id) FROM bob_effects WHERE handler = 'steady'},
+		q{SELECT string_agg(event_key || '/' || n, ',' ORDER BY event_key, id) FROM bob_effects WHERE handler = 'steady'},
 		'k1/1,k1/2,k2/1', 60),
 	'steady handles k1/1, k1/2 and k2/1 at once, in order, while gated retries k1/1');
 ok( wait_for_sql($node, 'postgres',
