@@ -19,7 +19,7 @@
  * lookups are cached per backend.  Any change to evbus.converters, through
  * the API or by hand, fires a statement trigger that invalidates the
  * relcache entry of the table; every backend's relcache callback then
- * drops its cache at its next transaction, so a second session sees a new
+ * drops its cache at its next transaction, so another backend sees a new
  * converter without reconnecting.  A change to any function or role drops
  * it too, so a function dropped and created again, or a renamed role, is
  * looked up anew.

@@ -151,7 +151,7 @@ is_deeply([ map { $_->{headers}{'cap-msg-id'} } @race ], [ $newer_id, $older_id 
 # --- a converter registered in one session is seen by another --------------
 my $session = $node->background_psql('postgres');
 is($session->query_safe(q{SELECT evbus.raise('OrderCreatedDomainEvent', '{"id": 1}')}),
-	'1', 'first session: one converter');
+	'1', 'first connection: one converter');
 $node->safe_psql('postgres', q{
 CREATE FUNCTION order_audit(payload jsonb) RETURNS jsonb
 LANGUAGE sql AS $$ SELECT jsonb_build_object('audit', payload->'id') $$;
