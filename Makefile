@@ -55,7 +55,7 @@ OBJS = \
 	src/util.o
 
 EXTENSION = evbus
-DATA = evbus--0.1.sql
+DATA = evbus--0.1.sql evbus--0.2.sql evbus--0.1--0.2.sql
 PGFILEDESC = "evbus - integration events between PostgreSQL and Kafka"
 
 REGRESS = setup staging converters capture misuse security subscriptions kafka_config

@@ -215,7 +215,7 @@ extern int	evbus_int64_cmp(const void *a, const void *b);
 
 /*
  * The columns of evbus.outbox_0 and outbox_1 (attribute numbers), in the
- * order evbus--0.1.sql creates them; staging writes them and the
+ * order evbus--0.2.sql creates them; staging writes them and the
  * publisher's scans read them through these names only.
  */
 #define EVBUS_OUTBOX_ID					1

@@ -1,5 +1,5 @@
 /*
- * schema.sql - pgTAP: the shape of evbus's SQL API, as evbus--0.1.sql
+ * schema.sql - pgTAP: the shape of evbus's SQL API, as evbus--0.2.sql
  * creates it.  Applications and operators rely on these names, argument
  * and column types, keys and comments; a change to any of them is a
  * change of the contract and must show up here.  Runs in a transaction
@@ -11,7 +11,7 @@ SELECT plan(105);
 -- the extension and its fixed schema
 SELECT has_extension('evbus', 'extension evbus is installed');
 SELECT is((SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'evbus'),
-		  '0.1', 'evbus is at version 0.1');
+		  '0.2', 'evbus is at version 0.2');
 SELECT is((SELECT extrelocatable FROM pg_catalog.pg_extension WHERE extname = 'evbus'),
 		  false, 'evbus is not relocatable');
 SELECT has_schema('evbus');

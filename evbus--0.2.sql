@@ -1,0 +1,497 @@
+/* evbus--0.2.sql: schema, tables and SQL API of evbus 0.2 (a fresh install) */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION evbus" to load this file. \quit
+
+/*
+ * evbus needs a UTF8 database.  Payloads go to Kafka as UTF-8 JSON and
+ * received payloads are stored as they came: nothing converts between
+ * the wire and another database encoding, so elsewhere events would be
+ * published in the wrong encoding and received ones stored garbled.
+ * Refused before anything is created (test 205_database_encoding.pl).
+ */
+DO $$
+BEGIN
+	IF pg_catalog.getdatabaseencoding() OPERATOR(pg_catalog.<>) 'UTF8' THEN
+		RAISE EXCEPTION 'evbus requires a database with encoding UTF8'
+			USING ERRCODE = 'feature_not_supported',
+				  DETAIL = pg_catalog.format('Database "%s" has encoding %s; evbus publishes and receives UTF-8 JSON and converts nothing.',
+											 pg_catalog.current_database(),
+											 pg_catalog.getdatabaseencoding()),
+				  HINT = 'Create the database with ENCODING ''UTF8'' (for example createdb -E UTF8 -T template0) and install evbus there.';
+	END IF;
+END
+$$;
+
+/*
+ * Everything below lives in the fixed schema evbus.  Objects are qualified,
+ * and the C functions that write evbus's tables switch to the extension
+ * owner for the write only, so no table is granted to anyone and no
+ * function runs user code with elevated rights.
+ */
+
+--------------------------------------------------------------------------
+-- Converters: (domain event, integration event) -> SQL function
+--------------------------------------------------------------------------
+
+/*
+ * A pair belongs to the role that registered it (registered_by): only that
+ * role, or a role with its privileges, may replace or remove it, and the
+ * converter runs as that role.  The function and the role are stored by
+ * name, the function as its schema-qualified signature, and looked up when
+ * a backend loads the converters of a domain event: no reg* column (which
+ * pg_upgrade refuses), and a dump restores them by name.  A function
+ * dropped or renamed since makes raising its domain event an error that
+ * names it.
+ */
+CREATE TABLE evbus.converters (
+	domain_event		text NOT NULL,
+	integration_event	text NOT NULL,
+	converter			text NOT NULL,
+	registered_by		name NOT NULL,
+	registered_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (domain_event, integration_event)
+);
+COMMENT ON TABLE evbus.converters IS
+	'converter functions (jsonb) RETURNS jsonb, by qualified signature, that turn a domain event into an integration event; each runs as the role that registered it';
+
+/*
+ * Any change to evbus.converters or evbus.subscriptions, by the API or by
+ * hand, invalidates the table's relcache entry at commit: backends drop
+ * their converter cache, the consumer worker reloads its subscriptions.
+ */
+CREATE FUNCTION evbus._config_changed() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'evbus_config_changed' LANGUAGE C;
+REVOKE ALL ON FUNCTION evbus._config_changed() FROM PUBLIC;
+CREATE TRIGGER converters_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON evbus.converters
+	FOR EACH STATEMENT EXECUTE FUNCTION evbus._config_changed();
+
+--------------------------------------------------------------------------
+-- Outbox: staged integration events waiting to be published
+--------------------------------------------------------------------------
+
+/*
+ * One sequence orders all staged events; the worker publishes in id order
+ * but never uses the highest id seen as a high-water mark (commit order is
+ * not id order).  CACHE 1 keeps ids dense, so a gap is a rolled back or
+ * still running transaction.
+ */
+CREATE SEQUENCE evbus.outbox_id_seq AS bigint CACHE 1;
+
+/*
+ * The outbox is two tables used in turn (by time, evbus.outbox_rotation):
+ * staging writes to the current one.  The worker does not delete a row
+ * Kafka acknowledged: it records the ids it is done with (published, or
+ * moved to the dead letters) as ranges in evbus.outbox_published_<n>, a
+ * row or two per batch, and truncates the other table, with its ranges,
+ * once they cover every row in it, so the outbox returns to empty without
+ * a DELETE per event or VACUUM FULL.
+ *
+ * Autovacuum is off for these tables: they have nothing to clean (no row
+ * is deleted or updated; a rolled back row goes with the TRUNCATE), and a
+ * vacuum of a minute of events read every page of it, each minute, to
+ * set visibility bits nobody needs.  Vacuums against wraparound still
+ * run.  Staging only appends (outbox_write.c).
+ */
+CREATE TABLE evbus.outbox_0 (
+	id				bigint PRIMARY KEY,
+	message_id		uuid NOT NULL,
+	integration_event text NOT NULL,
+	event_key		text,
+	payload			jsonb NOT NULL,
+	headers			jsonb,
+	domain_event	text,
+	traceparent		text,
+	staged_at		timestamptz NOT NULL,
+	deliver_at		timestamptz
+) WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false);
+CREATE TABLE evbus.outbox_1 (LIKE evbus.outbox_0 INCLUDING ALL)
+	WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false);
+COMMENT ON TABLE evbus.outbox_0 IS 'outbox, half 0: see evbus.outbox';
+COMMENT ON TABLE evbus.outbox_1 IS 'outbox, half 1: see evbus.outbox';
+
+CREATE TABLE evbus.outbox_published_0 (
+	lo				bigint NOT NULL,
+	hi				bigint NOT NULL CHECK (hi >= lo)
+) WITH (autovacuum_enabled = false);
+CREATE TABLE evbus.outbox_published_1 (LIKE evbus.outbox_published_0 INCLUDING ALL)
+	WITH (autovacuum_enabled = false);
+COMMENT ON TABLE evbus.outbox_published_0 IS
+	'ids [lo, hi] of evbus.outbox_0 that the worker is done with (published or dead-lettered)';
+COMMENT ON TABLE evbus.outbox_published_1 IS
+	'ids [lo, hi] of evbus.outbox_1 that the worker is done with (published or dead-lettered)';
+
+CREATE VIEW evbus.outbox AS
+	SELECT id, message_id, integration_event, event_key, payload, headers,
+		   domain_event, traceparent, staged_at, deliver_at
+	  FROM evbus.outbox_0
+	 WHERE NOT id OPERATOR(pg_catalog.<@)
+		   (SELECT COALESCE(pg_catalog.range_agg(pg_catalog.int8range(lo, hi, '[]')), '{}')
+			  FROM evbus.outbox_published_0)
+	UNION ALL
+	SELECT id, message_id, integration_event, event_key, payload, headers,
+		   domain_event, traceparent, staged_at, deliver_at
+	  FROM evbus.outbox_1
+	 WHERE NOT id OPERATOR(pg_catalog.<@)
+		   (SELECT COALESCE(pg_catalog.range_agg(pg_catalog.int8range(lo, hi, '[]')), '{}')
+			  FROM evbus.outbox_published_1);
+COMMENT ON VIEW evbus.outbox IS
+	'integration events staged by committed transactions and not yet acknowledged by Kafka';
+
+--------------------------------------------------------------------------
+-- Dead letters: events that cannot be published (or, later, handled)
+--------------------------------------------------------------------------
+
+CREATE TABLE evbus.dead_letters (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	message_id		text NOT NULL,	/* a UUID, or a CAP producer's id */
+	direction		text NOT NULL CHECK (direction IN ('publish', 'consume')),
+	integration_event text NOT NULL,
+	topic			text,
+	event_key		text,
+	payload			jsonb,
+	headers			jsonb,
+	domain_event	text,
+	traceparent		text,
+	staged_at		timestamptz,
+	group_name		text,			/* consume: the group that gave up */
+	handler			text,			/* consume: the handler that gave up (its signature) */
+	kafka_partition integer,
+	kafka_offset	bigint,
+	raw_value		bytea,			/* consume: a message that could not be decoded */
+	attempts		integer,
+	errors			jsonb,			/* consume: every attempt's error */
+	error_code		text NOT NULL,
+	error_message	text NOT NULL,
+	dead_at			timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX ON evbus.dead_letters (message_id);
+CREATE INDEX ON evbus.dead_letters (dead_at);
+COMMENT ON TABLE evbus.dead_letters IS
+	'events that could not be published or handled, with the error; evbus.retry(message_id) requeues one';
+
+--------------------------------------------------------------------------
+-- Consuming side: subscriptions, offsets, inbox
+--------------------------------------------------------------------------
+
+/*
+ * A handler of an integration event in a consumer group.  The subscription
+ * belongs to run_as, the role that subscribed it: the handler runs as that
+ * role, and only its members may change or remove the subscription.  The
+ * handler is kept as its qualified signature (format_procedure_qualified,
+ * the object_identity of pg_event_trigger_dropped_objects), resolved when
+ * it runs: no reg* column (pg_upgrade, dump and restore), and a handler
+ * that cannot be found makes its messages fail and retry, never vanish.
+ */
+CREATE TABLE evbus.subscriptions (
+	integration_event text NOT NULL,
+	group_name		text NOT NULL,
+	handler			text NOT NULL,
+	is_procedure	boolean NOT NULL,
+	takes_headers	boolean NOT NULL,
+	run_as			regrole NOT NULL,
+	max_retries		integer CHECK (max_retries >= 0),
+	subscribed_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (integration_event, group_name, handler)
+);
+COMMENT ON TABLE evbus.subscriptions IS
+	'handlers of integration events per consumer group, with the role they run as';
+
+CREATE TRIGGER subscriptions_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON evbus.subscriptions
+	FOR EACH STATEMENT EXECUTE FUNCTION evbus._config_changed();
+
+/*
+ * Where each group is in each partition: the offset of the next message to
+ * read.  Advanced in the transaction that handles the messages before it;
+ * on partition assignment the consumer starts here.
+ */
+CREATE TABLE evbus.consumer_offsets (
+	group_name		text NOT NULL,
+	topic			text NOT NULL,
+	kafka_partition integer NOT NULL,
+	next_offset		bigint NOT NULL,
+	high_watermark	bigint,
+	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	PRIMARY KEY (group_name, topic, kafka_partition)
+);
+COMMENT ON TABLE evbus.consumer_offsets IS
+	'per group and partition: the next offset to consume (authoritative) and the last known high watermark';
+
+/*
+ * Every message a group received, one row per handler it was given to:
+ * de-duplicates redeliveries by (group, message id, handler) -- the
+ * message id being (topic, partition, offset) for messages without
+ * cap-msg-id -- and queues the ones waiting for a retry or for an earlier
+ * event of their key for that handler.  Each row is a unit of its own:
+ * its attempts, backoff, errors and dead letter are its handler's alone.
+ * An undecodable message has one row, with handler ''.
+ */
+CREATE TABLE evbus.inbox (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	group_name		text NOT NULL,
+	dedup_key		text NOT NULL,
+	message_id		text,			/* cap-msg-id: a UUID, a Snowflake integer ... */
+	integration_event text NOT NULL,
+	topic			text NOT NULL,
+	kafka_partition integer NOT NULL,
+	kafka_offset	bigint NOT NULL,
+	handler			text NOT NULL DEFAULT '',	/* signature; '': undecodable */
+	event_key		text,
+	payload			jsonb,			/* NULL: undecodable (dead, see dead_letters) */
+	headers			jsonb NOT NULL,
+	state			text NOT NULL CHECK (state IN ('pending', 'handled', 'dead')),
+	attempts		integer NOT NULL DEFAULT 0,
+	next_attempt_at timestamptz,
+	last_error_code text,
+	last_error_message text,
+	errors			jsonb,
+	received_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	handled_at		timestamptz,
+	UNIQUE (group_name, dedup_key, handler)
+);
+CREATE INDEX inbox_pending_key ON evbus.inbox (group_name, handler, event_key, id)
+	WHERE state = 'pending';
+CREATE INDEX inbox_pending_due ON evbus.inbox (next_attempt_at)
+	WHERE state = 'pending';
+CREATE INDEX inbox_handled_at ON evbus.inbox (handled_at);
+COMMENT ON TABLE evbus.inbox IS
+	'messages received per consumer group and handler: handled, pending (retry or waiting for its key) or dead';
+
+--------------------------------------------------------------------------
+-- Counters for evbus.stats (one row per integration event, updated once
+-- per published batch by the worker, never on the staging path)
+--------------------------------------------------------------------------
+
+CREATE TABLE evbus.publish_counters (
+	integration_event text PRIMARY KEY,
+	published		bigint NOT NULL DEFAULT 0,
+	dead			bigint NOT NULL DEFAULT 0,
+	last_published_at timestamptz
+);
+COMMENT ON TABLE evbus.publish_counters IS
+	'per integration event: how many events Kafka acknowledged and how many were dead-lettered';
+
+CREATE VIEW evbus.stats AS
+	WITH pending AS (
+		SELECT integration_event, pg_catalog.count(*) AS pending,
+			   pg_catalog.min(staged_at) AS oldest_staged_at
+		  FROM evbus.outbox
+		 GROUP BY integration_event
+	), messages AS (
+		/*
+		 * The inbox has a row per message and handler; a message is
+		 * pending while a handler of it is, else dead if a handler gave
+		 * up on it, else handled.
+		 */
+		SELECT group_name, topic,
+			   CASE WHEN pg_catalog.bool_or(state OPERATOR(pg_catalog.=) 'pending') THEN 'pending'
+					WHEN pg_catalog.bool_or(state OPERATOR(pg_catalog.=) 'dead') THEN 'dead'
+					ELSE 'handled' END AS state,
+			   pg_catalog.bool_or(state OPERATOR(pg_catalog.=) 'pending'
+								  AND attempts OPERATOR(pg_catalog.>) 0) AS retrying,
+			   pg_catalog.min(received_at) AS received_at,
+			   pg_catalog.max(handled_at) AS handled_at
+		  FROM evbus.inbox
+		 GROUP BY group_name, topic, dedup_key
+	), inbox AS (
+		SELECT group_name, topic,
+			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'handled') AS handled,
+			   pg_catalog.count(*) FILTER (WHERE retrying) AS retrying,
+			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending') AS pending,
+			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'dead') AS dead,
+			   pg_catalog.min(received_at) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending') AS oldest_pending_at,
+			   pg_catalog.max(handled_at) AS last_handled_at
+		  FROM messages
+		 GROUP BY group_name, topic
+	), lag AS (
+		SELECT group_name, topic,
+			   pg_catalog.sum(GREATEST(high_watermark OPERATOR(pg_catalog.-) next_offset, 0)) AS lag
+		  FROM evbus.consumer_offsets
+		 GROUP BY group_name, topic
+	)
+	SELECT 'publish'::text AS side,
+		   pg_catalog.current_setting('evbus.topic_prefix') OPERATOR(pg_catalog.||)
+			   COALESCE(c.integration_event, p.integration_event) AS topic,
+		   NULL::text AS group_name,
+		   COALESCE(c.published, 0) OPERATOR(pg_catalog.+)
+			   COALESCE(c.dead, 0) OPERATOR(pg_catalog.+)
+			   COALESCE(p.pending, 0) AS staged,
+		   COALESCE(c.published, 0) AS published,
+		   NULL::bigint AS handled,
+		   NULL::bigint AS retrying,
+		   COALESCE(c.dead, 0) AS dead,
+		   COALESCE(p.pending, 0) AS pending,
+		   NULL::numeric AS lag,
+		   pg_catalog.now() OPERATOR(pg_catalog.-) p.oldest_staged_at AS oldest_pending_age,
+		   c.last_published_at AS last_activity_at
+	  FROM evbus.publish_counters c
+	  FULL JOIN pending p ON p.integration_event OPERATOR(pg_catalog.=) c.integration_event
+	UNION ALL
+	SELECT 'consume'::text,
+		   COALESCE(i.topic, l.topic),
+		   COALESCE(i.group_name, l.group_name),
+		   NULL::bigint, NULL::bigint,
+		   COALESCE(i.handled, 0), COALESCE(i.retrying, 0), COALESCE(i.dead, 0),
+		   COALESCE(i.pending, 0), l.lag,
+		   pg_catalog.now() OPERATOR(pg_catalog.-) i.oldest_pending_at,
+		   i.last_handled_at
+	  FROM inbox i
+	  FULL JOIN lag l ON l.group_name OPERATOR(pg_catalog.=) i.group_name
+						 AND l.topic OPERATOR(pg_catalog.=) i.topic;
+COMMENT ON VIEW evbus.stats IS
+	'one row per side and topic (and group): staged, published, handled, retrying, dead, pending, consumer lag, age of the oldest pending event';
+
+--------------------------------------------------------------------------
+-- SQL API: producing side
+--------------------------------------------------------------------------
+
+CREATE FUNCTION evbus.register_converter(domain_event text,
+										 integration_event text,
+										 converter regprocedure)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'evbus_register_converter'
+	LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION evbus.register_converter(text, text, regprocedure) IS
+	'register converter (jsonb) RETURNS jsonb turning domain_event into integration_event, to run as the calling role; replaces the pair''s converter if the caller has the privileges of the role that registered it';
+
+CREATE FUNCTION evbus.unregister_converter(domain_event text,
+										   integration_event text)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'evbus_unregister_converter'
+	LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION evbus.unregister_converter(text, text) IS
+	'remove the converter of a (domain event, integration event) pair, if the caller has the privileges of the role that registered it; false if there was none';
+
+CREATE FUNCTION evbus.raise(domain_event text, payload jsonb,
+							key text DEFAULT NULL)
+	RETURNS integer
+	AS 'MODULE_PATHNAME', 'evbus_raise'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evbus.raise(text, jsonb, text) IS
+	'raise a domain event: run its converters and stage their integration events in this transaction; returns how many were staged';
+
+CREATE FUNCTION evbus.publish(integration_event text, payload jsonb,
+							  key text DEFAULT NULL, headers jsonb DEFAULT NULL,
+							  deliver_at timestamptz DEFAULT NULL)
+	RETURNS uuid
+	AS 'MODULE_PATHNAME', 'evbus_publish'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evbus.publish(text, jsonb, text, jsonb, timestamptz) IS
+	'stage an integration event directly (no converter) in this transaction; returns its message id';
+
+CREATE FUNCTION evbus.capture() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'evbus_capture'
+	LANGUAGE C;
+COMMENT ON FUNCTION evbus.capture() IS
+	'row trigger: EXECUTE FUNCTION evbus.capture(''DomainEvent'' [, ''key_column'']) raises the domain event with the row as payload';
+
+--------------------------------------------------------------------------
+-- SQL API: consuming side
+--------------------------------------------------------------------------
+
+CREATE FUNCTION evbus.subscribe(integration_event text, handler regprocedure,
+								group_name text DEFAULT NULL,
+								max_retries integer DEFAULT NULL)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'evbus_subscribe'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) IS
+	'subscribe a handler (payload jsonb [, headers jsonb]) to an integration event in a consumer group; it runs as the calling role, which owns the subscription';
+
+CREATE FUNCTION evbus.unsubscribe(integration_event text, handler regprocedure,
+								  group_name text DEFAULT NULL)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'evbus_unsubscribe'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evbus.unsubscribe(text, regprocedure, text) IS
+	'remove a subscription (only a member of its role may); false if there was none';
+
+/*
+ * A subscribed handler cannot be dropped: its messages would have nobody
+ * to run them.  DROP FUNCTION, DROP PROCEDURE, DROP OWNED, DROP SCHEMA
+ * ... CASCADE of one is refused with a hint to unsubscribe first (test
+ * 216_dropped_handler.pl).
+ */
+CREATE FUNCTION evbus._refuse_handler_drop() RETURNS event_trigger
+	AS 'MODULE_PATHNAME', 'evbus_refuse_handler_drop'
+	LANGUAGE C;
+REVOKE ALL ON FUNCTION evbus._refuse_handler_drop() FROM PUBLIC;
+CREATE EVENT TRIGGER evbus_refuse_handler_drop ON sql_drop
+	EXECUTE FUNCTION evbus._refuse_handler_drop();
+COMMENT ON EVENT TRIGGER evbus_refuse_handler_drop IS
+	'refuses to drop a function or procedure subscribed as a handler (unsubscribe it first)';
+
+--------------------------------------------------------------------------
+-- SQL API: operations
+--------------------------------------------------------------------------
+
+CREATE FUNCTION evbus.retry(message_id text) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'evbus_retry'
+	LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION evbus.retry(text) IS
+	'requeue a dead or failed event, on either side; false if no such event has this message id';
+CREATE FUNCTION evbus.retry(message_id uuid) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'evbus_retry_uuid'
+	LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION evbus.retry(uuid) IS
+	'evbus.retry(text) for a message id held as a uuid';
+
+CREATE FUNCTION evbus.brokers() RETURNS text
+	AS 'MODULE_PATHNAME', 'evbus_current_brokers'
+	LANGUAGE C STRICT STABLE;
+COMMENT ON FUNCTION evbus.brokers() IS
+	'bootstrap servers the worker uses now (for ''embedded'': the in-process broker''s address)';
+
+CREATE FUNCTION evbus.publisher_pid() RETURNS integer
+	AS 'MODULE_PATHNAME', 'evbus_publisher_pid'
+	LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION evbus.publisher_pid() IS
+	'process id of this database''s evbus publisher, or NULL when none runs';
+
+CREATE FUNCTION evbus.consumer_pid() RETURNS integer
+	AS 'MODULE_PATHNAME', 'evbus_consumer_pid'
+	LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION evbus.consumer_pid() IS
+	'process id of this database''s consumer worker (it runs the handlers), or NULL when none runs';
+
+CREATE FUNCTION evbus.worker_status(OUT worker text, OUT pid integer,
+									 OUT state text, OUT detail text)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'evbus_worker_status'
+	LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION evbus.worker_status() IS
+	'this database''s workers (publisher, consumer): process id, state (running, starting, no free slot, stopped) and why one is not running';
+
+/*
+ * The consumer deletes a dead message's inbox row once its dead letter is
+ * gone or older than evbus.dead_letter_retention; this index finds the
+ * dead rows without reading the handled ones.
+ */
+CREATE INDEX inbox_dead ON evbus.inbox (id) WHERE state = 'dead';
+
+/* Starts this database's worker when CREATE EXTENSION commits. */
+CREATE FUNCTION evbus._start_worker_at_commit() RETURNS void
+	AS 'MODULE_PATHNAME', 'evbus_start_worker_at_commit'
+	LANGUAGE C STRICT VOLATILE;
+REVOKE ALL ON FUNCTION evbus._start_worker_at_commit() FROM PUBLIC;
+SELECT evbus._start_worker_at_commit();
+
+--------------------------------------------------------------------------
+-- Privileges: nothing that writes is granted to PUBLIC
+--------------------------------------------------------------------------
+
+REVOKE ALL ON ALL TABLES IN SCHEMA evbus FROM PUBLIC;
+REVOKE ALL ON SEQUENCE evbus.outbox_id_seq FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.register_converter(text, text, regprocedure) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.unregister_converter(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.raise(text, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.publish(text, jsonb, text, jsonb, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.capture() FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.retry(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.retry(uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.unsubscribe(text, regprocedure, text) FROM PUBLIC;
+GRANT USAGE ON SCHEMA evbus TO pg_monitor;
+GRANT SELECT ON evbus.stats TO pg_monitor;
