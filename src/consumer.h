@@ -66,6 +66,9 @@ extern bool evbus_run_handler(const EvbusSubscription *sub, Jsonb *payload,
 							  char **error_message);
 extern void evbus_forget_handler_plans(void);
 
+/* role_settings.c */
+extern void evbus_apply_role_settings(Oid role);
+
 /* inbox.c (its parts: inbox.h) */
 extern void evbus_inbox_init(void (*let_go) (void));
 extern bool evbus_inbox_receive(const char *group, List *subs,

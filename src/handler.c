@@ -20,10 +20,13 @@
  * the handler never run (tests 212_handler_run_as.pl,
  * 216_dropped_handler.pl).
  *
- * Every setting a handler changes, even with set_config(..., false), is
- * undone when it returns: the next handler, whoever runs it, and the
- * consumer's own transactions start from the same settings (test
- * 214_handler_settings.pl).
+ * A handler starts from the server's settings, search_path pinned to
+ * pg_catalog, pg_temp, then its role's own settings (ALTER ROLE ... SET,
+ * for all databases then for this one: role_settings.c, test
+ * 220_handler_role_settings.pl).  Every setting a handler changes, even
+ * with set_config(..., false), is undone when it returns: the next
+ * handler, whoever runs it, and the consumer's own transactions start
+ * from the same settings (test 214_handler_settings.pl).
  *
  *-------------------------------------------------------------------------
  */
@@ -165,8 +168,9 @@ checked_call(const EvbusSubscription *sub, Oid *fn, int *nargs)
 }
 
 /*
- * Run one handler as its subscriber, with the pinned settings; whatever
- * settings it changes are undone when it returns or fails.
+ * Run one handler as its subscriber, with the pinned settings and its
+ * role's own; whatever settings it changes are undone when it returns or
+ * fails.
  */
 static void
 run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
@@ -194,6 +198,7 @@ run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
 		(void) set_config_option("search_path", EVBUS_PINNED_SEARCH_PATH,
 								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
 								 true, 0, false);
+	evbus_apply_role_settings(sub->run_as);
 	enable_timeout_after(STATEMENT_TIMEOUT, evbus_handler_timeout_ms);
 
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);

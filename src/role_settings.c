@@ -1,0 +1,169 @@
+/*-------------------------------------------------------------------------
+ *
+ * role_settings.c
+ *	  The settings a role has in this database (ALTER ROLE ... SET and
+ *	  ALTER ROLE ... IN DATABASE ... SET), applied to a handler run as
+ *	  that role, as a login of that role would get them.
+ *
+ * A handler runs in the consumer's backend, whose own settings are those
+ * of the bootstrap superuser's connection.  Applied at GUC_ACTION_SAVE
+ * inside the handler's GUC nest level (handler.c), a role's settings last
+ * for that one handler run and are undone with whatever the handler
+ * changed.  They are applied at session priority, above the consumer's
+ * pinned search_path, the more specific last: the role's settings for all
+ * databases, then its settings for this database.  A setting that cannot
+ * be applied (for example "role" inside the security-restricted
+ * operation a handler runs in) is skipped with a WARNING, as at login,
+ * and the handler runs (test 220_handler_role_settings.pl).
+ *
+ * pg_db_role_setting is read once per role and consumer transaction: a
+ * batch of messages handled as one role reads the catalog once.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/pg_db_role_setting.h"
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "storage/proc.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "consumer.h"
+#include "evbus.h"
+
+/* one role's settings: for all databases, then for this one (or NULL) */
+typedef struct RoleSettings
+{
+	Oid			role;
+	ArrayType  *all_databases;
+	ArrayType  *this_database;
+} RoleSettings;
+
+/* the roles read in the current transaction (in TopTransactionContext) */
+static List *read_roles = NIL;
+static LocalTransactionId read_in_lxid = InvalidLocalTransactionId;
+
+/*
+ * read_setconfig --- the setconfig array of one (database, role) row of
+ * pg_db_role_setting, copied into the current memory context, or NULL.
+ */
+static ArrayType *
+read_setconfig(Relation rel, Oid database, Oid role)
+{
+	ScanKeyData keys[2];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	ArrayType  *config = NULL;
+
+	ScanKeyInit(&keys[0], Anum_pg_db_role_setting_setdatabase,
+				BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(database));
+	ScanKeyInit(&keys[1], Anum_pg_db_role_setting_setrole,
+				BTEqualStrategyNumber, F_OIDEQ, ObjectIdGetDatum(role));
+	scan = systable_beginscan(rel, DbRoleSettingDatidRolidIndexId, true,
+							  NULL, 2, keys);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_db_role_setting_setconfig,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			config = DatumGetArrayTypePCopy(d);
+	}
+	systable_endscan(scan);
+	return config;
+}
+
+/*
+ * settings_of --- the role's settings, read at its first handler run of
+ * this transaction.
+ */
+static RoleSettings *
+settings_of(Oid role)
+{
+	ListCell   *lc;
+	RoleSettings *rs;
+	Relation	rel;
+	MemoryContext old;
+
+	if (read_in_lxid != MyProc->lxid)
+	{
+		/* the list of an earlier transaction went with its memory */
+		read_roles = NIL;
+		read_in_lxid = MyProc->lxid;
+	}
+	foreach(lc, read_roles)
+	{
+		rs = (RoleSettings *) lfirst(lc);
+		if (rs->role == role)
+			return rs;
+	}
+
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	rs = palloc(sizeof(RoleSettings));
+	rs->role = role;
+	rel = table_open(DbRoleSettingRelationId, AccessShareLock);
+	rs->all_databases = read_setconfig(rel, InvalidOid, role);
+	rs->this_database = read_setconfig(rel, MyDatabaseId, role);
+	table_close(rel, AccessShareLock);
+	read_roles = lappend(read_roles, rs);
+	MemoryContextSwitchTo(old);
+	return rs;
+}
+
+/*
+ * apply_setconfig --- apply each "name=value" of a setconfig array at
+ * session priority, saved in the current GUC nest level; what cannot be
+ * applied is a WARNING, not an error.
+ */
+static void
+apply_setconfig(ArrayType *config)
+{
+	int			i;
+
+	if (config == NULL || ARR_NDIM(config) != 1 ||
+		ARR_ELEMTYPE(config) != TEXTOID)
+		return;
+	for (i = 1; i <= ARR_DIMS(config)[0]; i++)
+	{
+		Datum		d;
+		bool		isnull;
+		char	   *name;
+		char	   *value;
+
+		d = array_ref(config, 1, &i, -1, -1, false, TYPALIGN_INT, &isnull);
+		if (isnull)
+			continue;
+		/* PostgreSQL 15's ParseLongOption returns malloc'd strings */
+		ParseLongOption(TextDatumGetCString(d), &name, &value);
+		if (value != NULL)
+			(void) set_config_option(name, value, PGC_SUSET, PGC_S_SESSION,
+									 GUC_ACTION_SAVE, true, WARNING, false);
+		free(name);
+		free(value);
+	}
+}
+
+/*
+ * evbus_apply_role_settings --- apply the role's own settings, for all
+ * databases then for this one, to the handler about to run as it.  Must
+ * be called inside the handler's GUC nest level.
+ */
+void
+evbus_apply_role_settings(Oid role)
+{
+	RoleSettings *rs = settings_of(role);
+
+	apply_setconfig(rs->all_databases);
+	apply_setconfig(rs->this_database);
+}
