@@ -394,7 +394,9 @@ evbus_unsubscribe(PG_FUNCTION_ARGS)
 	char	   *group;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		PG_RETURN_BOOL(false);
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("integration event and handler must not be null")));
 	evbus_check_writable("unsubscribe a handler");
 	event = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	signature = format_procedure_qualified(PG_GETARG_OID(1));

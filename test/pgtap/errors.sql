@@ -5,7 +5,7 @@
  * Runs in a transaction that it rolls back.
  */
 BEGIN;
-SELECT plan(60);
+SELECT plan(61);
 
 CREATE FUNCTION public.pgtap_identity(payload jsonb) RETURNS jsonb
 	LANGUAGE sql AS $$ SELECT payload $$;
@@ -166,8 +166,10 @@ SELECT throws_ok($$SELECT evbus.subscribe('PgtapOrder', 'public.pgtap_handler(js
 				 '22023', NULL, 'subscribe: negative max_retries (22023)');
 SELECT throws_ok($$SELECT evbus.subscribe(NULL, 'public.pgtap_handler(jsonb, jsonb)')$$,
 				 '22004', NULL, 'subscribe: NULL integration event (22004)');
-SELECT ok(evbus.unsubscribe(NULL, 'public.pgtap_handler(jsonb, jsonb)') IS NOT TRUE,
-		  'unsubscribe: a NULL integration event removes nothing');
+SELECT throws_ok($$SELECT evbus.unsubscribe(NULL, 'public.pgtap_handler(jsonb, jsonb)')$$,
+				 '22004', NULL, 'unsubscribe: NULL integration event (22004)');
+SELECT throws_ok($$SELECT evbus.unsubscribe('PgtapOrder', NULL)$$,
+				 '22004', NULL, 'unsubscribe: NULL handler (22004)');
 RESET ROLE;
 
 -- evbus.retry
