@@ -67,7 +67,7 @@ extern bool evbus_run_handler(const EvbusSubscription *sub, Jsonb *payload,
 extern void evbus_forget_handler_plans(void);
 
 /* role_settings.c */
-extern void evbus_apply_role_settings(Oid role);
+extern void evbus_apply_login_settings(Oid role);
 
 /* inbox.c (its parts: inbox.h) */
 extern void evbus_inbox_init(void (*let_go) (void));

@@ -2,7 +2,7 @@
  *
  * handler.c
  *	  Running one handler for one message: in its own subtransaction, as
- *	  the role that subscribed it, with a pinned search_path and
+ *	  the role that subscribed it, with that role's settings and
  *	  evbus.handler_timeout as statement timeout.
  *
  * Each handler of a message is a unit of its own: a failure rolls back
@@ -20,10 +20,12 @@
  * the handler never run (tests 212_handler_run_as.pl,
  * 216_dropped_handler.pl).
  *
- * A handler starts from the server's settings, search_path pinned to
- * pg_catalog, pg_temp, then its role's own settings (ALTER ROLE ... SET,
- * for all databases then for this one: role_settings.c, test
- * 220_handler_role_settings.pl).  Every setting a handler changes, even
+ * A handler runs with the settings a new connection of its role to this
+ * database would have: the server's and the database's search_path (not
+ * the consumer's pinned one), then the role's own settings (ALTER ROLE
+ * ... SET, for all databases then for this one: role_settings.c, tests
+ * 220_handler_role_settings.pl, 222_handler_unqualified_names.pl).  Every
+ * setting a handler changes, even
  * with set_config(..., false), is undone when it returns: the next
  * handler, whoever runs it, and the consumer's own transactions start
  * from the same settings (test 214_handler_settings.pl).
@@ -168,9 +170,9 @@ checked_call(const EvbusSubscription *sub, Oid *fn, int *nargs)
 }
 
 /*
- * Run one handler as its subscriber, with the pinned settings and its
- * role's own; whatever settings it changes are undone when it returns or
- * fails.
+ * Run one handler as its subscriber, with the settings a connection of
+ * that role would have; whatever settings it changes are undone when it
+ * returns or fails.
  */
 static void
 run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
@@ -193,12 +195,7 @@ run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
 	nest = NewGUCNestLevel();
-	/* the consumer's own (consumer_worker.c), unless something changed it */
-	if (strcmp(namespace_search_path, EVBUS_PINNED_SEARCH_PATH) != 0)
-		(void) set_config_option("search_path", EVBUS_PINNED_SEARCH_PATH,
-								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-								 true, 0, false);
-	evbus_apply_role_settings(sub->run_as);
+	evbus_apply_login_settings(sub->run_as);
 	enable_timeout_after(STATEMENT_TIMEOUT, evbus_handler_timeout_ms);
 
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);

@@ -1,20 +1,28 @@
 /*-------------------------------------------------------------------------
  *
  * role_settings.c
- *	  The settings a role has in this database (ALTER ROLE ... SET and
- *	  ALTER ROLE ... IN DATABASE ... SET), applied to a handler run as
- *	  that role, as a login of that role would get them.
+ *	  The settings a new connection of a role to this database would have,
+ *	  given to a handler run as that role: the server's and the database's
+ *	  search_path, then the role's own settings (ALTER ROLE ... SET and
+ *	  ALTER ROLE ... IN DATABASE ... SET).
  *
- * A handler runs in the consumer's backend, whose own settings are those
- * of the bootstrap superuser's connection.  Applied at GUC_ACTION_SAVE
- * inside the handler's GUC nest level (handler.c), a role's settings last
- * for that one handler run and are undone with whatever the handler
- * changed.  They are applied at session priority, above the consumer's
- * pinned search_path, the more specific last: the role's settings for all
- * databases, then its settings for this database.  A setting that cannot
- * be applied (for example "role" inside the security-restricted
- * operation a handler runs in) is skipped with a WARNING, as at login,
- * and the handler runs (test 220_handler_role_settings.pl).
+ * A handler runs in the consumer's backend, whose own search_path is
+ * pinned to pg_catalog, pg_temp for evbus's SQL (consumer_worker.c).  A
+ * handler gets instead the search_path a connection would start with (the
+ * reset value: postgresql.conf, or ALTER DATABASE ... SET), so that it is
+ * written like any other procedure, with unqualified names (test
+ * 222_handler_unqualified_names.pl).  This is the subscriber's own choice
+ * and gives a handler nothing its role's own connections do not have: it
+ * runs as that role, never a superuser, inside a security-restricted
+ * operation.
+ *
+ * Everything is applied at GUC_ACTION_SAVE inside the handler's GUC nest
+ * level (handler.c), so it lasts for that one handler run and is undone
+ * with whatever the handler changed.  The role's settings are applied at
+ * session priority, the more specific last: for all databases, then for
+ * this one.  A setting that cannot be applied (for example "role" inside
+ * a security-restricted operation) is skipped with a WARNING, as at
+ * login, and the handler runs (test 220_handler_role_settings.pl).
  *
  * pg_db_role_setting is read once per role and consumer transaction: a
  * batch of messages handled as one role reads the catalog once.
@@ -26,6 +34,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_db_role_setting.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
@@ -155,15 +164,20 @@ apply_setconfig(ArrayType *config)
 }
 
 /*
- * evbus_apply_role_settings --- apply the role's own settings, for all
- * databases then for this one, to the handler about to run as it.  Must
- * be called inside the handler's GUC nest level.
+ * evbus_apply_login_settings --- give the handler about to run as role the
+ * settings a new connection of that role would have.  Must be called
+ * inside the handler's GUC nest level.
  */
 void
-evbus_apply_role_settings(Oid role)
+evbus_apply_login_settings(Oid role)
 {
 	RoleSettings *rs = settings_of(role);
+	const char *search_path = GetConfigOptionResetString("search_path");
 
+	if (strcmp(namespace_search_path, search_path) != 0)
+		(void) set_config_option("search_path", search_path,
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+								 true, 0, false);
 	apply_setconfig(rs->all_databases);
 	apply_setconfig(rs->this_database);
 }

@@ -82,10 +82,10 @@ for my $n (1, 2)
 		'America/New_York 3MB app,pg_catalog',
 		"event $n: alice's handler has her settings, this database's winning");
 	is(sql(qq{SELECT settings FROM app.seen WHERE handler = 'b_reads' AND n = $n}),
-		"UTC $work_mem pg_catalog,pg_temp",
+		"UTC $work_mem \"\$user\",public",
 		"event $n: bob's handler, run after alice's, starts from the server's settings");
 	is(sql(qq{SELECT settings FROM app.seen WHERE handler = 'c_reads' AND n = $n}),
-		'UTC 5MB pg_catalog,pg_temp carol',
+		'UTC 5MB "$user",public carol',
 		"event $n: carol's handler runs as carol with the setting that applies");
 }
 is(sql(q{SELECT count(*) FROM evbus.dead_letters}), '0', 'no dead letter');
