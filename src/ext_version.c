@@ -161,7 +161,8 @@ report_unknown(const char *version, bool report)
 /*
  * wait_until_known --- wait on the latch, reading the version every
  * VERSION_RECHECK_MS, until it is a known one.  Exits when evbus is no
- * longer installed, and on termination (CHECK_FOR_INTERRUPTS); reloads
+ * longer installed, and on termination (quietly, as a worker terminated
+ * at its wait point does: a fast shutdown logs no FATAL); reloads
  * the configuration on SIGHUP.  No transaction is open while it waits.
  */
 static void
@@ -176,6 +177,9 @@ wait_until_known(const char *version, bool report)
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 VERSION_RECHECK_MS, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
+		/* terminated while waiting: leave quietly, as from the wait point */
+		if (ProcDiePending)
+			proc_exit(evbus_worker_stop_requested() ? 0 : 1);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
 		{
@@ -187,7 +191,7 @@ wait_until_known(const char *version, bool report)
 			proc_exit(0);		/* DROP EXTENSION: nothing to wait for */
 		if (version_known(now_version))
 		{
-			ereport(LOG,
+			ereport(report ? LOG : DEBUG1,
 					(errmsg("evbus: database \"%s\" now has evbus version %s, which this library knows",
 							dbname, now_version)));
 			reported_version[0] = '\0';
