@@ -52,7 +52,8 @@
  * belongs here only if every query of this library is right for its
  * schema: when a later version changes what the library reads or writes,
  * the older versions leave this list (and ALTER EXTENSION evbus UPDATE
- * brings a database to one that stays).
+ * brings a database to one that stays).  Test 340_extension_update.pl
+ * runs the workers from 0.1 through the update to 0.2.
  */
 static const char *const known_versions[] = {"0.1", "0.2"};
 
@@ -245,7 +246,7 @@ evbus_version_recheck(bool report)
 	last_check = now;
 	version = read_version();
 	if (version == NULL)
-		return false;			/* DROP EXTENSION: the worker learns it its way */
+		return false;			/* DROP EXTENSION: the worker sees it */
 	if (version_known(version))
 	{
 		pfree(version);
