@@ -4,7 +4,7 @@
 #
 # Database "upd" gets evbus 0.1 (CREATE EXTENSION evbus VERSION '0.1'), a
 # converter and a handler subscribed by an application role.  A background
-# session raises a steady stream of domain events, one per transaction;
+# connection raises a steady stream of domain events, one per transaction;
 # ALTER EXTENSION evbus UPDATE runs in the middle of it, and more events
 # follow.  Then every event is on the topic once (cap-msg-id unique, count
 # equal), every one handled once, by the same two workers as before the
