@@ -20,6 +20,7 @@ OBJS = \
 	src/guc.o \
 	src/shmem.o \
 	src/launcher.o \
+	src/ext_version.o \
 	src/publisher_worker.o \
 	src/embedded.o \
 	src/kafka_conf.o \

@@ -104,6 +104,8 @@ consumer_start(Oid dboid)
 	if (!has_extension)
 		proc_exit(0);
 	evbus_db_worker_running(dboid, EVBUS_CONSUMER);
+	/* only at an evbus version this library knows (ext_version.c) */
+	evbus_version_wait(false);
 	before_shmem_exit(consumer_exit, (Datum) 0);
 	/* the inbox lets go of Kafka through this, never calling consumer.c */
 	evbus_inbox_init(evbus_consumers_let_go);
@@ -154,6 +156,9 @@ evbus_consumer_main(Datum main_arg)
 		const char *brokers;
 
 		if (ProcDiePending)
+			consumer_leave();
+		/* updated to a version unknown here, then back: start afresh */
+		if (evbus_version_recheck(false))
 			consumer_leave();
 
 		/* what a pass allocates is gone at its end */

@@ -122,7 +122,14 @@ _PG_init(void)
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = evbus_process_utility;
 
-	evbus_register_launcher();
+	/*
+	 * No launcher, hence no worker, in a server that pg_upgrade runs
+	 * (binary upgrade mode, old cluster and new): they would publish,
+	 * handle and write evbus's tables while it dumps and restores (test
+	 * 345_pg_upgrade.pl).
+	 */
+	if (!IsBinaryUpgrade)
+		evbus_register_launcher();
 }
 
 /*

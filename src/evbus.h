@@ -142,6 +142,10 @@ extern void evbus_forget_database_at_commit(void);
 extern const char *evbus_worker_role_name(int role);
 extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);
 
+/* ---------- ext_version.c: does this library know the SQL version? ---------- */
+extern void evbus_version_wait(bool report);
+extern bool evbus_version_recheck(bool report);
+
 /* ---------- publisher_worker.c, consumer_worker.c ---------- */
 extern PGDLLEXPORT void evbus_publisher_main(Datum main_arg);
 extern PGDLLEXPORT void evbus_consumer_main(Datum main_arg);

@@ -111,6 +111,9 @@ evbus_publisher_main(Datum main_arg)
 	evbus_db_installed(dboid);
 	evbus_db_worker_running(dboid, EVBUS_PUBLISHER);
 
+	/* only at an evbus version this library knows (ext_version.c) */
+	evbus_version_wait(true);
+
 	pgstat_report_appname("evbus publisher");
 
 	/*
@@ -143,6 +146,9 @@ evbus_publisher_main(Datum main_arg)
 
 		if (ProcDiePending)
 			worker_exit(evbus_worker_stop_requested() ? 0 : 1);
+		/* updated to a version unknown here, then back: start afresh */
+		if (evbus_version_recheck(true))
+			worker_exit(1);
 
 		MemoryContextSwitchTo(step_cxt);
 		more = evbus_publisher_step(claim_wanted);
