@@ -148,7 +148,7 @@ $ids{ $_->{headers}{'cap-msg-id'} }++ for @msgs;
 is(scalar keys %ids, 30, 'thirty distinct cap-msg-id');
 my %orders;
 $orders{ $_->{payload} =~ /"orderId":(\d+)/ ? $1 : 0 }++ for @msgs;
-is(join(',', grep { $orders{$_} != 1 } 1 .. 30), '', 'every order published once');
+is(join(',', grep { ($orders{$_} // 0) != 1 } 1 .. 30), '', 'every order published once');
 is(join(',', grep { $ids{$_} } split /,/, $pending), $pending,
 	'the pending events went out with the message ids they had before the dump');
 
@@ -182,5 +182,25 @@ is(sqlstate_of($new, 'shop', "SET ROLE evbus_app; COPY evbus.inbox (group_name) 
 	'42501', 'COPY into evbus.inbox by evbus_app is refused');
 is($new->safe_psql('shop', 'SELECT evbus.publisher_pid(), evbus.consumer_pid()'),
 	$pids, 'and the workers kept running');
+
+# --- the update path marks the same tables, with the same filters ------------------
+$new->safe_psql('postgres', 'CREATE DATABASE upd');
+$new->safe_psql('upd', q{CREATE EXTENSION evbus VERSION '0.1'; ALTER EXTENSION evbus UPDATE TO '0.2'});
+my $marked = q{SELECT array(SELECT c::regclass::text FROM unnest(extconfig) c), extcondition
+	FROM pg_extension WHERE extname = 'evbus'};
+is($new->safe_psql('upd', $marked), $new->safe_psql('shop', $marked),
+	'a database updated from 0.1 dumps what a fresh 0.2 one does');
+
+# --- pg_restore --single-transaction: the workers start once it has committed --------
+$new->safe_psql('postgres', 'CREATE DATABASE shop1');
+($out, $err) = ('', '');
+$restored = IPC::Run::run(
+	[ 'pg_restore', '--single-transaction', '-d', $new->connstr('shop1'), $dump ],
+	'>', \$out, '2>', \$err);
+ok($restored, 'pg_restore --single-transaction succeeds') or diag $err;
+ok( wait_for_sql($new, 'shop1',
+		q{SELECT string_agg(state, ',' ORDER BY worker) FROM evbus.worker_status()},
+		'running,running', 30),
+	'its workers run once it is over');
 
 done_testing();
