@@ -103,7 +103,15 @@ cmp_ok($old_offsets, 'ne', '', "old: offsets stored ($old_offsets)");
 my $dump = "${PostgreSQL::Test::Utils::tmp_check}/shop.dump";
 $old->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $old->connstr('shop') ],
 	'pg_dump -Fc of the live database');
+# a role that may not read evbus's tables can leave their rows out
+my $dump_rest = "${PostgreSQL::Test::Utils::tmp_check}/shop-rest.dump";
+$old->command_ok(
+	[ 'pg_dump', '-Fc', "--exclude-table-data=evbus.*", '-f', $dump_rest, '-d', $old->connstr('shop') ],
+	'pg_dump --exclude-table-data=evbus.*');
 $old->stop;
+my ($toc_rest, $toc_rest_err) = ('', '');
+IPC::Run::run([ 'pg_restore', '-l', $dump_rest ], '>', \$toc_rest, '2>', \$toc_rest_err);
+unlike($toc_rest, qr/(?:TABLE DATA|SEQUENCE SET) evbus /, 'which then carries none of evbus\'s rows');
 
 # --- what the dump carries ---------------------------------------------------------
 my ($toc, $toc_err) = ('', '');
@@ -202,5 +210,23 @@ ok( wait_for_sql($new, 'shop1',
 		q{SELECT string_agg(state, ',' ORDER BY worker) FROM evbus.worker_status()},
 		'running,running', 30),
 	'its workers run once it is over');
+
+# --- pg_restore -j: every connection keeps the workers away -----------------------------
+$new->safe_psql('postgres', 'CREATE DATABASE shop2');
+($out, $err) = ('', '');
+$restored = IPC::Run::run([ 'pg_restore', '-j', '2', '-d', $new->connstr('shop2'), $dump ],
+	'>', \$out, '2>', \$err);
+ok($restored, 'pg_restore -j 2 succeeds') or diag $err;
+ok( wait_for_sql($new, 'shop2',
+		q{SELECT string_agg(state, ',' ORDER BY worker) FROM evbus.worker_status()},
+		'running,running', 30),
+	'its workers run once it is over');
+
+# --- pg_restore --clean into a database with subscribed handlers is refused ------------
+($out, $err) = ('', '');
+IPC::Run::run([ 'pg_restore', '--clean', '-d', $new->connstr('shop'), $dump ],
+	'>', \$out, '2>', \$err);
+like($err, qr/cannot drop handler public\.pay/,
+	'pg_restore --clean cannot drop a subscribed handler (restore into a new database)');
 
 done_testing();
