@@ -199,28 +199,21 @@ my $marked = q{SELECT array(SELECT c::regclass::text FROM unnest(extconfig) c), 
 is($new->safe_psql('upd', $marked), $new->safe_psql('shop', $marked),
 	'a database updated from 0.1 dumps what a fresh 0.2 one does');
 
-# --- pg_restore --single-transaction: the workers start once it has committed --------
-$new->safe_psql('postgres', 'CREATE DATABASE shop1');
-($out, $err) = ('', '');
-$restored = IPC::Run::run(
-	[ 'pg_restore', '--single-transaction', '-d', $new->connstr('shop1'), $dump ],
-	'>', \$out, '2>', \$err);
-ok($restored, 'pg_restore --single-transaction succeeds') or diag $err;
-ok( wait_for_sql($new, 'shop1',
-		q{SELECT string_agg(state, ',' ORDER BY worker) FROM evbus.worker_status()},
-		'running,running', 30),
-	'its workers run once it is over');
-
-# --- pg_restore -j: every connection keeps the workers away -----------------------------
-$new->safe_psql('postgres', 'CREATE DATABASE shop2');
-($out, $err) = ('', '');
-$restored = IPC::Run::run([ 'pg_restore', '-j', '2', '-d', $new->connstr('shop2'), $dump ],
-	'>', \$out, '2>', \$err);
-ok($restored, 'pg_restore -j 2 succeeds') or diag $err;
-ok( wait_for_sql($new, 'shop2',
-		q{SELECT string_agg(state, ',' ORDER BY worker) FROM evbus.worker_status()},
-		'running,running', 30),
-	'its workers run once it is over');
+# --- pg_restore --single-transaction, and -j (every connection keeps the workers
+# away): both succeed, and the workers run once the restore is over ------------------
+for my $variant ([ 'shop1', '--single-transaction' ], [ 'shop2', '-j', '2' ])
+{
+	my ($db, @options) = @$variant;
+	$new->safe_psql('postgres', "CREATE DATABASE $db");
+	($out, $err) = ('', '');
+	$restored = IPC::Run::run([ 'pg_restore', @options, '-d', $new->connstr($db), $dump ],
+		'>', \$out, '2>', \$err);
+	ok($restored, "pg_restore @options succeeds") or diag $err;
+	ok( wait_for_sql($new, $db,
+			q{SELECT string_agg(state, ',' ORDER BY worker) FROM evbus.worker_status()},
+			'running,running', 30),
+		"$db: its workers run once it is over");
+}
 
 # --- pg_restore --clean into a database with subscribed handlers is refused ------------
 ($out, $err) = ('', '');
