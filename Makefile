@@ -54,6 +54,7 @@ OBJS = \
 	src/role_settings.o \
 	src/inbox_retry.o \
 	src/spi_run.o \
+	src/restore.o \
 	src/util.o
 
 EXTENSION = evbus

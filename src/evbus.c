@@ -62,6 +62,8 @@ drops_evbus(DropStmt *stmt)
  * launcher starts no worker there again.
  * DROP ROLE of a role that subscriptions of this database run as is
  * refused (test 216_dropped_handler.pl).
+ * COPY FROM into evbus's tables (a restore) keeps the database's workers
+ * away until the connection ends (restore.c, test 320_dump_restore.pl).
  */
 static void
 evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -81,6 +83,8 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 											context == PROCESS_UTILITY_TOPLEVEL);
 	else if (IsA(parsetree, DropStmt))
 		forget = drops_evbus((DropStmt *) parsetree);
+	else if (IsA(parsetree, CopyStmt))
+		evbus_restore_note_copy((CopyStmt *) parsetree);
 
 	PG_TRY();
 	{
@@ -116,6 +120,7 @@ _PG_init(void)
 
 	evbus_define_gucs();
 	evbus_shmem_request();
+	evbus_restore_init();
 	evbus_staging_init();
 	evbus_launcher_xact_init();
 
@@ -184,6 +189,8 @@ evbus_consumer_pid(PG_FUNCTION_ARGS)
 static const char *
 worker_state(const EvbusDatabase *db, bool found, int role, char **detail)
 {
+	pid_t		restorer;
+
 	if (found && db->state == EVBUS_DB_DROPPING)
 	{
 		*detail = pstrdup("DROP DATABASE of this database is in progress.");
@@ -198,7 +205,11 @@ worker_state(const EvbusDatabase *db, bool found, int role, char **detail)
 						   timestamptz_to_str(db->failed_since[role]), max_worker_processes);
 		return "no free slot";
 	}
-	if (role == EVBUS_CONSUMER && evbus_worker_pid_for(MyDatabaseId, EVBUS_PUBLISHER) == 0)
+	if (evbus_restore_in_progress(MyDatabaseId, &restorer))
+		*detail = psprintf("A restore is writing evbus's tables in this database "
+						   "(the connection of process %d); the workers start when it ends.",
+						   (int) restorer);
+	else if (role == EVBUS_CONSUMER && evbus_worker_pid_for(MyDatabaseId, EVBUS_PUBLISHER) == 0)
 		*detail = pstrdup("It starts once the worker runs.");
 	else
 		*detail = pstrdup("The evbus launcher starts it within seconds.");

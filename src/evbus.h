@@ -146,6 +146,11 @@ extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);
 extern void evbus_version_wait(bool report);
 extern bool evbus_version_recheck(bool report);
 
+/* ---------- restore.c: no worker while a restore writes evbus's tables ---------- */
+extern void evbus_restore_init(void);
+extern void evbus_restore_note_copy(CopyStmt *stmt);
+extern bool evbus_restore_in_progress(Oid dboid, pid_t *pid);
+
 /* ---------- publisher_worker.c, consumer_worker.c ---------- */
 extern PGDLLEXPORT void evbus_publisher_main(Datum main_arg);
 extern PGDLLEXPORT void evbus_consumer_main(Datum main_arg);

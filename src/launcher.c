@@ -126,7 +126,8 @@ evbus_worker_role_name(int role)
  * worker last ran is a WARNING; the launcher retries.  The worker is
  * never restarted by the postmaster: it exits when its database has no
  * evbus or already has such a worker, and the launcher starts it again
- * when it is missing.
+ * when it is missing.  Nothing is started either while a restore writes
+ * evbus's tables in dboid (restore.c).
  */
 bool
 evbus_start_worker(Oid dboid, const char *dbname, int role, pid_t notify_pid,
@@ -135,7 +136,7 @@ evbus_start_worker(Oid dboid, const char *dbname, int role, pid_t notify_pid,
 	BackgroundWorker worker;
 	BackgroundWorkerHandle *h;
 
-	if (!evbus_db_may_start(dboid))
+	if (!evbus_db_may_start(dboid) || evbus_restore_in_progress(dboid, NULL))
 		return false;
 
 	memset(&worker, 0, sizeof(worker));

@@ -115,7 +115,8 @@ release_slot_at_exit(int code, Datum arg)
 /*
  * evbus_claim_worker_slot --- register this process as the worker of dboid.
  *
- * Returns false when another live worker already serves the database.
+ * Returns false when another live worker already serves the database, or
+ * a restore is writing evbus's tables there.
  */
 bool
 evbus_claim_worker_slot(Oid dboid, int role, Latch *latch)
@@ -154,6 +155,21 @@ evbus_claim_worker_slot(Oid dboid, int role, Latch *latch)
 	LWLockRelease(evbus_shared->lock);
 
 	before_shmem_exit(release_slot_at_exit, (Datum) 0);
+
+	/*
+	 * A restore that began before the slot was taken did not see this
+	 * worker to stop it: leave (the launcher starts the worker once the
+	 * restore is over; restore.c, test 320_dump_restore.pl).  The restore
+	 * writes evbus's tables, so evbus is installed there, even if this
+	 * worker is the launcher's probe.
+	 */
+	pg_memory_barrier();
+	if (evbus_restore_in_progress(dboid, NULL))
+	{
+		evbus_release_worker_slot();
+		evbus_db_installed(dboid);
+		return false;
+	}
 	return true;
 }
 
