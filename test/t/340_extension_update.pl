@@ -151,6 +151,9 @@ sub dump_of
 	my $dump = run('pg_dump', '-h', $node->host, '-p', $node->port, @opts, $db);
 	$dump =~ s/'\d+'::pg_catalog\.oid/'OID'::pg_catalog.oid/g;
 	$dump =~ s/'\{\d+(,\d+)*\}'::pg_catalog\.oid\[\]/'{OIDS}'::pg_catalog.oid[]/g;
+	# the tables pg_extension_config_dump marked, one oid each
+	$dump =~ s{(binary_upgrade_create_empty_extension\([^\n]*?)'\{(\d+(?:,\d+)*)\}'}
+		{$1 . "'{" . join(',', map { 'OID' } split(/,/, $2)) . "}'"}ge;
 	$dump =~ s/(relfrozenxid|relminmxid) = '\d+'/$1 = 'XID'/g;
 	$dump =~ s/WHERE oid = '\d+'/WHERE oid = 'OID'/g;
 	# and where the sequences are (binary-upgrade mode keeps them)
