@@ -7,8 +7,8 @@
 #    string (cap-msg-id, cap-msg-name, cap-senttime, evbus-source,
 #    traceparent, user headers) plus evbus-topic, evbus-partition,
 #    evbus-offset (numbers) and evbus-group; the payload is the event's.
-#  - The handler runs as the subscribing role, with search_path pinned to
-#    pg_catalog, pg_temp.
+#  - The handler runs as the subscribing role, with the search_path a
+#    connection of that role would have (the server's: "$user", public).
 #  - Subscriptions added or removed are picked up by the running worker.
 #  - CAP interop: a message from Kafka's Java console producer with
 #    cap-msg-id/cap-msg-name headers is handled, and sent twice with the same
@@ -119,7 +119,7 @@ is( $node->safe_psql('postgres',
 my ($who, $path) = split /\|/, $node->safe_psql('postgres', 'SELECT who, path FROM seen');
 is($who, $me, 'handler runs as the role that subscribed it');
 $path =~ s/\s+//g;
-is($path, 'pg_catalog,pg_temp', 'handler runs with search_path pg_catalog, pg_temp');
+is($path, '"$user",public', 'handler runs with the search_path of a connection');
 
 # --- subscriptions change while the worker runs ----------------------------------
 $node->safe_psql('postgres', $as_app . q{SELECT evbus.subscribe('Hdr', 'h_payload_only(jsonb)')});
