@@ -43,6 +43,16 @@ static char *handling_tracestate = NULL;
 #define TRACEPARENT_LEN 55
 
 /*
+ * What is carried over is bounded, since it goes on every event a handler
+ * stages, outside the payload's evbus.max_message_bytes: a correlation id
+ * as long as a message id may be (inbox_decode.c), else the handled
+ * message's own id; a tracestate of at most the 512 characters W3C asks
+ * every participant to pass on, else none (a participant may drop one).
+ */
+#define MAX_CORRELATION_ID_BYTES 200
+#define MAX_TRACESTATE_BYTES 512
+
+/*
  * header_string --- the string value of header name in headers (as the
  * consumer decodes them), or NULL if it has none or it is not a
  * non-empty string.
@@ -125,13 +135,16 @@ evbus_handler_trace_begin(Jsonb *headers)
 {
 	char	   *message_id = header_string(headers, "cap-msg-id");
 	char	   *correlation_id = header_string(headers, "evbus-correlation-id");
+	char	   *tracestate = header_string(headers, "tracestate");
 	char	   *child = child_traceparent(header_string(headers, "traceparent"));
 
+	if (correlation_id == NULL || strlen(correlation_id) > MAX_CORRELATION_ID_BYTES)
+		correlation_id = message_id;
+	if (child == NULL || (tracestate != NULL && strlen(tracestate) > MAX_TRACESTATE_BYTES))
+		tracestate = NULL;
 	set_handling(&handling_message_id, message_id);
-	set_handling(&handling_correlation_id,
-				 message_id == NULL ? NULL : correlation_id ? correlation_id : message_id);
-	set_handling(&handling_tracestate,
-				 child == NULL ? NULL : header_string(headers, "tracestate"));
+	set_handling(&handling_correlation_id, message_id ? correlation_id : NULL);
+	set_handling(&handling_tracestate, tracestate);
 	if (child != NULL)
 		(void) set_config_option("evbus.traceparent", child, PGC_USERSET,
 								 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
