@@ -6,15 +6,18 @@
 # PaymentAudit held back by deliver_at, so it stays in the outbox); a
 # shipping handler records its headers and publishes ShipmentBooked.
 #  - The payments handler runs with evbus.traceparent a child of the
-#    incoming traceparent: same trace-id and flags, a new span-id.
+#    incoming traceparent: same trace-id and flags, a new span-id; it
+#    overrides the role's own evbus.traceparent setting.
 #  - One trace-id end to end, each hop a new span-id; tracestate travels
 #    unchanged.
 #  - PaymentDone carries evbus-causation-id and evbus-correlation-id, both
 #    OrderCreated's cap-msg-id; ShipmentBooked carries PaymentDone's id as
 #    causation and still OrderCreated's as correlation.
 #  - OrderCreated, staged outside any handler, carries neither.
-#  - A handler still cannot set evbus-* headers itself (22023), and one
-#    given an invalid traceparent runs with evbus.traceparent unset.
+#  - A handler still cannot set evbus-* headers itself (22023); a
+#    tracestate header of its own wins over the incoming one.
+#  - A message with an invalid traceparent leaves evbus.traceparent as
+#    the role's settings made it.
 #  - evbus.message_chain in payments shows the links, up and down.
 use strict;
 use warnings;
@@ -39,9 +42,13 @@ for my $db (qw(orders payments shipping))
 	$node->safe_psql($db, 'CREATE EXTENSION evbus');
 }
 
-# payments: pays, then stages PaymentDone and a PaymentAudit for later;
-# records the trace context it ran with and what a reserved header gets
+# payments: pays, then stages PaymentDone and a PaymentAudit for later
+# (with a tracestate of its own); records the trace context it ran with
+# and what a reserved header gets.  Its role sets a traceparent of its
+# own, which the message's trace context overrides.
+my $role_tp = '00-11111111111111111111111111111111-2222222222222222-00';
 my $as_app = as_subscriber($node, 'payments');
+$node->safe_psql('payments', "ALTER ROLE evbus_app IN DATABASE payments SET evbus.traceparent = '$role_tp'");
 $node->safe_psql(
 	'payments', $as_app . q{
 CREATE TABLE paid (message_id text, traceparent text, refused text);
@@ -58,8 +65,8 @@ BEGIN
 	INSERT INTO paid VALUES (headers->>'cap-msg-id', current_setting('evbus.traceparent'), refused);
 	IF payload->>'order' <> 'bad-trace' THEN
 		PERFORM evbus.publish('PaymentDone', jsonb_build_object('order', payload->'order'), payload->>'order');
-		PERFORM evbus.publish('PaymentAudit', jsonb_build_object('order', payload->'order'), NULL, NULL,
-							  now() + interval '1 hour');
+		PERFORM evbus.publish('PaymentAudit', jsonb_build_object('order', payload->'order'), NULL,
+							  '{"tracestate": "audit=1"}', now() + interval '1 hour');
 	END IF;
 END $$;
 CREATE PROCEDURE done(payload jsonb, headers jsonb) LANGUAGE sql
@@ -135,8 +142,10 @@ ok(!exists $oh->{'evbus-causation-id'} && !exists $oh->{'evbus-correlation-id'},
 # --- evbus.message_chain in payments -------------------------------------------------
 ok(wait_for_sql($node, 'payments', 'SELECT count(*) FROM done', '1', 60),
 	'payments received PaymentDone too');
-my $audit_id = $node->safe_psql('payments',
-	q{SELECT message_id FROM evbus.outbox WHERE integration_event = 'PaymentAudit'});
+is( $node->safe_psql('payments',
+		q{SELECT headers->>'tracestate' || ' ' || (headers->>'evbus-causation-id')
+		    FROM evbus.outbox WHERE integration_event = 'PaymentAudit'}),
+	"audit=1 $order_id", 'a tracestate header of the handler\'s own wins; the causation id is still added');
 is( $node->safe_psql(
 		'payments', qq{
 SELECT string_agg(concat_ws(' ', depth, integration_event, where_seen, state,
@@ -164,7 +173,7 @@ SELECT evbus.publish('OrderCreated', '{"order": "bad-trace"}', 'bad-trace');
 ok(wait_for_sql($node, 'payments', 'SELECT count(*) FROM paid', '2', 60), 'payments handled the second order');
 is( $node->safe_psql('payments',
 		qq{SELECT traceparent FROM paid WHERE message_id <> '$order_id'}),
-	'', 'an invalid incoming traceparent leaves the handler\'s evbus.traceparent empty');
+	$role_tp, 'an invalid incoming traceparent leaves the handler\'s evbus.traceparent as the role set it');
 
 $node->stop;
 done_testing();
