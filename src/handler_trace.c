@@ -109,12 +109,20 @@ child_traceparent(const char *tp)
 		(len > TRACEPARENT_LEN && tp[TRACEPARENT_LEN] != '-'))
 		return NULL;
 
+	/* W3C asks for a random span-id; all zeros is invalid */
 	do
-		span = pg_prng_uint64(&pg_global_prng_state);
-	while (span == 0);
+	{
+		if (!pg_strong_random(&span, sizeof(span)))
+			span = pg_prng_uint64(&pg_global_prng_state);
+	} while (span == 0);
 	return psprintf("00-%.32s-%016llx-%.2s", tp + 3, (unsigned long long) span, tp + 53);
 }
 
+/*
+ * set_handling --- replace one field of the message being handled, in
+ * TopMemoryContext: it must outlive the handler's subtransaction until
+ * evbus_handler_trace_end clears it.
+ */
 static void
 set_handling(char **field, const char *value)
 {
