@@ -51,6 +51,7 @@ OBJS = \
 	src/inbox.o \
 	src/attempt_marker.o \
 	src/handler.o \
+	src/handler_trace.o \
 	src/role_settings.o \
 	src/inbox_retry.o \
 	src/spi_run.o \

@@ -12,6 +12,79 @@
 -- As in the install scripts, every name is schema-qualified and every
 -- operator on user-visible data is written OPERATOR(pg_catalog.op).
 
+/*
+ * What caused what, as far as this database knows it: its inbox (handled
+ * messages stay there evbus.inbox_retention, with their headers) and its
+ * outbox (events not yet published).  A handler's staging writes
+ * evbus-causation-id (the cap-msg-id of the message it handled) and
+ * evbus-correlation-id (that message's own correlation id, else its
+ * cap-msg-id); this walks the causation ids from message_id up to what
+ * caused it and down to what it caused: depth < 0 for causes, 0 for the
+ * message itself, > 0 for effects.  A message this database never saw
+ * ends the walk (caused_by still names it).  Ids and names only, no
+ * payload or header value; it reads the tables with the caller's
+ * privileges and is not granted to PUBLIC (test 224_trace_causation.pl).
+ */
+CREATE FUNCTION evbus.message_chain(message_id text,
+									OUT message_id text,
+									OUT integration_event text,
+									OUT caused_by text,
+									OUT correlation_id text,
+									OUT where_seen text,
+									OUT state text,
+									OUT seen_at timestamptz,
+									OUT depth integer)
+	RETURNS SETOF record
+	LANGUAGE sql STABLE STRICT
+	SET search_path = pg_catalog, pg_temp
+	AS $$
+	WITH RECURSIVE known AS MATERIALIZED (
+		SELECT i.message_id, i.integration_event,
+			   i.headers OPERATOR(pg_catalog.->>) 'evbus-causation-id' AS caused_by,
+			   COALESCE(i.headers OPERATOR(pg_catalog.->>) 'evbus-correlation-id',
+						i.message_id) AS correlation_id,
+			   'inbox'::pg_catalog.text AS where_seen,
+			   CASE WHEN pg_catalog.bool_or(i.state OPERATOR(pg_catalog.=) 'pending') THEN 'pending'
+					WHEN pg_catalog.bool_or(i.state OPERATOR(pg_catalog.=) 'dead') THEN 'dead'
+					ELSE 'handled' END AS state,
+			   COALESCE(pg_catalog.max(i.handled_at), pg_catalog.min(i.received_at)) AS seen_at
+		  FROM evbus.inbox i
+		 WHERE i.message_id IS NOT NULL
+		 GROUP BY 1, 2, 3, 4
+		UNION ALL
+		SELECT o.message_id::pg_catalog.text, o.integration_event,
+			   o.headers OPERATOR(pg_catalog.->>) 'evbus-causation-id',
+			   COALESCE(o.headers OPERATOR(pg_catalog.->>) 'evbus-correlation-id',
+						o.message_id::pg_catalog.text),
+			   'outbox', 'staged', o.staged_at
+		  FROM evbus.outbox o
+	), causes (message_id, depth) AS (
+		SELECT $1, 0
+		UNION ALL
+		SELECT k.caused_by, c.depth OPERATOR(pg_catalog.-) 1
+		  FROM causes c
+		  JOIN known k ON k.message_id OPERATOR(pg_catalog.=) c.message_id
+		 WHERE k.caused_by IS NOT NULL
+	) CYCLE message_id SET is_cycle USING path,
+	effects (message_id, depth) AS (
+		SELECT $1, 0
+		UNION ALL
+		SELECT k.message_id, e.depth OPERATOR(pg_catalog.+) 1
+		  FROM effects e
+		  JOIN known k ON k.caused_by OPERATOR(pg_catalog.=) e.message_id
+	) CYCLE message_id SET is_cycle USING path
+	SELECT k.message_id, k.integration_event, k.caused_by, k.correlation_id,
+		   k.where_seen, k.state, k.seen_at, c.depth
+	  FROM (SELECT message_id, depth FROM causes WHERE NOT is_cycle
+			UNION
+			SELECT message_id, depth FROM effects WHERE NOT is_cycle) c
+	  JOIN known k ON k.message_id OPERATOR(pg_catalog.=) c.message_id
+	 ORDER BY c.depth, k.seen_at, k.message_id
+$$;
+REVOKE ALL ON FUNCTION evbus.message_chain(text) FROM PUBLIC;
+COMMENT ON FUNCTION evbus.message_chain(text) IS
+	'the messages this database saw (inbox) or staged (outbox) that caused, or were caused by, message_id, following evbus-causation-id: ids and names, with depth (< 0 causes, > 0 effects)';
+
 --------------------------------------------------------------------------
 -- pg_dump and pg_restore: what a dump of the database carries
 --------------------------------------------------------------------------

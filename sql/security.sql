@@ -220,3 +220,24 @@ DROP FUNCTION public.team_handler(jsonb), public.bob_handler(jsonb);
 REVOKE ALL ON SCHEMA evbus, public FROM evbus_team;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_team;
 DROP ROLE evbus_bob, evbus_mallory, evbus_team;
+
+-- message chains: evbus.message_chain reads the inbox and the outbox with
+-- the caller's privileges and is not granted to PUBLIC, so a role with
+-- USAGE on the schema cannot follow other roles' messages; granted
+-- EXECUTE alone, it still reads no table
+CREATE ROLE evbus_tracer;
+GRANT USAGE ON SCHEMA evbus TO evbus_tracer;
+SET ROLE evbus_tracer;
+SELECT * FROM evbus.message_chain('01890a5d-ac96-774b-bcce-b302099a8057');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION evbus.message_chain(text) TO evbus_tracer;
+SET ROLE evbus_tracer;
+SELECT * FROM evbus.message_chain('01890a5d-ac96-774b-bcce-b302099a8057');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+-- the extension's owner follows it (an id this database never saw: no rows)
+SELECT count(*) FROM evbus.message_chain('01890a5d-ac96-774b-bcce-b302099a8057');
+REVOKE ALL ON FUNCTION evbus.message_chain(text) FROM evbus_tracer;
+REVOKE ALL ON SCHEMA evbus FROM evbus_tracer;
+DROP ROLE evbus_tracer;

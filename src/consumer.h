@@ -66,6 +66,11 @@ extern bool evbus_run_handler(const EvbusSubscription *sub, Jsonb *payload,
 							  char **error_message);
 extern void evbus_forget_handler_plans(void);
 
+/* handler_trace.c */
+extern void evbus_handler_trace_begin(Jsonb *headers);
+extern void evbus_handler_trace_end(void);
+extern Jsonb *evbus_handler_headers(Jsonb *user_headers, bool with_traceparent);
+
 /* role_settings.c */
 extern void evbus_apply_login_settings(Oid role);
 

@@ -30,6 +30,9 @@
  * handler, whoever runs it, and the consumer's own transactions start
  * from the same settings (test 214_handler_settings.pl).
  *
+ * What a handler stages continues the trace of the message it handles and
+ * names it as its cause (handler_trace.c, test 224_trace_causation.pl).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -196,11 +199,14 @@ run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
 						   SECURITY_RESTRICTED_OPERATION);
 	nest = NewGUCNestLevel();
 	evbus_apply_login_settings(sub->run_as);
+	/* after the role's settings: the message's trace context wins */
+	evbus_handler_trace_begin(headers);
 	enable_timeout_after(STATEMENT_TIMEOUT, evbus_handler_timeout_ms);
 
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);
 
 	disable_timeout(STATEMENT_TIMEOUT, false);
+	evbus_handler_trace_end();
 	/* false: also undo the handler's session-level SETs (test 214) */
 	AtEOXact_GUC(false, nest);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
@@ -237,6 +243,7 @@ evbus_run_handler(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers,
 		ErrorData  *edata;
 
 		disable_timeout(STATEMENT_TIMEOUT, false);
+		evbus_handler_trace_end();
 		edata = evbus_subxact_abort(&sx);
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 

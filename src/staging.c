@@ -31,7 +31,7 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
-#include "evbus.h"
+#include "consumer.h"
 
 /* Did this transaction stage an event?  Then wake the worker at commit. */
 static bool staged_in_xact = false;
@@ -223,13 +223,19 @@ check_size(const EvbusStagedEvent *event, int64 header_bytes)
  * evbus_stage --- insert one integration event into the outbox.
  *
  * The payload must be a JSON object, and the event no larger than
- * evbus.max_message_bytes (check_size).
+ * evbus.max_message_bytes (check_size).  Staged by a handler, the event
+ * also gets the headers evbus-causation-id, evbus-correlation-id and
+ * tracestate of the message it handles (handler_trace.c), after the
+ * user's headers were checked: users cannot write them, evbus does (test
+ * 224_trace_causation.pl).
  */
 void
 evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
 {
 	Datum		values[EVBUS_OUTBOX_NATTS - 1];
 	bool		nulls[EVBUS_OUTBOX_NATTS - 1];
+	bool		traced = evbus_traceparent && evbus_traceparent[0] != '\0';
+	Jsonb	   *headers;
 
 	if (!JB_ROOT_IS_OBJECT(event->payload) || JB_ROOT_IS_SCALAR(event->payload))
 		ereport(ERROR,
@@ -237,6 +243,7 @@ evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
 				 errmsg("payload of integration event \"%s\" is not a JSON object",
 						event->integration_event)));
 	check_size(event, event->headers ? check_headers(event->headers) : 0);
+	headers = evbus_handler_headers(event->headers, traced);
 
 	evbus_new_message_id(message_id);
 
@@ -248,15 +255,15 @@ evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
 	else
 		nulls[EVBUS_STAGED(EVBUS_OUTBOX_EVENT_KEY)] = true;
 	values[EVBUS_STAGED(EVBUS_OUTBOX_PAYLOAD)] = JsonbPGetDatum(event->payload);
-	if (event->headers)
-		values[EVBUS_STAGED(EVBUS_OUTBOX_HEADERS)] = JsonbPGetDatum(event->headers);
+	if (headers)
+		values[EVBUS_STAGED(EVBUS_OUTBOX_HEADERS)] = JsonbPGetDatum(headers);
 	else
 		nulls[EVBUS_STAGED(EVBUS_OUTBOX_HEADERS)] = true;
 	if (event->domain_event)
 		values[EVBUS_STAGED(EVBUS_OUTBOX_DOMAIN_EVENT)] = CStringGetTextDatum(event->domain_event);
 	else
 		nulls[EVBUS_STAGED(EVBUS_OUTBOX_DOMAIN_EVENT)] = true;
-	if (evbus_traceparent && evbus_traceparent[0] != '\0')
+	if (traced)
 		values[EVBUS_STAGED(EVBUS_OUTBOX_TRACEPARENT)] = CStringGetTextDatum(evbus_traceparent);
 	else
 		nulls[EVBUS_STAGED(EVBUS_OUTBOX_TRACEPARENT)] = true;

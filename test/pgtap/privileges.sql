@@ -9,7 +9,7 @@
  * and sequence.  Runs in a transaction that it rolls back.
  */
 BEGIN;
-SELECT plan(108);
+SELECT plan(112);
 
 -- an application role that produces, one that consumes, one that monitors
 CREATE ROLE evbus_pgtap_producer;
@@ -45,6 +45,7 @@ SELECT function_privs_are('evbus', 'brokers', ARRAY[]::name[], 'public', ARRAY['
 SELECT function_privs_are('evbus', 'publisher_pid', ARRAY[]::name[], 'public', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'consumer_pid', ARRAY[]::name[], 'public', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'worker_status', ARRAY[]::name[], 'public', ARRAY['EXECUTE']);
+SELECT function_privs_are('evbus', 'message_chain', ARRAY['text'], 'public', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_config_changed', ARRAY[]::name[], 'public', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_refuse_handler_drop', ARRAY[]::name[], 'public', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_start_worker_at_commit', ARRAY[]::name[], 'public', ARRAY[]::name[]);
@@ -63,6 +64,7 @@ SELECT function_privs_are('evbus', 'brokers', ARRAY[]::name[], 'evbus_pgtap_prod
 SELECT function_privs_are('evbus', 'publisher_pid', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'consumer_pid', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'worker_status', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY['EXECUTE']);
+SELECT function_privs_are('evbus', 'message_chain', ARRAY['text'], 'evbus_pgtap_producer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_config_changed', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_refuse_handler_drop', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_start_worker_at_commit', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY[]::name[]);
@@ -81,6 +83,7 @@ SELECT function_privs_are('evbus', 'brokers', ARRAY[]::name[], 'evbus_pgtap_cons
 SELECT function_privs_are('evbus', 'publisher_pid', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'consumer_pid', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'worker_status', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY['EXECUTE']);
+SELECT function_privs_are('evbus', 'message_chain', ARRAY['text'], 'evbus_pgtap_consumer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_config_changed', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_refuse_handler_drop', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_start_worker_at_commit', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY[]::name[]);
@@ -174,6 +177,8 @@ SET ROLE evbus_pgtap_monitor;
 SELECT lives_ok($$SELECT * FROM evbus.stats$$, 'a member of pg_monitor reads evbus.stats');
 SELECT throws_ok($$SELECT * FROM evbus.dead_letters$$, '42501', NULL,
 				 'a member of pg_monitor cannot read evbus.dead_letters');
+SELECT throws_ok($$SELECT * FROM evbus.message_chain('x')$$, '42501', NULL,
+				 'a member of pg_monitor cannot follow a message chain');
 RESET ROLE;
 
 SELECT * FROM finish();

@@ -6,7 +6,7 @@
  * that it rolls back (test/pgtap/run.sh).
  */
 BEGIN;
-SELECT plan(105);
+SELECT plan(108);
 
 -- the extension and its fixed schema
 SELECT has_extension('evbus', 'extension evbus is installed');
@@ -28,7 +28,7 @@ SELECT functions_are('evbus', ARRAY[
 	'_config_changed', 'register_converter', 'unregister_converter',
 	'raise', 'publish', 'capture', 'subscribe', 'unsubscribe',
 	'_refuse_handler_drop', 'retry', 'brokers', 'publisher_pid',
-	'consumer_pid', 'worker_status', '_start_worker_at_commit']);
+	'consumer_pid', 'worker_status', 'message_chain', '_start_worker_at_commit']);
 
 -- every function with its argument types and its result
 SELECT has_function('evbus', 'register_converter', ARRAY['text', 'text', 'regprocedure']);
@@ -60,6 +60,11 @@ SELECT function_returns('evbus', 'worker_status', ARRAY[]::name[], 'setof record
 SELECT is((SELECT pg_catalog.pg_get_function_arguments('evbus.worker_status()'::regprocedure)),
 		  'OUT worker text, OUT pid integer, OUT state text, OUT detail text',
 		  'evbus.worker_status() returns (worker, pid, state, detail)');
+SELECT has_function('evbus', 'message_chain', ARRAY['text']);
+SELECT function_returns('evbus', 'message_chain', ARRAY['text'], 'setof record');
+SELECT is((SELECT pg_catalog.pg_get_function_arguments('evbus.message_chain(text)'::regprocedure)),
+		  'message_id text, OUT message_id text, OUT integration_event text, OUT caused_by text, OUT correlation_id text, OUT where_seen text, OUT state text, OUT seen_at timestamp with time zone, OUT depth integer',
+		  'evbus.message_chain(text) returns (message_id, integration_event, caused_by, correlation_id, where_seen, state, seen_at, depth)');
 SELECT has_function('evbus', '_config_changed', ARRAY[]::name[]);
 SELECT function_returns('evbus', '_config_changed', ARRAY[]::name[], 'trigger');
 SELECT has_function('evbus', '_refuse_handler_drop', ARRAY[]::name[]);
