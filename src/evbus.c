@@ -17,6 +17,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "storage/ipc.h"
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
@@ -47,6 +48,34 @@ drops_evbus(DropStmt *stmt)
 			return true;
 	}
 	return false;
+}
+
+/* At the exit of a restoring connection: the workers may start again. */
+static void
+restore_ended(int code, Datum arg)
+{
+	evbus_restore_clear_mark();
+	evbus_wake_launcher();
+}
+
+/*
+ * keep_workers_away_from_restore --- a COPY FROM into evbus's tables by a
+ * role that may write them is a restore (restore.c): the database's
+ * workers are stopped, and none starts there until this connection ends
+ * (test 320_dump_restore.pl).
+ */
+static void
+keep_workers_away_from_restore(CopyStmt *stmt)
+{
+	if (!evbus_restore_mark_copy(stmt))
+		return;
+	before_shmem_exit(restore_ended, (Datum) 0);
+	ereport(LOG,
+			(errmsg("evbus: a restore into database \"%s\" is writing evbus's tables; "
+					"its workers wait until this connection ends",
+					get_database_name(MyDatabaseId))));
+	if (evbus_worker_pid_for(MyDatabaseId, -1) != 0)
+		evbus_stop_worker(MyDatabaseId);
 }
 
 /*
@@ -84,7 +113,7 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 	else if (IsA(parsetree, DropStmt))
 		forget = drops_evbus((DropStmt *) parsetree);
 	else if (IsA(parsetree, CopyStmt))
-		evbus_restore_note_copy((CopyStmt *) parsetree);
+		keep_workers_away_from_restore((CopyStmt *) parsetree);
 
 	PG_TRY();
 	{

@@ -148,7 +148,8 @@ extern bool evbus_version_recheck(bool report);
 
 /* ---------- restore.c: no worker while a restore writes evbus's tables ---------- */
 extern void evbus_restore_init(void);
-extern void evbus_restore_note_copy(CopyStmt *stmt);
+extern bool evbus_restore_mark_copy(CopyStmt *stmt);
+extern void evbus_restore_clear_mark(void);
 extern bool evbus_restore_in_progress(Oid dboid, pid_t *pid);
 
 /* ---------- publisher_worker.c, consumer_worker.c ---------- */

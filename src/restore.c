@@ -15,14 +15,16 @@
  *
  * So the first COPY FROM into a table of schema evbus, by a role allowed
  * to insert into it (a superuser, as pg_restore runs: nobody else may
- * write evbus's tables), marks its backend as restoring into its
- * database and stops the database's workers, waiting until they have
- * exited.  No worker starts in that database while such a backend is
- * alive: the launcher does not start one, and a worker that was starting
- * already exits when it finds the mark (evbus_claim_worker_slot).  When
- * the restoring connection ends -- pg_restore's, or each of pg_restore
- * -j's -- the launcher is woken and starts the workers, which then see
- * everything the restore wrote (test 320_dump_restore.pl).
+ * write evbus's tables), marks its backend as restoring into its database;
+ * the ProcessUtility hook (evbus.c) then stops the database's workers,
+ * waiting until they have exited.  This file keeps only the marks, so that
+ * the launcher and the workers can ask about them.  No worker starts in
+ * that database while such a backend is alive: the launcher does not start
+ * one, and a worker that was starting already exits when it finds the mark
+ * (evbus_claim_worker_slot).  When the restoring connection ends --
+ * pg_restore's, or each of pg_restore -j's -- the mark is cleared, the
+ * launcher woken, and it starts the workers, which then see everything the
+ * restore wrote (test 320_dump_restore.pl).
  *
  * A role that may not write evbus's tables pauses nothing: its COPY is
  * refused by PostgreSQL, and the mark is never made.
@@ -106,69 +108,64 @@ evbus_restore_init(void)
 }
 
 /*
- * clear_mark --- at the exit of a restoring backend: take the mark away
- * and wake the launcher, which starts the database's workers now.
+ * evbus_restore_clear_mark --- at the exit of a restoring backend: take
+ * its mark away (the caller then wakes the launcher, which starts the
+ * database's workers).
  */
-static void
-clear_mark(int code, Datum arg)
+void
+evbus_restore_clear_mark(void)
 {
-	RestoreMark *mark = &restore_shared->marks[MyBackendId - 1];
+	RestoreMark *mark;
 
+	if (!restoring)
+		return;
+	mark = &restore_shared->marks[MyBackendId - 1];
 	SpinLockAcquire(&restore_shared->mutex);
 	mark->pid = 0;
 	mark->dboid = InvalidOid;
 	SpinLockRelease(&restore_shared->mutex);
-	evbus_wake_launcher();
+	restoring = false;
 }
 
 /*
- * evbus_restore_note_copy --- called from the ProcessUtility hook before
+ * evbus_restore_mark_copy --- called from the ProcessUtility hook before
  * a COPY runs.  A COPY FROM into a table of schema evbus by a role that
- * may insert into it makes this backend a restorer of its database (once
- * per connection): the database's workers are stopped, and none starts
- * there until this connection ends.
+ * may insert into it marks this backend as a restorer of its database
+ * (once per connection), and returns true: the caller then stops the
+ * database's workers and clears the mark when the connection ends.
  */
-void
-evbus_restore_note_copy(CopyStmt *stmt)
+bool
+evbus_restore_mark_copy(CopyStmt *stmt)
 {
 	Oid			nsp;
 	Oid			relid;
-	pid_t		workers;
 
 	if (restoring || !stmt->is_from || stmt->relation == NULL ||
 		restore_shared == NULL || MyBackendId == InvalidBackendId ||
 		MyBackendId > MaxBackends)
-		return;
+		return false;
 	nsp = get_namespace_oid(EVBUS_SCHEMA, true);
 	if (!OidIsValid(nsp))
-		return;
+		return false;
 	relid = RangeVarGetRelid(stmt->relation, NoLock, true);
 	if (!OidIsValid(relid) || get_rel_namespace(relid) != nsp)
-		return;
+		return false;
 	/* COPY refuses anyone else itself: they pause nothing */
 	if (pg_class_aclcheck(relid, GetUserId(), ACL_INSERT) != ACLCHECK_OK)
-		return;
+		return false;
 
 	/*
-	 * The mark is made before the workers are looked for, and a starting
-	 * worker looks for marks after it took its slot: either we find and
-	 * stop it, or it finds the mark and exits.
+	 * The mark is made before the caller looks for the workers, and a
+	 * starting worker looks for marks after it took its slot: either the
+	 * caller finds and stops it, or it finds the mark and exits.
 	 */
-	before_shmem_exit(clear_mark, (Datum) 0);
 	SpinLockAcquire(&restore_shared->mutex);
 	restore_shared->marks[MyBackendId - 1].pid = MyProcPid;
 	restore_shared->marks[MyBackendId - 1].dboid = MyDatabaseId;
 	SpinLockRelease(&restore_shared->mutex);
 	pg_memory_barrier();
 	restoring = true;
-
-	workers = evbus_worker_pid_for(MyDatabaseId, -1);
-	ereport(LOG,
-			(errmsg("evbus: a restore into database \"%s\" is writing evbus's tables; "
-					"its workers wait until this connection ends",
-					get_database_name(MyDatabaseId))));
-	if (workers != 0)
-		evbus_stop_worker(MyDatabaseId);
+	return true;
 }
 
 /*
