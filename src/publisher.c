@@ -115,6 +115,7 @@ static ProduceResult
 produce_row(const OutboxRow *row, const char *sent, bool alone)
 {
 	uint64		keyhash = evbus_key_hash(row);
+	uint32		key_topic;
 	InflightMsg *msg;
 	char	   *message_id;
 	char		topic[EVBUS_MAX_TOPIC_LEN * 2 + 1];
@@ -132,16 +133,17 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 		return PRODUCED;
 	}
 
-	if (!evbus_key_may_produce(keyhash, row->id))
+	snprintf(topic, sizeof(topic), "%s%s", evbus_topic_prefix, row->integration_event);
+	key_topic = evbus_key_topic(row, topic);
+	if (!evbus_key_may_produce(keyhash, row->id, key_topic))
 	{
 		evbus_revisit_add(row->id, false, keyhash);
 		return HELD_BACK;
 	}
 
 	message_id = evbus_uuid_to_cstring(&row->message_id);
-	snprintf(topic, sizeof(topic), "%s%s", evbus_topic_prefix, row->integration_event);
 	headers = build_headers(row, message_id, sent);
-	msg = evbus_inflight_new(row, keyhash, alone);
+	msg = evbus_inflight_new(row, keyhash, key_topic, alone);
 
 	err = evbus_producer_send(evbus_pubproducer(), topic,
 							  row->key ? row->key : message_id,
@@ -295,6 +297,19 @@ produce_solo(void)
 }
 
 /*
+ * serve_reports --- serve librdkafka's callbacks (delivery reports); a key
+ * whose later events waited for its first to be confirmed (publish_keys.c)
+ * asks for a claim, which produces them after the linger.
+ */
+static void
+serve_reports(void)
+{
+	evbus_producer_serve(evbus_pubproducer());
+	if (evbus_keys_take_opened())
+		evbus_pacing_request_claim();
+}
+
+/*
  * evbus_publisher_init --- set up state for this worker's database.
  */
 void
@@ -376,7 +391,7 @@ evbus_publisher_step(bool claim_wanted)
 	now = GetCurrentTimestamp();
 	if (evbus_pubproducer() != NULL)
 	{
-		evbus_producer_serve(evbus_pubproducer());
+		serve_reports();
 		evbus_pacing_served(now);
 	}
 
@@ -399,13 +414,14 @@ evbus_publisher_step(bool claim_wanted)
 			more = claim(now);
 		evbus_worker_commit();
 		if (evbus_pubproducer() != NULL)
-			evbus_producer_serve(evbus_pubproducer());
+			serve_reports();
 	}
 
 	if (TimestampDifferenceExceeds(last_maintain, now, 1000))
 	{
 		pgstat_report_activity(STATE_RUNNING, "maintaining the outbox");
 		evbus_outbox_maintain(evbus_reports_holds, evbus_publisher_shutdown);
+		evbus_keys_prune(now);
 		last_maintain = now;
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);
