@@ -45,10 +45,10 @@
 
 /*
  * How long an idle key keeps its proof (that the broker knows the producer
- * on the key's partition), and how many idle proven keys are kept at most.
- * A broker forgets a producer id only after producer.id.expiration.ms (a
- * day by default) without a write from it, or when retention deletes every
- * batch it wrote to the partition.
+ * on the key's partition), and past how many keys every idle one is
+ * forgotten (a bound on the memory).  A broker forgets a producer id only
+ * after producer.id.expiration.ms (a day by default) without a write from
+ * it, or when retention deletes every batch it wrote to the partition.
  */
 #define PROVEN_KEEP_MS 10000
 #define MAX_IDLE_KEYS 100000
@@ -78,7 +78,7 @@ static HTAB *keys = NULL;
 static SoloEvent *solo = NULL;	/* sorted by id */
 static int	nsolo = 0;
 static int	solo_cap = 0;
-static uint32 producer_gen = 1; /* the current producer, for proofs */
+static uint32 producer_gen = 1;	/* the current producer, for proofs */
 static bool gate_opened = false;	/* a gated key may now go on */
 
 /* evbus_keys_init --- set up the key states, in the publisher's context. */
@@ -173,7 +173,7 @@ evbus_keys_new_producer(void)
 
 /*
  * evbus_keys_prune --- forget idle keys whose proof is older than
- * PROVEN_KEEP_MS (all idle keys, past MAX_IDLE_KEYS keys), or void; called
+ * PROVEN_KEEP_MS, or void (every idle key past MAX_IDLE_KEYS keys); called
  * about once a second.
  */
 void

@@ -83,26 +83,9 @@ is( $node->safe_psql(
 	'only the events too large alone are dead letters');
 
 my @msgs = kcat_consume($topic, 100000, 2);
-my (%seen, %last);
-my $order_ok = 1;
-my $dups = 0;
-for my $m (@msgs)
-{
-	my $seq = $1 if $m->{payload} =~ /"seq":(\d+)/;
-	if ($seen{$seq}++)
-	{
-		$dups++;
-		next;
-	}
-	if (defined $last{ $m->{key} } && $seq < $last{ $m->{key} })
-	{
-		diag("key $m->{key}: seq $seq after $last{ $m->{key} }");
-		$order_ok = 0;
-	}
-	$last{ $m->{key} } = $seq;
-}
-is(scalar(keys %seen), $total - $nbig, 'every other event arrived');
-ok(!grep({ $seen{$_} } keys %big), 'no dead letter did');
+my ($seen, $dups, $order_ok) = first_arrivals_by_key(@msgs);
+is(scalar(keys %$seen), $total - $nbig, 'every other event arrived');
+ok(!grep({ $seen->{$_} } keys %big), 'no dead letter did');
 ok($order_ok, 'per key, first arrivals are in the order staged');
 note("$dups duplicates (same message id) after producer rebuilds");
 
