@@ -63,7 +63,7 @@ typedef struct KeyState
 	uint32		proven_gen;		/* producer that PERSISTED an event; 0: none */
 	uint32		proven_topic;	/* ... to this topic (evbus_key_topic) */
 	TimestampTz proven_at;		/* ... last */
-	bool		gated;			/* an event waits for the key to be proven */
+	bool		gated;			/* an event of the key was held back */
 } KeyState;
 
 /* An event refused in a batch, to be produced again alone. */
@@ -194,10 +194,10 @@ evbus_keys_prune(TimestampTz now)
 }
 
 /*
- * evbus_keys_take_opened --- did a key with events held back by the gate
- * (evbus_key_may_produce) become free to go on since the last call?  Then
- * the publisher claims again soon: a step woken by delivery reports alone
- * claims nothing.
+ * evbus_keys_take_opened --- did a key with events held back
+ * (evbus_key_may_produce) become free to go on since the last call (proven,
+ * or nothing of it in flight any more)?  Then the publisher claims again
+ * soon: a step woken by delivery reports alone claims nothing.
  */
 bool
 evbus_keys_take_opened(void)
@@ -263,11 +263,11 @@ evbus_key_may_produce(uint64 keyhash, int64 id, uint32 topic)
 
 	if (ks == NULL)
 		return true;
-	if (ks->blocking_id != 0)
-		return ks->blocking_id == id && ks->inflight == 0;
-	if (ks->inflight > 0 && !key_proven(ks, topic))
+	if (ks->blocking_id != 0 ?
+		ks->blocking_id != id || ks->inflight > 0 :
+		ks->inflight > 0 && !key_proven(ks, topic))
 	{
-		ks->gated = true;
+		ks->gated = true;		/* a claim once nothing is in flight */
 		return false;
 	}
 	return true;

@@ -50,6 +50,7 @@ static char source_name[NAMEDATALEN];
 static MemoryContext publisher_cxt = NULL;	/* lives as long as the worker */
 static MemoryContext batch_cxt = NULL;	/* one claim */
 static TimestampTz last_maintain = 0;
+static int	step_passed = 0;	/* claimed rows the step did not hold back */
 
 /* The wire headers (README.md, Wire format), then the user's. */
 static rd_kafka_headers_t *
@@ -193,6 +194,8 @@ produce_rows(OutboxRow *rows, int n)
 	{
 		ProduceResult result = produce_row(&rows[i], sent, false);
 
+		if (result == PRODUCED)
+			step_passed++;
 		release_payload(&rows[i]);
 		if (result == QUEUE_FULL)
 		{
@@ -341,12 +344,13 @@ static bool
 claim(TimestampTz now)
 {
 	bool		more = false;
+	bool		full = false;	/* rows past the cursor wait */
 	bool		revisited = true;	/* every remembered id was looked up */
 	int			limit = Min(evbus_batch_size,
 							evbus_inflight_max() - evbus_inflight_count());
-	int			inflight_before = evbus_inflight_count();
 
 	evbus_inflight_step_begin();
+	step_passed = 0;
 
 	/*
 	 * Neither the remembered ids nor the rows past the cursor can be events
@@ -358,13 +362,23 @@ claim(TimestampTz now)
 	if (evbus_solo_count() > 0)
 		produce_solo();
 	else if ((revisited = claim_revisits()))
-		more = claim_forward(limit);
+	{
+		full = claim_forward(limit);
+
+		/*
+		 * A full claim whose every row was held back (each key waits for an
+		 * event of it to be confirmed) is not followed at once: the keys
+		 * ask for a claim when they are free (serve_reports), and the
+		 * publisher does not read on and on only to hold rows back.
+		 */
+		more = full && step_passed > 0;
+	}
 	else
 	{
 		/* the rest of the revisits first: at once if these went out */
-		more = evbus_inflight_count() > inflight_before;
+		more = step_passed > 0;
 	}
-	if (!more && revisited && evbus_solo_count() == 0)
+	if (!full && revisited && evbus_solo_count() == 0)
 		evbus_cursor_start_sweep(now);
 	if (revisited && evbus_cursor_sweeping() && evbus_solo_count() == 0 &&
 		evbus_inflight_count() < evbus_inflight_max() &&
