@@ -40,14 +40,19 @@ extern void evbus_cursor_sweep_advance(const OutboxRow *rows, int n,
 /* publish_keys.c: per-key ordering (key state, the solo list) */
 extern void evbus_keys_init(MemoryContext cxt);
 extern uint64 evbus_key_hash(const OutboxRow *row);
-extern bool evbus_key_may_produce(uint64 keyhash, int64 id);
+extern uint32 evbus_key_topic(const OutboxRow *row, const char *topic);
+extern bool evbus_key_may_produce(uint64 keyhash, int64 id, uint32 topic);
 extern void evbus_key_sent(uint64 keyhash);
 extern void evbus_key_done(uint64 keyhash, int64 id, bool reported);
+extern void evbus_key_persisted(uint64 keyhash, int64 id, uint32 topic);
 extern void evbus_key_failed(uint64 keyhash, int64 id, bool reported);
 extern void evbus_key_forget_gone(uint64 keyhash, int64 id);
 extern void evbus_keys_forget_vanished(int64 *ids, int nids,
 									   OutboxRow *rows, int n,
 									   int64 last_examined);
+extern void evbus_keys_new_producer(void);
+extern void evbus_keys_prune(TimestampTz now);
+extern bool evbus_keys_take_opened(void);
 extern void evbus_solo_add(int64 id, uint64 keyhash);
 extern int	evbus_solo_count(void);
 extern bool evbus_solo_take_next(int64 *id, uint64 *keyhash);
@@ -57,7 +62,7 @@ typedef struct InflightMsg InflightMsg;
 
 extern void evbus_reports_init(MemoryContext cxt);
 extern InflightMsg *evbus_inflight_new(const OutboxRow *row, uint64 keyhash,
-									   bool alone);
+									   uint32 topic, bool alone);
 extern void evbus_inflight_discard(InflightMsg *msg);
 extern void evbus_inflight_add(InflightMsg *msg);
 extern int	evbus_inflight_count(void);

@@ -14,6 +14,23 @@
  * produced again alone, and only an event refused alone is dead-lettered
  * (test 050_dead_letters.pl).
  *
+ * A key's events are also kept from overtaking one another on the wire.
+ * Invariant: while an event of a key is in flight, a later event of the
+ * key is produced only if the key is proven on the topic: an event of it
+ * was PERSISTED there by the current producer (test
+ * 260_inflight_refusal_order.pl).  librdkafka sends up to five produce
+ * requests per partition before the first is answered, and the gap-less
+ * guarantee stops only what was not sent yet.  A broker that knows the
+ * producer id on the partition refuses a request that follows a refused
+ * one (out of order sequence); one that does not know it (a new producer,
+ * and every rebuild makes one; or the broker forgot the id) appends it,
+ * whatever its sequence number, so a later event of the key would land
+ * before the refused batch's events are produced again.  A persisted event
+ * of the key on the topic proves that the broker knows the producer on
+ * its partition.  So a key's first event on a producer goes alone (for its
+ * key), and the rest follow once it is confirmed; a proven key keeps its
+ * proof while it is busy and for PROVEN_KEEP_MS after.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -21,9 +38,20 @@
 #include "common/hashfn.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "evbus.h"
 #include "publish.h"
+
+/*
+ * How long an idle key keeps its proof (that the broker knows the producer
+ * on the key's partition), and past how many keys every idle one is
+ * forgotten (a bound on the memory).  A broker forgets a producer id only
+ * after producer.id.expiration.ms (a day by default) without a write from
+ * it, or when retention deletes every batch it wrote to the partition.
+ */
+#define PROVEN_KEEP_MS 10000
+#define MAX_IDLE_KEYS 100000
 
 /* Per-key state: how many in flight, and whether the key is blocked. */
 typedef struct KeyState
@@ -32,6 +60,10 @@ typedef struct KeyState
 	int			inflight;
 	int			failed;			/* events of this key awaiting re-produce */
 	int64		blocking_id;	/* lowest failed id; 0 if not blocked */
+	uint32		proven_gen;		/* producer that PERSISTED an event; 0: none */
+	uint32		proven_topic;	/* ... to this topic (evbus_key_topic) */
+	TimestampTz proven_at;		/* ... last */
+	bool		gated;			/* an event of the key was held back */
 } KeyState;
 
 /* An event refused in a batch, to be produced again alone. */
@@ -46,6 +78,8 @@ static HTAB *keys = NULL;
 static SoloEvent *solo = NULL;	/* sorted by id */
 static int	nsolo = 0;
 static int	solo_cap = 0;
+static uint32 producer_gen = 1;	/* the current producer, for proofs */
+static bool gate_opened = false;	/* a gated key may now go on */
 
 /* evbus_keys_init --- set up the key states, in the publisher's context. */
 void
@@ -73,6 +107,20 @@ evbus_key_hash(const OutboxRow *row)
 							   strlen(row->key), 0);
 }
 
+/*
+ * evbus_key_topic --- what a key's proof is for: the topic row goes to
+ * (its name, topic), by which the key's partition is known to the broker.
+ * 0 for a row without a key: its key (its message id) has no other event
+ * to keep in order, and needs no proof.
+ */
+uint32
+evbus_key_topic(const OutboxRow *row, const char *topic)
+{
+	if (row->key == NULL)
+		return 0;
+	return hash_bytes((const unsigned char *) topic, strlen(topic)) | 1;
+}
+
 static KeyState *
 key_state(uint64 keyhash, bool create)
 {
@@ -85,16 +133,79 @@ key_state(uint64 keyhash, bool create)
 		ks->inflight = 0;
 		ks->failed = 0;
 		ks->blocking_id = 0;
+		ks->proven_gen = 0;
+		ks->proven_topic = 0;
+		ks->proven_at = 0;
+		ks->gated = false;
 	}
 	return ks;
 }
 
-/* Forget a key with nothing in flight and nothing to produce again. */
+/* Is the key proven on topic by the current producer? */
+static bool
+key_proven(KeyState *ks, uint32 topic)
+{
+	return ks->proven_gen == producer_gen && ks->proven_topic == topic &&
+		topic != 0;
+}
+
+/*
+ * Forget a key with nothing in flight and nothing to produce again, unless
+ * it is proven by the current producer: evbus_keys_prune forgets those.
+ */
 static void
 key_state_release(KeyState *ks)
 {
-	if (ks->inflight == 0 && ks->failed == 0)
+	if (ks->inflight == 0 && ks->failed == 0 &&
+		!key_proven(ks, ks->proven_topic))
 		hash_search(keys, &ks->keyhash, HASH_REMOVE, NULL);
+}
+
+/*
+ * evbus_keys_new_producer --- the producer was destroyed: a new one is a
+ * producer id the brokers do not know, so no key is proven any more.
+ */
+void
+evbus_keys_new_producer(void)
+{
+	producer_gen++;
+}
+
+/*
+ * evbus_keys_prune --- forget idle keys whose proof is older than
+ * PROVEN_KEEP_MS, or void (every idle key past MAX_IDLE_KEYS keys); called
+ * about once a second.
+ */
+void
+evbus_keys_prune(TimestampTz now)
+{
+	HASH_SEQ_STATUS status;
+	KeyState   *ks;
+	bool		all = hash_get_num_entries(keys) > MAX_IDLE_KEYS;
+
+	hash_seq_init(&status, keys);
+	while ((ks = hash_seq_search(&status)) != NULL)
+	{
+		if (ks->inflight == 0 && ks->failed == 0 &&
+			(all || ks->proven_gen != producer_gen ||
+			 TimestampDifferenceExceeds(ks->proven_at, now, PROVEN_KEEP_MS)))
+			hash_search(keys, &ks->keyhash, HASH_REMOVE, NULL);
+	}
+}
+
+/*
+ * evbus_keys_take_opened --- did a key with events held back
+ * (evbus_key_may_produce) become free to go on since the last call (proven,
+ * or nothing of it in flight any more)?  Then the publisher claims again
+ * soon: a step woken by delivery reports alone claims nothing.
+ */
+bool
+evbus_keys_take_opened(void)
+{
+	bool		opened = gate_opened;
+
+	gate_opened = false;
+	return opened;
 }
 
 /* The lowest failed id of a key still to be produced again, or 0. */
@@ -138,17 +249,28 @@ key_unblock(KeyState *ks, int64 id)
 }
 
 /*
- * evbus_key_may_produce --- may event id of the key go now?  Not while an
- * earlier event of the key waits to be produced again, nor, for that
- * event itself, while others of its key are still in flight.
+ * evbus_key_may_produce --- may event id of the key, to topic
+ * (evbus_key_topic), go now?  Not while an earlier event of the key waits
+ * to be produced again, nor, for that event itself, while others of its
+ * key are still in flight; nor while an event of the key is in flight and
+ * the key is not proven on topic by the current producer (the gate, see
+ * the top of the file; test 260_inflight_refusal_order.pl).
  */
 bool
-evbus_key_may_produce(uint64 keyhash, int64 id)
+evbus_key_may_produce(uint64 keyhash, int64 id, uint32 topic)
 {
 	KeyState   *ks = key_state(keyhash, false);
 
-	return !(ks && ks->blocking_id != 0 &&
-			 (ks->blocking_id != id || ks->inflight > 0));
+	if (ks == NULL)
+		return true;
+	if (ks->blocking_id != 0 ?
+		ks->blocking_id != id || ks->inflight > 0 :
+		ks->inflight > 0 && !key_proven(ks, topic))
+	{
+		ks->gated = true;		/* a claim once nothing is in flight */
+		return false;
+	}
+	return true;
 }
 
 /* evbus_key_sent --- an event of the key is in flight. */
@@ -174,7 +296,36 @@ key_settle(uint64 keyhash, int64 id, bool reported, bool failed)
 		key_block(ks, id);
 	else
 		key_unblock(ks, id);
+	if (ks->gated && ks->inflight == 0)
+	{
+		ks->gated = false;
+		gate_opened = true;
+	}
 	key_state_release(ks);
+}
+
+/*
+ * evbus_key_persisted --- event id of the key, in flight to topic
+ * (evbus_key_topic), is PERSISTED: done with, and the key is proven on the
+ * topic, so that its later events need not wait for one another.
+ */
+void
+evbus_key_persisted(uint64 keyhash, int64 id, uint32 topic)
+{
+	KeyState   *ks = key_state(keyhash, true);
+
+	if (topic != 0)
+	{
+		if (ks->gated && !key_proven(ks, topic))
+		{
+			ks->gated = false;
+			gate_opened = true;
+		}
+		ks->proven_gen = producer_gen;
+		ks->proven_topic = topic;
+		ks->proven_at = GetCurrentTimestamp();
+	}
+	key_settle(keyhash, id, true, false);
 }
 
 /*

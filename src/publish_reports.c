@@ -34,6 +34,7 @@ struct InflightMsg
 	int64		id;
 	int			table;			/* evbus.outbox_<table> holds it */
 	uint64		keyhash;
+	uint32		topic;			/* evbus_key_topic */
 	char	   *integration_event;
 	int			bytes;			/* payload bytes librdkafka holds for it */
 	bool		solo;			/* produced alone, to isolate an error */
@@ -154,15 +155,20 @@ evbus_claim_budget(void)
 	return step_budget - (inflight_bytes - step_inflight_start);
 }
 
-/* evbus_inflight_new --- the message to hand to librdkafka for row. */
+/*
+ * evbus_inflight_new --- the message to hand to librdkafka for row, of
+ * the key keyhash, to topic (evbus_key_topic).
+ */
 InflightMsg *
-evbus_inflight_new(const OutboxRow *row, uint64 keyhash, bool alone)
+evbus_inflight_new(const OutboxRow *row, uint64 keyhash, uint32 topic,
+				   bool alone)
 {
 	InflightMsg *msg = MemoryContextAlloc(reports_cxt, sizeof(InflightMsg));
 
 	msg->id = row->id;
 	msg->table = row->table;
 	msg->keyhash = keyhash;
+	msg->topic = topic;
 	msg->integration_event = MemoryContextStrdup(reports_cxt,
 												 row->integration_event);
 	msg->bytes = row->payload_len;
@@ -260,7 +266,7 @@ evbus_reports_on_delivery(void *opaque, rd_kafka_resp_err_t err,
 	if (persisted)
 	{
 		record_done(msg);
-		evbus_key_done(msg->keyhash, msg->id, true);
+		evbus_key_persisted(msg->keyhash, msg->id, msg->topic);
 	}
 	else if (err != RD_KAFKA_RESP_ERR_NO_ERROR && evbus_kafka_error_is_permanent(err) &&
 			 !msg->solo)
@@ -315,6 +321,7 @@ evbus_reports_holds(int64 id)
  * reports may come too late to be served before the handle goes; their
  * events must not stay "in flight" for ever (they would never be produced
  * again, and a refused event waiting to go alone would wait for them).
+ * What the old producer proved about keys holds no more for the next one.
  */
 void
 evbus_reports_forget_unreported(void)
@@ -323,6 +330,7 @@ evbus_reports_forget_unreported(void)
 	InflightEntry *entry;
 	long		n = hash_get_num_entries(inflight);
 
+	evbus_keys_new_producer();
 	if (n == 0)
 		return;
 	ereport(LOG,

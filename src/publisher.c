@@ -50,6 +50,7 @@ static char source_name[NAMEDATALEN];
 static MemoryContext publisher_cxt = NULL;	/* lives as long as the worker */
 static MemoryContext batch_cxt = NULL;	/* one claim */
 static TimestampTz last_maintain = 0;
+static int	step_passed = 0;	/* claimed rows the step did not hold back */
 
 /* The wire headers (README.md, Wire format), then the user's. */
 static rd_kafka_headers_t *
@@ -115,6 +116,7 @@ static ProduceResult
 produce_row(const OutboxRow *row, const char *sent, bool alone)
 {
 	uint64		keyhash = evbus_key_hash(row);
+	uint32		key_topic;
 	InflightMsg *msg;
 	char	   *message_id;
 	char		topic[EVBUS_MAX_TOPIC_LEN * 2 + 1];
@@ -132,16 +134,17 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 		return PRODUCED;
 	}
 
-	if (!evbus_key_may_produce(keyhash, row->id))
+	snprintf(topic, sizeof(topic), "%s%s", evbus_topic_prefix, row->integration_event);
+	key_topic = evbus_key_topic(row, topic);
+	if (!evbus_key_may_produce(keyhash, row->id, key_topic))
 	{
 		evbus_revisit_add(row->id, false, keyhash);
 		return HELD_BACK;
 	}
 
 	message_id = evbus_uuid_to_cstring(&row->message_id);
-	snprintf(topic, sizeof(topic), "%s%s", evbus_topic_prefix, row->integration_event);
 	headers = build_headers(row, message_id, sent);
-	msg = evbus_inflight_new(row, keyhash, alone);
+	msg = evbus_inflight_new(row, keyhash, key_topic, alone);
 
 	err = evbus_producer_send(evbus_pubproducer(), topic,
 							  row->key ? row->key : message_id,
@@ -191,6 +194,8 @@ produce_rows(OutboxRow *rows, int n)
 	{
 		ProduceResult result = produce_row(&rows[i], sent, false);
 
+		if (result == PRODUCED)
+			step_passed++;
 		release_payload(&rows[i]);
 		if (result == QUEUE_FULL)
 		{
@@ -205,8 +210,15 @@ produce_rows(OutboxRow *rows, int n)
 	return true;
 }
 
-/* Look up remembered ids again (publish_cursor.c says which). */
-static void
+/*
+ * Look up remembered ids again (publish_cursor.c says which).  Returns
+ * true when every one was looked up and produced or held back, false when
+ * the step's bytes or librdkafka's queue ran out first: then no row past
+ * the cursor may be produced in this step, as a later event of a key that
+ * is free to go would overtake the key's remembered events not looked up
+ * yet (test 260_inflight_refusal_order.pl makes keys hold events back).
+ */
+static bool
 claim_revisits(void)
 {
 	int64	   *ids;
@@ -215,11 +227,11 @@ claim_revisits(void)
 	int			n;
 	int64		last_examined;
 
-	if (evbus_claim_budget() <= 0)
-		return;
 	nids = evbus_revisit_due_ids(batch_cxt, &ids);
 	if (nids == 0)
-		return;
+		return true;
+	if (evbus_claim_budget() <= 0)
+		return false;
 
 	n = evbus_outbox_claim_ids(ids, nids, evbus_claim_budget(), &rows, batch_cxt,
 							   &last_examined);
@@ -231,7 +243,7 @@ claim_revisits(void)
 	 * key's next blocker is looked up among (publish_keys.c).  Ids that
 	 * are not (or no longer) due rows stay until they expire.
 	 */
-	produce_rows(rows, n);
+	return produce_rows(rows, n) && last_examined == PG_INT64_MAX;
 }
 
 /*
@@ -295,6 +307,19 @@ produce_solo(void)
 }
 
 /*
+ * serve_reports --- serve librdkafka's callbacks (delivery reports); a key
+ * whose later events waited for its first to be confirmed (publish_keys.c)
+ * asks for a claim, which produces them after the linger.
+ */
+static void
+serve_reports(void)
+{
+	evbus_producer_serve(evbus_pubproducer());
+	if (evbus_keys_take_opened())
+		evbus_pacing_request_claim();
+}
+
+/*
  * evbus_publisher_init --- set up state for this worker's database.
  */
 void
@@ -319,10 +344,13 @@ static bool
 claim(TimestampTz now)
 {
 	bool		more = false;
+	bool		full = false;	/* rows past the cursor wait */
+	bool		revisited = true;	/* every remembered id was looked up */
 	int			limit = Min(evbus_batch_size,
 							evbus_inflight_max() - evbus_inflight_count());
 
 	evbus_inflight_step_begin();
+	step_passed = 0;
 
 	/*
 	 * Neither the remembered ids nor the rows past the cursor can be events
@@ -333,14 +361,26 @@ claim(TimestampTz now)
 	MemoryContextReset(batch_cxt);
 	if (evbus_solo_count() > 0)
 		produce_solo();
+	else if ((revisited = claim_revisits()))
+	{
+		full = claim_forward(limit);
+
+		/*
+		 * A full claim whose every row was held back (each key waits for an
+		 * event of it to be confirmed) is not followed at once: the keys
+		 * ask for a claim when they are free (serve_reports), and the
+		 * publisher does not read on and on only to hold rows back.
+		 */
+		more = full && step_passed > 0;
+	}
 	else
 	{
-		claim_revisits();
-		more = claim_forward(limit);
+		/* the rest of the revisits first: at once if these went out */
+		more = step_passed > 0;
 	}
-	if (!more && evbus_solo_count() == 0)
+	if (!full && revisited && evbus_solo_count() == 0)
 		evbus_cursor_start_sweep(now);
-	if (evbus_cursor_sweeping() && evbus_solo_count() == 0 &&
+	if (revisited && evbus_cursor_sweeping() && evbus_solo_count() == 0 &&
 		evbus_inflight_count() < evbus_inflight_max() &&
 		evbus_claim_budget() > 0)
 	{
@@ -376,7 +416,7 @@ evbus_publisher_step(bool claim_wanted)
 	now = GetCurrentTimestamp();
 	if (evbus_pubproducer() != NULL)
 	{
-		evbus_producer_serve(evbus_pubproducer());
+		serve_reports();
 		evbus_pacing_served(now);
 	}
 
@@ -399,13 +439,14 @@ evbus_publisher_step(bool claim_wanted)
 			more = claim(now);
 		evbus_worker_commit();
 		if (evbus_pubproducer() != NULL)
-			evbus_producer_serve(evbus_pubproducer());
+			serve_reports();
 	}
 
 	if (TimestampDifferenceExceeds(last_maintain, now, 1000))
 	{
 		pgstat_report_activity(STATE_RUNNING, "maintaining the outbox");
 		evbus_outbox_maintain(evbus_reports_holds, evbus_publisher_shutdown);
+		evbus_keys_prune(now);
 		last_maintain = now;
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);

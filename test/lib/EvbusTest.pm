@@ -32,6 +32,11 @@
 #                             header_list => [ [name, value], ... ] }
 #                           (a null key/payload is undef; fewer than $n on
 #                           timeout)
+#   first_arrivals_by_key(@msgs)
+#                           for messages whose payloads carry "seq":
+#                           (\%seen seq => count, duplicates, whether per key
+#                           the first arrivals come in seq order; a diag for
+#                           each that does not)
 #   java_consume($topic, $n, $timeout)
 #                           the same through Kafka's Java console consumer:
 #                           its raw output lines (no newline), format
@@ -80,7 +85,8 @@ use PostgreSQL::Test::Utils;
 our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
   wait_for_crash_restart kcat_consume java_consume java_produce new_node sqlstate_of
   subscribe_recorder as_subscriber write_kafka_properties sasl_properties
-  pgbench_script run_pgbench);
+  pgbench_script run_pgbench
+  first_arrivals_by_key);
 
 # kafka.sh: from the environment, else next to this file's directory.
 sub kafka_sh
@@ -201,6 +207,30 @@ sub kcat_consume
 		sleep 0.5;
 	}
 	return @msgs;
+}
+
+# A message produced again (same message id) arrives twice: per key, only
+# first arrivals must be in the order staged.
+sub first_arrivals_by_key
+{
+	my (%seen, %last);
+	my ($dups, $in_order) = (0, 1);
+	for my $m (@_)
+	{
+		my ($seq) = $m->{payload} =~ /"seq":(\d+)/;
+		if ($seen{$seq}++)
+		{
+			$dups++;
+			next;
+		}
+		if (defined $last{ $m->{key} } && $seq < $last{ $m->{key} })
+		{
+			diag("key $m->{key}: seq $seq after $last{ $m->{key} }");
+			$in_order = 0;
+		}
+		$last{ $m->{key} } = $seq;
+	}
+	return (\%seen, $dups, $in_order);
 }
 
 sub java_consume

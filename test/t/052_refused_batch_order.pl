@@ -64,26 +64,9 @@ is($node->safe_psql('postgres', q{SELECT payload->>'seq', error_code FROM evbus.
 
 # the outbox is drained: everything is in Kafka; read it all (to the end)
 my @msgs = kcat_consume($topic, 100000, 2);
-my (%seen, %last);
-my $order_ok = 1;
-my $dups = 0;
-for my $m (@msgs)
-{
-	my $seq = $1 if $m->{payload} =~ /"seq":(\d+)/;
-	if ($seen{$seq}++)
-	{
-		$dups++;
-		next;
-	}
-	if (defined $last{ $m->{key} } && $seq < $last{ $m->{key} })
-	{
-		diag("key $m->{key}: seq $seq after $last{ $m->{key} }");
-		$order_ok = 0;
-	}
-	$last{ $m->{key} } = $seq;
-}
-is(scalar(keys %seen), 179, 'every other event arrived');
-ok(!$seen{100}, 'the dead letter did not');
+my ($seen, $dups, $order_ok) = first_arrivals_by_key(@msgs);
+is(scalar(keys %$seen), 179, 'every other event arrived');
+ok(!$seen->{100}, 'the dead letter did not');
 ok($order_ok, 'per key, first arrivals are in the order staged');
 note("$dups duplicates (same message id) after producer rebuilds");
 like(slurp_file($node->logfile), qr/the broker refused a record batch, so the Kafka producer stops/,
