@@ -52,6 +52,7 @@ OBJS = \
 	src/handler.o \
 	src/inbox_retry.o \
 	src/spi_run.o \
+	src/standby_wait.o \
 	src/util.o
 
 EXTENSION = evbus
