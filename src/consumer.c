@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "access/xlog.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/memutils.h"
@@ -98,29 +99,35 @@ evbus_consumers_wakeup_fd(void)
 }
 
 /*
- * commit_metadata --- the metadata of the offsets this database commits to
- * Kafka: "evbus <system identifier> <database oid>".  A physical standby,
- * and a physical backup restored, share the system identifier and the
- * database's oid; a logical copy or another member of the group does not.
+ * The metadata of the offsets this database commits to Kafka: "evbus
+ * <system identifier> <database oid> <extension oid>".  A physical
+ * standby, and a physical backup restored, share all three; a logical
+ * copy, another member of the group, and the same database after DROP
+ * and CREATE EXTENSION (whose offsets and inbox started afresh) do not.
+ * Set by the first assignment, inside its transaction (on_assign): no
+ * offset is committed before one.
  */
-static const char *
-commit_metadata(void)
-{
-	static char metadata[64];
+static char commit_metadata[80];
 
-	if (metadata[0] == '\0')
-		snprintf(metadata, sizeof(metadata), "evbus " UINT64_FORMAT " %u",
-				 GetSystemIdentifier(), MyDatabaseId);
-	return metadata;
+static void
+set_commit_metadata(void)
+{
+	if (commit_metadata[0] == '\0')
+		snprintf(commit_metadata, sizeof(commit_metadata),
+				 "evbus " UINT64_FORMAT " %u %u",
+				 GetSystemIdentifier(), MyDatabaseId,
+				 get_extension_oid("evbus", false));
 }
 
 /* Name this database in every offset of list (librdkafka frees it). */
 static void
 tag_offsets(rd_kafka_topic_partition_list_t *list)
 {
-	const char *metadata = commit_metadata();
+	const char *metadata = commit_metadata;
 	int			i;
 
+	if (metadata[0] == '\0')
+		return;					/* untagged: Kafka's offset never wins over ours */
 	for (i = 0; i < list->cnt; i++)
 	{
 		rd_kafka_topic_partition_t *tp = &list->elems[i];
@@ -136,9 +143,9 @@ tag_offsets(rd_kafka_topic_partition_list_t *list)
 static bool
 committed_by_us(const rd_kafka_topic_partition_t *tp)
 {
-	const char *metadata = commit_metadata();
+	const char *metadata = commit_metadata;
 
-	return tp->metadata != NULL && tp->metadata_size == strlen(metadata) &&
+	return metadata[0] != '\0' && tp->metadata != NULL && tp->metadata_size == strlen(metadata) &&
 		memcmp(tp->metadata, metadata, tp->metadata_size) == 0;
 }
 
@@ -186,6 +193,7 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 						gc->group, rd_kafka_err2str(err))));
 
 	evbus_worker_begin(evbus_consumers_let_go);
+	set_commit_metadata();
 	for (i = 0; i < parts->cnt; i++)
 	{
 		rd_kafka_topic_partition_t *p = &parts->elems[i];
