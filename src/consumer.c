@@ -104,19 +104,20 @@ evbus_consumers_wakeup_fd(void)
  * standby, and a physical backup restored, share all three; a logical
  * copy, another member of the group, and the same database after DROP
  * and CREATE EXTENSION (whose offsets and inbox started afresh) do not.
- * Set by the first assignment, inside its transaction (on_assign): no
- * offset is committed before one.
+ * Set again by every assignment, inside its transaction (on_assign): no
+ * offset is committed before one, and the worker may outlive a DROP and
+ * CREATE EXTENSION that its consumers are built again after (test
+ * 302_failover_consume.pl).
  */
 static char commit_metadata[80];
 
 static void
 set_commit_metadata(void)
 {
-	if (commit_metadata[0] == '\0')
-		snprintf(commit_metadata, sizeof(commit_metadata),
-				 "evbus " UINT64_FORMAT " %u %u",
-				 GetSystemIdentifier(), MyDatabaseId,
-				 get_extension_oid("evbus", false));
+	snprintf(commit_metadata, sizeof(commit_metadata),
+			 "evbus " UINT64_FORMAT " %u %u",
+			 GetSystemIdentifier(), MyDatabaseId,
+			 get_extension_oid("evbus", false));
 }
 
 /* Name this database in every offset of list (librdkafka frees it). */
@@ -127,7 +128,7 @@ tag_offsets(rd_kafka_topic_partition_list_t *list)
 	int			i;
 
 	if (metadata[0] == '\0')
-		return;					/* untagged: Kafka's offset never wins over ours */
+		return;					/* untagged: the larger offset wins */
 	for (i = 0; i < list->cnt; i++)
 	{
 		rd_kafka_topic_partition_t *tp = &list->elems[i];
