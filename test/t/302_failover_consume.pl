@@ -26,6 +26,7 @@ use strict;
 use warnings;
 
 use EvbusTest;
+use EvbusFailover;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -52,21 +53,14 @@ sub scenario
 	my ($name, $wait) = @_;
 	my $event = "Ev_$name";
 	my $standby_name = "standby_$name";
-	my $primary = new_node(
-		"primary_$name",
-		kafka => 1,
-		init => { allows_streaming => 1 },
+	my ($primary, $standby) = failover_pair(
+		$name, $standby_name,
 		conf => [
 			"evbus.topic_prefix = '$prefix'",
 			"evbus.group_name = 'g_$name'",
 			$wait ? ("evbus.wait_for_standbys = '$standby_name'") : ()
-		]);
-	$primary->safe_psql('postgres', 'CREATE EXTENSION evbus');
-	subscribe_recorder($primary, $event);
-	$primary->backup('b');
-	my $standby = PostgreSQL::Test::Cluster->new($standby_name);
-	$standby->init_from_backup($primary, 'b', has_streaming => 1);
-	$standby->start;
+		],
+		setup => sub { subscribe_recorder(shift, $event) });
 
 	# batch 1: handled on the primary, replicated
 	publish($event, 1, 10);
@@ -99,11 +93,7 @@ sub scenario
 		sleep 4;
 	}
 
-	# crash, promote (the promoted standby has no standby of its own)
-	$primary->stop('immediate');
-	$standby->append_conf('postgresql.conf', "evbus.wait_for_standbys = ''");
-	$standby->start;
-	$standby->promote;
+	crash_and_promote($primary, $standby);
 	is($standby->safe_psql('postgres', 'SELECT count(*) FROM received'),
 		'10', "$name: the promoted standby lost the handling of batch 2");
 	ok(wait_for_sql($standby, 'postgres', 'SELECT count(*) FROM received', '20', 90),

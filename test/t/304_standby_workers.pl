@@ -6,29 +6,26 @@ use strict;
 use warnings;
 
 use EvbusTest;
+use EvbusFailover;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time sleep);
 
 kafka_bootstrap();
-my $primary = new_node(
-	'primary',
-	kafka => 1,
-	init => { allows_streaming => 1 },
-	conf => ["evbus.topic_prefix = 't304.$$.'"]);
-$primary->safe_psql('postgres', 'CREATE EXTENSION evbus');
-$primary->safe_psql('postgres', 'CREATE DATABASE other');
-$primary->safe_psql('other', 'CREATE EXTENSION evbus');
-ok( wait_for_sql(
-		$primary, 'postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'evbus%'}, '5', 30),
-	'the primary runs a launcher, two publishers and two consumers');
-$primary->backup('b');
-my $standby = PostgreSQL::Test::Cluster->new('standby');
-$standby->init_from_backup($primary, 'b', has_streaming => 1);
-$standby->start;
-$primary->wait_for_catchup('standby');
+my ($primary, $standby) = failover_pair(
+	'main', 'standby',
+	conf => ["evbus.topic_prefix = 't304.$$.'"],
+	setup => sub {
+		my $node = shift;
+		$node->safe_psql('postgres', 'CREATE DATABASE other');
+		$node->safe_psql('other', 'CREATE EXTENSION evbus');
+		ok( wait_for_sql(
+				$node, 'postgres',
+				q{SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'evbus%'},
+				'5', 30),
+			'the primary runs a launcher, two publishers and two consumers');
+	});
 
 # the standby: hot, and no evbus process (pg_stat_activity and ps)
 sleep 3;
