@@ -19,6 +19,10 @@
 # and failover").  The standby is local: over a network add its round
 # trip.
 #
+# On a machine that other work keeps busy, the publisher lingers
+# evbus.publish_linger_busy in either run (docs/publisher.md);
+# PG_CONF="evbus.publish_linger_busy = 0" takes that out of the comparison.
+#
 # Usage (as root or any user; one command):
 #   bench/standby_wait.sh
 # Environment: RATE (500 events/s), DURATION (20 s), CLIENTS (4), THREADS
@@ -43,7 +47,7 @@ pg_start "wal_level = replica" "max_wal_senders = 5"
 
 # the standby: a base backup of the primary, streaming asynchronously
 STANDBY_PORT=$(free_port)
-"$PGBIN/pg_basebackup" -D "$TMP_DIR/standby" -X stream -R \
+"$PGBIN/pg_basebackup" -D "$TMP_DIR/standby" -X stream -R -c fast \
 	-d "host=$PGHOST port=$PGPORT user=postgres application_name=$STANDBY" \
 	>"$TMP_DIR/basebackup.log" 2>&1 \
 	|| { cat "$TMP_DIR/basebackup.log" >&2; die "pg_basebackup failed"; }

@@ -52,7 +52,7 @@
 char	   *evbus_wait_for_standbys = NULL;
 
 /* How long one check sleeps while a standby lags, and while one is gone. */
-#define LAG_STEP_MS 5
+#define LAG_STEP_MS 2
 #define GONE_STEP_MS 100
 
 /* A WARNING about missing standbys at most this often. */
@@ -210,6 +210,7 @@ evbus_standby_wait(XLogRecPtr target, const char *what, long timeout_ms)
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	bool		flushed = false;
 	bool		reported = false;
+	bool		latch_was_set = false;
 
 	Assert(!IsTransactionState());
 	XLogFlush(target);
@@ -249,9 +250,10 @@ evbus_standby_wait(XLogRecPtr target, const char *what, long timeout_ms)
 		if (timeout_ms >= 0 && TimestampDifferenceExceeds(start, now, timeout_ms))
 			break;
 
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 gone.len > 0 ? GONE_STEP_MS : LAG_STEP_MS,
-						 PG_WAIT_EXTENSION);
+		if (WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					  gone.len > 0 ? GONE_STEP_MS : LAG_STEP_MS,
+					  PG_WAIT_EXTENSION) & WL_LATCH_SET)
+			latch_was_set = true;
 		ResetLatch(MyLatch);
 		if (ProcDiePending)
 			break;				/* the worker's loop leaves cleanly */
@@ -260,5 +262,13 @@ evbus_standby_wait(XLogRecPtr target, const char *what, long timeout_ms)
 	}
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
+
+	/*
+	 * What set the latch meanwhile (a staging commit, a signal) is for the
+	 * worker's own wait point: set it again, so that its loop does not sleep
+	 * through it.
+	 */
+	if (latch_was_set)
+		SetLatch(MyLatch);
 	return flushed;
 }
