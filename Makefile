@@ -56,6 +56,7 @@ OBJS = \
 	src/inbox_retry.o \
 	src/spi_run.o \
 	src/restore.o \
+	src/standby_wait.o \
 	src/util.o
 
 EXTENSION = evbus

@@ -15,6 +15,7 @@
 
 #include "postgres.h"
 
+#include "access/xlogdefs.h"
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
@@ -23,6 +24,7 @@
 #include "postmaster/bgworker.h"
 #include "storage/latch.h"
 #include "storage/lockdefs.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/relcache.h"
 #include "utils/resowner.h"
@@ -60,6 +62,15 @@ extern int	evbus_inbox_retention_s;
 extern char *evbus_traceparent;
 
 extern void evbus_define_gucs(void);
+
+/* ---------- standby_wait.c: evbus.wait_for_standbys ---------- */
+extern char *evbus_wait_for_standbys;
+extern bool evbus_check_wait_for_standbys(char **newval, void **extra,
+										  GucSource source);
+extern bool evbus_standby_wait_enabled(void);
+extern XLogRecPtr evbus_standby_wait_target(void);
+extern bool evbus_standby_wait(XLogRecPtr target, const char *what,
+							   long timeout_ms);
 
 /* ---------- shmem.c: one slot per database worker ---------- */
 /* The two workers of a database. */

@@ -119,6 +119,14 @@ define_kafka_gucs(void)
 							   "",
 							   PGC_SIGHUP, 0,
 							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("evbus.wait_for_standbys",
+							   "Standbys (application names) that must have flushed a transaction's WAL before evbus tells Kafka about it.",
+							   "A comma-separated list; events are produced and offsets committed to Kafka only once every named standby has flushed the WAL behind them, so that a failover leaves no phantom event. Empty: do not wait.",
+							   &evbus_wait_for_standbys,
+							   "",
+							   PGC_SIGHUP, GUC_LIST_INPUT,
+							   evbus_check_wait_for_standbys, NULL, NULL);
 }
 
 /* The consuming side: retries and the handlers. */

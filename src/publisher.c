@@ -36,6 +36,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlogdefs.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
@@ -70,6 +71,101 @@ build_headers(const OutboxRow *row, const char *message_id, const char *sent)
 	for (i = 0; i < row->nheaders; i++)
 		rd_kafka_header_add(h, row->header_names[i], -1, row->header_values[i], -1);
 	return h;
+}
+
+/*
+ * With evbus.wait_for_standbys set, the rows a step claims are not handed
+ * to librdkafka inside the step's transaction: they are kept here, in
+ * claim order, and sent after the transaction, once the named standbys
+ * have flushed the WAL up to send_after, the insert position read after
+ * the claims (standby_wait.c).  Everything else about them (in flight,
+ * their key sent) is as if they had been sent; an event that cannot be
+ * sent then, or that is given up on because the wait ended early, goes
+ * through the delivery-report path as not confirmed (or refused), and is
+ * produced again (test 300_failover_publish.pl).
+ */
+typedef struct DeferredSend
+{
+	char	   *topic;
+	char	   *key;
+	size_t		keylen;
+	char	   *value;
+	size_t		valuelen;
+	rd_kafka_headers_t *headers;
+	InflightMsg *msg;
+} DeferredSend;
+
+static bool deferring = false;	/* this step defers its sends */
+static List *deferred = NIL;	/* of DeferredSend, in publisher_cxt */
+static XLogRecPtr send_after = InvalidXLogRecPtr;
+
+/* Keep one message for after the wait (see DeferredSend). */
+static rd_kafka_resp_err_t
+defer_send(const char *topic, const char *key, size_t keylen,
+		   const char *value, size_t valuelen,
+		   rd_kafka_headers_t *headers, InflightMsg *msg)
+{
+	MemoryContext old = MemoryContextSwitchTo(publisher_cxt);
+	DeferredSend *d = palloc(sizeof(DeferredSend));
+
+	d->topic = pstrdup(topic);
+	d->key = palloc(keylen + 1);
+	memcpy(d->key, key, keylen);
+	d->keylen = keylen;
+	d->value = value ? palloc(valuelen + 1) : NULL;
+	if (value)
+		memcpy(d->value, value, valuelen);
+	d->valuelen = valuelen;
+	d->headers = headers;
+	d->msg = msg;
+	deferred = lappend(deferred, d);
+	MemoryContextSwitchTo(old);
+	return RD_KAFKA_RESP_ERR_NO_ERROR;
+}
+
+/*
+ * send_deferred --- after the step's transaction: wait for the standbys,
+ * then send what the step claimed, in order.  If the wait ends early
+ * (termination, reload), nothing is sent: each event is reported not
+ * confirmed, and produced again by a later step; likewise every event
+ * from the first one librdkafka refuses to queue (a full queue, say).
+ */
+static void
+send_deferred(void)
+{
+	bool		go;
+	ListCell   *lc;
+
+	if (deferred == NIL)
+		return;
+	go = evbus_standby_wait(send_after, "publishing", -1);
+	foreach(lc, deferred)
+	{
+		DeferredSend *d = lfirst(lc);
+		rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR__PURGE_QUEUE;
+
+		if (go)
+			err = evbus_producer_send(evbus_pubproducer(), d->topic, d->key,
+									  d->keylen, d->value, d->valuelen,
+									  d->headers, d->msg);
+		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			/*
+			 * Not queued: as if purged.  Nothing after it is sent either, so
+			 * that no later event of its key overtakes it.
+			 */
+			rd_kafka_headers_destroy(d->headers);
+			evbus_reports_on_delivery(d->msg, err, RD_KAFKA_MSG_STATUS_NOT_PERSISTED,
+									  -1, -1);
+			go = false;
+		}
+		pfree(d->topic);
+		pfree(d->key);
+		if (d->value)
+			pfree(d->value);
+	}
+	list_free_deep(deferred);
+	deferred = NIL;
 }
 
 typedef enum ProduceResult
@@ -146,11 +242,16 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 	headers = build_headers(row, message_id, sent);
 	msg = evbus_inflight_new(row, keyhash, key_topic, alone);
 
-	err = evbus_producer_send(evbus_pubproducer(), topic,
-							  row->key ? row->key : message_id,
-							  strlen(row->key ? row->key : message_id),
-							  row->payload, row->payload_len,
-							  headers, msg);
+	if (deferring)
+		err = defer_send(topic, row->key ? row->key : message_id,
+						 strlen(row->key ? row->key : message_id),
+						 row->payload, row->payload_len, headers, msg);
+	else
+		err = evbus_producer_send(evbus_pubproducer(), topic,
+								  row->key ? row->key : message_id,
+								  strlen(row->key ? row->key : message_id),
+								  row->payload, row->payload_len,
+								  headers, msg);
 	pfree(message_id);
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
@@ -431,13 +532,21 @@ evbus_publisher_step(bool claim_wanted)
 	{
 		if (claiming)
 			evbus_worker_wake_consumed();
+		deferring = claiming && evbus_standby_wait_enabled();
 		evbus_worker_begin(evbus_publisher_shutdown);
 		evbus_outbox_published_load();
 		if (finishing)
 			evbus_reports_finish();
 		if (claiming)
 			more = claim(now);
+		/* past the commit of every row the claims saw */
+		if (deferring)
+			send_after = evbus_standby_wait_target();
 		evbus_worker_commit();
+		deferring = false;
+		send_deferred();
+		if (ProcDiePending)
+			return false;		/* the wait ended for it: leave now */
 		if (evbus_pubproducer() != NULL)
 			serve_reports();
 	}
