@@ -47,6 +47,7 @@ OBJS = \
 	src/consumer_worker.o \
 	src/consumer.o \
 	src/consumer_offsets.o \
+	src/kafka_offsets.o \
 	src/inbox_decode.o \
 	src/inbox.o \
 	src/attempt_marker.o \

@@ -4,13 +4,9 @@
  *	  One librdkafka consumer per consumer group, in the consumer worker.
  *
  * The database, not Kafka, owns the offsets: on partition assignment the
- * rebalance callback starts each partition at the later of the offset
- * stored in evbus.consumer_offsets and the group's offset committed in
- * Kafka (which another database of the same group may have advanced), or
- * at its beginning when neither exists -- never at librdkafka's
- * auto.offset.reset default; but at the stored offset when Kafka's was
- * committed by this very database, which has lost transactions since
- * (on_assign).  Offsets are committed to Kafka too, for lag tools and for
+ * rebalance callback starts each partition where kafka_offsets.c says
+ * (the stored offset, or Kafka's when another database of the group has
+ * advanced it).  Offsets are committed to Kafka too, for lag tools and for
  * other members of the group, but only after the database transaction
  * that handled the messages (and, with evbus.wait_for_standbys, once the
  * named standbys have flushed it), and synchronously when partitions are
@@ -29,7 +25,6 @@
 #include <unistd.h>
 
 #include "access/xlog.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/memutils.h"
@@ -48,7 +43,7 @@ typedef struct GroupConsumer
 	uint64		settings;		/* evbus_kafka_conf_fingerprint when built */
 	rd_kafka_t *rk;
 	rd_kafka_queue_t *queue;
-	rd_kafka_topic_partition_list_t *to_commit;	/* offsets not yet told to Kafka */
+	rd_kafka_topic_partition_list_t *to_commit;	/* not yet told to Kafka */
 	XLogRecPtr	to_commit_lsn;	/* past the commit that stored them */
 	TimestampTz last_commit;
 } GroupConsumer;
@@ -99,85 +94,8 @@ evbus_consumers_wakeup_fd(void)
 }
 
 /*
- * The metadata of the offsets this database commits to Kafka: "evbus
- * <system identifier> <database oid> <extension oid>".  A physical
- * standby, and a physical backup restored, share all three; a logical
- * copy, another member of the group, and the same database after DROP
- * and CREATE EXTENSION (whose offsets and inbox started afresh) do not.
- * Set again by every assignment, inside its transaction (on_assign): no
- * offset is committed before one, and the worker may outlive a DROP and
- * CREATE EXTENSION that its consumers are built again after (test
- * 302_failover_consume.pl).
- */
-static char commit_metadata[80];
-
-static void
-set_commit_metadata(void)
-{
-	snprintf(commit_metadata, sizeof(commit_metadata),
-			 "evbus " UINT64_FORMAT " %u %u",
-			 GetSystemIdentifier(), MyDatabaseId,
-			 get_extension_oid("evbus", false));
-}
-
-/* Name this database in every offset of list (librdkafka frees it). */
-static void
-tag_offsets(rd_kafka_topic_partition_list_t *list)
-{
-	const char *metadata = commit_metadata;
-	int			i;
-
-	if (metadata[0] == '\0')
-		return;					/* untagged: the larger offset wins */
-	for (i = 0; i < list->cnt; i++)
-	{
-		rd_kafka_topic_partition_t *tp = &list->elems[i];
-
-		if (tp->metadata)
-			free(tp->metadata);
-		tp->metadata = strdup(metadata);
-		tp->metadata_size = tp->metadata ? strlen(metadata) : 0;
-	}
-}
-
-/* Was a committed offset committed by this very database? */
-static bool
-committed_by_us(const rd_kafka_topic_partition_t *tp)
-{
-	const char *metadata = commit_metadata;
-
-	return metadata[0] != '\0' && tp->metadata != NULL && tp->metadata_size == strlen(metadata) &&
-		memcmp(tp->metadata, metadata, tp->metadata_size) == 0;
-}
-
-/*
- * commit_to_kafka --- tell Kafka the offsets of list, naming this
- * database, once evbus.wait_for_standbys' standbys have flushed lsn (the
- * commit that stored them); wait_ms as evbus_standby_wait.  Returns false,
- * having told Kafka nothing, if they have not.
- */
-static bool
-commit_to_kafka(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list,
-				XLogRecPtr lsn, long wait_ms, bool async)
-{
-	if (evbus_standby_wait_enabled() &&
-		!evbus_standby_wait(lsn, "committing offsets", wait_ms))
-		return false;
-	tag_offsets(list);
-	rd_kafka_commit(rk, list, async);
-	return true;
-}
-
-/*
- * on_assign --- start each assigned partition where this group left off.
- *
- * Normally at the later of the stored offset and Kafka's.  But when
- * Kafka's was committed by this database (its metadata says so) and is
- * ahead of the stored one, this database has lost transactions it had
- * committed (a failover to an asynchronous standby that lagged, a restore
- * of a physical backup): the stored offset wins, and the messages in
- * between are handled again, once, since their inbox rows are lost too
- * (test 302_failover_consume.pl).
+ * on_assign --- start each assigned partition where this group left off
+ * (kafka_offsets.c says where: the stored offset, or Kafka's).
  */
 static void
 on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *parts)
@@ -194,25 +112,13 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 						gc->group, rd_kafka_err2str(err))));
 
 	evbus_worker_begin(evbus_consumers_let_go);
-	set_commit_metadata();
+	evbus_kafka_offsets_name_database();
 	for (i = 0; i < parts->cnt; i++)
 	{
 		rd_kafka_topic_partition_t *p = &parts->elems[i];
-		int64		stored = evbus_stored_offset(gc->group, p->topic, p->partition);
-		int64		kafka = err ? -1 : committed->elems[i].offset;
 
-		if (!err && kafka > stored && committed_by_us(&committed->elems[i]))
-		{
-			ereport(LOG,
-					(errmsg("evbus: group \"%s\": %s[%d] starts at offset " INT64_FORMAT ", rewound from " INT64_FORMAT,
-							gc->group, p->topic, p->partition, Max(stored, 0), kafka),
-					 errdetail("This database committed offset " INT64_FORMAT " to Kafka and has since lost the transactions behind it (a failover or a restore); the " INT64_FORMAT " messages in between are handled again.",
-							   kafka, kafka - Max(stored, 0))));
-			kafka = -1;
-		}
-		p->offset = Max(stored, kafka);
-		if (p->offset < 0)
-			p->offset = RD_KAFKA_OFFSET_BEGINNING;
+		p->offset = evbus_partition_start_offset(gc->group, p,
+												 err ? NULL : &committed->elems[i]);
 		elog(DEBUG1, "evbus: group \"%s\" assigned %s/%d at " INT64_FORMAT,
 			 gc->group, p->topic, p->partition, p->offset);
 	}
@@ -248,7 +154,7 @@ on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 		gc->to_commit = NULL;
 	}
 	if (commit->cnt > 0)
-		(void) commit_to_kafka(rk, commit,
+		(void) evbus_kafka_offsets_commit(rk, commit,
 							   evbus_standby_wait_enabled() ? evbus_standby_wait_target() : InvalidXLogRecPtr,
 							   REVOKE_STANDBY_WAIT_MS, false);
 	rd_kafka_topic_partition_list_destroy(commit);
@@ -403,7 +309,7 @@ consumer_destroy(GroupConsumer *gc)
 		 * offsets then stay behind in Kafka, which loses nothing.
 		 */
 		if (!evbus_standby_wait_enabled() || !extension_gone)
-			(void) commit_to_kafka(gc->rk, gc->to_commit, gc->to_commit_lsn, 0, true);
+			(void) evbus_kafka_offsets_commit(gc->rk, gc->to_commit, gc->to_commit_lsn, 0, true);
 		rd_kafka_topic_partition_list_destroy(gc->to_commit);
 		gc->to_commit = NULL;
 	}
@@ -501,8 +407,10 @@ evbus_consumers_sync(List *subs)
 		bool		found = false;
 
 		foreach(lc2, consumers)
+		{
 			if (strcmp(((GroupConsumer *) lfirst(lc2))->group, group) == 0)
 				found = true;
+		}
 		if (!found)
 			try_consumer_create(brokers, settings, group, group_topics(subs, group));
 	}
@@ -665,7 +573,7 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 									   KAFKA_COMMIT_INTERVAL_MS))
 		{
 			commit = gc->to_commit;
-			if (commit_to_kafka(gc->rk, commit, gc->to_commit_lsn, -1, true))
+			if (evbus_kafka_offsets_commit(gc->rk, commit, gc->to_commit_lsn, -1, true))
 			{
 				gc->to_commit = NULL;
 				rd_kafka_topic_partition_list_destroy(commit);

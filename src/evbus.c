@@ -212,11 +212,11 @@ evbus_consumer_pid(PG_FUNCTION_ARGS)
 }
 
 /*
- * worker_state --- the state and detail evbus.worker_status() shows for
+ * describe_worker --- the state and detail evbus.worker_status() shows for
  * this database's worker of role that is not running.
  */
 static const char *
-worker_state(const EvbusDatabase *db, bool found, int role, char **detail)
+describe_worker(const EvbusDatabase *db, bool found, int role, char **detail)
 {
 	pid_t		restorer;
 
@@ -289,7 +289,7 @@ evbus_worker_status(PG_FUNCTION_ARGS)
 			char	   *detail;
 
 			nulls[1] = true;
-			values[2] = CStringGetTextDatum(worker_state(&db, found, role, &detail));
+			values[2] = CStringGetTextDatum(describe_worker(&db, found, role, &detail));
 			values[3] = CStringGetTextDatum(detail);
 		}
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);

@@ -254,7 +254,7 @@ plan_rows(const Batch *b, List *pending_keys, bool inserted_handled, InboxRow *r
 		bool		suspect;
 
 		if (b->dec[i].poison || b->subs[i] == NIL)
-			continue;			/* dead-lettered, or nobody subscribes any more */
+			continue;			/* dead, or not subscribed now */
 		dedup_key = b->dec[i].message_id ? b->dec[i].message_id :
 			psprintf("%s/%d/" INT64_FORMAT, b->msgs[i].topic, b->msgs[i].partition,
 					 b->msgs[i].offset);

@@ -14,6 +14,8 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "access/xlogdefs.h"
+
 /*
  * librdkafka 2.0 or later: the idempotent producer's gapless guarantee and
  * rd_kafka_queue_io_event_enable as evbus uses them (README, "Requirements").
@@ -40,6 +42,15 @@ extern bool evbus_kafka_error_is_permanent(rd_kafka_resp_err_t err);
 extern const char *evbus_kafka_error_hint(const char *text);
 extern void evbus_kafka_log_cb(const rd_kafka_t *rk, int level,
 							   const char *fac, const char *buf);
+
+/* kafka_offsets.c (the consumer's offsets on Kafka's side) */
+extern void evbus_kafka_offsets_name_database(void);
+extern bool evbus_kafka_offsets_commit(rd_kafka_t *rk,
+									   rd_kafka_topic_partition_list_t *list,
+									   XLogRecPtr lsn, long wait_ms, bool async);
+extern int64 evbus_partition_start_offset(const char *group,
+										  const rd_kafka_topic_partition_t *p,
+										  const rd_kafka_topic_partition_t *committed);
 
 /* producer.c */
 typedef struct EvbusProducer EvbusProducer;

@@ -1,0 +1,137 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka_offsets.c
+ *	  The consumer's offsets on Kafka's side: what this database commits
+ *	  to Kafka, and where an assigned partition starts.
+ *
+ * The database owns the offsets (consumer_offsets.c).  Offsets are also
+ * committed to Kafka, for lag tools and for other members of the group,
+ * after the database transaction that stored them, and with
+ * evbus.wait_for_standbys only once the named standbys have flushed that
+ * transaction (standby_wait.c).  Each carries metadata naming this
+ * database, so that at the next assignment evbus can tell whose offset
+ * Kafka holds:
+ *
+ *	- normally a partition starts at the later of the stored offset and
+ *	  Kafka's (another database of the same group may have advanced it),
+ *	  or at its beginning when neither exists -- never at librdkafka's
+ *	  auto.offset.reset default;
+ *	- but when Kafka's offset was committed by this very database and is
+ *	  ahead of the stored one, this database has lost transactions it had
+ *	  committed (a failover to an asynchronous standby that lagged, a
+ *	  restore of a physical backup): the stored offset wins, and the
+ *	  messages in between are handled again, once, since their inbox rows
+ *	  are lost too (test 302_failover_consume.pl).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xlog.h"
+#include "commands/extension.h"
+#include "miscadmin.h"
+
+#include "inbox.h"
+#include "kafka.h"
+
+/*
+ * The metadata of the offsets this database commits to Kafka: "evbus
+ * <system identifier> <database oid> <extension oid>".  A physical
+ * standby, and a physical backup restored, share all three; a logical
+ * copy, another member of the group, and the same database after DROP
+ * and CREATE EXTENSION (whose offsets and inbox started afresh) do not.
+ * Set again by every assignment, inside its transaction: no offset is
+ * committed before one, and the worker may outlive a DROP and CREATE
+ * EXTENSION that its consumers are built again after (test
+ * 302_failover_consume.pl).
+ */
+static char commit_metadata[80];
+
+/*
+ * evbus_kafka_offsets_name_database --- (re)read what names this database
+ * in offset metadata; inside the assignment's transaction.
+ */
+void
+evbus_kafka_offsets_name_database(void)
+{
+	snprintf(commit_metadata, sizeof(commit_metadata),
+			 "evbus " UINT64_FORMAT " %u %u",
+			 GetSystemIdentifier(), MyDatabaseId,
+			 get_extension_oid("evbus", false));
+}
+
+/* Name this database in every offset of list (librdkafka frees it). */
+static void
+tag_offsets(rd_kafka_topic_partition_list_t *list)
+{
+	const char *metadata = commit_metadata;
+	int			i;
+
+	if (metadata[0] == '\0')
+		return;					/* untagged: the larger offset wins */
+	for (i = 0; i < list->cnt; i++)
+	{
+		rd_kafka_topic_partition_t *tp = &list->elems[i];
+
+		if (tp->metadata)
+			free(tp->metadata);
+		tp->metadata = strdup(metadata);
+		tp->metadata_size = tp->metadata ? strlen(metadata) : 0;
+	}
+}
+
+/* Was a committed offset committed by this very database? */
+static bool
+committed_by_us(const rd_kafka_topic_partition_t *tp)
+{
+	const char *metadata = commit_metadata;
+
+	return metadata[0] != '\0' && tp->metadata != NULL && tp->metadata_size == strlen(metadata) &&
+		memcmp(tp->metadata, metadata, tp->metadata_size) == 0;
+}
+
+/*
+ * evbus_kafka_offsets_commit --- tell Kafka the offsets of list, naming
+ * this database, once evbus.wait_for_standbys' standbys have flushed lsn
+ * (the commit that stored them); wait_ms as evbus_standby_wait.  Returns
+ * false, having told Kafka nothing, if they have not.  Outside any
+ * transaction.
+ */
+bool
+evbus_kafka_offsets_commit(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list,
+						   XLogRecPtr lsn, long wait_ms, bool async)
+{
+	if (evbus_standby_wait_enabled() &&
+		!evbus_standby_wait(lsn, "committing offsets", wait_ms))
+		return false;
+	tag_offsets(list);
+	rd_kafka_commit(rk, list, async);
+	return true;
+}
+
+/*
+ * evbus_partition_start_offset --- where an assigned partition p of group
+ * starts, given Kafka's committed offset (NULL when it could not be read);
+ * inside the assignment's transaction, after
+ * evbus_kafka_offsets_name_database.
+ */
+int64
+evbus_partition_start_offset(const char *group, const rd_kafka_topic_partition_t *p,
+							 const rd_kafka_topic_partition_t *committed)
+{
+	int64		stored = evbus_stored_offset(group, p->topic, p->partition);
+	int64		kafka = committed ? committed->offset : -1;
+	int64		start;
+
+	if (committed && kafka > stored && committed_by_us(committed))
+	{
+		ereport(LOG,
+				(errmsg("evbus: group \"%s\": %s[%d] starts at offset " INT64_FORMAT ", rewound from " INT64_FORMAT,
+						group, p->topic, p->partition, Max(stored, 0), kafka),
+				 errdetail("This database committed offset " INT64_FORMAT " to Kafka and has since lost the transactions behind it (a failover or a restore); the " INT64_FORMAT " messages in between are handled again.",
+						   kafka, kafka - Max(stored, 0))));
+		kafka = -1;
+	}
+	start = Max(stored, kafka);
+	return start < 0 ? RD_KAFKA_OFFSET_BEGINNING : start;
+}
