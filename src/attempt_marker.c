@@ -41,7 +41,7 @@
 
 #define MARKER_DIR		"pg_evbus"
 #define MARKER_MAGIC	0x65766231	/* "evb1" */
-#define MARKER_MAX		256			/* ranges per batch; more: all suspect */
+#define MARKER_MAX		256		/* ranges per batch; more: all suspect */
 
 typedef struct MarkerRange
 {

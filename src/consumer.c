@@ -43,7 +43,7 @@ typedef struct GroupConsumer
 	uint64		settings;		/* evbus_kafka_conf_fingerprint when built */
 	rd_kafka_t *rk;
 	rd_kafka_queue_t *queue;
-	rd_kafka_topic_partition_list_t *to_commit;	/* not yet told to Kafka */
+	rd_kafka_topic_partition_list_t *to_commit; /* not yet told to Kafka */
 	XLogRecPtr	to_commit_lsn;	/* past the commit that stored them */
 	TimestampTz last_commit;
 } GroupConsumer;
@@ -63,7 +63,7 @@ typedef struct GroupConsumer
 #define REVOKE_STANDBY_WAIT_MS 2000
 
 static List *consumers = NIL;
-static bool extension_gone = false;	/* dropped: close without the database */
+static bool extension_gone = false; /* dropped: close without the database */
 static bool in_rebalance = false;	/* inside rebalance_cb (set on the way in) */
 static int	wake_pipe[2] = {-1, -1};
 
@@ -155,8 +155,8 @@ on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 	}
 	if (commit->cnt > 0)
 		(void) evbus_kafka_offsets_commit(rk, commit,
-							   evbus_standby_wait_enabled() ? evbus_standby_wait_target() : InvalidXLogRecPtr,
-							   REVOKE_STANDBY_WAIT_MS, false);
+										  evbus_standby_wait_enabled() ? evbus_standby_wait_target() : InvalidXLogRecPtr,
+										  REVOKE_STANDBY_WAIT_MS, false);
 	rd_kafka_topic_partition_list_destroy(commit);
 	rd_kafka_assign(rk, NULL);
 }
@@ -178,13 +178,17 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 	/*
 	 * A termination waits until the rebalance is done (its queries are
-	 * short): ended in here, the consumer could not leave its group, and
-	 * the group would keep a dead member until its session times out
-	 * (test 120_consume_redelivery.pl resets the group's offsets right
-	 * after a fast shutdown).
+	 * short): ended in here, the consumer could not leave its group, and the
+	 * group would keep a dead member until its session times out (test
+	 * 120_consume_redelivery.pl resets the group's offsets right after a fast
+	 * shutdown).
 	 */
 	HOLD_INTERRUPTS();
-	/* evbus_worker_begin/commit return to the current memory context (the poll's) */
+
+	/*
+	 * evbus_worker_begin/commit return to the current memory context (the
+	 * poll's).
+	 */
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 		on_assign(rk, gc, parts);
 	else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS)

@@ -111,9 +111,9 @@ evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n)
 		values[2] = Int32GetDatum(hwm[i].partition);
 		values[3] = Int64GetDatum(hwm[i].next_offset);
 		evbus_spi_exec("INSERT INTO evbus.consumer_offsets AS o (group_name, topic, kafka_partition,"
-			 " next_offset, high_watermark) VALUES ($1, $2, $3, 0, $4)"
-			 " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
-			 " SET high_watermark = excluded.high_watermark",
-			 4, types, values, NULL, SPI_OK_INSERT);
+					   " next_offset, high_watermark) VALUES ($1, $2, $3, 0, $4)"
+					   " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
+					   " SET high_watermark = excluded.high_watermark",
+					   4, types, values, NULL, SPI_OK_INSERT);
 	}
 }

@@ -193,8 +193,7 @@ evbus_consumer_main(Datum main_arg)
 		 * Pending messages: due retries, messages that waited for their key,
 		 * attempts cut short by a crash, and messages requeued by
 		 * evbus.retry() (which also sets this worker's latch).  Looked at
-		 * when something may have changed, and at least every poll
-		 * interval.
+		 * when something may have changed, and at least every poll interval.
 		 */
 		now = GetCurrentTimestamp();
 		if (dispatch_now || left_pending || (next_due != 0 && now >= next_due) ||

@@ -264,9 +264,9 @@ evbus_call_converter(const EvbusConverter *conv, const char *domain_event,
 	evbus_check_converter(conv, domain_event);
 
 	/*
-	 * Checked at every call, as the SPI plan's executor start did: an
-	 * inlined converter leaves no function call in its compiled form for
-	 * the executor to check.
+	 * Checked at every call, as the SPI plan's executor start did: an inlined
+	 * converter leaves no function call in its compiled form for the executor
+	 * to check.
 	 */
 	aclresult = pg_proc_aclcheck(conv->converter, conv->run_as, ACL_EXECUTE);
 	if (aclresult != ACLCHECK_OK)

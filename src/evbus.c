@@ -157,9 +157,9 @@ _PG_init(void)
 	ProcessUtility_hook = evbus_process_utility;
 
 	/*
-	 * No launcher, hence no worker, in a server that pg_upgrade runs
-	 * (binary upgrade mode, old cluster and new): they would publish,
-	 * handle and write evbus's tables while it dumps and restores (test
+	 * No launcher, hence no worker, in a server that pg_upgrade runs (binary
+	 * upgrade mode, old cluster and new): they would publish, handle and
+	 * write evbus's tables while it dumps and restores (test
 	 * 345_pg_upgrade.pl).
 	 */
 	if (!IsBinaryUpgrade)

@@ -229,8 +229,8 @@ keys_pending(const Batch *b, MemoryContext batch_cxt)
 	MemoryContextSwitchTo(batch_cxt);
 	for (r = 0; r < SPI_processed; r++)
 		pending_keys = evbus_hold_key(pending_keys,
-								SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1),
-								SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2));
+									  SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1),
+									  SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2));
 	return pending_keys;
 }
 
@@ -254,7 +254,7 @@ plan_rows(const Batch *b, List *pending_keys, bool inserted_handled, InboxRow *r
 		bool		suspect;
 
 		if (b->dec[i].poison || b->subs[i] == NIL)
-			continue;			/* dead, or not subscribed now */
+			continue;			/* dead-lettered, or unsubscribed */
 		dedup_key = b->dec[i].message_id ? b->dec[i].message_id :
 			psprintf("%s/%d/" INT64_FORMAT, b->msgs[i].topic, b->msgs[i].partition,
 					 b->msgs[i].offset);
@@ -269,10 +269,10 @@ plan_rows(const Batch *b, List *pending_keys, bool inserted_handled, InboxRow *r
 			row->dedup_key = dedup_key;
 
 			/*
-			 * Blocked if an earlier message of its key waits in the inbox
-			 * for this handler; a message behind another of the batch runs
-			 * after it, in order, in the handling transaction (which holds
-			 * it back if that one fails).
+			 * Blocked if an earlier message of its key waits in the inbox for
+			 * this handler; a message behind another of the batch runs after
+			 * it, in order, in the handling transaction (which holds it back
+			 * if that one fails).
 			 */
 			row->runnable = !(b->dec[i].event_key &&
 							  evbus_key_held(pending_keys, row->sub->signature, b->dec[i].event_key));
@@ -599,25 +599,25 @@ evbus_inbox_maintain(void)
 	{
 		values[0] = Int32GetDatum(evbus_inbox_retention_s);
 		evbus_spi_exec("DELETE FROM evbus.inbox WHERE id IN (SELECT id FROM evbus.inbox"
-			 " WHERE handled_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)"
-			 " pg_catalog.make_interval(secs => $1)) LIMIT 10000)",
-			 1, types, values, NULL, SPI_OK_DELETE);
+					   " WHERE handled_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)"
+					   " pg_catalog.make_interval(secs => $1)) LIMIT 10000)",
+					   1, types, values, NULL, SPI_OK_DELETE);
 	}
 	if (evbus_dead_letter_retention_s > 0)
 	{
 		values[0] = Int32GetDatum(evbus_dead_letter_retention_s);
 		evbus_spi_exec("DELETE FROM evbus.inbox WHERE id IN (SELECT i.id FROM evbus.inbox i"
-			 " WHERE i.state OPERATOR(pg_catalog.=) 'dead' AND NOT EXISTS"
-			 " (SELECT FROM evbus.dead_letters d"
-			 " WHERE d.direction OPERATOR(pg_catalog.=) 'consume'"
-			 " AND d.group_name OPERATOR(pg_catalog.=) i.group_name"
-			 " AND d.topic OPERATOR(pg_catalog.=) i.topic"
-			 " AND d.kafka_partition OPERATOR(pg_catalog.=) i.kafka_partition"
-			 " AND d.kafka_offset OPERATOR(pg_catalog.=) i.kafka_offset"
-			 " AND d.dead_at OPERATOR(pg_catalog.>=) (pg_catalog.now() OPERATOR(pg_catalog.-)"
-			 " pg_catalog.make_interval(secs => $1)))"
-			 " LIMIT 10000)",
-			 1, types, values, NULL, SPI_OK_DELETE);
+					   " WHERE i.state OPERATOR(pg_catalog.=) 'dead' AND NOT EXISTS"
+					   " (SELECT FROM evbus.dead_letters d"
+					   " WHERE d.direction OPERATOR(pg_catalog.=) 'consume'"
+					   " AND d.group_name OPERATOR(pg_catalog.=) i.group_name"
+					   " AND d.topic OPERATOR(pg_catalog.=) i.topic"
+					   " AND d.kafka_partition OPERATOR(pg_catalog.=) i.kafka_partition"
+					   " AND d.kafka_offset OPERATOR(pg_catalog.=) i.kafka_offset"
+					   " AND d.dead_at OPERATOR(pg_catalog.>=) (pg_catalog.now() OPERATOR(pg_catalog.-)"
+					   " pg_catalog.make_interval(secs => $1)))"
+					   " LIMIT 10000)",
+					   1, types, values, NULL, SPI_OK_DELETE);
 	}
 	evbus_worker_commit();
 }

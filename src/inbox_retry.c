@@ -120,18 +120,18 @@ evbus_dead_letter_poison(const char *group, const ReceivedMessage *m, const Deco
 		nulls[8] = 'n';
 	/* integration event: the subscription's, else the topic */
 	evbus_spi_exec(psprintf("WITH i AS (INSERT INTO evbus.inbox (group_name, dedup_key, message_id,"
-				  " integration_event, topic, kafka_partition, kafka_offset, payload, headers,"
-				  " state, last_error_code, last_error_message)"
-				  " VALUES ($1, $2, $3, %s, $4, $5, $6, NULL, '{}', 'dead', $7, $8)"
-				  " ON CONFLICT (group_name, dedup_key, handler) DO NOTHING RETURNING message_id),"
-				  " d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
-				  " topic, group_name, kafka_partition, kafka_offset, raw_value, attempts,"
-				  " error_code, error_message)"
-				  " SELECT message_id, 'consume', %s, $4, $1, $5, $6, $9, 0, $7, $8 FROM i"
-				  " RETURNING message_id)"
-				  " SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
-				  quote_literal_cstr(integration_event), quote_literal_cstr(integration_event)),
-		 9, types, values, nulls, SPI_OK_SELECT);
+							" integration_event, topic, kafka_partition, kafka_offset, payload, headers,"
+							" state, last_error_code, last_error_message)"
+							" VALUES ($1, $2, $3, %s, $4, $5, $6, NULL, '{}', 'dead', $7, $8)"
+							" ON CONFLICT (group_name, dedup_key, handler) DO NOTHING RETURNING message_id),"
+							" d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
+							" topic, group_name, kafka_partition, kafka_offset, raw_value, attempts,"
+							" error_code, error_message)"
+							" SELECT message_id, 'consume', %s, $4, $1, $5, $6, $9, 0, $7, $8 FROM i"
+							" RETURNING message_id)"
+							" SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
+							quote_literal_cstr(integration_event), quote_literal_cstr(integration_event)),
+				   9, types, values, nulls, SPI_OK_SELECT);
 	ereport(WARNING,
 			(errmsg("evbus: message at %s/%d/" INT64_FORMAT " cannot be decoded (%s); dead-lettered",
 					m->topic, m->partition, m->offset, d->poison)));
@@ -187,8 +187,8 @@ run_one(Dispatch *d)
 		message = psprintf("each of the %d attempts ended with the consumer stopping while it ran the handlers (a crash?)",
 						   d->attempts - 1);
 		evbus_spi_exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1"
-			 " WHERE id OPERATOR(pg_catalog.=) $1",
-			 1, types, values, NULL, SPI_OK_UPDATE);
+					   " WHERE id OPERATOR(pg_catalog.=) $1",
+					   1, types, values, NULL, SPI_OK_UPDATE);
 		d->attempts--;
 	}
 	else if (evbus_run_handler(d->sub, d->payload, d->headers, &code, &message))
@@ -200,32 +200,32 @@ run_one(Dispatch *d)
 	{
 		values[3] = Int64GetDatum(backoff_ms(d->attempts));
 		evbus_spi_exec("UPDATE evbus.inbox SET state = 'pending', handled_at = NULL,"
-			 " last_error_code = $2, last_error_message = $3,"
-			 " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
-			 " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
-			 " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3)),"
-			 " next_attempt_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+)"
-			 " pg_catalog.make_interval(secs => $4::pg_catalog.float8 OPERATOR(pg_catalog./) 1000)"
-			 " WHERE id OPERATOR(pg_catalog.=) $1",
-			 4, types, values, NULL, SPI_OK_UPDATE);
+					   " last_error_code = $2, last_error_message = $3,"
+					   " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
+					   " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
+					   " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3)),"
+					   " next_attempt_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+)"
+					   " pg_catalog.make_interval(secs => $4::pg_catalog.float8 OPERATOR(pg_catalog./) 1000)"
+					   " WHERE id OPERATOR(pg_catalog.=) $1",
+					   4, types, values, NULL, SPI_OK_UPDATE);
 		return PENDING;
 	}
 
 	/* out of retries: dead letter, NOTIFY, and the key moves on */
 	evbus_spi_exec("WITH i AS (UPDATE evbus.inbox SET state = 'dead', handled_at = NULL,"
-		 " last_error_code = $2, last_error_message = $3, next_attempt_at = NULL,"
-		 " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
-		 " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
-		 " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3))"
-		 " WHERE id OPERATOR(pg_catalog.=) $1 RETURNING *),"
-		 " d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
-		 " topic, event_key, payload, headers, group_name, handler, kafka_partition, kafka_offset,"
-		 " attempts, errors, error_code, error_message)"
-		 " SELECT COALESCE(message_id, pg_catalog.gen_random_uuid()::pg_catalog.text), 'consume', integration_event,"
-		 " topic, event_key, payload, headers, group_name, handler, kafka_partition, kafka_offset,"
-		 " attempts, errors, $2, $3 FROM i RETURNING message_id)"
-		 " SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
-		 3, types, values, NULL, SPI_OK_SELECT);
+				   " last_error_code = $2, last_error_message = $3, next_attempt_at = NULL,"
+				   " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
+				   " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
+				   " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3))"
+				   " WHERE id OPERATOR(pg_catalog.=) $1 RETURNING *),"
+				   " d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
+				   " topic, event_key, payload, headers, group_name, handler, kafka_partition, kafka_offset,"
+				   " attempts, errors, error_code, error_message)"
+				   " SELECT COALESCE(message_id, pg_catalog.gen_random_uuid()::pg_catalog.text), 'consume', integration_event,"
+				   " topic, event_key, payload, headers, group_name, handler, kafka_partition, kafka_offset,"
+				   " attempts, errors, $2, $3 FROM i RETURNING message_id)"
+				   " SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
+				   3, types, values, NULL, SPI_OK_SELECT);
 	ereport(WARNING,
 			(errmsg("evbus: handler %s of message %s in group \"%s\" failed %d times; dead-lettered",
 					d->handler, d->message_id ? d->message_id : "(no id)", d->group_name,
@@ -257,10 +257,10 @@ mark_handled(int64 *ids, int n)
 	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL,
 												TYPALIGN_DOUBLE));
 	if (SPI_execute_plan(evbus_kept_plan(&plan,
-								   "UPDATE evbus.inbox SET state = 'handled',"
-								   " handled_at = pg_catalog.now(), next_attempt_at = NULL"
-								   " WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-								   1, types),
+										 "UPDATE evbus.inbox SET state = 'handled',"
+										 " handled_at = pg_catalog.now(), next_attempt_at = NULL"
+										 " WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+										 1, types),
 						 values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update the inbox");
 }
@@ -283,10 +283,10 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 	/*
 	 * Each (message, handler) in its own subtransaction: a handler runs
 	 * exactly once per recorded attempt, and a failure rolls back only its
-	 * own effects for that message.  After a message of key K stays
-	 * pending for handler H, the later messages of K in the batch do not
-	 * run H: their attempt is taken back and they wait; other handlers of
-	 * K, and other keys, go on (test 210_subscription_ownership.pl).
+	 * own effects for that message.  After a message of key K stays pending
+	 * for handler H, the later messages of K in the batch do not run H: their
+	 * attempt is taken back and they wait; other handlers of K, and other
+	 * keys, go on (test 210_subscription_ownership.pl).
 	 */
 	foreach(lc, dispatch)
 	{
@@ -300,9 +300,9 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 
 			values[0] = Int64GetDatum(d->inbox_id);
 			evbus_spi_exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1,"
-				 " state = 'pending', handled_at = NULL, next_attempt_at = pg_catalog.now()"
-				 " WHERE id OPERATOR(pg_catalog.=) $1",
-				 1, types, values, NULL, SPI_OK_UPDATE);
+						   " state = 'pending', handled_at = NULL, next_attempt_at = pg_catalog.now()"
+						   " WHERE id OPERATOR(pg_catalog.=) $1",
+						   1, types, values, NULL, SPI_OK_UPDATE);
 			MemoryContextSwitchTo(cxt);
 			none_pending = false;
 			continue;

@@ -47,6 +47,7 @@ extern int	evbus_outbox_pending_ids(int table, int max, int64 *ids);
 extern void evbus_outbox_finish(int64 *done_ids, int *done_tables,
 								char **done_events, int ndone,
 								DeadEvent *dead, int ndead);
+
 /* Is the event of this id held by the publisher (its row must stay)? */
 typedef bool (*EvbusOutboxHeldFn) (int64 id);
 

@@ -179,9 +179,9 @@ copy_row(OutboxScan *os, OutboxRow *row, MemoryContext cxt)
 
 	/*
 	 * The payload is held once: the detoasted jsonb goes as soon as it is
-	 * printed, into a buffer sized for it from the start and trimmed to
-	 * fit, so that a claim of evbus.batch_max_bytes takes about that much
-	 * memory (test 254_publisher_memory.pl).
+	 * printed, into a buffer sized for it from the start and trimmed to fit,
+	 * so that a claim of evbus.batch_max_bytes takes about that much memory
+	 * (test 254_publisher_memory.pl).
 	 */
 	d = slot_getattr(slot, EVBUS_OUTBOX_PAYLOAD, &isnull);
 	{

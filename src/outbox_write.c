@@ -281,10 +281,10 @@ evbus_outbox_write(int slot, Datum *values, bool *isnull)
 
 	/*
 	 * The lock stays until the transaction ends, as an INSERT's does: it is
-	 * what keeps the worker from truncating this table (outbox.c) while
-	 * the row is not committed yet, and so invisible to the worker.
-	 * Released here, a transaction that stayed open across a rotation would
-	 * lose its events to the TRUNCATE (test 090_late_events.pl).
+	 * what keeps the worker from truncating this table (outbox.c) while the
+	 * row is not committed yet, and so invisible to the worker. Released
+	 * here, a transaction that stayed open across a rotation would lose its
+	 * events to the TRUNCATE (test 090_late_events.pl).
 	 */
 	table_close(rel, NoLock);
 	CommandCounterIncrement();

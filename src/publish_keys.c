@@ -78,7 +78,7 @@ static HTAB *keys = NULL;
 static SoloEvent *solo = NULL;	/* sorted by id */
 static int	nsolo = 0;
 static int	solo_cap = 0;
-static uint32 producer_gen = 1;	/* the current producer, for proofs */
+static uint32 producer_gen = 1; /* the current producer, for proofs */
 static bool gate_opened = false;	/* a gated key may now go on */
 
 /* evbus_keys_init --- set up the key states, in the publisher's context. */

@@ -45,7 +45,7 @@
 #define REPORT_POLL_MS 10
 
 static bool backlog = true;		/* the last claim left rows to claim */
-static bool claim_requested = true;	/* a commit (or the timer) asked for one */
+static bool claim_requested = true; /* a commit (or the timer) asked for one */
 static TimestampTz last_claim_at = 0;
 static TimestampTz last_served_at = 0;	/* delivery reports last served */
 

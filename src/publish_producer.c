@@ -26,7 +26,7 @@ static EvbusProducer *producer = NULL;
 static char current_brokers[1024] = "";
 static int	config_generation = 1;	/* bumped by each reload */
 static int	failed_generation = 0;	/* when the producer last failed */
-static int	checked_generation = 1;	/* the producer's settings last compared */
+static int	checked_generation = 1; /* the producer's settings last compared */
 static uint64 producer_fingerprint = 0; /* evbus_kafka_conf_fingerprint */
 static TimestampTz failed_at = 0;
 

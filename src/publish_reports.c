@@ -49,7 +49,7 @@ typedef struct InflightEntry
 
 static MemoryContext reports_cxt = NULL;	/* the publisher's */
 static HTAB *inflight = NULL;
-static HTAB *unrecorded = NULL;	/* delivered or dead, not yet finished */
+static HTAB *unrecorded = NULL; /* delivered or dead, not yet finished */
 static int	ninflight = 0;
 static int64 inflight_bytes = 0;	/* payload bytes of the messages in flight */
 static int64 step_budget = 0;	/* payload bytes the step may put in flight */
@@ -64,7 +64,7 @@ static int	done_cap = 0;
 static DeadEvent *dead = NULL;
 static int	ndead = 0;
 static int	dead_cap = 0;
-static TimestampTz first_report_at = 0;	/* of the oldest unrecorded report */
+static TimestampTz first_report_at = 0; /* of the oldest unrecorded report */
 
 /* evbus_reports_init --- set up the bookkeeping, in the publisher's context. */
 void

@@ -339,10 +339,10 @@ claim_revisits(void)
 	evbus_keys_forget_vanished(ids, nids, rows, n, last_examined);
 
 	/*
-	 * A row produced leaves the revisits (produce_row); one held back
-	 * stays, and an event that failed stays one that failed, which its
-	 * key's next blocker is looked up among (publish_keys.c).  Ids that
-	 * are not (or no longer) due rows stay until they expire.
+	 * A row produced leaves the revisits (produce_row); one held back stays,
+	 * and an event that failed stays one that failed, which its key's next
+	 * blocker is looked up among (publish_keys.c).  Ids that are not (or no
+	 * longer) due rows stay until they expire.
 	 */
 	return produce_rows(rows, n) && last_examined == PG_INT64_MAX;
 }
@@ -468,9 +468,9 @@ claim(TimestampTz now)
 
 		/*
 		 * A full claim whose every row was held back (each key waits for an
-		 * event of it to be confirmed) is not followed at once: the keys
-		 * ask for a claim when they are free (serve_reports), and the
-		 * publisher does not read on and on only to hold rows back.
+		 * event of it to be confirmed) is not followed at once: the keys ask
+		 * for a claim when they are free (serve_reports), and the publisher
+		 * does not read on and on only to hold rows back.
 		 */
 		more = full && step_passed > 0;
 	}

@@ -118,10 +118,9 @@ evbus_publisher_main(Datum main_arg)
 
 	/*
 	 * The worker's own commits (marking events published) need not wait for
-	 * the WAL flush: losing one in a crash only publishes those events
-	 * again, with the same message ids, which consumers de-duplicate.  The
-	 * staging transactions keep the server's setting: they carry the
-	 * guarantee.
+	 * the WAL flush: losing one in a crash only publishes those events again,
+	 * with the same message ids, which consumers de-duplicate.  The staging
+	 * transactions keep the server's setting: they carry the guarantee.
 	 */
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	ereport(LOG, (errmsg("evbus: publisher started for database \"%s\"", dbname)));

@@ -157,11 +157,11 @@ evbus_claim_worker_slot(Oid dboid, int role, Latch *latch)
 	before_shmem_exit(release_slot_at_exit, (Datum) 0);
 
 	/*
-	 * A restore that began before the slot was taken did not see this
-	 * worker to stop it: leave (the launcher starts the worker once the
-	 * restore is over; restore.c, test 320_dump_restore.pl).  The restore
-	 * writes evbus's tables, so evbus is installed there, even if this
-	 * worker is the launcher's probe.
+	 * A restore that began before the slot was taken did not see this worker
+	 * to stop it: leave (the launcher starts the worker once the restore is
+	 * over; restore.c, test 320_dump_restore.pl).  The restore writes evbus's
+	 * tables, so evbus is installed there, even if this worker is the
+	 * launcher's probe.
 	 */
 	pg_memory_barrier();
 	if (evbus_restore_in_progress(dboid, NULL))

@@ -298,8 +298,8 @@ evbus_raise_internal(const char *domain_event, Jsonb *payload, const char *key)
 				 errhint("Register one with evbus.register_converter().")));
 
 	/*
-	 * The list belongs to the cache, which an invalidation during a
-	 * converter call may reset: work on a copy.
+	 * The list belongs to the cache, which an invalidation during a converter
+	 * call may reset: work on a copy.
 	 */
 	converters = evbus_copy_converters(converters);
 	foreach(lc, converters)

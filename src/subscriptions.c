@@ -363,8 +363,8 @@ evbus_subscribe(PG_FUNCTION_ARGS)
 
 	/*
 	 * The upsert changes an existing subscription only for a member of its
-	 * owner.  When it did nothing, say whose the subscription is; if it
-	 * was removed meanwhile, try once more (it inserts now).
+	 * owner.  When it did nothing, say whose the subscription is; if it was
+	 * removed meanwhile, try once more (it inserts now).
 	 */
 	for (attempt = 0;; attempt++)
 	{
@@ -498,6 +498,7 @@ evbus_refuse_subscriber_drop(DropRoleStmt *stmt)
 							 quote_identifier(spec->rolename))));
 	}
 }
+
 /* ------------------------------------------------------------------
  * The consumer worker's view of the subscriptions
  * ------------------------------------------------------------------

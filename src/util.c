@@ -174,8 +174,8 @@ evbus_schema_oid(void)
  * and forget it when evbus.outbox_0 is invalidated (which DROP EXTENSION
  * does) or on a full relcache reset.
  */
-static Oid owner_cache = InvalidOid;
-static Oid owner_cache_relid = InvalidOid;
+static Oid	owner_cache = InvalidOid;
+static Oid	owner_cache_relid = InvalidOid;
 static bool owner_callback_registered = false;
 
 static void
@@ -185,7 +185,7 @@ owner_cache_invalidate(Datum arg, Oid relid)
 		owner_cache = InvalidOid;
 }
 
-static Oid extension_owner_lookup(void);
+static Oid	extension_owner_lookup(void);
 
 /*
  * evbus_extension_owner --- the role that owns the evbus extension.
