@@ -90,8 +90,9 @@ consumer_start(Oid dboid)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
 	/*
-	 * The consumer's own SQL is qualified; handlers run under this same
-	 * pinned search_path, so handler.c need not set it per run.
+	 * The consumer's own SQL runs with a pinned search_path, as a second
+	 * guard besides its qualified names; each handler gets its role's
+	 * connection settings instead, for its run only (role_settings.c).
 	 */
 	SetConfigOption("search_path", EVBUS_PINNED_SEARCH_PATH, PGC_SUSET, PGC_S_SESSION);
 

@@ -230,6 +230,8 @@ extern void evbus_check_writable(const char *what);
 extern Oid	evbus_schema_oid(void);
 extern Oid	evbus_extension_owner(void);
 extern bool evbus_extension_present(void);
+extern bool evbus_extension_attribute(AttrNumber attnum, Datum *value,
+									  bool *isnull);
 extern int	evbus_int64_cmp(const void *a, const void *b);
 
 /* ---------- outbox_write.c ---------- */

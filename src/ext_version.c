@@ -24,11 +24,7 @@
  */
 #include "postgres.h"
 
-#include "access/genam.h"
-#include "access/htup_details.h"
-#include "access/table.h"
 #include "access/xact.h"
-#include "catalog/indexing.h"
 #include "catalog/pg_extension.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -38,7 +34,6 @@
 #include "commands/dbcommands.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -78,10 +73,8 @@ static char *
 read_version(void)
 {
 	MemoryContext caller_cxt = CurrentMemoryContext;
-	Relation	rel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
+	Datum		d;
+	bool		isnull;
 	char	   *version = NULL;
 
 	SetCurrentStatementStartTimestamp();
@@ -93,24 +86,9 @@ read_version(void)
 
 		strlcpy(dbname, name ? name : "?", sizeof(dbname));
 	}
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
-				F_NAMEEQ, CStringGetDatum("evbus"));
-	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-	{
-		bool		isnull;
-		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
-									 RelationGetDescr(rel), &isnull);
-
-		if (!isnull)
-			version = MemoryContextStrdup(caller_cxt, TextDatumGetCString(d));
-		else
-			version = MemoryContextStrdup(caller_cxt, "");
-	}
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
+	if (evbus_extension_attribute(Anum_pg_extension_extversion, &d, &isnull))
+		version = MemoryContextStrdup(caller_cxt,
+									  isnull ? "" : TextDatumGetCString(d));
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(caller_cxt);

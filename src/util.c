@@ -14,6 +14,7 @@
 #include "commands/extension.h"
 #include "port/pg_bswap.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -239,31 +240,51 @@ evbus_extension_present(void)
 	return true;
 }
 
-static Oid
-extension_owner_lookup(void)
+/*
+ * evbus_extension_attribute --- attribute attnum of evbus's pg_extension
+ * row, copied into the current memory context; false when evbus is not
+ * installed in this database.  Inside a transaction.
+ */
+bool
+evbus_extension_attribute(AttrNumber attnum, Datum *value, bool *isnull)
 {
 	Relation	rel;
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	tup;
-	Oid			owner = InvalidOid;
+	bool		found;
 
 	rel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
 				F_NAMEEQ, CStringGetDatum("evbus"));
 	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
 	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	found = HeapTupleIsValid(tup);
+	if (found)
+	{
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+
+		*value = heap_getattr(tup, attnum, RelationGetDescr(rel), isnull);
+		if (!*isnull)
+			*value = datumCopy(*value, att->attbyval, att->attlen);
+	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
+	return found;
+}
 
-	if (!OidIsValid(owner))
+static Oid
+extension_owner_lookup(void)
+{
+	Datum		owner;
+	bool		isnull;
+
+	if (!evbus_extension_attribute(Anum_pg_extension_extowner, &owner, &isnull) || isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("extension \"evbus\" is not installed in this database"),
 				 errhint("Run CREATE EXTENSION evbus.")));
-	return owner;
+	return DatumGetObjectId(owner);
 }
 
 /* qsort comparator of int64 values (outbox ids). */
