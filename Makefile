@@ -7,8 +7,9 @@
 #   installcheck-regress  pg_regress, sql/*.sql (readable transcripts)
 #   installcheck-pgtap    pgTAP, test/pgtap/*.sql with pg_prove (the SQL
 #                         API's contract); PGTAP_TESTS= picks files
-#   installcheck-tap      Perl TAP, test/t/*.pl with PGXS's
-#                         prove_installcheck; PROVE_TESTS= picks files.
+#   installcheck-tap      Perl TAP, test/t/*.pl with prove, as PGXS's
+#                         prove_installcheck does, EVBUS_TAP_JOBS (2) at a
+#                         time but for TAP_ALONE; PROVE_TESTS= picks files.
 #                         Needs a Kafka broker: EVBUS_TEST_KAFKA_BOOTSTRAP,
 #                         else one is started with test/kafka/kafka.sh
 # Each layer runs its own temporary instances; PostgreSQL refuses to run
@@ -78,6 +79,14 @@ PGTAP_TESTS =
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
 
+# The TAP tests run EVBUS_TAP_JOBS at a time: most of their time is spent
+# waiting for a broker, a worker or a timer, and each has its own
+# instances, topics and groups.  Those of TAP_ALONE run first, one by one
+# with nothing beside them: they stop the shared broker (001, 020) or load
+# every CPU on purpose (097).
+EVBUS_TAP_JOBS ?= 2
+TAP_ALONE = test/t/001_infra.pl test/t/020_broker_outage.pl test/t/097_saturated_cpus.pl
+
 # installcheck is defined below, with the pgTAP layer between the others
 NO_INSTALLCHECK = 1
 EXTRA_CLEAN = tmp_check_regress tmp_check_pgtap
@@ -135,5 +144,24 @@ ifeq ($(EVBUS_TEST_KAFKA_BOOTSTRAP),)
 	if [ $$rc -eq 0 ]; then rm -rf "$$dir"; else echo "installcheck-tap: broker logs kept in $$dir/logs"; fi; \
 	exit $$rc
 else
-	$(prove_installcheck)
+	@echo "+++ tap install-check in $(CURDIR) +++"
+	@rm -rf '$(CURDIR)'/tmp_check && $(MKDIR_P) '$(CURDIR)'/tmp_check
+	@rc=0; \
+	$(if $(tap_alone),$(call evbus_prove,,$(tap_alone)) || rc=1;) \
+	$(if $(tap_shared),$(call evbus_prove,-j$(EVBUS_TAP_JOBS),$(tap_shared)) || rc=1;) \
+	exit $$rc
 endif
+
+# The files PROVE_TESTS names, split into those that run alone and the
+# others; evbus_prove OPTIONS,FILES is PGXS's prove_installcheck without
+# emptying tmp_check (both runs keep their logs there).
+tap_files = $(sort $(wildcard $(PROVE_TESTS)))
+tap_alone = $(filter $(TAP_ALONE),$(tap_files))
+tap_shared = $(filter-out $(TAP_ALONE),$(tap_files))
+define evbus_prove
+(cd $(srcdir) && \
+	TESTDIR='$(CURDIR)' PATH="$(bindir):$(CURDIR):$$PATH" \
+	PGPORT='6$(DEF_PGPORT)' \
+	PG_REGRESS='$(top_builddir)/src/test/regress/pg_regress' \
+	$(PROVE) $(PG_PROVE_FLAGS) $(PROVE_FLAGS) $(1) $(2))
+endef
