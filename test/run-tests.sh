@@ -31,6 +31,8 @@
 #                                 (make installcheck-regress|-pgtap|-tap)
 #   EVBUS_TAP_TESTS='test/t/010_x.pl ...'  the TAP tests to run (default all;
 #                                 make installcheck PROVE_TESTS=...)
+#   EVBUS_TAP_JOBS=N              TAP files run N at a time (default 2;
+#                                 the Makefile's TAP_ALONE run alone)
 #   EVBUS_TEST_KEEP=1             keep the temporary tree / broker dir even
 #                                 when everything passed
 #   EVBUS_COPT                    extra C flags for the build (default -Werror)
