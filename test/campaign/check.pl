@@ -67,6 +67,9 @@ my @faults = read_tsv("$hist/faults.tsv", 'I6', 1);
 my %dbs = read_databases("$hist/db");
 my %kafka = read_kafka("$hist/kafka");
 
+my $max_retries_default = $meta{max_retries};
+my @subscriptions = subscriptions();
+
 # the truth: every committed event, by event_id
 my %committed;
 for my $name (sort keys %dbs)
@@ -76,14 +79,13 @@ for my $name (sort keys %dbs)
 		my %e;
 		@e{qw(event_id db topic key seq fail_times caused_by committed_at)} = @$row;
 		$e{source} = $name;
+		$e{topic} = kafka_topic($e{topic});
 		violation('I1', "event $e{event_id} is committed in both $committed{$e{event_id}}{source} and $name")
 		  if $committed{ $e{event_id} };
 		$committed{ $e{event_id} } = \%e;
 	}
 }
 
-my $max_retries_default = $meta{max_retries};
-my @subscriptions = subscriptions();
 my $duplicates = check_kafka();
 check_effects();
 check_dead_letters();
@@ -265,6 +267,23 @@ sub subscriptions
 		}
 	}
 	return @subs;
+}
+
+# kafka_topic(topic): a committed event's topic as Kafka names it: as it
+# is when a topic of that name was collected or no subscription shows
+# evbus.topic_prefix, else with the prefix a subscription shows (its
+# topic less its integration event) if that names a collected topic.
+sub kafka_topic
+{
+	my ($topic) = @_;
+	return $topic if !defined $topic || exists $kafka{$topic};
+	for my $s (@subscriptions)
+	{
+		my $prefix = substr($s->{topic}, 0, length($s->{topic}) - length($s->{event}));
+		return "$prefix$topic"
+		  if $prefix ne '' && $s->{topic} eq "$prefix$s->{event}" && exists $kafka{"$prefix$topic"};
+	}
+	return $topic;
 }
 
 # describe(event_id): an event for an example line: id, db, topic, key, seq.
@@ -465,11 +484,11 @@ sub check_drain
 	return;
 }
 
-# per_name(hash): "a 3, b 4": counts by name, sorted.
+# per_name(hash): " (a 3, b 4)": counts by name, sorted; '' for none.
 sub per_name
 {
 	my ($h) = @_;
-	return join(', ', map { "$_ $h->{$_}" } sort keys %$h);
+	return %$h ? ' (' . join(', ', map { "$_ $h->{$_}" } sort keys %$h) . ')' : '';
 }
 
 # print_summary(duplicates): the one summary, last line PASS or FAIL.
@@ -496,13 +515,13 @@ sub print_summary
 	print "campaign check of $hist\n";
 	print "  seed $meta{seed}, duration $meta{duration_s} s, max_retries $meta{max_retries}\n"
 	  if defined $meta{seed} && defined $meta{duration_s} && defined $meta{max_retries};
-	printf "  events committed: %d (%s)%s\n", scalar(keys %committed), per_name(\%committed_per),
+	printf "  events committed: %d%s%s\n", scalar(keys %committed), per_name(\%committed_per),
 	  defined $meta{events_staged} ? "; staged by the workload: $meta{events_staged}" : '';
-	printf "  messages in Kafka: %d (%s)\n", $messages, per_name(\%messages_per);
+	printf "  messages in Kafka: %d%s\n", $messages, per_name(\%messages_per);
 	print "  duplicates in Kafka: $duplicates\n";
-	printf "  effects: %d (%s)\n", $effects, per_name(\%effects_per);
-	printf "  dead letters: %d (%s)\n", $dead, per_name(\%dead_per);
-	printf "  faults: %d (%s)\n", scalar(@faults), per_name(\%faults_per);
+	printf "  effects: %d%s\n", $effects, per_name(\%effects_per);
+	printf "  dead letters: %d%s\n", $dead, per_name(\%dead_per);
+	printf "  faults: %d%s\n", scalar(@faults), per_name(\%faults_per);
 	my $drain = $meta{drain_s} // 'not recorded';
 	$drain .= ' s' if $drain =~ /^[\d.]+$/;
 	printf "  drain: %s (bound %s s)\n", $drain, $meta{drain_bound_s} // '?';
