@@ -4,9 +4,10 @@
 # real run back in full.
 #  - synthetic histories, written here (no Kafka): a clean one passes, and
 #    counts a duplicate in Kafka without calling it a violation; each of a
-#    lost event (I1), a rolled back event in Kafka (I2), a duplicated and a
-#    missing handler effect (I3), a reordered key in Kafka, a key on two
-#    partitions and a reordered key in the effects (I4), an extra and a
+#    lost event (I1), a rolled back event and one no database committed in
+#    Kafka (I2), a duplicated, a missing and an unexpected handler effect
+#    (I3), a reordered key in Kafka, a key on two partitions and a
+#    reordered key in the effects (I4), an extra, an unexplained and a
 #    missing dead letter (I5), a drain timeout and an outbox not empty (I6)
 #    fails with that invariant, and that one only;
 #  - a real run: two databases of one node each stage events on a topic of
@@ -200,6 +201,12 @@ my @cases = (
 		}
 	],
 	[
+		'effect of an event no database committed', 'I3', 1,
+		sub {
+			push @{ $_[0]{db}{a}{effects} }, [ 99, 'a1', 'b', 'on_b', 'b-99', 'kb9', 1, '2026-01-01 00:00:09+00' ];
+		}
+	],
+	[
 		'reordered key in Kafka', 'I4', 1,
 		sub {
 			# a-1 and a-2 (key ka1) trade offsets
@@ -230,6 +237,12 @@ my @cases = (
 		'dead letter that should not be', 'I5', 1,
 		sub {
 			push @{ $_[0]{db}{a}{dead_letters} }, [ 'a1', 'campaign.on_b(jsonb,jsonb)', 'm-b-3', 'b-3' ];
+		}
+	],
+	[
+		'dead letter of an event no database committed', 'I5', 1,
+		sub {
+			push @{ $_[0]{db}{b}{dead_letters} }, [ 'b1', 'campaign.on_a(jsonb,jsonb)', 'm-x', 'a-99' ];
 		}
 	],
 	[ 'missing dead letter', 'I5', 1, sub { $_[0]{db}{b}{dead_letters} = [] } ],
