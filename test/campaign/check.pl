@@ -16,7 +16,10 @@
 #   I1  every committed event (all databases) is in Kafka, on its topic
 #   I2  nothing that did not commit is in Kafka: no message with
 #       doomed = true, none whose event_id no committed table has (nor a
-#       line that is not a message whose value is a JSON object)
+#       line that is not a message whose value is a JSON object); and
+#       Kafka was read in full (kafka/<topic>.offsets.tsv, when there:
+#       partition TAB start TAB end), else what was not read could hide
+#       one
 #   I3  per subscription (database, group, handler) and committed event of
 #       its topic: exactly one effect row when fail_times <= max_retries,
 #       none when more; and no effect row of anything else
@@ -66,6 +69,7 @@ my %meta = read_meta("$hist/meta.tsv");
 my @faults = read_tsv("$hist/faults.tsv", 'I6', 1);
 my %dbs = read_databases("$hist/db");
 my %kafka = read_kafka("$hist/kafka");
+my %offsets = read_offsets("$hist/kafka");
 
 my $max_retries_default = $meta{max_retries};
 my @subscriptions = subscriptions();
@@ -87,6 +91,7 @@ for my $name (sort keys %dbs)
 }
 
 my $duplicates = check_kafka();
+check_read_complete();
 check_effects();
 check_dead_letters();
 check_drain();
@@ -214,6 +219,44 @@ sub read_kafka
 	}
 	closedir $dh;
 	return %topics;
+}
+
+# read_offsets(dir): topic => partition => [start, end], from the
+# <topic>.offsets.tsv files collect.pl writes: what each read must hold.
+sub read_offsets
+{
+	my ($dir) = @_;
+	my %at;
+	opendir(my $dh, $dir) or return ();
+	for my $file (grep { /\.offsets\.tsv$/ } readdir $dh)
+	{
+		(my $topic = $file) =~ s/\.offsets\.tsv$//;
+		$at{$topic} = {};
+		$at{$topic}{ $_->[0] } = [ $_->[1], $_->[2] ] for read_tsv("$dir/$file", 'I2');
+	}
+	closedir $dh;
+	return %at;
+}
+
+# check_read_complete(): each topic read holds every offset between its
+# partitions' start and end offsets.  An incomplete read is an I2
+# violation: what was not read could be a message that did not commit.
+sub check_read_complete
+{
+	for my $topic (sort keys %offsets)
+	{
+		my %seen;
+		$seen{ $_->{partition} }{ $_->{offset} } = 1 for @{ $kafka{$topic} // [] };
+		for my $p (sort { $a <=> $b } keys %{ $offsets{$topic} })
+		{
+			my ($start, $end) = @{ $offsets{$topic}{$p} };
+			my $got = grep { $_ >= $start && $_ < $end } keys %{ $seen{$p} // {} };
+			violation('I2', "$topic partition $p: read $got of the " . ($end - $start)
+				  . " messages at offsets $start..$end: the rest was not checked")
+			  if $got != $end - $start;
+		}
+	}
+	return;
 }
 
 # truthy(json value): whether a JSON value is true (true, a non-zero

@@ -4,12 +4,12 @@
 # real run back in full.
 #  - synthetic histories, written here (no Kafka): a clean one passes, and
 #    counts a duplicate in Kafka without calling it a violation; each of a
-#    lost event (I1), a rolled back event and one no database committed in
-#    Kafka (I2), a duplicated, a missing and an unexpected handler effect
-#    (I3), a reordered key in Kafka, a key on two partitions and a
-#    reordered key in the effects (I4), an extra, an unexplained and a
-#    missing dead letter (I5), a drain timeout and an outbox not empty (I6)
-#    fails with that invariant, and that one only;
+#    lost event (I1); a rolled back event in Kafka, one that no database
+#    committed, an incomplete read of Kafka (I2); a duplicated, a missing
+#    and an unexpected handler effect (I3); a reordered key in Kafka, a key
+#    on two partitions, a reordered key in the effects (I4); an extra, an
+#    unexplained and a missing dead letter (I5); a drain timeout and an
+#    outbox not empty (I6) fails with that invariant, and that one only;
 #  - a real run: two databases of one node each stage events on a topic of
 #    their own (committed in the transaction that stages them, plus a
 #    rolled back one) and handle the other's, some handlers ending as dead
@@ -124,6 +124,19 @@ sub write_history
 	$put->("$dir/meta.tsv", $h->{meta});
 	$put->("$dir/faults.tsv", $h->{faults});
 	$put->("$dir/kafka/$_.tsv", $h->{kafka}{$_}) for keys %{ $h->{kafka} };
+	# the offsets a complete read of each topic holds (as collect.pl
+	# writes them): from the messages, unless the history gives them
+	for my $topic (keys %{ $h->{kafka} })
+	{
+		my %end;
+		for (@{ $h->{kafka}{$topic} })
+		{
+			my ($p, $o) = map { /(\d+)/ } @$_[ 0, 1 ];
+			$end{$p} = $o + 1 if !defined $end{$p} || $o >= $end{$p};
+		}
+		$put->("$dir/kafka/$topic.offsets.tsv",
+			$h->{offsets}{$topic} // [ map { [ $_, 0, $end{$_} ] } sort keys %end ]);
+	}
 	for my $db (keys %{ $h->{db} })
 	{
 		$put->("$dir/db/$db/$_.tsv", $h->{db}{$db}{$_}) for keys %{ $h->{db}{$db} };
@@ -167,7 +180,7 @@ my @cases = (
 		'rolled back event in Kafka', 'I2', 1,
 		sub {
 			push @{ $_[0]{kafka}{'c.A'} },
-			  [ 'Partition:0', 'Offset:9', 'cap-msg-id:m-x', 'ka1',
+			  [ 'Partition:0', 'Offset:3', 'cap-msg-id:m-x', 'ka1',
 				'{"event_id":"a-1","db":"a","key":"ka1","seq":9,"fail_times":0,"doomed":true,"caused_by":null}' ];
 		}
 	],
@@ -175,7 +188,7 @@ my @cases = (
 		'event in Kafka that no database committed', 'I2', 1,
 		sub {
 			push @{ $_[0]{kafka}{'c.B'} },
-			  [ 'Partition:1', 'Offset:9', 'cap-msg-id:m-x', 'kb2',
+			  [ 'Partition:1', 'Offset:1', 'cap-msg-id:m-x', 'kb2',
 				'{"event_id":"b-99","db":"b","key":"kb2","seq":99,"fail_times":0,"doomed":false,"caused_by":null}' ];
 		}
 	],
@@ -201,6 +214,15 @@ my @cases = (
 		}
 	],
 	[
+		'incomplete Kafka read', 'I2', 1,
+		sub {
+			# the second a-2 (a duplicate) was not read
+			my $k = $_[0]{kafka}{'c.A'};
+			splice(@$k, index_of($k, 1, 'Offset:2'), 1);
+			$_[0]{offsets}{'c.A'} = [ [ 0, 0, 3 ], [ 1, 0, 2 ] ];
+		}
+	],
+	[
 		'effect of an event no database committed', 'I3', 1,
 		sub {
 			push @{ $_[0]{db}{a}{effects} }, [ 99, 'a1', 'b', 'on_b', 'b-99', 'kb9', 1, '2026-01-01 00:00:09+00' ];
@@ -221,7 +243,8 @@ my @cases = (
 			my $k = $_[0]{kafka}{'c.B'};
 			my $i = index_of($k, 4, '"b-2"');
 			$k->[$i][0] = 'Partition:1';
-			$k->[$i][1] = 'Offset:7';
+			$k->[$i][1] = 'Offset:1';
+			$k->[ index_of($k, 4, '"b-1"') ][1] = 'Offset:0';
 		}
 	],
 	[
