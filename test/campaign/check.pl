@@ -24,8 +24,8 @@
 #       its topic: exactly one effect row when fail_times <= max_retries,
 #       none when more; and no effect row of anything else
 #   I4  per-key order: in Kafka, per topic and key, the first occurrences
-#       of events come in increasing seq along the offsets, and a key is on
-#       one partition only; in effects, per database, group, handler and
+#       of events come in increasing seq along the offsets, a key is on
+#       one partition only, and a message's key is its event's key; in effects, per database, group, handler and
 #       key, the first effect of each event, ordered by id, has increasing
 #       seq.  seq is compared within one producing database (the db of the
 #       event), the only place it is ordered.  Later occurrences (a
@@ -374,6 +374,10 @@ sub check_kafka
 				$duplicates++;
 				next;
 			}
+			# the key orders the event only if it is the event's key
+			violation('I4', "$where: event $id of key " . ($ev->{key} // 'null')
+				  . " has the Kafka key $m->{key}")
+			  if ($ev->{key} // 'null') ne $m->{key};
 			my $order = join("\0", $topic, $ev->{db} // '', $m->{key});
 			my $seq = $ev->{seq} // -1;
 			my $last = $last_seq{$order};

@@ -7,9 +7,10 @@
 #    lost event (I1); a rolled back event in Kafka, one that no database
 #    committed, an incomplete read of Kafka (I2); a duplicated, a missing
 #    and an unexpected handler effect (I3); a reordered key in Kafka, a key
-#    on two partitions, a reordered key in the effects (I4); an extra, an
-#    unexplained and a missing dead letter (I5); a drain timeout and an
-#    outbox not empty (I6) fails with that invariant, and that one only;
+#    on two partitions, a message keyed other than its event, a reordered
+#    key in the effects (I4); an extra, an unexplained and a missing dead
+#    letter (I5); a drain timeout and an outbox not empty (I6) fails with
+#    that invariant, and that one only;
 #  - a real run: two databases of one node each stage events on a topic of
 #    their own (committed in the transaction that stages them, plus a
 #    rolled back one) and handle the other's, some handlers ending as dead
@@ -245,6 +246,13 @@ my @cases = (
 			$k->[$i][0] = 'Partition:1';
 			$k->[$i][1] = 'Offset:1';
 			$k->[ index_of($k, 4, '"b-1"') ][1] = 'Offset:0';
+		}
+	],
+	[
+		'message keyed other than its event', 'I4', 1,
+		sub {
+			my $k = $_[0]{kafka}{'c.B'};
+			$k->[ index_of($k, 4, '"b-3"') ][3] = 'kb9';
 		}
 	],
 	[
