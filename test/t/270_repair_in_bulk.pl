@@ -118,9 +118,9 @@ is(sql(q{SELECT evbus.discard(integration_event => 'Shipped', reason => 'carrier
 is( sql(q{SELECT string_agg(concat_ws('|', action, integration_event, group_name, handler, error_code,
                                       payload->>'n', reason, done_by, session_role), ',' ORDER BY id)
             FROM evbus.repair_log}),
-	"discard|Paid|$group|public.flaky(jsonb,jsonb)|EV002|4|amount was negative|$me|$me,"
-	  . "discard|Shipped|$group|public.flaky(jsonb,jsonb)|EV001|1|carrier gone|$me|$me,"
-	  . "discard|Shipped|$group|public.flaky(jsonb,jsonb)|EV001|2|carrier gone|$me|$me",
+	"discard|Paid|$group|public.flaky(pg_catalog.jsonb,pg_catalog.jsonb)|EV002|4|amount was negative|$me|$me,"
+	  . "discard|Shipped|$group|public.flaky(pg_catalog.jsonb,pg_catalog.jsonb)|EV001|1|carrier gone|$me|$me,"
+	  . "discard|Shipped|$group|public.flaky(pg_catalog.jsonb,pg_catalog.jsonb)|EV001|2|carrier gone|$me|$me",
 	'each discard leaves who, when, why and what in evbus.repair_log');
 is(sql(qq{SELECT message_id FROM evbus.repair_log WHERE payload->>'n' = '4'}), $paid[3], 'with the message id');
 is( sql(q{SELECT string_agg(DISTINCT state, ',') FROM evbus.inbox WHERE integration_event IN ('Shipped') OR payload->>'n' = '4' AND integration_event = 'Paid'}),
