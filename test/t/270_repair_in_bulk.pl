@@ -116,7 +116,7 @@ is(sql(qq{SELECT evbus.discard('$paid[3]'::uuid, 'again')}), 'f', 'once');
 is(sql(q{SELECT evbus.discard(integration_event => 'Shipped', reason => 'carrier gone')}), '2',
 	'evbus.discard by filter returns how many');
 is( sql(q{SELECT string_agg(concat_ws('|', action, integration_event, group_name, handler, error_code,
-                                      payload->>'n', reason, done_by, session_role), ',' ORDER BY id)
+                                      payload->>'n', reason, done_by, session_role), ',' ORDER BY integration_event, payload->>'n')
             FROM evbus.repair_log}),
 	"discard|Paid|$group|public.flaky(pg_catalog.jsonb,pg_catalog.jsonb)|EV002|4|amount was negative|$me|$me,"
 	  . "discard|Shipped|$group|public.flaky(pg_catalog.jsonb,pg_catalog.jsonb)|EV001|1|carrier gone|$me|$me,"
