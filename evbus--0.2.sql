@@ -634,7 +634,8 @@ ALTER TABLE evbus.inbox ADD CONSTRAINT inbox_state_check
  * role that called, current_user, and the session's role, session_user),
  * when, why, and what: the message, its event, group and handler, and its
  * payload before (payload) and, for an edit, after (new_payload).  Kept:
- * evbus deletes nothing from it; the extension owner trims it by hand.
+ * evbus deletes nothing from it; the extension owner trims it by hand.  A
+ * dump carries it, as it does the dead letters (test 320_dump_restore.pl).
  */
 CREATE TABLE evbus.repair_log (
 	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
