@@ -71,16 +71,17 @@
 /* Room for the filter's parameters and a statement's own after them. */
 #define MAX_NARGS 10
 
-typedef struct Statement
+/* The parameters of one statement: the filter's, then its own. */
+typedef struct RepairParams
 {
 	Oid			types[MAX_NARGS];
 	Datum		values[MAX_NARGS];
 	char		nulls[MAX_NARGS];
-} Statement;
+} RepairParams;
 
 /* Copy a text argument into parameter param of st, or a NULL. */
 static void
-text_param(Statement *st, int param, FunctionCallInfo fcinfo, int arg)
+text_param(RepairParams *st, int param, FunctionCallInfo fcinfo, int arg)
 {
 	st->types[param] = TEXTOID;
 	if (arg < 0 || PG_ARGISNULL(arg))
@@ -97,7 +98,7 @@ text_param(Statement *st, int param, FunctionCallInfo fcinfo, int arg)
  * match_all.
  */
 static void
-filter_from_args(Statement *st, FunctionCallInfo fcinfo, int first)
+filter_from_args(RepairParams *st, FunctionCallInfo fcinfo, int first)
 {
 	int			p;
 	bool		named = false;
@@ -145,7 +146,7 @@ filter_from_args(Statement *st, FunctionCallInfo fcinfo, int first)
 
 /* The filter of one message id (argument arg). */
 static void
-filter_of_message(Statement *st, FunctionCallInfo fcinfo, int arg)
+filter_of_message(RepairParams *st, FunctionCallInfo fcinfo, int arg)
 {
 	int			p;
 
@@ -173,7 +174,7 @@ filter_of_message(Statement *st, FunctionCallInfo fcinfo, int arg)
  * gone, stays).  Returns how many.
  */
 static int64
-retry_matching(Statement *st)
+retry_matching(RepairParams *st)
 {
 	uint64		published;
 	uint64		consumed;
@@ -217,7 +218,7 @@ PG_FUNCTION_INFO_V1(evbus_retry_filter);
 Datum
 evbus_retry_filter(PG_FUNCTION_ARGS)
 {
-	Statement	st;
+	RepairParams	st;
 
 	memset(st.nulls, ' ', sizeof(st.nulls));
 	filter_from_args(&st, fcinfo, 0);
@@ -238,7 +239,7 @@ evbus_retry_filter(PG_FUNCTION_ARGS)
  * session_user.  Returns how many.
  */
 static int64
-discard_matching(Statement *st, FunctionCallInfo fcinfo, int reason_arg)
+discard_matching(RepairParams *st, FunctionCallInfo fcinfo, int reason_arg)
 {
 	uint64		discarded;
 	char	   *reason;
@@ -285,7 +286,7 @@ discard_matching(Statement *st, FunctionCallInfo fcinfo, int reason_arg)
 static Datum
 discard_message(FunctionCallInfo fcinfo)
 {
-	Statement	st;
+	RepairParams	st;
 
 	memset(st.nulls, ' ', sizeof(st.nulls));
 	filter_of_message(&st, fcinfo, 0);
@@ -324,7 +325,7 @@ PG_FUNCTION_INFO_V1(evbus_discard_filter);
 Datum
 evbus_discard_filter(PG_FUNCTION_ARGS)
 {
-	Statement	st;
+	RepairParams	st;
 
 	memset(st.nulls, ' ', sizeof(st.nulls));
 	filter_from_args(&st, fcinfo, 1);
@@ -339,7 +340,7 @@ evbus_discard_filter(PG_FUNCTION_ARGS)
 /* The dead letter an edit picked, read as the extension owner. */
 typedef struct EditTarget
 {
-	Statement	st;				/* $1 message id, $2 group, $3 handler, $4 caller, $5 owner */
+	RepairParams	st;				/* $1 message id, $2 group, $3 handler, $4 caller, $5 owner */
 	int			found;			/* how many dead letters matched */
 	int64		id;
 	char	   *direction;
