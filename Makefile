@@ -44,6 +44,7 @@ OBJS = \
 	src/capture.o \
 	src/json_compact.o \
 	src/dead_letters.o \
+	src/repair.o \
 	src/subscriptions.o \
 	src/consumer_worker.o \
 	src/consumer.o \
@@ -56,6 +57,7 @@ OBJS = \
 	src/handler_trace.o \
 	src/role_settings.o \
 	src/inbox_retry.o \
+	src/inbox_park.o \
 	src/spi_run.o \
 	src/restore.o \
 	src/standby_wait.o \

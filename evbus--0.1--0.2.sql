@@ -119,3 +119,175 @@ SELECT pg_catalog.pg_extension_config_dump('evbus.outbox_0',
 	'WHERE NOT id OPERATOR(pg_catalog.<@) (SELECT COALESCE(pg_catalog.range_agg(pg_catalog.int8range(lo, hi, ''[]'')), ''{}'') FROM evbus.outbox_published_0)');
 SELECT pg_catalog.pg_extension_config_dump('evbus.outbox_1',
 	'WHERE NOT id OPERATOR(pg_catalog.<@) (SELECT COALESCE(pg_catalog.range_agg(pg_catalog.int8range(lo, hi, ''[]'')), ''{}'') FROM evbus.outbox_published_1)');
+
+--------------------------------------------------------------------------
+-- Repair in bulk
+--------------------------------------------------------------------------
+
+/*
+ * What a dead letter does to the later events of its key, per
+ * subscription: 'skip' lets them go on (the dead one is left behind),
+ * 'park' holds them back, for that handler, until an operator retries,
+ * edits or discards the dead one (test 274_park_key.pl).  A parked
+ * message stays 'pending' in evbus.inbox with no next attempt, so the
+ * consumer's per-key hold keeps its key waiting.
+ */
+ALTER TABLE evbus.subscriptions
+	ADD COLUMN on_dead_letter text NOT NULL DEFAULT 'skip'
+	CHECK (on_dead_letter IN ('skip', 'park'));
+
+/*
+ * A discarded message keeps its inbox row, so that a redelivery is not
+ * handled again; as 'discarded' it is neither dead nor pending, and goes
+ * after evbus.inbox_retention like a handled one.
+ */
+ALTER TABLE evbus.inbox DROP CONSTRAINT inbox_state_check;
+ALTER TABLE evbus.inbox ADD CONSTRAINT inbox_state_check
+	CHECK (state IN ('pending', 'handled', 'dead', 'discarded'));
+
+/*
+ * Every discard and every edit of a dead letter, with who did it (the
+ * role that called, current_user, and the session's role, session_user),
+ * when, why, and what: the message, its event, group and handler, and its
+ * payload before (payload) and, for an edit, after (new_payload).  Kept:
+ * evbus deletes nothing from it; the extension owner trims it by hand.  A
+ * dump carries it, as it does the dead letters (test 320_dump_restore.pl).
+ */
+CREATE TABLE evbus.repair_log (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	action			text NOT NULL CHECK (action IN ('discard', 'edit')),
+	message_id		text NOT NULL,
+	direction		text NOT NULL,
+	integration_event text NOT NULL,
+	group_name		text,
+	handler			text,
+	event_key		text,
+	error_code		text,
+	payload			jsonb,			/* discarded, or before the edit */
+	new_payload		jsonb,			/* edit: after */
+	reason			text,
+	done_by			name NOT NULL,	/* current_user */
+	session_role	name NOT NULL,	/* session_user */
+	done_at			timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE INDEX ON evbus.repair_log (message_id);
+COMMENT ON TABLE evbus.repair_log IS
+	'audit trail of evbus.discard and evbus.edit_dead_letter: who, when, why, and the payload before (and after) the change';
+REVOKE ALL ON evbus.repair_log FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('evbus.repair_log', '');
+SELECT pg_catalog.pg_extension_config_dump('evbus.repair_log_id_seq', '');
+
+/*
+ * Failures by kind: the dead letters ('dead'), and the handlers waiting
+ * for their next retry ('retrying'), by side, integration event, group
+ * and error code.  A parked message is dead.
+ */
+CREATE VIEW evbus.failures AS
+	SELECT direction AS side, 'dead'::pg_catalog.text AS state,
+		   integration_event, group_name, error_code,
+		   pg_catalog.count(*) AS count,
+		   pg_catalog.min(dead_at) AS first_seen,
+		   pg_catalog.max(dead_at) AS last_seen,
+		   (pg_catalog.array_agg(message_id ORDER BY dead_at DESC, id DESC))[1] AS sample_message_id
+	  FROM evbus.dead_letters
+	 GROUP BY direction, integration_event, group_name, error_code
+	UNION ALL
+	SELECT 'consume', 'retrying', integration_event, group_name, last_error_code,
+		   pg_catalog.count(*),
+		   pg_catalog.min(received_at),
+		   pg_catalog.max((errors OPERATOR(pg_catalog.->) -1 OPERATOR(pg_catalog.->>) 'at')::pg_catalog.timestamptz),
+		   (pg_catalog.array_agg(COALESCE(message_id, dedup_key) ORDER BY id DESC))[1]
+	  FROM evbus.inbox
+	 WHERE state OPERATOR(pg_catalog.=) 'pending' AND last_error_code IS NOT NULL
+	   AND next_attempt_at IS NOT NULL
+	 GROUP BY integration_event, group_name, last_error_code;
+COMMENT ON VIEW evbus.failures IS
+	'dead letters (state dead) and handlers waiting for a retry (state retrying) by side, integration event, group and error code: count, first and last seen, a sample message id';
+REVOKE ALL ON evbus.failures FROM PUBLIC;
+
+/*
+ * evbus.subscribe with on_dead_letter: an overload rather than a new last
+ * argument, so that the four-argument form, its grants and every call of
+ * it stay as they were (it keeps a subscription's on_dead_letter, and a
+ * new subscription skips).  on_dead_letter is an enum and comes third,
+ * without a default: a call that names no on_dead_letter matches only
+ * the four-argument form (an untyped literal prefers text).
+ */
+CREATE TYPE evbus.on_dead_letter AS ENUM ('skip', 'park');
+COMMENT ON TYPE evbus.on_dead_letter IS
+	'what a dead letter does to the later events of its key for that handler: skip (they go on) or park (they wait for it)';
+CREATE FUNCTION evbus.subscribe(integration_event text, handler regprocedure,
+								on_dead_letter evbus.on_dead_letter,
+								group_name text DEFAULT NULL,
+								max_retries integer DEFAULT NULL)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'evbus_subscribe_on_dead_letter'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evbus.subscribe(text, regprocedure, evbus.on_dead_letter, text, integer) IS
+	'evbus.subscribe, choosing what a dead letter does to the later events of its key: skip or park';
+REVOKE ALL ON FUNCTION evbus.subscribe(text, regprocedure, evbus.on_dead_letter, text, integer) FROM PUBLIC;
+
+/*
+ * Retry and discard by filter.  match_all comes first so that no call
+ * with one argument matches this form as well as evbus.retry(text):
+ * call it with named arguments.  A filter naming nothing is refused
+ * unless match_all => true.
+ */
+CREATE FUNCTION evbus.retry(match_all boolean DEFAULT false,
+							side text DEFAULT NULL,
+							integration_event text DEFAULT NULL,
+							group_name text DEFAULT NULL,
+							error_code text DEFAULT NULL,
+							dead_since timestamptz DEFAULT NULL,
+							dead_until timestamptz DEFAULT NULL)
+	RETURNS integer
+	AS 'MODULE_PATHNAME', 'evbus_retry_filter'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evbus.retry(boolean, text, text, text, text, timestamptz, timestamptz) IS
+	'requeue the dead letters that match every non-null filter (dead_at in [dead_since, dead_until)); returns how many';
+REVOKE ALL ON FUNCTION evbus.retry(boolean, text, text, text, text, timestamptz, timestamptz) FROM PUBLIC;
+
+CREATE FUNCTION evbus.discard(message_id text, reason text) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'evbus_discard'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evbus.discard(text, text) IS
+	'give up on the dead letters of a message for good, recording who, when and why in evbus.repair_log; false if it has none';
+REVOKE ALL ON FUNCTION evbus.discard(text, text) FROM PUBLIC;
+CREATE FUNCTION evbus.discard(message_id uuid, reason text) RETURNS boolean
+	AS 'MODULE_PATHNAME', 'evbus_discard_uuid'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evbus.discard(uuid, text) IS
+	'evbus.discard(text, text) for a message id held as a uuid';
+REVOKE ALL ON FUNCTION evbus.discard(uuid, text) FROM PUBLIC;
+
+CREATE FUNCTION evbus.discard(reason text, match_all boolean DEFAULT false,
+							  side text DEFAULT NULL,
+							  integration_event text DEFAULT NULL,
+							  group_name text DEFAULT NULL,
+							  error_code text DEFAULT NULL,
+							  dead_since timestamptz DEFAULT NULL,
+							  dead_until timestamptz DEFAULT NULL)
+	RETURNS integer
+	AS 'MODULE_PATHNAME', 'evbus_discard_filter'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evbus.discard(text, boolean, text, text, text, text, timestamptz, timestamptz) IS
+	'evbus.discard for the dead letters that match every non-null filter, as evbus.retry by filter; returns how many';
+REVOKE ALL ON FUNCTION evbus.discard(text, boolean, text, text, text, text, timestamptz, timestamptz) FROM PUBLIC;
+
+/*
+ * Replace the payload of one dead letter (a consume side one: of one
+ * handler in one group); evbus.retry then runs or publishes the new one.
+ * Consume side: only a role with the privileges of the role the handler
+ * runs as may, since the payload will run in that handler.  Publish side:
+ * only a role that may call evbus.publish.
+ */
+CREATE FUNCTION evbus.edit_dead_letter(message_id text, payload jsonb,
+									   handler regprocedure DEFAULT NULL,
+									   group_name text DEFAULT NULL,
+									   reason text DEFAULT NULL)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'evbus_edit_dead_letter'
+	LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION evbus.edit_dead_letter(text, jsonb, regprocedure, text, text) IS
+	'replace the payload of a dead letter (evbus.retry then runs it); the original is kept in evbus.repair_log';
+REVOKE ALL ON FUNCTION evbus.edit_dead_letter(text, jsonb, regprocedure, text, text) FROM PUBLIC;

@@ -241,3 +241,81 @@ SELECT count(*) FROM evbus.message_chain('01890a5d-ac96-774b-bcce-b302099a8057')
 REVOKE ALL ON FUNCTION evbus.message_chain(text) FROM evbus_tracer;
 REVOKE ALL ON SCHEMA evbus FROM evbus_tracer;
 DROP ROLE evbus_tracer;
+
+-- repair in bulk: evbus.retry by filter, evbus.discard and
+-- evbus.edit_dead_letter are granted to nobody, nor are evbus.failures
+-- and evbus.repair_log.  An edited payload runs in the handler as the
+-- role that subscribed it, or is published as this database's: a role
+-- granted EXECUTE on evbus.edit_dead_letter alone still edits neither.
+CREATE ROLE evbus_repair_team;
+CREATE ROLE evbus_repair_hostile;
+GRANT USAGE ON SCHEMA evbus TO evbus_repair_team, evbus_repair_hostile;
+GRANT CREATE, USAGE ON SCHEMA public TO evbus_repair_team;
+GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer),
+                          evbus.unsubscribe(text, regprocedure, text)
+   TO evbus_repair_team;
+SET ROLE evbus_repair_team;
+CREATE FUNCTION public.refund_handler(payload jsonb) RETURNS void
+LANGUAGE sql AS $$ SELECT $$;
+SELECT evbus.subscribe('Refund', 'public.refund_handler(jsonb)', 'billing');
+RESET ROLE;
+INSERT INTO evbus.dead_letters (message_id, direction, integration_event, group_name,
+                                handler, payload, error_code, error_message)
+VALUES ('01890a5d-ac96-774b-bcce-b302099a8001', 'consume', 'Refund', 'billing',
+        'public.refund_handler(pg_catalog.jsonb)', '{"amount": 5}', 'EV001', 'refused'),
+       ('01890a5d-ac96-774b-bcce-b302099a8002', 'publish', 'Refund', NULL,
+        NULL, '{"amount": 7}', 'MSG_SIZE_TOO_LARGE', 'too large');
+SET ROLE evbus_repair_hostile;
+SELECT evbus.retry(match_all => true);
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.discard(reason => 'mine now', match_all => true);
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.discard('01890a5d-ac96-774b-bcce-b302099a8001', 'mine now');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.edit_dead_letter('01890a5d-ac96-774b-bcce-b302099a8001', '{"amount": -500}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM evbus.failures;
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM evbus.repair_log;
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION evbus.edit_dead_letter(text, jsonb, regprocedure, text, text)
+   TO evbus_repair_hostile;
+SET ROLE evbus_repair_hostile;
+-- the consume side one would run in evbus_repair_team's handler
+SELECT evbus.edit_dead_letter('01890a5d-ac96-774b-bcce-b302099a8001', '{"amount": -500}');
+\echo :LAST_ERROR_SQLSTATE
+-- the publish side one would be published, as only evbus.publish may
+-- (terse: the hint names the extension owner, whose name varies)
+\set VERBOSITY terse
+SELECT evbus.edit_dead_letter('01890a5d-ac96-774b-bcce-b302099a8002', '{"amount": -500}');
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+RESET ROLE;
+-- bad input, as the extension owner
+SELECT evbus.retry();
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.retry(side => 'both');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.discard('01890a5d-ac96-774b-bcce-b302099a8001', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.edit_dead_letter('01890a5d-ac96-774b-bcce-b302099a8001', '"just text"');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.edit_dead_letter('no-such-message', '{}');
+\echo :LAST_ERROR_SQLSTATE
+SELECT message_id, payload FROM evbus.dead_letters ORDER BY id;
+-- the extension owner may edit and discard; both leave audit rows
+SELECT evbus.edit_dead_letter('01890a5d-ac96-774b-bcce-b302099a8001', '{"amount": 50}',
+                              reason => 'decimal point');
+SELECT evbus.discard(integration_event => 'Refund', reason => 'test rows');
+SELECT action, message_id, direction, payload, new_payload, reason FROM evbus.repair_log ORDER BY id;
+SELECT count(*) FROM evbus.dead_letters;
+DELETE FROM evbus.repair_log;
+SET ROLE evbus_repair_team;
+SELECT evbus.unsubscribe('Refund', 'public.refund_handler(jsonb)', 'billing');
+RESET ROLE;
+DROP FUNCTION public.refund_handler(jsonb);
+REVOKE ALL ON SCHEMA evbus, public FROM evbus_repair_team;
+REVOKE ALL ON SCHEMA evbus FROM evbus_repair_hostile;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_repair_team, evbus_repair_hostile;
+DROP ROLE evbus_repair_team, evbus_repair_hostile;

@@ -24,6 +24,7 @@ typedef struct EvbusSubscription
 	bool		takes_headers;
 	Oid			run_as;
 	int			max_retries;	/* -1: evbus.max_retries */
+	bool		park;			/* on_dead_letter 'park': a dead letter holds its key */
 } EvbusSubscription;
 
 /* A message as received from Kafka, copied out of librdkafka. */

@@ -98,9 +98,10 @@ evbus_dead_letters_expire(void)
  * the outbox with its original message id (so a consumer that saw an
  * earlier copy still de-duplicates it) and is published again.  On the
  * consuming side, a dead message is handled again from the start (its
- * attempts reset) and a failed one waiting for its retry is retried now.
+ * attempts reset), as is a parked one (pending with no next attempt,
+ * inbox_park.c), and a failed one waiting for its retry is retried now.
  * Messages that could not be decoded stay dead: there is nothing to hand a
- * handler.
+ * handler; discarded ones stay discarded (repair.c).
  */
 PG_FUNCTION_INFO_V1(evbus_retry);
 Datum
@@ -148,10 +149,10 @@ evbus_retry(PG_FUNCTION_ARGS)
 										  " AND raw_value IS NULL)"
 										  " UPDATE evbus.inbox SET state = 'pending',"
 										  " attempts = CASE WHEN state OPERATOR(pg_catalog.=) 'dead'"
-										  " THEN 0 ELSE attempts END,"
+										  " OR next_attempt_at IS NULL THEN 0 ELSE attempts END,"
 										  " next_attempt_at = pg_catalog.now()"
 										  " WHERE message_id OPERATOR(pg_catalog.=) $1"
-										  " AND state OPERATOR(pg_catalog.<>) 'handled'"
+										  " AND state IN ('pending', 'dead')"
 										  " AND payload IS NOT NULL",
 										  1, argtypes, values, NULL);
 

@@ -7,8 +7,9 @@
  *
  * The calls go one way: inbox.c (the batch protocol) calls
  * inbox_decode.c (decoding), inbox_retry.c (running dispatched rows,
- * retries and dead letters) and consumer_offsets.c (stored offsets); none
- * of these calls back into inbox.c.
+ * retries and dead letters), which calls inbox_park.c (a handler's dead
+ * letter, skipped or parked), and consumer_offsets.c (stored offsets);
+ * none of these calls back into its caller.
  *
  *-------------------------------------------------------------------------
  */
@@ -57,6 +58,10 @@ extern bool evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt,
 extern void evbus_dead_letter_poison(const char *group, const ReceivedMessage *m,
 									 const Decoded *d,
 									 const char *integration_event);
+
+/* inbox_park.c */
+extern bool evbus_inbox_dead_letter(const Dispatch *d, const char *code,
+									const char *message);
 
 /* consumer_offsets.c */
 extern void evbus_store_offsets(const char *group, NextOffset *offsets, int n);

@@ -15,7 +15,8 @@
  * handler (test 150_consume_key_order.pl).  A message whose attempts all
  * ended with the consumer gone is dead-lettered as "interrupted" without
  * running again, so a poison message cannot crash-loop the server (test
- * 130_consume_kill.pl).
+ * 130_consume_kill.pl).  A dead letter of a 'park' subscription holds its
+ * key like a retry does (inbox_park.c, test 274_park_key.pl).
  *
  * Called by inbox.c inside its transactions; calls nothing of inbox.c.
  *
@@ -36,7 +37,8 @@ typedef enum Outcome
 {
 	HANDLED,					/* handlers succeeded; caller marks it handled */
 	PENDING,					/* failed, retry scheduled */
-	DEAD						/* failed for the last time, dead-lettered */
+	DEAD,						/* failed for the last time, dead-lettered */
+	PARKED						/* the same, and its key waits (inbox_park.c) */
 } Outcome;
 
 /* A key held back for one handler: (handler, event key). */
@@ -211,27 +213,8 @@ run_one(Dispatch *d)
 		return PENDING;
 	}
 
-	/* out of retries: dead letter, NOTIFY, and the key moves on */
-	evbus_spi_exec("WITH i AS (UPDATE evbus.inbox SET state = 'dead', handled_at = NULL,"
-				   " last_error_code = $2, last_error_message = $3, next_attempt_at = NULL,"
-				   " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
-				   " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
-				   " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3))"
-				   " WHERE id OPERATOR(pg_catalog.=) $1 RETURNING *),"
-				   " d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event,"
-				   " topic, event_key, payload, headers, group_name, handler, kafka_partition, kafka_offset,"
-				   " attempts, errors, error_code, error_message)"
-				   " SELECT COALESCE(message_id, pg_catalog.gen_random_uuid()::pg_catalog.text), 'consume', integration_event,"
-				   " topic, event_key, payload, headers, group_name, handler, kafka_partition, kafka_offset,"
-				   " attempts, errors, $2, $3 FROM i RETURNING message_id)"
-				   " SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
-				   3, types, values, NULL, SPI_OK_SELECT);
-	ereport(WARNING,
-			(errmsg("evbus: handler %s of message %s in group \"%s\" failed %d times; dead-lettered",
-					d->handler, d->message_id ? d->message_id : "(no id)", d->group_name,
-					d->attempts),
-			 errdetail("Last error: %s: %s", code, message)));
-	return DEAD;
+	/* out of retries: dead letter, NOTIFY; the key moves on or is parked */
+	return evbus_inbox_dead_letter(d, code, message) ? PARKED : DEAD;
 }
 
 /* ------------------------------------------------------------------
@@ -312,9 +295,10 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 		MemoryContextSwitchTo(cxt);
 		if (outcome == HANDLED)
 			handled[nhandled++] = d->inbox_id;
-		else if (outcome == PENDING)
+		else if (outcome == PENDING || outcome == PARKED)
 		{
-			none_pending = false;
+			if (outcome == PENDING)
+				none_pending = false;
 			if (d->event_key)
 				blocked = evbus_hold_key(blocked, d->handler, d->event_key);
 		}

@@ -14,6 +14,11 @@
  * code as the subscriber (tests 210_subscription_ownership.pl and
  * 212_handler_run_as.pl; handler.c checks both again at each run).
  *
+ * A subscription also says what a dead letter does to the later events of
+ * its key for its handler (on_dead_letter: skip, or park, inbox_park.c);
+ * the four-argument evbus.subscribe leaves it as it is, and the consumer
+ * reads it only where the schema has it (0.1 has not).
+ *
  * The handler is stored as its qualified signature, resolved when it
  * runs; a subscribed handler cannot be dropped (an sql_drop event
  * trigger), nor can a role that subscriptions run as (DROP ROLE, from the
@@ -304,16 +309,32 @@ refuse_not_member(const char *what, const char *event, const char *group,
 	" WHERE pg_catalog.pg_has_role($6, s.run_as::pg_catalog.oid, 'MEMBER')"
 
 /*
- * evbus.subscribe(integration_event, handler, group_name, max_retries)
- *
- * The calling role (current_user) becomes the subscription's owner and
- * the role the handler runs as.  Subscribing again changes an existing
- * subscription only for a member of its owner (test
- * 210_subscription_ownership.pl).
+ * The same, setting on_dead_letter ($8) too; UPSERT_SUBSCRIPTION leaves an
+ * existing subscription's as it is (and a 0.1 schema has no such column).
  */
-PG_FUNCTION_INFO_V1(evbus_subscribe);
-Datum
-evbus_subscribe(PG_FUNCTION_ARGS)
+#define UPSERT_SUBSCRIPTION_ON_DEAD_LETTER \
+	"INSERT INTO evbus.subscriptions AS s (integration_event, group_name," \
+	" handler, is_procedure, takes_headers, run_as, max_retries, on_dead_letter)" \
+	" VALUES ($1, $2, $3, $4, $5, $6::pg_catalog.regrole, $7, $8)" \
+	" ON CONFLICT (integration_event, group_name, handler) DO UPDATE" \
+	" SET is_procedure = excluded.is_procedure," \
+	" takes_headers = excluded.takes_headers, run_as = excluded.run_as," \
+	" max_retries = excluded.max_retries, on_dead_letter = excluded.on_dead_letter," \
+	" subscribed_at = pg_catalog.now()" \
+	" WHERE pg_catalog.pg_has_role($6, s.run_as::pg_catalog.oid, 'MEMBER')"
+
+/*
+ * subscribe --- evbus.subscribe in either form: the calling role (current_user)
+ * becomes the subscription's owner and the role the handler runs as.
+ * Subscribing again changes an existing subscription only for a member of
+ * its owner (test 210_subscription_ownership.pl).  group_args and
+ * retries_arg are the argument numbers of group_name and max_retries;
+ * on_dead_letter is 'skip' or 'park', or NULL to keep an existing
+ * subscription's (a new one skips).
+ */
+static void
+subscribe(FunctionCallInfo fcinfo, int group_arg, int retries_arg,
+		  const char *on_dead_letter)
 {
 	char	   *event;
 	Oid			handler;
@@ -322,9 +343,9 @@ evbus_subscribe(PG_FUNCTION_ARGS)
 	bool		is_procedure;
 	bool		takes_headers;
 	int			attempt;
-	Oid			argtypes[7] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID, BOOLOID, OIDOID, INT4OID};
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Oid			argtypes[8] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID, BOOLOID, OIDOID, INT4OID, TEXTOID};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -333,10 +354,11 @@ evbus_subscribe(PG_FUNCTION_ARGS)
 	evbus_check_writable("subscribe a handler");
 	event = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	handler = PG_GETARG_OID(1);
-	group = PG_ARGISNULL(2) ? evbus_default_group() : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	group = PG_ARGISNULL(group_arg) ? evbus_default_group() :
+		text_to_cstring(PG_GETARG_TEXT_PP(group_arg));
 	evbus_check_event_name(event, "integration event");
 	evbus_check_event_name(group, "consumer group");
-	if (!PG_ARGISNULL(3) && PG_GETARG_INT32(3) < 0)
+	if (!PG_ARGISNULL(retries_arg) && PG_GETARG_INT32(retries_arg) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("max_retries must not be negative")));
@@ -356,10 +378,12 @@ evbus_subscribe(PG_FUNCTION_ARGS)
 	values[3] = BoolGetDatum(is_procedure);
 	values[4] = BoolGetDatum(takes_headers);
 	values[5] = ObjectIdGetDatum(GetUserId());
-	if (PG_ARGISNULL(3))
+	if (PG_ARGISNULL(retries_arg))
 		nulls[6] = 'n';
 	else
-		values[6] = Int32GetDatum(PG_GETARG_INT32(3));
+		values[6] = Int32GetDatum(PG_GETARG_INT32(retries_arg));
+	if (on_dead_letter)
+		values[7] = CStringGetTextDatum(on_dead_letter);
 
 	/*
 	 * The upsert changes an existing subscription only for a member of its
@@ -368,12 +392,44 @@ evbus_subscribe(PG_FUNCTION_ARGS)
 	 */
 	for (attempt = 0;; attempt++)
 	{
-		if (evbus_execute_as_owner(UPSERT_SUBSCRIPTION, 7, argtypes, values, nulls) > 0)
+		if (evbus_execute_as_owner(on_dead_letter ? UPSERT_SUBSCRIPTION_ON_DEAD_LETTER :
+								   UPSERT_SUBSCRIPTION,
+								   on_dead_letter ? 8 : 7, argtypes, values, nulls) > 0)
 			break;
 		refuse_not_member("change", event, group, signature);
 		if (attempt > 0)
 			elog(ERROR, "could not subscribe %s: the subscription changed concurrently", signature);
 	}
+}
+
+/*
+ * evbus.subscribe(integration_event, handler, group_name, max_retries):
+ * a new subscription skips a dead letter; an existing one keeps its
+ * on_dead_letter.
+ */
+PG_FUNCTION_INFO_V1(evbus_subscribe);
+Datum
+evbus_subscribe(PG_FUNCTION_ARGS)
+{
+	subscribe(fcinfo, 2, 3, NULL);
+	PG_RETURN_VOID();
+}
+
+/*
+ * evbus.subscribe(integration_event, handler, on_dead_letter, group_name,
+ * max_retries): the same, setting on_dead_letter (test 274_park_key.pl).
+ */
+PG_FUNCTION_INFO_V1(evbus_subscribe_on_dead_letter);
+Datum
+evbus_subscribe_on_dead_letter(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("on_dead_letter must not be null"),
+				 errhint("Pass 'skip' (the later events of a dead letter's key go on) or 'park' (they wait for it).")));
+	subscribe(fcinfo, 3, 4,
+			  DatumGetCString(DirectFunctionCall1(enum_out, PG_GETARG_DATUM(2))));
 	PG_RETURN_VOID();
 }
 
@@ -544,8 +600,15 @@ evbus_load_subscriptions(MemoryContext cxt)
 	subscriptions_stale = false;
 	subscriptions_relid = get_relname_relid("subscriptions", evbus_schema_oid());
 
-	if (SPI_execute("SELECT group_name, integration_event, handler, is_procedure,"
-					" takes_headers, run_as::pg_catalog.oid, COALESCE(max_retries, -1)"
+	/* a 0.1 schema has no on_dead_letter: every subscription skips */
+	if (SPI_execute(get_attnum(subscriptions_relid, "on_dead_letter") != InvalidAttrNumber ?
+					"SELECT group_name, integration_event, handler, is_procedure,"
+					" takes_headers, run_as::pg_catalog.oid, COALESCE(max_retries, -1),"
+					" on_dead_letter OPERATOR(pg_catalog.=) 'park'"
+					" FROM evbus.subscriptions"
+					" ORDER BY group_name, integration_event, handler" :
+					"SELECT group_name, integration_event, handler, is_procedure,"
+					" takes_headers, run_as::pg_catalog.oid, COALESCE(max_retries, -1), false"
 					" FROM evbus.subscriptions"
 					" ORDER BY group_name, integration_event, handler",
 					true, 0) != SPI_OK_SELECT)
@@ -566,6 +629,7 @@ evbus_load_subscriptions(MemoryContext cxt)
 		sub->takes_headers = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
 		sub->run_as = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
 		sub->max_retries = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+		sub->park = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 		sub->topic = psprintf("%s%s", evbus_topic_prefix, sub->integration_event);
 		result = lappend(result, sub);
 		MemoryContextSwitchTo(old);

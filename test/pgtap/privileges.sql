@@ -9,7 +9,7 @@
  * and sequence.  Runs in a transaction that it rolls back.
  */
 BEGIN;
-SELECT plan(112);
+SELECT plan(121);
 
 -- an application role that produces, one that consumes, one that monitors
 CREATE ROLE evbus_pgtap_producer;
@@ -41,6 +41,12 @@ SELECT function_privs_are('evbus', 'subscribe', ARRAY['text', 'regprocedure', 't
 SELECT function_privs_are('evbus', 'unsubscribe', ARRAY['text', 'regprocedure', 'text'], 'public', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', 'retry', ARRAY['text'], 'public', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', 'retry', ARRAY['uuid'], 'public', ARRAY[]::name[]);
+SELECT function_privs_are('evbus', 'subscribe', ARRAY['text', 'regprocedure', 'evbus.on_dead_letter', 'text', 'integer'], 'public', ARRAY[]::name[]);
+SELECT function_privs_are('evbus', 'retry', ARRAY['boolean', 'text', 'text', 'text', 'text', 'timestamp with time zone', 'timestamp with time zone'], 'public', ARRAY[]::name[]);
+SELECT function_privs_are('evbus', 'discard', ARRAY['text', 'text'], 'public', ARRAY[]::name[]);
+SELECT function_privs_are('evbus', 'discard', ARRAY['uuid', 'text'], 'public', ARRAY[]::name[]);
+SELECT function_privs_are('evbus', 'discard', ARRAY['text', 'boolean', 'text', 'text', 'text', 'text', 'timestamp with time zone', 'timestamp with time zone'], 'public', ARRAY[]::name[]);
+SELECT function_privs_are('evbus', 'edit_dead_letter', ARRAY['text', 'jsonb', 'regprocedure', 'text', 'text'], 'public', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', 'brokers', ARRAY[]::name[], 'public', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'publisher_pid', ARRAY[]::name[], 'public', ARRAY['EXECUTE']);
 SELECT function_privs_are('evbus', 'consumer_pid', ARRAY[]::name[], 'public', ARRAY['EXECUTE']);
@@ -104,6 +110,9 @@ SELECT table_privs_are('evbus', 'stats', 'public', ARRAY[]::name[]);
 SELECT sequence_privs_are('evbus', 'outbox_id_seq', 'public', ARRAY[]::name[]);
 SELECT sequence_privs_are('evbus', 'dead_letters_id_seq', 'public', ARRAY[]::name[]);
 SELECT sequence_privs_are('evbus', 'inbox_id_seq', 'public', ARRAY[]::name[]);
+SELECT table_privs_are('evbus', 'repair_log', 'public', ARRAY[]::name[]);
+SELECT table_privs_are('evbus', 'failures', 'public', ARRAY[]::name[]);
+SELECT sequence_privs_are('evbus', 'repair_log_id_seq', 'public', ARRAY[]::name[]);
 
 -- tables, views and sequences: the producing role reads and writes none (the functions write as the extension owner)
 SELECT table_privs_are('evbus', 'converters', 'evbus_pgtap_producer', ARRAY[]::name[]);

@@ -6,7 +6,7 @@
  * that it rolls back (test/pgtap/run.sh).
  */
 BEGIN;
-SELECT plan(108);
+SELECT plan(122);
 
 -- the extension and its fixed schema
 SELECT has_extension('evbus', 'extension evbus is installed');
@@ -21,14 +21,15 @@ SELECT has_schema('evbus');
 SELECT tables_are('evbus', ARRAY[
 	'converters', 'outbox_0', 'outbox_1', 'outbox_published_0',
 	'outbox_published_1', 'dead_letters', 'subscriptions',
-	'consumer_offsets', 'inbox', 'publish_counters']);
-SELECT views_are('evbus', ARRAY['outbox', 'stats']);
-SELECT sequences_are('evbus', ARRAY['outbox_id_seq', 'dead_letters_id_seq', 'inbox_id_seq']);
+	'consumer_offsets', 'inbox', 'publish_counters', 'repair_log']);
+SELECT views_are('evbus', ARRAY['outbox', 'stats', 'failures']);
+SELECT sequences_are('evbus', ARRAY['outbox_id_seq', 'dead_letters_id_seq', 'inbox_id_seq', 'repair_log_id_seq']);
 SELECT functions_are('evbus', ARRAY[
 	'_config_changed', 'register_converter', 'unregister_converter',
 	'raise', 'publish', 'capture', 'subscribe', 'unsubscribe',
 	'_refuse_handler_drop', 'retry', 'brokers', 'publisher_pid',
-	'consumer_pid', 'worker_status', 'message_chain', '_start_worker_at_commit']);
+	'consumer_pid', 'worker_status', 'message_chain', '_start_worker_at_commit',
+	'discard', 'edit_dead_letter']);
 
 -- every function with its argument types and its result
 SELECT has_function('evbus', 'register_converter', ARRAY['text', 'text', 'regprocedure']);
@@ -49,6 +50,19 @@ SELECT has_function('evbus', 'retry', ARRAY['text']);
 SELECT function_returns('evbus', 'retry', ARRAY['text'], 'boolean');
 SELECT has_function('evbus', 'retry', ARRAY['uuid']);
 SELECT function_returns('evbus', 'retry', ARRAY['uuid'], 'boolean');
+SELECT has_function('evbus', 'subscribe', ARRAY['text', 'regprocedure', 'evbus.on_dead_letter', 'text', 'integer']);
+SELECT function_returns('evbus', 'subscribe', ARRAY['text', 'regprocedure', 'evbus.on_dead_letter', 'text', 'integer'], 'void');
+SELECT has_function('evbus', 'retry', ARRAY['boolean', 'text', 'text', 'text', 'text', 'timestamp with time zone', 'timestamp with time zone']);
+SELECT function_returns('evbus', 'retry', ARRAY['boolean', 'text', 'text', 'text', 'text', 'timestamp with time zone', 'timestamp with time zone'], 'integer');
+SELECT has_function('evbus', 'discard', ARRAY['text', 'text']);
+SELECT function_returns('evbus', 'discard', ARRAY['text', 'text'], 'boolean');
+SELECT has_function('evbus', 'discard', ARRAY['uuid', 'text']);
+SELECT function_returns('evbus', 'discard', ARRAY['uuid', 'text'], 'boolean');
+SELECT has_function('evbus', 'discard', ARRAY['text', 'boolean', 'text', 'text', 'text', 'text', 'timestamp with time zone', 'timestamp with time zone']);
+SELECT function_returns('evbus', 'discard', ARRAY['text', 'boolean', 'text', 'text', 'text', 'text', 'timestamp with time zone', 'timestamp with time zone'], 'integer');
+SELECT has_function('evbus', 'edit_dead_letter', ARRAY['text', 'jsonb', 'regprocedure', 'text', 'text']);
+SELECT function_returns('evbus', 'edit_dead_letter', ARRAY['text', 'jsonb', 'regprocedure', 'text', 'text'], 'void');
+SELECT enum_has_labels('evbus', 'on_dead_letter', ARRAY['skip', 'park']);
 SELECT has_function('evbus', 'brokers', ARRAY[]::name[]);
 SELECT function_returns('evbus', 'brokers', ARRAY[]::name[], 'text');
 SELECT has_function('evbus', 'publisher_pid', ARRAY[]::name[]);
@@ -143,11 +157,12 @@ SELECT col_has_check('evbus', 'dead_letters', 'direction', 'dead_letters.directi
 -- subscriptions
 SELECT columns_are('evbus', 'subscriptions', ARRAY[
 	'integration_event', 'group_name', 'handler', 'is_procedure',
-	'takes_headers', 'run_as', 'max_retries', 'subscribed_at']);
+	'takes_headers', 'run_as', 'max_retries', 'subscribed_at', 'on_dead_letter']);
 SELECT col_is_pk('evbus', 'subscriptions', ARRAY['integration_event', 'group_name', 'handler']::name[], 'the primary key of evbus.subscriptions is (integration_event, group_name, handler)');
 SELECT col_type_is('evbus', 'subscriptions', 'handler', 'text', 'subscriptions.handler is text (a qualified signature)');
 SELECT col_type_is('evbus', 'subscriptions', 'run_as', 'regrole', 'subscriptions.run_as is regrole');
 SELECT col_type_is('evbus', 'subscriptions', 'max_retries', 'integer', 'subscriptions.max_retries is integer');
+SELECT col_has_check('evbus', 'subscriptions', 'on_dead_letter', 'subscriptions.on_dead_letter is checked');
 SELECT has_trigger('evbus', 'subscriptions', 'subscriptions_changed', 'evbus.subscriptions has trigger subscriptions_changed');
 SELECT trigger_is('evbus', 'subscriptions', 'subscriptions_changed', 'evbus', '_config_changed');
 
