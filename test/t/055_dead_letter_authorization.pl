@@ -82,8 +82,13 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM evbus.dead_letters WHERE 
 	'2', 'with a readable error message');
 
 # per-key order only: a key's later event may wait for its earlier one
-# (test 260_inflight_refusal_order.pl), so other keys can pass it
-my @msgs = kcat_consume($open, 3, 30);
+# (test 260_inflight_refusal_order.pl), so other keys can pass it.  The
+# outbox is empty, so every event is in Kafka: one read to the end of the
+# topic, first arrivals only (the producer rebuilt after the refusal may
+# have produced again what it had in flight: the same message id twice,
+# which consumers de-duplicate)
+my %seen;
+my @msgs = grep { !$seen{ $_->{headers}{'cap-msg-id'} }++ } kcat_consume($open, 1000, 0);
 is_deeply([ map { "$_->{key}:$_->{payload}" } grep { $_->{key} eq 'k' } @msgs ],
 	[ 'k:{"n":1}', 'k:{"n":3}' ],
 	'the events of another topic, of the same key, were published in order');
