@@ -603,3 +603,75 @@ REVOKE ALL ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) FROM P
 REVOKE ALL ON FUNCTION evbus.unsubscribe(text, regprocedure, text) FROM PUBLIC;
 GRANT USAGE ON SCHEMA evbus TO pg_monitor;
 GRANT SELECT ON evbus.stats TO pg_monitor;
+
+--------------------------------------------------------------------------
+-- Pause, resume, replay
+--------------------------------------------------------------------------
+
+/*
+ * A paused subscription's handler runs for nothing: its messages wait in
+ * the inbox (pending, no attempt counted), and when every subscription of
+ * a topic in a group is paused the consumer stops fetching the topic's
+ * partitions, so that its lag grows in evbus.stats.  Resuming runs them
+ * in per-key order (test 280_pause_subscription.pl).  NULL: not paused.
+ */
+ALTER TABLE evbus.subscriptions ADD COLUMN paused_at timestamptz;
+COMMENT ON COLUMN evbus.subscriptions.paused_at IS
+	'when the subscription was paused (evbus.pause_subscription); NULL: its handler runs';
+
+/*
+ * Integration events whose publishing is paused: their events stay staged
+ * in the outbox (and move with the outbox rotation) until
+ * evbus.resume_publishing (test 282_pause_publishing.pl).  A change wakes
+ * the publisher through the relcache, as evbus.subscriptions does the
+ * consumer.
+ */
+CREATE TABLE evbus.publishing_pauses (
+	integration_event text PRIMARY KEY,
+	paused_by		name NOT NULL,
+	paused_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE evbus.publishing_pauses IS
+	'integration events whose publishing is paused: their events stay staged in the outbox';
+REVOKE ALL ON evbus.publishing_pauses FROM PUBLIC;
+CREATE TRIGGER publishing_pauses_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON evbus.publishing_pauses
+	FOR EACH STATEMENT EXECUTE FUNCTION evbus._config_changed();
+SELECT pg_catalog.pg_extension_config_dump('evbus.publishing_pauses', '');
+
+CREATE FUNCTION evbus.pause_subscription(integration_event text,
+										 handler regprocedure DEFAULT NULL,
+										 group_name text DEFAULT NULL)
+	RETURNS integer
+	AS 'MODULE_PATHNAME', 'evbus_pause_subscription'
+	LANGUAGE C;
+COMMENT ON FUNCTION evbus.pause_subscription(text, regprocedure, text) IS
+	'pause the subscriptions of an integration event in a group (one handler, or all of them when handler is NULL): their messages wait in the inbox; returns how many were paused';
+
+CREATE FUNCTION evbus.resume_subscription(integration_event text,
+										  handler regprocedure DEFAULT NULL,
+										  group_name text DEFAULT NULL)
+	RETURNS integer
+	AS 'MODULE_PATHNAME', 'evbus_resume_subscription'
+	LANGUAGE C;
+COMMENT ON FUNCTION evbus.resume_subscription(text, regprocedure, text) IS
+	'resume paused subscriptions of an integration event in a group: their waiting messages run in per-key order; returns how many were resumed';
+
+CREATE FUNCTION evbus.pause_publishing(integration_event text)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'evbus_pause_publishing'
+	LANGUAGE C;
+COMMENT ON FUNCTION evbus.pause_publishing(text) IS
+	'stop publishing an integration event: its events stay staged in the outbox; false if it was paused already';
+
+CREATE FUNCTION evbus.resume_publishing(integration_event text)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'evbus_resume_publishing'
+	LANGUAGE C;
+COMMENT ON FUNCTION evbus.resume_publishing(text) IS
+	'publish a paused integration event again, its staged events first, in per-key order; false if it was not paused';
+
+REVOKE ALL ON FUNCTION evbus.pause_subscription(text, regprocedure, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.resume_subscription(text, regprocedure, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.pause_publishing(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.resume_publishing(text) FROM PUBLIC;

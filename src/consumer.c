@@ -40,6 +40,7 @@ typedef struct GroupConsumer
 {
 	char	   *group;
 	char	   *topics;			/* comma-separated, sorted: detects changes */
+	char	   *paused;			/* the topics paused (consumer_pause.c) */
 	uint64		settings;		/* evbus_kafka_conf_fingerprint when built */
 	rd_kafka_t *rk;
 	rd_kafka_queue_t *queue;
@@ -125,6 +126,8 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 	evbus_worker_commit();
 	rd_kafka_topic_partition_list_destroy(committed);
 	rd_kafka_assign(rk, parts);
+	/* librdkafka forgets pauses: paused topics stay so (consumer_pause.c) */
+	evbus_partitions_pause(rk, parts, gc->paused, NULL);
 }
 
 /*
@@ -259,6 +262,7 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 
 	gc->group = MemoryContextStrdup(TopMemoryContext, group);
 	gc->topics = MemoryContextStrdup(TopMemoryContext, topics);
+	gc->paused = MemoryContextStrdup(TopMemoryContext, "");
 	gc->settings = settings;
 	snprintf(client_id, sizeof(client_id), "evbus-%u-consumer", MyDatabaseId);
 	conf = evbus_kafka_conf_new(brokers, client_id, consumer_defaults, consumer_forced);
@@ -324,6 +328,7 @@ consumer_destroy(GroupConsumer *gc)
 	rd_kafka_destroy(gc->rk);
 	pfree(gc->group);
 	pfree(gc->topics);
+	pfree(gc->paused);
 	pfree(gc);
 }
 
@@ -419,6 +424,18 @@ evbus_consumers_sync(List *subs)
 			try_consumer_create(brokers, settings, group, group_topics(subs, group));
 	}
 	list_free_deep(groups);
+	foreach(lc, consumers)
+	{
+		GroupConsumer *gc = lfirst(lc);
+		char	   *paused = evbus_paused_topics(subs, gc->group);
+
+		if (strcmp(paused, gc->paused) != 0)
+		{
+			evbus_consumer_pauses_changed(gc->rk, gc->paused, paused);
+			pfree(gc->paused);
+			gc->paused = paused;	/* in TopMemoryContext */
+		}
+	}
 	MemoryContextSwitchTo(old);
 	return settings;
 }
@@ -615,8 +632,11 @@ evbus_consumers_report_watermarks(void)
 			int64_t		lo;
 			int64_t		hi;
 
-			/* cached from fetch responses: no network wait */
-			if (rd_kafka_get_watermark_offsets(gc->rk, assignment->elems[i].topic,
+			/* cached from fetch responses: no network wait; unless paused */
+			if (evbus_topic_listed(gc->paused, assignment->elems[i].topic) ?
+				evbus_paused_high_watermark(gc->rk, assignment->elems[i].topic,
+											assignment->elems[i].partition, &hi) :
+				rd_kafka_get_watermark_offsets(gc->rk, assignment->elems[i].topic,
 											   assignment->elems[i].partition,
 											   &lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
 			{

@@ -24,6 +24,7 @@ typedef struct EvbusSubscription
 	bool		takes_headers;
 	Oid			run_as;
 	int			max_retries;	/* -1: evbus.max_retries */
+	bool		paused;			/* evbus.pause_subscription: its rows wait */
 } EvbusSubscription;
 
 /* A message as received from Kafka, copied out of librdkafka. */

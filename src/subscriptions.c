@@ -544,8 +544,15 @@ evbus_load_subscriptions(MemoryContext cxt)
 	subscriptions_stale = false;
 	subscriptions_relid = get_relname_relid("subscriptions", evbus_schema_oid());
 
-	if (SPI_execute("SELECT group_name, integration_event, handler, is_procedure,"
-					" takes_headers, run_as::pg_catalog.oid, COALESCE(max_retries, -1)"
+	/* at SQL version 0.1 there is no pausing */
+	if (SPI_execute(evbus_pauses_present() ?
+					"SELECT group_name, integration_event, handler, is_procedure,"
+					" takes_headers, run_as::pg_catalog.oid, COALESCE(max_retries, -1),"
+					" paused_at IS NOT NULL"
+					" FROM evbus.subscriptions"
+					" ORDER BY group_name, integration_event, handler" :
+					"SELECT group_name, integration_event, handler, is_procedure,"
+					" takes_headers, run_as::pg_catalog.oid, COALESCE(max_retries, -1), false"
 					" FROM evbus.subscriptions"
 					" ORDER BY group_name, integration_event, handler",
 					true, 0) != SPI_OK_SELECT)
@@ -566,6 +573,7 @@ evbus_load_subscriptions(MemoryContext cxt)
 		sub->takes_headers = DatumGetBool(SPI_getbinval(tup, desc, 5, &isnull));
 		sub->run_as = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
 		sub->max_retries = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+		sub->paused = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 		sub->topic = psprintf("%s%s", evbus_topic_prefix, sub->integration_event);
 		result = lappend(result, sub);
 		MemoryContextSwitchTo(old);

@@ -171,6 +171,17 @@ evbus_schema_oid(void)
 }
 
 /*
+ * evbus_pauses_present --- has this database's evbus the tables of pausing
+ * (SQL version 0.2)?  The workers also run at 0.1, whose tables have no
+ * pause: there nothing is ever paused.  Inside a transaction.
+ */
+bool
+evbus_pauses_present(void)
+{
+	return OidIsValid(get_relname_relid("publishing_pauses", evbus_schema_oid()));
+}
+
+/*
  * The owner is looked up on every staged event: cache it for the backend,
  * and forget it when evbus.outbox_0 is invalidated (which DROP EXTENSION
  * does) or on a full relcache reset.
