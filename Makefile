@@ -50,6 +50,7 @@ OBJS = \
 	src/consumer_offsets.o \
 	src/consumer_pause.o \
 	src/pause.o \
+	src/replay.o \
 	src/kafka_offsets.o \
 	src/inbox_decode.o \
 	src/inbox.o \

@@ -191,3 +191,44 @@ REVOKE ALL ON FUNCTION evbus.pause_subscription(text, regprocedure, text) FROM P
 REVOKE ALL ON FUNCTION evbus.resume_subscription(text, regprocedure, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.pause_publishing(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.resume_publishing(text) FROM PUBLIC;
+
+/*
+ * Replays asked for by evbus.replay, done by the consumer worker: it
+ * resolves the offsets where each assigned partition of the topic starts
+ * again (from_offset, or Kafka's first offset at from_time), rewinds the
+ * stored offsets (never forwards), with rerun sets the handled inbox rows
+ * of the replayed range pending again, then seeks its Kafka consumer.
+ * done_at and rewound (per partition: the offsets from and to) say what
+ * it did (test 284_replay.pl).
+ */
+CREATE TABLE evbus.replays (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	group_name		text NOT NULL,
+	integration_event text NOT NULL,
+	from_time		timestamptz,
+	from_offset		bigint CHECK (from_offset >= 0),
+	rerun			boolean NOT NULL,
+	requested_by	name NOT NULL,
+	requested_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	done_at			timestamptz,
+	rewound			jsonb,
+	CHECK ((from_time IS NULL) OPERATOR(pg_catalog.<>) (from_offset IS NULL))
+);
+COMMENT ON TABLE evbus.replays IS
+	'replays of a topic for a consumer group (evbus.replay): asked for, and what the consumer rewound';
+REVOKE ALL ON evbus.replays FROM PUBLIC;
+CREATE TRIGGER replays_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON evbus.replays
+	FOR EACH STATEMENT EXECUTE FUNCTION evbus._config_changed();
+
+CREATE FUNCTION evbus.replay(integration_event text,
+							 group_name text DEFAULT NULL,
+							 from_time timestamptz DEFAULT NULL,
+							 from_offset bigint DEFAULT NULL,
+							 rerun boolean DEFAULT false)
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'evbus_replay'
+	LANGUAGE C;
+COMMENT ON FUNCTION evbus.replay(text, text, timestamptz, bigint, boolean) IS
+	'read the topic of an integration event again for a group, from a time or an offset: without rerun nothing runs twice; with rerun the handlers run again for the replayed messages still in the inbox (header evbus-replay); returns the replay''s id in evbus.replays';
+REVOKE ALL ON FUNCTION evbus.replay(text, text, timestamptz, bigint, boolean) FROM PUBLIC;

@@ -202,32 +202,6 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	in_rebalance = false;
 }
 
-/* Comma-separated sorted topics of a group's subscriptions. */
-static char *
-group_topics(List *subs, const char *group)
-{
-	StringInfoData buf;
-	ListCell   *lc;
-	const char *last = NULL;
-
-	initStringInfo(&buf);
-	/* subs are ordered by group then integration event: topics are sorted */
-	foreach(lc, subs)
-	{
-		EvbusSubscription *sub = lfirst(lc);
-
-		if (strcmp(sub->group_name, group) != 0)
-			continue;
-		if (last && strcmp(last, sub->topic) == 0)
-			continue;
-		if (buf.len > 0)
-			appendStringInfoChar(&buf, ',');
-		appendStringInfoString(&buf, sub->topic);
-		last = sub->topic;
-	}
-	return buf.data;
-}
-
 static const char *const consumer_defaults[] = {
 	"session.timeout.ms", "10000",
 	"heartbeat.interval.ms", "1000",
@@ -394,7 +368,7 @@ evbus_consumers_sync(List *subs)
 	foreach(lc, consumers)
 	{
 		GroupConsumer *gc = lfirst(lc);
-		char	   *topics = group_topics(subs, gc->group);
+		char	   *topics = evbus_group_topics(subs, gc->group, false);
 
 		if (brokers != NULL && topics[0] != '\0' && strcmp(topics, gc->topics) == 0 &&
 			gc->settings == settings)
@@ -421,13 +395,13 @@ evbus_consumers_sync(List *subs)
 				found = true;
 		}
 		if (!found)
-			try_consumer_create(brokers, settings, group, group_topics(subs, group));
+			try_consumer_create(brokers, settings, group, evbus_group_topics(subs, group, false));
 	}
 	list_free_deep(groups);
 	foreach(lc, consumers)
 	{
 		GroupConsumer *gc = lfirst(lc);
-		char	   *paused = evbus_paused_topics(subs, gc->group);
+		char	   *paused = evbus_group_topics(subs, gc->group, true);
 
 		if (strcmp(paused, gc->paused) != 0)
 		{
@@ -654,6 +628,32 @@ evbus_consumers_report_watermarks(void)
 			evbus_worker_commit();
 		}
 	}
+}
+
+/*
+ * evbus_consumer_for_replay --- the Kafka consumer of group, or NULL.  A
+ * replay (replay.c) is about to rewind the group's stored offsets: the
+ * offsets not yet told to Kafka, ahead of those, are forgotten.
+ */
+rd_kafka_t *
+evbus_consumer_for_replay(const char *group)
+{
+	ListCell   *lc;
+
+	foreach(lc, consumers)
+	{
+		GroupConsumer *gc = lfirst(lc);
+
+		if (strcmp(gc->group, group) != 0)
+			continue;
+		if (gc->to_commit)
+		{
+			rd_kafka_topic_partition_list_destroy(gc->to_commit);
+			gc->to_commit = NULL;
+		}
+		return gc->rk;
+	}
+	return NULL;
 }
 
 /* Leave every group (at exit). */

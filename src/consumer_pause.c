@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * consumer_pause.c
- *	  The consumer's side of paused subscriptions: which topics of a group
- *	  to stop fetching, pausing and resuming their partitions, and their
- *	  high watermarks while no fetch brings them.
+ *	  Which topics a group's consumer reads, and the consumer's side of
+ *	  paused subscriptions: which of those topics to stop fetching,
+ *	  pausing and resuming their partitions, and their high watermarks
+ *	  while no fetch brings them.
  *
  * A paused subscription's messages wait in the inbox (inbox.c inserts
  * their rows as pending, and dispatches none while it is paused).  When
@@ -32,11 +33,12 @@
 #define PAUSED_WATERMARK_TIMEOUT_MS 1000
 
 /*
- * evbus_paused_topics --- the comma-separated topics (sorted) of group
- * whose every subscription in subs is paused; "" when none is.
+ * evbus_group_topics --- the comma-separated topics (sorted) of group's
+ * subscriptions in subs, or with paused_only those whose every
+ * subscription in the group is paused; "" when there is none.
  */
 char *
-evbus_paused_topics(List *subs, const char *group)
+evbus_group_topics(List *subs, const char *group, bool paused_only)
 {
 	StringInfoData buf;
 	ListCell   *lc;
@@ -53,14 +55,14 @@ evbus_paused_topics(List *subs, const char *group)
 			continue;
 		if (topic == NULL || strcmp(topic, sub->topic) != 0)
 		{
-			if (topic && all_paused)
+			if (topic && (all_paused || !paused_only))
 				appendStringInfo(&buf, "%s%s", buf.len > 0 ? "," : "", topic);
 			topic = sub->topic;
 			all_paused = true;
 		}
 		all_paused = all_paused && sub->paused;
 	}
-	if (topic && all_paused)
+	if (topic && (all_paused || !paused_only))
 		appendStringInfo(&buf, "%s%s", buf.len > 0 ? "," : "", topic);
 	return buf.data;
 }

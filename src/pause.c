@@ -65,6 +65,45 @@ run_subscription_check(void *arg)
 }
 
 /*
+ * evbus_check_subscriptions_owner --- may the caller verb (pause, resume,
+ * replay) the subscriptions of event in group (of one handler, or all of
+ * them when signature is NULL)?  None: 42704.  One that belongs to a role
+ * the caller is not a member of: 42501, its hint naming that role.
+ */
+void
+evbus_check_subscriptions_owner(const char *event, const char *group,
+								const char *signature, const char *verb)
+{
+	Datum		values[4];
+	SubscriptionCheck check;
+
+	values[0] = CStringGetTextDatum(event);
+	values[1] = CStringGetTextDatum(group);
+	values[2] = signature ? CStringGetTextDatum(signature) : (Datum) 0;
+	values[3] = ObjectIdGetDatum(GetUserId());
+	check.values = values;
+	check.count = 0;
+	check.foreign_owner = NULL;
+	check.cxt = CurrentMemoryContext;
+	evbus_spi_as_owner(run_subscription_check, &check);
+	if (check.count == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("no subscription of %s to %s in group %s",
+						signature ? signature : "any handler", event, group),
+				 errhint("evbus.subscriptions lists the subscriptions; the group defaults to evbus.group_name, else the database name.")));
+	if (check.foreign_owner)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to %s a subscription to %s in group %s",
+						verb, event, group),
+				 errdetail("The subscription belongs to role %s, the role its handler runs as.",
+						   check.foreign_owner),
+				 errhint("Only role %s or a member of it may %s it.",
+						 check.foreign_owner, verb)));
+}
+
+/*
  * set_subscriptions_paused --- pause (or resume) the subscriptions of
  * (event, handler or all when NULL, group); returns how many changed.
  * Unknown: 42704.  One the caller is not a member of the owner of: 42501,
@@ -80,7 +119,6 @@ set_subscriptions_paused(FunctionCallInfo fcinfo, bool pause)
 	Datum		values[4];
 	char		nulls[4] = {' ', ' ', ' ', ' '};
 	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, OIDOID};
-	SubscriptionCheck check;
 	uint64		changed;
 
 	if (PG_ARGISNULL(0))
@@ -93,32 +131,12 @@ set_subscriptions_paused(FunctionCallInfo fcinfo, bool pause)
 	if (!PG_ARGISNULL(1))
 		signature = format_procedure_qualified(PG_GETARG_OID(1));
 	group = PG_ARGISNULL(2) ? evbus_default_group() : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	evbus_check_subscriptions_owner(event, group, signature, verb);
 
 	values[0] = CStringGetTextDatum(event);
 	values[1] = CStringGetTextDatum(group);
 	values[2] = signature ? CStringGetTextDatum(signature) : (Datum) 0;
 	values[3] = ObjectIdGetDatum(GetUserId());
-	check.values = values;
-	check.count = 0;
-	check.foreign_owner = NULL;
-	check.cxt = CurrentMemoryContext;
-	evbus_spi_as_owner(run_subscription_check, &check);
-	if (check.count == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("no subscription of %s%s%s in group %s",
-						signature ? signature : "any handler", " to ", event, group),
-				 errhint("evbus.subscriptions lists the subscriptions; the group defaults to evbus.group_name, else the database name.")));
-	if (check.foreign_owner)
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to %s a subscription to %s in group %s",
-						verb, event, group),
-				 errdetail("The subscription belongs to role %s, the role its handler runs as.",
-						   check.foreign_owner),
-				 errhint("Only role %s or a member of it may %s it.",
-						 check.foreign_owner, verb)));
-
 	if (signature == NULL)
 		nulls[2] = 'n';
 	changed = evbus_execute_as_owner(pause ?
