@@ -306,10 +306,14 @@ SELECT group_name, integration_event, from_time, from_offset, rerun, requested_b
 -- publishing: an event this database does not know; one it knows
 SELECT evbus.pause_publishing('NeverStaged');
 \echo :LAST_ERROR_SQLSTATE
-SELECT evbus.pause_publishing(integration_event) FROM evbus.outbox
- GROUP BY integration_event ORDER BY integration_event LIMIT 1;
-SELECT integration_event, paused_by FROM evbus.publishing_pauses;
-SELECT evbus.resume_publishing(integration_event) FROM evbus.publishing_pauses;
+BEGIN;
+SELECT evbus.publish('Shipped', '{"parcel": 1}') IS NOT NULL AS staged;
+SELECT evbus.pause_publishing('Shipped');
+SELECT evbus.pause_publishing('Shipped') AS paused_again;
+SELECT integration_event, paused_by = current_user AS by_me FROM evbus.publishing_pauses;
+SELECT evbus.resume_publishing('Shipped');
+SELECT evbus.resume_publishing('Shipped') AS resumed_again;
+ROLLBACK;
 DELETE FROM evbus.replays;
 SET ROLE evbus_shipper;
 SELECT evbus.unsubscribe('Shipped', 'public.ship_handler(jsonb)', 'shipping');
