@@ -32,22 +32,14 @@
 #include "evbus.h"
 #include "publish.h"
 
-static bool pauses_stale = true;
-static Oid	pauses_relid = InvalidOid;
+static EvbusTableWatch pauses = {"publishing_pauses", InvalidOid, true};
 static List *paused = NIL;		/* char *, in TopMemoryContext */
-
-static void
-pauses_invalidated(Datum arg, Oid relid)
-{
-	if (relid == InvalidOid || relid == pauses_relid)
-		pauses_stale = true;
-}
 
 /* evbus_publish_pauses_watch --- call once in the publisher. */
 void
 evbus_publish_pauses_watch(void)
 {
-	CacheRegisterRelcacheCallback(pauses_invalidated, (Datum) 0);
+	evbus_table_watch(&pauses);
 }
 
 /*
@@ -64,14 +56,17 @@ evbus_publish_pauses_refresh(void)
 	uint64		i;
 
 	AcceptInvalidationMessages();
-	if (!pauses_stale)
+	if (!pauses.stale)
 		return false;
-	pauses_stale = false;
-	if (evbus_pauses_present())
+	/* at SQL version 0.1 nothing is paused */
+	if (evbus_table_watch_read(&pauses))
 	{
-		pauses_relid = get_relname_relid("publishing_pauses", evbus_schema_oid());
+		/*
+		 * Not read-only: a snapshot of its own, taken after the flag was
+		 * cleared, so that no change is missed between the two.
+		 */
 		if (SPI_execute("SELECT integration_event FROM evbus.publishing_pauses",
-						true, 0) != SPI_OK_SELECT)
+						false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read evbus.publishing_pauses");
 		for (i = 0; i < SPI_processed; i++)
 		{

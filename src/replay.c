@@ -150,22 +150,14 @@ evbus_replay(PG_FUNCTION_ARGS)
 
 /* ---------- the consumer worker's side ---------- */
 
-static bool replays_stale = true;
-static Oid	replays_relid = InvalidOid;
+static EvbusTableWatch replays = {"replays", InvalidOid, true};
 static TimestampTz retry_at = 0;	/* a replay waits for its partitions */
-
-static void
-replays_invalidated(Datum arg, Oid relid)
-{
-	if (relid == InvalidOid || relid == replays_relid)
-		replays_stale = true;
-}
 
 /* evbus_replays_watch --- call once in the consumer worker. */
 void
 evbus_replays_watch(void)
 {
-	CacheRegisterRelcacheCallback(replays_invalidated, (Datum) 0);
+	evbus_table_watch(&replays);
 }
 
 /* The replays not done yet, into cxt; inside a transaction. */
@@ -175,14 +167,13 @@ load_replays(MemoryContext cxt)
 	List	   *result = NIL;
 	uint64		i;
 
-	if (!evbus_pauses_present())
+	if (!evbus_table_watch_read(&replays))
 		return NIL;				/* SQL version 0.1: no replays */
-	replays_relid = get_relname_relid("replays", evbus_schema_oid());
 	if (SPI_execute("SELECT id, group_name, integration_event, from_time IS NOT NULL,"
 					" COALESCE(from_offset, ((EXTRACT(EPOCH FROM from_time)"
 					" OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8)), rerun"
 					" FROM evbus.replays WHERE done_at IS NULL ORDER BY id",
-					true, 0) != SPI_OK_SELECT)
+					false, 0) != SPI_OK_SELECT)	/* a fresh snapshot */
 		elog(ERROR, "could not read evbus.replays");
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -349,20 +340,19 @@ bool
 evbus_replays_run(void)
 {
 	MemoryContext cxt;
-	List	   *replays;
+	List	   *asked;
 	ListCell   *lc;
 	bool		done = false;
 	TimestampTz now = GetCurrentTimestamp();
 
-	if (!replays_stale && (retry_at == 0 || now < retry_at))
+	if (!replays.stale && (retry_at == 0 || now < retry_at))
 		return false;
-	replays_stale = false;
 	retry_at = 0;
 	cxt = AllocSetContextCreate(CurrentMemoryContext, "evbus replays", ALLOCSET_SMALL_SIZES);
 	evbus_worker_begin(evbus_consumers_let_go);
-	replays = load_replays(cxt);
+	asked = load_replays(cxt);
 	evbus_worker_commit();
-	foreach(lc, replays)
+	foreach(lc, asked)
 	{
 		if (replay_one(lfirst(lc)))
 			done = true;
