@@ -140,7 +140,9 @@ COMMENT ON COLUMN evbus.subscriptions.paused_at IS
  * in the outbox (and move with the outbox rotation) until
  * evbus.resume_publishing (test 282_pause_publishing.pl).  A change wakes
  * the publisher through the relcache, as evbus.subscriptions does the
- * consumer.
+ * consumer.  A dump carries the pauses, as it carries the subscriptions'
+ * (paused_at): a restored database keeps holding what was held (test
+ * 320_dump_restore.pl).
  */
 CREATE TABLE evbus.publishing_pauses (
 	integration_event text PRIMARY KEY,
