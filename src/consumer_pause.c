@@ -25,12 +25,20 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "utils/timestamp.h"
 
 #include "consumer.h"
 #include "kafka.h"
 
-/* How long the high watermark of a paused partition is waited for. */
+/*
+ * How long the high watermark of a paused partition is waited for, and
+ * for how long none is asked again once the broker did not answer: with
+ * the broker down, many paused partitions must not hold the worker up.
+ */
 #define PAUSED_WATERMARK_TIMEOUT_MS 1000
+#define PAUSED_WATERMARK_BACKOFF_MS 30000
+
+static TimestampTz watermark_backoff_until = 0;
 
 /*
  * evbus_group_topics --- the comma-separated topics (sorted) of group's
@@ -151,7 +159,8 @@ evbus_consumer_pauses_changed(rd_kafka_t *rk, const char *was, const char *now)
  * evbus_paused_high_watermark --- the high watermark of a partition of a
  * paused topic, asked of the broker (no fetch brings it while paused), so
  * that the lag keeps growing in evbus.stats.  Outside any transaction;
- * false if the broker did not answer in time.
+ * false if the broker did not answer in time, and then for a while
+ * without asking.
  */
 bool
 evbus_paused_high_watermark(rd_kafka_t *rk, const char *topic, int32 partition,
@@ -159,10 +168,16 @@ evbus_paused_high_watermark(rd_kafka_t *rk, const char *topic, int32 partition,
 {
 	int64_t		lo;
 	int64_t		high;
+	TimestampTz now = GetCurrentTimestamp();
 
+	if (now < watermark_backoff_until)
+		return false;
 	if (rd_kafka_query_watermark_offsets(rk, topic, partition, &lo, &high,
 										 PAUSED_WATERMARK_TIMEOUT_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		watermark_backoff_until = TimestampTzPlusMilliseconds(now, PAUSED_WATERMARK_BACKOFF_MS);
 		return false;
+	}
 	*hi = high;
 	return true;
 }

@@ -49,9 +49,13 @@
 #include "kafka.h"
 
 /* How long the worker waits for Kafka's answers about offsets. */
-#define REPLAY_KAFKA_TIMEOUT_MS 10000
-/* How often a replay that waits for its partitions is tried again. */
+#define REPLAY_KAFKA_TIMEOUT_MS 5000
+/*
+ * How often a replay that waits for its partitions is tried again; and
+ * after Kafka did not answer, which must not hold the worker up often.
+ */
 #define REPLAY_RETRY_MS 1000
+#define REPLAY_KAFKA_RETRY_MS 30000
 
 /* A replay asked for and not done yet, as the worker reads it. */
 typedef struct Replay
@@ -281,10 +285,10 @@ rewind_offsets(const Replay *r, rd_kafka_topic_partition_list_t *parts)
 /*
  * replay_one --- steps 1 to 4 of a replay; false when it must wait (its
  * group's consumer or the topic's partitions are not there yet, or Kafka
- * did not answer).
+ * did not answer: *kafka_failed).
  */
 static bool
-replay_one(const Replay *r)
+replay_one(const Replay *r, bool *kafka_failed)
 {
 	rd_kafka_t *rk = evbus_consumer_for_replay(r->group);
 	rd_kafka_topic_partition_list_t *assignment = NULL;
@@ -302,8 +306,17 @@ replay_one(const Replay *r)
 		if (strcmp(assignment->elems[i].topic, topic) == 0)
 			rd_kafka_topic_partition_list_add(parts, topic, assignment->elems[i].partition)->offset = r->from;
 	rd_kafka_topic_partition_list_destroy(assignment);
-	if (parts->cnt == 0 ||
-		(r->by_time && rd_kafka_offsets_for_times(rk, parts, REPLAY_KAFKA_TIMEOUT_MS)))
+	if (parts->cnt > 0 && r->by_time &&
+		rd_kafka_offsets_for_times(rk, parts, REPLAY_KAFKA_TIMEOUT_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		ereport(LOG,
+				(errmsg("evbus: replay " INT64_FORMAT ": Kafka did not say the offsets at its time; trying again in %d s",
+						r->id, REPLAY_KAFKA_RETRY_MS / 1000)));
+		*kafka_failed = true;
+		rd_kafka_topic_partition_list_destroy(parts);
+		return false;
+	}
+	if (parts->cnt == 0)
 	{
 		rd_kafka_topic_partition_list_destroy(parts);
 		return false;
@@ -354,10 +367,14 @@ evbus_replays_run(void)
 	evbus_worker_commit();
 	foreach(lc, asked)
 	{
-		if (replay_one(lfirst(lc)))
+		bool		kafka_failed = false;
+
+		if (replay_one(lfirst(lc), &kafka_failed))
 			done = true;
 		else
-			retry_at = TimestampTzPlusMilliseconds(now, REPLAY_RETRY_MS);
+			retry_at = Max(retry_at,
+						   TimestampTzPlusMilliseconds(now, kafka_failed ?
+													   REPLAY_KAFKA_RETRY_MS : REPLAY_RETRY_MS));
 	}
 	MemoryContextDelete(cxt);
 	return done;
