@@ -33,6 +33,7 @@ OBJS = \
 	src/publish_reports.o \
 	src/publish_producer.o \
 	src/publish_pacing.o \
+	src/publish_pause.o \
 	src/cpu_pressure.o \
 	src/outbox.o \
 	src/outbox_scan.o \
@@ -49,6 +50,9 @@ OBJS = \
 	src/consumer_worker.o \
 	src/consumer.o \
 	src/consumer_offsets.o \
+	src/consumer_pause.o \
+	src/pause.o \
+	src/replay.o \
 	src/kafka_offsets.o \
 	src/inbox_decode.o \
 	src/inbox.o \

@@ -775,3 +775,116 @@ CREATE FUNCTION evbus.edit_dead_letter(message_id text, payload jsonb,
 COMMENT ON FUNCTION evbus.edit_dead_letter(text, jsonb, regprocedure, text, text) IS
 	'replace the payload of a dead letter (evbus.retry then runs it); the original is kept in evbus.repair_log';
 REVOKE ALL ON FUNCTION evbus.edit_dead_letter(text, jsonb, regprocedure, text, text) FROM PUBLIC;
+-- Pause, resume, replay
+--------------------------------------------------------------------------
+
+/*
+ * A paused subscription's handler runs for nothing: its messages wait in
+ * the inbox (pending, no attempt counted), and when every subscription of
+ * a topic in a group is paused the consumer stops fetching the topic's
+ * partitions, so that its lag grows in evbus.stats.  Resuming runs them
+ * in per-key order (test 280_pause_subscription.pl).  NULL: not paused.
+ */
+ALTER TABLE evbus.subscriptions ADD COLUMN paused_at timestamptz;
+COMMENT ON COLUMN evbus.subscriptions.paused_at IS
+	'when the subscription was paused (evbus.pause_subscription); NULL: its handler runs';
+
+/*
+ * Integration events whose publishing is paused: their events stay staged
+ * in the outbox (and move with the outbox rotation) until
+ * evbus.resume_publishing (test 282_pause_publishing.pl).  A change wakes
+ * the publisher through the relcache, as evbus.subscriptions does the
+ * consumer.  A dump carries the pauses, as it carries the subscriptions'
+ * (paused_at): a restored database keeps holding what was held (test
+ * 320_dump_restore.pl).
+ */
+CREATE TABLE evbus.publishing_pauses (
+	integration_event text PRIMARY KEY,
+	paused_by		name NOT NULL,
+	paused_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE evbus.publishing_pauses IS
+	'integration events whose publishing is paused: their events stay staged in the outbox';
+REVOKE ALL ON evbus.publishing_pauses FROM PUBLIC;
+CREATE TRIGGER publishing_pauses_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON evbus.publishing_pauses
+	FOR EACH STATEMENT EXECUTE FUNCTION evbus._config_changed();
+SELECT pg_catalog.pg_extension_config_dump('evbus.publishing_pauses', '');
+
+CREATE FUNCTION evbus.pause_subscription(integration_event text,
+										 handler regprocedure DEFAULT NULL,
+										 group_name text DEFAULT NULL)
+	RETURNS integer
+	AS 'MODULE_PATHNAME', 'evbus_pause_subscription'
+	LANGUAGE C;
+COMMENT ON FUNCTION evbus.pause_subscription(text, regprocedure, text) IS
+	'pause the subscriptions of an integration event in a group (one handler, or all of them when handler is NULL): their messages wait in the inbox; returns how many were paused';
+
+CREATE FUNCTION evbus.resume_subscription(integration_event text,
+										  handler regprocedure DEFAULT NULL,
+										  group_name text DEFAULT NULL)
+	RETURNS integer
+	AS 'MODULE_PATHNAME', 'evbus_resume_subscription'
+	LANGUAGE C;
+COMMENT ON FUNCTION evbus.resume_subscription(text, regprocedure, text) IS
+	'resume paused subscriptions of an integration event in a group: their waiting messages run in per-key order; returns how many were resumed';
+
+CREATE FUNCTION evbus.pause_publishing(integration_event text)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'evbus_pause_publishing'
+	LANGUAGE C;
+COMMENT ON FUNCTION evbus.pause_publishing(text) IS
+	'stop publishing an integration event: its events stay staged in the outbox; false if it was paused already';
+
+CREATE FUNCTION evbus.resume_publishing(integration_event text)
+	RETURNS boolean
+	AS 'MODULE_PATHNAME', 'evbus_resume_publishing'
+	LANGUAGE C;
+COMMENT ON FUNCTION evbus.resume_publishing(text) IS
+	'publish a paused integration event again, its staged events first, in per-key order; false if it was not paused';
+
+REVOKE ALL ON FUNCTION evbus.pause_subscription(text, regprocedure, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.resume_subscription(text, regprocedure, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.pause_publishing(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION evbus.resume_publishing(text) FROM PUBLIC;
+
+/*
+ * Replays asked for by evbus.replay, done by the consumer worker: it
+ * resolves the offsets where each assigned partition of the topic starts
+ * again (from_offset, or Kafka's first offset at from_time), rewinds the
+ * stored offsets (never forwards), with rerun sets the handled inbox rows
+ * of the replayed range pending again, then seeks its Kafka consumer.
+ * done_at and rewound (per partition: the offsets from and to) say what
+ * it did (test 284_replay.pl).
+ */
+CREATE TABLE evbus.replays (
+	id				bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	group_name		text NOT NULL,
+	integration_event text NOT NULL,
+	from_time		timestamptz,
+	from_offset		bigint CHECK (from_offset >= 0),
+	rerun			boolean NOT NULL,
+	requested_by	name NOT NULL,
+	requested_at	timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	done_at			timestamptz,
+	rewound			jsonb,
+	CHECK ((from_time IS NULL) OPERATOR(pg_catalog.<>) (from_offset IS NULL))
+);
+COMMENT ON TABLE evbus.replays IS
+	'replays of a topic for a consumer group (evbus.replay): asked for, and what the consumer rewound';
+REVOKE ALL ON evbus.replays FROM PUBLIC;
+CREATE TRIGGER replays_changed
+	AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON evbus.replays
+	FOR EACH STATEMENT EXECUTE FUNCTION evbus._config_changed();
+
+CREATE FUNCTION evbus.replay(integration_event text,
+							 group_name text DEFAULT NULL,
+							 from_time timestamptz DEFAULT NULL,
+							 from_offset bigint DEFAULT NULL,
+							 rerun boolean DEFAULT false)
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'evbus_replay'
+	LANGUAGE C;
+COMMENT ON FUNCTION evbus.replay(text, text, timestamptz, bigint, boolean) IS
+	'read the topic of an integration event again for a group, from a time or an offset: without rerun nothing runs twice; with rerun the handlers run again for the replayed messages still in the inbox (header evbus-replay); returns the replay''s id in evbus.replays';
+REVOKE ALL ON FUNCTION evbus.replay(text, text, timestamptz, bigint, boolean) FROM PUBLIC;

@@ -319,3 +319,83 @@ REVOKE ALL ON SCHEMA evbus, public FROM evbus_repair_team;
 REVOKE ALL ON SCHEMA evbus FROM evbus_repair_hostile;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_repair_team, evbus_repair_hostile;
 DROP ROLE evbus_repair_team, evbus_repair_hostile;
+-- pause, resume, replay: none is granted to PUBLIC.  A subscription
+-- belongs to the role it runs as: that role, or a member of it, may
+-- pause, resume and replay it, never another role (42501, the hint names
+-- the owner).  Publishing has no owner: EXECUTE on the functions decides.
+CREATE ROLE evbus_shipper;
+CREATE ROLE evbus_intruder;
+GRANT USAGE ON SCHEMA evbus TO evbus_shipper, evbus_intruder;
+GRANT CREATE ON SCHEMA public TO evbus_shipper;
+GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer),
+                          evbus.unsubscribe(text, regprocedure, text)
+   TO evbus_shipper;
+SET ROLE evbus_shipper;
+CREATE FUNCTION public.ship_handler(payload jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+SELECT evbus.subscribe('Shipped', 'public.ship_handler(jsonb)', 'shipping');
+-- not granted to PUBLIC
+SELECT evbus.pause_subscription('Shipped', NULL, 'shipping');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.replay('Shipped', 'shipping', from_offset => 0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.pause_publishing('Shipped');
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION evbus.pause_subscription(text, regprocedure, text),
+                          evbus.resume_subscription(text, regprocedure, text),
+                          evbus.replay(text, text, timestamptz, bigint, boolean)
+   TO evbus_shipper, evbus_intruder;
+-- the owner pauses its subscription
+SET ROLE evbus_shipper;
+SELECT evbus.pause_subscription('Shipped', 'public.ship_handler(jsonb)', 'shipping');
+-- another role may neither resume nor replay it
+SET ROLE evbus_intruder;
+SELECT evbus.resume_subscription('Shipped', NULL, 'shipping');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.replay('Shipped', 'shipping', from_offset => 0, rerun => true);
+\echo :LAST_ERROR_SQLSTATE
+-- an unknown group or event
+SELECT evbus.pause_subscription('Shipped', NULL, 'nowhere');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.replay('NeverSubscribed', 'shipping', from_offset => 0);
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+SELECT handler, paused_at IS NOT NULL AS paused FROM evbus.subscriptions
+ WHERE integration_event = 'Shipped';
+-- arguments that make no sense
+SET ROLE evbus_shipper;
+SELECT evbus.replay('Shipped', 'shipping', now(), 0);
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.replay('Shipped', 'shipping');
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.replay('Shipped', 'shipping', from_offset => -1);
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.replay('Shipped', 'shipping', from_offset => 0, rerun => NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT evbus.pause_subscription(NULL);
+\echo :LAST_ERROR_SQLSTATE
+-- the owner resumes and replays its subscription
+SELECT evbus.resume_subscription('Shipped', NULL, 'shipping');
+SELECT evbus.replay('Shipped', 'shipping', from_offset => 0, rerun => true) > 0 AS asked;
+RESET ROLE;
+SELECT group_name, integration_event, from_time, from_offset, rerun, requested_by
+  FROM evbus.replays;
+-- publishing: an event this database does not know; one it knows
+SELECT evbus.pause_publishing('NeverStaged');
+\echo :LAST_ERROR_SQLSTATE
+BEGIN;
+SELECT evbus.publish('Shipped', '{"parcel": 1}') IS NOT NULL AS staged;
+SELECT evbus.pause_publishing('Shipped');
+SELECT evbus.pause_publishing('Shipped') AS paused_again;
+SELECT integration_event, paused_by = current_user AS by_me FROM evbus.publishing_pauses;
+SELECT evbus.resume_publishing('Shipped');
+SELECT evbus.resume_publishing('Shipped') AS resumed_again;
+ROLLBACK;
+DELETE FROM evbus.replays;
+SET ROLE evbus_shipper;
+SELECT evbus.unsubscribe('Shipped', 'public.ship_handler(jsonb)', 'shipping');
+RESET ROLE;
+DROP FUNCTION public.ship_handler(jsonb);
+REVOKE ALL ON SCHEMA evbus, public FROM evbus_shipper, evbus_intruder;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_shipper, evbus_intruder;
+DROP ROLE evbus_shipper, evbus_intruder;

@@ -40,6 +40,7 @@ typedef struct GroupConsumer
 {
 	char	   *group;
 	char	   *topics;			/* comma-separated, sorted: detects changes */
+	char	   *paused;			/* the topics paused (consumer_pause.c) */
 	uint64		settings;		/* evbus_kafka_conf_fingerprint when built */
 	rd_kafka_t *rk;
 	rd_kafka_queue_t *queue;
@@ -125,6 +126,8 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 	evbus_worker_commit();
 	rd_kafka_topic_partition_list_destroy(committed);
 	rd_kafka_assign(rk, parts);
+	/* librdkafka forgets pauses: paused topics stay so (consumer_pause.c) */
+	evbus_partitions_pause(rk, parts, gc->paused, NULL);
 }
 
 /*
@@ -199,32 +202,6 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	in_rebalance = false;
 }
 
-/* Comma-separated sorted topics of a group's subscriptions. */
-static char *
-group_topics(List *subs, const char *group)
-{
-	StringInfoData buf;
-	ListCell   *lc;
-	const char *last = NULL;
-
-	initStringInfo(&buf);
-	/* subs are ordered by group then integration event: topics are sorted */
-	foreach(lc, subs)
-	{
-		EvbusSubscription *sub = lfirst(lc);
-
-		if (strcmp(sub->group_name, group) != 0)
-			continue;
-		if (last && strcmp(last, sub->topic) == 0)
-			continue;
-		if (buf.len > 0)
-			appendStringInfoChar(&buf, ',');
-		appendStringInfoString(&buf, sub->topic);
-		last = sub->topic;
-	}
-	return buf.data;
-}
-
 static const char *const consumer_defaults[] = {
 	"session.timeout.ms", "10000",
 	"heartbeat.interval.ms", "1000",
@@ -259,6 +236,7 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 
 	gc->group = MemoryContextStrdup(TopMemoryContext, group);
 	gc->topics = MemoryContextStrdup(TopMemoryContext, topics);
+	gc->paused = MemoryContextStrdup(TopMemoryContext, "");
 	gc->settings = settings;
 	snprintf(client_id, sizeof(client_id), "evbus-%u-consumer", MyDatabaseId);
 	conf = evbus_kafka_conf_new(brokers, client_id, consumer_defaults, consumer_forced);
@@ -324,6 +302,7 @@ consumer_destroy(GroupConsumer *gc)
 	rd_kafka_destroy(gc->rk);
 	pfree(gc->group);
 	pfree(gc->topics);
+	pfree(gc->paused);
 	pfree(gc);
 }
 
@@ -389,7 +368,7 @@ evbus_consumers_sync(List *subs)
 	foreach(lc, consumers)
 	{
 		GroupConsumer *gc = lfirst(lc);
-		char	   *topics = group_topics(subs, gc->group);
+		char	   *topics = evbus_group_topics(subs, gc->group, false);
 
 		if (brokers != NULL && topics[0] != '\0' && strcmp(topics, gc->topics) == 0 &&
 			gc->settings == settings)
@@ -416,9 +395,21 @@ evbus_consumers_sync(List *subs)
 				found = true;
 		}
 		if (!found)
-			try_consumer_create(brokers, settings, group, group_topics(subs, group));
+			try_consumer_create(brokers, settings, group, evbus_group_topics(subs, group, false));
 	}
 	list_free_deep(groups);
+	foreach(lc, consumers)
+	{
+		GroupConsumer *gc = lfirst(lc);
+		char	   *paused = evbus_group_topics(subs, gc->group, true);
+
+		if (strcmp(paused, gc->paused) != 0)
+		{
+			evbus_consumer_pauses_changed(gc->rk, gc->paused, paused);
+			pfree(gc->paused);
+			gc->paused = paused;	/* in TopMemoryContext */
+		}
+	}
 	MemoryContextSwitchTo(old);
 	return settings;
 }
@@ -615,8 +606,11 @@ evbus_consumers_report_watermarks(void)
 			int64_t		lo;
 			int64_t		hi;
 
-			/* cached from fetch responses: no network wait */
-			if (rd_kafka_get_watermark_offsets(gc->rk, assignment->elems[i].topic,
+			/* cached from fetch responses: no network wait; unless paused */
+			if (evbus_topic_listed(gc->paused, assignment->elems[i].topic) ?
+				evbus_paused_high_watermark(gc->rk, assignment->elems[i].topic,
+											assignment->elems[i].partition, &hi) :
+				rd_kafka_get_watermark_offsets(gc->rk, assignment->elems[i].topic,
 											   assignment->elems[i].partition,
 											   &lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
 			{
@@ -634,6 +628,32 @@ evbus_consumers_report_watermarks(void)
 			evbus_worker_commit();
 		}
 	}
+}
+
+/*
+ * evbus_consumer_for_replay --- the Kafka consumer of group, or NULL.  A
+ * replay (replay.c) is about to rewind the group's stored offsets: the
+ * offsets not yet told to Kafka, ahead of those, are forgotten.
+ */
+rd_kafka_t *
+evbus_consumer_for_replay(const char *group)
+{
+	ListCell   *lc;
+
+	foreach(lc, consumers)
+	{
+		GroupConsumer *gc = lfirst(lc);
+
+		if (strcmp(gc->group, group) != 0)
+			continue;
+		if (gc->to_commit)
+		{
+			rd_kafka_topic_partition_list_destroy(gc->to_commit);
+			gc->to_commit = NULL;
+		}
+		return gc->rk;
+	}
+	return NULL;
 }
 
 /* Leave every group (at exit). */

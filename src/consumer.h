@@ -25,6 +25,7 @@ typedef struct EvbusSubscription
 	Oid			run_as;
 	int			max_retries;	/* -1: evbus.max_retries */
 	bool		park;			/* on_dead_letter 'park': a dead letter holds its key */
+	bool		paused;			/* evbus.pause_subscription: its rows wait */
 } EvbusSubscription;
 
 /* A message as received from Kafka, copied out of librdkafka. */
@@ -61,6 +62,10 @@ extern Oid	evbus_resolve_handler(const char *signature);
 extern void evbus_check_handler_owner(Oid fn, Oid proowner, Oid run_as);
 extern void evbus_refuse_subscriber_drop(DropRoleStmt *stmt);
 
+/* pause.c */
+extern void evbus_check_subscriptions_owner(const char *event, const char *group,
+											const char *signature, const char *verb);
+
 /* handler.c */
 extern bool evbus_run_handler(const EvbusSubscription *sub, Jsonb *payload,
 							  Jsonb *headers, char **error_code,
@@ -91,6 +96,10 @@ extern void evbus_store_high_watermarks(const char *group, NextOffset *hwm, int 
 extern void evbus_attempt_marker_open(void);
 extern bool evbus_attempt_marker_suspect(const char *group, const ReceivedMessage *m);
 extern bool evbus_attempt_marker_write(const char *group, ReceivedMessage *msgs, int n);
+
+/* replay.c */
+extern void evbus_replays_watch(void);
+extern bool evbus_replays_run(void);
 
 /* consumer.c */
 extern uint64 evbus_consumers_sync(List *subs);

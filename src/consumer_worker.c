@@ -114,6 +114,7 @@ consumer_start(Oid dboid)
 	pgstat_report_appname("evbus consumer");
 	evbus_attempt_marker_open();
 	evbus_subscriptions_watch();
+	evbus_replays_watch();
 }
 
 /*
@@ -186,6 +187,10 @@ evbus_consumer_main(Datum main_arg)
 		}
 		else
 			evbus_worker_commit();
+
+		/* evbus.replay: rewind, then handle what comes again */
+		if (evbus_replays_run())
+			dispatch_now = true;
 
 		pgstat_report_activity(STATE_RUNNING, "consuming");
 		more = evbus_consumers_poll(subs, &left_pending);

@@ -228,6 +228,17 @@ extern char *evbus_uuid_to_cstring(const pg_uuid_t *uuid);
 extern void evbus_check_event_name(const char *name, const char *what);
 extern void evbus_check_writable(const char *what);
 extern Oid	evbus_schema_oid(void);
+extern bool evbus_pauses_present(void);
+
+/* A table of schema evbus a worker reads again when it changed (util.c). */
+typedef struct EvbusTableWatch
+{
+	const char *relname;
+	Oid			relid;			/* InvalidOid until first read */
+	bool		stale;			/* changed since the last read */
+} EvbusTableWatch;
+extern void evbus_table_watch(EvbusTableWatch *w);
+extern bool evbus_table_watch_read(EvbusTableWatch *w);
 extern Oid	evbus_extension_owner(void);
 extern bool evbus_extension_present(void);
 extern bool evbus_extension_attribute(AttrNumber attnum, Datum *value,

@@ -274,8 +274,9 @@ plan_rows(const Batch *b, List *pending_keys, bool inserted_handled, InboxRow *r
 			 * it, in order, in the handling transaction (which holds it back
 			 * if that one fails).
 			 */
-			row->runnable = !(b->dec[i].event_key &&
-							  evbus_key_held(pending_keys, row->sub->signature, b->dec[i].event_key));
+			row->runnable = !row->sub->paused &&
+				!(b->dec[i].event_key &&
+				  evbus_key_held(pending_keys, row->sub->signature, b->dec[i].event_key));
 			row->attempts = (row->runnable ? 1 : 0) + (suspect ? 1 : 0);
 		}
 	}
@@ -493,6 +494,17 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 }
 
 /*
+ * A paused subscription's pending rows wait, due or not, and are not the
+ * next due either: its handler runs again once resumed, first of its key
+ * first (test 280_pause_subscription.pl).
+ */
+#define NOT_PAUSED \
+	" AND NOT EXISTS (SELECT 1 FROM evbus.subscriptions s WHERE s.paused_at IS NOT NULL" \
+	" AND s.group_name OPERATOR(pg_catalog.=) i.group_name" \
+	" AND s.integration_event OPERATOR(pg_catalog.=) i.integration_event" \
+	" AND s.handler OPERATOR(pg_catalog.=) i.handler)"
+
+/*
  * evbus_inbox_dispatch_due --- run pending messages that are due and first
  * of their key: retries, messages that waited for their key, attempts
  * interrupted by a crash.  Returns when the next pending message is due
@@ -501,6 +513,7 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 TimestampTz
 evbus_inbox_dispatch_due(List *subs)
 {
+	const char *paused;			/* NOT_PAUSED, or "" at SQL version 0.1 */
 	List	   *dispatch = NIL;
 	TimestampTz next_due = 0;
 	uint64		i;
@@ -510,9 +523,10 @@ evbus_inbox_dispatch_due(List *subs)
 
 	/* count the attempts and commit before running anything */
 	inbox_begin();
-	if (SPI_execute("WITH due AS ("
+	paused = evbus_pauses_present() ? NOT_PAUSED : "";
+	if (SPI_execute(psprintf("WITH due AS ("
 					" SELECT id FROM evbus.inbox i"
-					" WHERE state = 'pending' AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+					" WHERE state = 'pending' AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s"
 					" AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'"
 					" AND e.group_name OPERATOR(pg_catalog.=) i.group_name"
 					" AND e.handler OPERATOR(pg_catalog.=) i.handler"
@@ -522,7 +536,7 @@ evbus_inbox_dispatch_due(List *subs)
 					" UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
 					" FROM due WHERE i.id OPERATOR(pg_catalog.=) due.id"
 					" RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
-					" i.payload, i.headers, i.attempts, i.event_key, i.handler",
+					" i.payload, i.headers, i.attempts, i.event_key, i.handler", paused),
 					false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not read the inbox");
 	old = MemoryContextSwitchTo(batch_cxt);
@@ -554,13 +568,13 @@ evbus_inbox_dispatch_due(List *subs)
 	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, false);
 	MemoryContextSwitchTo(old);
 	/* when is the next message due that may run (first of its key)? */
-	if (SPI_execute("SELECT pg_catalog.min(next_attempt_at) FROM evbus.inbox i"
-					" WHERE state = 'pending'"
+	if (SPI_execute(psprintf("SELECT pg_catalog.min(next_attempt_at) FROM evbus.inbox i"
+					" WHERE state = 'pending'%s"
 					" AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'"
 					" AND e.group_name OPERATOR(pg_catalog.=) i.group_name"
 					" AND e.handler OPERATOR(pg_catalog.=) i.handler"
 					" AND e.event_key OPERATOR(pg_catalog.=) i.event_key"
-					" AND e.id OPERATOR(pg_catalog.<) i.id)",
+					" AND e.id OPERATOR(pg_catalog.<) i.id)", paused),
 					true, 0) == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		bool		isnull;

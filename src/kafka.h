@@ -72,4 +72,18 @@ extern rd_kafka_resp_err_t evbus_producer_send(EvbusProducer *producer,
 extern bool evbus_producer_failed(EvbusProducer *producer);
 extern int	evbus_producer_queue_length(EvbusProducer *producer);
 
+/* consumer_pause.c: partitions of paused subscriptions (List: consumer.h) */
+extern char *evbus_group_topics(List *subs, const char *group, bool paused_only);
+extern bool evbus_topic_listed(const char *list, const char *topic);
+extern void evbus_partitions_pause(rd_kafka_t *rk,
+								   const rd_kafka_topic_partition_list_t *parts,
+								   const char *pause_list, const char *resume_list);
+extern void evbus_consumer_pauses_changed(rd_kafka_t *rk, const char *was,
+										  const char *now);
+/* consumer.c: for replay.c */
+extern rd_kafka_t *evbus_consumer_for_replay(const char *group);
+
+extern bool evbus_paused_high_watermark(rd_kafka_t *rk, const char *topic,
+										int32 partition, int64 *hi);
+
 #endif							/* EVBUS_KAFKA_H */

@@ -55,6 +55,10 @@ extern void evbus_outbox_maintain(EvbusOutboxHeldFn held,
 								  void (*let_go) (void));
 
 /* outbox_published.c: the ids the worker is done with, per table */
+/* publish_pause.c: is an integration event's publishing paused? */
+extern bool evbus_publish_any_paused(void);
+extern bool evbus_publish_paused(const char *event, int len);
+
 extern bool evbus_outbox_published_covers(int table, int64 id, int64 *last);
 extern void evbus_outbox_published_load(void);
 extern void evbus_outbox_published_add(int table, int64 *ids, int nids);

@@ -111,14 +111,28 @@ slot_id(TupleTableSlot *slot)
 	return DatumGetInt64(slot_getattr(slot, EVBUS_OUTBOX_ID, &isnull));
 }
 
-/* Is the row in slot due (no deliver_at, or deliver_at has come)? */
+/*
+ * Is the row in slot due (no deliver_at, or deliver_at has come, and its
+ * integration event's publishing not paused)?  A paused event's row waits
+ * like one due later: next_pending still finds it, so the rotation keeps
+ * it (test 282_pause_publishing.pl).
+ */
 static bool
 slot_due(TupleTableSlot *slot)
 {
 	bool		isnull;
 	Datum		d = slot_getattr(slot, EVBUS_OUTBOX_DELIVER_AT, &isnull);
 
-	return isnull || DatumGetTimestampTz(d) <= GetCurrentTransactionStartTimestamp();
+	if (!isnull && DatumGetTimestampTz(d) > GetCurrentTransactionStartTimestamp())
+		return false;
+	if (evbus_publish_any_paused())
+	{
+		text	   *event = DatumGetTextPP(slot_getattr(slot, EVBUS_OUTBOX_INTEGRATION_EVENT,
+														 &isnull));
+
+		return !evbus_publish_paused(VARDATA_ANY(event), VARSIZE_ANY_EXHDR(event));
+	}
+	return true;
 }
 
 /*

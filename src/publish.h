@@ -31,6 +31,11 @@ extern int	evbus_cursor_claim_forward(int limit, int64 max_bytes,
 									   bool *full);
 extern void evbus_cursor_start_sweep(TimestampTz now);
 extern bool evbus_cursor_sweeping(void);
+extern void evbus_cursor_sweep_first(void);
+
+/* publish_pause.c */
+extern void evbus_publish_pauses_watch(void);
+extern bool evbus_publish_pauses_refresh(void);
 extern int	evbus_cursor_sweep_page(int limit, int64 max_bytes,
 									OutboxRow **rows, MemoryContext cxt,
 									bool *full);

@@ -46,6 +46,16 @@ static int64 max_seen = 0;		/* highest id ever claimed */
 static int64 sweep_from = -1;	/* next id of the running sweep, -1: none */
 static TimestampTz last_sweep = 0;
 
+/*
+ * Set when a paused integration event was resumed (publish_pause.c): its
+ * staged events lie below the cursor, older than anything of their key
+ * staged since.  Until a sweep has gone through the whole outbox in id
+ * order, nothing is claimed past the cursor and the holes are left to that
+ * sweep, so that no later event of a key overtakes them (test
+ * 282_pause_publishing.pl).
+ */
+static bool sweep_first = false;
+
 /* evbus_cursor_init --- set up the revisits, in the publisher's context. */
 void
 evbus_cursor_init(MemoryContext cxt)
@@ -177,6 +187,11 @@ evbus_cursor_claim_forward(int limit, int64 max_bytes, OutboxRow **rows,
 	int64		expected = max_seen + 1;
 
 	*rows = NULL;
+	if (sweep_first)
+	{
+		*full = false;			/* the sweep goes first */
+		return 0;
+	}
 	if (max_bytes <= 0)
 	{
 		*full = true;			/* the remembered ids took the step's bytes */
@@ -215,7 +230,7 @@ void
 evbus_cursor_start_sweep(TimestampTz now)
 {
 	if (sweep_from < 0 &&
-		TimestampDifferenceExceeds(last_sweep, now, evbus_poll_interval_ms))
+		(sweep_first || TimestampDifferenceExceeds(last_sweep, now, evbus_poll_interval_ms)))
 	{
 		sweep_from = 0;
 		last_sweep = now;
@@ -254,8 +269,32 @@ void
 evbus_cursor_sweep_advance(const OutboxRow *rows, int n, bool produced,
 						   bool full)
 {
+	if (produced && !full)
+		sweep_first = false;	/* went through the whole outbox */
 	if (!produced || !full)
 		sweep_from = -1;		/* done (or resumed by the next sweep) */
 	else
 		sweep_from = rows[n - 1].id + 1;
+}
+
+/*
+ * evbus_cursor_sweep_first --- a paused event was resumed: sweep the whole
+ * outbox before claiming past the cursor again, and forget the holes
+ * (the sweep finds them, in id order); failed events stay remembered,
+ * since later events of their key wait for them.
+ */
+void
+evbus_cursor_sweep_first(void)
+{
+	HASH_SEQ_STATUS status;
+	Revisit    *rv;
+
+	hash_seq_init(&status, revisits);
+	while ((rv = hash_seq_search(&status)) != NULL)
+	{
+		if (!rv->failed)
+			hash_search(revisits, &rv->id, HASH_REMOVE, NULL);
+	}
+	sweep_first = true;
+	sweep_from = -1;			/* a running sweep may have passed them */
 }

@@ -434,6 +434,7 @@ evbus_publisher_init(const char *database_name)
 	evbus_reports_init(publisher_cxt);
 	evbus_keys_init(publisher_cxt);
 	evbus_cursor_init(publisher_cxt);
+	evbus_publish_pauses_watch();
 }
 
 /*
@@ -535,6 +536,9 @@ evbus_publisher_step(bool claim_wanted)
 		deferring = claiming && evbus_standby_wait_enabled();
 		evbus_worker_begin(evbus_publisher_shutdown);
 		evbus_outbox_published_load();
+		/* a resumed event's staged events are swept first, in id order */
+		if (evbus_publish_pauses_refresh())
+			evbus_cursor_sweep_first();
 		if (finishing)
 			evbus_reports_finish();
 		if (claiming)

@@ -600,15 +600,16 @@ evbus_load_subscriptions(MemoryContext cxt)
 	subscriptions_stale = false;
 	subscriptions_relid = get_relname_relid("subscriptions", evbus_schema_oid());
 
-	/* a 0.1 schema has no on_dead_letter: every subscription skips */
+	/* a 0.1 schema has neither on_dead_letter nor paused_at (both 0.2) */
 	if (SPI_execute(get_attnum(subscriptions_relid, "on_dead_letter") != InvalidAttrNumber ?
 					"SELECT group_name, integration_event, handler, is_procedure,"
 					" takes_headers, run_as::pg_catalog.oid, COALESCE(max_retries, -1),"
-					" on_dead_letter OPERATOR(pg_catalog.=) 'park'"
+					" on_dead_letter OPERATOR(pg_catalog.=) 'park', paused_at IS NOT NULL"
 					" FROM evbus.subscriptions"
 					" ORDER BY group_name, integration_event, handler" :
 					"SELECT group_name, integration_event, handler, is_procedure,"
-					" takes_headers, run_as::pg_catalog.oid, COALESCE(max_retries, -1), false"
+					" takes_headers, run_as::pg_catalog.oid, COALESCE(max_retries, -1),"
+					" false, false"
 					" FROM evbus.subscriptions"
 					" ORDER BY group_name, integration_event, handler",
 					true, 0) != SPI_OK_SELECT)
@@ -630,6 +631,7 @@ evbus_load_subscriptions(MemoryContext cxt)
 		sub->run_as = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
 		sub->max_retries = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
 		sub->park = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+		sub->paused = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
 		sub->topic = psprintf("%s%s", evbus_topic_prefix, sub->integration_event);
 		result = lappend(result, sub);
 		MemoryContextSwitchTo(old);

@@ -171,6 +171,54 @@ evbus_schema_oid(void)
 }
 
 /*
+ * evbus_pauses_present --- has this database's evbus the tables of pausing
+ * (SQL version 0.2)?  The workers also run at 0.1, whose tables have no
+ * pause: there nothing is ever paused.  Inside a transaction.
+ */
+bool
+evbus_pauses_present(void)
+{
+	return OidIsValid(get_relname_relid("publishing_pauses", evbus_schema_oid()));
+}
+
+/*
+ * A table of schema evbus whose changes a worker must notice: its relcache
+ * entry is invalidated at the commit of every change (evbus._config_changed).
+ */
+static void
+table_watch_invalidated(Datum arg, Oid relid)
+{
+	EvbusTableWatch *w = (EvbusTableWatch *) DatumGetPointer(arg);
+
+	if (relid == InvalidOid || relid == w->relid)
+		w->stale = true;
+}
+
+/* evbus_table_watch --- watch w->relname (w lives for the process). */
+void
+evbus_table_watch(EvbusTableWatch *w)
+{
+	w->relid = InvalidOid;
+	w->stale = true;
+	CacheRegisterRelcacheCallback(table_watch_invalidated, PointerGetDatum(w));
+}
+
+/*
+ * evbus_table_watch_read --- the table is about to be read, inside a
+ * transaction: changes from now on make it stale again.  The read must
+ * take a snapshot after this (SPI, not read-only), or a change committed
+ * in between is missed.  False when the table does not exist (SQL version
+ * 0.1).
+ */
+bool
+evbus_table_watch_read(EvbusTableWatch *w)
+{
+	w->stale = false;
+	w->relid = get_relname_relid(w->relname, evbus_schema_oid());
+	return OidIsValid(w->relid);
+}
+
+/*
  * The owner is looked up on every staged event: cache it for the backend,
  * and forget it when evbus.outbox_0 is invalidated (which DROP EXTENSION
  * does) or on a full relcache reset.

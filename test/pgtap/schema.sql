@@ -6,7 +6,7 @@
  * that it rolls back (test/pgtap/run.sh).
  */
 BEGIN;
-SELECT plan(122);
+SELECT plan(134);
 
 -- the extension and its fixed schema
 SELECT has_extension('evbus', 'extension evbus is installed');
@@ -21,15 +21,18 @@ SELECT has_schema('evbus');
 SELECT tables_are('evbus', ARRAY[
 	'converters', 'outbox_0', 'outbox_1', 'outbox_published_0',
 	'outbox_published_1', 'dead_letters', 'subscriptions',
-	'consumer_offsets', 'inbox', 'publish_counters', 'repair_log']);
+	'consumer_offsets', 'inbox', 'publish_counters', 'repair_log',
+	'publishing_pauses', 'replays']);
 SELECT views_are('evbus', ARRAY['outbox', 'stats', 'failures']);
-SELECT sequences_are('evbus', ARRAY['outbox_id_seq', 'dead_letters_id_seq', 'inbox_id_seq', 'repair_log_id_seq']);
+SELECT sequences_are('evbus', ARRAY['outbox_id_seq', 'dead_letters_id_seq', 'inbox_id_seq',
+	'repair_log_id_seq', 'replays_id_seq']);
 SELECT functions_are('evbus', ARRAY[
 	'_config_changed', 'register_converter', 'unregister_converter',
 	'raise', 'publish', 'capture', 'subscribe', 'unsubscribe',
 	'_refuse_handler_drop', 'retry', 'brokers', 'publisher_pid',
 	'consumer_pid', 'worker_status', 'message_chain', '_start_worker_at_commit',
-	'discard', 'edit_dead_letter']);
+	'discard', 'edit_dead_letter', 'pause_subscription', 'resume_subscription',
+	'pause_publishing', 'resume_publishing', 'replay']);
 
 -- every function with its argument types and its result
 SELECT has_function('evbus', 'register_converter', ARRAY['text', 'text', 'regprocedure']);
@@ -157,7 +160,8 @@ SELECT col_has_check('evbus', 'dead_letters', 'direction', 'dead_letters.directi
 -- subscriptions
 SELECT columns_are('evbus', 'subscriptions', ARRAY[
 	'integration_event', 'group_name', 'handler', 'is_procedure',
-	'takes_headers', 'run_as', 'max_retries', 'subscribed_at', 'on_dead_letter']);
+	'takes_headers', 'run_as', 'max_retries', 'subscribed_at', 'on_dead_letter',
+	'paused_at']);
 SELECT col_is_pk('evbus', 'subscriptions', ARRAY['integration_event', 'group_name', 'handler']::name[], 'the primary key of evbus.subscriptions is (integration_event, group_name, handler)');
 SELECT col_type_is('evbus', 'subscriptions', 'handler', 'text', 'subscriptions.handler is text (a qualified signature)');
 SELECT col_type_is('evbus', 'subscriptions', 'run_as', 'regrole', 'subscriptions.run_as is regrole');
@@ -213,6 +217,26 @@ SELECT is((SELECT evtevent || ' ' || evtfoid::regprocedure::text
 		   FROM pg_catalog.pg_event_trigger WHERE evtname = 'evbus_refuse_handler_drop'),
 		  'sql_drop evbus._refuse_handler_drop()',
 		  'event trigger evbus_refuse_handler_drop runs on sql_drop');
+
+-- pausing and replaying
+SELECT function_returns('evbus', 'pause_subscription', ARRAY['text', 'regprocedure', 'text'], 'integer');
+SELECT function_returns('evbus', 'resume_subscription', ARRAY['text', 'regprocedure', 'text'], 'integer');
+SELECT function_returns('evbus', 'pause_publishing', ARRAY['text'], 'boolean');
+SELECT function_returns('evbus', 'resume_publishing', ARRAY['text'], 'boolean');
+SELECT function_returns('evbus', 'replay', ARRAY['text', 'text', 'timestamp with time zone', 'bigint', 'boolean'], 'bigint');
+SELECT is((SELECT pg_catalog.pg_get_function_arguments('evbus.pause_subscription(text, regprocedure, text)'::regprocedure)),
+		  'integration_event text, handler regprocedure DEFAULT NULL::regprocedure, group_name text DEFAULT NULL::text',
+		  'evbus.pause_subscription: handler and group_name are optional');
+SELECT is((SELECT pg_catalog.pg_get_function_arguments('evbus.replay(text, text, timestamptz, bigint, boolean)'::regprocedure)),
+		  'integration_event text, group_name text DEFAULT NULL::text, from_time timestamp with time zone DEFAULT NULL::timestamp with time zone, from_offset bigint DEFAULT NULL::bigint, rerun boolean DEFAULT false',
+		  'evbus.replay: all but integration_event are optional');
+SELECT col_type_is('evbus', 'subscriptions', 'paused_at', 'timestamp with time zone', 'subscriptions.paused_at is timestamptz');
+SELECT columns_are('evbus', 'publishing_pauses', ARRAY['integration_event', 'paused_by', 'paused_at']);
+SELECT trigger_is('evbus', 'publishing_pauses', 'publishing_pauses_changed', 'evbus', '_config_changed');
+SELECT columns_are('evbus', 'replays', ARRAY[
+	'id', 'group_name', 'integration_event', 'from_time', 'from_offset',
+	'rerun', 'requested_by', 'requested_at', 'done_at', 'rewound']);
+SELECT trigger_is('evbus', 'replays', 'replays_changed', 'evbus', '_config_changed');
 
 -- every table, view and public function is commented
 SELECT is(ARRAY(SELECT c.relname::text FROM pg_catalog.pg_class c

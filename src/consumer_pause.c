@@ -1,0 +1,183 @@
+/*-------------------------------------------------------------------------
+ *
+ * consumer_pause.c
+ *	  Which topics a group's consumer reads, and the consumer's side of
+ *	  paused subscriptions: which of those topics to stop fetching,
+ *	  pausing and resuming their partitions, and their high watermarks
+ *	  while no fetch brings them.
+ *
+ * A paused subscription's messages wait in the inbox (inbox.c inserts
+ * their rows as pending, and dispatches none while it is paused).  When
+ * every subscription of a topic in a group is paused, nothing of the
+ * topic could run: the consumer pauses the topic's partitions
+ * (rd_kafka_pause_partitions), so that their offsets stay where they are
+ * and the lag in evbus.stats grows, rather than filling the inbox.  A
+ * partition is paused again on every assignment (librdkafka forgets it),
+ * so a consumer restarted while the topic is paused fetches nothing of it
+ * (test 280_pause_subscription.pl).  Messages that librdkafka had fetched
+ * before the pause may still come: they go to the inbox and wait there,
+ * which loses nothing.
+ *
+ * Called by consumer.c; calls nothing of it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "lib/stringinfo.h"
+#include "utils/timestamp.h"
+
+#include "consumer.h"
+#include "kafka.h"
+
+/*
+ * How long the high watermark of a paused partition is waited for, and
+ * for how long none is asked again once the broker did not answer: with
+ * the broker down, many paused partitions must not hold the worker up.
+ */
+#define PAUSED_WATERMARK_TIMEOUT_MS 1000
+#define PAUSED_WATERMARK_BACKOFF_MS 30000
+
+static TimestampTz watermark_backoff_until = 0;
+
+/*
+ * evbus_group_topics --- the comma-separated topics (sorted) of group's
+ * subscriptions in subs, or with paused_only those whose every
+ * subscription in the group is paused; "" when there is none.
+ */
+char *
+evbus_group_topics(List *subs, const char *group, bool paused_only)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+	const char *topic = NULL;
+	bool		all_paused = false;
+
+	initStringInfo(&buf);
+	/* subs are ordered by group, then integration event (one topic each) */
+	foreach(lc, subs)
+	{
+		EvbusSubscription *sub = lfirst(lc);
+
+		if (strcmp(sub->group_name, group) != 0)
+			continue;
+		if (topic == NULL || strcmp(topic, sub->topic) != 0)
+		{
+			if (topic && (all_paused || !paused_only))
+				appendStringInfo(&buf, "%s%s", buf.len > 0 ? "," : "", topic);
+			topic = sub->topic;
+			all_paused = true;
+		}
+		all_paused = all_paused && sub->paused;
+	}
+	if (topic && (all_paused || !paused_only))
+		appendStringInfo(&buf, "%s%s", buf.len > 0 ? "," : "", topic);
+	return buf.data;
+}
+
+/* Is topic one of the comma-separated list? */
+bool
+evbus_topic_listed(const char *list, const char *topic)
+{
+	size_t		len = strlen(topic);
+	const char *p = list;
+
+	while (p && *p)
+	{
+		const char *end = strchr(p, ',');
+		size_t		n = end ? (size_t) (end - p) : strlen(p);
+
+		if (n == len && strncmp(p, topic, len) == 0)
+			return true;
+		p = end ? end + 1 : NULL;
+	}
+	return false;
+}
+
+/*
+ * evbus_partitions_pause --- of the partitions parts, pause those of the
+ * topics in pause_list and resume those of the topics in resume_list.
+ */
+void
+evbus_partitions_pause(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts,
+					   const char *pause_list, const char *resume_list)
+{
+	rd_kafka_topic_partition_list_t *pause = rd_kafka_topic_partition_list_new(Max(parts->cnt, 1));
+	rd_kafka_topic_partition_list_t *resume = rd_kafka_topic_partition_list_new(Max(parts->cnt, 1));
+	int			i;
+
+	for (i = 0; i < parts->cnt; i++)
+	{
+		const rd_kafka_topic_partition_t *p = &parts->elems[i];
+
+		if (pause_list && evbus_topic_listed(pause_list, p->topic))
+			rd_kafka_topic_partition_list_add(pause, p->topic, p->partition);
+		else if (resume_list && evbus_topic_listed(resume_list, p->topic))
+			rd_kafka_topic_partition_list_add(resume, p->topic, p->partition);
+	}
+	if (pause->cnt > 0)
+	{
+		rd_kafka_pause_partitions(rk, pause);
+		elog(DEBUG1, "evbus: paused %d partitions of %s", pause->cnt, pause_list);
+	}
+	if (resume->cnt > 0)
+	{
+		rd_kafka_resume_partitions(rk, resume);
+		elog(DEBUG1, "evbus: resumed %d partitions of %s", resume->cnt, resume_list);
+	}
+	rd_kafka_topic_partition_list_destroy(pause);
+	rd_kafka_topic_partition_list_destroy(resume);
+}
+
+/*
+ * evbus_consumer_pauses_changed --- the group's paused topics went from
+ * was to now: pause and resume the assigned partitions accordingly.
+ */
+void
+evbus_consumer_pauses_changed(rd_kafka_t *rk, const char *was, const char *now)
+{
+	rd_kafka_topic_partition_list_t *assignment = NULL;
+	StringInfoData resumed;
+	char	   *copy = pstrdup(was);
+	char	   *tok;
+	char	   *save;
+
+	initStringInfo(&resumed);
+	for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
+		if (!evbus_topic_listed(now, tok))
+			appendStringInfo(&resumed, "%s%s", resumed.len > 0 ? "," : "", tok);
+	if (rd_kafka_assignment(rk, &assignment) == RD_KAFKA_RESP_ERR_NO_ERROR && assignment)
+	{
+		evbus_partitions_pause(rk, assignment, now, resumed.data);
+		rd_kafka_topic_partition_list_destroy(assignment);
+	}
+	pfree(copy);
+	pfree(resumed.data);
+}
+
+/*
+ * evbus_paused_high_watermark --- the high watermark of a partition of a
+ * paused topic, asked of the broker (no fetch brings it while paused), so
+ * that the lag keeps growing in evbus.stats.  Outside any transaction;
+ * false if the broker did not answer in time, and then for a while
+ * without asking.
+ */
+bool
+evbus_paused_high_watermark(rd_kafka_t *rk, const char *topic, int32 partition,
+							int64 *hi)
+{
+	int64_t		lo;
+	int64_t		high;
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (now < watermark_backoff_until)
+		return false;
+	if (rd_kafka_query_watermark_offsets(rk, topic, partition, &lo, &high,
+										 PAUSED_WATERMARK_TIMEOUT_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		watermark_backoff_until = TimestampTzPlusMilliseconds(now, PAUSED_WATERMARK_BACKOFF_MS);
+		return false;
+	}
+	*hi = high;
+	return true;
+}
