@@ -603,3 +603,28 @@ REVOKE ALL ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) FROM P
 REVOKE ALL ON FUNCTION evbus.unsubscribe(text, regprocedure, text) FROM PUBLIC;
 GRANT USAGE ON SCHEMA evbus TO pg_monitor;
 GRANT SELECT ON evbus.stats TO pg_monitor;
+
+--------------------------------------------------------------------------
+-- Metrics
+--------------------------------------------------------------------------
+
+/*
+ * Every database's counters, gauges and histograms as Prometheus series,
+ * one row per series: the metric's name, its kind (counter, gauge,
+ * histogram: the _bucket rows with le, _sum and _count), its labels and
+ * its value.  Reads shared memory only, no table, so that a scraper may
+ * call it every few seconds whatever the size of the inbox; the workers
+ * keep the numbers (metrics.c).  Readable by pg_monitor, like evbus.stats.
+ */
+CREATE FUNCTION evbus.metrics(OUT metric text, OUT kind text,
+							  OUT database text, OUT worker text,
+							  OUT topic text, OUT group_name text,
+							  OUT le text, OUT error text,
+							  OUT value double precision)
+	RETURNS SETOF record
+	AS 'MODULE_PATHNAME', 'evbus_metrics'
+	LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION evbus.metrics() IS
+	'counters, gauges and histograms of every database''s evbus workers as Prometheus series (metric, kind, labels, value), from shared memory';
+REVOKE ALL ON FUNCTION evbus.metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION evbus.metrics() TO pg_monitor;

@@ -51,6 +51,14 @@ static char source_name[NAMEDATALEN];
 static MemoryContext publisher_cxt = NULL;	/* lives as long as the worker */
 static MemoryContext batch_cxt = NULL;	/* one claim */
 static TimestampTz last_maintain = 0;
+static TimestampTz last_metrics = 0;	/* the outbox last counted */
+
+/*
+ * How often the outbox is counted for evbus.metrics() (its depth and
+ * oldest event): a scan of what is not yet published, so not at every
+ * step.
+ */
+#define METRICS_INTERVAL_MS 5000
 static int	step_passed = 0;	/* claimed rows the step did not hold back */
 
 /* The wire headers (README.md, Wire format), then the user's. */
@@ -557,6 +565,14 @@ evbus_publisher_step(bool claim_wanted)
 		evbus_outbox_maintain(evbus_reports_holds, evbus_publisher_shutdown);
 		evbus_keys_prune(now);
 		last_maintain = now;
+	}
+	if (TimestampDifferenceExceeds(last_metrics, now, METRICS_INTERVAL_MS))
+	{
+		pgstat_report_activity(STATE_RUNNING, "counting the outbox");
+		evbus_worker_begin(evbus_publisher_shutdown);
+		evbus_metrics_refresh_outbox();
+		evbus_worker_commit();
+		last_metrics = now;
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return more && evbus_inflight_room();
