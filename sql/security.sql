@@ -241,3 +241,22 @@ SELECT count(*) FROM evbus.message_chain('01890a5d-ac96-774b-bcce-b302099a8057')
 REVOKE ALL ON FUNCTION evbus.message_chain(text) FROM evbus_tracer;
 REVOKE ALL ON SCHEMA evbus FROM evbus_tracer;
 DROP ROLE evbus_tracer;
+
+-- metrics: evbus.metrics() is granted to pg_monitor only, as evbus.stats
+-- is; a role with USAGE on the schema alone may not read it, nor the
+-- message counts evbus.stats reads (evbus.inbox_messages)
+CREATE ROLE evbus_watcher;
+GRANT USAGE ON SCHEMA evbus TO evbus_watcher;
+SET ROLE evbus_watcher;
+SELECT count(*) FROM evbus.metrics();
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM evbus.inbox_messages;
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+GRANT pg_monitor TO evbus_watcher;
+SET ROLE evbus_watcher;
+SELECT count(*) >= 0 AS readable FROM evbus.metrics();
+SELECT count(*) >= 0 AS readable FROM evbus.stats;
+RESET ROLE;
+REVOKE ALL ON SCHEMA evbus FROM evbus_watcher;
+DROP ROLE evbus_watcher;

@@ -21,14 +21,15 @@ SELECT has_schema('evbus');
 SELECT tables_are('evbus', ARRAY[
 	'converters', 'outbox_0', 'outbox_1', 'outbox_published_0',
 	'outbox_published_1', 'dead_letters', 'subscriptions',
-	'consumer_offsets', 'inbox', 'publish_counters']);
+	'consumer_offsets', 'inbox', 'publish_counters', 'inbox_messages']);
 SELECT views_are('evbus', ARRAY['outbox', 'stats']);
 SELECT sequences_are('evbus', ARRAY['outbox_id_seq', 'dead_letters_id_seq', 'inbox_id_seq']);
 SELECT functions_are('evbus', ARRAY[
 	'_config_changed', 'register_converter', 'unregister_converter',
 	'raise', 'publish', 'capture', 'subscribe', 'unsubscribe',
 	'_refuse_handler_drop', 'retry', 'brokers', 'publisher_pid',
-	'consumer_pid', 'worker_status', 'message_chain', '_start_worker_at_commit']);
+	'consumer_pid', 'worker_status', 'message_chain', '_start_worker_at_commit',
+	'metrics', '_inbox_counted']);
 
 -- every function with its argument types and its result
 SELECT has_function('evbus', 'register_converter', ARRAY['text', 'text', 'regprocedure']);

@@ -8,8 +8,9 @@
 # acknowledged event once (its count, and its +Inf bucket, equal the
 # published counter) with cumulative buckets; the handler duration
 # histogram counts every handler run; the outbox depth and the consumer
-# lag come back to 0; the broker is up.  pg_monitor may call the function,
-# PUBLIC may not.
+# lag come back to 0; the broker is up.  evbus.stats, which no longer
+# reads the whole inbox, gives the numbers a count of the whole inbox
+# gives.  pg_monitor may call the function, PUBLIC may not.
 use strict;
 use warnings;
 
@@ -116,6 +117,44 @@ is( $node->safe_psql('postgres',
 		q{SELECT string_agg(worker || '=' || value, ',' ORDER BY worker) FROM evbus.metrics()
 		   WHERE database = current_database() AND metric = 'evbus_worker_up'}),
 	'consumer=1,publisher=1', 'both workers run');
+
+# evbus.stats counts the inbox's messages from evbus.inbox_messages and
+# the partial indexes: the same numbers as a count of the whole inbox,
+# after the consumer's writes, after rows are deleted (as the retention
+# does) and after a TRUNCATE
+my $recount = q{
+SELECT group_name, topic,
+	   count(*) FILTER (WHERE st = 'handled') AS handled,
+	   count(*) FILTER (WHERE retrying) AS retrying,
+	   count(*) FILTER (WHERE st = 'dead') AS dead,
+	   count(*) FILTER (WHERE st = 'pending') AS pending
+  FROM (SELECT group_name, topic,
+			   CASE WHEN bool_or(state = 'pending') THEN 'pending'
+					WHEN bool_or(state = 'dead') THEN 'dead' ELSE 'handled' END AS st,
+			   bool_or(state = 'pending' AND attempts > 0) AS retrying
+		  FROM evbus.inbox GROUP BY group_name, topic, dedup_key) m
+ GROUP BY group_name, topic ORDER BY 1, 2};
+my $from_stats = q{
+SELECT group_name, topic, handled, retrying, dead, pending FROM evbus.stats
+ WHERE side = 'consume' AND handled + retrying + dead + pending > 0 ORDER BY 1, 2};
+my $expected = $node->safe_psql('postgres', $recount);
+like($expected, qr/\|40\|0\|0\|0$/m, 'the inbox holds the 40 handled messages');
+is($node->safe_psql('postgres', $from_stats), $expected, 'evbus.stats counts them all');
+$node->safe_psql('postgres', q{
+INSERT INTO evbus.inbox (group_name, dedup_key, integration_event, topic, kafka_partition,
+						 kafka_offset, handler, headers, state, attempts)
+SELECT 'postgres', 'extra-' || g, 'Counted', 'x.Counted', 0, g, h, '{}',
+	   CASE WHEN h = 'b' AND g <= 3 THEN 'pending' WHEN h = 'b' AND g <= 5 THEN 'dead' ELSE 'handled' END,
+	   CASE WHEN g = 1 THEN 1 ELSE 0 END
+  FROM generate_series(1, 8) g, unnest(ARRAY['a', 'b']) h});
+is($node->safe_psql('postgres', $from_stats), $node->safe_psql('postgres', $recount),
+	'and messages of two handlers: pending, dead, retrying, handled');
+$node->safe_psql('postgres', q{DELETE FROM evbus.inbox WHERE id IN (SELECT id FROM evbus.inbox WHERE topic LIKE '%.Counted' AND state = 'handled' ORDER BY id LIMIT 15)});
+$node->safe_psql('postgres', q{DELETE FROM evbus.inbox WHERE dedup_key = 'extra-7' AND handler = 'a'});
+is($node->safe_psql('postgres', $from_stats), $node->safe_psql('postgres', $recount),
+	'after rows were deleted');
+$node->safe_psql('postgres', 'TRUNCATE evbus.inbox');
+is($node->safe_psql('postgres', $from_stats), '', 'after a TRUNCATE');
 
 # who may read the numbers
 $node->safe_psql('postgres',
