@@ -75,8 +75,8 @@ typedef struct MetricsCounts
 typedef struct MetricsDb
 {
 	Oid			dboid;			/* InvalidOid: free */
-	slock_t		mutex;
-	MetricsCounts counts;
+	slock_t		mutex;			/* the fields below, from counts on */
+	MetricsCounts counts;		/* first of the fields reset for a new database */
 	int			broker_up[2];	/* per role: -1 unknown, 0 down, 1 up */
 	char		last_error[2][ERROR_LEN];	/* per role: "" none */
 	bool		outbox_known;
@@ -148,12 +148,17 @@ entry_for(void)
 	}
 	if (my_entry == NULL && free_entry != NULL)
 	{
-		slock_t		keep = free_entry->mutex;
-
-		memset(free_entry, 0, sizeof(MetricsDb));
-		free_entry->mutex = keep;
+		/*
+		 * Under the entry's own lock too: evbus.metrics() may be copying the
+		 * entry of the database that had it.  Everything after the lock is
+		 * reset.
+		 */
+		SpinLockAcquire(&free_entry->mutex);
+		memset(&free_entry->counts, 0,
+			   sizeof(MetricsDb) - offsetof(MetricsDb, counts));
 		free_entry->broker_up[0] = free_entry->broker_up[1] = -1;
 		free_entry->dboid = MyDatabaseId;
+		SpinLockRelease(&free_entry->mutex);
 		my_entry = free_entry;
 	}
 	SpinLockRelease(&metrics->mutex);
