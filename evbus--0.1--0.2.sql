@@ -312,3 +312,6 @@ CREATE OR REPLACE VIEW evbus.stats AS
 	  FROM inbox i
 	  FULL JOIN lag l ON l.group_name OPERATOR(pg_catalog.=) i.group_name
 						 AND l.topic OPERATOR(pg_catalog.=) i.topic;
+COMMENT ON VIEW evbus.stats IS
+	'one row per side and topic (and group): staged, published, handled, retrying, dead, pending, consumer lag, age of the oldest pending event';
+GRANT SELECT ON evbus.stats TO pg_monitor;

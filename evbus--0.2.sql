@@ -273,75 +273,7 @@ CREATE TABLE evbus.publish_counters (
 COMMENT ON TABLE evbus.publish_counters IS
 	'per integration event: how many events Kafka acknowledged and how many were dead-lettered';
 
-CREATE VIEW evbus.stats AS
-	WITH pending AS (
-		SELECT integration_event, pg_catalog.count(*) AS pending,
-			   pg_catalog.min(staged_at) AS oldest_staged_at
-		  FROM evbus.outbox
-		 GROUP BY integration_event
-	), messages AS (
-		/*
-		 * The inbox has a row per message and handler; a message is
-		 * pending while a handler of it is, else dead if a handler gave
-		 * up on it, else handled.
-		 */
-		SELECT group_name, topic,
-			   CASE WHEN pg_catalog.bool_or(state OPERATOR(pg_catalog.=) 'pending') THEN 'pending'
-					WHEN pg_catalog.bool_or(state OPERATOR(pg_catalog.=) 'dead') THEN 'dead'
-					ELSE 'handled' END AS state,
-			   pg_catalog.bool_or(state OPERATOR(pg_catalog.=) 'pending'
-								  AND attempts OPERATOR(pg_catalog.>) 0) AS retrying,
-			   pg_catalog.min(received_at) AS received_at,
-			   pg_catalog.max(handled_at) AS handled_at
-		  FROM evbus.inbox
-		 GROUP BY group_name, topic, dedup_key
-	), inbox AS (
-		SELECT group_name, topic,
-			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'handled') AS handled,
-			   pg_catalog.count(*) FILTER (WHERE retrying) AS retrying,
-			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending') AS pending,
-			   pg_catalog.count(*) FILTER (WHERE state OPERATOR(pg_catalog.=) 'dead') AS dead,
-			   pg_catalog.min(received_at) FILTER (WHERE state OPERATOR(pg_catalog.=) 'pending') AS oldest_pending_at,
-			   pg_catalog.max(handled_at) AS last_handled_at
-		  FROM messages
-		 GROUP BY group_name, topic
-	), lag AS (
-		SELECT group_name, topic,
-			   pg_catalog.sum(GREATEST(high_watermark OPERATOR(pg_catalog.-) next_offset, 0)) AS lag
-		  FROM evbus.consumer_offsets
-		 GROUP BY group_name, topic
-	)
-	SELECT 'publish'::text AS side,
-		   pg_catalog.current_setting('evbus.topic_prefix') OPERATOR(pg_catalog.||)
-			   COALESCE(c.integration_event, p.integration_event) AS topic,
-		   NULL::text AS group_name,
-		   COALESCE(c.published, 0) OPERATOR(pg_catalog.+)
-			   COALESCE(c.dead, 0) OPERATOR(pg_catalog.+)
-			   COALESCE(p.pending, 0) AS staged,
-		   COALESCE(c.published, 0) AS published,
-		   NULL::bigint AS handled,
-		   NULL::bigint AS retrying,
-		   COALESCE(c.dead, 0) AS dead,
-		   COALESCE(p.pending, 0) AS pending,
-		   NULL::numeric AS lag,
-		   pg_catalog.now() OPERATOR(pg_catalog.-) p.oldest_staged_at AS oldest_pending_age,
-		   c.last_published_at AS last_activity_at
-	  FROM evbus.publish_counters c
-	  FULL JOIN pending p ON p.integration_event OPERATOR(pg_catalog.=) c.integration_event
-	UNION ALL
-	SELECT 'consume'::text,
-		   COALESCE(i.topic, l.topic),
-		   COALESCE(i.group_name, l.group_name),
-		   NULL::bigint, NULL::bigint,
-		   COALESCE(i.handled, 0), COALESCE(i.retrying, 0), COALESCE(i.dead, 0),
-		   COALESCE(i.pending, 0), l.lag,
-		   pg_catalog.now() OPERATOR(pg_catalog.-) i.oldest_pending_at,
-		   i.last_handled_at
-	  FROM inbox i
-	  FULL JOIN lag l ON l.group_name OPERATOR(pg_catalog.=) i.group_name
-						 AND l.topic OPERATOR(pg_catalog.=) i.topic;
-COMMENT ON VIEW evbus.stats IS
-	'one row per side and topic (and group): staged, published, handled, retrying, dead, pending, consumer lag, age of the oldest pending event';
+/* evbus.stats: at the end of this file (-- Metrics) */
 
 --------------------------------------------------------------------------
 -- SQL API: producing side
@@ -602,7 +534,6 @@ REVOKE ALL ON FUNCTION evbus.retry(uuid) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION evbus.unsubscribe(text, regprocedure, text) FROM PUBLIC;
 GRANT USAGE ON SCHEMA evbus TO pg_monitor;
-GRANT SELECT ON evbus.stats TO pg_monitor;
 
 --------------------------------------------------------------------------
 -- Metrics
@@ -796,3 +727,6 @@ CREATE OR REPLACE VIEW evbus.stats AS
 	  FROM inbox i
 	  FULL JOIN lag l ON l.group_name OPERATOR(pg_catalog.=) i.group_name
 						 AND l.topic OPERATOR(pg_catalog.=) i.topic;
+COMMENT ON VIEW evbus.stats IS
+	'one row per side and topic (and group): staged, published, handled, retrying, dead, pending, consumer lag, age of the oldest pending event';
+GRANT SELECT ON evbus.stats TO pg_monitor;
