@@ -595,7 +595,12 @@ CREATE FUNCTION evbus._inbox_counted() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 	AS $$
 BEGIN
+	/*
+	 * EXECUTE: planned at each call, when the inbox's size is known; a plan
+	 * kept from a call on a small inbox scans it once per message.
+	 */
 	IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+		EXECUTE '
 		INSERT INTO evbus.inbox_messages AS c (group_name, topic, messages)
 		SELECT n.group_name, n.topic, pg_catalog.count(*)
 		  FROM (SELECT r.group_name, r.topic, r.dedup_key, pg_catalog.count(*) AS nrows
@@ -607,8 +612,9 @@ BEGIN
 				   AND i.dedup_key OPERATOR(pg_catalog.=) n.dedup_key)
 		 GROUP BY n.group_name, n.topic
 		ON CONFLICT (group_name, topic) DO UPDATE
-		   SET messages = c.messages OPERATOR(pg_catalog.+) excluded.messages;
+		   SET messages = c.messages OPERATOR(pg_catalog.+) excluded.messages';
 	ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+		EXECUTE '
 		UPDATE evbus.inbox_messages c
 		   SET messages = c.messages OPERATOR(pg_catalog.-) d.gone
 		  FROM (SELECT o.group_name, o.topic, pg_catalog.count(DISTINCT o.dedup_key) AS gone
@@ -618,7 +624,7 @@ BEGIN
 									  AND i.dedup_key OPERATOR(pg_catalog.=) o.dedup_key)
 				 GROUP BY o.group_name, o.topic) d
 		 WHERE c.group_name OPERATOR(pg_catalog.=) d.group_name
-		   AND c.topic OPERATOR(pg_catalog.=) d.topic;
+		   AND c.topic OPERATOR(pg_catalog.=) d.topic';
 	ELSE
 		DELETE FROM evbus.inbox_messages;
 	END IF;
