@@ -40,6 +40,7 @@ OBJS = \
 	src/outbox_write.o \
 	src/outbox_published.o \
 	src/staging.o \
+	src/metrics.o \
 	src/converters.o \
 	src/converter_call.o \
 	src/capture.o \

@@ -399,3 +399,21 @@ DROP FUNCTION public.ship_handler(jsonb);
 REVOKE ALL ON SCHEMA evbus, public FROM evbus_shipper, evbus_intruder;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_shipper, evbus_intruder;
 DROP ROLE evbus_shipper, evbus_intruder;
+-- metrics: evbus.metrics() is granted to pg_monitor only, as evbus.stats
+-- is; a role with USAGE on the schema alone may not read it, nor the
+-- message counts evbus.stats reads (evbus.inbox_messages)
+CREATE ROLE evbus_watcher;
+GRANT USAGE ON SCHEMA evbus TO evbus_watcher;
+SET ROLE evbus_watcher;
+SELECT count(*) FROM evbus.metrics();
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM evbus.inbox_messages;
+\echo :LAST_ERROR_SQLSTATE
+RESET ROLE;
+GRANT pg_monitor TO evbus_watcher;
+SET ROLE evbus_watcher;
+SELECT count(*) >= 0 AS readable FROM evbus.metrics();
+SELECT count(*) >= 0 AS readable FROM evbus.stats;
+RESET ROLE;
+REVOKE ALL ON SCHEMA evbus FROM evbus_watcher;
+DROP ROLE evbus_watcher;

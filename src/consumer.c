@@ -209,6 +209,7 @@ static const char *const consumer_defaults[] = {
 	"isolation.level", "read_committed",
 	"allow.auto.create.topics", "true",
 	"topic.metadata.refresh.interval.ms", "10000",
+	"statistics.interval.ms", "5000",
 	NULL
 };
 
@@ -220,6 +221,17 @@ static const char *const consumer_forced[] = {
 	"enable.partition.eof", "false",
 	NULL
 };
+
+/*
+ * Statistics of a group's consumer, served from its poll: whether a broker
+ * is up, for evbus.metrics() (metrics.c).  librdkafka frees the JSON.
+ */
+static int
+stats_cb(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
+{
+	evbus_metrics_broker_stats(EVBUS_CONSUMER, json);
+	return 0;
+}
 
 static GroupConsumer *
 consumer_create(const char *brokers, uint64 settings, const char *group,
@@ -252,6 +264,7 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 	PG_END_TRY();
 	rd_kafka_conf_set_opaque(conf, gc);
 	rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+	rd_kafka_conf_set_stats_cb(conf, stats_cb);
 
 	gc->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (gc->rk == NULL)
@@ -504,9 +517,15 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 			if (km->err)
 			{
 				if (km->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+				{
 					ereport(LOG,
 							(errmsg("evbus: group \"%s\": %s", gc->group,
 									rd_kafka_message_errstr(km))));
+					evbus_metrics_broker_error(EVBUS_CONSUMER,
+											   rd_kafka_message_errstr(km));
+					if (km->err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+						evbus_metrics_broker(EVBUS_CONSUMER, false);
+				}
 				rd_kafka_message_destroy(km);
 				continue;
 			}
@@ -583,7 +602,9 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 
 /*
  * evbus_consumers_report_watermarks --- store the high watermarks of the
- * assigned partitions (for the lag), in a transaction per group.
+ * assigned partitions (for the lag), in a transaction per group, and give
+ * evbus.metrics() each group's lag per topic: the high watermark less the
+ * consumer's position, summed over the assigned partitions.
  */
 void
 evbus_consumers_report_watermarks(void)

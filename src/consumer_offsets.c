@@ -94,26 +94,53 @@ evbus_stored_offset(const char *group, const char *topic, int32 partition)
 
 /*
  * evbus_store_high_watermarks --- record the high watermarks of a group's
- * partitions (for the lag in evbus.stats).
+ * partitions (for the lag in evbus.stats), and give evbus.metrics() the
+ * group's lag per topic: the high watermarks less the stored next
+ * offsets, summed over the partitions given.
  */
 void
 evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n)
 {
+	int64	   *lags = palloc(sizeof(int64) * Max(n, 1));
 	int			i;
 
 	for (i = 0; i < n; i++)
 	{
 		Oid			types[4] = {TEXTOID, TEXTOID, INT4OID, INT8OID};
 		Datum		values[4];
+		bool		isnull;
+		int64		next;
 
 		values[0] = CStringGetTextDatum(group);
 		values[1] = CStringGetTextDatum(hwm[i].topic);
 		values[2] = Int32GetDatum(hwm[i].partition);
 		values[3] = Int64GetDatum(hwm[i].next_offset);
-		evbus_spi_exec("INSERT INTO evbus.consumer_offsets AS o (group_name, topic, kafka_partition,"
-					   " next_offset, high_watermark) VALUES ($1, $2, $3, 0, $4)"
-					   " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
-					   " SET high_watermark = excluded.high_watermark",
-					   4, types, values, NULL, SPI_OK_INSERT);
+		if (SPI_execute_with_args("INSERT INTO evbus.consumer_offsets AS o (group_name, topic, kafka_partition,"
+								  " next_offset, high_watermark) VALUES ($1, $2, $3, 0, $4)"
+								  " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
+								  " SET high_watermark = excluded.high_watermark"
+								  " RETURNING o.next_offset",
+								  4, types, values, NULL, false, 1) != SPI_OK_INSERT_RETURNING ||
+			SPI_processed != 1)
+			elog(ERROR, "could not store the high watermark of a partition");
+		next = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull));
+		lags[i] = Max(hwm[i].next_offset - next, 0);
 	}
+	for (i = 0; i < n; i++)
+	{
+		int64		lag = 0;
+		int			j;
+
+		for (j = 0; j < i; j++)
+			if (strcmp(hwm[j].topic, hwm[i].topic) == 0)
+				break;
+		if (j < i)
+			continue;			/* this topic's lag is set already */
+		for (j = i; j < n; j++)
+			if (strcmp(hwm[j].topic, hwm[i].topic) == 0)
+				lag += lags[j];
+		evbus_metrics_set_lag(group, hwm[i].topic, lag);
+	}
+	pfree(lags);
 }

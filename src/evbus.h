@@ -142,6 +142,26 @@ extern void evbus_db_end_drop(Oid dboid, bool dropped);
 extern void evbus_set_launcher_latch(Latch *latch);
 extern void evbus_wake_launcher(void);
 
+/* ---------- metrics.c: counters in shared memory, evbus.metrics() ---------- */
+extern Size evbus_metrics_shmem_size(void);
+extern void evbus_metrics_shmem_init(void);
+extern void evbus_metrics_forget_database(Oid dboid);
+extern void evbus_metrics_staged(int n);
+extern void evbus_metrics_published(const TimestampTz *staged_at,
+									const TimestampTz *acked_at, int n);
+extern void evbus_metrics_publish_dead(int n);
+extern void evbus_metrics_handler_ran(int64 duration_us);
+extern void evbus_metrics_outcome(char outcome);
+extern void evbus_metrics_at_commit(void);
+extern void evbus_metrics_at_abort(void);
+extern void evbus_metrics_broker(int role, bool up);
+extern void evbus_metrics_broker_error(int role, const char *error);
+extern void evbus_metrics_broker_stats(int role, const char *json);
+extern void evbus_metrics_broker_unknown(int role);
+extern void evbus_metrics_refresh_outbox(void);
+extern void evbus_metrics_set_lag(const char *group, const char *topic, int64 lag);
+extern void evbus_metrics_clear_lags(void);
+
 /* ---------- launcher.c ---------- */
 extern void evbus_register_launcher(void);
 extern bool evbus_start_worker(Oid dboid, const char *dbname, int role,

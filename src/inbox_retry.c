@@ -28,6 +28,7 @@
 #include "common/pg_prng.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "inbox.h"
@@ -137,6 +138,7 @@ evbus_dead_letter_poison(const char *group, const ReceivedMessage *m, const Deco
 	ereport(WARNING,
 			(errmsg("evbus: message at %s/%d/" INT64_FORMAT " cannot be decoded (%s); dead-lettered",
 					m->topic, m->partition, m->offset, d->poison)));
+	evbus_metrics_outcome('d');
 }
 
 /* Exponential backoff with +-20 % jitter, capped. */
@@ -193,8 +195,21 @@ run_one(Dispatch *d)
 					   1, types, values, NULL, SPI_OK_UPDATE);
 		d->attempts--;
 	}
-	else if (evbus_run_handler(d->sub, d->payload, d->headers, &code, &message))
-		return HANDLED;
+	else
+	{
+		TimestampTz started = GetCurrentTimestamp();
+		bool		ok = evbus_run_handler(d->sub, d->payload, d->headers,
+										   &code, &message);
+		int64		took = GetCurrentTimestamp() - started;
+
+		/* counted when the transaction commits (metrics.c) */
+		evbus_metrics_handler_ran(took);
+		if (ok)
+		{
+			evbus_metrics_outcome('h');
+			return HANDLED;
+		}
+	}
 
 	values[1] = CStringGetTextDatum(code);
 	values[2] = CStringGetTextDatum(message);
@@ -210,10 +225,12 @@ run_one(Dispatch *d)
 					   " pg_catalog.make_interval(secs => $4::pg_catalog.float8 OPERATOR(pg_catalog./) 1000)"
 					   " WHERE id OPERATOR(pg_catalog.=) $1",
 					   4, types, values, NULL, SPI_OK_UPDATE);
+		evbus_metrics_outcome('r');
 		return PENDING;
 	}
 
 	/* out of retries: dead letter, NOTIFY; the key moves on or is parked */
+	evbus_metrics_outcome('d');
 	return evbus_inbox_dead_letter(d, code, message) ? PARKED : DEAD;
 }
 

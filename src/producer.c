@@ -118,8 +118,12 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	}
 	else if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
 			 err == RD_KAFKA_RESP_ERR__TRANSPORT)
+	{
 		ereport(LOG,
 				(errmsg("evbus: Kafka: %s", reason)));
+		if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+			evbus_metrics_broker(EVBUS_PUBLISHER, false);
+	}
 	else
 	{
 		const char *hint = evbus_kafka_error_hint(reason);
@@ -129,6 +133,19 @@ error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 						rd_kafka_err2name((rd_kafka_resp_err_t) err), reason),
 				 hint ? errhint("%s", hint) : 0));
 	}
+	evbus_metrics_broker_error(EVBUS_PUBLISHER, reason);
+}
+
+/*
+ * Statistics: librdkafka's JSON every statistics.interval.ms, served from
+ * rd_kafka_poll(); tells evbus.metrics() whether a broker is up.  Returns
+ * 0: librdkafka frees the JSON.
+ */
+static int
+stats_cb(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
+{
+	evbus_metrics_broker_stats(EVBUS_PUBLISHER, json);
+	return 0;
 }
 
 /*
@@ -152,6 +169,7 @@ static const char *const producer_defaults[] = {
 	"queue.buffering.max.messages", "500000",
 	"socket.nagle.disable", "true",
 	"partitioner", "murmur2_random",
+	"statistics.interval.ms", "5000",
 	NULL
 };
 
@@ -195,6 +213,7 @@ evbus_producer_create(const char *brokers, EvbusDeliveryCb on_delivery)
 	rd_kafka_conf_set_opaque(conf, producer);
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
 	rd_kafka_conf_set_error_cb(conf, error_cb);
+	rd_kafka_conf_set_stats_cb(conf, stats_cb);
 
 	producer->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
 	if (producer->rk == NULL)

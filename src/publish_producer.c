@@ -107,6 +107,7 @@ evbus_pubproducer_sync(void)
 		producer = NULL;
 		current_brokers[0] = '\0';
 		evbus_reports_forget_unreported();
+		evbus_metrics_broker_unknown(EVBUS_PUBLISHER);
 
 		/*
 		 * Reports served so far are recorded by the next step's finish, in

@@ -37,6 +37,7 @@ struct InflightMsg
 	uint32		topic;			/* evbus_key_topic */
 	char	   *integration_event;
 	int			bytes;			/* payload bytes librdkafka holds for it */
+	TimestampTz staged_at;		/* for the acknowledgement latency */
 	bool		solo;			/* produced alone, to isolate an error */
 };
 
@@ -59,6 +60,8 @@ static int64 step_inflight_start = 0;	/* inflight_bytes when the step began */
 static int64 *done_ids = NULL;
 static int *done_tables = NULL;
 static char **done_events = NULL;
+static TimestampTz *done_staged_at = NULL;	/* for evbus.metrics() */
+static TimestampTz *done_acked_at = NULL;
 static int	ndone = 0;
 static int	done_cap = 0;
 static DeadEvent *dead = NULL;
@@ -76,6 +79,8 @@ evbus_reports_init(MemoryContext cxt)
 	done_ids = MemoryContextAlloc(cxt, sizeof(int64) * 1024);
 	done_tables = MemoryContextAlloc(cxt, sizeof(int) * 1024);
 	done_events = MemoryContextAlloc(cxt, sizeof(char *) * 1024);
+	done_staged_at = MemoryContextAlloc(cxt, sizeof(TimestampTz) * 1024);
+	done_acked_at = MemoryContextAlloc(cxt, sizeof(TimestampTz) * 1024);
 	done_cap = 1024;
 	dead = MemoryContextAlloc(cxt, sizeof(DeadEvent) * 16);
 	dead_cap = 16;
@@ -172,6 +177,7 @@ evbus_inflight_new(const OutboxRow *row, uint64 keyhash, uint32 topic,
 	msg->integration_event = MemoryContextStrdup(reports_cxt,
 												 row->integration_event);
 	msg->bytes = row->payload_len;
+	msg->staged_at = row->staged_at;
 	msg->solo = alone;
 	return msg;
 }
@@ -202,12 +208,16 @@ record_done(InflightMsg *msg)
 		done_ids = repalloc(done_ids, sizeof(int64) * done_cap);
 		done_tables = repalloc(done_tables, sizeof(int) * done_cap);
 		done_events = repalloc(done_events, sizeof(char *) * done_cap);
+		done_staged_at = repalloc(done_staged_at, sizeof(TimestampTz) * done_cap);
+		done_acked_at = repalloc(done_acked_at, sizeof(TimestampTz) * done_cap);
 	}
 	if (ndone == 0 && ndead == 0)
 		first_report_at = GetCurrentTimestamp();
 	done_ids[ndone] = msg->id;
 	done_tables[ndone] = msg->table;
 	done_events[ndone] = msg->integration_event;
+	done_staged_at[ndone] = msg->staged_at;
+	done_acked_at[ndone] = GetCurrentTimestamp();
 	ndone++;
 	hash_search(unrecorded, &msg->id, HASH_ENTER, NULL);
 }
@@ -365,6 +375,9 @@ evbus_reports_finish(void)
 		return;
 	pgstat_report_activity(STATE_RUNNING, "recording deliveries");
 	evbus_outbox_finish(done_ids, done_tables, done_events, ndone, dead, ndead);
+	/* counted when this transaction commits (metrics.c) */
+	evbus_metrics_published(done_staged_at, done_acked_at, ndone);
+	evbus_metrics_publish_dead(ndead);
 	for (i = 0; i < ndone; i++)
 	{
 		hash_search(unrecorded, &done_ids[i], HASH_REMOVE, NULL);

@@ -51,6 +51,16 @@ static char source_name[NAMEDATALEN];
 static MemoryContext publisher_cxt = NULL;	/* lives as long as the worker */
 static MemoryContext batch_cxt = NULL;	/* one claim */
 static TimestampTz last_maintain = 0;
+static TimestampTz last_metrics = 0;	/* the outbox last counted */
+static long metrics_interval_ms = 0;	/* until it is counted again */
+
+/*
+ * How often the outbox is counted for evbus.metrics() (its depth and
+ * oldest event): every METRICS_INTERVAL_MS, or, when counting took long
+ * (a backlog of millions), 20 times as long as the last count took, so
+ * that counting never takes more than 5 % of the publisher's time.
+ */
+#define METRICS_INTERVAL_MS 5000
 static int	step_passed = 0;	/* claimed rows the step did not hold back */
 
 /* The wire headers (README.md, Wire format), then the user's. */
@@ -561,6 +571,20 @@ evbus_publisher_step(bool claim_wanted)
 		evbus_outbox_maintain(evbus_reports_holds, evbus_publisher_shutdown);
 		evbus_keys_prune(now);
 		last_maintain = now;
+	}
+	if (TimestampDifferenceExceeds(last_metrics, now, metrics_interval_ms))
+	{
+		TimestampTz started = GetCurrentTimestamp();
+		TimestampTz counted;
+
+		pgstat_report_activity(STATE_RUNNING, "counting the outbox");
+		evbus_worker_begin(evbus_publisher_shutdown);
+		evbus_metrics_refresh_outbox();
+		evbus_worker_commit();
+		counted = GetCurrentTimestamp();
+		metrics_interval_ms = Max(METRICS_INTERVAL_MS,
+								  20 * (long) ((counted - started) / 1000));
+		last_metrics = counted;
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return more && evbus_inflight_room();

@@ -73,6 +73,7 @@ staging_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			wake_publisher = staged_in_xact;
 			wake_consumer = requeued_in_xact;
+			evbus_metrics_at_commit();
 			staged_in_xact = false;
 			requeued_in_xact = false;
 			break;
@@ -80,6 +81,7 @@ staging_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_ABORT:
 		case XACT_EVENT_PREPARE:
 			/* COMMIT PREPARED is caught by the worker's periodic poll */
+			evbus_metrics_at_abort();
 			staged_in_xact = false;
 			requeued_in_xact = false;
 			break;
@@ -276,6 +278,7 @@ evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
 	(void) evbus_outbox_write(evbus_current_outbox_slot(), values, nulls);
 
 	staged_in_xact = true;
+	evbus_metrics_staged(1);
 }
 
 /*

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # install-deps.sh - install on Debian 12 everything evbus's build and tests
 # need: PostgreSQL 15 and its server headers, librdkafka, pgTAP, IPC::Run,
-# kcat, a C toolchain, a JDK 17 (only if no `java` is on PATH) and Maven (only
-# if no `mvn`).  The Kafka jars themselves come from Maven Central through
+# kcat, a C toolchain, Prometheus and its PostgreSQL exporter (test
+# 290_metrics_exporter.pl runs them on ports of its own, not as services),
+# a JDK 17 (only if no `java` is on PATH) and Maven (only if no `mvn`).
+# The Kafka jars themselves come from Maven Central through
 # test/kafka/kafka.sh fetch.
 #
 # Idempotent and non-interactive: packages already installed are skipped and
@@ -18,6 +20,7 @@ PACKAGES=(
 	libipc-run-perl
 	kcat openssl
 	build-essential pkg-config
+	prometheus prometheus-postgres-exporter
 )
 command -v java >/dev/null || PACKAGES+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || PACKAGES+=(maven)

@@ -22,7 +22,7 @@ SELECT tables_are('evbus', ARRAY[
 	'converters', 'outbox_0', 'outbox_1', 'outbox_published_0',
 	'outbox_published_1', 'dead_letters', 'subscriptions',
 	'consumer_offsets', 'inbox', 'publish_counters', 'repair_log',
-	'publishing_pauses', 'replays']);
+	'publishing_pauses', 'replays', 'inbox_messages']);
 SELECT views_are('evbus', ARRAY['outbox', 'stats', 'failures']);
 SELECT sequences_are('evbus', ARRAY['outbox_id_seq', 'dead_letters_id_seq', 'inbox_id_seq',
 	'repair_log_id_seq', 'replays_id_seq']);
@@ -32,7 +32,7 @@ SELECT functions_are('evbus', ARRAY[
 	'_refuse_handler_drop', 'retry', 'brokers', 'publisher_pid',
 	'consumer_pid', 'worker_status', 'message_chain', '_start_worker_at_commit',
 	'discard', 'edit_dead_letter', 'pause_subscription', 'resume_subscription',
-	'pause_publishing', 'resume_publishing', 'replay']);
+	'pause_publishing', 'resume_publishing', 'replay', 'metrics', '_inbox_counted']);
 
 -- every function with its argument types and its result
 SELECT has_function('evbus', 'register_converter', ARRAY['text', 'text', 'regprocedure']);

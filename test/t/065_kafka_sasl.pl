@@ -43,6 +43,15 @@ $node->safe_psql('postgres', q{SELECT evbus.publish('Pinged', '{"n": 1}', 'k');}
 
 ok($node->wait_for_log(qr/evbus: Kafka.*(?i:authentication)/),
 	'a wrong password: the authentication error is logged');
+# evbus.metrics() shows the last Kafka error as a label: the error, never
+# the password
+ok($node->poll_query_until('postgres',
+		q{SELECT bool_or(error ~* 'authentication') FROM evbus.metrics()
+		   WHERE metric = 'evbus_broker_last_error_info'}),
+	'evbus.metrics() shows the authentication error');
+unlike($node->safe_psql('postgres',
+		q{SELECT string_agg(error, ' ') FROM evbus.metrics() WHERE metric = 'evbus_broker_last_error_info'}),
+	qr/\Q$wrong\E/, 'without the password');
 my $worker = $node->safe_psql('postgres', 'SELECT evbus.publisher_pid()');
 sleep 2;
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'), '1',

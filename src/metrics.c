@@ -1,0 +1,636 @@
+/*-------------------------------------------------------------------------
+ *
+ * metrics.c
+ *	  Counters, gauges and histograms of evbus in shared memory, and
+ *	  evbus.metrics(), which returns them as Prometheus series.
+ *
+ * Each database has an entry, written by its workers and by the backends
+ * that stage events there, and read by evbus.metrics() without a table
+ * scan and with a spinlock held only to copy the entry.  What a process
+ * counts inside a transaction (events staged, published, dead-lettered,
+ * handled, retried; acknowledgement latencies, handler durations) waits in
+ * process memory and is added to the entry when the transaction commits:
+ * an aborted transaction counts nothing, and the latency histogram's
+ * count always equals the published counter's increase (test
+ * 291_metrics_counts.pl).  Gauges (broker state, outbox depth and age,
+ * consumer lag) are set by the worker that knows them.
+ *
+ * Entries are kept for MAX_DBS databases; the numbers of a database
+ * beyond them are not kept.  The numbers live as long as the server: a restart starts the counters
+ * from zero, which Prometheus's rate() and increase() take as a reset.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "evbus.h"
+
+/* Upper bounds of the histograms' buckets, in milliseconds; then +Inf */
+static const double bucket_bounds_ms[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000};
+
+#define NBOUNDS		lengthof(bucket_bounds_ms)
+#define NBUCKETS	(NBOUNDS + 1)
+#define MAX_LAGS	16			/* (group, topic) pairs per database */
+#define MAX_DBS		64			/* databases whose numbers are kept */
+#define ERROR_LEN	256
+
+typedef struct MetricsHistogram
+{
+	uint64		buckets[NBUCKETS];	/* not cumulative; the last is +Inf */
+	double		sum_ms;
+	uint64		count;
+} MetricsHistogram;
+
+typedef struct MetricsLag
+{
+	char		group_name[NAMEDATALEN];
+	char		topic[NAMEDATALEN * 2];
+	int64		lag;
+} MetricsLag;
+
+/* What a process adds to its database's entry when it commits */
+typedef struct MetricsCounts
+{
+	uint64		staged;
+	uint64		published;
+	uint64		publish_dead;
+	uint64		handled;
+	uint64		retried;
+	uint64		consume_dead;
+	MetricsHistogram ack;		/* staging to acknowledgement */
+	MetricsHistogram handler;	/* one handler run */
+} MetricsCounts;
+
+typedef struct MetricsDb
+{
+	Oid			dboid;			/* InvalidOid: free */
+	slock_t		mutex;			/* the fields below, from counts on */
+	MetricsCounts counts;		/* first of the fields reset for a new database */
+	int			broker_up[2];	/* per role: -1 unknown, 0 down, 1 up */
+	char		last_error[2][ERROR_LEN];	/* per role: "" none */
+	bool		outbox_known;
+	int64		outbox_depth;
+	TimestampTz oldest_staged_at;	/* 0: the outbox is empty */
+	int			nlags;
+	MetricsLag	lags[MAX_LAGS];
+} MetricsDb;
+
+typedef struct MetricsShared
+{
+	slock_t		mutex;			/* taking and freeing entries */
+	MetricsDb	dbs[MAX_DBS];
+} MetricsShared;
+
+static MetricsShared *metrics = NULL;
+static MetricsDb *my_entry = NULL;	/* this database's, once found */
+static MetricsCounts pending;	/* this transaction's, until it commits */
+static bool pending_any = false;
+
+Size
+evbus_metrics_shmem_size(void)
+{
+	return sizeof(MetricsShared);
+}
+
+/* Called from the shared memory startup hook, under AddinShmemInitLock. */
+void
+evbus_metrics_shmem_init(void)
+{
+	bool		found;
+	int			i;
+
+	metrics = ShmemInitStruct("evbus metrics", sizeof(MetricsShared), &found);
+	if (found)
+		return;
+	memset(metrics, 0, sizeof(MetricsShared));
+	SpinLockInit(&metrics->mutex);
+	for (i = 0; i < MAX_DBS; i++)
+		SpinLockInit(&metrics->dbs[i].mutex);
+}
+
+/*
+ * entry_for --- the entry of this process's database, taken if it has
+ * none.  NULL when every entry is taken (its numbers are then not kept).
+ * Never errors: it runs in commit callbacks.
+ */
+static MetricsDb *
+entry_for(void)
+{
+	int			i;
+	MetricsDb  *free_entry = NULL;
+
+	if (metrics == NULL || !OidIsValid(MyDatabaseId))
+		return NULL;
+	if (my_entry != NULL && my_entry->dboid == MyDatabaseId)
+		return my_entry;
+	my_entry = NULL;
+	SpinLockAcquire(&metrics->mutex);
+	for (i = 0; i < MAX_DBS; i++)
+	{
+		if (metrics->dbs[i].dboid == MyDatabaseId)
+		{
+			my_entry = &metrics->dbs[i];
+			break;
+		}
+		if (metrics->dbs[i].dboid == InvalidOid && free_entry == NULL)
+			free_entry = &metrics->dbs[i];
+	}
+	if (my_entry == NULL && free_entry != NULL)
+	{
+		/*
+		 * Under the entry's own lock too: evbus.metrics() may be copying the
+		 * entry of the database that had it.  Everything after the lock is
+		 * reset.
+		 */
+		SpinLockAcquire(&free_entry->mutex);
+		memset(&free_entry->counts, 0,
+			   sizeof(MetricsDb) - offsetof(MetricsDb, counts));
+		free_entry->broker_up[0] = free_entry->broker_up[1] = -1;
+		free_entry->dboid = MyDatabaseId;
+		SpinLockRelease(&free_entry->mutex);
+		my_entry = free_entry;
+	}
+	SpinLockRelease(&metrics->mutex);
+	return my_entry;
+}
+
+/*
+ * evbus_metrics_forget_database --- dboid is gone (DROP DATABASE
+ * succeeded): free its entry for another database.
+ */
+void
+evbus_metrics_forget_database(Oid dboid)
+{
+	int			i;
+
+	if (metrics == NULL)
+		return;
+	SpinLockAcquire(&metrics->mutex);
+	for (i = 0; i < MAX_DBS; i++)
+		if (metrics->dbs[i].dboid == dboid)
+			metrics->dbs[i].dboid = InvalidOid;
+	SpinLockRelease(&metrics->mutex);
+}
+
+static void
+histogram_observe(MetricsHistogram *h, double ms)
+{
+	int			b;
+
+	if (ms < 0)
+		ms = 0;
+	for (b = 0; b < NBOUNDS && ms > bucket_bounds_ms[b]; b++)
+		;
+	h->buckets[b]++;
+	h->sum_ms += ms;
+	h->count++;
+}
+
+static void
+histogram_add(MetricsHistogram *to, const MetricsHistogram *from)
+{
+	int			b;
+
+	for (b = 0; b < NBUCKETS; b++)
+		to->buckets[b] += from->buckets[b];
+	to->sum_ms += from->sum_ms;
+	to->count += from->count;
+}
+
+/* ------------------------------------------------------------------
+ * Counting, in the transaction that does the work
+ * ------------------------------------------------------------------
+ */
+
+/*
+ * Events staged by this transaction when each open subtransaction began
+ * (by nesting level), so that a rolled back subtransaction's events are
+ * not counted; levels beyond MAX_NEST are counted with their parent.
+ */
+#define MAX_NEST 32
+static uint64 staged_at_level[MAX_NEST];
+static bool subxact_callback_set = false;
+
+static void
+metrics_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (level >= MAX_NEST)
+		return;
+	if (event == SUBXACT_EVENT_START_SUB)
+		staged_at_level[level] = pending.staged;
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+		pending.staged = staged_at_level[level];
+}
+
+/* n events staged by this transaction */
+void
+evbus_metrics_staged(int n)
+{
+	if (!subxact_callback_set)
+	{
+		RegisterSubXactCallback(metrics_subxact_callback, NULL);
+		subxact_callback_set = true;
+	}
+	if (pending.staged == 0)
+	{
+		int			level = Min(GetCurrentTransactionNestLevel() + 1, MAX_NEST);
+		int			l;
+
+		/* the subtransactions open now began with nothing staged */
+		for (l = 0; l < level; l++)
+			staged_at_level[l] = 0;
+	}
+	pending.staged += n;
+	pending_any = true;
+}
+
+/*
+ * evbus_metrics_published --- events acknowledged by Kafka, recorded in
+ * the outbox by this transaction, with when each was staged: the
+ * acknowledgement latency histogram observes each (ack_at - staged_at).
+ */
+void
+evbus_metrics_published(const TimestampTz *staged_at,
+						const TimestampTz *acked_at, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		histogram_observe(&pending.ack,
+						  (double) (acked_at[i] - staged_at[i]) / 1000.0);
+	pending.published += n;
+	pending_any = true;
+}
+
+/* n events moved to the dead letters by the publisher */
+void
+evbus_metrics_publish_dead(int n)
+{
+	pending.publish_dead += n;
+	pending_any = true;
+}
+
+/* evbus_metrics_handler_ran --- a handler ran for duration_us. */
+void
+evbus_metrics_handler_ran(int64 duration_us)
+{
+	histogram_observe(&pending.handler, (double) duration_us / 1000.0);
+	pending_any = true;
+}
+
+/*
+ * evbus_metrics_outcome --- a (message, handler) is handled, left for a
+ * retry, or dead-lettered (outcome 'h', 'r' or 'd').
+ */
+void
+evbus_metrics_outcome(char outcome)
+{
+	if (outcome == 'h')
+		pending.handled++;
+	else if (outcome == 'r')
+		pending.retried++;
+	else
+		pending.consume_dead++;
+	pending_any = true;
+}
+
+/*
+ * evbus_metrics_at_commit / evbus_metrics_at_abort --- from the commit
+ * callback of every process: add what this transaction counted to the
+ * database's entry, or forget it.
+ */
+void
+evbus_metrics_at_commit(void)
+{
+	MetricsDb  *e;
+
+	if (!pending_any)
+		return;
+	e = entry_for();
+	if (e != NULL)
+	{
+		SpinLockAcquire(&e->mutex);
+		e->counts.staged += pending.staged;
+		e->counts.published += pending.published;
+		e->counts.publish_dead += pending.publish_dead;
+		e->counts.handled += pending.handled;
+		e->counts.retried += pending.retried;
+		e->counts.consume_dead += pending.consume_dead;
+		histogram_add(&e->counts.ack, &pending.ack);
+		histogram_add(&e->counts.handler, &pending.handler);
+		SpinLockRelease(&e->mutex);
+	}
+	evbus_metrics_at_abort();
+}
+
+void
+evbus_metrics_at_abort(void)
+{
+	if (!pending_any)
+		return;
+	memset(&pending, 0, sizeof(pending));
+	pending_any = false;
+}
+
+/* ------------------------------------------------------------------
+ * Gauges, set by the workers
+ * ------------------------------------------------------------------
+ */
+
+/* evbus_metrics_broker --- the worker of role sees a broker up, or none. */
+void
+evbus_metrics_broker(int role, bool up)
+{
+	MetricsDb  *e = entry_for();
+
+	if (e == NULL)
+		return;
+	SpinLockAcquire(&e->mutex);
+	e->broker_up[role] = up ? 1 : 0;
+	SpinLockRelease(&e->mutex);
+}
+
+/*
+ * evbus_metrics_broker_error --- the last error librdkafka reported to the
+ * worker of role.  librdkafka's error texts name brokers and causes, never
+ * a password (evbus passes none to it but in the sasl.* properties, which
+ * its errors do not quote).
+ */
+void
+evbus_metrics_broker_error(int role, const char *error)
+{
+	MetricsDb  *e = entry_for();
+
+	if (e == NULL)
+		return;
+	SpinLockAcquire(&e->mutex);
+	strlcpy(e->last_error[role], error, ERROR_LEN);
+	SpinLockRelease(&e->mutex);
+}
+
+/*
+ * evbus_metrics_broker_stats --- librdkafka's statistics (JSON, every
+ * statistics.interval.ms) of a client of the worker of role: a broker is
+ * up when one of the "brokers" says "state":"UP".  Only broker states are
+ * upper case in these statistics (a consumer group's state is "up").
+ */
+void
+evbus_metrics_broker_stats(int role, const char *json)
+{
+	evbus_metrics_broker(role, strstr(json, "\"state\":\"UP\"") != NULL);
+}
+
+/* The worker of role has no Kafka client (no brokers set, or it left). */
+void
+evbus_metrics_broker_unknown(int role)
+{
+	MetricsDb  *e = entry_for();
+
+	if (e == NULL)
+		return;
+	SpinLockAcquire(&e->mutex);
+	e->broker_up[role] = -1;
+	SpinLockRelease(&e->mutex);
+}
+
+/*
+ * evbus_metrics_refresh_outbox --- count the outbox (events staged and not
+ * yet acknowledged) and find its oldest event, in the caller's
+ * transaction with SPI connected.  The publisher calls it every few
+ * seconds, so that evbus.metrics() need not read the table.
+ */
+void
+evbus_metrics_refresh_outbox(void)
+{
+	MetricsDb  *e;
+	bool		isnull;
+	int64		depth;
+	TimestampTz oldest = 0;
+	Datum		d;
+
+	if (SPI_execute("SELECT pg_catalog.count(*), pg_catalog.min(staged_at)"
+					" FROM evbus.outbox", true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not count the outbox");
+	depth = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 1, &isnull));
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	if (!isnull)
+		oldest = DatumGetTimestampTz(d);
+	e = entry_for();
+	if (e == NULL)
+		return;
+	SpinLockAcquire(&e->mutex);
+	e->outbox_known = true;
+	e->outbox_depth = depth;
+	e->oldest_staged_at = oldest;
+	SpinLockRelease(&e->mutex);
+}
+
+/*
+ * evbus_metrics_set_lag --- the consumer's lag of group on topic: the
+ * messages between its position and the high watermark, summed over the
+ * partitions assigned to it.  Replaces the pair's value; a pair beyond
+ * MAX_LAGS is not kept.
+ */
+void
+evbus_metrics_set_lag(const char *group, const char *topic, int64 lag)
+{
+	MetricsDb  *e = entry_for();
+	int			i;
+
+	if (e == NULL)
+		return;
+	SpinLockAcquire(&e->mutex);
+	for (i = 0; i < e->nlags; i++)
+		if (strcmp(e->lags[i].group_name, group) == 0 &&
+			strcmp(e->lags[i].topic, topic) == 0)
+			break;
+	if (i == e->nlags && e->nlags < MAX_LAGS)
+	{
+		strlcpy(e->lags[i].group_name, group, NAMEDATALEN);
+		strlcpy(e->lags[i].topic, topic, NAMEDATALEN * 2);
+		e->nlags++;
+	}
+	if (i < e->nlags)
+		e->lags[i].lag = lag;
+	SpinLockRelease(&e->mutex);
+}
+
+/* The consumer left every group: their lags are not known any more. */
+void
+evbus_metrics_clear_lags(void)
+{
+	MetricsDb  *e = entry_for();
+
+	if (e == NULL)
+		return;
+	SpinLockAcquire(&e->mutex);
+	e->nlags = 0;
+	SpinLockRelease(&e->mutex);
+}
+
+/* ------------------------------------------------------------------
+ * evbus.metrics()
+ * ------------------------------------------------------------------
+ */
+
+#define METRICS_NATTS 9
+
+typedef struct MetricsOut
+{
+	Tuplestorestate *store;
+	TupleDesc	desc;
+	const char *database;
+} MetricsOut;
+
+static void
+emit(MetricsOut *out, const char *metric, const char *kind,
+	 const char *worker, const char *topic, const char *group,
+	 const char *le, const char *error, double value)
+{
+	Datum		values[METRICS_NATTS];
+	bool		nulls[METRICS_NATTS];
+	const char *texts[7] = {metric, kind, out->database, worker, topic, group, le};
+	int			i;
+
+	for (i = 0; i < 7; i++)
+	{
+		nulls[i] = texts[i] == NULL;
+		values[i] = nulls[i] ? (Datum) 0 : CStringGetTextDatum(texts[i]);
+	}
+	nulls[7] = error == NULL;
+	values[7] = nulls[7] ? (Datum) 0 : CStringGetTextDatum(error);
+	nulls[8] = false;
+	values[8] = Float8GetDatum(value);
+	tuplestore_putvalues(out->store, out->desc, values, nulls);
+}
+
+/* A histogram as Prometheus exposes one: cumulative buckets, sum, count */
+static void
+emit_histogram(MetricsOut *out, const char *name, const char *worker,
+			   const MetricsHistogram *h)
+{
+	char		metric[NAMEDATALEN];
+	char		le[32];
+	uint64		cumulative = 0;
+	int			b;
+
+	snprintf(metric, sizeof(metric), "%s_bucket", name);
+	for (b = 0; b < NBUCKETS; b++)
+	{
+		cumulative += h->buckets[b];
+		if (b < NBOUNDS)
+			snprintf(le, sizeof(le), "%g", bucket_bounds_ms[b]);
+		else
+			strlcpy(le, "+Inf", sizeof(le));
+		emit(out, metric, "histogram", worker, NULL, NULL, le, NULL,
+			 (double) cumulative);
+	}
+	snprintf(metric, sizeof(metric), "%s_sum", name);
+	emit(out, metric, "histogram", worker, NULL, NULL, NULL, NULL, h->sum_ms);
+	snprintf(metric, sizeof(metric), "%s_count", name);
+	emit(out, metric, "histogram", worker, NULL, NULL, NULL, NULL,
+		 (double) h->count);
+}
+
+/*
+ * evbus.metrics() --- every database's numbers, one row per series:
+ * metric name, kind (counter, gauge, histogram), labels, value.  Reads
+ * shared memory only: a copy of each entry, taken under its spinlock.
+ * Readable by pg_monitor, like evbus.stats.
+ */
+PG_FUNCTION_INFO_V1(evbus_metrics);
+Datum
+evbus_metrics(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MetricsOut	out;
+	TimestampTz now = GetCurrentTimestamp();
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	out.store = rsinfo->setResult;
+	out.desc = rsinfo->setDesc;
+	if (metrics == NULL)
+		PG_RETURN_VOID();
+
+	for (i = 0; i < MAX_DBS; i++)
+	{
+		MetricsDb	copy;
+		int			role;
+		int			l;
+		char	   *dbname;
+
+		if (metrics->dbs[i].dboid == InvalidOid)
+			continue;
+		SpinLockAcquire(&metrics->dbs[i].mutex);
+		memcpy(&copy, &metrics->dbs[i], sizeof(MetricsDb));
+		SpinLockRelease(&metrics->dbs[i].mutex);
+		if (copy.dboid == InvalidOid ||
+			(dbname = get_database_name(copy.dboid)) == NULL)
+			continue;
+		out.database = dbname;
+
+		for (role = 0; role < 2; role++)
+		{
+			const char *worker = evbus_worker_role_name(role);
+
+			emit(&out, "evbus_worker_up", "gauge", worker, NULL, NULL, NULL, NULL,
+				 evbus_worker_pid_for(copy.dboid, role) != 0 ? 1 : 0);
+			if (copy.broker_up[role] >= 0)
+				emit(&out, "evbus_broker_up", "gauge", worker, NULL, NULL, NULL,
+					 NULL, copy.broker_up[role]);
+			/* 1 with the error's text, 0 with "" while there was none */
+			emit(&out, "evbus_broker_last_error_info", "gauge", worker, NULL,
+				 NULL, NULL, copy.last_error[role],
+				 copy.last_error[role][0] != '\0' ? 1 : 0);
+		}
+
+		emit(&out, "evbus_staged_total", "counter", NULL, NULL, NULL, NULL, NULL,
+			 (double) copy.counts.staged);
+		emit(&out, "evbus_published_total", "counter", "publisher", NULL, NULL,
+			 NULL, NULL, (double) copy.counts.published);
+		emit(&out, "evbus_publish_dead_total", "counter", "publisher", NULL, NULL,
+			 NULL, NULL, (double) copy.counts.publish_dead);
+		if (copy.outbox_known)
+		{
+			emit(&out, "evbus_outbox_depth", "gauge", "publisher", NULL, NULL,
+				 NULL, NULL, (double) copy.outbox_depth);
+			emit(&out, "evbus_outbox_oldest_age_seconds", "gauge", "publisher",
+				 NULL, NULL, NULL, NULL,
+				 copy.oldest_staged_at == 0 ? 0 :
+				 Max(0, (double) (now - copy.oldest_staged_at) / USECS_PER_SEC));
+		}
+		emit_histogram(&out, "evbus_publish_ack_milliseconds", "publisher",
+					   &copy.counts.ack);
+
+		emit(&out, "evbus_handled_total", "counter", "consumer", NULL, NULL,
+			 NULL, NULL, (double) copy.counts.handled);
+		emit(&out, "evbus_retries_total", "counter", "consumer", NULL, NULL,
+			 NULL, NULL, (double) copy.counts.retried);
+		emit(&out, "evbus_consume_dead_total", "counter", "consumer", NULL, NULL,
+			 NULL, NULL, (double) copy.counts.consume_dead);
+		for (l = 0; l < copy.nlags; l++)
+			emit(&out, "evbus_consumer_lag", "gauge", "consumer",
+				 copy.lags[l].topic, copy.lags[l].group_name, NULL, NULL,
+				 (double) copy.lags[l].lag);
+		emit_histogram(&out, "evbus_handler_milliseconds", "consumer",
+					   &copy.counts.handler);
+	}
+	PG_RETURN_VOID();
+}
