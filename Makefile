@@ -50,6 +50,7 @@ OBJS = \
 	src/subscriptions.o \
 	src/consumer_worker.o \
 	src/consumer.o \
+	src/received_message.o \
 	src/consumer_offsets.o \
 	src/consumer_pause.o \
 	src/pause.o \

@@ -427,49 +427,6 @@ evbus_consumers_sync(List *subs)
 	return settings;
 }
 
-/* Copy a librdkafka message into cxt. */
-static void
-copy_message(const rd_kafka_message_t *km, ReceivedMessage *m)
-{
-	rd_kafka_headers_t *hdrs = NULL;
-
-	m->topic = pstrdup(rd_kafka_topic_name(km->rkt));
-	m->partition = km->partition;
-	m->offset = km->offset;
-	m->key = km->key ? pnstrdup(km->key, km->key_len) : NULL;
-	m->keylen = km->key_len;
-	m->value = km->payload ? palloc(km->len + 1) : NULL;
-	if (m->value)
-	{
-		memcpy(m->value, km->payload, km->len);
-		m->value[km->len] = '\0';
-	}
-	m->valuelen = km->len;
-	m->nheaders = 0;
-	if (rd_kafka_message_headers(km, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR && hdrs)
-	{
-		size_t		n = rd_kafka_header_cnt(hdrs);
-		size_t		i;
-
-		m->header_names = palloc(sizeof(char *) * n);
-		m->header_values = palloc(sizeof(char *) * n);
-		m->header_lens = palloc(sizeof(size_t) * n);
-		for (i = 0; i < n; i++)
-		{
-			const char *name;
-			const void *value;
-			size_t		size;
-
-			if (rd_kafka_header_get_all(hdrs, i, &name, &value, &size))
-				break;
-			m->header_names[i] = pstrdup(name);
-			m->header_values[i] = value ? pnstrdup(value, size) : NULL;
-			m->header_lens[i] = size;
-			m->nheaders++;
-		}
-	}
-}
-
 /* Is (topic, partition) still assigned to this consumer? */
 static bool
 still_assigned(rd_kafka_topic_partition_list_t *assignment, const char *topic, int32 partition)
@@ -529,7 +486,7 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 				rd_kafka_message_destroy(km);
 				continue;
 			}
-			copy_message(km, &msgs[n++]);
+			evbus_copy_message(km, &msgs[n++]);
 			rd_kafka_message_destroy(km);
 		}
 		if (n == POLL_BATCH)

@@ -24,7 +24,8 @@ typedef struct EvbusSubscription
 	bool		takes_headers;
 	Oid			run_as;
 	int			max_retries;	/* -1: evbus.max_retries */
-	bool		park;			/* on_dead_letter 'park': a dead letter holds its key */
+	bool		park;			/* on_dead_letter 'park': a dead letter holds
+								 * its key */
 	bool		paused;			/* evbus.pause_subscription: its rows wait */
 } EvbusSubscription;
 

@@ -150,6 +150,7 @@ _PG_init(void)
 	evbus_define_gucs();
 	evbus_shmem_request();
 	evbus_restore_init();
+	evbus_metrics_init();
 	evbus_staging_init();
 	evbus_launcher_xact_init();
 

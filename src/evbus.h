@@ -143,8 +143,7 @@ extern void evbus_set_launcher_latch(Latch *latch);
 extern void evbus_wake_launcher(void);
 
 /* ---------- metrics.c: counters in shared memory, evbus.metrics() ---------- */
-extern Size evbus_metrics_shmem_size(void);
-extern void evbus_metrics_shmem_init(void);
+extern void evbus_metrics_init(void);
 extern void evbus_metrics_forget_database(Oid dboid);
 extern void evbus_metrics_staged(int n);
 extern void evbus_metrics_published(const TimestampTz *staged_at,

@@ -525,18 +525,18 @@ evbus_inbox_dispatch_due(List *subs)
 	inbox_begin();
 	paused = evbus_pauses_present() ? NOT_PAUSED : "";
 	if (SPI_execute(psprintf("WITH due AS ("
-					" SELECT id FROM evbus.inbox i"
-					" WHERE state = 'pending' AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s"
-					" AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'"
-					" AND e.group_name OPERATOR(pg_catalog.=) i.group_name"
-					" AND e.handler OPERATOR(pg_catalog.=) i.handler"
-					" AND e.event_key OPERATOR(pg_catalog.=) i.event_key"
-					" AND e.id OPERATOR(pg_catalog.<) i.id)"
-					" ORDER BY id LIMIT 500)"
-					" UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
-					" FROM due WHERE i.id OPERATOR(pg_catalog.=) due.id"
-					" RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
-					" i.payload, i.headers, i.attempts, i.event_key, i.handler", paused),
+							 " SELECT id FROM evbus.inbox i"
+							 " WHERE state = 'pending' AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s"
+							 " AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'"
+							 " AND e.group_name OPERATOR(pg_catalog.=) i.group_name"
+							 " AND e.handler OPERATOR(pg_catalog.=) i.handler"
+							 " AND e.event_key OPERATOR(pg_catalog.=) i.event_key"
+							 " AND e.id OPERATOR(pg_catalog.<) i.id)"
+							 " ORDER BY id LIMIT 500)"
+							 " UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
+							 " FROM due WHERE i.id OPERATOR(pg_catalog.=) due.id"
+							 " RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
+							 " i.payload, i.headers, i.attempts, i.event_key, i.handler", paused),
 					false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not read the inbox");
 	old = MemoryContextSwitchTo(batch_cxt);
@@ -569,12 +569,12 @@ evbus_inbox_dispatch_due(List *subs)
 	MemoryContextSwitchTo(old);
 	/* when is the next message due that may run (first of its key)? */
 	if (SPI_execute(psprintf("SELECT pg_catalog.min(next_attempt_at) FROM evbus.inbox i"
-					" WHERE state = 'pending'%s"
-					" AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'"
-					" AND e.group_name OPERATOR(pg_catalog.=) i.group_name"
-					" AND e.handler OPERATOR(pg_catalog.=) i.handler"
-					" AND e.event_key OPERATOR(pg_catalog.=) i.event_key"
-					" AND e.id OPERATOR(pg_catalog.<) i.id)", paused),
+							 " WHERE state = 'pending'%s"
+							 " AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'"
+							 " AND e.group_name OPERATOR(pg_catalog.=) i.group_name"
+							 " AND e.handler OPERATOR(pg_catalog.=) i.handler"
+							 " AND e.event_key OPERATOR(pg_catalog.=) i.event_key"
+							 " AND e.id OPERATOR(pg_catalog.<) i.id)", paused),
 					true, 0) == SPI_OK_SELECT && SPI_processed == 1)
 	{
 		bool		isnull;

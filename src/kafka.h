@@ -80,6 +80,12 @@ extern void evbus_partitions_pause(rd_kafka_t *rk,
 								   const char *pause_list, const char *resume_list);
 extern void evbus_consumer_pauses_changed(rd_kafka_t *rk, const char *was,
 										  const char *now);
+
+/* received_message.c (ReceivedMessage: consumer.h) */
+struct ReceivedMessage;
+extern void evbus_copy_message(const rd_kafka_message_t *km,
+							   struct ReceivedMessage *m);
+
 /* consumer.c: for replay.c */
 extern rd_kafka_t *evbus_consumer_for_replay(const char *group);
 

@@ -109,13 +109,6 @@ evbus_register_launcher(void)
 	RegisterBackgroundWorker(&worker);
 }
 
-/* "publisher" or "consumer", as in messages. */
-const char *
-evbus_worker_role_name(int role)
-{
-	return role == EVBUS_PUBLISHER ? "publisher" : "consumer";
-}
-
 /*
  * evbus_start_worker --- register a dynamic worker for one database: its
  * publisher (which starts its consumer) or its consumer.
@@ -272,6 +265,8 @@ evbus_drop_database_done(Oid guarded, bool dropped)
 	if (!OidIsValid(guarded))
 		return;
 	evbus_db_end_drop(guarded, dropped);
+	if (dropped)
+		evbus_metrics_forget_database(guarded);
 	if (dropped || !evbus_db_lookup(guarded, &db) || db.state != EVBUS_DB_INSTALLED)
 		return;
 	if (evbus_worker_pid_for(guarded, EVBUS_PUBLISHER) == 0)
@@ -462,7 +457,11 @@ launcher_pass(List **dbs, List **probed)
 		{
 			/* its DROP DATABASE ended without saying so (the backend died) */
 			if (BackendPidGetProc(e->dropper) == NULL)
+			{
 				evbus_db_end_drop(e->dboid, db == NULL);
+				if (db == NULL)
+					evbus_metrics_forget_database(e->dboid);
+			}
 			continue;
 		}
 		if (db == NULL)

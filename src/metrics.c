@@ -29,6 +29,8 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/builtins.h"
@@ -76,7 +78,8 @@ typedef struct MetricsDb
 {
 	Oid			dboid;			/* InvalidOid: free */
 	slock_t		mutex;			/* the fields below, from counts on */
-	MetricsCounts counts;		/* first of the fields reset for a new database */
+	MetricsCounts counts;		/* first of the fields reset for a new
+								 * database */
 	int			broker_up[2];	/* per role: -1 unknown, 0 down, 1 up */
 	char		last_error[2][ERROR_LEN];	/* per role: "" none */
 	bool		outbox_known;
@@ -97,26 +100,45 @@ static MetricsDb *my_entry = NULL;	/* this database's, once found */
 static MetricsCounts pending;	/* this transaction's, until it commits */
 static bool pending_any = false;
 
-Size
-evbus_metrics_shmem_size(void)
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static void
+metrics_shmem_request(void)
 {
-	return sizeof(MetricsShared);
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(sizeof(MetricsShared));
 }
 
-/* Called from the shared memory startup hook, under AddinShmemInitLock. */
-void
-evbus_metrics_shmem_init(void)
+static void
+metrics_shmem_startup(void)
 {
 	bool		found;
 	int			i;
 
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	metrics = ShmemInitStruct("evbus metrics", sizeof(MetricsShared), &found);
-	if (found)
-		return;
-	memset(metrics, 0, sizeof(MetricsShared));
-	SpinLockInit(&metrics->mutex);
-	for (i = 0; i < MAX_DBS; i++)
-		SpinLockInit(&metrics->dbs[i].mutex);
+	if (!found)
+	{
+		memset(metrics, 0, sizeof(MetricsShared));
+		SpinLockInit(&metrics->mutex);
+		for (i = 0; i < MAX_DBS; i++)
+			SpinLockInit(&metrics->dbs[i].mutex);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Install the shared memory hooks of the metrics; called from _PG_init. */
+void
+evbus_metrics_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = metrics_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = metrics_shmem_startup;
 }
 
 /*

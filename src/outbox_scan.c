@@ -128,7 +128,7 @@ slot_due(TupleTableSlot *slot)
 	if (evbus_publish_any_paused())
 	{
 		text	   *event = DatumGetTextPP(slot_getattr(slot, EVBUS_OUTBOX_INTEGRATION_EVENT,
-														 &isnull));
+														&isnull));
 
 		return !evbus_publish_paused(VARDATA_ANY(event), VARSIZE_ANY_EXHDR(event));
 	}

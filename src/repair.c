@@ -218,7 +218,7 @@ PG_FUNCTION_INFO_V1(evbus_retry_filter);
 Datum
 evbus_retry_filter(PG_FUNCTION_ARGS)
 {
-	RepairParams	st;
+	RepairParams st;
 
 	memset(st.nulls, ' ', sizeof(st.nulls));
 	filter_from_args(&st, fcinfo, 0);
@@ -286,7 +286,7 @@ discard_matching(RepairParams *st, FunctionCallInfo fcinfo, int reason_arg)
 static Datum
 discard_message(FunctionCallInfo fcinfo)
 {
-	RepairParams	st;
+	RepairParams st;
 
 	memset(st.nulls, ' ', sizeof(st.nulls));
 	filter_of_message(&st, fcinfo, 0);
@@ -325,7 +325,7 @@ PG_FUNCTION_INFO_V1(evbus_discard_filter);
 Datum
 evbus_discard_filter(PG_FUNCTION_ARGS)
 {
-	RepairParams	st;
+	RepairParams st;
 
 	memset(st.nulls, ' ', sizeof(st.nulls));
 	filter_from_args(&st, fcinfo, 1);
@@ -340,13 +340,15 @@ evbus_discard_filter(PG_FUNCTION_ARGS)
 /* The dead letter an edit picked, read as the extension owner. */
 typedef struct EditTarget
 {
-	RepairParams	st;				/* $1 message id, $2 group, $3 handler, $4 caller, $5 owner */
+	RepairParams st;			/* $1 message id, $2 group, $3 handler, $4
+								 * caller, $5 owner */
 	int			found;			/* how many dead letters matched */
 	int64		id;
 	char	   *direction;
 	bool		undecodable;
 	bool		allowed;		/* may the caller edit it? */
-	char	   *whose;			/* consume side: the role whose privileges it needs */
+	char	   *whose;			/* consume side: the role whose privileges it
+								 * needs */
 	MemoryContext cxt;			/* where the strings go */
 } EditTarget;
 

@@ -177,7 +177,7 @@ load_replays(MemoryContext cxt)
 					" COALESCE(from_offset, ((EXTRACT(EPOCH FROM from_time)"
 					" OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8)), rerun"
 					" FROM evbus.replays WHERE done_at IS NULL ORDER BY id",
-					false, 0) != SPI_OK_SELECT)	/* a fresh snapshot */
+					false, 0) != SPI_OK_SELECT) /* a fresh snapshot */
 		elog(ERROR, "could not read evbus.replays");
 	for (i = 0; i < SPI_processed; i++)
 	{

@@ -69,7 +69,6 @@ evbus_shmem_request_hook(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(evbus_shmem_size());
-	RequestAddinShmemSpace(evbus_metrics_shmem_size());
 	RequestNamedLWLockTranche("evbus", 1);
 }
 
@@ -88,7 +87,6 @@ evbus_shmem_startup_hook(void)
 		memset(evbus_shared, 0, evbus_shmem_size());
 		evbus_shared->lock = &(GetNamedLWLockTranche("evbus"))->lock;
 	}
-	evbus_metrics_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
@@ -253,6 +251,13 @@ evbus_wake_worker_role(Oid dboid, int role)
 		}
 	}
 	LWLockRelease(evbus_shared->lock);
+}
+
+/* "publisher" or "consumer", as in messages. */
+const char *
+evbus_worker_role_name(int role)
+{
+	return role == EVBUS_PUBLISHER ? "publisher" : "consumer";
 }
 
 /* Process id of dboid's worker of the given role, or 0. */
@@ -549,10 +554,7 @@ evbus_db_end_drop(Oid dboid, bool dropped)
 	if (db != NULL && db->state == EVBUS_DB_DROPPING)
 	{
 		if (dropped)
-		{
 			db->state = EVBUS_DB_DROPPED;
-			evbus_metrics_forget_database(dboid);
-		}
 		else
 		{
 			db->state = db->state_before_drop;
