@@ -606,4 +606,8 @@ main() {
 	esac
 }
 
-main "$@"
+# run only when executed: test/kafka/cluster.sh sources this file for its
+# functions
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+	main "$@"
+fi
