@@ -142,7 +142,9 @@ END $$;
 
 /*
  * stage(topic, doomed): one event of the workload, with a random key of
- * this database and random traits: most events succeed at once, some
+ * this database and topic (evbus orders a key's events within a topic, a
+ * partition: keys of their own per topic make a key's seq order the order
+ * its handler must see) and random traits: most events succeed at once, some
  * fail once or twice, a few fail more often than evbus.max_retries
  * allows (dead letters), some nap in their handler, some are chained by
  * campaign_b's handler into a CampChain event.
@@ -156,7 +158,7 @@ BEGIN
 	SELECT * INTO st FROM campaign.settings;
 	RETURN campaign.record(
 		st.letter || '-' || nextval('campaign.event_no'), topic,
-		st.letter || '-k' || (1 + floor(random() * st.nkeys))::int,
+		st.letter || '-' || substr(topic, 5, 1) || '-k' || (1 + floor(random() * st.nkeys))::int,
 		CASE WHEN r < 0.90 THEN 0 WHEN r < 0.97 THEN 1 + floor(random() * 2)::int ELSE 9 END,
 		doomed, NULL, false, random() < 0.01, random() < 0.05);
 END $$;
@@ -168,7 +170,7 @@ DECLARE
 BEGIN
 	SELECT * INTO st FROM campaign.settings;
 	RETURN campaign.record(st.letter || '-' || nextval('campaign.event_no'), 'CampPublished',
-						   st.letter || '-k' || (1 + floor(random() * st.nkeys))::int,
+						   st.letter || '-P-k' || (1 + floor(random() * st.nkeys))::int,
 						   1, false, NULL, true, false, false);
 END $$;
 

@@ -8,7 +8,7 @@
 # violation.
 #
 # EVBUS_CAMPAIGN_SEED picks the seed (else a random one, printed);
-# EVBUS_CAMPAIGN_DURATION the seconds of load and faults (default 120).
+# EVBUS_CAMPAIGN_DURATION the seconds of load and faults (default 100).
 # On a violation the seed is printed and the history directory is left in
 # the test's log directory (tmp_check/log/400_hist).  The test starts and
 # stops its own cluster and toxiproxy, in its own temporary directory.
@@ -26,7 +26,7 @@ plan skip_all => "no toxiproxy: run 'bash test/campaign/toxiproxy.sh fetch' (tes
 
 my $t0 = time();
 my $seed = $ENV{EVBUS_CAMPAIGN_SEED} // int(rand(2**31));
-my $duration = $ENV{EVBUS_CAMPAIGN_DURATION} // 120;
+my $duration = $ENV{EVBUS_CAMPAIGN_DURATION} // 100;
 diag("fault campaign seed $seed (EVBUS_CAMPAIGN_SEED=$seed reproduces the schedule)");
 
 my $campaign = EvbusCampaign->new(
@@ -42,6 +42,10 @@ $campaign->run;
 isnt($campaign->{drain_s}, 'timeout', "drained after the last fault ($campaign->{drain_s} s)");
 my ($rc, $summary) = $campaign->check;
 note($summary);
+# the checker's summary, for bench/campaign.sh and whoever reads the logs
+open my $fh, '>', "${PostgreSQL::Test::Utils::log_path}/400_summary.txt" or die $!;
+print $fh $summary;
+close $fh;
 note('faults: ' . $campaign->fault_summary);
 note("events staged: $campaign->{events_staged}");
 is($rc, 0, 'the checker finds no violation') or do {
