@@ -26,6 +26,10 @@
 # /proxies/NAME/toxics, DELETE /proxies/NAME/toxics/TOXIC.
 set -euo pipefail
 
+# kafka.sh's free_ports (a port outside the ephemeral range)
+# shellcheck source=test/kafka/kafka.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../kafka" && pwd)/kafka.sh"
+
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN_DIR=${EVBUS_TOXIPROXY_BIN:-$SCRIPT_DIR/bin}
 TOXIPROXY_VERSION=v2.5.0
@@ -72,26 +76,6 @@ cmd_fetch() {
 	chmod a+r "$stamp"
 }
 
-# One free TCP port on 127.0.0.1, outside the ephemeral range (as kafka.sh
-# picks its own).
-free_port() {
-	perl -MIO::Socket::INET -e '
-		my ($elo, $ehi) = (32768, 60999);
-		if (open my $f, "<", "/proc/sys/net/ipv4/ip_local_port_range") {
-			($elo, $ehi) = split " ", scalar <$f>;
-		}
-		my ($lo, $hi) = $ehi < 64500 && $ehi >= 32767 ? ($ehi + 1, 65535) : (2000, 10199);
-		for (1 .. 500) {
-			my $p = $lo + int(rand($hi - $lo + 1));
-			my $s = IO::Socket::INET->new(LocalAddr => "127.0.0.1", LocalPort => $p,
-			                              Proto => "tcp", Listen => 1, ReuseAddr => 1)
-			  or next;
-			print "$p\n";
-			exit 0;
-		}
-		die "no free port\n";'
-}
-
 # The pid in DIR/toxiproxy.pid if that process is alive and is a toxiproxy
 # server (guards against a recycled pid); nothing otherwise.
 live_pid() {
@@ -113,7 +97,7 @@ cmd_start() {
 	[[ -x $SERVER ]] || die "no $SERVER: run '$0 fetch' first"
 	pid=$(live_pid "$dir")
 	if [[ -z $pid ]]; then
-		port=$(free_port)
+		port=$(free_ports 1)
 		echo "127.0.0.1:$port" >"$dir/api"
 		setsid "$SERVER" -host 127.0.0.1 -port "$port" </dev/null >>"$dir/toxiproxy.log" 2>&1 &
 		pid=$!

@@ -98,7 +98,7 @@ our %WEIGHTS = (publish => 3, raise => 3, capture => 2, rollback => 1,
 
 # new(%opts): seed (default: random), duration (s of faults and load,
 # default 150), dir (where the cluster, proxies and HIST live: required),
-# rate (pgbench transactions per second per database, default 80),
+# rate (pgbench transactions per second per database, default 30),
 # max_retries (3), drain_bound (120 s), log (a sub taking a line; default
 # Test::More::note).
 sub new
@@ -108,7 +108,7 @@ sub new
 		seed => $o{seed} // int(rand(2**31)),
 		duration => $o{duration} // 150,
 		dir => $o{dir} // die("EvbusCampaign->new: dir is required\n"),
-		rate => $o{rate} // 80,
+		rate => $o{rate} // 30,
 		max_retries => $o{max_retries} // 3,
 		drain_bound => $o{drain_bound} // 120,
 		log => $o{log} // sub { note(@_) },
@@ -145,16 +145,14 @@ sub setup
 {
 	my ($self) = @_;
 	$self->say("campaign seed $self->{seed}, $self->{duration} s, dir $self->{dir}");
-	$self->{proxied} = $self->cluster('start');
-	$self->{api} = 'http://' . _slurp("$self->{cdir}/toxiproxy/api");
-	$self->{http} = HTTP::Tiny->new(timeout => 10);
-	_run('bash', $KAFKA_SH, 'topics', $self->{cdir}, '--create', '--topic', "$PREFIX$_",
-		'--partitions', 3, '--replication-factor', 3)
-	  for @EVENTS;
+	# the cluster starts (a minute on a busy machine) while the databases
+	# are made; evbus.brokers is set once it is up
+	my ($cout, $cerr) = ('', '');
+	my $starting = IPC::Run::start([ 'bash', $CLUSTER_SH, 'start', $self->{cdir} ],
+		'<', \undef, '>', \$cout, '2>', \$cerr);
 	my $node = new_node(
 		'campaign',
 		conf => [
-			"evbus.brokers = '$self->{proxied}'",
 			"evbus.topic_prefix = '$PREFIX'",
 			"evbus.max_retries = $self->{max_retries}",
 			"evbus.retry_interval = '200ms'",
@@ -174,6 +172,15 @@ sub setup
 		_run('psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-v', "letter=$letter",
 			'-h', $node->host, '-p', $node->port, '-f', $workload, $db);
 	}
+	$starting->finish or die "cluster.sh start failed: $cerr$cout\n";
+	chomp($self->{proxied} = $cout);
+	$self->{api} = 'http://' . _slurp("$self->{cdir}/toxiproxy/api");
+	$self->{http} = HTTP::Tiny->new(timeout => 10);
+	_run('bash', $KAFKA_SH, 'topics', $self->{cdir}, '--create', '--topic', "$PREFIX$_",
+		'--partitions', 3, '--replication-factor', 3)
+	  for @EVENTS;
+	$node->append_conf('postgresql.conf', "evbus.brokers = '$self->{proxied}'\n");
+	$node->reload;
 	# the scripts of the producers
 	for my $name (sort keys %SCRIPTS)
 	{
@@ -344,7 +351,28 @@ sub worker_pid
 	return defined $pid && $pid =~ /^\d+$/ ? $pid : undef;
 }
 
-# fault(kind, rng): inject one fault, keep it a few seconds, heal it.
+# restart_broker(n): start broker n again in the background (a JVM takes
+# up to a minute to start on a busy machine: meanwhile the other faults
+# go on); broker_restarted() waits for that start to be over, before
+# anything else takes a broker down (at most one down at a time).
+sub restart_broker
+{
+	my ($self, $n) = @_;
+	$self->broker_restarted;
+	$self->{restarting} = IPC::Run::start([ 'bash', $CLUSTER_SH, 'start-one', $self->{cdir}, $n ],
+		'<', \undef, '>', '/dev/null', '2>', \$self->{restart_err});
+	return;
+}
+
+sub broker_restarted
+{
+	my ($self) = @_;
+	my $h = delete $self->{restarting} or return;
+	$h->finish or $self->say("broker restart failed: " . ($self->{restart_err} // ''));
+	return;
+}
+
+# fault(kind): inject one fault, keep it a few seconds, heal it.
 sub fault
 {
 	my ($self, $kind) = @_;
@@ -390,6 +418,7 @@ sub fault
 	}
 	elsif ($kind eq 'broker_kill' || $kind eq 'leader_kill')
 	{
+		$self->broker_restarted;
 		$self->wait_isr(30);
 		my ($n, $detail);
 		if ($kind eq 'leader_kill')
@@ -408,7 +437,7 @@ sub fault
 		$self->record_fault($kind, "broker$n", "$detail, down ${hold}s");
 		$self->cluster('kill', $n);
 		sleep $hold;
-		$self->cluster('start-one', $n);
+		$self->restart_broker($n);
 	}
 	elsif ($kind =~ /^net_/)
 	{
@@ -429,6 +458,7 @@ sub fault
 	}
 	elsif ($kind eq 'broker_pause')
 	{
+		$self->broker_restarted;
 		my $n = 1 + int(rand(3));
 		$self->record_fault($kind, "broker$n", "SIGSTOP ${hold}s");
 		$self->cluster('pause', $n);
@@ -502,6 +532,7 @@ sub heal
 	my ($self) = @_;
 	eval { $self->toxics_reset; 1 } or $self->say("heal: $@");
 	eval { $self->cluster('resume', $self->{paused}); 1 } if $self->{paused};
+	$self->broker_restarted;
 	for my $n (1 .. 3)
 	{
 		eval { $self->cluster('start-one', $n); 1 } or $self->say("heal: broker $n: $@");
@@ -614,6 +645,7 @@ sub teardown
 	my ($self) = @_;
 	return if $self->{down}++;
 	eval { $self->stop_producers; 1 };
+	eval { $self->broker_restarted; 1 };
 	eval { $self->{node}->stop('immediate') if $self->{node}; 1 };
 	eval { $self->cluster('stop'); 1 } if -d $self->{cdir};
 	return;
