@@ -230,14 +230,35 @@ sleep 0.3; done};
 	return;
 }
 
+# _alive(pid): the process runs (not gone, not a zombie waiting to be
+# reaped by IPC::Run)
+sub _alive
+{
+	my ($pid) = @_;
+	open my $f, '<', "/proc/$pid/stat" or return 0;
+	my $st = <$f> // '';
+	return $st !~ /^\d+ \(.*\) Z /;
+}
+
 sub stop_producers
 {
 	my ($self) = @_;
 	open my $fh, '>', "$self->{dir}/stop" or die "stop: $!";
 	close $fh;
+	# a pgbench run ends within seconds, unless a client waits for a key
+	# that a prepared transaction left behind holds: resolve those
+	# meanwhile; after 60 s, kill what is left
+	my $deadline = time() + 60;
+	while (time() < $deadline)
+	{
+		last unless grep { _alive($_->{KIDS}[0]{PID}) } @{ $self->{producers} };
+		$self->resolve_prepared if $self->{node};
+		sleep 0.5;
+	}
 	for my $h (@{ $self->{producers} })
 	{
-		eval { $h->finish; 1 } or eval { $h->kill_kill; };
+		$h->kill_kill if _alive($h->{KIDS}[0]{PID});
+		eval { $h->finish; 1 };
 	}
 	$self->{producers} = [];
 	return;

@@ -8,7 +8,9 @@
 # violation.
 #
 # EVBUS_CAMPAIGN_SEED picks the seed (else a random one, printed);
-# EVBUS_CAMPAIGN_DURATION the seconds of load and faults (default 100).
+# EVBUS_CAMPAIGN_DURATION the seconds of load and faults (default 100),
+# EVBUS_CAMPAIGN_RATE the producers' transactions per second per database
+# (default 30).
 # On a violation the seed is printed and the history directory is left in
 # the test's log directory (tmp_check/log/400_hist).  The test starts and
 # stops its own cluster and toxiproxy, in its own temporary directory.
@@ -32,6 +34,7 @@ diag("fault campaign seed $seed (EVBUS_CAMPAIGN_SEED=$seed reproduces the schedu
 my $campaign = EvbusCampaign->new(
 	seed => $seed,
 	duration => $duration,
+	rate => $ENV{EVBUS_CAMPAIGN_RATE},
 	dir => PostgreSQL::Test::Utils::tempdir('campaign'));
 
 # stopped even when the test dies
