@@ -480,6 +480,7 @@ sub fault
 	elsif ($kind eq 'broker_pause')
 	{
 		$self->broker_restarted;
+		$self->wait_isr(30);
 		my $n = 1 + int(rand(3));
 		$self->record_fault($kind, "broker$n", "SIGSTOP ${hold}s");
 		$self->cluster('pause', $n);
