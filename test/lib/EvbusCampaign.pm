@@ -397,8 +397,20 @@ sub broker_restarted
 sub fault
 {
 	my ($self, $kind) = @_;
+
+	# every random choice drawn up front, whatever the kind, so that a
+	# seed gives the same sequence of faults and targets
 	my $hold = 2 + int(rand(5));
 	my $db = $DBS[ int(rand(@DBS)) ];
+	my $broker = 1 + int(rand(3));
+	my $topic = $PREFIX . $EVENTS[ int(rand(3)) ];
+	my $partition = int(rand(3));
+	my $one_proxy = rand() < 0.5;
+	my $proxy = 'b' . (1 + int(rand(3)));
+	my @proxies = $one_proxy ? ($proxy) : qw(b1 b2 b3);
+	my $latency = 300 + int(rand(1200));
+	my $bandwidth = rand() < 0.5;
+	my $rate = 20 + int(rand(80));
 	if ($kind eq 'kill_publisher' || $kind eq 'kill_consumer')
 	{
 		my $which = $kind eq 'kill_publisher' ? 'publisher' : 'consumer';
@@ -444,15 +456,13 @@ sub fault
 		my ($n, $detail);
 		if ($kind eq 'leader_kill')
 		{
-			my $topic = $PREFIX . $EVENTS[ int(rand(3)) ];
-			my $p = int(rand(3));
-			$n = $self->cluster('leader', $topic, $p);
-			$detail = "leader of $topic/$p";
-			$n = 1 + int(rand(3)) unless $n =~ /^[123]$/;
+			$n = $self->cluster('leader', $topic, $partition);
+			$detail = "leader of $topic/$partition";
+			$n = $broker unless $n =~ /^[123]$/;
 		}
 		else
 		{
-			$n = 1 + int(rand(3));
+			$n = $broker;
 			$detail = 'random broker';
 		}
 		$self->record_fault($kind, "broker$n", "$detail, down ${hold}s");
@@ -462,13 +472,12 @@ sub fault
 	}
 	elsif ($kind =~ /^net_/)
 	{
-		my @proxies = rand() < 0.5 ? ('b' . (1 + int(rand(3)))) : qw(b1 b2 b3);
 		my %toxic = (
-			net_latency => [ latency => (latency => 300 + int(rand(1200)), jitter => 200) ],
+			net_latency => [ latency => (latency => $latency, jitter => 200) ],
 			net_reset => [ reset_peer => (timeout => 0) ],
 			net_blackhole => [ timeout => (timeout => 0) ],
-			net_slow => rand() < 0.5
-			? [ bandwidth => (rate => 20 + int(rand(80))) ]
+			net_slow => $bandwidth
+			? [ bandwidth => (rate => $rate) ]
 			: [ slicer => (average_size => 64, size_variation => 32, delay => 2000) ]);
 		my ($type, %attr) = @{ $toxic{$kind} };
 		$self->record_fault($kind, join(',', @proxies),
@@ -481,7 +490,7 @@ sub fault
 	{
 		$self->broker_restarted;
 		$self->wait_isr(30);
-		my $n = 1 + int(rand(3));
+		my $n = $broker;
 		$self->record_fault($kind, "broker$n", "SIGSTOP ${hold}s");
 		$self->cluster('pause', $n);
 		$self->{paused} = $n;

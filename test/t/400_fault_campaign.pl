@@ -7,7 +7,8 @@
 # committed, what Kafka holds, what the handlers did) and must find no
 # violation.
 #
-# EVBUS_CAMPAIGN_SEED picks the seed (else a random one, printed);
+# EVBUS_CAMPAIGN_SEED picks the seed (else a random one, printed): a seed
+# gives the same sequence of faults (how many fit depends on the timing);
 # EVBUS_CAMPAIGN_DURATION the seconds of load and faults (default 100),
 # EVBUS_CAMPAIGN_RATE the producers' transactions per second per database
 # (default 30).
