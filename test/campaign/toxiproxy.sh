@@ -26,7 +26,7 @@
 # /proxies/NAME/toxics, DELETE /proxies/NAME/toxics/TOXIC.
 set -euo pipefail
 
-# kafka.sh's free_ports (a port outside the ephemeral range)
+# kafka.sh's free_ports (a port outside the ephemeral range), die and usage
 # shellcheck source=test/kafka/kafka.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")/../kafka" && pwd)/kafka.sh"
 
@@ -34,13 +34,6 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 BIN_DIR=${EVBUS_TOXIPROXY_BIN:-$SCRIPT_DIR/bin}
 TOXIPROXY_VERSION=v2.5.0
 SERVER=$BIN_DIR/toxiproxy-server
-
-die() { echo "toxiproxy.sh: $*" >&2; exit 1; }
-
-usage() {
-	sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
-	exit 2
-}
 
 # Sets GO: `go` on PATH, else the usual tarball location.
 GO=
