@@ -70,16 +70,19 @@ cmd_fetch() {
 }
 
 # The pid in DIR/toxiproxy.pid if that process is alive and is a toxiproxy
-# server (guards against a recycled pid); nothing otherwise.
+# server (guards against a recycled pid); nothing otherwise.  The command
+# line is read whole first: `tr | grep -q` fails under pipefail when grep
+# exits before tr has written everything, and the server was then taken
+# for stopped and left running.
 live_pid() {
-	local dir=$1 pid
+	local dir=$1 pid cmd
 	[[ -f $dir/toxiproxy.pid ]] || return 0
 	pid=$(cat "$dir/toxiproxy.pid")
 	[[ $pid =~ ^[0-9]+$ ]] || return 0
-	if kill -0 "$pid" 2>/dev/null \
-		&& tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF toxiproxy-server; then
-		echo "$pid"
-	fi
+	kill -0 "$pid" 2>/dev/null || return 0
+	cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0
+	[[ $cmd == *toxiproxy-server* ]] && echo "$pid"
+	return 0
 }
 
 cmd_start() {
