@@ -12,7 +12,12 @@
  * from the lowest id finds whatever is left.  Events held back (their key
  * waits) and events whose delivery failed are remembered the same way; a
  * failed one never expires (test 020_broker_outage.pl), a hole does after
- * HOLE_TIMEOUT_MS, and the sweep then finds it (test 090_late_events.pl).
+ * HOLE_TIMEOUT_MS once no transaction that could have staged it is still
+ * running, and the sweep then finds it (test 090_late_events.pl).  While
+ * one may be, the id is kept: a transaction of a key that runs long would
+ * otherwise be overtaken by the next transaction of its key, committed
+ * after it but produced before the sweep finds the first (test
+ * 402_long_transaction_key_order.pl).
  *
  * This part only reads: it returns the rows it claimed, and publisher.c
  * produces them.
@@ -21,7 +26,9 @@
  */
 #include "postgres.h"
 
+#include "access/transam.h"
 #include "utils/hsearch.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "evbus.h"
@@ -32,11 +39,22 @@
 #define MAX_REVISITS 100000
 #define MAX_HOLE_RUN 1000
 
+/*
+ * Past this many remembered ids, holes expire after HOLE_TIMEOUT_MS even
+ * while a transaction older than them runs (many rolled back ids and one
+ * long transaction must not make every step look up tens of thousands of
+ * ids): the sweep still finds what commits.
+ */
+#define MAX_LONG_HOLES 10000
+
 /* An id to look up again: a hole, or a known row held back. */
 typedef struct Revisit
 {
 	int64		id;				/* hash key */
 	TimestampTz since;
+	TransactionId xmax;			/* the next xid when it was noted: a
+								 * transaction that staged it is older */
+	bool		last_look;		/* expired: looked up once more, then gone */
 	bool		failed;			/* a failed delivery: never expires */
 	uint64		keyhash;
 } Revisit;
@@ -85,7 +103,11 @@ evbus_revisit_add(int64 id, bool failed, uint64 keyhash)
 		return;					/* the sweep will find it */
 	rv = hash_search(revisits, &id, HASH_ENTER, &found);
 	if (!found || !rv->failed)
+	{
 		rv->since = GetCurrentTimestamp();
+		rv->xmax = ReadNextTransactionId();
+		rv->last_look = false;
+	}
 	if (!found || failed)
 	{
 		rv->failed = failed;
@@ -135,8 +157,23 @@ evbus_revisit_lowest_failed(uint64 keyhash)
 }
 
 /*
+ * may_still_commit --- might a transaction that staged rv's id still be
+ * running?  RecentXmin is the oldest xid running at this backend's last
+ * snapshot (an older one only keeps ids longer).
+ */
+static bool
+may_still_commit(const Revisit *rv)
+{
+	return !TransactionIdIsValid(RecentXmin) ||
+		TransactionIdPrecedes(RecentXmin, rv->xmax);
+}
+
+/*
  * evbus_revisit_due_ids --- the remembered ids to look up now, allocated
- * in cxt; holes older than HOLE_TIMEOUT_MS are forgotten instead.
+ * in cxt.  A hole older than HOLE_TIMEOUT_MS that no running transaction
+ * can commit any more is looked up once more (the transaction that
+ * staged it may have committed just before this step's snapshot, which
+ * the lookup then sees) and forgotten at the next call.
  */
 int
 evbus_revisit_due_ids(MemoryContext cxt, int64 **ids)
@@ -145,19 +182,28 @@ evbus_revisit_due_ids(MemoryContext cxt, int64 **ids)
 	Revisit    *rv;
 	int			nids = 0;
 	TimestampTz now = GetCurrentTimestamp();
+	bool		keep_long;
 
 	*ids = NULL;
 	if (hash_get_num_entries(revisits) == 0)
 		return 0;
+	keep_long = hash_get_num_entries(revisits) <= MAX_LONG_HOLES;
 	*ids = MemoryContextAlloc(cxt, sizeof(int64) * hash_get_num_entries(revisits));
 	hash_seq_init(&status, revisits);
 	while ((rv = hash_seq_search(&status)) != NULL)
 	{
 		if (!rv->failed &&
-			TimestampDifferenceExceeds(rv->since, now, HOLE_TIMEOUT_MS))
-			hash_search(revisits, &rv->id, HASH_REMOVE, NULL);
-		else
-			(*ids)[nids++] = rv->id;
+			TimestampDifferenceExceeds(rv->since, now, HOLE_TIMEOUT_MS) &&
+			!(keep_long && may_still_commit(rv)))
+		{
+			if (rv->last_look)
+			{
+				hash_search(revisits, &rv->id, HASH_REMOVE, NULL);
+				continue;
+			}
+			rv->last_look = true;
+		}
+		(*ids)[nids++] = rv->id;
 	}
 	return nids;
 }
@@ -207,11 +253,19 @@ evbus_cursor_claim_forward(int limit, int64 max_bytes, OutboxRow **rows,
 
 		/*
 		 * Ids skipped over may still commit: remember them for a while.  A
-		 * huge gap (a big rolled back transaction) is left to the sweep, as
-		 * is everything below the first id this worker sees.  Ids skipped
-		 * because they are done with (after a restart) are no holes.
+		 * huge gap (a big rolled back transaction) is left to the sweep.
+		 * Below the first id this worker claims, the MAX_HOLE_RUN ids
+		 * nearest to it are holes too: a transaction running when the
+		 * worker started may commit an event of a key just before a later
+		 * event of that key commits, and only a remembered id is looked up
+		 * before the rows past the cursor are produced; the sweep, once
+		 * per evbus.poll_interval, would find it after the later event
+		 * (test 401_publisher_start_key_order.pl).  Ids skipped because
+		 * they are done with (after a restart) are no holes.
 		 */
-		if (max_seen > 0 && id - expected <= MAX_HOLE_RUN)
+		if (max_seen == 0)
+			expected = Max(expected, id - MAX_HOLE_RUN);
+		if (id - expected <= MAX_HOLE_RUN)
 			for (hole = expected; hole < id; hole++)
 				if (!evbus_outbox_published_covers(0, hole, NULL) &&
 					!evbus_outbox_published_covers(1, hole, NULL))

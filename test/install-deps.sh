@@ -3,9 +3,12 @@
 # need: PostgreSQL 15 and its server headers, librdkafka, pgTAP, IPC::Run,
 # kcat, a C toolchain, Prometheus and its PostgreSQL exporter (test
 # 290_metrics_exporter.pl runs them on ports of its own, not as services),
-# a JDK 17 (only if no `java` is on PATH) and Maven (only if no `mvn`).
-# The Kafka jars themselves come from Maven Central through
-# test/kafka/kafka.sh fetch.
+# a JDK 17 (only if no `java` is on PATH) and Maven (only if no `mvn`),
+# curl and jq, and Go (only if no `go` on PATH nor in /usr/local/go/bin:
+# Debian's golang-go).  The Kafka jars themselves come from Maven Central
+# through test/kafka/kafka.sh fetch; toxiproxy, the proxy of the fault
+# campaign (test 400), is built with Go from the Go module proxy by
+# test/campaign/toxiproxy.sh fetch.
 #
 # Idempotent and non-interactive: packages already installed are skipped and
 # `apt-get update` runs only when something is missing.  Installing needs
@@ -18,12 +21,13 @@ PACKAGES=(
 	librdkafka-dev
 	postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
 	libipc-run-perl
-	kcat openssl
+	kcat openssl curl jq
 	build-essential pkg-config
 	prometheus prometheus-postgres-exporter
 )
 command -v java >/dev/null || PACKAGES+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || PACKAGES+=(maven)
+command -v go >/dev/null || [[ -x /usr/local/go/bin/go ]] || PACKAGES+=(golang-go)
 
 # a package counts as present when dpkg says "install ok installed"
 missing=()

@@ -9,6 +9,8 @@
 #               errors (COPT=-Werror; EVBUS_COPT= overrides).  Not root:
 #               make install needs a writable PostgreSQL lib dir or `sudo -n`.
 #   3. fetch    test/kafka/kafka.sh fetch (the Kafka jars, Maven Central)
+#               and test/campaign/toxiproxy.sh fetch (toxiproxy, built with
+#               Go, for the fault campaign of test 400)
 #   4. user     PostgreSQL refuses to run as root: as root, create the user
 #               evbus_test once, copy the tree (with test/kafka/libs, without
 #               .git) to a fresh temporary directory owned by it and run the
@@ -98,7 +100,9 @@ do_build() {
 	fi
 }
 
-do_fetch() { bash "$ROOT/test/kafka/kafka.sh" fetch; }
+do_fetch() {
+	bash "$ROOT/test/kafka/kafka.sh" fetch && bash "$ROOT/test/campaign/toxiproxy.sh" fetch
+}
 
 # As root: the unprivileged user (created once) and a private copy of the
 # tree it owns, in TREE.

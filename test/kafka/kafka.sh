@@ -109,10 +109,12 @@ STOP_TIMEOUT=${EVBUS_KAFKA_STOP_TIMEOUT:-30}
 BROKER_HEAP=${EVBUS_KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}
 PROBE_TOPIC=__evbus_probe
 
-die() { echo "kafka.sh: $*" >&2; exit 1; }
+# the script run ($0): kafka.sh, or a script that sources it for its
+# functions and has a header of the same form (test/campaign/toxiproxy.sh)
+die() { echo "$(basename "$0"): $*" >&2; exit 1; }
 
 usage() {
-	sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
+	sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -606,4 +608,8 @@ main() {
 	esac
 }
 
-main "$@"
+# run only when executed: test/kafka/cluster.sh sources this file for its
+# functions
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+	main "$@"
+fi

@@ -1,8 +1,10 @@
 # 090_late_events.pl - events the forward scan cannot see when it passes
 # them are published later by the sweep: a deliver_at beyond the time a
 # skipped id is remembered (10 s), and a transaction that commits more than
-# 10 s after taking its id.  Both go through the sweep's last, short page,
-# which an earlier version never published.  The outbox tables rotate
+# 10 s after taking its id.  The deferred event goes through the sweep's
+# last, short page, which an earlier version never published (the slow
+# transaction's id is looked up as long as it runs: test 402, which also
+# guards the order of its key).  The outbox tables rotate
 # every 3 s, so the slow transaction stays open while the table it wrote to
 # is truncated (once staging released its lock at once, and the event was
 # lost), and the deferred event is moved to the other table.
