@@ -210,14 +210,16 @@ free_ports() {
 # The pid in DIR/kafka.pid if that process is alive and is this DIR's broker
 # (guards against a recycled pid); nothing otherwise.
 live_pid() {
-	local dir=$1 pid
+	local dir=$1 pid cmd
 	[[ -f $dir/kafka.pid ]] || return 0
 	pid=$(cat "$dir/kafka.pid")
 	[[ $pid =~ ^[0-9]+$ ]] || return 0
-	if kill -0 "$pid" 2>/dev/null \
-		&& tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$dir/server.properties"; then
-		echo "$pid"
-	fi
+	kill -0 "$pid" 2>/dev/null || return 0
+	# read whole, not piped into grep -q: under pipefail tr's SIGPIPE, when
+	# grep exits first, would make a running broker look stopped
+	cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0
+	[[ $cmd == *"$dir/server.properties"* ]] && echo "$pid"
+	return 0
 }
 
 # log4j2 configuration: everything at INFO into FILE, nothing on the console.
