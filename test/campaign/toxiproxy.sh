@@ -69,21 +69,9 @@ cmd_fetch() {
 	chmod a+r "$stamp"
 }
 
-# The pid in DIR/toxiproxy.pid if that process is alive and is a toxiproxy
-# server (guards against a recycled pid); nothing otherwise.  The command
-# line is read whole first: `tr | grep -q` fails under pipefail when grep
-# exits before tr has written everything, and the server was then taken
-# for stopped and left running.
-live_pid() {
-	local dir=$1 pid cmd
-	[[ -f $dir/toxiproxy.pid ]] || return 0
-	pid=$(cat "$dir/toxiproxy.pid")
-	[[ $pid =~ ^[0-9]+$ ]] || return 0
-	kill -0 "$pid" 2>/dev/null || return 0
-	cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0
-	[[ $cmd == *toxiproxy-server* ]] && echo "$pid"
-	return 0
-}
+# The pid of DIR's toxiproxy server if it runs; nothing otherwise
+# (kafka.sh's pid_of).
+live_pid() { pid_of "$1/toxiproxy.pid" toxiproxy-server; }
 
 cmd_start() {
 	[[ -n ${1:-} ]] || usage

@@ -207,20 +207,24 @@ free_ports() {
 		print join(" ", map { $_->sockport } @s), "\n";' "$1"
 }
 
-# The pid in DIR/kafka.pid if that process is alive and is this DIR's broker
-# (guards against a recycled pid); nothing otherwise.
-live_pid() {
-	local dir=$1 pid cmd
-	[[ -f $dir/kafka.pid ]] || return 0
-	pid=$(cat "$dir/kafka.pid")
+# pid_of PIDFILE TEXT: the pid in PIDFILE if that process is alive and its
+# command line holds TEXT (guards against a recycled pid); nothing
+# otherwise.  The command line is read whole, not piped into grep -q:
+# under pipefail tr's SIGPIPE, when grep exits first, would make a running
+# process look stopped.
+pid_of() {
+	local pidfile=$1 text=$2 pid cmd
+	[[ -f $pidfile ]] || return 0
+	pid=$(cat "$pidfile")
 	[[ $pid =~ ^[0-9]+$ ]] || return 0
 	kill -0 "$pid" 2>/dev/null || return 0
-	# read whole, not piped into grep -q: under pipefail tr's SIGPIPE, when
-	# grep exits first, would make a running broker look stopped
 	cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 0
-	[[ $cmd == *"$dir/server.properties"* ]] && echo "$pid"
+	[[ $cmd == *"$text"* ]] && echo "$pid"
 	return 0
 }
+
+# The pid of DIR's broker if it runs; nothing otherwise.
+live_pid() { pid_of "$1/kafka.pid" "$1/server.properties"; }
 
 # log4j2 configuration: everything at INFO into FILE, nothing on the console.
 write_log4j2() {
