@@ -108,24 +108,38 @@ CP="$PEERS_DIR/target/classes:$PEERS_DIR/target/lib/*"
 JAVA_LOG=-Dorg.slf4j.simpleLogger.defaultLogLevel=warn
 RAW=$RESULTS_DIR/raw.tsv
 
-# every JVM this script started, stopped on exit (also after SIGSTOP)
-JVM_PIDS=()
+# Ctrl-C: bash does not run its INT trap while it waits for a command
+# substitution or for a child that handles SIGINT itself (psql, kcat), so
+# the measurements run in a background child (peers_main) and this shell
+# only waits for it: the wait builtin returns at once on a trapped signal.
+# On exit, whatever the cause, this shell stops that child, every JVM it
+# started (their pids are in $TMP_DIR/jvm.pids; after a SIGSTOP too), then
+# PostgreSQL and Kafka (bench_cleanup).
 peers_cleanup() {
 	local p i
-	for p in "${JVM_PIDS[@]}"; do
+	if [[ -n ${BODY_PID:-} ]] && kill -0 "$BODY_PID" 2>/dev/null; then
+		for p in $(pgrep -P "$BODY_PID"); do
+			kill -TERM "$p" 2>/dev/null || true
+		done
+		kill -TERM "$BODY_PID" 2>/dev/null || true
+	fi
+	for p in $(cat "$TMP_DIR/jvm.pids" 2>/dev/null); do
 		kill -0 "$p" 2>/dev/null || continue
-		kill -CONT "$p" 2>/dev/null
-		kill -TERM "$p" 2>/dev/null
+		kill -CONT "$p" 2>/dev/null || true
+		kill -TERM "$p" 2>/dev/null || true
 		for i in $(seq 1 100); do
 			kill -0 "$p" 2>/dev/null || break
 			sleep 0.1
 		done
-		kill -KILL "$p" 2>/dev/null
+		kill -KILL "$p" 2>/dev/null || true
 	done
-	JVM_PIDS=()
+	[[ -f $TMP_DIR/pg/postmaster.pid ]] && PG_STARTED=1
+	return 0
 }
-trap 'rc=$?; peers_cleanup; (exit $rc); bench_cleanup' EXIT
+# (errexit off: a process may exit between two of the kills)
+trap 'rc=$?; set +e; peers_cleanup; (exit $rc); bench_cleanup' EXIT
 
+peers_main() {
 environment_report >"$RESULTS_DIR/environment.txt"
 {
 	echo "java: $(java -version 2>&1 | head -1)"
@@ -202,7 +216,7 @@ jvm_start() {
 	env "$@" java "$JAVA_LOG" $JAVA_OPTS -cp "$CP" "org.evbus.bench.peers.$class" \
 		>"$RESULTS_DIR/$name.log" 2>&1 &
 	JVM_PID=$!
-	JVM_PIDS+=("$JVM_PID")
+	echo "$JVM_PID" >>"$TMP_DIR/jvm.pids"
 	JVM_NAME=$name
 	for i in $(seq 1 1200); do
 		grep -q '^READY$' "$RESULTS_DIR/$name.log" && return 0
@@ -484,3 +498,8 @@ range() {
 		"$(range consume_events_per_s polling)" "$(range consume_events_per_s evbus)"
 } | tee "$RESULTS_DIR/table.md"
 log "raw numbers in $RAW"
+}
+
+peers_main &
+BODY_PID=$!
+wait "$BODY_PID"
