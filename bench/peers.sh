@@ -206,6 +206,14 @@ BROKERS=$BROKERS java "$JAVA_LOG" $JAVA_OPTS -cp "$CP" org.evbus.bench.peers.Cre
 set_brokers "$BROKERS"
 
 now() { echo "$EPOCHREALTIME"; }
+# noise_begin / noise_end: the CPU seconds that processes outside this
+# benchmark (other people's work on a shared machine) took in between, and
+# the load average at the end, for the raw results
+noise_begin() { foreign_snapshot >"$TMP_DIR/foreign0"; }
+noise_end() {
+	foreign_snapshot >"$TMP_DIR/foreign1"
+	echo "other processes (not this benchmark's) $(foreign_cpu_s "$TMP_DIR/foreign0" "$TMP_DIR/foreign1")s CPU, load average $(cut -d' ' -f1 /proc/loadavg)"
+}
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b - a}'; }
 
 # jvm_start NAME CLASS [VAR=VALUE...]: start a Java program of
@@ -322,7 +330,7 @@ relay_stop() {
 
 # drain SYSTEM RUN
 drain() {
-	local sys=$1 run=$2 topic=PeersDrain_$1_$2 staged=0 hi pid t0 w0 w1 p0 p1 last n s cpu
+	local sys=$1 run=$2 topic=PeersDrain_$1_$2 staged=0 hi pid t0 w0 w1 p0 p1 last n s cpu noise
 	log "drain $run: $sys, staging $N events while paused"
 	if [[ $sys == evbus ]]; then
 		set_brokers ''
@@ -343,6 +351,7 @@ drain() {
 	fi
 	w0=$(proc_ticks "$pid")
 	p0=$(pg_other_ticks)
+	noise_begin
 	t0=$(now)
 	if [[ $sys == evbus ]]; then
 		set_brokers "$BROKERS"
@@ -352,6 +361,7 @@ drain() {
 	wait_offsets "$topic" "$N" "$sys drain"
 	w1=$(proc_ticks "$pid")
 	p1=$(pg_other_ticks)
+	noise=$(noise_end)
 	[[ $sys != evbus || $(q "$PUBLISHER_PID_SQL") == "$pid" ]] || die "the evbus publisher restarted during the drain"
 	# the last append time, and every message there once
 	read -r n last < <(kcat -b "$BROKERS" -C -t "$topic" -o beginning -e -q -f '%T\n' 2>/dev/null \
@@ -360,14 +370,14 @@ drain() {
 	s=$(awk -v a="$t0" -v l="$last" 'BEGIN {printf "%.3f", l / 1000 - a}')
 	awk -v s="$s" 'BEGIN {exit !(s > 0)}' || die "$sys drain: last append time before the start ($s s)"
 	cpu=$(awk -v t=$((w1 - w0)) -v h="$CLK_TCK" -v n="$N" 'BEGIN {printf "%.2f", t / h / n * 100000}')
-	raw drain_events_per_s "$sys" "$run" "$(awk -v n="$N" -v s="$s" 'BEGIN {printf "%.0f", n / s}')" "$N events in ${s}s"
+	raw drain_events_per_s "$sys" "$run" "$(awk -v n="$N" -v s="$s" 'BEGIN {printf "%.0f", n / s}')" "$N events in ${s}s; $noise"
 	raw worker_cpu_s_per_100k "$sys" "$run" "$cpu" "worker $(ticks_to_s $((w1 - w0)))s, other PostgreSQL processes $(ticks_to_s $((p1 - p0)))s"
 	log "drain $run: $sys: $N events in ${s}s, worker CPU $(ticks_to_s $((w1 - w0)))s"
 }
 
 # latency SYSTEM RUN
 latency() {
-	local sys=$1 run=$2 topic=PeersLat_$1_$2 sql=$RESULTS_DIR/latency-$1-$2.sql staged got
+	local sys=$1 run=$2 topic=PeersLat_$1_$2 sql=$RESULTS_DIR/latency-$1-$2.sql staged got noise
 	if [[ $sys == evbus ]]; then
 		printf '%s\n' '\set k random(1, 10000)' \
 			"SELECT evbus.publish('$topic', public.peers_payload(:k), :k::text);" >"$sql"
@@ -392,9 +402,11 @@ latency() {
 		jvm_check
 	fi
 	log "latency $run: $sys, pgbench -R $RATE -T $DURATION"
+	noise_begin
 	pgbench -n -M prepared -c "$CLIENTS" -j "$THREADS" -R "$RATE" -T "$DURATION" \
 		-f "$sql" >"$RESULTS_DIR/pgbench-$sys-$run.log" 2>&1 \
 		|| { cat "$RESULTS_DIR/pgbench-$sys-$run.log" >&2; die "pgbench failed"; }
+	noise=$(noise_end)
 	staged=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$RESULTS_DIR/pgbench-$sys-$run.log")
 	[[ -n $staged ]] || die "pgbench printed no transaction count"
 	wait_offsets "$topic" $((staged + 20)) "$sys latency"
@@ -407,7 +419,7 @@ latency() {
 	read -r p50 p99 pmax < <(awk '{a[NR] = $1} END {
 			r50 = int(0.50 * NR + 0.999999); r99 = int(0.99 * NR + 0.999999)
 			printf "%.1f %.1f %.1f\n", a[r50], a[r99], a[NR] }' "$TMP_DIR/lat.txt")
-	raw latency_p50_ms "$sys" "$run" "$p50" "$staged events"
+	raw latency_p50_ms "$sys" "$run" "$p50" "$staged events; $noise"
 	raw latency_p99_ms "$sys" "$run" "$p99" "$staged events"
 	raw latency_max_ms "$sys" "$run" "$pmax" "$staged events"
 	log "latency $run: $sys: p50 $p50 p99 $p99 max $pmax ms ($staged events)"
@@ -432,9 +444,10 @@ wait_offsets PeersConsume "$N" "consume staging"
 
 # consume SYSTEM RUN
 consume() {
-	local sys=$1 run=$2 group=peers-$1-$2 t0 t1 h limit rows ids span dead
+	local sys=$1 run=$2 group=peers-$1-$2 t0 t1 h limit rows ids span dead noise
 	qc "TRUNCATE public.effect"
 	log "consume $run: $sys (group $group)"
+	noise_begin
 	t0=$(now)
 	if [[ $sys == evbus ]]; then
 		qc "SET ROLE bench_app; SELECT evbus.subscribe('PeersConsume', 'public.effect_insert(jsonb, jsonb)', '$group')" >/dev/null
@@ -453,6 +466,7 @@ consume() {
 		sleep 0.2
 	done
 	t1=$(now)
+	noise=$(noise_end)
 	if [[ $sys == evbus ]]; then
 		qc "SET ROLE bench_app; SELECT evbus.unsubscribe('PeersConsume', 'public.effect_insert(jsonb, jsonb)', '$group')" >/dev/null
 	else
@@ -464,7 +478,7 @@ consume() {
 	dead=$(qc "SELECT count(*) FROM evbus.dead_letters")
 	((dead == 0)) || die "consume: $dead dead letters in database consumer"
 	raw consume_events_per_s "$sys" "$run" "$(awk -v n="$N" -v s="$span" 'BEGIN {printf "%.0f", n / s}')" \
-		"first to last effect row ${span}s; $(elapsed "$t0" "$t1")s from the start (subscribe or JVM launch)"
+		"first to last effect row ${span}s; $(elapsed "$t0" "$t1")s from the start (subscribe or JVM launch); $noise"
 	log "consume $run: $sys: $N in ${span}s (first to last row)"
 }
 for sys in evbus polling polling evbus; do
