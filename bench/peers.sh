@@ -115,8 +115,19 @@ RAW=$RESULTS_DIR/raw.tsv
 # On exit, whatever the cause, this shell stops that child, every JVM it
 # started (their pids are in $TMP_DIR/jvm.pids; after a SIGSTOP too), then
 # PostgreSQL and Kafka (bench_cleanup).
+# stop_pid PID: SIGCONT (it may be stopped), SIGTERM, at most 10 s, SIGKILL
+stop_pid() {
+	local i
+	kill -CONT "$1" 2>/dev/null || true
+	kill -TERM "$1" 2>/dev/null || true
+	for i in $(seq 1 100); do
+		kill -0 "$1" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	kill -KILL "$1" 2>/dev/null || true
+}
 peers_cleanup() {
-	local p i
+	local p
 	if [[ -n ${BODY_PID:-} ]] && kill -0 "$BODY_PID" 2>/dev/null; then
 		for p in $(pgrep -P "$BODY_PID"); do
 			kill -TERM "$p" 2>/dev/null || true
@@ -124,14 +135,7 @@ peers_cleanup() {
 		kill -TERM "$BODY_PID" 2>/dev/null || true
 	fi
 	for p in $(cat "$TMP_DIR/jvm.pids" 2>/dev/null); do
-		kill -0 "$p" 2>/dev/null || continue
-		kill -CONT "$p" 2>/dev/null || true
-		kill -TERM "$p" 2>/dev/null || true
-		for i in $(seq 1 100); do
-			kill -0 "$p" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$p" 2>/dev/null || true
+		kill -0 "$p" 2>/dev/null && stop_pid "$p"
 	done
 	[[ -f $TMP_DIR/pg/postmaster.pid ]] && PG_STARTED=1
 	return 0
@@ -243,15 +247,9 @@ jvm_check() {
 $(tail -n 30 "$RESULTS_DIR/$JVM_NAME.log")"
 }
 jvm_stop() {
-	local pid=$JVM_PID i
+	local pid=$JVM_PID
 	JVM_PID=
-	kill -CONT "$pid" 2>/dev/null || true
-	kill -TERM "$pid" 2>/dev/null || true
-	for i in $(seq 1 100); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
+	stop_pid "$pid"
 	wait "$pid" 2>/dev/null || true
 }
 
