@@ -34,7 +34,6 @@ OBJS = \
 	src/publish_producer.o \
 	src/publish_pacing.o \
 	src/publish_pause.o \
-	src/cpu_pressure.o \
 	src/outbox.o \
 	src/outbox_scan.o \
 	src/outbox_write.o \

@@ -27,10 +27,10 @@
 #
 # With LOAD=N, N more pgbench clients run TPC-B-like transactions (without
 # events, as fast as they can) during the warm-up and the measured run:
-# the latency of events on a server whose CPUs are contended, where the
-# worker lingers evbus.publish_linger_busy instead of evbus.publish_linger
-# (docs/publisher.md).  With PG_CONF="log_min_messages = debug1" the
-# summary counts the worker's switches to the longer linger (any LOAD).
+# the latency of events on a server whose CPUs are contended.  With
+# PG_CONF="log_min_messages = debug1" the summary counts the times the
+# worker lengthened its linger after a claim of many events (any LOAD;
+# docs/publisher.md, "Pacing").
 #
 # Usage (as root or any user; one command):
 #   bench/latency.sh
@@ -38,7 +38,7 @@
 #   THREADS (2), WARMUP (5 s of the same load on another topic before the
 #   measured run, so the broker's JVM is warm), LOAD (0 clients of
 #   saturating load), plus those of bench/lib.sh (PG_CONF: server
-#   settings, e.g. "evbus.publish_linger_busy = 0").
+#   settings, e.g. "evbus.publish_linger = 0").
 # Output: summary on stdout and in $RESULTS_DIR/summary.txt; per-event
 #   values in $RESULTS_DIR/latencies.tsv.gz.
 
@@ -173,7 +173,7 @@ pct() {
 		echo "load ($LOAD clients, TPC-B-like, no events): $(grep -E '^(latency average|tps)' "$TMP_DIR/load-$DURATION.log" | tr '\n' ';' | sed 's/;$//')"
 	fi
 	[[ ${PG_CONF:-} != *debug1* ]] \
-		|| echo "worker: $(grep -c 'evbus: CPUs contended' "$TMP_DIR/pg.log" || true) switch(es) to evbus.publish_linger_busy logged (warm-up included)"
+		|| echo "worker: $(grep -c 'evbus: a claim carried [0-9]* events: claims linger [0-9]* ms' "$TMP_DIR/pg.log" || true) lengthening(s) of the linger logged (warm-up included)"
 	echo "CPU during the run: machine $(awk -v b=$((busy1 - busy0)) -v t=$((tot1 - tot0)) 'BEGIN {printf "%.0f", 100 * b / t}')% busy; evbus worker $(ticks_to_s $((w1 - w0)))s, Kafka JVM $(ticks_to_s $((k1 - k0)))s, other processes (not this benchmark's) $(foreign_cpu_s "$TMP_DIR/foreign0" "$TMP_DIR/foreign1")s over ${DURATION}s"
 	echo
 	echo "staging = clock_timestamp() in the staging statement (before its INSERT and COMMIT);"

@@ -186,9 +186,6 @@ extern bool evbus_restore_in_progress(Oid dboid, pid_t *pid);
 extern PGDLLEXPORT void evbus_publisher_main(Datum main_arg);
 extern PGDLLEXPORT void evbus_consumer_main(Datum main_arg);
 
-/* ---------- cpu_pressure.c: are the CPUs contended? ---------- */
-extern bool evbus_cpu_busy(TimestampTz now);
-
 /* ---------- embedded.c: librdkafka's mock cluster as a broker ---------- */
 extern void evbus_embedded_start(void);
 extern void evbus_embedded_stop(void);

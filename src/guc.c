@@ -32,7 +32,7 @@ int			evbus_batch_size = 10000;
 int			evbus_batch_max_bytes = 64 * 1024 * 1024;
 int			evbus_poll_interval_ms = 1000;
 int			evbus_publish_linger_ms = 5;
-int			evbus_publish_linger_busy_ms = 200;
+int			evbus_publish_linger_busy_ms = 0;
 int			evbus_outbox_rotation_s = 60;
 int			evbus_dead_letter_retention_s = 15 * 24 * 3600;
 int			evbus_inbox_retention_s = 7 * 24 * 3600;
@@ -204,17 +204,17 @@ define_publish_gucs(void)
 
 	DefineCustomIntVariable("evbus.publish_linger",
 							"After a commit wakes it, how long the worker lets more commits gather before it claims them again.",
-							"Like librdkafka's linger.ms: at most one claim per this interval while events trickle in, so each step carries several events; 0 claims at every wake-up.",
+							"Like librdkafka's linger.ms: at most one claim per this interval while events trickle in, so each step carries several events; while claims carry 100 events or more it grows, up to 8 times this; 0 claims at every wake-up.",
 							&evbus_publish_linger_ms,
 							5, 0, 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("evbus.publish_linger_busy",
-							"How long the worker lets commits gather while the server's CPUs are contended.",
-							"Used instead of evbus.publish_linger while runnable tasks wait for a CPU 30 % of the time or more (Linux's /proc/pressure/cpu): fewer, larger steps leave the CPUs to the transactions; 0 keeps evbus.publish_linger always.",
+							"Deprecated, has no effect: the publisher lingers longer only while its own claims carry many events.",
+							"Still accepted so that existing configuration files load; the publisher logs a WARNING when it is set.",
 							&evbus_publish_linger_busy_ms,
-							200, 0, 1000,
+							0, 0, 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 

@@ -93,7 +93,7 @@ extern EvbusProducer *evbus_pubproducer(void);
 /* publish_pacing.c: when to claim, serve reports and record them */
 extern void evbus_pacing_request_claim(void);
 extern bool evbus_pacing_claim_due(TimestampTz now);
-extern void evbus_pacing_claimed(TimestampTz now, bool more);
+extern void evbus_pacing_claimed(TimestampTz now, bool more, int nevents);
 extern bool evbus_pacing_backlog(void);
 extern void evbus_pacing_served(TimestampTz now);
 extern bool evbus_pacing_finish_due(int nunrecorded, TimestampTz since,

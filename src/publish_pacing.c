@@ -3,20 +3,46 @@
  * publish_pacing.c
  *	  When the publisher claims, serves delivery reports and records them.
  *
- * At a trickle the steps are made to carry several events each: a commit
- * that wakes the worker within evbus.publish_linger of the last claim
- * waits for the end of that interval (at most one claim per interval;
- * evbus.publish_linger_busy while the CPUs are contended, see
- * cpu_pressure.c); a step woken only by delivery reports claims nothing;
- * and delivery reports are served every REPORT_POLL_MS unless the worker
- * waits for them, and recorded FINISH_DELAY_MS after the first of them was
- * served (or before a sweep reads the outbox), in the transaction of
- * whatever step comes then, so that one recording covers many reports.
- * While claims linger longer than those intervals, both wait as long as a
- * claim: then one step, one transaction, serves the reports, records them
- * and claims (report_poll_ms, finish_delay_ms).  A claim asked for stays
- * asked for until a step claims, so a commit's wake-up is never lost
- * (test 095_trickle_exactly_once.pl).
+ * The rule: at most one claim per linger, and the linger follows what the
+ * claims themselves carry, never a host-wide reading.  It starts at
+ * evbus.publish_linger (5 ms): a commit that wakes the worker within that
+ * interval of the last claim waits for its end, so that at a trickle a
+ * step carries several events, and the first event after a quiet spell
+ * is claimed at once.  A claim that carried MANY_EVENTS (100) events or
+ * more, i.e. staging of 20,000 events/s or more at a 5-ms linger, or a
+ * worker held up that long, doubles the linger, up to LINGER_GROWTH (8)
+ * times evbus.publish_linger (40 ms); a claim that carried fewer halves it
+ * again, down to evbus.publish_linger.  So under heavy staging each step
+ * carries hundreds of events, and the latency regime keeps the short
+ * linger: at 1,000 events/s a claim carries about 5 events, and even the
+ * longest linger gathers only 40, so the linger cannot hold itself up
+ * there (once doubled by a stall, the next claim halves it).  During a
+ * backlog (a claim that filled its batch) the worker claims again at once
+ * whatever the linger.  Changes of the linger are logged at DEBUG1 (test
+ * 097_saturated_cpus.pl).
+ *
+ * Why not claim at once at a trickle: on the 2-core benchmark machine,
+ * bench/latency.sh at 1,000 events/s with evbus.publish_linger = 0 took
+ * the worker 1.5 times the CPU per event, and the broker three to five
+ * times the produce requests: p99 60.8 ms against 28.3 ms with 5 ms in
+ * the same sitting, the broker's JVM being the bottleneck.  Why no longer
+ * the CPU pressure of the host (/proc/pressure/cpu, the former
+ * evbus.publish_linger_busy, 200 ms): a host that runs PostgreSQL, the
+ * application and a broker reports pressure much of the time, so the
+ * switch was on in part of nearly every run at 1,000 events/s (p99 177 ms,
+ * max 214 ms): a default must not trade the tail for CPU.  The setting is
+ * still accepted, does nothing and draws a WARNING.
+ *
+ * A step woken only by delivery reports claims nothing; delivery reports
+ * are served every REPORT_POLL_MS unless the worker waits for them, and
+ * recorded FINISH_DELAY_MS after the first of them was served (or before
+ * a sweep reads the outbox), in the transaction of whatever step comes
+ * then, so that one recording covers many reports.  While claims linger
+ * longer than those intervals, both wait as long as a claim: then one
+ * step, one transaction, serves the reports, records them and claims
+ * (report_poll_ms, finish_delay_ms).  A claim asked for stays asked for
+ * until a step claims, so a commit's wake-up is never lost (test
+ * 095_trickle_exactly_once.pl).
  *
  *-------------------------------------------------------------------------
  */
@@ -44,43 +70,82 @@
  */
 #define REPORT_POLL_MS 10
 
+/*
+ * A claim of this many events or more lengthens the linger (see above);
+ * the linger grows to at most LINGER_GROWTH times evbus.publish_linger,
+ * and never past LINGER_CEILING_MS unless evbus.publish_linger itself is
+ * longer.
+ */
+#define MANY_EVENTS 100
+#define LINGER_GROWTH 8
+#define LINGER_CEILING_MS 1000
+
 static bool backlog = true;		/* the last claim left rows to claim */
 static bool claim_requested = true; /* a commit (or the timer) asked for one */
 static TimestampTz last_claim_at = 0;
 static TimestampTz last_served_at = 0;	/* delivery reports last served */
+static int	grown_linger_ms = 0;	/* the linger grown by large claims */
+static int	warned_linger_busy = 0; /* evbus.publish_linger_busy warned of */
 
 /*
- * linger_ms --- how long commits gather between two claims: longer while
- * the CPUs are contended (cpu_pressure.c), when every step the worker saves
- * is CPU time for the transactions.
+ * longest_linger_ms --- how far large claims may lengthen the linger.
  */
 static int
-linger_ms(TimestampTz now)
+longest_linger_ms(void)
 {
-	if (evbus_publish_linger_busy_ms > evbus_publish_linger_ms &&
-		evbus_cpu_busy(now))
-		return evbus_publish_linger_busy_ms;
-	return evbus_publish_linger_ms;
+	return Max(evbus_publish_linger_ms,
+			   Min(LINGER_GROWTH * evbus_publish_linger_ms, LINGER_CEILING_MS));
+}
+
+/*
+ * linger_ms --- how long commits gather between two claims: the grown
+ * linger, within evbus.publish_linger and its bound (both may change on
+ * a reload).
+ */
+static int
+linger_ms(void)
+{
+	return Min(Max(grown_linger_ms, evbus_publish_linger_ms),
+			   longest_linger_ms());
+}
+
+/*
+ * warn_deprecated --- evbus.publish_linger_busy does nothing any more;
+ * say so once per value set, from the publisher only (not from every
+ * backend that reads the configuration).
+ */
+static void
+warn_deprecated(void)
+{
+	if (evbus_publish_linger_busy_ms == warned_linger_busy)
+		return;
+	warned_linger_busy = evbus_publish_linger_busy_ms;
+	if (evbus_publish_linger_busy_ms != 0)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING_DEPRECATED_FEATURE),
+				 errmsg("evbus.publish_linger_busy is deprecated and has no effect"),
+				 errdetail("The publisher lingers longer only while its own claims carry many events, whatever the CPU pressure of the host."),
+				 errhint("Remove evbus.publish_linger_busy from the configuration; evbus.publish_linger sets the pacing.")));
 }
 
 /*
  * report_poll_ms, finish_delay_ms --- how often delivery reports are
  * served when nothing waits for them, and how long served reports wait to
  * be recorded: REPORT_POLL_MS and FINISH_DELAY_MS, or as long as claims
- * linger if that is longer.  With the CPUs contended (a 200 ms linger), a
- * step of its own for reports every 10 ms and a transaction of its own
- * for recording them every 20 ms cost the worker more than the claims.
+ * linger if that is longer, so that a step of its own for reports and a
+ * transaction of its own for recording them do not cost the worker more
+ * than the claims.
  */
 static int
-report_poll_ms(TimestampTz now)
+report_poll_ms(void)
 {
-	return Max(REPORT_POLL_MS, linger_ms(now));
+	return Max(REPORT_POLL_MS, linger_ms());
 }
 
 static int
-finish_delay_ms(TimestampTz now)
+finish_delay_ms(void)
 {
-	return Max(FINISH_DELAY_MS, linger_ms(now));
+	return Max(FINISH_DELAY_MS, linger_ms());
 }
 
 /* A commit or the poll timer asks for a claim. */
@@ -97,15 +162,35 @@ evbus_pacing_request_claim(void)
 bool
 evbus_pacing_claim_due(TimestampTz now)
 {
+	warn_deprecated();
 	return backlog ||
 		(claim_requested &&
-		 TimestampDifferenceExceeds(last_claim_at, now, linger_ms(now)));
+		 TimestampDifferenceExceeds(last_claim_at, now, linger_ms()));
 }
 
-/* evbus_pacing_claimed --- the step claimed at now; more: rows wait. */
+/*
+ * evbus_pacing_claimed --- the step claimed at now and produced nevents;
+ * more: rows wait.  A claim of MANY_EVENTS or more doubles the linger (up
+ * to its bound), a smaller one halves it (down to evbus.publish_linger).
+ */
 void
-evbus_pacing_claimed(TimestampTz now, bool more)
+evbus_pacing_claimed(TimestampTz now, bool more, int nevents)
 {
+	int			before = linger_ms();
+	int			after;
+
+	if (nevents >= MANY_EVENTS)
+		grown_linger_ms = Min(2 * before, longest_linger_ms());
+	else
+		grown_linger_ms = before / 2;
+	after = linger_ms();
+	if (after > before)
+		elog(DEBUG1, "evbus: a claim carried %d events: claims linger %d ms",
+			 nevents, after);
+	else if (after < before && after == evbus_publish_linger_ms)
+		elog(DEBUG1, "evbus: a claim carried %d events: claims linger evbus.publish_linger (%d ms) again",
+			 nevents, after);
+
 	backlog = more;
 	claim_requested = false;
 	last_claim_at = now;
@@ -136,7 +221,7 @@ evbus_pacing_finish_due(int nunrecorded, TimestampTz since, bool producer_up,
 {
 	return nunrecorded > 0 &&
 		(nunrecorded >= evbus_batch_size || !producer_up ||
-		 TimestampDifferenceExceeds(since, now, finish_delay_ms(now)));
+		 TimestampDifferenceExceeds(since, now, finish_delay_ms()));
 }
 
 /* Milliseconds from now until deadline (rounded up), 0 if past. */
@@ -161,17 +246,16 @@ evbus_pacing_wait_ms(bool reports_expected, bool producer_up,
 					 int nunrecorded, TimestampTz since)
 {
 	long		wait = evbus_poll_interval_ms;
-	TimestampTz now = GetCurrentTimestamp();
 
 	if (reports_expected && producer_up)
 		wait = Min(wait, ms_until(TimestampTzPlusMilliseconds(last_served_at,
-															  report_poll_ms(now))));
+															  report_poll_ms())));
 
 	if (claim_requested && producer_up)
 		wait = Min(wait, ms_until(TimestampTzPlusMilliseconds(last_claim_at,
-															  linger_ms(now))));
+															  linger_ms())));
 	if (nunrecorded > 0)
 		wait = Min(wait, ms_until(TimestampTzPlusMilliseconds(since,
-															  finish_delay_ms(now))));
+															  finish_delay_ms())));
 	return wait;
 }

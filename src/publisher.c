@@ -502,7 +502,7 @@ claim(TimestampTz now)
 		more = more || evbus_cursor_sweeping();
 	}
 	MemoryContextReset(batch_cxt);
-	evbus_pacing_claimed(now, more);
+	evbus_pacing_claimed(now, more, step_passed);
 	return more;
 }
 
