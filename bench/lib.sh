@@ -29,7 +29,7 @@
 #   RESULTS_DIR        where raw results go (default bench/results/NAME-TIMESTAMP)
 #   KEEP_TMP=1         keep the temporary directory (logs) after the run
 #   PG_CONF            more postgresql.conf lines for pg_start, separated
-#                      by ";", e.g. "evbus.publish_linger_busy = 50ms"
+#                      by ";", e.g. "evbus.publish_linger = 2ms"
 
 set -euo pipefail
 

@@ -19,10 +19,6 @@
 # and failover").  The standby is local: over a network add its round
 # trip.
 #
-# On a machine that other work keeps busy, the publisher lingers
-# evbus.publish_linger_busy in either run (docs/publisher.md);
-# PG_CONF="evbus.publish_linger_busy = 0" takes that out of the comparison.
-#
 # Usage (as root or any user; one command):
 #   bench/standby_wait.sh
 # Environment: RATE (500 events/s), DURATION (20 s), CLIENTS (4), THREADS
