@@ -350,8 +350,7 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 	/*
 	 * Batch handlers first, each once for all its messages, in the fast way
 	 * only: the careful way (a crash to count) and retries run them one
-	 * message at a time, so that a message that crashes the server is the
-	 * only one whose attempts that counts.
+	 * message at a time, as they run per-message handlers.
 	 */
 	if (inserted_handled && n > 1)
 	{
