@@ -10,8 +10,12 @@
 #    bench and are all in Kafka before payments subscribes a trivial handler,
 #    one per HANDLERS entry, each in a consumer group of its own, one after
 #    the other: noop (a SQL function that does nothing), insert (one INSERT
-#    per message), batch (the batch form: one INSERT ... SELECT FROM unnest
-#    per batch; needs a commit that has it).  Measured per handler: from
+#    per message, a SQL function), insertpl (the same INSERT in PL/pgSQL,
+#    which keeps its plan across calls; a SQL function's body is parsed and
+#    planned at each call), batch (the batch form: one INSERT ... SELECT
+#    FROM unnest per batch; needs a commit that has it).  COUNT_TRIGGER=0
+#    disables the statement trigger that counts the inbox's messages for
+#    evbus.stats (inbox_inserted), to measure what it costs.  Measured per handler: from
 #    evbus.subscribe() until the inbox holds N handled messages of that
 #    handler (includes joining the group), and the steady rate between the
 #    first and the last handled_at.  Checked: N inbox rows, N distinct
@@ -27,8 +31,8 @@
 #    DURATION=0 skips it.
 #
 # Usage (as root or any user): bench/consume.sh
-# Environment: N, HANDLERS (default "noop"; any of noop insert batch,
-# space-separated), RATE, DURATION, CLIENTS, WARMUP (seconds of the latency
+# Environment: N, HANDLERS (default "noop"; any of noop insert insertpl
+# batch, space-separated), COUNT_TRIGGER (default 1), RATE, DURATION, CLIENTS, WARMUP (seconds of the latency
 # load before the clock starts, default 5), plus those of bench/lib.sh.
 
 # shellcheck source=bench/lib.sh
@@ -37,13 +41,14 @@ bench_init consume 1 "$@"
 
 N=${N:-200000}
 HANDLERS=${HANDLERS:-noop}
+COUNT_TRIGGER=${COUNT_TRIGGER:-1}
 RATE=${RATE:-1000}
 DURATION=${DURATION:-30}
 CLIENTS=${CLIENTS:-4}
 WARMUP=${WARMUP:-5}
 
 environment_report >"$RESULTS_DIR/environment.txt"
-echo "settings: N=$N HANDLERS=$HANDLERS RATE=$RATE DURATION=$DURATION CLIENTS=$CLIENTS WARMUP=$WARMUP" >>"$RESULTS_DIR/environment.txt"
+echo "settings: N=$N HANDLERS=$HANDLERS COUNT_TRIGGER=$COUNT_TRIGGER RATE=$RATE DURATION=$DURATION CLIENTS=$CLIENTS WARMUP=$WARMUP" >>"$RESULTS_DIR/environment.txt"
 
 pg_start "max_worker_processes = 16"
 kafka_start
@@ -63,6 +68,9 @@ qp "CREATE TABLE sink (id text PRIMARY KEY, payload jsonb)"
 qp "CREATE FUNCTION ins(payload jsonb, headers jsonb) RETURNS void LANGUAGE sql AS
     \$\$ INSERT INTO public.sink VALUES (headers->>'cap-msg-id', payload) \$\$"
 qp "CREATE TABLE bsink (id text PRIMARY KEY, payload jsonb)"
+qp "CREATE TABLE psink (id text PRIMARY KEY, payload jsonb)"
+qp "CREATE FUNCTION inspl(payload jsonb, headers jsonb) RETURNS void LANGUAGE plpgsql AS
+    \$\$ BEGIN INSERT INTO public.psink VALUES (headers->>'cap-msg-id', payload); END \$\$"
 if [[ $HANDLERS == *batch* ]]; then
 	qp "CREATE FUNCTION ins_batch(payloads jsonb[], headers jsonb[]) RETURNS void LANGUAGE sql AS
         \$\$ INSERT INTO public.bsink SELECT h->>'cap-msg-id', p FROM unnest(payloads, headers) AS u(p, h) \$\$"
@@ -74,7 +82,11 @@ qp "CREATE FUNCTION record_latency(payload jsonb, headers jsonb) RETURNS void LA
          (headers->>'cap-senttime')::timestamptz, clock_timestamp()) \$\$"
 qp "ALTER FUNCTION noop(jsonb, jsonb) OWNER TO bench_app;
     ALTER FUNCTION record_latency(jsonb, jsonb) OWNER TO bench_app; GRANT INSERT ON lat TO bench_app;
-    ALTER FUNCTION ins(jsonb, jsonb) OWNER TO bench_app; GRANT INSERT ON sink, bsink TO bench_app"
+    ALTER FUNCTION ins(jsonb, jsonb) OWNER TO bench_app; ALTER FUNCTION inspl(jsonb, jsonb) OWNER TO bench_app;
+    GRANT INSERT ON sink, bsink, psink TO bench_app"
+if ((COUNT_TRIGGER == 0)); then
+	qp "ALTER TABLE evbus.inbox DISABLE TRIGGER inbox_inserted"
+fi
 set_brokers "$BROKERS"
 
 # ---- 1. throughput ------------------------------------------------------------
@@ -118,6 +130,7 @@ for h in $HANDLERS; do
 	case $h in
 	noop) throughput noop 'noop(jsonb, jsonb)' g_noop "" ;;
 	insert) throughput insert 'ins(jsonb, jsonb)' g_insert sink ;;
+	insertpl) throughput insertpl 'inspl(jsonb, jsonb)' g_insertpl psink ;;
 	batch) throughput batch 'ins_batch(jsonb[], jsonb[])' g_batch bsink ;;
 	*) die "unknown handler $h" ;;
 	esac | tee -a "$RESULTS_DIR/throughput.txt"
