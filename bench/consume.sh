@@ -20,8 +20,10 @@
 #    handler (includes joining the group), and the steady rate between the
 #    first and the last handled_at.  Checked: N inbox rows, N distinct
 #    message ids, no dead letter, and N rows in the table of insert/batch.
-#    The consumer's pid is written to RESULTS_DIR/consumer.pid while it runs
-#    (for `perf record -g -p`).
+#    Also the consumer worker's CPU time (user + system, /proc) over the
+#    run, per event: what handling an event costs, which the machine's
+#    other load changes less than the rate.  The consumer's pid is written
+#    to RESULTS_DIR/consumer.pid while it runs (for `perf record -g -p`).
 # 2. Latency.  pgbench stages events at RATE (1,000/s) for DURATION (30 s)
 #    in bench, with the staging time clock_timestamp() in the payload; a
 #    handler in payments records clock_timestamp() when it runs.
@@ -101,11 +103,18 @@ log "all $N events are in Kafka (end offsets: $(kafka_end_offsets ConsumeEvent))
 
 # one handler at a time, each in its own group: HANDLER SIGNATURE GROUP TABLE
 throughput() {
-	local name=$1 sig=$2 group=$3 table=$4 t0 t1 h rows ids dead span total inserted
+	local name=$1 sig=$2 group=$3 table=$4 t0 t1 h rows ids dead span total inserted cpid c0 c1
 	t0=$EPOCHREALTIME
 	qp "SET ROLE bench_app; SELECT evbus.subscribe('ConsumeEvent', '$sig', '$group')" >/dev/null
-	qp "SELECT pid FROM pg_stat_activity WHERE backend_type = 'evbus consumer' AND datname = 'payments'" \
-		>"$RESULTS_DIR/consumer.pid" || true
+	# the consumer joins the group first: nothing is handled before this
+	for _ in $(seq 1 50); do
+		cpid=$(qp "SELECT pid FROM pg_stat_activity WHERE backend_type = 'evbus consumer' AND datname = 'payments'")
+		[[ -n $cpid ]] && break
+		sleep 0.2
+	done
+	[[ -n $cpid ]] || die "no consumer worker in database payments"
+	c0=$(proc_ticks "$cpid")
+	echo "$cpid" >"$RESULTS_DIR/consumer.pid"
 	while :; do
 		h=$(qp "SELECT count(*) FROM evbus.inbox WHERE state = 'handled' AND group_name = '$group'")
 		((h >= N)) && break
@@ -113,6 +122,7 @@ throughput() {
 		sleep 0.2
 	done
 	t1=$EPOCHREALTIME
+	c1=$(proc_ticks "$cpid")
 	rm -f "$RESULTS_DIR/consumer.pid"
 	read -r rows ids dead span < <(qp "SELECT count(*), count(DISTINCT message_id),
 	    (SELECT count(*) FROM evbus.dead_letters),
@@ -123,6 +133,7 @@ throughput() {
 	total=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
 	echo "throughput ($name):  $N handled in ${total}s from evbus.subscribe() (group join included): $(awk -v n="$N" -v t="$total" 'BEGIN {printf "%.0f", n / t}') events/s"
 	echo "             steady: first to last handled_at ${span}s: $(awk -v n="$N" -v t="$span" 'BEGIN {printf "%.0f", n / t}') events/s"
+	echo "             consumer CPU: $(ticks_to_s $((c1 - c0)))s, $(awk -v t=$((c1 - c0)) -v h="$CLK_TCK" -v n="$N" 'BEGIN {printf "%.1f", t / h * 1e6 / n}') us per event"
 	echo "exactly once: inbox rows $rows, distinct message ids $ids, dead letters $dead, rows inserted $inserted (expected $N, $N, 0, $N)"
 }
 : >"$RESULTS_DIR/throughput.txt"
