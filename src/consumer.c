@@ -38,9 +38,13 @@
  * batch costs once (its commit and WAL flush, the inbox's key lookup and
  * its counting trigger's plan, the offsets, the attempt marker) is shared
  * by this many messages, and a batch handler receives up to this many at
- * once (bench/consume.sh).
+ * once.  Not more: every per-message handler that writes takes a
+ * subtransaction id, and past 64 of them in one transaction PostgreSQL
+ * looks them up in pg_subtrans; with 1000 a handler doing one INSERT cost
+ * the consumer 13-26 % more CPU per message than with 500
+ * (bench/consume.sh, BENCHMARKS.md).
  */
-#define POLL_BATCH 1000
+#define POLL_BATCH 500
 
 typedef struct GroupConsumer
 {
