@@ -4,7 +4,7 @@
 # All events are on ONE partition, so Kafka order is the staging order.
 #  - Exactly once, and in one call: 30 events of three keys, one staging
 #    transaction, are handled once each, in calls of more than one message,
-#    and the headers array matches the payloads array.
+#    as the subscriber, and the headers array matches the payloads array.
 #  - A poison message: the batch call fails, the consumer falls back to one
 #    message at a time (one-element arrays); the poison message retries and
 #    dead-letters like a per-message handler's failure, every other event
@@ -45,7 +45,8 @@ sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 sql(as_subscriber($node) . q{
 CREATE TABLE effects (id bigint GENERATED ALWAYS AS IDENTITY, event text, seq int,
-                      event_key text, message_id uuid, call_size int);
+                      event_key text, message_id uuid, call_size int,
+                      run_as name DEFAULT current_user);
 CREATE TABLE control (hold boolean NOT NULL);
 INSERT INTO control VALUES (true);
 CREATE PROCEDURE on_batch(payloads jsonb[], headers jsonb[]) LANGUAGE plpgsql AS $$
@@ -109,6 +110,8 @@ is(sql(q{SELECT count(*) FROM effects f JOIN effects g ON f.event = g.event AND 
           WHERE f.event = 'Batched'}),
 	'0', 'in Kafka order');
 is(headers_match('Batched'), '0', 'headers[i] is the headers of payloads[i]');
+is(sql(q{SELECT string_agg(DISTINCT run_as, ',') FROM effects WHERE event = 'Batched'}), 'evbus_app',
+	'the batch handler ran as its subscriber');
 is(sql(q{SELECT count(*) FILTER (WHERE state = 'handled' AND attempts = 1) FROM evbus.inbox WHERE integration_event = 'Batched'}),
 	'30', 'inbox: 30 handled in their first attempt');
 
