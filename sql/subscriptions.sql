@@ -52,6 +52,17 @@ SELECT evbus.subscribe('bad topic', 'on_order(jsonb, jsonb)');
 SELECT evbus.subscribe('OrderCreated', 'on_order(jsonb, jsonb)', 'bad group');
 SELECT evbus.subscribe('OrderCreated', 'on_order(jsonb, jsonb)', NULL, -1);
 SELECT evbus.subscribe(NULL, 'on_order(jsonb, jsonb)');
+-- the batch form: (payloads jsonb[], headers jsonb[]), both arrays
+CREATE FUNCTION half_batch(a jsonb[], b jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION payloads_only(a jsonb[]) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE PROCEDURE on_orders(payloads jsonb[], headers jsonb[]) LANGUAGE sql AS $$ SELECT $$;
+SELECT evbus.subscribe('OrderCreated', 'half_batch(jsonb[], jsonb)');
+SELECT evbus.subscribe('OrderCreated', 'payloads_only(jsonb[])');
+SELECT evbus.subscribe('OrderCreated', 'on_orders(jsonb[], jsonb[])', 'batched');
+RESET ROLE;
+SELECT handler, is_procedure, takes_headers FROM evbus.subscriptions WHERE group_name = 'batched';
+SET ROLE evbus_subscriber;
+SELECT evbus.unsubscribe('OrderCreated', 'on_orders(jsonb[], jsonb[])', 'batched');
 RESET ROLE;
 
 -- a handler runs as the role that subscribed it; that role must be allowed
@@ -97,7 +108,8 @@ RESET ROLE;
 DROP TABLE received;
 DROP ROUTINE on_order(jsonb, jsonb), on_order_payload_only(jsonb), wrong_args(text),
               three_args(jsonb, jsonb, jsonb), second_not_jsonb(jsonb, text),
-              set_returning(jsonb), private_handler(jsonb);
+              set_returning(jsonb), private_handler(jsonb), half_batch(jsonb[], jsonb),
+              payloads_only(jsonb[]), on_orders(jsonb[], jsonb[]);
 REVOKE ALL ON SCHEMA evbus FROM evbus_consumer_role, evbus_subscriber;
 REVOKE ALL ON SCHEMA public FROM evbus_subscriber;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA evbus FROM evbus_consumer_role, evbus_subscriber;

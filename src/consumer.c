@@ -33,7 +33,17 @@
 #include "consumer.h"
 #include "kafka.h"
 
-/* Most messages handled per group per poll. */
+/*
+ * Most messages handled per group per poll, in one transaction: what a
+ * batch costs once (its commit and WAL flush, the inbox's key lookup and
+ * its counting trigger's plan, the offsets, the attempt marker) is shared
+ * by this many messages, and a batch handler receives up to this many at
+ * once.  Not more: with 1000, a handler doing one INSERT cost the
+ * consumer 85 and 94 us of CPU per message, against 71 to 78 with 500
+ * (bench/consume.sh, BENCHMARKS.md), probably because every handler
+ * that writes takes a subtransaction id, and past 64 of them in one
+ * transaction PostgreSQL looks them up in pg_subtrans.
+ */
 #define POLL_BATCH 500
 
 typedef struct GroupConsumer

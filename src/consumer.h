@@ -22,6 +22,7 @@ typedef struct EvbusSubscription
 	char	   *signature;		/* qualified, as evbus.subscriptions.handler */
 	bool		is_procedure;
 	bool		takes_headers;
+	bool		batch;			/* (payloads jsonb[], headers jsonb[]) */
 	Oid			run_as;
 	int			max_retries;	/* -1: evbus.max_retries */
 	bool		park;			/* on_dead_letter 'park': a dead letter holds
@@ -60,6 +61,7 @@ extern bool evbus_subscriptions_changed_since_load(void);
 extern List *evbus_load_subscriptions(MemoryContext cxt);
 extern char *evbus_role_name(Oid roleid);
 extern Oid	evbus_resolve_handler(const char *signature);
+extern bool evbus_batch_handler_args(int nargs, const Oid *argtypes);
 extern void evbus_check_handler_owner(Oid fn, Oid proowner, Oid run_as);
 extern void evbus_refuse_subscriber_drop(DropRoleStmt *stmt);
 
@@ -68,8 +70,8 @@ extern void evbus_check_subscriptions_owner(const char *event, const char *group
 											const char *signature, const char *verb);
 
 /* handler.c */
-extern bool evbus_run_handler(const EvbusSubscription *sub, Jsonb *payload,
-							  Jsonb *headers, char **error_code,
+extern bool evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads,
+							  Jsonb **headers, int n, char **error_code,
 							  char **error_message);
 extern void evbus_forget_handler_plans(void);
 

@@ -44,6 +44,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
@@ -72,11 +73,10 @@ typedef struct HandlerPlan
 static HTAB *plans = NULL;
 
 static SPIPlanPtr
-handler_plan(Oid fn, const char *sql, int nargs)
+handler_plan(Oid fn, const char *sql, int nargs, Oid *argtypes)
 {
 	HandlerPlan *entry;
 	SPIPlanPtr	plan;
-	Oid			argtypes[2] = {JSONBOID, JSONBOID};
 
 	if (plans == NULL)
 	{
@@ -130,11 +130,13 @@ evbus_forget_handler_plans(void)
 /*
  * checked_call --- check the subscription as of now (see the top of this
  * file) and return the statement that calls its handler, with the
- * function's OID in *fn and its arity in *nargs.  Errors are failed
- * attempts.
+ * function's OID in *fn, its arity in *nargs, its argument types in
+ * argtypes and whether it is a batch handler in *batch.  Errors are
+ * failed attempts.
  */
 static char *
-checked_call(const EvbusSubscription *sub, Oid *fn, int *nargs)
+checked_call(const EvbusSubscription *sub, Oid *fn, int *nargs, Oid *argtypes,
+			 bool *batch)
 {
 	HeapTuple	tup;
 	Form_pg_proc proc;
@@ -163,6 +165,9 @@ checked_call(const EvbusSubscription *sub, Oid *fn, int *nargs)
 				 errhint("Create it again (its messages run then), or unsubscribe it.")));
 	proc = (Form_pg_proc) GETSTRUCT(tup);
 	*nargs = proc->pronargs;
+	*batch = evbus_batch_handler_args(proc->pronargs, proc->proargtypes.values);
+	argtypes[0] = *batch ? JSONBARRAYOID : JSONBOID;
+	argtypes[1] = argtypes[0];
 	sql = psprintf(proc->prokind == PROKIND_PROCEDURE ? "CALL %s(%s)" : "SELECT %s(%s)",
 				   quote_qualified_identifier(get_namespace_name(proc->pronamespace),
 											  NameStr(proc->proname)),
@@ -172,13 +177,25 @@ checked_call(const EvbusSubscription *sub, Oid *fn, int *nargs)
 	return sql;
 }
 
+/* A jsonb[] of n values, in their order. */
+static Datum
+jsonb_array(Jsonb **elems, int n)
+{
+	Datum	   *datums = palloc(sizeof(Datum) * n);
+	int			i;
+
+	for (i = 0; i < n; i++)
+		datums[i] = JsonbPGetDatum(elems[i]);
+	return PointerGetDatum(construct_array(datums, n, JSONBOID, -1, false, TYPALIGN_INT));
+}
+
 /*
  * Run one handler as its subscriber, with the settings a connection of
  * that role would have; whatever settings it changes are undone when it
  * returns or fails.
  */
 static void
-run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
+run_one(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n)
 {
 	Datum		values[2];
 	Oid			save_userid;
@@ -186,12 +203,28 @@ run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
 	int			nest;
 	Oid			fn;
 	int			nargs;
-	char	   *sql = checked_call(sub, &fn, &nargs);
-	SPIPlanPtr	plan = handler_plan(fn, sql, nargs);
+	Oid			argtypes[2];
+	bool		batch;
+	char	   *sql = checked_call(sub, &fn, &nargs, argtypes, &batch);
+	SPIPlanPtr	plan = handler_plan(fn, sql, nargs, argtypes);
 	int			rc;
 
-	values[0] = JsonbPGetDatum(payload);
-	values[1] = JsonbPGetDatum(headers);
+	if (batch)
+	{
+		/* Kafka's order; headers[i] goes with payloads[i] (test 190) */
+		values[0] = jsonb_array(payloads, n);
+		values[1] = jsonb_array(headers, n);
+	}
+	else if (n == 1)
+	{
+		values[0] = JsonbPGetDatum(payloads[0]);
+		values[1] = JsonbPGetDatum(headers[0]);
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("handler %s is not a batch handler any more", sub->signature),
+				 errhint("Its messages are handled one at a time.")));
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(sub->run_as,
@@ -199,8 +232,11 @@ run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
 						   SECURITY_RESTRICTED_OPERATION);
 	nest = NewGUCNestLevel();
 	evbus_apply_login_settings(sub->run_as);
-	/* after the role's settings: the message's trace context wins */
-	evbus_handler_trace_begin(headers);
+	/*
+	 * After the role's settings: the message's trace context wins.  A batch
+	 * of several messages has no one message to continue (docs/consumer.md).
+	 */
+	evbus_handler_trace_begin(n == 1 ? headers[0] : NULL);
 	enable_timeout_after(STATEMENT_TIMEOUT, evbus_handler_timeout_ms);
 
 	rc = SPI_execute_plan(plan, values, NULL, false, 0);
@@ -215,7 +251,10 @@ run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
 }
 
 /*
- * evbus_run_handler --- run one handler of one message in a subtransaction.
+ * evbus_run_handler --- run one handler of n messages in a subtransaction:
+ * one message (n 1), or for a batch handler n messages at once, in
+ * arrays (a batch handler called with one message gets one-element
+ * arrays).
  *
  * Returns true on success.  On failure, returns false with the SQLSTATE and
  * message of the error (palloc'd in the caller's context); the handler's
@@ -223,8 +262,8 @@ run_one(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers)
  * Must be called inside a transaction with SPI connected.
  */
 bool
-evbus_run_handler(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers,
-				  char **error_code, char **error_message)
+evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
+				  int n, char **error_code, char **error_message)
 {
 	EvbusSubxact sx;
 	Oid			save_userid;
@@ -235,7 +274,7 @@ evbus_run_handler(const EvbusSubscription *sub, Jsonb *payload, Jsonb *headers,
 	evbus_subxact_begin(&sx);
 	PG_TRY();
 	{
-		run_one(sub, payload, headers);
+		run_one(sub, payloads, headers, n);
 		evbus_subxact_commit(&sx);
 	}
 	PG_CATCH();

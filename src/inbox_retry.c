@@ -198,7 +198,7 @@ run_one(Dispatch *d)
 	else
 	{
 		TimestampTz started = GetCurrentTimestamp();
-		bool		ok = evbus_run_handler(d->sub, d->payload, d->headers,
+		bool		ok = evbus_run_handler(d->sub, &d->payload, &d->headers, 1,
 										   &code, &message);
 		int64		took = GetCurrentTimestamp() - started;
 
@@ -266,6 +266,71 @@ mark_handled(int64 *ids, int n)
 }
 
 /*
+ * run_batch_handlers --- run each batch handler once for all its
+ * dispatched messages, in Kafka's order, in one subtransaction, and set
+ * done[i] for the messages it handled.  A batch handler that fails has
+ * handled none: its messages are left to the caller, who runs it for one
+ * message at a time (one-element arrays), so that the failing messages
+ * retry and dead-letter exactly like a per-message handler's and the
+ * others are handled once, per key in order (test
+ * 190_batch_handler.pl).  Only rows that may run at once (the caller
+ * knows: no crash to count, no key held by a row of the batch) come here.
+ */
+static void
+run_batch_handlers(Dispatch **ds, int n, bool *done, MemoryContext cxt)
+{
+	Jsonb	  **payloads = palloc(sizeof(Jsonb *) * n);
+	Jsonb	  **headers = palloc(sizeof(Jsonb *) * n);
+	int		   *which = palloc(sizeof(int) * n);
+	bool	   *seen = palloc0(sizeof(bool) * n);
+	int			first;
+
+	for (first = 0; first < n; first++)
+	{
+		EvbusSubscription *sub = ds[first]->sub;
+		int			m = 0;
+		int			i;
+		char	   *code = NULL;
+		char	   *message = NULL;
+		TimestampTz started;
+		bool		ok;
+
+		if (seen[first] || sub == NULL || !sub->batch)
+			continue;
+		for (i = first; i < n; i++)
+		{
+			if (ds[i]->sub != sub)
+				continue;
+			seen[i] = true;
+			if (ds[i]->attempts > max_retries_of(sub) + 1)
+				continue;		/* interrupted: run_one dead-letters it */
+			which[m] = i;
+			payloads[m] = ds[i]->payload;
+			headers[m] = ds[i]->headers;
+			m++;
+		}
+		if (m < 2)
+			continue;			/* one message: as a per-message handler */
+		started = GetCurrentTimestamp();
+		ok = evbus_run_handler(sub, payloads, headers, m, &code, &message);
+		evbus_metrics_handler_ran(GetCurrentTimestamp() - started);
+		MemoryContextSwitchTo(cxt);
+		if (!ok)
+		{
+			ereport(DEBUG1,
+					(errmsg("evbus: batch handler %s failed for %d messages (%s: %s); handling them one at a time",
+							sub->signature, m, code, message)));
+			continue;
+		}
+		for (i = 0; i < m; i++)
+		{
+			done[which[i]] = true;
+			evbus_metrics_outcome('h');
+		}
+	}
+}
+
+/*
  * evbus_inbox_handle_batch --- run the dispatched messages in order and
  * record the outcomes: the successes in one statement, unless their rows
  * were inserted as handled already (inserted_handled).  Returns false if
@@ -275,10 +340,26 @@ bool
 evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handled)
 {
 	bool		none_pending = true;
-	int64	   *handled = palloc(sizeof(int64) * Max(list_length(dispatch), 1));
+	int			n = list_length(dispatch);
+	int64	   *handled = palloc(sizeof(int64) * Max(n, 1));
+	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
 	int			nhandled = 0;
 	List	   *blocked = NIL;	/* (handler, key) with a row left pending here */
 	ListCell   *lc;
+
+	/*
+	 * Batch handlers first, each once for all its messages, in the fast way
+	 * only: the careful way (a crash to count) and retries run them one
+	 * message at a time, as they run per-message handlers.
+	 */
+	if (inserted_handled && n > 1)
+	{
+		Dispatch  **ds = palloc(sizeof(Dispatch *) * n);
+
+		foreach(lc, dispatch)
+			ds[foreach_current_index(lc)] = lfirst(lc);
+		run_batch_handlers(ds, n, done, cxt);
+	}
 
 	/*
 	 * Each (message, handler) in its own subtransaction: a handler runs
@@ -293,6 +374,8 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 		Dispatch   *d = lfirst(lc);
 		Outcome		outcome;
 
+		if (done[foreach_current_index(lc)])
+			continue;			/* handled by its batch handler */
 		if (d->event_key && evbus_key_held(blocked, d->handler, d->event_key))
 		{
 			Oid			types[1] = {INT8OID};

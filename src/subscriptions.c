@@ -6,7 +6,8 @@
  *	  topics with which handlers).
  *
  * A handler is a procedure or function taking (payload jsonb, headers
- * jsonb) or (payload jsonb).  A subscription belongs to the role that
+ * jsonb) or (payload jsonb), or a batch handler taking (payloads jsonb[],
+ * headers jsonb[]), recognised by these types.  A subscription belongs to the role that
  * subscribed it (run_as): the handler runs as that role, and only a member
  * of it may change or remove the subscription.  The subscriber is never a
  * superuser, and the handler is owned by the subscriber or by a role it
@@ -184,7 +185,20 @@ evbus_check_handler_owner(Oid fn, Oid proowner, Oid run_as)
 }
 
 /*
- * check_handler --- a procedure or function (jsonb [, jsonb]) the caller may
+ * evbus_batch_handler_args --- do these argument types make a batch
+ * handler, (payloads jsonb[], headers jsonb[])?  A batch handler receives
+ * the messages of one (group, topic, handler) of a received batch at once
+ * (inbox_retry.c).
+ */
+bool
+evbus_batch_handler_args(int nargs, const Oid *argtypes)
+{
+	return nargs == 2 && argtypes[0] == JSONBARRAYOID && argtypes[1] == JSONBARRAYOID;
+}
+
+/*
+ * check_handler --- a procedure or function (jsonb [, jsonb]), or a batch
+ * handler (jsonb[], jsonb[]), the caller may
  * execute and controls (see evbus_check_handler_owner).  Returns whether it
  * is a procedure and whether it takes headers.
  */
@@ -205,9 +219,10 @@ check_handler(Oid fn, bool *is_procedure, bool *takes_headers)
 	proc = (Form_pg_proc) GETSTRUCT(tup);
 	ok = (proc->prokind == PROKIND_PROCEDURE || proc->prokind == PROKIND_FUNCTION) &&
 		!proc->proretset &&
-		(proc->pronargs == 1 || proc->pronargs == 2) &&
-		proc->proargtypes.values[0] == JSONBOID &&
-		(proc->pronargs == 1 || proc->proargtypes.values[1] == JSONBOID);
+		((proc->pronargs == 1 && proc->proargtypes.values[0] == JSONBOID) ||
+		 (proc->pronargs == 2 && proc->proargtypes.values[0] == JSONBOID &&
+		  proc->proargtypes.values[1] == JSONBOID) ||
+		 evbus_batch_handler_args(proc->pronargs, proc->proargtypes.values));
 	*is_procedure = proc->prokind == PROKIND_PROCEDURE;
 	*takes_headers = proc->pronargs == 2;
 	proowner = proc->proowner;
@@ -216,7 +231,7 @@ check_handler(Oid fn, bool *is_procedure, bool *takes_headers)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
 				 errmsg("handler %s has the wrong signature", format_procedure(fn)),
-				 errdetail("A handler is a procedure or a function taking (payload jsonb, headers jsonb) or (payload jsonb)."),
+				 errdetail("A handler is a procedure or a function taking (payload jsonb, headers jsonb) or (payload jsonb), or a batch handler taking (payloads jsonb[], headers jsonb[])."),
 				 errhint("Declare it as CREATE PROCEDURE h(payload jsonb, headers jsonb).")));
 
 	aclresult = pg_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE);
@@ -585,6 +600,29 @@ evbus_subscriptions_changed_since_load(void)
 }
 
 /*
+ * handler_is_batch --- is the handler a signature names now a batch
+ * handler?  A handler that does not exist now is not (handler.c fails its
+ * runs until it is back, and checks the form again at each run).
+ */
+static bool
+handler_is_batch(const char *signature)
+{
+	Oid			fn = evbus_resolve_handler(signature);
+	HeapTuple	tup;
+	bool		batch;
+
+	if (!OidIsValid(fn))
+		return false;
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (!HeapTupleIsValid(tup))
+		return false;
+	batch = evbus_batch_handler_args(((Form_pg_proc) GETSTRUCT(tup))->pronargs,
+									 ((Form_pg_proc) GETSTRUCT(tup))->proargtypes.values);
+	ReleaseSysCache(tup);
+	return batch;
+}
+
+/*
  * evbus_load_subscriptions --- every subscription, ordered by group, topic
  * and handler, as a List of EvbusSubscription allocated in cxt.  Runs
  * inside a transaction with SPI connected.  A subscription whose handler
@@ -633,6 +671,7 @@ evbus_load_subscriptions(MemoryContext cxt)
 		sub->park = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 		sub->paused = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
 		sub->topic = psprintf("%s%s", evbus_topic_prefix, sub->integration_event);
+		sub->batch = handler_is_batch(sub->signature);
 		result = lappend(result, sub);
 		MemoryContextSwitchTo(old);
 	}
