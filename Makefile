@@ -21,6 +21,7 @@ OBJS = \
 	src/guc.o \
 	src/shmem.o \
 	src/launcher.o \
+	src/idle.o \
 	src/ext_version.o \
 	src/publisher_worker.o \
 	src/embedded.o \

@@ -60,6 +60,7 @@ extern int	evbus_outbox_rotation_s;
 extern int	evbus_dead_letter_retention_s;
 extern int	evbus_inbox_retention_s;
 extern char *evbus_traceparent;
+extern int	evbus_idle_timeout_s;
 
 extern void evbus_define_gucs(void);
 
@@ -127,6 +128,8 @@ typedef struct EvbusDatabase
 	TimestampTz started_at[2];	/* per role: last start registered */
 	TimestampTz failed_since[2];	/* per role: no slot since (0: none) */
 	bool		warned[2];		/* per role: failure logged since */
+	bool		idle[2];		/* per role: exited for want of work (idle.c) */
+	TimestampTz wake_at[2];		/* per role, while idle: due then (0: never) */
 } EvbusDatabase;
 
 extern void evbus_db_installed(Oid dboid);
@@ -141,6 +144,14 @@ extern bool evbus_db_begin_drop(Oid dboid);
 extern void evbus_db_end_drop(Oid dboid, bool dropped);
 extern void evbus_set_launcher_latch(Latch *latch);
 extern void evbus_wake_launcher(void);
+extern bool evbus_worker_go_idle(int role, TimestampTz wake_at);
+extern bool evbus_db_wake(Oid dboid, int role);
+extern int	evbus_db_wake_all(void);
+extern bool evbus_db_role_idle(Oid dboid, int role);
+
+/* ---------- idle.c: when a worker exits for want of work ---------- */
+extern void evbus_idle_reset(void);
+extern bool evbus_publisher_may_idle(bool busy, TimestampTz *wake_at);
 
 /* ---------- metrics.c: counters in shared memory, evbus.metrics() ---------- */
 extern void evbus_metrics_init(void);

@@ -24,7 +24,10 @@
  * started within START_GRACE_MS and may still be coming up.  A start that
  * finds no free slot is logged once (WARNING, with a hint to raise
  * max_worker_processes) and shown by evbus.worker_status() in the
- * database, until the worker runs.
+ * database, until the worker runs.  A worker that exited for want of work
+ * (idle.c) is not missing: it is started when woken -- by a commit, which
+ * sets the launcher's latch, or when the time it went idle until comes --
+ * and all idle workers are woken when a reload changes the Kafka settings.
  *
  * When evbus.brokers = 'embedded', the launcher also runs librdkafka's
  * mock cluster (embedded.c): one broker for the whole server, shared by
@@ -59,6 +62,7 @@
 #include "utils/timestamp.h"
 
 #include "evbus.h"
+#include "kafka.h"
 
 /* How often the launcher looks for missing workers. */
 #define LAUNCHER_NAP_MS 1000
@@ -269,9 +273,9 @@ evbus_drop_database_done(Oid guarded, bool dropped)
 		evbus_metrics_forget_database(guarded);
 	if (dropped || !evbus_db_lookup(guarded, &db) || db.state != EVBUS_DB_INSTALLED)
 		return;
-	if (evbus_worker_pid_for(guarded, EVBUS_PUBLISHER) == 0)
+	if (!db.idle[EVBUS_PUBLISHER] && evbus_worker_pid_for(guarded, EVBUS_PUBLISHER) == 0)
 		evbus_start_worker(guarded, guarded_dbname, EVBUS_PUBLISHER, 0, NULL);
-	if (evbus_worker_pid_for(guarded, EVBUS_CONSUMER) == 0)
+	if (!db.idle[EVBUS_CONSUMER] && evbus_worker_pid_for(guarded, EVBUS_CONSUMER) == 0)
 		evbus_start_worker(guarded, guarded_dbname, EVBUS_CONSUMER, 0, NULL);
 	evbus_wake_launcher();
 }
@@ -293,6 +297,7 @@ launcher_xact_callback(XactEvent event, void *arg)
 		if (start_worker_at_commit)
 		{
 			evbus_db_installed(MyDatabaseId);
+			evbus_db_wake(MyDatabaseId, -1);
 			evbus_start_worker(MyDatabaseId, start_dbname, EVBUS_PUBLISHER, 0, NULL);
 			evbus_wake_launcher();
 		}
@@ -425,6 +430,27 @@ worker_missing(const EvbusDatabase *db, int role, TimestampTz now)
 }
 
 /*
+ * wake_when_due --- wake the idle workers of e whose time has come (the
+ * deliver_at or retry they went idle before, idle.c); e is updated.
+ */
+static void
+wake_when_due(EvbusDatabase *e, TimestampTz now)
+{
+	int			role;
+
+	for (role = EVBUS_PUBLISHER; role <= EVBUS_CONSUMER; role++)
+	{
+		if (e->idle[role] && e->wake_at[role] != 0 && now >= e->wake_at[role])
+		{
+			elog(DEBUG1, "evbus: waking the %s of database %u: work is due",
+				 evbus_worker_role_name(role), e->dboid);
+			evbus_db_wake(e->dboid, role);
+			e->idle[role] = false;
+		}
+	}
+}
+
+/*
  * launcher_pass --- one look at every database: restore entries whose
  * DROP DATABASE backend died, forget databases that are gone, start the
  * missing workers of evbus databases, then probe databases not yet
@@ -471,10 +497,12 @@ launcher_pass(List **dbs, List **probed)
 		}
 		if (e->state != EVBUS_DB_INSTALLED)
 			continue;
-		if (worker_missing(e, EVBUS_PUBLISHER, now))
+		wake_when_due(e, now);
+		if (!e->idle[EVBUS_PUBLISHER] && worker_missing(e, EVBUS_PUBLISHER, now))
 			evbus_start_worker(e->dboid, db->name, EVBUS_PUBLISHER, 0, NULL);
-		else if (evbus_worker_pid_for(e->dboid, EVBUS_PUBLISHER) != 0 &&
-				 worker_missing(e, EVBUS_CONSUMER, now))
+		else if ((e->idle[EVBUS_PUBLISHER] ||
+				  evbus_worker_pid_for(e->dboid, EVBUS_PUBLISHER) != 0) &&
+				 !e->idle[EVBUS_CONSUMER] && worker_missing(e, EVBUS_CONSUMER, now))
 			evbus_start_worker(e->dboid, db->name, EVBUS_CONSUMER, 0, NULL);
 	}
 	pfree(entries);
@@ -508,6 +536,19 @@ sync_embedded_broker(void)
 		evbus_embedded_stop();
 }
 
+/*
+ * kafka_settings_fingerprint --- the Kafka settings as the launcher sees
+ * them (evbus_kafka_conf_fingerprint of the resolved brokers; 0: none).
+ */
+static uint64
+kafka_settings_fingerprint(void)
+{
+	char		buf[1024];
+	const char *brokers = evbus_resolve_brokers(buf, sizeof(buf));
+
+	return brokers ? evbus_kafka_conf_fingerprint(brokers) : 0;
+}
+
 static void
 launcher_exit(int code, Datum arg)
 {
@@ -521,6 +562,7 @@ evbus_launcher_main(Datum main_arg)
 	List	   *probed = NIL;
 	TimestampTz last_scan = 0;
 	MemoryContext pass_cxt;
+	uint64		settings_seen;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -534,6 +576,7 @@ evbus_launcher_main(Datum main_arg)
 
 	pgstat_report_activity(STATE_RUNNING, "starting workers");
 	sync_embedded_broker();
+	settings_seen = kafka_settings_fingerprint();
 
 	while (!ShutdownRequestPending)
 	{
@@ -562,6 +605,18 @@ evbus_launcher_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			sync_embedded_broker();
+
+			/*
+			 * Other brokers or Kafka settings: idle workers start, to publish
+			 * what waited for brokers and to subscribe there (idle.c).
+			 */
+			if (kafka_settings_fingerprint() != settings_seen)
+			{
+				settings_seen = kafka_settings_fingerprint();
+				if (evbus_db_wake_all() > 0)
+					ereport(LOG,
+							(errmsg("evbus: the Kafka settings changed: idle workers start again")));
+			}
 		}
 	}
 

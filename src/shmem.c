@@ -46,6 +46,8 @@ typedef struct EvbusShared
 static EvbusShared *evbus_shared = NULL;
 static int	my_slot = -1;
 
+static EvbusDatabase *find_db(Oid dboid, bool create);
+
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
@@ -228,11 +230,24 @@ evbus_worker_wake_consumed(void)
 	pg_memory_barrier();
 }
 
-/* Set the latch of dboid's worker of the given role, if it runs. */
+/*
+ * evbus_wake_worker_role --- set the latch of dboid's worker of the given
+ * role, if it runs; if it went idle, have the launcher start it (idle.c).
+ *
+ * The wake flag of the slot is set for both roles: a worker goes idle only
+ * if no wake came since its last look at its work, checked under the
+ * exclusive lock by evbus_worker_go_idle, which also frees the slot.  So
+ * a wake either finds the slot and stops the worker from going idle, or
+ * finds the database idle and wakes it: never lost (test
+ * 238_idle_databases.pl).
+ */
 void
 evbus_wake_worker_role(Oid dboid, int role)
 {
 	int			i;
+	bool		found = false;
+	bool		idle = false;
+	EvbusDatabase *db;
 
 	if (evbus_shared == NULL)
 		return;
@@ -243,14 +258,30 @@ evbus_wake_worker_role(Oid dboid, int role)
 
 		if (slot->dboid == dboid && slot->role == role)
 		{
-			if (slot->latch &&
-				(role != EVBUS_PUBLISHER ||
-				 pg_atomic_exchange_u32(&slot->wake_pending, 1) == 0))
-				SetLatch(slot->latch);
+			found = true;
+			if (role == EVBUS_PUBLISHER)
+			{
+				if (slot->latch &&
+					pg_atomic_exchange_u32(&slot->wake_pending, 1) == 0)
+					SetLatch(slot->latch);
+			}
+			else
+			{
+				pg_atomic_write_u32(&slot->wake_pending, 1);
+				if (slot->latch)
+					SetLatch(slot->latch);
+			}
 			break;
 		}
 	}
+	if (!found)
+	{
+		db = find_db(dboid, false);
+		idle = db != NULL && db->idle[role];
+	}
 	LWLockRelease(evbus_shared->lock);
+	if (idle)
+		evbus_db_wake(dboid, role);
 }
 
 /* "publisher" or "consumer", as in messages. */
@@ -510,6 +541,8 @@ evbus_db_worker_running(Oid dboid, int role)
 	{
 		db->failed_since[role] = 0;
 		db->warned[role] = false;
+		db->idle[role] = false;
+		db->wake_at[role] = 0;
 	}
 	LWLockRelease(evbus_shared->lock);
 }
@@ -583,4 +616,102 @@ evbus_wake_launcher(void)
 	if (evbus_shared->launcher_latch)
 		SetLatch(evbus_shared->launcher_latch);
 	LWLockRelease(evbus_shared->lock);
+}
+
+/*
+ * evbus_worker_go_idle --- in a worker that found nothing to do for
+ * evbus.idle_timeout: mark its role of the database idle (the launcher
+ * starts it again when woken, or at wake_at if not 0) and free its slot,
+ * in one step under the lock.  False, and nothing changed, when a wake
+ * came since the worker last looked at its work (see
+ * evbus_wake_worker_role) or the database is not tracked: the worker goes
+ * on.
+ */
+bool
+evbus_worker_go_idle(int role, TimestampTz wake_at)
+{
+	EvbusDatabase *db;
+	EvbusWorkerSlot *slot;
+	bool		idle = false;
+
+	if (my_slot < 0)
+		return false;
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	slot = &evbus_shared->slots[my_slot];
+	db = find_db(slot->dboid, false);
+	if (db != NULL && db->state == EVBUS_DB_INSTALLED &&
+		pg_atomic_read_u32(&slot->wake_pending) == 0)
+	{
+		db->idle[role] = true;
+		db->wake_at[role] = wake_at;
+		db->started_at[role] = 0;	/* woken, it starts at once */
+		slot->dboid = InvalidOid;
+		slot->pid = 0;
+		slot->latch = NULL;
+		my_slot = -1;
+		idle = true;
+	}
+	LWLockRelease(evbus_shared->lock);
+	return idle;
+}
+
+/*
+ * evbus_db_wake --- the idle worker of role (-1: both) in dboid has work:
+ * clear its idle mark and wake the launcher, which starts it.  Returns
+ * whether it was idle.
+ */
+bool
+evbus_db_wake(Oid dboid, int role)
+{
+	EvbusDatabase *db;
+	bool		woken = false;
+	int			r;
+
+	if (evbus_shared == NULL)
+		return false;
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	db = find_db(dboid, false);
+	for (r = EVBUS_PUBLISHER; db != NULL && r <= EVBUS_CONSUMER; r++)
+	{
+		if ((role < 0 || role == r) && db->idle[r])
+		{
+			db->idle[r] = false;
+			db->wake_at[r] = 0;
+			woken = true;
+		}
+	}
+	if (woken && evbus_shared->launcher_latch)
+		SetLatch(evbus_shared->launcher_latch);
+	LWLockRelease(evbus_shared->lock);
+	return woken;
+}
+
+/* Wake every idle worker of every database; returns how many databases. */
+int
+evbus_db_wake_all(void)
+{
+	EvbusDatabase *copy = palloc(sizeof(EvbusDatabase) * EVBUS_MAX_TRACKED_DBS);
+	int			n = evbus_db_snapshot(copy, EVBUS_MAX_TRACKED_DBS);
+	int			woken = 0;
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (evbus_db_wake(copy[i].dboid, -1))
+			woken++;
+	pfree(copy);
+	return woken;
+}
+
+/* Is the worker of role in dboid idle (exited for want of work)? */
+bool
+evbus_db_role_idle(Oid dboid, int role)
+{
+	EvbusDatabase *db;
+	bool		idle;
+
+	LWLockAcquire(evbus_shared->lock, LW_SHARED);
+	db = find_db(dboid, false);
+	idle = db != NULL && db->idle[role];
+	LWLockRelease(evbus_shared->lock);
+	return idle;
 }
