@@ -22,6 +22,7 @@ OBJS = \
 	src/shmem.o \
 	src/launcher.o \
 	src/idle.o \
+	src/wake_watch.o \
 	src/ext_version.o \
 	src/publisher_worker.o \
 	src/embedded.o \

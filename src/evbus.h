@@ -149,9 +149,36 @@ extern bool evbus_db_wake(Oid dboid, int role);
 extern int	evbus_db_wake_all(void);
 extern bool evbus_db_role_idle(Oid dboid, int role);
 
+/*
+ * shmem.c: a partition an idle consumer left, with the offset from which a
+ * message there is new to it (wake_watch.c watches them).
+ */
+#define EVBUS_MAX_WATCHES 4096
+
+typedef struct EvbusWatch
+{
+	Oid			dboid;			/* InvalidOid: free entry */
+	int32		partition;
+	int64		offset;
+	char		topic[EVBUS_MAX_TOPIC_LEN + 1];
+} EvbusWatch;
+
+extern bool evbus_consumer_go_idle(TimestampTz wake_at, const EvbusWatch *watches,
+								   int n, uint64 settings);
+extern int	evbus_watches_copy(EvbusWatch *copy, int max, uint64 *settings);
+extern uint32 evbus_watches_version(void);
+extern void evbus_set_watch_settings(uint64 settings);
+
 /* ---------- idle.c: when a worker exits for want of work ---------- */
 extern void evbus_idle_reset(void);
 extern bool evbus_publisher_may_idle(bool busy, TimestampTz *wake_at);
+extern bool evbus_consumer_try_idle(bool busy, TimestampTz next_due,
+									uint64 settings);
+
+/* ---------- wake_watch.c: the launcher watches idle consumers' topics ---------- */
+extern void evbus_watch_serve(uint64 settings);
+extern int	evbus_watch_fd(void);
+extern void evbus_watch_stop(void);
 
 /* ---------- metrics.c: counters in shared memory, evbus.metrics() ---------- */
 extern void evbus_metrics_init(void);

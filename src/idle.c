@@ -14,6 +14,15 @@
  * to come, the next retry), by CREATE EXTENSION, or by a reload that
  * changes the Kafka settings (launcher.c).
  *
+ * The consumer has nothing to do when no retry is due within
+ * evbus.idle_timeout, no message waits in the inbox, and it has read every
+ * partition it was assigned up to its high watermark, the same ones twice
+ * in a row an idle timeout apart (so a consumer that receives nothing for
+ * one idle timeout goes idle after two).  It leaves those partitions and
+ * their high watermarks in shared memory: the launcher watches them with
+ * a Kafka client of its own and wakes the consumer at the first message
+ * there (wake_watch.c).  Its group rebalances meanwhile.
+ *
  * The publisher has nothing to do when no outbox row is left to publish
  * whose deliver_at has come or comes within evbus.idle_timeout.  A
  * prepared transaction does not keep it: COMMIT PREPARED, which runs no
@@ -27,9 +36,10 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/array.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "evbus.h"
+#include "consumer.h"
 #include "outbox.h"
 #include "publisher.h"
 
@@ -149,4 +159,65 @@ evbus_publisher_may_idle(bool busy, TimestampTz *wake_at)
 		return false;
 	}
 	return true;
+}
+
+/* The consumer's partitions at its last look (-1: none yet). */
+static EvbusWatch *watched = NULL;
+static int	nwatched = -1;
+
+/* Are a and b the same partitions at the same offsets? */
+static bool
+same_watches(const EvbusWatch *a, int na, const EvbusWatch *b, int nb)
+{
+	int			i;
+
+	if (na != nb)
+		return false;
+	for (i = 0; i < na; i++)
+		if (a[i].partition != b[i].partition || a[i].offset != b[i].offset ||
+			strcmp(a[i].topic, b[i].topic) != 0)
+			return false;
+	return true;
+}
+
+/*
+ * evbus_consumer_try_idle --- called by the consumer after each pass
+ * (busy: it had messages, pending ones, or was woken; next_due: the next
+ * retry, 0 if none; settings: the Kafka settings its consumers were built
+ * from).  True when the consumer had nothing to do for the idle timeout,
+ * has read everything it was assigned, and went idle: it then holds no
+ * slot and must leave.
+ */
+bool
+evbus_consumer_try_idle(bool busy, TimestampTz next_due, uint64 settings)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	EvbusWatch *w = NULL;
+	int			n;
+
+	if (next_due != 0 &&
+		next_due <= TimestampTzPlusMilliseconds(now, evbus_idle_timeout_s * 1000))
+		busy = true;
+	if (!quiet_long_enough(busy))
+	{
+		if (busy)
+			nwatched = -1;
+		return false;
+	}
+	quiet_since = now;			/* look again a timeout later */
+	n = evbus_consumers_watch_list(&w);
+	if (n < 0 || !same_watches(w, n, watched, nwatched))
+	{
+		if (watched)
+			pfree(watched);
+		watched = NULL;
+		nwatched = n;
+		if (n >= 0)
+		{
+			watched = MemoryContextAlloc(TopMemoryContext, sizeof(EvbusWatch) * Max(n, 1));
+			memcpy(watched, w, sizeof(EvbusWatch) * n);
+		}
+		return false;
+	}
+	return evbus_consumer_go_idle(next_due, w, n, settings);
 }

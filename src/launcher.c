@@ -28,6 +28,8 @@
  * (idle.c) is not missing: it is started when woken -- by a commit, which
  * sets the launcher's latch, or when the time it went idle until comes --
  * and all idle workers are woken when a reload changes the Kafka settings.
+ * Idle consumers are woken by the launcher's watch over their topics
+ * (wake_watch.c), served in its loop without waiting on the network.
  *
  * When evbus.brokers = 'embedded', the launcher also runs librdkafka's
  * mock cluster (embedded.c): one broker for the whole server, shared by
@@ -120,7 +122,8 @@ evbus_register_launcher(void)
  * notify_pid and handle are for the launcher's probes (0 and NULL
  * otherwise).  Nothing is started while DROP DATABASE runs in dboid.
  * Without a free background worker slot, the first failure since the
- * worker last ran is a WARNING; the launcher retries.  The worker is
+ * worker last ran is a WARNING (a LOG when workers go idle, and free
+ * slots, after evbus.idle_timeout); the launcher retries.  The worker is
  * never restarted by the postmaster: it exits when its database has no
  * evbus or already has such a worker, and the launcher starts it again
  * when it is missing.  Nothing is started either while a restore writes
@@ -162,8 +165,13 @@ evbus_start_worker(Oid dboid, const char *dbname, int role, pid_t notify_pid,
 		bool		installed = evbus_db_lookup(dboid, &db) &&
 			db.state == EVBUS_DB_INSTALLED;
 
+		/*
+		 * With evbus.idle_timeout, workers exit for want of work and free
+		 * their slots: a start that finds none waits its turn, which is no
+		 * cause for a warning.
+		 */
 		if (evbus_db_start_failed(dboid, role))
-			ereport(installed ? WARNING : LOG,
+			ereport(installed && evbus_idle_timeout_s == 0 ? WARNING : LOG,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 					 installed ?
 					 errmsg("could not start the evbus %s for database \"%s\": no free background worker slot",
@@ -421,12 +429,18 @@ probe(LauncherDb *db)
 	return true;
 }
 
-/* Is the worker of role missing in db, and not just being started? */
+/*
+ * Is the worker of role missing in db, and not just being started, nor
+ * idle?  Idleness is read again here, not from the entry copied at the
+ * start of the pass: a worker that went idle since then has freed its
+ * slot, and must not be taken for one that exited.
+ */
 static bool
 worker_missing(const EvbusDatabase *db, int role, TimestampTz now)
 {
 	return evbus_worker_pid_for(db->dboid, role) == 0 &&
-		TimestampDifferenceExceeds(db->started_at[role], now, START_GRACE_MS);
+		TimestampDifferenceExceeds(db->started_at[role], now, START_GRACE_MS) &&
+		!evbus_db_role_idle(db->dboid, role);
 }
 
 /*
@@ -498,11 +512,11 @@ launcher_pass(List **dbs, List **probed)
 		if (e->state != EVBUS_DB_INSTALLED)
 			continue;
 		wake_when_due(e, now);
-		if (!e->idle[EVBUS_PUBLISHER] && worker_missing(e, EVBUS_PUBLISHER, now))
+		if (worker_missing(e, EVBUS_PUBLISHER, now))
 			evbus_start_worker(e->dboid, db->name, EVBUS_PUBLISHER, 0, NULL);
-		else if ((e->idle[EVBUS_PUBLISHER] ||
+		else if ((evbus_db_role_idle(e->dboid, EVBUS_PUBLISHER) ||
 				  evbus_worker_pid_for(e->dboid, EVBUS_PUBLISHER) != 0) &&
-				 !e->idle[EVBUS_CONSUMER] && worker_missing(e, EVBUS_CONSUMER, now))
+				 worker_missing(e, EVBUS_CONSUMER, now))
 			evbus_start_worker(e->dboid, db->name, EVBUS_CONSUMER, 0, NULL);
 	}
 	pfree(entries);
@@ -582,6 +596,7 @@ evbus_launcher_main(Datum main_arg)
 	{
 		TimestampTz now = GetCurrentTimestamp();
 		MemoryContext old;
+		int			fd;
 
 		if (TimestampDifferenceExceeds(last_scan, now, SCAN_INTERVAL_MS))
 		{
@@ -590,13 +605,19 @@ evbus_launcher_main(Datum main_arg)
 			last_scan = now;
 		}
 		old = MemoryContextSwitchTo(pass_cxt);
+		/* idle consumers' topics first: a message there starts its consumer */
+		evbus_watch_serve(settings_seen);
 		launcher_pass(&dbs, &probed);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(pass_cxt);
 		pgstat_report_activity(STATE_IDLE, NULL);
 
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 LAUNCHER_NAP_MS, PG_WAIT_EXTENSION);
+		fd = evbus_watch_fd();
+		(void) WaitLatchOrSocket(MyLatch,
+								 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH |
+								 (fd >= 0 ? WL_SOCKET_READABLE : 0),
+								 fd >= 0 ? fd : PGINVALID_SOCKET,
+								 LAUNCHER_NAP_MS, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 
@@ -620,6 +641,7 @@ evbus_launcher_main(Datum main_arg)
 		}
 	}
 
+	evbus_watch_stop();
 	evbus_embedded_stop();
 	proc_exit(0);
 }

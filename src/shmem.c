@@ -40,6 +40,9 @@ typedef struct EvbusShared
 	char		embedded_bootstrap[256];	/* "" until the launcher set it */
 	Latch	   *launcher_latch; /* NULL while no launcher runs */
 	EvbusDatabase dbs[EVBUS_MAX_TRACKED_DBS];
+	uint64		watch_settings; /* the launcher's Kafka settings (0: none) */
+	uint32		watches_version;	/* bumped when the watches change */
+	EvbusWatch	watches[EVBUS_MAX_WATCHES];
 	EvbusWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } EvbusShared;
 
@@ -678,6 +681,8 @@ evbus_db_wake(Oid dboid, int role)
 			db->idle[r] = false;
 			db->wake_at[r] = 0;
 			woken = true;
+			if (r == EVBUS_CONSUMER)
+				evbus_shared->watches_version++;
 		}
 	}
 	if (woken && evbus_shared->launcher_latch)
@@ -714,4 +719,122 @@ evbus_db_role_idle(Oid dboid, int role)
 	idle = db != NULL && db->idle[role];
 	LWLockRelease(evbus_shared->lock);
 	return idle;
+}
+
+/*
+ * evbus_consumer_go_idle --- evbus_worker_go_idle for the consumer, which
+ * also leaves the partitions it had, each with the offset from which a
+ * message is new (its high watermark), for the launcher to watch
+ * (wake_watch.c).  False, besides, when the launcher's Kafka settings
+ * differ from the consumer's (settings: the launcher would watch another
+ * cluster, or cannot watch at all), or the watches do not fit: the
+ * consumer stays.
+ */
+bool
+evbus_consumer_go_idle(TimestampTz wake_at, const EvbusWatch *watches, int n,
+					   uint64 settings)
+{
+	EvbusDatabase *db;
+	EvbusWorkerSlot *slot;
+	bool		idle = false;
+	int			free_entries = 0;
+	int			i;
+	int			j;
+
+	if (my_slot < 0)
+		return false;
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	slot = &evbus_shared->slots[my_slot];
+	db = find_db(slot->dboid, false);
+	/* the entries of databases no longer idle are free */
+	for (i = 0; i < EVBUS_MAX_WATCHES; i++)
+	{
+		EvbusWatch *w = &evbus_shared->watches[i];
+		EvbusDatabase *owner;
+
+		if (w->dboid != InvalidOid &&
+			(w->dboid == slot->dboid ||
+			 (owner = find_db(w->dboid, false)) == NULL ||
+			 !owner->idle[EVBUS_CONSUMER]))
+			w->dboid = InvalidOid;
+		if (w->dboid == InvalidOid)
+			free_entries++;
+	}
+	if (db != NULL && db->state == EVBUS_DB_INSTALLED &&
+		pg_atomic_read_u32(&slot->wake_pending) == 0 &&
+		settings == evbus_shared->watch_settings && (settings != 0 || n == 0) &&
+		n <= free_entries)
+	{
+		for (i = 0, j = 0; i < n; i++)
+		{
+			while (evbus_shared->watches[j].dboid != InvalidOid)
+				j++;
+			evbus_shared->watches[j] = watches[i];
+			evbus_shared->watches[j].dboid = slot->dboid;
+		}
+		evbus_shared->watches_version++;
+		db->idle[EVBUS_CONSUMER] = true;
+		db->wake_at[EVBUS_CONSUMER] = wake_at;
+		db->started_at[EVBUS_CONSUMER] = 0;
+		slot->dboid = InvalidOid;
+		slot->pid = 0;
+		slot->latch = NULL;
+		my_slot = -1;
+		idle = true;
+		if (evbus_shared->launcher_latch)
+			SetLatch(evbus_shared->launcher_latch);
+	}
+	LWLockRelease(evbus_shared->lock);
+	return idle;
+}
+
+/*
+ * evbus_watches_copy --- the watches of the consumers idle now (at most
+ * max), and the settings they were left for.  Returns how many.
+ */
+int
+evbus_watches_copy(EvbusWatch *copy, int max, uint64 *settings)
+{
+	int			i;
+	int			n = 0;
+
+	LWLockAcquire(evbus_shared->lock, LW_SHARED);
+	for (i = 0; i < EVBUS_MAX_WATCHES && n < max; i++)
+	{
+		EvbusWatch *w = &evbus_shared->watches[i];
+		EvbusDatabase *owner;
+
+		if (w->dboid != InvalidOid &&
+			(owner = find_db(w->dboid, false)) != NULL &&
+			owner->idle[EVBUS_CONSUMER])
+			copy[n++] = *w;
+	}
+	*settings = evbus_shared->watch_settings;
+	LWLockRelease(evbus_shared->lock);
+	return n;
+}
+
+/* Bumped whenever a consumer goes idle or is woken. */
+uint32
+evbus_watches_version(void)
+{
+	uint32		v;
+
+	LWLockAcquire(evbus_shared->lock, LW_SHARED);
+	v = evbus_shared->watches_version;
+	LWLockRelease(evbus_shared->lock);
+	return v;
+}
+
+/*
+ * evbus_set_watch_settings --- the Kafka settings the launcher watches
+ * with (evbus_kafka_conf_fingerprint; 0: it cannot watch, no consumer
+ * goes idle).
+ */
+void
+evbus_set_watch_settings(uint64 settings)
+{
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	evbus_shared->watch_settings = settings;
+	LWLockRelease(evbus_shared->lock);
 }
