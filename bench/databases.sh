@@ -24,7 +24,10 @@
 # Usage (as root or any user; one command):
 #   bench/databases.sh
 # Environment: SIZES ("1 10 100"), MAX_WORKERS (16), IDLE_TIMEOUT (10s),
-#   IDLE_S (60), WAKES (3), plus those of bench/lib.sh.
+#   IDLE_S (60), WAKES (3), IDLE_WAIT (300: the longest wait for the
+#   workers to go idle; a commit before 0.2's idle workers never does, so
+#   EVBUS_REF=<older commit> IDLE_WAIT=15 SIZES="1 10" measures the
+#   footprint of always running workers), plus those of bench/lib.sh.
 # Output: a table on stdout and in $RESULTS_DIR/summary.txt.
 
 # shellcheck source=bench/lib.sh
@@ -36,6 +39,7 @@ MAX_WORKERS=${MAX_WORKERS:-16}
 IDLE_TIMEOUT=${IDLE_TIMEOUT:-10s}
 IDLE_S=${IDLE_S:-60}
 WAKES=${WAKES:-3}
+IDLE_WAIT=${IDLE_WAIT:-300}
 
 environment_report >"$RESULTS_DIR/environment.txt"
 echo "settings: SIZES='$SIZES' MAX_WORKERS=$MAX_WORKERS IDLE_TIMEOUT=$IDLE_TIMEOUT IDLE_S=$IDLE_S WAKES=$WAKES" >>"$RESULTS_DIR/environment.txt"
@@ -113,7 +117,7 @@ SQL
 	done
 	t1=$EPOCHREALTIME
 	read -r bn bpss brss bconns < <(evbus_footprint)
-	for _ in $(seq 1 3000); do
+	for _ in $(seq 1 $((IDLE_WAIT * 10))); do
 		[[ $(running_workers) == 0 ]] && break
 		sleep 0.1
 	done
@@ -139,7 +143,7 @@ SQL
 	# wake: COMMIT -> broker append in an idle database
 	db=$wake_db
 	for w in $(seq 1 "$WAKES"); do
-		for _ in $(seq 1 600); do
+		for _ in $(seq 1 $((IDLE_WAIT * 10))); do
 			[[ $(psql -qXAt -d "$db" -c "SELECT state FROM evbus.worker_status() WHERE worker = 'publisher'") == idle ]] && break
 			sleep 0.1
 		done

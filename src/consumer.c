@@ -682,8 +682,8 @@ evbus_consumers_let_go(void)
  * database.  Paused topics are left out: their messages wait for
  * evbus.resume_subscription, which wakes the consumer.  Returns the
  * number of entries in *out (palloc'd), or -1 when the consumer has not
- * settled: a topic of a group (not paused) with no partition assigned, a
- * high watermark not known yet, or a partition not read up to it.
+ * settled: a high watermark not known yet, or a partition not read up to
+ * it.
  */
 int
 evbus_consumers_watch_list(EvbusWatch **out)
@@ -733,7 +733,12 @@ evbus_consumers_watch_list(EvbusWatch **out)
 			w[n].offset = hi;
 			n++;
 		}
-		/* every topic of the group (not paused) has a partition here */
+		/*
+		 * A topic of the group (not paused) with no partition here: it may
+		 * not exist yet, or its partitions are another member's.  Its first
+		 * partition is watched from the start, so that the topic's first
+		 * message wakes the consumer, which then joins the group again.
+		 */
 		for (tok = strtok_r(copy, ",", &save); settled && tok;
 			 tok = strtok_r(NULL, ",", &save))
 		{
@@ -741,7 +746,23 @@ evbus_consumers_watch_list(EvbusWatch **out)
 
 			for (i = 0; !found && i < assignment->cnt; i++)
 				found = strcmp(assignment->elems[i].topic, tok) == 0;
-			settled = found;
+			if (found)
+				continue;
+			if (strlen(tok) > EVBUS_MAX_TOPIC_LEN)
+			{
+				settled = false;
+				break;
+			}
+			if (n == cap)
+			{
+				cap *= 2;
+				w = repalloc(w, sizeof(EvbusWatch) * cap);
+			}
+			memset(&w[n], 0, sizeof(EvbusWatch));
+			strlcpy(w[n].topic, tok, sizeof(w[n].topic));
+			w[n].partition = 0;
+			w[n].offset = 0;
+			n++;
 		}
 		rd_kafka_topic_partition_list_destroy(assignment);
 		if (!settled)

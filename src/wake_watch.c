@@ -11,9 +11,10 @@
  * never subscribe; it commits nothing), each from the lowest offset any
  * idle database left for it, and wakes every database whose offset the
  * first message there reaches: the launcher then starts its consumer,
- * which joins its group and reads from its stored offsets as always.  An
- * error on a watched partition wakes its databases too, so that their
- * consumers see it.
+ * which joins its group and reads from its stored offsets as always.
+ * Errors (a topic that does not exist yet, a broker down) wake no one:
+ * librdkafka keeps trying, and a topic's first message wakes its
+ * watchers once it exists.
  *
  * librdkafka's threads never call PostgreSQL code: they only write a byte
  * into a pipe that the launcher waits on along with its latch, and the
@@ -283,12 +284,11 @@ evbus_watch_serve(uint64 settings)
 
 		if (m == NULL)
 			break;
-		if (m->rkt != NULL)
-			wake_watchers(rd_kafka_topic_name(m->rkt), m->partition,
-						  m->err ? PG_INT64_MAX : m->offset);
-		else if (m->err)
+		if (m->err)
 			elog(DEBUG1, "evbus: the launcher's Kafka client: %s",
 				 rd_kafka_message_errstr(m));
+		else if (m->rkt != NULL)
+			wake_watchers(rd_kafka_topic_name(m->rkt), m->partition, m->offset);
 		rd_kafka_message_destroy(m);
 	}
 }
