@@ -52,7 +52,7 @@ evbus_procs() {
 	local pm p
 	pm=$(head -1 "$TMP_DIR/pg/postmaster.pid")
 	for p in $(pgrep -P "$pm" -f '^postgres: evbus '); do
-		echo "$p $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | awk '{print $3}')"
+		echo "$p $({ tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | awk '{print $3}')"
 	done
 }
 # "count pss_mb rss_mb conns" of the evbus processes now
