@@ -675,6 +675,24 @@ evbus_consumers_let_go(void)
 	evbus_consumers_shutdown();
 }
 
+/* Append (topic, partition, offset) to w, of *n entries in *cap. */
+static EvbusWatch *
+watch_add(EvbusWatch *w, int *n, int *cap, const char *topic, int32 partition,
+		  int64 offset)
+{
+	if (*n == *cap)
+	{
+		*cap *= 2;
+		w = repalloc(w, sizeof(EvbusWatch) * *cap);
+	}
+	memset(&w[*n], 0, sizeof(EvbusWatch));
+	strlcpy(w[*n].topic, topic, sizeof(w[*n].topic));
+	w[*n].partition = partition;
+	w[*n].offset = offset;
+	(*n)++;
+	return w;
+}
+
 /*
  * evbus_consumers_watch_list --- (for idle databases, idle.c) the
  * partitions assigned to every group's consumer, each with its high
@@ -722,16 +740,7 @@ evbus_consumers_watch_list(EvbusWatch **out)
 				settled = false;
 				break;
 			}
-			if (n == cap)
-			{
-				cap *= 2;
-				w = repalloc(w, sizeof(EvbusWatch) * cap);
-			}
-			memset(&w[n], 0, sizeof(EvbusWatch));
-			strlcpy(w[n].topic, p->topic, sizeof(w[n].topic));
-			w[n].partition = p->partition;
-			w[n].offset = hi;
-			n++;
+			w = watch_add(w, &n, &cap, p->topic, p->partition, hi);
 		}
 		/*
 		 * A topic of the group (not paused) with no partition here: it may
@@ -753,16 +762,7 @@ evbus_consumers_watch_list(EvbusWatch **out)
 				settled = false;
 				break;
 			}
-			if (n == cap)
-			{
-				cap *= 2;
-				w = repalloc(w, sizeof(EvbusWatch) * cap);
-			}
-			memset(&w[n], 0, sizeof(EvbusWatch));
-			strlcpy(w[n].topic, tok, sizeof(w[n].topic));
-			w[n].partition = 0;
-			w[n].offset = 0;
-			n++;
+			w = watch_add(w, &n, &cap, tok, 0, 0);
 		}
 		rd_kafka_topic_partition_list_destroy(assignment);
 		if (!settled)

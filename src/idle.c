@@ -18,7 +18,9 @@
  * evbus.idle_timeout, no message waits in the inbox, and it has read every
  * partition it was assigned up to its high watermark, the same ones twice
  * in a row an idle timeout apart (so a consumer that receives nothing for
- * one idle timeout goes idle after two).  It leaves those partitions and
+ * one idle timeout goes idle after two); a subscribed topic of which it
+ * has no partition (not created yet) is watched at its first partition
+ * from the start.  It leaves those partitions and
  * their high watermarks in shared memory: the launcher watches them with
  * a Kafka client of its own and wakes the consumer at the first message
  * there (wake_watch.c).  Its group rebalances meanwhile.
