@@ -21,6 +21,8 @@ OBJS = \
 	src/guc.o \
 	src/shmem.o \
 	src/launcher.o \
+	src/idle.o \
+	src/wake_watch.o \
 	src/ext_version.o \
 	src/publisher_worker.o \
 	src/embedded.o \

@@ -684,3 +684,100 @@ evbus_consumers_let_go(void)
 	extension_gone = true;
 	evbus_consumers_shutdown();
 }
+
+/* Append (topic, partition, offset) to w, of *n entries in *cap. */
+static EvbusWatch *
+watch_add(EvbusWatch *w, int *n, int *cap, const char *topic, int32 partition,
+		  int64 offset)
+{
+	if (*n == *cap)
+	{
+		*cap *= 2;
+		w = repalloc(w, sizeof(EvbusWatch) * *cap);
+	}
+	memset(&w[*n], 0, sizeof(EvbusWatch));
+	strlcpy(w[*n].topic, topic, sizeof(w[*n].topic));
+	w[*n].partition = partition;
+	w[*n].offset = offset;
+	(*n)++;
+	return w;
+}
+
+/*
+ * evbus_consumers_watch_list --- (for idle databases, idle.c) the
+ * partitions assigned to every group's consumer, each with its high
+ * watermark: the offset from which a message there is new to this
+ * database.  Paused topics are left out: their messages wait for
+ * evbus.resume_subscription, which wakes the consumer.  Returns the
+ * number of entries in *out (palloc'd), or -1 when the consumer has not
+ * settled: a high watermark not known yet, or a partition not read up to
+ * it.
+ */
+int
+evbus_consumers_watch_list(EvbusWatch **out)
+{
+	ListCell   *lc;
+	int			cap = 16;
+	int			n = 0;
+	EvbusWatch *w = palloc0(sizeof(EvbusWatch) * cap);
+
+	foreach(lc, consumers)
+	{
+		GroupConsumer *gc = lfirst(lc);
+		rd_kafka_topic_partition_list_t *assignment = NULL;
+		char	   *copy = pstrdup(gc->topics);
+		char	   *tok;
+		char	   *save;
+		bool		settled = true;
+		int			i;
+
+		if (rd_kafka_assignment(gc->rk, &assignment) || assignment == NULL)
+			return -1;
+		rd_kafka_position(gc->rk, assignment);
+		for (i = 0; settled && i < assignment->cnt; i++)
+		{
+			rd_kafka_topic_partition_t *p = &assignment->elems[i];
+			int64_t		lo;
+			int64_t		hi;
+
+			if (evbus_topic_listed(gc->paused, p->topic))
+				continue;
+			if (strlen(p->topic) > EVBUS_MAX_TOPIC_LEN ||
+				rd_kafka_get_watermark_offsets(gc->rk, p->topic, p->partition,
+											   &lo, &hi) != RD_KAFKA_RESP_ERR_NO_ERROR ||
+				hi < 0 || (p->offset >= 0 && p->offset < hi))
+			{
+				settled = false;
+				break;
+			}
+			w = watch_add(w, &n, &cap, p->topic, p->partition, hi);
+		}
+		/*
+		 * A topic of the group (not paused) with no partition here: it may
+		 * not exist yet, or its partitions are another member's.  Its first
+		 * partition is watched from the start, so that the topic's first
+		 * message wakes the consumer, which then joins the group again.
+		 */
+		for (tok = strtok_r(copy, ",", &save); settled && tok;
+			 tok = strtok_r(NULL, ",", &save))
+		{
+			bool		found = evbus_topic_listed(gc->paused, tok);
+
+			for (i = 0; !found && i < assignment->cnt; i++)
+				found = strcmp(assignment->elems[i].topic, tok) == 0;
+			if (found)
+				continue;
+			if (strlen(tok) > EVBUS_MAX_TOPIC_LEN)
+			{
+				settled = false;
+				break;
+			}
+			w = watch_add(w, &n, &cap, tok, 0, 0);
+		}
+		rd_kafka_topic_partition_list_destroy(assignment);
+		if (!settled)
+			return -1;
+	}
+	*out = w;
+	return n;
+}

@@ -10,7 +10,9 @@
  * timeout is the next due retry or evbus.poll_interval.  Each pass:
  * reload the subscriptions if they changed, receive and handle what the
  * consumers have, run due retries, and every few seconds record the high
- * watermarks (for the lag) and expire old inbox rows.
+ * watermarks (for the lag) and expire old inbox rows.  After
+ * evbus.idle_timeout with nothing to do it exits until there is work
+ * (idle.c).
  *
  * SIGTERM is die(), as in a regular backend, because a handler is user
  * code: the handler timeout is a statement timeout, which a handler can
@@ -71,6 +73,29 @@ consumer_leave(void)
 	proc_exit(evbus_worker_stop_requested() ? 0 : 1);
 }
 
+/* The database's name, for the log. */
+static char consumer_dbname[NAMEDATALEN];
+
+/*
+ * consumer_idle --- leave for want of work (from the wait point): the
+ * consumer went idle (idle.c) and holds no slot any more; leaving its
+ * groups stores nothing new, as everything received is handled.
+ */
+static void
+consumer_idle(TimestampTz next_due)
+{
+	ereport(LOG,
+			(errmsg("evbus: consumer for database \"%s\" exits: nothing to handle for %d s (evbus.idle_timeout)",
+					consumer_dbname, evbus_idle_timeout_s),
+			 next_due != 0 ?
+			 errdetail("It starts again when messages arrive in its topics, when woken, or at %s for a retry due then.",
+					   timestamptz_to_str(next_due)) :
+			 errdetail("It starts again when messages arrive in its topics, or when woken.")));
+	ProcDiePending = false;
+	evbus_consumers_shutdown();
+	proc_exit(0);
+}
+
 /*
  * consumer_start --- connect to the database and take its consumer's slot;
  * exit quietly if the database may not have one or has no evbus.  Then
@@ -101,6 +126,7 @@ consumer_start(Oid dboid)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	has_extension = OidIsValid(get_extension_oid("evbus", true));
+	strlcpy(consumer_dbname, get_database_name(dboid), sizeof(consumer_dbname));
 	CommitTransactionCommand();
 	if (!has_extension)
 		proc_exit(0);
@@ -150,6 +176,7 @@ evbus_consumer_main(Datum main_arg)
 	for (;;)
 	{
 		WaitEvent	events[3];
+		bool		busy;
 		bool		more = false;
 		bool		left_pending = false;
 		long		timeout;
@@ -167,6 +194,10 @@ evbus_consumer_main(Datum main_arg)
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(step_cxt);
 		MemoryContextSwitchTo(step_cxt);
+
+		/* a wake from now on keeps the worker from going idle (idle.c) */
+		busy = evbus_worker_wake_pending() || dispatch_now;
+		evbus_worker_wake_consumed();
 
 		/* subscriptions or brokers changed: reload, resubscribe */
 		evbus_worker_begin(evbus_consumers_let_go);
@@ -218,6 +249,11 @@ evbus_consumer_main(Datum main_arg)
 			last_maintain = now;
 		}
 		pgstat_report_activity(STATE_IDLE, NULL);
+
+		/* nothing to do for evbus.idle_timeout: exit until woken (idle.c) */
+		if (evbus_consumer_try_idle(busy || more || left_pending, next_due,
+									settings_seen))
+			consumer_idle(next_due);
 
 		timeout = evbus_poll_interval_ms;
 		if (more)

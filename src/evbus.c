@@ -55,6 +55,7 @@ static void
 restore_ended(int code, Datum arg)
 {
 	evbus_restore_clear_mark();
+	evbus_db_wake(MyDatabaseId, -1);	/* the restore may have left work */
 	evbus_wake_launcher();
 }
 
@@ -93,6 +94,9 @@ keep_workers_away_from_restore(CopyStmt *stmt)
  * refused (test 216_dropped_handler.pl).
  * COPY FROM into evbus's tables (a restore) keeps the database's workers
  * away until the connection ends (restore.c, test 320_dump_restore.pl).
+ * COMMIT PREPARED wakes the publisher, idle or not, at its commit: the
+ * events of the prepared transaction are published at once (test
+ * 238_idle_databases.pl).
  */
 static void
 evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -103,6 +107,7 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 	Node	   *parsetree = pstmt->utilityStmt;
 	Oid			guarded = InvalidOid;
 	bool		forget = false;
+	bool		commit_prepared = false;
 
 	/* a role that evbus subscriptions run as is not dropped (subscriptions.c) */
 	if (IsA(parsetree, DropRoleStmt))
@@ -114,6 +119,9 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 		forget = drops_evbus((DropStmt *) parsetree);
 	else if (IsA(parsetree, CopyStmt))
 		keep_workers_away_from_restore((CopyStmt *) parsetree);
+	else if (IsA(parsetree, TransactionStmt))
+		commit_prepared = ((TransactionStmt *) parsetree)->kind ==
+			TRANS_STMT_COMMIT_PREPARED;
 
 	PG_TRY();
 	{
@@ -133,6 +141,9 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 	evbus_drop_database_done(guarded, true);
 	if (forget)
 		evbus_forget_database_at_commit();
+	/* its events are not announced by the session that staged them */
+	if (commit_prepared)
+		evbus_wake_at_commit(true, false);
 }
 
 /*
@@ -226,6 +237,16 @@ describe_worker(const EvbusDatabase *db, bool found, int role, char **detail)
 		*detail = pstrdup("DROP DATABASE of this database is in progress.");
 		return "stopped";
 	}
+	if (found && db->idle[role])
+	{
+		*detail = db->wake_at[role] != 0 ?
+			psprintf("It had nothing to do for evbus.idle_timeout and exited; "
+					 "it starts again when there is work, or at %s.",
+					 timestamptz_to_str(db->wake_at[role])) :
+			pstrdup("It had nothing to do for evbus.idle_timeout and exited; "
+					"it starts again when there is work.");
+		return "idle";
+	}
 	if (found && db->failed_since[role] != 0)
 	{
 		*detail = psprintf("No background worker slot has been free for it since %s; "
@@ -250,7 +271,8 @@ describe_worker(const EvbusDatabase *db, bool found, int role, char **detail)
  * evbus.worker_status() --- one row per worker of this database (the
  * publisher and the consumer): its process id, and when
  * it is not running, why (for example no free background worker slot,
- * test 234_worker_slots.pl).
+ * test 234_worker_slots.pl, or "idle": exited for want of work, test
+ * 238_idle_databases.pl).
  *
  * A call also tells the launcher that this database has evbus, in case it
  * could not look yet.

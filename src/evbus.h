@@ -60,6 +60,7 @@ extern int	evbus_outbox_rotation_s;
 extern int	evbus_dead_letter_retention_s;
 extern int	evbus_inbox_retention_s;
 extern char *evbus_traceparent;
+extern int	evbus_idle_timeout_s;
 
 extern void evbus_define_gucs(void);
 
@@ -127,6 +128,8 @@ typedef struct EvbusDatabase
 	TimestampTz started_at[2];	/* per role: last start registered */
 	TimestampTz failed_since[2];	/* per role: no slot since (0: none) */
 	bool		warned[2];		/* per role: failure logged since */
+	bool		idle[2];		/* per role: exited for want of work (idle.c) */
+	TimestampTz wake_at[2];		/* per role, while idle: due then (0: never) */
 } EvbusDatabase;
 
 extern void evbus_db_installed(Oid dboid);
@@ -141,6 +144,41 @@ extern bool evbus_db_begin_drop(Oid dboid);
 extern void evbus_db_end_drop(Oid dboid, bool dropped);
 extern void evbus_set_launcher_latch(Latch *latch);
 extern void evbus_wake_launcher(void);
+extern bool evbus_worker_go_idle(int role, TimestampTz wake_at);
+extern bool evbus_db_wake(Oid dboid, int role);
+extern int	evbus_db_wake_all(void);
+extern bool evbus_db_role_idle(Oid dboid, int role);
+
+/*
+ * shmem.c: a partition an idle consumer left, with the offset from which a
+ * message there is new to it (wake_watch.c watches them).
+ */
+#define EVBUS_MAX_WATCHES 4096
+
+typedef struct EvbusWatch
+{
+	Oid			dboid;			/* InvalidOid: free entry */
+	int32		partition;
+	int64		offset;
+	char		topic[EVBUS_MAX_TOPIC_LEN + 1];
+} EvbusWatch;
+
+extern bool evbus_consumer_go_idle(TimestampTz wake_at, const EvbusWatch *watches,
+								   int n, uint64 settings);
+extern int	evbus_watches_copy(EvbusWatch *copy, int max, uint64 *settings);
+extern uint32 evbus_watches_version(void);
+extern void evbus_set_watch_settings(uint64 settings);
+
+/* ---------- idle.c: when a worker exits for want of work ---------- */
+extern void evbus_idle_reset(void);
+extern bool evbus_publisher_may_idle(bool busy, TimestampTz *wake_at);
+extern bool evbus_consumer_try_idle(bool busy, TimestampTz next_due,
+									uint64 settings);
+
+/* ---------- wake_watch.c: the launcher watches idle consumers' topics ---------- */
+extern void evbus_watch_serve(uint64 settings);
+extern int	evbus_watch_fd(void);
+extern void evbus_watch_stop(void);
 
 /* ---------- metrics.c: counters in shared memory, evbus.metrics() ---------- */
 extern void evbus_metrics_init(void);

@@ -31,6 +31,7 @@ int			evbus_max_message_bytes = 1000000;
 int			evbus_batch_size = 10000;
 int			evbus_batch_max_bytes = 64 * 1024 * 1024;
 int			evbus_poll_interval_ms = 1000;
+int			evbus_idle_timeout_s = 60;
 int			evbus_publish_linger_ms = 5;
 int			evbus_publish_linger_busy_ms = 0;
 int			evbus_outbox_rotation_s = 60;
@@ -223,6 +224,14 @@ define_publish_gucs(void)
 							NULL,
 							&evbus_outbox_rotation_s,
 							60, 1, 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.idle_timeout",
+							"How long a database's worker has nothing to do before it exits until there is work; 0 keeps it always.",
+							"An idle database holds no evbus process; a commit, a due event or retry, or new messages in its topics start its worker again.",
+							&evbus_idle_timeout_s,
+							60, 0, 86400,
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 }

@@ -24,7 +24,12 @@
  * started within START_GRACE_MS and may still be coming up.  A start that
  * finds no free slot is logged once (WARNING, with a hint to raise
  * max_worker_processes) and shown by evbus.worker_status() in the
- * database, until the worker runs.
+ * database, until the worker runs.  A worker that exited for want of work
+ * (idle.c) is not missing: it is started when woken -- by a commit, which
+ * sets the launcher's latch, or when the time it went idle until comes --
+ * and all idle workers are woken when a reload changes the Kafka settings.
+ * Idle consumers are woken by the launcher's watch over their topics
+ * (wake_watch.c), served in its loop without waiting on the network.
  *
  * When evbus.brokers = 'embedded', the launcher also runs librdkafka's
  * mock cluster (embedded.c): one broker for the whole server, shared by
@@ -59,6 +64,7 @@
 #include "utils/timestamp.h"
 
 #include "evbus.h"
+#include "kafka.h"
 
 /* How often the launcher looks for missing workers. */
 #define LAUNCHER_NAP_MS 1000
@@ -116,7 +122,8 @@ evbus_register_launcher(void)
  * notify_pid and handle are for the launcher's probes (0 and NULL
  * otherwise).  Nothing is started while DROP DATABASE runs in dboid.
  * Without a free background worker slot, the first failure since the
- * worker last ran is a WARNING; the launcher retries.  The worker is
+ * worker last ran is a WARNING (a LOG when workers go idle, and free
+ * slots, after evbus.idle_timeout); the launcher retries.  The worker is
  * never restarted by the postmaster: it exits when its database has no
  * evbus or already has such a worker, and the launcher starts it again
  * when it is missing.  Nothing is started either while a restore writes
@@ -158,8 +165,13 @@ evbus_start_worker(Oid dboid, const char *dbname, int role, pid_t notify_pid,
 		bool		installed = evbus_db_lookup(dboid, &db) &&
 			db.state == EVBUS_DB_INSTALLED;
 
+		/*
+		 * With evbus.idle_timeout, workers exit for want of work and free
+		 * their slots: a start that finds none waits its turn, which is no
+		 * cause for a warning.
+		 */
 		if (evbus_db_start_failed(dboid, role))
-			ereport(installed ? WARNING : LOG,
+			ereport(installed && evbus_idle_timeout_s == 0 ? WARNING : LOG,
 					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 					 installed ?
 					 errmsg("could not start the evbus %s for database \"%s\": no free background worker slot",
@@ -269,9 +281,9 @@ evbus_drop_database_done(Oid guarded, bool dropped)
 		evbus_metrics_forget_database(guarded);
 	if (dropped || !evbus_db_lookup(guarded, &db) || db.state != EVBUS_DB_INSTALLED)
 		return;
-	if (evbus_worker_pid_for(guarded, EVBUS_PUBLISHER) == 0)
+	if (!db.idle[EVBUS_PUBLISHER] && evbus_worker_pid_for(guarded, EVBUS_PUBLISHER) == 0)
 		evbus_start_worker(guarded, guarded_dbname, EVBUS_PUBLISHER, 0, NULL);
-	if (evbus_worker_pid_for(guarded, EVBUS_CONSUMER) == 0)
+	if (!db.idle[EVBUS_CONSUMER] && evbus_worker_pid_for(guarded, EVBUS_CONSUMER) == 0)
 		evbus_start_worker(guarded, guarded_dbname, EVBUS_CONSUMER, 0, NULL);
 	evbus_wake_launcher();
 }
@@ -293,6 +305,7 @@ launcher_xact_callback(XactEvent event, void *arg)
 		if (start_worker_at_commit)
 		{
 			evbus_db_installed(MyDatabaseId);
+			evbus_db_wake(MyDatabaseId, -1);
 			evbus_start_worker(MyDatabaseId, start_dbname, EVBUS_PUBLISHER, 0, NULL);
 			evbus_wake_launcher();
 		}
@@ -416,12 +429,39 @@ probe(LauncherDb *db)
 	return true;
 }
 
-/* Is the worker of role missing in db, and not just being started? */
+/*
+ * Is the worker of role missing in db, and not just being started, nor
+ * idle?  Idleness is read again here, not from the entry copied at the
+ * start of the pass: a worker that went idle since then has freed its
+ * slot, and must not be taken for one that exited.
+ */
 static bool
 worker_missing(const EvbusDatabase *db, int role, TimestampTz now)
 {
 	return evbus_worker_pid_for(db->dboid, role) == 0 &&
-		TimestampDifferenceExceeds(db->started_at[role], now, START_GRACE_MS);
+		TimestampDifferenceExceeds(db->started_at[role], now, START_GRACE_MS) &&
+		!evbus_db_role_idle(db->dboid, role);
+}
+
+/*
+ * wake_when_due --- wake the idle workers of e whose time has come (the
+ * deliver_at or retry they went idle before, idle.c); e is updated.
+ */
+static void
+wake_when_due(EvbusDatabase *e, TimestampTz now)
+{
+	int			role;
+
+	for (role = EVBUS_PUBLISHER; role <= EVBUS_CONSUMER; role++)
+	{
+		if (e->idle[role] && e->wake_at[role] != 0 && now >= e->wake_at[role])
+		{
+			elog(DEBUG1, "evbus: waking the %s of database %u: work is due",
+				 evbus_worker_role_name(role), e->dboid);
+			evbus_db_wake(e->dboid, role);
+			e->idle[role] = false;
+		}
+	}
 }
 
 /*
@@ -471,9 +511,11 @@ launcher_pass(List **dbs, List **probed)
 		}
 		if (e->state != EVBUS_DB_INSTALLED)
 			continue;
+		wake_when_due(e, now);
 		if (worker_missing(e, EVBUS_PUBLISHER, now))
 			evbus_start_worker(e->dboid, db->name, EVBUS_PUBLISHER, 0, NULL);
-		else if (evbus_worker_pid_for(e->dboid, EVBUS_PUBLISHER) != 0 &&
+		else if ((evbus_db_role_idle(e->dboid, EVBUS_PUBLISHER) ||
+				  evbus_worker_pid_for(e->dboid, EVBUS_PUBLISHER) != 0) &&
 				 worker_missing(e, EVBUS_CONSUMER, now))
 			evbus_start_worker(e->dboid, db->name, EVBUS_CONSUMER, 0, NULL);
 	}
@@ -508,6 +550,19 @@ sync_embedded_broker(void)
 		evbus_embedded_stop();
 }
 
+/*
+ * kafka_settings_fingerprint --- the Kafka settings as the launcher sees
+ * them (evbus_kafka_conf_fingerprint of the resolved brokers; 0: none).
+ */
+static uint64
+kafka_settings_fingerprint(void)
+{
+	char		buf[1024];
+	const char *brokers = evbus_resolve_brokers(buf, sizeof(buf));
+
+	return brokers ? evbus_kafka_conf_fingerprint(brokers) : 0;
+}
+
 static void
 launcher_exit(int code, Datum arg)
 {
@@ -521,6 +576,7 @@ evbus_launcher_main(Datum main_arg)
 	List	   *probed = NIL;
 	TimestampTz last_scan = 0;
 	MemoryContext pass_cxt;
+	uint64		settings_seen;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
@@ -534,11 +590,13 @@ evbus_launcher_main(Datum main_arg)
 
 	pgstat_report_activity(STATE_RUNNING, "starting workers");
 	sync_embedded_broker();
+	settings_seen = kafka_settings_fingerprint();
 
 	while (!ShutdownRequestPending)
 	{
 		TimestampTz now = GetCurrentTimestamp();
 		MemoryContext old;
+		int			fd;
 
 		if (TimestampDifferenceExceeds(last_scan, now, SCAN_INTERVAL_MS))
 		{
@@ -547,13 +605,19 @@ evbus_launcher_main(Datum main_arg)
 			last_scan = now;
 		}
 		old = MemoryContextSwitchTo(pass_cxt);
+		/* idle consumers' topics first: a message there starts its consumer */
+		evbus_watch_serve(settings_seen);
 		launcher_pass(&dbs, &probed);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(pass_cxt);
 		pgstat_report_activity(STATE_IDLE, NULL);
 
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 LAUNCHER_NAP_MS, PG_WAIT_EXTENSION);
+		fd = evbus_watch_fd();
+		(void) WaitLatchOrSocket(MyLatch,
+								 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH |
+								 (fd >= 0 ? WL_SOCKET_READABLE : 0),
+								 fd >= 0 ? fd : PGINVALID_SOCKET,
+								 LAUNCHER_NAP_MS, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 
@@ -562,9 +626,22 @@ evbus_launcher_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 			sync_embedded_broker();
+
+			/*
+			 * Other brokers or Kafka settings: idle workers start, to publish
+			 * what waited for brokers and to subscribe there (idle.c).
+			 */
+			if (kafka_settings_fingerprint() != settings_seen)
+			{
+				settings_seen = kafka_settings_fingerprint();
+				if (evbus_db_wake_all() > 0)
+					ereport(LOG,
+							(errmsg("evbus: the Kafka settings changed: idle workers start again")));
+			}
 		}
 	}
 
+	evbus_watch_stop();
 	evbus_embedded_stop();
 	proc_exit(0);
 }

@@ -612,8 +612,10 @@ evbus_metrics(PG_FUNCTION_ARGS)
 		{
 			const char *worker = evbus_worker_role_name(role);
 
+			/* idle databases (idle.c): an idle worker is not down */
 			emit(&out, "evbus_worker_up", "gauge", worker, NULL, NULL, NULL, NULL,
-				 evbus_worker_pid_for(copy.dboid, role) != 0 ? 1 : 0);
+				 evbus_worker_pid_for(copy.dboid, role) != 0 ||
+				 evbus_db_role_idle(copy.dboid, role) ? 1 : 0);
 			if (copy.broker_up[role] >= 0)
 				emit(&out, "evbus_broker_up", "gauge", worker, NULL, NULL, NULL,
 					 NULL, copy.broker_up[role]);

@@ -22,7 +22,9 @@
  * cut short only means events produced again, with the same message ids.
  * The postmaster never restarts the worker: the launcher starts it again
  * when it is missing, unless its database is being dropped or no longer
- * has evbus (launcher.c).
+ * has evbus (launcher.c), or the worker exited for want of work: after
+ * evbus.idle_timeout with nothing to publish it exits, and is started
+ * again when woken (idle.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -42,6 +44,7 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "evbus.h"
 #include "publisher.h"
@@ -128,9 +131,11 @@ evbus_publisher_main(Datum main_arg)
 
 	/*
 	 * Handlers run in a process of their own, so that a slow handler never
-	 * delays publishing.  If it runs already, the new one exits at once.
+	 * delays publishing.  If it runs already, the new one exits at once; if
+	 * it is idle, it is started when woken (idle.c).
 	 */
-	evbus_start_worker(dboid, dbname, EVBUS_CONSUMER, 0, NULL);
+	if (!evbus_db_role_idle(dboid, EVBUS_CONSUMER))
+		evbus_start_worker(dboid, dbname, EVBUS_CONSUMER, 0, NULL);
 
 	/* what a step allocates is gone at the end of the step */
 	step_cxt = AllocSetContextCreate(TopMemoryContext, "evbus publisher step",
@@ -139,6 +144,8 @@ evbus_publisher_main(Datum main_arg)
 	for (;;)
 	{
 		bool		more;
+		bool		woken;
+		TimestampTz wake_at;
 		WaitEvent	events[3];
 		int			nevents;
 		int			fd;
@@ -149,8 +156,23 @@ evbus_publisher_main(Datum main_arg)
 		if (evbus_version_recheck(true))
 			worker_exit(1);
 
+		woken = evbus_worker_wake_pending();
 		MemoryContextSwitchTo(step_cxt);
 		more = evbus_publisher_step(claim_wanted);
+
+		/* nothing to do for evbus.idle_timeout: exit until woken (idle.c) */
+		if (evbus_publisher_may_idle(more || woken, &wake_at) &&
+			evbus_worker_go_idle(EVBUS_PUBLISHER, wake_at))
+		{
+			ereport(LOG,
+					(errmsg("evbus: publisher for database \"%s\" exits: nothing to publish for %d s (evbus.idle_timeout)",
+							dbname, evbus_idle_timeout_s),
+					 wake_at != 0 ?
+					 errdetail("It starts again at the next commit that stages events, or at %s for an event due then.",
+							   timestamptz_to_str(wake_at)) :
+					 errdetail("It starts again at the next commit that stages events.")));
+			worker_exit(0);
+		}
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(step_cxt);
 

@@ -415,6 +415,8 @@ subscribe(FunctionCallInfo fcinfo, int group_arg, int retries_arg,
 		if (attempt > 0)
 			elog(ERROR, "could not subscribe %s: the subscription changed concurrently", signature);
 	}
+	/* idle databases (idle.c): an idle consumer starts to subscribe */
+	evbus_wake_at_commit(false, true);
 }
 
 /*
@@ -482,7 +484,11 @@ evbus_unsubscribe(PG_FUNCTION_ARGS)
 							   " AND group_name OPERATOR(pg_catalog.=) $3"
 							   " AND pg_catalog.pg_has_role($4, run_as::pg_catalog.oid, 'MEMBER')",
 							   4, argtypes, values, NULL) > 0)
+	{
+		/* idle databases (idle.c): an idle consumer starts to unsubscribe */
+		evbus_wake_at_commit(false, true);
 		PG_RETURN_BOOL(true);
+	}
 	refuse_not_member("remove", event, group, signature);
 	PG_RETURN_BOOL(false);
 }

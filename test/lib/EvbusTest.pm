@@ -406,6 +406,9 @@ sub new_node
 	# two workers per database with evbus (publisher, consumer) and the
 	# launcher: leave room for several databases
 	my @conf = ("shared_preload_libraries = 'evbus'", 'max_worker_processes = 20');
+	# workers that never exit for want of work, as the tests expect them
+	# (a test of idle databases sets evbus.idle_timeout in its conf)
+	push @conf, 'evbus.idle_timeout = 0';
 	push @conf, "evbus.brokers = '" . kafka_bootstrap() . "'" if $opts{kafka};
 	my $extra = $opts{conf} // [];
 	push @conf, ref $extra ? @$extra : ($extra);

@@ -260,7 +260,8 @@ SELECT set_eq($$SELECT name::text FROM pg_catalog.pg_settings WHERE name LIKE 'e
 					'evbus.poll_interval', 'evbus.publish_linger',
 					'evbus.publish_linger_busy', 'evbus.retry_interval',
 					'evbus.retry_max_interval', 'evbus.topic_prefix',
-					'evbus.traceparent', 'evbus.wait_for_standbys'],
+					'evbus.traceparent', 'evbus.wait_for_standbys',
+					'evbus.idle_timeout'],
 			  'the settings of evbus are exactly the documented ones');
 
 SELECT * FROM finish();

@@ -1,0 +1,225 @@
+/*-------------------------------------------------------------------------
+ *
+ * idle.c
+ *	  When a database's worker exits for want of work, so that an idle
+ *	  database costs no process and no broker connection.
+ *
+ * A worker that has had nothing to do for evbus.idle_timeout looks once
+ * more, with a fresh snapshot, and if there is still nothing it marks its
+ * role of the database idle in shared memory and exits (shmem.c,
+ * evbus_worker_go_idle).  The launcher does not start an idle worker
+ * again until it is woken: by a COMMIT that staged events or put work
+ * back (the wake that would have set its latch, evbus_wake_worker_role),
+ * by the time remembered when it went idle (the earliest deliver_at still
+ * to come, the next retry), by CREATE EXTENSION, or by a reload that
+ * changes the Kafka settings (launcher.c).
+ *
+ * The consumer has nothing to do when no retry is due within
+ * evbus.idle_timeout, no message waits in the inbox, and it has read every
+ * partition it was assigned up to its high watermark, the same ones twice
+ * in a row an idle timeout apart (so a consumer that receives nothing for
+ * one idle timeout goes idle after two); a subscribed topic of which it
+ * has no partition (not created yet) is watched at its first partition
+ * from the start.  It leaves those partitions and
+ * their high watermarks in shared memory: the launcher watches them with
+ * a Kafka client of its own and wakes the consumer at the first message
+ * there (wake_watch.c).  Its group rebalances meanwhile.
+ *
+ * The publisher has nothing to do when no outbox row is left to publish
+ * whose deliver_at has come or comes within evbus.idle_timeout.  A
+ * prepared transaction does not keep it: COMMIT PREPARED, which runs no
+ * commit callback of the session that staged the events, wakes the
+ * publisher itself (evbus.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "consumer.h"
+#include "outbox.h"
+#include "publisher.h"
+
+/* Rows of a table listed when looking for pending ones: more is busy. */
+#define IDLE_PENDING_MAX 1000
+
+/* Since when the worker has had nothing to do (0: busy just now). */
+static TimestampTz quiet_since = 0;
+
+/* The worker had work: the idle timeout starts again. */
+void
+evbus_idle_reset(void)
+{
+	quiet_since = 0;
+}
+
+/*
+ * quiet_long_enough --- has the worker had nothing to do (busy false)
+ * since evbus.idle_timeout?  Never with evbus.idle_timeout = 0.
+ */
+static bool
+quiet_long_enough(bool busy)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (evbus_idle_timeout_s <= 0 || busy)
+	{
+		quiet_since = 0;
+		return false;
+	}
+	if (quiet_since == 0)
+		quiet_since = now;
+	return TimestampDifferenceExceeds(quiet_since, now,
+									  evbus_idle_timeout_s * 1000);
+}
+
+/*
+ * earliest_deliver_at --- the earliest deliver_at of the pending rows
+ * ids of evbus.outbox_<table> (-infinity for a row due now), or 0 if
+ * none.  Inside evbus_worker_begin/commit.
+ */
+static TimestampTz
+earliest_deliver_at(int table, int64 *ids, int n)
+{
+	char		sql[256];
+	Datum	   *elems = palloc(sizeof(Datum) * n);
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		values[1];
+	bool		isnull;
+	Datum		d;
+	int			i;
+
+	for (i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	snprintf(sql, sizeof(sql),
+			 "SELECT pg_catalog.min(coalesce(deliver_at, '-infinity')) "
+			 "FROM evbus.outbox_%d WHERE id = ANY ($1)", table);
+	if (SPI_execute_with_args(sql, 1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "evbus: could not read the outbox's deliver_at");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetTimestampTz(d);
+}
+
+/*
+ * publisher_has_no_work --- no outbox row due before now +
+ * evbus.idle_timeout; *wake_at is the
+ * earliest deliver_at of the rows left (0: none).
+ */
+static bool
+publisher_has_no_work(TimestampTz *wake_at)
+{
+	TimestampTz soon = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												   evbus_idle_timeout_s * 1000);
+	int64	   *ids = palloc(sizeof(int64) * (IDLE_PENDING_MAX + 1));
+	bool		none = true;
+	int			table;
+
+	*wake_at = 0;
+	evbus_worker_begin(evbus_publisher_shutdown);
+	for (table = 0; none && table < 2; table++)
+	{
+		int			n = evbus_outbox_pending_ids(table, IDLE_PENDING_MAX, ids);
+		TimestampTz first;
+
+		if (n > IDLE_PENDING_MAX)
+			none = false;
+		else if (n > 0)
+		{
+			first = earliest_deliver_at(table, ids, n);
+			if (first != 0 && first <= soon)
+				none = false;
+			else if (first != 0 && (*wake_at == 0 || first < *wake_at))
+				*wake_at = first;
+		}
+	}
+	evbus_worker_commit();
+	pfree(ids);
+	return none;
+}
+
+/*
+ * evbus_publisher_may_idle --- called by the publisher after each step
+ * (busy: the step had work, or a commit woke it): true when it has had
+ * nothing to do for evbus.idle_timeout and still has none; then *wake_at
+ * is when it must run again (0: only when woken).
+ */
+bool
+evbus_publisher_may_idle(bool busy, TimestampTz *wake_at)
+{
+	if (!quiet_long_enough(busy))
+		return false;
+	if (!publisher_has_no_work(wake_at))
+	{
+		quiet_since = GetCurrentTimestamp();	/* look again a timeout later */
+		return false;
+	}
+	return true;
+}
+
+/* The consumer's partitions at its last look (-1: none yet). */
+static EvbusWatch *watched = NULL;
+static int	nwatched = -1;
+
+/* Are a and b the same partitions at the same offsets? */
+static bool
+same_watches(const EvbusWatch *a, int na, const EvbusWatch *b, int nb)
+{
+	int			i;
+
+	if (na != nb)
+		return false;
+	for (i = 0; i < na; i++)
+		if (a[i].partition != b[i].partition || a[i].offset != b[i].offset ||
+			strcmp(a[i].topic, b[i].topic) != 0)
+			return false;
+	return true;
+}
+
+/*
+ * evbus_consumer_try_idle --- called by the consumer after each pass
+ * (busy: it had messages, pending ones, or was woken; next_due: the next
+ * retry, 0 if none; settings: the Kafka settings its consumers were built
+ * from).  True when the consumer had nothing to do for the idle timeout,
+ * has read everything it was assigned, and went idle: it then holds no
+ * slot and must leave.
+ */
+bool
+evbus_consumer_try_idle(bool busy, TimestampTz next_due, uint64 settings)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	EvbusWatch *w = NULL;
+	int			n;
+
+	if (next_due != 0 &&
+		next_due <= TimestampTzPlusMilliseconds(now, evbus_idle_timeout_s * 1000))
+		busy = true;
+	if (!quiet_long_enough(busy))
+	{
+		if (busy)
+			nwatched = -1;
+		return false;
+	}
+	quiet_since = now;			/* look again a timeout later */
+	n = evbus_consumers_watch_list(&w);
+	if (n < 0 || !same_watches(w, n, watched, nwatched))
+	{
+		if (watched)
+			pfree(watched);
+		watched = NULL;
+		nwatched = n;
+		if (n >= 0)
+		{
+			watched = MemoryContextAlloc(TopMemoryContext, sizeof(EvbusWatch) * Max(n, 1));
+			memcpy(watched, w, sizeof(EvbusWatch) * n);
+		}
+		return false;
+	}
+	return evbus_consumer_go_idle(next_due, w, n, settings);
+}
