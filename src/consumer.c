@@ -711,16 +711,18 @@ watch_add(EvbusWatch *w, int *n, int *cap, const char *topic, int32 partition,
  * evbus.resume_subscription, which wakes the consumer.  Returns the
  * number of entries in *out (palloc'd), or -1 when the consumer has not
  * settled: a high watermark not known yet, or a partition not read up to
- * it.
+ * it.  *unassigned says whether a topic of a group had no partition here
+ * (watched at its first partition only, see below).
  */
 int
-evbus_consumers_watch_list(EvbusWatch **out)
+evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned)
 {
 	ListCell   *lc;
 	int			cap = 16;
 	int			n = 0;
 	EvbusWatch *w = palloc0(sizeof(EvbusWatch) * cap);
 
+	*unassigned = false;
 	foreach(lc, consumers)
 	{
 		GroupConsumer *gc = lfirst(lc);
@@ -755,8 +757,10 @@ evbus_consumers_watch_list(EvbusWatch **out)
 		/*
 		 * A topic of the group (not paused) with no partition here: it may
 		 * not exist yet, or its partitions are another member's.  Its first
-		 * partition is watched from the start, so that the topic's first
-		 * message wakes the consumer, which then joins the group again.
+		 * partition is watched from the start, so that a first message
+		 * there wakes the consumer, which then joins the group again; a
+		 * message in another partition is found when the consumer wakes to
+		 * look again (idle.c, UNASSIGNED_RECHECK).
 		 */
 		for (tok = strtok_r(copy, ",", &save); settled && tok;
 			 tok = strtok_r(NULL, ",", &save))
@@ -773,6 +777,7 @@ evbus_consumers_watch_list(EvbusWatch **out)
 				break;
 			}
 			w = watch_add(w, &n, &cap, tok, 0, 0);
+			*unassigned = true;
 		}
 		rd_kafka_topic_partition_list_destroy(assignment);
 		if (!settled)

@@ -45,6 +45,16 @@
 #include "outbox.h"
 #include "publisher.h"
 
+/*
+ * An idle consumer with a subscribed topic of which it had no partition
+ * (the topic did not exist yet, or its partitions were another member's)
+ * wakes this many idle timeouts later to look again: the launcher watches
+ * only the first partition of such a topic, and a message in another one
+ * would otherwise wait for some other wake (test 238_idle_databases.pl,
+ * a topic created by the first event published after subscribing).
+ */
+#define UNASSIGNED_RECHECK 5
+
 /* Rows of a table listed when looking for pending ones: more is busy. */
 #define IDLE_PENDING_MAX 1000
 
@@ -196,6 +206,7 @@ evbus_consumer_try_idle(bool busy, TimestampTz next_due, uint64 settings)
 	TimestampTz now = GetCurrentTimestamp();
 	EvbusWatch *w = NULL;
 	int			n;
+	bool		unassigned;
 
 	if (next_due != 0 &&
 		next_due <= TimestampTzPlusMilliseconds(now, evbus_idle_timeout_s * 1000))
@@ -207,7 +218,7 @@ evbus_consumer_try_idle(bool busy, TimestampTz next_due, uint64 settings)
 		return false;
 	}
 	quiet_since = now;			/* look again a timeout later */
-	n = evbus_consumers_watch_list(&w);
+	n = evbus_consumers_watch_list(&w, &unassigned);
 	if (n < 0 || !same_watches(w, n, watched, nwatched))
 	{
 		if (watched)
@@ -220,6 +231,14 @@ evbus_consumer_try_idle(bool busy, TimestampTz next_due, uint64 settings)
 			memcpy(watched, w, sizeof(EvbusWatch) * n);
 		}
 		return false;
+	}
+	if (unassigned)
+	{
+		TimestampTz recheck = TimestampTzPlusMilliseconds(now, (int64) evbus_idle_timeout_s *
+														  1000 * UNASSIGNED_RECHECK);
+
+		if (next_due == 0 || recheck < next_due)
+			next_due = recheck;
 	}
 	return evbus_consumer_go_idle(next_due, w, n, settings);
 }
