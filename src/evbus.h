@@ -336,6 +336,7 @@ extern void evbus_worker_begin(void (*let_go) (void));
 extern void evbus_worker_commit(void);
 extern SPIPlanPtr evbus_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs,
 								  Oid *argtypes);
+extern Datum evbus_int8_array(const int64 *values, int n);
 extern void evbus_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 						   const char *nulls, int expected);
 

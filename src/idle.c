@@ -97,17 +97,12 @@ static TimestampTz
 earliest_deliver_at(int table, int64 *ids, int n)
 {
 	char		sql[256];
-	Datum	   *elems = palloc(sizeof(Datum) * n);
 	Oid			argtypes[1] = {INT8ARRAYOID};
 	Datum		values[1];
 	bool		isnull;
 	Datum		d;
-	int			i;
 
-	for (i = 0; i < n; i++)
-		elems[i] = Int64GetDatum(ids[i]);
-	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, 8,
-												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[0] = evbus_int8_array(ids, n);
 	snprintf(sql, sizeof(sql),
 			 "SELECT pg_catalog.min(coalesce(deliver_at, '-infinity')) "
 			 "FROM evbus.outbox_%d WHERE id = ANY ($1)", table);

@@ -246,16 +246,10 @@ mark_handled(int64 *ids, int n)
 	static SPIPlanPtr plan = NULL;
 	Oid			types[1] = {INT8ARRAYOID};
 	Datum		values[1];
-	Datum	   *elems;
-	int			i;
 
 	if (n == 0)
 		return;
-	elems = palloc(sizeof(Datum) * n);
-	for (i = 0; i < n; i++)
-		elems[i] = Int64GetDatum(ids[i]);
-	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL,
-												TYPALIGN_DOUBLE));
+	values[0] = evbus_int8_array(ids, n);
 	if (SPI_execute_plan(evbus_kept_plan(&plan,
 										 "UPDATE evbus.inbox SET state = 'handled',"
 										 " handled_at = pg_catalog.now(), next_attempt_at = NULL"

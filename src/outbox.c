@@ -198,13 +198,8 @@ truncate_if_published(int slot, int current, EvbusOutboxHeldFn held)
 	{
 		Oid			argtypes[1] = {INT8ARRAYOID};
 		Datum		values[1];
-		Datum	   *elems = palloc(sizeof(Datum) * n);
-		int			i;
 
-		for (i = 0; i < n; i++)
-			elems[i] = Int64GetDatum(ids[i]);
-		values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, 8,
-													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[0] = evbus_int8_array(ids, n);
 		snprintf(sql, sizeof(sql),
 				 "INSERT INTO evbus.outbox_%d SELECT * FROM evbus.outbox_%d"
 				 " WHERE id OPERATOR(pg_catalog.=) ANY ($1)",

@@ -18,6 +18,9 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
+#include "utils/array.h"
+
 #include "access/xact.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -216,4 +219,20 @@ evbus_subxact_abort(EvbusSubxact *sx)
 	MemoryContextSwitchTo(sx->cxt);
 	CurrentResourceOwner = sx->owner;
 	return edata;
+}
+
+/*
+ * evbus_int8_array --- an int8[] Datum of the n values (ids to pass as one
+ * SPI parameter, "= ANY ($1)").
+ */
+Datum
+evbus_int8_array(const int64 *values, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	int			i;
+
+	for (i = 0; i < n; i++)
+		elems[i] = Int64GetDatum(values[i]);
+	return PointerGetDatum(construct_array(elems, n, INT8OID, 8,
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
