@@ -212,7 +212,22 @@ watch_assign(uint64 settings)
 	nwatches = evbus_watches_copy(watches, EVBUS_MAX_WATCHES, &left_for);
 	if (nwatches == 0 && rk == NULL)
 		return true;
-	if (rk == NULL && !watch_create(settings))
+
+	/*
+	 * A new client for each new set of partitions: librdkafka 2.0.2 aborts
+	 * the process (assertion rktp_started in
+	 * rd_kafka_assignment_partition_stopped) when an assignment replaces
+	 * one whose partitions are still starting, which took the launcher and
+	 * the whole server down in test 238_idle_databases.pl.
+	 */
+	if (rk != NULL)
+	{
+		bool		seen = seen_once;
+
+		evbus_watch_stop();
+		seen_once = seen;
+	}
+	if (!watch_create(settings))
 		return false;
 	list = rd_kafka_topic_partition_list_new(Max(nwatches, 1));
 	for (i = 0; i < nwatches; i++)
