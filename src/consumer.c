@@ -754,13 +754,14 @@ evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned)
 			}
 			w = watch_add(w, &n, &cap, p->topic, p->partition, hi);
 		}
+
 		/*
 		 * A topic of the group (not paused) with no partition here: it may
 		 * not exist yet, or its partitions are another member's.  Its first
-		 * partition is watched from the start, so that a first message
-		 * there wakes the consumer, which then joins the group again; a
-		 * message in another partition is found when the consumer wakes to
-		 * look again (idle.c, UNASSIGNED_RECHECK).
+		 * partition is watched from the start, so that a first message there
+		 * wakes the consumer, which then joins the group again; a message in
+		 * another partition is found when the consumer wakes to look again
+		 * (idle.c, UNASSIGNED_RECHECK).
 		 */
 		for (tok = strtok_r(copy, ",", &save); settled && tok;
 			 tok = strtok_r(NULL, ",", &save))

@@ -73,6 +73,9 @@ extern void evbus_check_subscriptions_owner(const char *event, const char *group
 extern bool evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads,
 							  Jsonb **headers, int n, char **error_code,
 							  char **error_message);
+extern bool evbus_run_handler_each(const EvbusSubscription *sub, Jsonb **payloads,
+								   Jsonb **headers, int n, int64 *took,
+								   char **error_code, char **error_message);
 extern void evbus_forget_handler_plans(void);
 
 /* handler_trace.c */
@@ -112,6 +115,6 @@ extern void evbus_consumers_report_watermarks(void);
 extern void evbus_consumers_shutdown(void);
 extern void evbus_consumers_let_go(void);
 extern void evbus_consumers_exit(void);
-extern int	evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned);	/* idle.c */
+extern int	evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned); /* idle.c */
 
 #endif							/* EVBUS_CONSUMER_H */

@@ -8,14 +8,19 @@
  * Each handler of a message is a unit of its own: a failure rolls back
  * that handler's effects only, and the error (SQLSTATE and message) goes
  * back to the caller, which records it for that handler in the same
- * (outer) transaction (test 210_subscription_ownership.pl).  Handlers
+ * (outer) transaction (test 210_subscription_ownership.pl).  The caller
+ * may first try a handler for many messages in one subtransaction, one
+ * call per message (evbus_run_handler_each): if all run, that is the
+ * same as one subtransaction each; if one fails, none of them has run,
+ * and the caller runs them one subtransaction each.  Handlers
  * cannot control the transaction (SPI is atomic here: COMMIT in a
  * procedure is an error like any other) and run as a security-restricted
  * operation, like PostgreSQL's own maintenance commands running user code.
  *
  * Before each run the subscription is checked again: its role exists and
  * is not a superuser, its handler exists (resolved from its signature)
- * and is owned by that role or a role it is a member of.  A check that
+ * and is owned by that role or a role it is a member of, who may execute
+ * it.  A check that
  * fails is a failed attempt like any other: retried, then dead-lettered,
  * the handler never run (tests 212_handler_run_as.pl,
  * 216_dropped_handler.pl).
@@ -40,10 +45,13 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/objectaccess.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -51,6 +59,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timeout.h"
 
@@ -128,19 +137,30 @@ evbus_forget_handler_plans(void)
 }
 
 /*
- * checked_call --- check the subscription as of now (see the top of this
- * file) and return the statement that calls its handler, with the
- * function's OID in *fn, its arity in *nargs, its argument types in
- * argtypes and whether it is a batch handler in *batch.  Errors are
- * failed attempts.
+ * What a handler's run needs, found by checked_call: the function, how to
+ * call it and the statement that calls it.
  */
-static char *
-checked_call(const EvbusSubscription *sub, Oid *fn, int *nargs, Oid *argtypes,
-			 bool *batch)
+typedef struct HandlerCall
+{
+	Oid			fn;				/* the handler's function or procedure */
+	int			nargs;			/* 1 (payload) or 2 (payload, headers) */
+	Oid			argtypes[2];	/* jsonb, or jsonb[] for a batch handler */
+	bool		batch;			/* (payloads jsonb[], headers jsonb[]) */
+	bool		direct;			/* a plain function: called through fmgr */
+	char	   *sql;			/* CALL or SELECT of it, for SPI */
+	FmgrInfo	flinfo;			/* direct: its lookup */
+	SPIPlanPtr	plan;			/* not direct: sql, prepared */
+} HandlerCall;
+
+/*
+ * checked_call --- check the subscription as of now (see the top of this
+ * file) and describe how to call its handler.  Errors are failed attempts.
+ */
+static void
+checked_call(const EvbusSubscription *sub, HandlerCall *call)
 {
 	HeapTuple	tup;
 	Form_pg_proc proc;
-	char	   *sql;
 
 	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(sub->run_as)))
 		ereport(ERROR,
@@ -156,25 +176,25 @@ checked_call(const EvbusSubscription *sub, Oid *fn, int *nargs, Oid *argtypes,
 				 errhint("Remove superuser from role %s, or unsubscribe the handler.",
 						 evbus_role_name(sub->run_as))));
 
-	*fn = evbus_resolve_handler(sub->signature);
-	tup = OidIsValid(*fn) ? SearchSysCache1(PROCOID, ObjectIdGetDatum(*fn)) : NULL;
+	call->fn = evbus_resolve_handler(sub->signature);
+	tup = OidIsValid(call->fn) ? SearchSysCache1(PROCOID, ObjectIdGetDatum(call->fn)) : NULL;
 	if (!HeapTupleIsValid(tup))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("handler %s does not exist", sub->signature),
 				 errhint("Create it again (its messages run then), or unsubscribe it.")));
 	proc = (Form_pg_proc) GETSTRUCT(tup);
-	*nargs = proc->pronargs;
-	*batch = evbus_batch_handler_args(proc->pronargs, proc->proargtypes.values);
-	argtypes[0] = *batch ? JSONBARRAYOID : JSONBOID;
-	argtypes[1] = argtypes[0];
-	sql = psprintf(proc->prokind == PROKIND_PROCEDURE ? "CALL %s(%s)" : "SELECT %s(%s)",
-				   quote_qualified_identifier(get_namespace_name(proc->pronamespace),
-											  NameStr(proc->proname)),
-				   proc->pronargs == 2 ? "$1, $2" : "$1");
-	evbus_check_handler_owner(*fn, proc->proowner, sub->run_as);
+	call->nargs = proc->pronargs;
+	call->batch = evbus_batch_handler_args(proc->pronargs, proc->proargtypes.values);
+	call->argtypes[0] = call->batch ? JSONBARRAYOID : JSONBOID;
+	call->argtypes[1] = call->argtypes[0];
+	call->direct = proc->prokind == PROKIND_FUNCTION && !proc->proretset;
+	call->sql = psprintf(proc->prokind == PROKIND_PROCEDURE ? "CALL %s(%s)" : "SELECT %s(%s)",
+						 quote_qualified_identifier(get_namespace_name(proc->pronamespace),
+													NameStr(proc->proname)),
+						 proc->pronargs == 2 ? "$1, $2" : "$1");
+	evbus_check_handler_owner(call->fn, proc->proowner, sub->run_as);
 	ReleaseSysCache(tup);
-	return sql;
 }
 
 /* A jsonb[] of n values, in their order. */
@@ -190,26 +210,125 @@ jsonb_array(Jsonb **elems, int n)
 }
 
 /*
- * Run one handler as its subscriber, with the settings a connection of
- * that role would have; whatever settings it changes are undone when it
- * returns or fails.
+ * Become the handler's subscriber, with the settings a connection of that
+ * role would have, inside a new GUC nest level (returned): end_as_subscriber
+ * undoes all of it, and whatever settings the handler changed.
+ */
+static int
+begin_as_subscriber(const EvbusSubscription *sub, Oid save_userid, int save_sec_context)
+{
+	int			nest;
+
+	SetUserIdAndSecContext(sub->run_as,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	nest = NewGUCNestLevel();
+	evbus_apply_login_settings(sub->run_as);
+	return nest;
+}
+
+static void
+end_as_subscriber(int nest, Oid save_userid, int save_sec_context)
+{
+	/* false: also undo the handler's session-level SETs (test 214) */
+	AtEOXact_GUC(false, nest);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+/*
+ * Call the handler once, with these arguments, as a statement of its own
+ * under evbus.handler_timeout, continuing the trace of the message whose
+ * headers are trace_headers (NULL: none).  Settings it changes are undone
+ * when it returns.  A plain function is called through fmgr, its lookup
+ * kept by the caller across calls so that a SQL function keeps its parsed
+ * body from one message to the next (prepare_call); anything else runs its
+ * statement prepared through SPI.
+ */
+static void
+call_once(const EvbusSubscription *sub, HandlerCall *call, Datum *values,
+		  Jsonb *trace_headers)
+{
+	int			nest = NewGUCNestLevel();
+	int			rc = SPI_OK_SELECT;
+
+	/* after the role's settings: the message's trace context wins */
+	evbus_handler_trace_begin(trace_headers);
+	enable_timeout_after(STATEMENT_TIMEOUT, evbus_handler_timeout_ms);
+	if (call->direct)
+	{
+		LOCAL_FCINFO(fcinfo, 2);
+		PgStat_FunctionCallUsage fcusage;
+
+		/* like a statement of its own: it sees what ran before it */
+		CommandCounterIncrement();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		InitFunctionCallInfoData(*fcinfo, &call->flinfo, call->nargs, InvalidOid, NULL, NULL);
+		fcinfo->args[0].value = values[0];
+		fcinfo->args[0].isnull = false;
+		fcinfo->args[1].value = values[1];
+		fcinfo->args[1].isnull = false;
+		pgstat_init_function_usage(fcinfo, &fcusage);
+		(void) FunctionCallInvoke(fcinfo);
+		pgstat_end_function_usage(&fcusage, true);
+		PopActiveSnapshot();
+	}
+	else
+		rc = SPI_execute_plan(call->plan, values, NULL, false, 0);
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	evbus_handler_trace_end();
+	AtEOXact_GUC(false, nest);
+	if (rc < 0)
+		elog(ERROR, "handler %s failed: %s", sub->signature, SPI_result_code_string(rc));
+}
+
+/*
+ * check_direct_call --- what the executor checks before it calls a
+ * function, for a handler called through fmgr: EXECUTE as the subscriber
+ * (its owner may have revoked it from itself), and the object access hook.
+ */
+static void
+check_direct_call(const EvbusSubscription *sub, const HandlerCall *call)
+{
+	AclResult	aclresult = pg_proc_aclcheck(call->fn, sub->run_as, ACL_EXECUTE);
+
+	if (aclresult != ACLCHECK_OK)
+		aclcheck_error(aclresult, OBJECT_FUNCTION, get_func_name(call->fn));
+	InvokeFunctionExecuteHook(call->fn);
+}
+
+/*
+ * prepare_call --- what calling the handler needs, before becoming its
+ * subscriber: a plain function's lookup (in the current memory context,
+ * where a SQL function keeps its parsed body for later calls) after the
+ * executor's checks, else the prepared statement.
+ */
+static void
+prepare_call(const EvbusSubscription *sub, HandlerCall *call)
+{
+	if (call->direct)
+	{
+		check_direct_call(sub, call);
+		fmgr_info(call->fn, &call->flinfo);
+	}
+	else
+		call->plan = handler_plan(call->fn, call->sql, call->nargs, call->argtypes);
+}
+
+/*
+ * Run one handler as its subscriber: for one message, or for a batch
+ * handler n messages at once.
  */
 static void
 run_one(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n)
 {
+	HandlerCall call;
 	Datum		values[2];
 	Oid			save_userid;
 	int			save_sec_context;
 	int			nest;
-	Oid			fn;
-	int			nargs;
-	Oid			argtypes[2];
-	bool		batch;
-	char	   *sql = checked_call(sub, &fn, &nargs, argtypes, &batch);
-	SPIPlanPtr	plan = handler_plan(fn, sql, nargs, argtypes);
-	int			rc;
 
-	if (batch)
+	checked_call(sub, &call);
+	if (call.batch)
 	{
 		/* Kafka's order; headers[i] goes with payloads[i] (test 190) */
 		values[0] = jsonb_array(payloads, n);
@@ -225,45 +344,68 @@ run_one(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n)
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
 				 errmsg("handler %s is not a batch handler any more", sub->signature),
 				 errhint("Its messages are handled one at a time.")));
+	prepare_call(sub, &call);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(sub->run_as,
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	nest = NewGUCNestLevel();
-	evbus_apply_login_settings(sub->run_as);
-	/*
-	 * After the role's settings: the message's trace context wins.  A batch
-	 * of several messages has no one message to continue (docs/consumer.md).
-	 */
-	evbus_handler_trace_begin(n == 1 ? headers[0] : NULL);
-	enable_timeout_after(STATEMENT_TIMEOUT, evbus_handler_timeout_ms);
-
-	rc = SPI_execute_plan(plan, values, NULL, false, 0);
-
-	disable_timeout(STATEMENT_TIMEOUT, false);
-	evbus_handler_trace_end();
-	/* false: also undo the handler's session-level SETs (test 214) */
-	AtEOXact_GUC(false, nest);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-	if (rc < 0)
-		elog(ERROR, "handler %s failed: %s", sub->signature, SPI_result_code_string(rc));
+	nest = begin_as_subscriber(sub, save_userid, save_sec_context);
+	/* a batch of several messages has no one message to continue */
+	call_once(sub, &call, values, n == 1 ? headers[0] : NULL);
+	end_as_subscriber(nest, save_userid, save_sec_context);
 }
 
 /*
- * evbus_run_handler --- run one handler of n messages in a subtransaction:
- * one message (n 1), or for a batch handler n messages at once, in
- * arrays (a batch handler called with one message gets one-element
- * arrays).
- *
- * Returns true on success.  On failure, returns false with the SQLSTATE and
- * message of the error (palloc'd in the caller's context); the handler's
- * effects of this attempt are rolled back, the outer transaction is intact.
- * Must be called inside a transaction with SPI connected.
+ * Run a per-message handler as its subscriber for each of n messages in
+ * turn, in their order, each call a statement of its own as in run_one;
+ * took[i] gets how long the call of message i took.  The subscriber's
+ * settings are applied once; each call starts from them.
  */
-bool
-evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
-				  int n, char **error_code, char **error_message)
+static void
+run_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n,
+		 int64 *took)
+{
+	HandlerCall call;
+	Oid			save_userid;
+	int			save_sec_context;
+	int			nest;
+	MemoryContext call_cxt;
+	int			i;
+
+	checked_call(sub, &call);
+	if (call.batch)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("handler %s is a batch handler now", sub->signature),
+				 errhint("Its messages are handled one at a time until the subscriptions are read again.")));
+	prepare_call(sub, &call);
+	call_cxt = AllocSetContextCreate(CurrentMemoryContext, "evbus handler call",
+									 ALLOCSET_DEFAULT_SIZES);
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	nest = begin_as_subscriber(sub, save_userid, save_sec_context);
+	for (i = 0; i < n; i++)
+	{
+		TimestampTz started = GetCurrentTimestamp();
+		MemoryContext old = MemoryContextSwitchTo(call_cxt);
+		Datum		values[2];
+
+		values[0] = JsonbPGetDatum(payloads[i]);
+		values[1] = JsonbPGetDatum(headers[i]);
+		call_once(sub, &call, values, headers[i]);
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(call_cxt);
+		took[i] = GetCurrentTimestamp() - started;
+	}
+	end_as_subscriber(nest, save_userid, save_sec_context);
+	MemoryContextDelete(call_cxt);
+}
+
+/*
+ * run_in_subxact --- run_one (took NULL) or run_each in a subtransaction;
+ * see evbus_run_handler.
+ */
+static bool
+run_in_subxact(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
+			   int n, int64 *took, char **error_code, char **error_message)
 {
 	EvbusSubxact sx;
 	Oid			save_userid;
@@ -274,7 +416,10 @@ evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **header
 	evbus_subxact_begin(&sx);
 	PG_TRY();
 	{
-		run_one(sub, payloads, headers, n);
+		if (took == NULL)
+			run_one(sub, payloads, headers, n);
+		else
+			run_each(sub, payloads, headers, n, took);
 		evbus_subxact_commit(&sx);
 	}
 	PG_CATCH();
@@ -293,4 +438,39 @@ evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **header
 	}
 	PG_END_TRY();
 	return ok;
+}
+
+/*
+ * evbus_run_handler --- run one handler of n messages in a subtransaction:
+ * one message (n 1), or for a batch handler n messages at once, in
+ * arrays (a batch handler called with one message gets one-element
+ * arrays).
+ *
+ * Returns true on success.  On failure, returns false with the SQLSTATE and
+ * message of the error (palloc'd in the caller's context); the handler's
+ * effects of this attempt are rolled back, the outer transaction is intact.
+ * Must be called inside a transaction with SPI connected.
+ */
+bool
+evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
+				  int n, char **error_code, char **error_message)
+{
+	return run_in_subxact(sub, payloads, headers, n, NULL, error_code, error_message);
+}
+
+/*
+ * evbus_run_handler_each --- run a per-message handler for each of n
+ * messages, in their order, all in one subtransaction: each call as in
+ * evbus_run_handler, but a SQL function parses its body once, and the
+ * subscriber's settings are looked up once.  took[i] gets the time of
+ * message i's call.  If any call fails, none of them has happened (the
+ * subtransaction rolls back) and it returns false with that error; the
+ * caller then runs the messages one at a time, so that the failing one
+ * retries alone and the others run once (test 192_handlers_in_one_go.pl).
+ */
+bool
+evbus_run_handler_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
+					   int n, int64 *took, char **error_code, char **error_message)
+{
+	return run_in_subxact(sub, payloads, headers, n, took, error_code, error_message);
 }

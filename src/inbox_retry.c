@@ -260,21 +260,24 @@ mark_handled(int64 *ids, int n)
 }
 
 /*
- * run_batch_handlers --- run each batch handler once for all its
- * dispatched messages, in Kafka's order, in one subtransaction, and set
- * done[i] for the messages it handled.  A batch handler that fails has
- * handled none: its messages are left to the caller, who runs it for one
- * message at a time (one-element arrays), so that the failing messages
- * retry and dead-letter exactly like a per-message handler's and the
- * others are handled once, per key in order (test
- * 190_batch_handler.pl).  Only rows that may run at once (the caller
- * knows: no crash to count, no key held by a row of the batch) come here.
+ * run_in_one_go --- run each handler once for all its dispatched messages
+ * (a batch handler: one call with arrays) or over all of them (any other:
+ * one call per message, evbus_run_handler_each), in Kafka's order, in one
+ * subtransaction, and set done[i] for the messages it handled.  A handler
+ * that fails has handled none: its messages are left to the caller, who
+ * runs them one at a time (a batch handler with one-element arrays), each
+ * in a subtransaction of its own, so that the failing messages retry and
+ * dead-letter alone and the others are handled once, per key in order
+ * (tests 190_batch_handler.pl, 192_handlers_in_one_go.pl).  Only rows
+ * that may run at once (the caller knows: no crash to count, no key held
+ * by a row of the batch) come here.
  */
 static void
-run_batch_handlers(Dispatch **ds, int n, bool *done, MemoryContext cxt)
+run_in_one_go(Dispatch **ds, int n, bool *done, MemoryContext cxt)
 {
 	Jsonb	  **payloads = palloc(sizeof(Jsonb *) * n);
 	Jsonb	  **headers = palloc(sizeof(Jsonb *) * n);
+	int64	   *took = palloc(sizeof(int64) * n);
 	int		   *which = palloc(sizeof(int) * n);
 	bool	   *seen = palloc0(sizeof(bool) * n);
 	int			first;
@@ -289,7 +292,7 @@ run_batch_handlers(Dispatch **ds, int n, bool *done, MemoryContext cxt)
 		TimestampTz started;
 		bool		ok;
 
-		if (seen[first] || sub == NULL || !sub->batch)
+		if (seen[first] || sub == NULL)
 			continue;
 		for (i = first; i < n; i++)
 		{
@@ -304,20 +307,27 @@ run_batch_handlers(Dispatch **ds, int n, bool *done, MemoryContext cxt)
 			m++;
 		}
 		if (m < 2)
-			continue;			/* one message: as a per-message handler */
+			continue;			/* one message: one at a time */
 		started = GetCurrentTimestamp();
-		ok = evbus_run_handler(sub, payloads, headers, m, &code, &message);
-		evbus_metrics_handler_ran(GetCurrentTimestamp() - started);
+		if (sub->batch)
+			ok = evbus_run_handler(sub, payloads, headers, m, &code, &message);
+		else
+			ok = evbus_run_handler_each(sub, payloads, headers, m, took, &code, &message);
 		MemoryContextSwitchTo(cxt);
 		if (!ok)
 		{
 			ereport(DEBUG1,
-					(errmsg("evbus: batch handler %s failed for %d messages (%s: %s); handling them one at a time",
+					(errmsg("evbus: handler %s failed in one go for %d messages (%s: %s); handling them one at a time",
 							sub->signature, m, code, message)));
 			continue;
 		}
+		/* counted when the transaction commits (metrics.c) */
+		if (sub->batch)
+			evbus_metrics_handler_ran(GetCurrentTimestamp() - started);
 		for (i = 0; i < m; i++)
 		{
+			if (!sub->batch)
+				evbus_metrics_handler_ran(took[i]);
 			done[which[i]] = true;
 			evbus_metrics_outcome('h');
 		}
@@ -342,9 +352,9 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 	ListCell   *lc;
 
 	/*
-	 * Batch handlers first, each once for all its messages, in the fast way
+	 * Each handler first in one go for all its messages, in the fast way
 	 * only: the careful way (a crash to count) and retries run them one
-	 * message at a time, as they run per-message handlers.
+	 * message at a time.
 	 */
 	if (inserted_handled && n > 1)
 	{
@@ -352,7 +362,7 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 
 		foreach(lc, dispatch)
 			ds[foreach_current_index(lc)] = lfirst(lc);
-		run_batch_handlers(ds, n, done, cxt);
+		run_in_one_go(ds, n, done, cxt);
 	}
 
 	/*
@@ -369,7 +379,7 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 		Outcome		outcome;
 
 		if (done[foreach_current_index(lc)])
-			continue;			/* handled by its batch handler */
+			continue;			/* handled in one go */
 		if (d->event_key && evbus_key_held(blocked, d->handler, d->event_key))
 		{
 			Oid			types[1] = {INT8OID};

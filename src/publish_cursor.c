@@ -254,14 +254,14 @@ evbus_cursor_claim_forward(int limit, int64 max_bytes, OutboxRow **rows,
 		/*
 		 * Ids skipped over may still commit: remember them for a while.  A
 		 * huge gap (a big rolled back transaction) is left to the sweep.
-		 * Below the first id this worker claims, the MAX_HOLE_RUN ids
-		 * nearest to it are holes too: a transaction running when the
-		 * worker started may commit an event of a key just before a later
-		 * event of that key commits, and only a remembered id is looked up
-		 * before the rows past the cursor are produced; the sweep, once
-		 * per evbus.poll_interval, would find it after the later event
-		 * (test 401_publisher_start_key_order.pl).  Ids skipped because
-		 * they are done with (after a restart) are no holes.
+		 * Below the first id this worker claims, the MAX_HOLE_RUN ids nearest
+		 * to it are holes too: a transaction running when the worker started
+		 * may commit an event of a key just before a later event of that key
+		 * commits, and only a remembered id is looked up before the rows past
+		 * the cursor are produced; the sweep, once per evbus.poll_interval,
+		 * would find it after the later event (test
+		 * 401_publisher_start_key_order.pl).  Ids skipped because they are
+		 * done with (after a restart) are no holes.
 		 */
 		if (max_seen == 0)
 			expected = Max(expected, id - MAX_HOLE_RUN);

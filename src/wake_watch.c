@@ -216,9 +216,9 @@ watch_assign(uint64 settings)
 	/*
 	 * A new client for each new set of partitions: librdkafka 2.0.2 aborts
 	 * the process (assertion rktp_started in
-	 * rd_kafka_assignment_partition_stopped) when an assignment replaces
-	 * one whose partitions are still starting, which took the launcher and
-	 * the whole server down in test 238_idle_databases.pl.
+	 * rd_kafka_assignment_partition_stopped) when an assignment replaces one
+	 * whose partitions are still starting, which took the launcher and the
+	 * whole server down in test 238_idle_databases.pl.
 	 */
 	if (rk != NULL)
 	{

@@ -86,7 +86,7 @@ our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kaf
   wait_for_crash_restart kcat_consume java_consume java_produce new_node sqlstate_of
   subscribe_recorder as_subscriber write_kafka_properties sasl_properties
   pgbench_script run_pgbench
-  first_arrivals_by_key);
+  first_arrivals_by_key stage_keyed);
 
 # kafka.sh: from the environment, else next to this file's directory.
 sub kafka_sh
@@ -362,6 +362,24 @@ sub sqlstate_of
 	my ($node, $db, $sql) = @_;
 	my ($ret, $out, $err) = $node->psql($db, "\\set VERBOSITY verbose\n$sql");
 	return $err =~ /ERROR:\s+([0-9A-Z]{5}):/ ? $1 : '';
+}
+
+# stage_keyed($node, $event, $n, $at, $extra): stage events seq 1..$n of
+# $event in one transaction of database postgres, payload {"event", "seq",
+# "key"}, keys k0..k2 round robin (key k(seq % 3)); $extra (optional) is a
+# JSON member added to the payload of event seq $at.
+sub stage_keyed
+{
+	my ($node, $event, $n, $at, $extra) = @_;
+	my $s = "BEGIN;\n";
+	for my $i (1 .. $n)
+	{
+		my $k = 'k' . ($i % 3);
+		my $more = defined $at && $i == $at ? ", $extra" : '';
+		$s .= "SELECT evbus.publish('$event', '{\"event\": \"$event\", \"seq\": $i, \"key\": \"$k\"$more}', '$k');\n";
+	}
+	$node->safe_psql('postgres', $s . "COMMIT;\n");
+	return;
 }
 
 # pgbench_script(name, text): write a pgbench script into the test's

@@ -73,20 +73,7 @@ SELECT evbus.subscribe('Poisoned', 'on_batch(jsonb[],jsonb[])', max_retries => 2
 SELECT evbus.subscribe('Held', 'on_batch(jsonb[],jsonb[])');
 });
 
-# stage n events of event in one transaction: keys k0..k2 round robin;
-# extra: a JSON member added to the payload of event seq $at
-sub stage
-{
-	my ($event, $n, $at, $extra) = @_;
-	my $s = "BEGIN;\n";
-	for my $i (1 .. $n)
-	{
-		my $k = 'k' . ($i % 3);
-		my $more = defined $at && $i == $at ? ", $extra" : '';
-		$s .= "SELECT evbus.publish('$event', '{\"event\": \"$event\", \"seq\": $i, \"key\": \"$k\"$more}', '$k');\n";
-	}
-	sql($s . "COMMIT;\n");
-}
+sub stage { stage_keyed($node, @_); }
 
 # each event's own headers: the message id recorded with a payload is that
 # payload's message id in the inbox
