@@ -198,6 +198,29 @@ decode_and_route(Batch *b, List *subs, MemoryContext batch_cxt)
 }
 
 /*
+ * Is any row of the group pending?  Usually none is, and this one probe of
+ * the pending rows' index spares keys_pending a probe per key.
+ */
+static bool
+group_has_pending(const char *group)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(group);
+	if (SPI_execute_plan(evbus_kept_plan(&plan,
+										 "SELECT EXISTS (SELECT FROM evbus.inbox"
+										 " WHERE state = 'pending'"
+										 " AND group_name OPERATOR(pg_catalog.=) $1)",
+										 1, types),
+						 values, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the inbox");
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
  * keys_pending --- which (handler, key) of the batch have an earlier event
  * pending in the inbox?  A HeldKey list, allocated in batch_cxt.
  */
@@ -208,6 +231,7 @@ keys_pending(const Batch *b, MemoryContext batch_cxt)
 	List	   *pending_keys = NIL;
 	char	  **keys = palloc(sizeof(char *) * b->n);
 	int			nkeys = 0;
+	bool		pending;
 	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
 	Datum		values[2];
 	int			i;
@@ -217,6 +241,10 @@ keys_pending(const Batch *b, MemoryContext batch_cxt)
 		if (!b->dec[i].poison && b->subs[i] && b->dec[i].event_key)
 			keys[nkeys++] = b->dec[i].event_key;
 	if (nkeys == 0)
+		return NIL;
+	pending = group_has_pending(b->group);
+	MemoryContextSwitchTo(batch_cxt);
+	if (!pending)
 		return NIL;
 	values[0] = CStringGetTextDatum(b->group);
 	values[1] = PointerGetDatum(text_array(keys, nkeys));
