@@ -140,6 +140,22 @@ SELECT group_name, topic, handled, retrying, dead, pending FROM evbus.stats
 my $expected = $node->safe_psql('postgres', $recount);
 like($expected, qr/\|40\|0\|0\|0$/m, 'the inbox holds the 40 handled messages');
 is($node->safe_psql('postgres', $from_stats), $expected, 'evbus.stats counts them all');
+
+# a replay delivers the 40 messages again: no new message, though a
+# handler subscribed since runs for each (its rows are new)
+$node->safe_psql(
+	'postgres', as_subscriber($node) . q{
+CREATE PROCEDURE record_again(payload jsonb, headers jsonb) LANGUAGE sql
+	AS $$ SELECT 1 $$;
+SELECT evbus.subscribe('Counted', 'record_again(jsonb, jsonb)');
+});
+$node->safe_psql('postgres', q{SELECT evbus.replay('Counted', from_offset => 0)});
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM evbus.inbox WHERE handler LIKE 'public.record_again%' AND state = 'handled'},
+		'40', 60),
+	'the replayed messages ran the new handler');
+is($node->safe_psql('postgres', $recount), $expected, 'still 40 handled messages in the inbox');
+is($node->safe_psql('postgres', $from_stats), $expected, 'and in evbus.stats');
 $node->safe_psql('postgres', q{
 INSERT INTO evbus.inbox (group_name, dedup_key, integration_event, topic, kafka_partition,
 						 kafka_offset, handler, headers, state, attempts)
