@@ -20,6 +20,8 @@ OBJS = \
 	src/evbus.o \
 	src/guc.o \
 	src/shmem.o \
+	src/shmem_databases.o \
+	src/shmem_idle.o \
 	src/launcher.o \
 	src/idle.o \
 	src/wake_watch.o \

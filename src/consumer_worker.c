@@ -143,6 +143,39 @@ consumer_start(Oid dboid)
 	evbus_replays_watch();
 }
 
+/* The wait set: latch, postmaster death, librdkafka's queue descriptor. */
+static WaitEventSet *
+build_wait_set(void)
+{
+	WaitEventSet *set = CreateWaitEventSet(TopMemoryContext, 3);
+
+	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+	AddWaitEventToSet(set, WL_SOCKET_READABLE, evbus_consumers_wakeup_fd(), NULL, NULL);
+	return set;
+}
+
+/*
+ * How long to wait for the next pass (ms): not at all when the last poll
+ * left messages to read, else up to the next due retry, at most
+ * evbus.poll_interval.
+ */
+static long
+wait_timeout(bool more, TimestampTz next_due)
+{
+	long		timeout = evbus_poll_interval_ms;
+
+	if (more)
+		return 0;
+	if (next_due != 0)
+	{
+		long		until = (long) ((next_due - GetCurrentTimestamp()) / 1000);
+
+		timeout = Max(0, Min(timeout, until + 1));
+	}
+	return timeout;
+}
+
 /*
  * evbus_consumer_main --- the consumer worker of the database main_arg:
  * the loop described atop this file.
@@ -168,10 +201,7 @@ evbus_consumer_main(Datum main_arg)
 									 ALLOCSET_DEFAULT_SIZES);
 	step_cxt = AllocSetContextCreate(TopMemoryContext, "evbus consumer step",
 									 ALLOCSET_DEFAULT_SIZES);
-	wait_set = CreateWaitEventSet(TopMemoryContext, 3);
-	AddWaitEventToSet(wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
-	AddWaitEventToSet(wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-	AddWaitEventToSet(wait_set, WL_SOCKET_READABLE, evbus_consumers_wakeup_fd(), NULL, NULL);
+	wait_set = build_wait_set();
 
 	for (;;)
 	{
@@ -179,7 +209,6 @@ evbus_consumer_main(Datum main_arg)
 		bool		busy;
 		bool		more = false;
 		bool		left_pending = false;
-		long		timeout;
 		TimestampTz now;
 		char		buf[1024];
 		const char *brokers;
@@ -255,17 +284,8 @@ evbus_consumer_main(Datum main_arg)
 									settings_seen))
 			consumer_idle(next_due);
 
-		timeout = evbus_poll_interval_ms;
-		if (more)
-			timeout = 0;
-		else if (next_due != 0)
-		{
-			long		until = (long) ((next_due - GetCurrentTimestamp()) / 1000);
-
-			timeout = Max(0, Min(timeout, until + 1));
-		}
-		(void) WaitEventSetWait(wait_set, timeout, events, lengthof(events),
-								PG_WAIT_EXTENSION);
+		(void) WaitEventSetWait(wait_set, wait_timeout(more, next_due),
+								events, lengthof(events), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		if (ProcDiePending)
 			consumer_leave();

@@ -75,16 +75,17 @@ build_wait_set(int kafka_fd)
 	return set;
 }
 
-void
-evbus_publisher_main(Datum main_arg)
+/*
+ * publisher_start --- connect to the database and take its publisher's
+ * slot; exit quietly if the database may not have one or has no evbus
+ * (what the launcher's probe of a database learns).  Then start the
+ * consumer, unless it runs or is idle.  Returns the database's name.
+ */
+static char *
+publisher_start(Oid dboid)
 {
-	Oid			dboid = DatumGetObjectId(main_arg);
 	char	   *dbname;
 	bool		has_extension;
-	WaitEventSet *wait_set = NULL;
-	int			wait_fd = -1;
-	MemoryContext step_cxt;
-	bool		claim_wanted = true;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -136,6 +137,22 @@ evbus_publisher_main(Datum main_arg)
 	 */
 	if (!evbus_db_role_idle(dboid, EVBUS_CONSUMER))
 		evbus_start_worker(dboid, dbname, EVBUS_CONSUMER, 0, NULL);
+	return dbname;
+}
+
+/*
+ * evbus_publisher_main --- the publisher worker of the database main_arg:
+ * publish steps and waits until it is stopped or goes idle.
+ */
+void
+evbus_publisher_main(Datum main_arg)
+{
+	Oid			dboid = DatumGetObjectId(main_arg);
+	char	   *dbname = publisher_start(dboid);
+	WaitEventSet *wait_set = NULL;
+	int			wait_fd = -1;
+	MemoryContext step_cxt;
+	bool		claim_wanted = true;
 
 	/* what a step allocates is gone at the end of the step */
 	step_cxt = AllocSetContextCreate(TopMemoryContext, "evbus publisher step",
