@@ -73,7 +73,7 @@ extern void evbus_check_subscriptions_owner(const char *event, const char *group
 extern bool evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads,
 							  Jsonb **headers, int n, char **error_code,
 							  char **error_message);
-extern bool evbus_run_handler_each(const EvbusSubscription *sub, Jsonb **payloads,
+extern int	evbus_run_handler_each(const EvbusSubscription *sub, Jsonb **payloads,
 								   Jsonb **headers, int n, int64 *took,
 								   char **error_code, char **error_message);
 extern void evbus_forget_handler_plans(void);

@@ -9,10 +9,9 @@
  * that handler's effects only, and the error (SQLSTATE and message) goes
  * back to the caller, which records it for that handler in the same
  * (outer) transaction (test 210_subscription_ownership.pl).  The caller
- * may first try a handler for many messages in one subtransaction, one
- * call per message (evbus_run_handler_each): if all run, that is the
- * same as one subtransaction each; if one fails, none of them has run,
- * and the caller runs them one subtransaction each.  Handlers
+ * may run a handler for many messages in one go (evbus_run_handler_each):
+ * still one subtransaction per call, nested in one for them all, which
+ * keeps a SQL function's parsed body from call to call.  Handlers
  * cannot control the transaction (SPI is atomic here: COMMIT in a
  * procedure is an error like any other) and run as a security-restricted
  * operation, like PostgreSQL's own maintenance commands running user code.
@@ -354,19 +353,59 @@ run_one(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n)
 }
 
 /*
- * Run a per-message handler as its subscriber for each of n messages in
- * turn, in their order, each call a statement of its own as in run_one;
- * took[i] gets how long the call of message i took.  The subscriber's
- * settings are applied once; each call starts from them.
+ * call_in_subxact --- call_once in a subtransaction of its own, nested in
+ * the one run_each runs in: false, with the error, if the call failed (its
+ * effects are rolled back; those of the calls before it stay).
  */
-static void
+static bool
+call_in_subxact(const EvbusSubscription *sub, HandlerCall *call, Datum *values,
+				Jsonb *trace_headers, ErrorData **edata)
+{
+	EvbusSubxact sx;
+	bool		ok = true;
+
+	evbus_subxact_begin(&sx);
+	PG_TRY();
+	{
+		call_once(sub, call, values, trace_headers);
+		evbus_subxact_commit(&sx);
+	}
+	PG_CATCH();
+	{
+		disable_timeout(STATEMENT_TIMEOUT, false);
+		evbus_handler_trace_end();
+		*edata = evbus_subxact_abort(&sx);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/*
+ * Run a per-message handler as its subscriber for each of n messages in
+ * turn, in their order, until one fails; returns how many ran through
+ * (took[i] gets how long the call of message i took, the failing one's
+ * too, and its error goes to *error_code and *error_message).  The
+ * subscriber's settings are applied once; each call starts from them.
+ *
+ * The first call runs in the caller's subtransaction, so that a SQL
+ * function's parsed body, which PostgreSQL keeps only while the
+ * subtransaction that parsed it is active, serves every later call; each
+ * later call runs in a subtransaction of its own nested in it.  So every
+ * message's call is a unit of its own, as in run_one, and a failure stops
+ * the run: the function's kept state is not trusted after an error.  If
+ * the first call fails, the caller's subtransaction, which holds nothing
+ * else, rolls back (the error propagates).
+ */
+static int
 run_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n,
-		 int64 *took)
+		 int64 *took, char **error_code, char **error_message)
 {
 	HandlerCall call;
 	Oid			save_userid;
 	int			save_sec_context;
 	int			nest;
+	MemoryContext outer = CurrentMemoryContext;
 	MemoryContext call_cxt;
 	int			i;
 
@@ -377,40 +416,53 @@ run_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n,
 				 errmsg("handler %s is a batch handler now", sub->signature),
 				 errhint("Its messages are handled one at a time until the subscriptions are read again.")));
 	prepare_call(sub, &call);
-	call_cxt = AllocSetContextCreate(CurrentMemoryContext, "evbus handler call",
-									 ALLOCSET_DEFAULT_SIZES);
+	call_cxt = AllocSetContextCreate(outer, "evbus handler call", ALLOCSET_DEFAULT_SIZES);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	nest = begin_as_subscriber(sub, save_userid, save_sec_context);
 	for (i = 0; i < n; i++)
 	{
 		TimestampTz started = GetCurrentTimestamp();
-		MemoryContext old = MemoryContextSwitchTo(call_cxt);
+		ErrorData  *edata = NULL;
 		Datum		values[2];
+		bool		ok = true;
 
+		MemoryContextSwitchTo(call_cxt);
 		values[0] = JsonbPGetDatum(payloads[i]);
 		values[1] = JsonbPGetDatum(headers[i]);
-		call_once(sub, &call, values, headers[i]);
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(call_cxt);
+		if (i == 0)
+			call_once(sub, &call, values, headers[i]);
+		else
+			ok = call_in_subxact(sub, &call, values, headers[i], &edata);
+		MemoryContextSwitchTo(outer);
 		took[i] = GetCurrentTimestamp() - started;
+		if (!ok)
+		{
+			*error_code = pstrdup(unpack_sql_state(edata->sqlerrcode));
+			*error_message = pstrdup(edata->message ? edata->message : "unknown error");
+			break;
+		}
+		MemoryContextReset(call_cxt);
 	}
 	end_as_subscriber(nest, save_userid, save_sec_context);
 	MemoryContextDelete(call_cxt);
+	return i;
 }
 
 /*
  * run_in_subxact --- run_one (took NULL) or run_each in a subtransaction;
- * see evbus_run_handler.
+ * returns how many of the n messages ran through (for run_one all or
+ * none), with the error of the one that failed; see evbus_run_handler.
  */
-static bool
+static int
 run_in_subxact(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
 			   int n, int64 *took, char **error_code, char **error_message)
 {
 	EvbusSubxact sx;
 	Oid			save_userid;
 	int			save_sec_context;
-	bool		ok = true;
+	volatile int done = n;
+	TimestampTz started = GetCurrentTimestamp();
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	evbus_subxact_begin(&sx);
@@ -419,7 +471,7 @@ run_in_subxact(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
 		if (took == NULL)
 			run_one(sub, payloads, headers, n);
 		else
-			run_each(sub, payloads, headers, n, took);
+			done = run_each(sub, payloads, headers, n, took, error_code, error_message);
 		evbus_subxact_commit(&sx);
 	}
 	PG_CATCH();
@@ -434,10 +486,12 @@ run_in_subxact(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
 		*error_code = pstrdup(unpack_sql_state(edata->sqlerrcode));
 		*error_message = pstrdup(edata->message ? edata->message : "unknown error");
 		FreeErrorData(edata);
-		ok = false;
+		if (took != NULL)
+			took[0] = GetCurrentTimestamp() - started;
+		done = 0;
 	}
 	PG_END_TRY();
-	return ok;
+	return done;
 }
 
 /*
@@ -455,20 +509,23 @@ bool
 evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
 				  int n, char **error_code, char **error_message)
 {
-	return run_in_subxact(sub, payloads, headers, n, NULL, error_code, error_message);
+	return run_in_subxact(sub, payloads, headers, n, NULL, error_code, error_message) == n;
 }
 
 /*
- * evbus_run_handler_each --- run a per-message handler for each of n
- * messages, in their order, all in one subtransaction: each call as in
- * evbus_run_handler, but a SQL function parses its body once, and the
- * subscriber's settings are looked up once.  took[i] gets the time of
- * message i's call.  If any call fails, none of them has happened (the
- * subtransaction rolls back) and it returns false with that error; the
- * caller then runs the messages one at a time, so that the failing one
- * retries alone and the others run once (test 192_handlers_in_one_go.pl).
+ * evbus_run_handler_each --- run a per-message handler for n messages, in
+ * their order, each call in a subtransaction of its own as
+ * evbus_run_handler would, but with the subscriber's settings looked up
+ * once and a SQL function's body parsed once for all of them (run_each).
+ * Stops at the first call that fails: returns how many messages were
+ * handled (their effects stay); if fewer than n, message [returned]
+ * failed with *error_code and *error_message (its effects rolled back)
+ * and the later ones were not called.  took[i] gets the time of message
+ * i's call.  Each message is called once: the handler runs no more often
+ * than the attempts recorded (tests 140_consume_retries.pl,
+ * 192_handlers_in_one_go.pl).
  */
-bool
+int
 evbus_run_handler_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
 					   int n, int64 *took, char **error_code, char **error_message)
 {

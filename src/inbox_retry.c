@@ -169,6 +169,8 @@ max_retries_of(const EvbusSubscription *sub)
  * txn): the retry, or the dead letter, is this handler's alone.  Success
  * is left to the caller to record (in one statement for the batch).
  */
+static Outcome record_failure(Dispatch *d, char *code, char *message);
+
 static Outcome
 run_one(Dispatch *d)
 {
@@ -211,6 +213,21 @@ run_one(Dispatch *d)
 		}
 	}
 
+	return record_failure(d, code, message);
+}
+
+/*
+ * record_failure --- the attempt of a dispatched (message, handler)
+ * failed with code and message: schedule its retry, with backoff, or
+ * after the last one dead-letter it (inside a txn).
+ */
+static Outcome
+record_failure(Dispatch *d, char *code, char *message)
+{
+	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, INT8OID};
+	Datum		values[4];
+
+	values[0] = Int64GetDatum(d->inbox_id);
 	values[1] = CStringGetTextDatum(code);
 	values[2] = CStringGetTextDatum(message);
 	if (d->sub != NULL && d->attempts <= max_retries_of(d->sub))
@@ -260,20 +277,24 @@ mark_handled(int64 *ids, int n)
 }
 
 /*
- * run_in_one_go --- run each handler once for all its dispatched messages
- * (a batch handler: one call with arrays) or over all of them (any other:
- * one call per message, evbus_run_handler_each), in Kafka's order, in one
- * subtransaction, and set done[i] for the messages it handled.  A handler
- * that fails has handled none: its messages are left to the caller, who
- * runs them one at a time (a batch handler with one-element arrays), each
- * in a subtransaction of its own, so that the failing messages retry and
- * dead-letter alone and the others are handled once, per key in order
- * (tests 190_batch_handler.pl, 192_handlers_in_one_go.pl).  Only rows
- * that may run at once (the caller knows: no crash to count, no key held
- * by a row of the batch) come here.
+ * run_in_one_go --- run each handler over all its dispatched messages, in
+ * Kafka's order, and set done[i] for the messages it handled or whose
+ * attempt failed here.  A batch handler is called once with arrays, in
+ * one subtransaction; if that call fails it has handled none, and its
+ * messages are left to the caller, who calls it with one-element arrays,
+ * so that the failing ones retry and dead-letter alone (test
+ * 190_batch_handler.pl).  Any other handler is called once per message,
+ * each call a subtransaction of its own (evbus_run_handler_each), until a
+ * call fails: that message's attempt is recorded here (a retry or a dead
+ * letter; its key is held in *blocked, and *none_pending cleared for a
+ * retry) and the handler's later messages are left to the caller, one at
+ * a time (test 192_handlers_in_one_go.pl).  Only rows that may run at
+ * once (the caller knows: no crash to count, no key held by a row of the
+ * batch) come here.
  */
 static void
-run_in_one_go(Dispatch **ds, int n, bool *done, MemoryContext cxt)
+run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pending,
+			  MemoryContext cxt)
 {
 	Jsonb	  **payloads = palloc(sizeof(Jsonb *) * n);
 	Jsonb	  **headers = palloc(sizeof(Jsonb *) * n);
@@ -286,11 +307,11 @@ run_in_one_go(Dispatch **ds, int n, bool *done, MemoryContext cxt)
 	{
 		EvbusSubscription *sub = ds[first]->sub;
 		int			m = 0;
+		int			handled;
 		int			i;
 		char	   *code = NULL;
 		char	   *message = NULL;
 		TimestampTz started;
-		bool		ok;
 
 		if (seen[first] || sub == NULL)
 			continue;
@@ -310,26 +331,44 @@ run_in_one_go(Dispatch **ds, int n, bool *done, MemoryContext cxt)
 			continue;			/* one message: one at a time */
 		started = GetCurrentTimestamp();
 		if (sub->batch)
-			ok = evbus_run_handler(sub, payloads, headers, m, &code, &message);
-		else
-			ok = evbus_run_handler_each(sub, payloads, headers, m, took, &code, &message);
-		MemoryContextSwitchTo(cxt);
-		if (!ok)
 		{
-			ereport(DEBUG1,
-					(errmsg("evbus: handler %s failed in one go for %d messages (%s: %s); handling them one at a time",
-							sub->signature, m, code, message)));
-			continue;
-		}
-		/* counted when the transaction commits (metrics.c) */
-		if (sub->batch)
+			handled = evbus_run_handler(sub, payloads, headers, m, &code, &message) ? m : 0;
 			evbus_metrics_handler_ran(GetCurrentTimestamp() - started);
-		for (i = 0; i < m; i++)
+		}
+		else
+			handled = evbus_run_handler_each(sub, payloads, headers, m, took, &code, &message);
+		MemoryContextSwitchTo(cxt);
+
+		/* counted when the transaction commits (metrics.c) */
+		for (i = 0; i < handled; i++)
 		{
 			if (!sub->batch)
 				evbus_metrics_handler_ran(took[i]);
 			done[which[i]] = true;
 			evbus_metrics_outcome('h');
+		}
+		if (handled == m)
+			continue;
+		if (sub->batch)
+		{
+			ereport(DEBUG1,
+					(errmsg("evbus: batch handler %s failed for %d messages (%s: %s); handling them one at a time",
+							sub->signature, m, code, message)));
+			continue;
+		}
+		else
+		{
+			Dispatch   *d = ds[which[handled]];
+			Outcome		outcome;
+
+			evbus_metrics_handler_ran(took[handled]);
+			outcome = record_failure(d, code, message);
+			MemoryContextSwitchTo(cxt);
+			done[which[handled]] = true;
+			if (outcome == PENDING)
+				*none_pending = false;
+			if ((outcome == PENDING || outcome == PARKED) && d->event_key)
+				*blocked = evbus_hold_key(*blocked, d->handler, d->event_key);
 		}
 	}
 }
@@ -362,7 +401,7 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 
 		foreach(lc, dispatch)
 			ds[foreach_current_index(lc)] = lfirst(lc);
-		run_in_one_go(ds, n, done, cxt);
+		run_in_one_go(ds, n, done, &blocked, &none_pending, cxt);
 	}
 
 	/*
@@ -379,7 +418,7 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 		Outcome		outcome;
 
 		if (done[foreach_current_index(lc)])
-			continue;			/* handled in one go */
+			continue;			/* handled, or its attempt recorded, in one go */
 		if (d->event_key && evbus_key_held(blocked, d->handler, d->event_key))
 		{
 			Oid			types[1] = {INT8OID};
