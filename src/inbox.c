@@ -9,9 +9,8 @@
  * insert a row per message and handler into evbus.inbox unless its
  * (group, message id, handler) is there already (a redelivery), run each
  * (message, handler) that may run now -- no earlier event of its key is
- * pending for that handler -- each in its own subtransaction (or first a
- * handler's rows together in one, run again one by one if one fails:
- * inbox_retry.c), record
+ * pending for that handler -- each in its own subtransaction (a handler's
+ * rows in one go where it can: inbox_retry.c), record
  * failures for that handler alone (the error, and a retry scheduled with
  * exponential backoff and jitter, or after the last retry a dead letter
  * and NOTIFY evbus_dead_letter), and advance the stored offsets past the
