@@ -146,7 +146,7 @@ typedef struct HandlerCall
 	Oid			argtypes[2];	/* jsonb, or jsonb[] for a batch handler */
 	bool		batch;			/* (payloads jsonb[], headers jsonb[]) */
 	bool		direct;			/* a plain function: called through fmgr */
-	char	   *sql;			/* CALL or SELECT of it, for SPI */
+	char	   *sql;			/* not direct: CALL or SELECT of it, for SPI */
 	FmgrInfo	flinfo;			/* direct: its lookup */
 	SPIPlanPtr	plan;			/* not direct: sql, prepared */
 } HandlerCall;
@@ -188,10 +188,12 @@ checked_call(const EvbusSubscription *sub, HandlerCall *call)
 	call->argtypes[0] = call->batch ? JSONBARRAYOID : JSONBOID;
 	call->argtypes[1] = call->argtypes[0];
 	call->direct = proc->prokind == PROKIND_FUNCTION && !proc->proretset;
-	call->sql = psprintf(proc->prokind == PROKIND_PROCEDURE ? "CALL %s(%s)" : "SELECT %s(%s)",
-						 quote_qualified_identifier(get_namespace_name(proc->pronamespace),
-													NameStr(proc->proname)),
-						 proc->pronargs == 2 ? "$1, $2" : "$1");
+	/* the statement only for SPI: a plain function is called directly */
+	call->sql = call->direct ? NULL :
+		psprintf(proc->prokind == PROKIND_PROCEDURE ? "CALL %s(%s)" : "SELECT %s(%s)",
+				 quote_qualified_identifier(get_namespace_name(proc->pronamespace),
+											NameStr(proc->proname)),
+				 proc->pronargs == 2 ? "$1, $2" : "$1");
 	evbus_check_handler_owner(call->fn, proc->proowner, sub->run_as);
 	ReleaseSysCache(tup);
 }
@@ -214,7 +216,7 @@ jsonb_array(Jsonb **elems, int n)
  * undoes all of it, and whatever settings the handler changed.
  */
 static int
-begin_as_subscriber(const EvbusSubscription *sub, Oid save_userid, int save_sec_context)
+begin_as_subscriber(const EvbusSubscription *sub, int save_sec_context)
 {
 	int			nest;
 
@@ -346,10 +348,18 @@ run_one(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n)
 	prepare_call(sub, &call);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	nest = begin_as_subscriber(sub, save_userid, save_sec_context);
+	nest = begin_as_subscriber(sub, save_sec_context);
 	/* a batch of several messages has no one message to continue */
 	call_once(sub, &call, values, n == 1 ? headers[0] : NULL);
 	end_as_subscriber(nest, save_userid, save_sec_context);
+}
+
+/* The SQLSTATE and message of an error, copied into the current context. */
+static void
+error_of(const ErrorData *edata, char **error_code, char **error_message)
+{
+	*error_code = pstrdup(unpack_sql_state(edata->sqlerrcode));
+	*error_message = pstrdup(edata->message ? edata->message : "unknown error");
 }
 
 /*
@@ -419,7 +429,7 @@ run_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n,
 	call_cxt = AllocSetContextCreate(outer, "evbus handler call", ALLOCSET_DEFAULT_SIZES);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	nest = begin_as_subscriber(sub, save_userid, save_sec_context);
+	nest = begin_as_subscriber(sub, save_sec_context);
 	for (i = 0; i < n; i++)
 	{
 		TimestampTz started = GetCurrentTimestamp();
@@ -438,8 +448,7 @@ run_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n,
 		took[i] = GetCurrentTimestamp() - started;
 		if (!ok)
 		{
-			*error_code = pstrdup(unpack_sql_state(edata->sqlerrcode));
-			*error_message = pstrdup(edata->message ? edata->message : "unknown error");
+			error_of(edata, error_code, error_message);
 			break;
 		}
 		MemoryContextReset(call_cxt);
@@ -483,8 +492,7 @@ run_in_subxact(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
 		edata = evbus_subxact_abort(&sx);
 		SetUserIdAndSecContext(save_userid, save_sec_context);
 
-		*error_code = pstrdup(unpack_sql_state(edata->sqlerrcode));
-		*error_message = pstrdup(edata->message ? edata->message : "unknown error");
+		error_of(edata, error_code, error_message);
 		FreeErrorData(edata);
 		if (took != NULL)
 			took[0] = GetCurrentTimestamp() - started;

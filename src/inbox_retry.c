@@ -277,6 +277,20 @@ mark_handled(int64 *ids, int n)
 }
 
 /*
+ * hold_if_waiting --- after a failed attempt of d: a row left pending (a
+ * retry) or parked holds back the later rows of its key for its handler
+ * in this batch (*blocked), and a retry clears *none_pending.
+ */
+static void
+hold_if_waiting(const Dispatch *d, Outcome outcome, List **blocked, bool *none_pending)
+{
+	if (outcome == PENDING)
+		*none_pending = false;
+	if ((outcome == PENDING || outcome == PARKED) && d->event_key)
+		*blocked = evbus_hold_key(*blocked, d->handler, d->event_key);
+}
+
+/*
  * run_in_one_go --- run each handler over all its dispatched messages, in
  * Kafka's order, and set done[i] for the messages it handled or whose
  * attempt failed here.  A batch handler is called once with arrays, in
@@ -308,6 +322,7 @@ run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pendi
 		EvbusSubscription *sub = ds[first]->sub;
 		int			m = 0;
 		int			handled;
+		Outcome		outcome;
 		int			i;
 		char	   *code = NULL;
 		char	   *message = NULL;
@@ -356,20 +371,11 @@ run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pendi
 							sub->signature, m, code, message)));
 			continue;
 		}
-		else
-		{
-			Dispatch   *d = ds[which[handled]];
-			Outcome		outcome;
-
-			evbus_metrics_handler_ran(took[handled]);
-			outcome = record_failure(d, code, message);
-			MemoryContextSwitchTo(cxt);
-			done[which[handled]] = true;
-			if (outcome == PENDING)
-				*none_pending = false;
-			if ((outcome == PENDING || outcome == PARKED) && d->event_key)
-				*blocked = evbus_hold_key(*blocked, d->handler, d->event_key);
-		}
+		evbus_metrics_handler_ran(took[handled]);
+		outcome = record_failure(ds[which[handled]], code, message);
+		MemoryContextSwitchTo(cxt);
+		hold_if_waiting(ds[which[handled]], outcome, blocked, none_pending);
+		done[which[handled]] = true;
 	}
 }
 
@@ -438,13 +444,8 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 		MemoryContextSwitchTo(cxt);
 		if (outcome == HANDLED)
 			handled[nhandled++] = d->inbox_id;
-		else if (outcome == PENDING || outcome == PARKED)
-		{
-			if (outcome == PENDING)
-				none_pending = false;
-			if (d->event_key)
-				blocked = evbus_hold_key(blocked, d->handler, d->event_key);
-		}
+		else
+			hold_if_waiting(d, outcome, &blocked, &none_pending);
 	}
 	if (!inserted_handled)
 		mark_handled(handled, nhandled);
