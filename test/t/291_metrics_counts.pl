@@ -172,6 +172,36 @@ is($node->safe_psql('postgres', $from_stats), $node->safe_psql('postgres', $reco
 $node->safe_psql('postgres', 'TRUNCATE evbus.inbox');
 is($node->safe_psql('postgres', $from_stats), '', 'after a TRUNCATE');
 
+# while every row of a group's topic has one handler, its new rows are
+# counted without a look at the inbox; a row of another handler ends that
+# until the topic has no message left
+my $insert = q{
+INSERT INTO evbus.inbox (group_name, dedup_key, integration_event, topic, kafka_partition,
+						 kafka_offset, handler, headers, state)
+SELECT 'postgres', 'm-' || g, 'Counted', 'x.Counted', 0, g, '%s', '{}', 'handled'
+  FROM generate_series(%d, %d) g};
+my $counted = sub {
+	my ($what) = @_;
+	is($node->safe_psql('postgres', $from_stats), $node->safe_psql('postgres', $recount), $what);
+};
+my $sole = q{SELECT coalesce(handler, 'NULL') FROM evbus.inbox_messages WHERE topic = 'x.Counted'};
+$node->safe_psql('postgres', sprintf($insert, 'a', 1, 5));
+$node->safe_psql('postgres', sprintf($insert, 'a', 6, 6));
+$counted->('one handler: each new row is a message');
+is($node->safe_psql('postgres', $sole), 'a', 'the handler of all rows is known');
+$node->safe_psql('postgres', sprintf($insert, 'b', 4, 8));
+$counted->('a second handler: messages 4 to 6 are not new, 7 and 8 are');
+is($node->safe_psql('postgres', $sole), 'NULL', 'no longer one handler');
+$node->safe_psql('postgres', sprintf($insert, 'a', 7, 9));
+$counted->('then rows are looked up among the others');
+$node->safe_psql('postgres', q{DELETE FROM evbus.inbox WHERE topic = 'x.Counted'});
+$node->safe_psql('postgres', sprintf($insert, 'c', 1, 3));
+$counted->('once the topic has no message, one handler again');
+is($node->safe_psql('postgres', $sole), 'c', 'and it is known');
+$node->safe_psql('postgres', sprintf($insert, '', 3, 4));
+$counted->('an undecodable message\'s row is another handler');
+is($node->safe_psql('postgres', $sole), 'NULL', 'which ends it');
+
 # who may read the numbers
 $node->safe_psql('postgres',
 	'CREATE ROLE watcher LOGIN IN ROLE pg_monitor; CREATE ROLE nobody LOGIN');
