@@ -111,6 +111,11 @@ PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# every object is built again when a header changes: PGXS tracks header
+# dependencies only with --enable-depend, and a stale object that has a
+# shared memory struct laid out differently misreads it
+$(OBJS): $(wildcard $(srcdir)/src/*.h)
+
 # after the include: Makefile.global empties PROVE_FLAGS
 PROVE_FLAGS = -I $(srcdir)/test/lib --timer
 

@@ -85,7 +85,10 @@ static void
 consumer_idle(TimestampTz next_due)
 {
 	ereport(LOG,
-			(errmsg("evbus: consumer for database \"%s\" exits: nothing to handle for %d s (evbus.idle_timeout)",
+			(evbus_idle_gave_way() ?
+			 errmsg("evbus: consumer for database \"%s\" exits: nothing to handle, and another database waits for a background worker slot",
+					consumer_dbname) :
+			 errmsg("evbus: consumer for database \"%s\" exits: nothing to handle for %d s (evbus.idle_timeout)",
 					consumer_dbname, evbus_idle_timeout_s),
 			 next_due != 0 ?
 			 errdetail("It starts again when messages arrive in its topics, when woken, or at %s for a retry due then.",

@@ -240,10 +240,10 @@ describe_worker(const EvbusDatabase *db, bool found, int role, char **detail)
 	if (found && db->idle[role])
 	{
 		*detail = db->wake_at[role] != 0 ?
-			psprintf("It had nothing to do for evbus.idle_timeout and exited; "
+			psprintf("It had nothing to do for evbus.idle_timeout (or for a second while another database waited for a worker slot) and exited; "
 					 "it starts again when there is work, or at %s.",
 					 timestamptz_to_str(db->wake_at[role])) :
-			pstrdup("It had nothing to do for evbus.idle_timeout and exited; "
+			pstrdup("It had nothing to do for evbus.idle_timeout (or for a second while another database waited for a worker slot) and exited; "
 					"it starts again when there is work.");
 		return "idle";
 	}

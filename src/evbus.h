@@ -148,6 +148,7 @@ extern bool evbus_worker_go_idle(int role, TimestampTz wake_at);
 extern bool evbus_db_wake(Oid dboid, int role);
 extern int	evbus_db_wake_all(void);
 extern bool evbus_db_role_idle(Oid dboid, int role);
+extern bool evbus_slot_wanted(void);
 
 /*
  * shmem.c: a partition an idle consumer left, with the offset from which a
@@ -171,6 +172,7 @@ extern void evbus_set_watch_settings(uint64 settings);
 
 /* ---------- idle.c: when a worker exits for want of work ---------- */
 extern void evbus_idle_reset(void);
+extern bool evbus_idle_gave_way(void);
 extern bool evbus_publisher_may_idle(bool busy, TimestampTz *wake_at);
 extern bool evbus_consumer_try_idle(bool busy, TimestampTz next_due,
 									uint64 settings);

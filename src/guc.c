@@ -229,7 +229,7 @@ define_publish_gucs(void)
 
 	DefineCustomIntVariable("evbus.idle_timeout",
 							"How long a database's worker has nothing to do before it exits until there is work; 0 keeps it always.",
-							"An idle database holds no evbus process; a commit, a due event or retry, or new messages in its topics start its worker again.",
+							"An idle database holds no evbus process; a commit, a due event or retry, or new messages in its topics start its worker again.  While another database's worker waits for a background worker slot, one second is enough.",
 							&evbus_idle_timeout_s,
 							60, 0, 86400,
 							PGC_SIGHUP, GUC_UNIT_S,

@@ -7,12 +7,13 @@
  * A worker that has had nothing to do for evbus.idle_timeout looks once
  * more, with a fresh snapshot, and if there is still nothing it marks its
  * role of the database idle in shared memory and exits (shmem.c,
- * evbus_worker_go_idle).  The launcher does not start an idle worker
- * again until it is woken: by a COMMIT that staged events or put work
- * back (the wake that would have set its latch, evbus_wake_worker_role),
- * by the time remembered when it went idle (the earliest deliver_at still
- * to come, the next retry), by CREATE EXTENSION, or by a reload that
- * changes the Kafka settings (launcher.c).
+ * evbus_worker_go_idle).  While another worker waits for a background
+ * worker slot, one second of nothing to do is enough.  The launcher does
+ * not start an idle worker again until it is woken: by a COMMIT that
+ * staged events or put work back (the wake that would have set its latch,
+ * evbus_wake_worker_role), by the time remembered when it went idle (the
+ * earliest deliver_at still to come, the next retry), by CREATE
+ * EXTENSION, or by a reload that changes the Kafka settings (launcher.c).
  *
  * The consumer has nothing to do when no retry is due within
  * evbus.idle_timeout, no message waits in the inbox, and it has read every
@@ -58,34 +59,68 @@
 /* Rows of a table listed when looking for pending ones: more is busy. */
 #define IDLE_PENDING_MAX 1000
 
-/* Since when the worker has had nothing to do (0: busy just now). */
+/*
+ * While a worker of another database waits for a background worker slot,
+ * a worker leaves after this much quiet instead of evbus.idle_timeout:
+ * with more databases than slots, databases take turns at the pace of
+ * their work, not of the idle timeout (with 16 slots, a burst in 100
+ * databases waited for slots to free up one idle timeout after another;
+ * test 239_slots_take_turns.pl).
+ */
+#define QUIET_WHILE_SLOT_WANTED_MS 1000
+
+/*
+ * Since when the worker has had nothing to do (0: busy just now), and
+ * when it last looked whether it may leave in this quiet spell.
+ */
 static TimestampTz quiet_since = 0;
+static TimestampTz looked_at = 0;
+
+/* The quiet of the last look was the short one: a slot was wanted. */
+static bool gave_way = false;
 
 /* The worker had work: the idle timeout starts again. */
 void
 evbus_idle_reset(void)
 {
 	quiet_since = 0;
+	looked_at = 0;
 }
 
 /*
- * quiet_long_enough --- has the worker had nothing to do (busy false)
- * since evbus.idle_timeout?  Never with evbus.idle_timeout = 0.
+ * quiet_long_enough --- is it time to look whether the worker may leave:
+ * has it had nothing to do (busy false) for evbus.idle_timeout since its
+ * quiet spell began or since its last look, or for
+ * QUIET_WHILE_SLOT_WANTED_MS while another worker waits for a slot?
+ * Never with evbus.idle_timeout = 0.
  */
 static bool
 quiet_long_enough(bool busy)
 {
 	TimestampTz now = GetCurrentTimestamp();
+	int			quiet_ms = evbus_idle_timeout_s * 1000;
 
 	if (evbus_idle_timeout_s <= 0 || busy)
 	{
-		quiet_since = 0;
+		quiet_since = looked_at = 0;
 		return false;
 	}
 	if (quiet_since == 0)
-		quiet_since = now;
-	return TimestampDifferenceExceeds(quiet_since, now,
-									  evbus_idle_timeout_s * 1000);
+		quiet_since = looked_at = now;
+	gave_way = quiet_ms > QUIET_WHILE_SLOT_WANTED_MS && evbus_slot_wanted();
+	if (gave_way)
+		quiet_ms = QUIET_WHILE_SLOT_WANTED_MS;
+	return TimestampDifferenceExceeds(looked_at, now, quiet_ms);
+}
+
+/*
+ * evbus_idle_gave_way --- did the worker that goes idle now leave early,
+ * for a worker that waits for a slot?  (For its log line.)
+ */
+bool
+evbus_idle_gave_way(void)
+{
+	return gave_way;
 }
 
 /*
@@ -162,7 +197,7 @@ evbus_publisher_may_idle(bool busy, TimestampTz *wake_at)
 		return false;
 	if (!publisher_has_no_work(wake_at))
 	{
-		quiet_since = GetCurrentTimestamp();	/* look again a timeout later */
+		looked_at = GetCurrentTimestamp();	/* look again a timeout later */
 		return false;
 	}
 	return true;
@@ -212,7 +247,7 @@ evbus_consumer_try_idle(bool busy, TimestampTz next_due, uint64 settings)
 			nwatched = -1;
 		return false;
 	}
-	quiet_since = now;			/* look again a timeout later */
+	looked_at = now;			/* look again a timeout later */
 	n = evbus_consumers_watch_list(&w, &unassigned);
 	if (n < 0 || !same_watches(w, n, watched, nwatched))
 	{
@@ -227,6 +262,17 @@ evbus_consumer_try_idle(bool busy, TimestampTz next_due, uint64 settings)
 		}
 		return false;
 	}
+
+	/*
+	 * A topic with no partition here: the consumer may still be joining its
+	 * group.  Leaving early for another database would leave it no time to
+	 * join, and its first partition, watched from the start, would bring it
+	 * back at once; it stays until it has been quiet for evbus.idle_timeout
+	 * (test 239_slots_take_turns.pl).
+	 */
+	if (unassigned && evbus_idle_gave_way() &&
+		!TimestampDifferenceExceeds(quiet_since, now, evbus_idle_timeout_s * 1000))
+		return false;
 	if (unassigned)
 	{
 		TimestampTz recheck = TimestampTzPlusMilliseconds(now, (int64) evbus_idle_timeout_s *

@@ -182,7 +182,10 @@ evbus_publisher_main(Datum main_arg)
 			evbus_worker_go_idle(EVBUS_PUBLISHER, wake_at))
 		{
 			ereport(LOG,
-					(errmsg("evbus: publisher for database \"%s\" exits: nothing to publish for %d s (evbus.idle_timeout)",
+					(evbus_idle_gave_way() ?
+					 errmsg("evbus: publisher for database \"%s\" exits: nothing to publish, and another database waits for a background worker slot",
+							dbname) :
+					 errmsg("evbus: publisher for database \"%s\" exits: nothing to publish for %d s (evbus.idle_timeout)",
 							dbname, evbus_idle_timeout_s),
 					 wake_at != 0 ?
 					 errdetail("It starts again at the next commit that stages events, or at %s for an event due then.",

@@ -104,8 +104,9 @@ evbus_db_start_registered(Oid dboid, int role)
 
 /*
  * evbus_db_start_failed --- no background worker slot was free for a
- * worker of role in dboid.  Returns true the first time since the worker
- * last ran: the caller logs it then, not at every retry.
+ * worker of role in dboid (evbus_slot_wanted says so to the workers).
+ * Returns true the first time since the worker last ran: the caller logs
+ * it then, not at every retry.
  */
 bool
 evbus_db_start_failed(Oid dboid, int role)
@@ -114,6 +115,7 @@ evbus_db_start_failed(Oid dboid, int role)
 	bool		first = false;
 
 	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	evbus_shared->slot_wanted_at = GetCurrentTimestamp();
 	db = evbus_find_db(dboid, true);
 	if (db != NULL)
 	{

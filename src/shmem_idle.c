@@ -172,6 +172,28 @@ evbus_db_wake_all(void)
 	return woken;
 }
 
+/*
+ * A start that found no free slot within this long means a worker still
+ * waits for one: the launcher tries again every second.
+ */
+#define SLOT_WANTED_FRESH_MS 3000
+
+/*
+ * evbus_slot_wanted --- does a worker of some database wait for a
+ * background worker slot (evbus_db_start_failed, lately)?
+ */
+bool
+evbus_slot_wanted(void)
+{
+	TimestampTz wanted_at;
+
+	LWLockAcquire(evbus_shared->lock, LW_SHARED);
+	wanted_at = evbus_shared->slot_wanted_at;
+	LWLockRelease(evbus_shared->lock);
+	return wanted_at != 0 &&
+		!TimestampDifferenceExceeds(wanted_at, GetCurrentTimestamp(), SLOT_WANTED_FRESH_MS);
+}
+
 /* Is the worker of role in dboid idle (exited for want of work)? */
 bool
 evbus_db_role_idle(Oid dboid, int role)

@@ -17,6 +17,7 @@ typedef struct EvbusShared
 	LWLock	   *lock;
 	char		embedded_bootstrap[256];	/* "" until the launcher set it */
 	Latch	   *launcher_latch; /* NULL while no launcher runs */
+	TimestampTz slot_wanted_at; /* a start last found no free slot (0: never) */
 	EvbusDatabase dbs[EVBUS_MAX_TRACKED_DBS];
 	uint64		watch_settings; /* the launcher's Kafka settings (0: none) */
 	uint32		watches_version;	/* bumped when the watches change */

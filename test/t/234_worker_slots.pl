@@ -13,11 +13,14 @@ use EvbusTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-# launcher + two databases' workers (2 each) = 5: no room for a third
+# launcher + two databases' workers (2 each) = 5: no room for a third.
+# Workers that never go idle keep their slots (without it, a quiet worker
+# gives its slot to a waiting one: 239_slots_take_turns.pl)
 my $node = new_node(
 	'worker_slots',
 	conf => [
 		"evbus.brokers = 'embedded'",
+		'evbus.idle_timeout = 0',
 		'max_worker_processes = 5',
 		'max_logical_replication_workers = 0',
 		'max_parallel_workers = 0'

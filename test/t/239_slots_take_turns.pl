@@ -1,0 +1,77 @@
+# 239_slots_take_turns.pl - databases take turns at too few worker slots.
+#
+# Four databases with evbus on a server with background worker slots for
+# the launcher and four workers: two databases' worth.  evbus.idle_timeout
+# is ten minutes, so the workers that start first would hold their slots
+# that long after their work is done, and the other databases' events
+# would wait for them.  While a worker of another database waits for a
+# slot, a worker with nothing to do leaves after a second instead: an
+# event staged in each database is published and handled by every
+# database within a minute or two, and the log says why workers left.
+# With no worker waiting, a worker keeps its slot for evbus.idle_timeout.
+use strict;
+use warnings;
+
+use EvbusTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time sleep);
+
+kafka_bootstrap();
+my $prefix = "t239.$$.";
+my @dbs = map { "turn$_" } 1 .. 4;
+my $node = new_node(
+	'turns',
+	kafka => 1,
+	conf => [
+		"evbus.topic_prefix = '$prefix'",
+		"evbus.idle_timeout = '10min'",
+		'max_worker_processes = 5',
+		'max_logical_replication_workers = 0',
+		'max_parallel_workers = 0'
+	]);
+
+for my $db (@dbs)
+{
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	# from the third database on, with a warning that no slot is free
+	$node->psql($db, 'CREATE EXTENSION evbus', on_error_die => 1);
+	$node->safe_psql(
+		$db, as_subscriber($node, $db) . q{
+CREATE TABLE received (message_id uuid, payload jsonb);
+CREATE PROCEDURE record_received(payload jsonb, headers jsonb) LANGUAGE sql
+	AS $$ INSERT INTO public.received VALUES ((headers->>'cap-msg-id')::uuid, payload) $$;
+SELECT evbus.subscribe('Turn', 'record_received(jsonb, jsonb)');
+});
+}
+my $workers = q{SELECT count(*) FROM pg_stat_activity
+				 WHERE backend_type IN ('evbus publisher', 'evbus consumer')};
+ok(wait_for_sql($node, 'postgres', $workers, '4', 30), 'four workers take every slot');
+
+my $start = time;
+for my $db (@dbs)
+{
+	$node->safe_psql($db,
+		q{SELECT evbus.publish('Turn', jsonb_build_object('from', current_database()))});
+}
+for my $db (@dbs)
+{
+	ok( wait_for_sql($node, $db,
+			q{SELECT count(*) || '/' || count(DISTINCT message_id) FROM received}, '4/4', 150),
+		"$db handled the event of every database, each once");
+}
+my $took = time - $start;
+note(sprintf('all handled %.1f s after staging', $took));
+cmp_ok($took, '<', 300, 'well within evbus.idle_timeout');
+like(
+	slurp_file($node->logfile),
+	qr/exits: nothing to (handle|publish), and another database waits for a background worker slot/,
+	'the log says a worker left for another database');
+
+# nobody waits now: the workers that run keep their slots
+sleep 8;
+cmp_ok($node->safe_psql('postgres', $workers), '>', 0,
+	'with no worker waiting for a slot, quiet workers stay');
+
+$node->stop;
+done_testing();
