@@ -462,7 +462,7 @@ static bool
 insert_rows(const Batch *b, const InboxRow *rows, int nrows, bool inserted_handled,
 			List **dispatch, MemoryContext batch_cxt)
 {
-	static SPIPlanPtr insert_new_plan = NULL;
+	static SPIPlanPtr skip_existing_plan = NULL;
 	Datum		values[13];
 	bool		left_pending = false;
 	int			row = 0;
@@ -470,7 +470,7 @@ insert_rows(const Batch *b, const InboxRow *rows, int nrows, bool inserted_handl
 
 	insert_params(b, rows, nrows, inserted_handled, values);
 	if (!insert_all_new(values) &&
-		SPI_execute_plan(evbus_kept_plan(&insert_new_plan,
+		SPI_execute_plan(evbus_kept_plan(&skip_existing_plan,
 										 INBOX_INSERT_SQL(" ON CONFLICT (group_name, dedup_key, handler) DO NOTHING"),
 										 13, insert_types),
 						 values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
