@@ -37,7 +37,9 @@
 #    transaction (CLIENTS clients, -M prepared), after WARMUP seconds of
 #    the same load on another topic; per event, the broker's LogAppendTime
 #    - the staging time in the payload (ms; append times are whole ms):
-#    p50, p99, max (the method of bench/latency.sh).
+#    p50, p99, max (the method of bench/latency.sh).  Each event's
+#    latency and staging time (ms since the epoch) are kept in
+#    latencies-SYSTEM-RUN.txt.gz, so that a tail can be placed in time.
 # 4. consume: N events published by evbus into one topic, then read by a
 #    fresh consumer group of each consumer in turn (evbus polling polling
 #    evbus), in database "consumer": evbus subscribes a handler
@@ -410,7 +412,7 @@ latency() {
 	wait_offsets "$topic" $((staged + 20)) "$sys latency"
 	kcat -b "$BROKERS" -C -t "$topic" -o beginning -e -q -f '%T\t%s\n' 2>/dev/null \
 		| perl -ne 'my ($ts, $v) = split /\t/; next unless $v =~ /"staged_us":\s*(\d+)/;
-			printf "%.3f\n", $ts - $1 / 1000.0' | sort -g >"$TMP_DIR/lat.txt"
+			printf "%.3f\t%.3f\n", $ts - $1 / 1000.0, $1 / 1000.0' | sort -g >"$TMP_DIR/lat.txt"
 	got=$(wc -l <"$TMP_DIR/lat.txt")
 	((got == staged)) || die "$sys latency: $got events with a staging time read back, $staged staged"
 	gzip -9c "$TMP_DIR/lat.txt" >"$RESULTS_DIR/latencies-$sys-$run.txt.gz"

@@ -197,7 +197,7 @@ extern void evbus_metrics_broker(int role, bool up);
 extern void evbus_metrics_broker_error(int role, const char *error);
 extern void evbus_metrics_broker_stats(int role, const char *json);
 extern void evbus_metrics_broker_unknown(int role);
-extern void evbus_metrics_refresh_outbox(void);
+extern void evbus_metrics_set_outbox(int64 depth, TimestampTz oldest);
 extern void evbus_metrics_set_lag(const char *group, const char *topic, int64 lag);
 extern void evbus_metrics_clear_lags(void);
 

@@ -26,7 +26,6 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "commands/dbcommands.h"
-#include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
@@ -430,30 +429,16 @@ evbus_metrics_broker_unknown(int role)
 }
 
 /*
- * evbus_metrics_refresh_outbox --- count the outbox (events staged and not
- * yet acknowledged) and find its oldest event, in the caller's
- * transaction with SPI connected.  The publisher calls it every few
+ * evbus_metrics_set_outbox --- the outbox's depth (events staged and not
+ * yet acknowledged) and its oldest event's staging time (0: none), as the
+ * publisher counted them (outbox_scan.c, evbus_outbox_depth) every few
  * seconds, so that evbus.metrics() need not read the table.
  */
 void
-evbus_metrics_refresh_outbox(void)
+evbus_metrics_set_outbox(int64 depth, TimestampTz oldest)
 {
-	MetricsDb  *e;
-	bool		isnull;
-	int64		depth;
-	TimestampTz oldest = 0;
-	Datum		d;
+	MetricsDb  *e = entry_for();
 
-	if (SPI_execute("SELECT pg_catalog.count(*), pg_catalog.min(staged_at)"
-					" FROM evbus.outbox", true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not count the outbox");
-	depth = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										SPI_tuptable->tupdesc, 1, &isnull));
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-	if (!isnull)
-		oldest = DatumGetTimestampTz(d);
-	e = entry_for();
 	if (e == NULL)
 		return;
 	SpinLockAcquire(&e->mutex);

@@ -44,6 +44,7 @@ extern int	evbus_outbox_claim_ids(int64 *ids, int nids, int64 max_bytes,
 								   OutboxRow **rows, MemoryContext cxt,
 								   int64 *last_examined);
 extern int	evbus_outbox_pending_ids(int table, int max, int64 *ids);
+extern void evbus_outbox_depth(int64 *depth, TimestampTz *oldest);
 extern void evbus_outbox_finish(int64 *done_ids, int *done_tables,
 								char **done_events, int ndone,
 								DeadEvent *dead, int ndead);

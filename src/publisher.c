@@ -576,11 +576,15 @@ evbus_publisher_step(bool claim_wanted)
 	{
 		TimestampTz started = GetCurrentTimestamp();
 		TimestampTz counted;
+		int64		depth;
+		TimestampTz oldest;
 
 		pgstat_report_activity(STATE_RUNNING, "counting the outbox");
 		evbus_worker_begin(evbus_publisher_shutdown);
-		evbus_metrics_refresh_outbox();
+		evbus_outbox_published_load();
+		evbus_outbox_depth(&depth, &oldest);
 		evbus_worker_commit();
+		evbus_metrics_set_outbox(depth, oldest);
 		counted = GetCurrentTimestamp();
 		metrics_interval_ms = Max(METRICS_INTERVAL_MS,
 								  20 * (long) ((counted - started) / 1000));

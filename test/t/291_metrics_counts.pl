@@ -8,7 +8,8 @@
 # acknowledged event once (its count, and its +Inf bucket, equal the
 # published counter) with cumulative buckets; the handler duration
 # histogram counts every handler run; the outbox depth and the consumer
-# lag come back to 0; the broker is up.  evbus.stats, which no longer
+# lag come back to 0; the depth counts held events among published ones
+# (and only them); the broker is up.  evbus.stats, which no longer
 # reads the whole inbox, gives the numbers a count of the whole inbox
 # gives.  pg_monitor may call the function, PUBLIC may not.
 use strict;
@@ -103,6 +104,33 @@ ok(wait_for_sql($node, 'postgres',
 		q{SELECT value FROM evbus.metrics() WHERE database = current_database()
 		   AND metric = 'evbus_outbox_depth'}, '0', 30),
 	'the outbox depth is 0');
+
+# the depth counts the rows waiting, not the published rows beside them in
+# the outbox's table: 3 events of a paused integration event wait among
+# the 43 published ones (src/outbox_scan.c, evbus_outbox_depth); Held is
+# published once first (only a known integration event can be paused)
+$node->safe_psql('postgres', q{SELECT evbus.publish('Held', '{"n": 0}')});
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM evbus.outbox', '0', 60),
+	'the first Held event is published');
+$node->safe_psql('postgres', q{
+SELECT evbus.pause_publishing('Held');
+SELECT evbus.publish('Held', jsonb_build_object('n', g)) FROM generate_series(1, 3) g;
+});
+ok(wait_for_sql($node, 'postgres',
+		q{SELECT value FROM evbus.metrics() WHERE database = current_database()
+		   AND metric = 'evbus_outbox_depth'}, '3', 30),
+	'the outbox depth counts the 3 held events only');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'), '3',
+	'as a count of evbus.outbox does');
+ok(wait_for_sql($node, 'postgres',
+		q{SELECT value > 0 FROM evbus.metrics() WHERE database = current_database()
+		   AND metric = 'evbus_outbox_oldest_age_seconds'}, 't', 30),
+	'the oldest event of the outbox has an age');
+$node->safe_psql('postgres', q{SELECT evbus.resume_publishing('Held')});
+ok(wait_for_sql($node, 'postgres',
+		q{SELECT value FROM evbus.metrics() WHERE database = current_database()
+		   AND metric = 'evbus_outbox_depth'}, '0', 30),
+	'published once resumed: the depth is 0 again');
 ok(wait_for_sql($node, 'postgres',
 		qq{SELECT value FROM evbus.metrics() WHERE database = current_database()
 		   AND metric = 'evbus_consumer_lag' AND group_name = 'postgres'
