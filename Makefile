@@ -40,6 +40,7 @@ OBJS = \
 	src/publish_pause.o \
 	src/outbox.o \
 	src/outbox_scan.o \
+	src/outbox_truncate.o \
 	src/outbox_write.o \
 	src/outbox_published.o \
 	src/staging.o \

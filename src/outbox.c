@@ -162,7 +162,10 @@ pending_rows(int slot, int64 *ids, EvbusOutboxHeldFn held)
  * minute of published events on disk.  The exclusive locks are only
  * tried, never waited for, so neither staging nor a reader of
  * evbus.outbox is held up; the rows are listed again under the locks with
- * a fresh snapshot, so a row committed meanwhile is never lost.
+ * a fresh snapshot, so a row committed meanwhile is never lost.  When no
+ * row waits, a worker of its own truncates instead (outbox_truncate.c),
+ * so that the publisher's claims go on during the commit's file work; this
+ * step does it only when no background worker slot is free.
  */
 static void
 truncate_if_published(int slot, int current, EvbusOutboxHeldFn held)
@@ -185,7 +188,17 @@ truncate_if_published(int slot, int current, EvbusOutboxHeldFn held)
 	rel = table_open(relid, AccessShareLock);
 	nblocks = RelationGetNumberOfBlocks(rel);
 	table_close(rel, NoLock);
-	if (nblocks == 0 || pending_rows(slot, ids, held) < 0)
+	if (nblocks == 0)
+	{
+		/* truncated (by the worker below, or by hand): its ranges are moot */
+		evbus_outbox_published_forget(slot);
+		return;
+	}
+	n = pending_rows(slot, ids, held);
+	if (n < 0)
+		return;
+	/* nothing to move: the commit's file work is for a worker of its own */
+	if (n == 0 && evbus_outbox_truncate_start(slot))
 		return;
 	if (!ConditionalLockRelationOid(relid, AccessExclusiveLock) ||
 		!ConditionalLockRelationOid(ranges_relid, AccessExclusiveLock))

@@ -55,6 +55,9 @@ typedef bool (*EvbusOutboxHeldFn) (int64 id);
 extern void evbus_outbox_maintain(EvbusOutboxHeldFn held,
 								  void (*let_go) (void));
 
+/* outbox_truncate.c: truncating in a worker of its own */
+extern bool evbus_outbox_truncate_start(int slot);
+
 /* outbox_published.c: the ids the worker is done with, per table */
 /* publish_pause.c: is an integration event's publishing paused? */
 extern bool evbus_publish_any_paused(void);
