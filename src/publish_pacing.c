@@ -5,27 +5,28 @@
  *
  * The rule: at most one claim per linger, and the linger follows what the
  * claims themselves carry, never a host-wide reading.  It starts at
- * evbus.publish_linger (5 ms): a commit that wakes the worker within that
- * interval of the last claim waits for its end, so that at a trickle a
- * step carries several events, and the first event after a quiet spell
- * is claimed at once.  A claim that carried MANY_EVENTS (100) events or
- * more, i.e. staging of 20,000 events/s or more at a 5-ms linger, or a
- * worker held up that long, doubles the linger, up to LINGER_GROWTH (8)
- * times evbus.publish_linger (40 ms); a claim that carried fewer halves it
- * again, down to evbus.publish_linger.  So under heavy staging each step
- * carries hundreds of events, and the latency regime keeps the short
- * linger: at 1,000 events/s a claim carries about 5 events, and even the
- * longest linger gathers only 40, so the linger cannot hold itself up
- * there (once doubled by a stall, the next claim halves it).  During a
- * backlog (a claim that filled its batch) the worker claims again at once
- * whatever the linger.  Changes of the linger are logged at DEBUG1 (test
- * 097_saturated_cpus.pl).
+ * evbus.publish_linger (1 ms): a commit that wakes the worker within that
+ * interval of the last claim waits for its end, so that a step carries
+ * the commits of that interval, and the first event after a quiet spell
+ * is claimed at once.  A claim that carried MANY_EVENTS_PER_MS (20)
+ * events or more per millisecond of the linger, i.e. staging of 20,000
+ * events/s or more, or a worker held up that long, doubles the linger, up
+ * to LONGEST_LINGER_MS (40 ms, or evbus.publish_linger if longer); a claim
+ * that carried fewer halves it again, down to evbus.publish_linger.  The
+ * threshold grows with the linger, so the linger stays long exactly while
+ * staging stays that fast: under heavy staging each step carries hundreds
+ * of events, and at 1,000 events/s a claim carries about one event per
+ * millisecond of the linger, so a linger doubled by a stall is halved by
+ * the next claim.  During a backlog (a claim that filled its batch) the
+ * worker claims again at once whatever the linger.  Changes of the linger
+ * are logged at DEBUG1 (test 097_saturated_cpus.pl).
  *
- * Why not claim at once at a trickle: on the 2-core benchmark machine,
- * bench/latency.sh at 1,000 events/s with evbus.publish_linger = 0 took
- * the worker 1.5 times the CPU per event, and the broker three to five
- * times the produce requests: p99 60.8 ms against 28.3 ms with 5 ms in
- * the same sitting, the broker's JVM being the bottleneck.  Why no longer
+ * Why 1 ms and not more: bench/latency.sh at 1,000 events/s on the 2-core
+ * benchmark machine, the same sitting: p50 1.8-1.9, p99 5.8-6.2 ms with
+ * 1 ms against p50 4.1-4.2, p99 8.6-9.4 ms with 5 ms, for 1.5 to 1.7
+ * times the worker's CPU per event.  Why not 0 (a claim at every wake):
+ * there, 1.5 times the CPU of 5 ms and three to five times the produce
+ * requests, the broker's JVM being the bottleneck.  Why no longer
  * the CPU pressure of the host (/proc/pressure/cpu, the former
  * evbus.publish_linger_busy, 200 ms): a host that runs PostgreSQL, the
  * application and a broker reports pressure much of the time, so the
@@ -71,14 +72,12 @@
 #define REPORT_POLL_MS 10
 
 /*
- * A claim of this many events or more lengthens the linger (see above);
- * the linger grows to at most LINGER_GROWTH times evbus.publish_linger,
- * and never past LINGER_CEILING_MS unless evbus.publish_linger itself is
- * longer.
+ * A claim of this many events or more per millisecond of the linger
+ * lengthens it (see above); it grows to at most LONGEST_LINGER_MS, or
+ * evbus.publish_linger if that is longer.
  */
-#define MANY_EVENTS 100
-#define LINGER_GROWTH 8
-#define LINGER_CEILING_MS 1000
+#define MANY_EVENTS_PER_MS 20
+#define LONGEST_LINGER_MS 40
 
 static bool backlog = true;		/* the last claim left rows to claim */
 static bool claim_requested = true; /* a commit (or the timer) asked for one */
@@ -93,8 +92,7 @@ static int	warned_linger_busy = 0; /* evbus.publish_linger_busy warned of */
 static int
 longest_linger_ms(void)
 {
-	return Max(evbus_publish_linger_ms,
-			   Min(LINGER_GROWTH * evbus_publish_linger_ms, LINGER_CEILING_MS));
+	return Max(evbus_publish_linger_ms, LONGEST_LINGER_MS);
 }
 
 /*
@@ -170,8 +168,9 @@ evbus_pacing_claim_due(TimestampTz now)
 
 /*
  * evbus_pacing_claimed --- the step claimed at now and produced nevents;
- * more: rows wait.  A claim of MANY_EVENTS or more doubles the linger (up
- * to its bound), a smaller one halves it (down to evbus.publish_linger).
+ * more: rows wait.  A claim of MANY_EVENTS_PER_MS or more events per
+ * millisecond of the linger doubles it (up to its bound), a smaller one
+ * halves it (down to evbus.publish_linger).
  */
 void
 evbus_pacing_claimed(TimestampTz now, bool more, int nevents)
@@ -179,7 +178,7 @@ evbus_pacing_claimed(TimestampTz now, bool more, int nevents)
 	int			before = linger_ms();
 	int			after;
 
-	if (nevents >= MANY_EVENTS)
+	if (nevents >= MANY_EVENTS_PER_MS * Max(before, 1))
 		grown_linger_ms = Min(2 * before, longest_linger_ms());
 	else
 		grown_linger_ms = before / 2;

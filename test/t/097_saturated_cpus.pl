@@ -1,7 +1,7 @@
 # 097_saturated_cpus.pl - under heavy staging on saturated CPUs the
 # publisher's claims carry many events each, and it lingers longer between
-# them (src/publish_pacing.c: a claim of 100 events or more doubles the
-# linger, up to 8 times evbus.publish_linger); every committed event is
+# them (src/publish_pacing.c: a claim of 20 events or more per millisecond
+# of the linger doubles it, up to 40 ms); every committed event is
 # still published exactly once; once the load is gone, small claims bring
 # the linger back to evbus.publish_linger.  The pacing follows the claims
 # alone: the former switch on the host's CPU pressure
@@ -36,7 +36,7 @@ my $node = new_node('busy', kafka => 1,
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 is($node->safe_psql('postgres', 'SHOW evbus.publish_linger'),
-	'5ms', 'evbus.publish_linger is 5 ms by default');
+	'1ms', 'evbus.publish_linger is 1 ms by default');
 
 my $script = pgbench_script('097_busy', <<"SQL");
 \\set k random(1, 1000)
@@ -96,10 +96,12 @@ ok($log !~ /CPUs contended/, 'no switch on the host\'s CPU pressure');
 # under the load: claims of many events, and a longer linger
 ok(@grown > 0, 'under heavy staging the worker lingers longer')
   or diag('no lengthening of the linger logged');
-ok(!grep({ $_->[0] < 100 } @grown),
-	'each lengthening followed a claim of 100 events or more')
+# the linger doubled (or reached 40 ms from 20 or more): the claim carried
+# 20 events per millisecond of the linger before it, 10 per ms of the new one
+ok(!grep({ $_->[0] < 10 * $_->[1] } @grown),
+	'each lengthening followed a claim of 20 events or more per ms of the linger')
   or diag(join(', ', map { "$_->[0] events -> $_->[1] ms" } @grown));
-ok(!grep({ $_->[1] > 40 } @grown), 'the linger stays within 8 x evbus.publish_linger')
+ok(!grep({ $_->[1] > 40 } @grown), 'the linger stays within 40 ms')
   or diag(join(', ', map { "$_->[0] events -> $_->[1] ms" } @grown));
 
 # every committed event, exactly once (message ids read back from Kafka)
@@ -135,7 +137,7 @@ ok(wait_for_sql($node, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't',
 	'the trickle is published');
 $log = slurp_file($node->logfile, $log_offset);
 my @changes = $log =~ /(evbus: a claim carried \d+ events: claims linger [^\n]*)/g;
-like($changes[-1] // '', qr/claims linger evbus.publish_linger \(5 ms\) again/,
+like($changes[-1] // '', qr/claims linger evbus.publish_linger \(1 ms\) again/,
 	'small claims bring the linger back to evbus.publish_linger')
   or diag(join("\n", @changes));
 
