@@ -20,7 +20,9 @@
  *	  - checks again, under the locks, from the committed ranges of
  *	    evbus.outbox_published_<n>, that no row of evbus.outbox_<n> is
  *	    waiting (a row the check misses would be lost: test
- *	    081_truncate_worker.pl);
+ *	    081_truncate_worker.pl), along the primary key past the ranges,
+ *	    so that the locks, which the publisher's claims wait for, are
+ *	    held for milliseconds;
  *	  - truncates both, commits and exits.
  *
  * Anything else -- a lock taken, a row waiting, no free background worker
@@ -98,27 +100,19 @@ evbus_outbox_truncate_start(int slot)
 /*
  * all_done --- is every row of evbus.outbox_<slot> within the committed
  * ranges of evbus.outbox_published_<slot>?  Read under both exclusive
- * locks, so no row can come or go meanwhile.
+ * locks, so no row can come or go meanwhile, and along the primary key
+ * past the ranges, as the publisher's claims do (outbox_scan.c): a scan
+ * of every row would hold the locks, and so the publisher's next claim,
+ * which reads both tables, for as long as it takes to read a minute of
+ * staging.  A fresh process: the ranges in memory are those read here.
  */
 static bool
 all_done(int slot)
 {
-	char		sql[512];
-	bool		isnull;
-	bool		done;
+	int64		unused;
 
-	snprintf(sql, sizeof(sql),
-			 "SELECT NOT EXISTS (SELECT FROM evbus.outbox_%d"
-			 " WHERE NOT id OPERATOR(pg_catalog.<@)"
-			 " (SELECT COALESCE(pg_catalog.range_agg(pg_catalog.int8range(lo, hi, '[]')), '{}')"
-			 " FROM evbus.outbox_published_%d))",
-			 slot, slot);
-	/* not read-only: a snapshot taken now, under the locks */
-	if (SPI_execute(sql, false, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read evbus.outbox_%d", slot);
-	done = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-									  SPI_tuptable->tupdesc, 1, &isnull));
-	return !isnull && done;
+	evbus_outbox_published_load();
+	return evbus_outbox_pending_ids(slot, 0, &unused) == 0;
 }
 
 /*
