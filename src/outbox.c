@@ -197,9 +197,19 @@ truncate_if_published(int slot, int current, EvbusOutboxHeldFn held)
 	n = pending_rows(slot, ids, held);
 	if (n < 0)
 		return;
-	/* nothing to move: the commit's file work is for a worker of its own */
-	if (n == 0 && evbus_outbox_truncate_start(slot))
-		return;
+	/*
+	 * Nothing to move: the commit's file work is for a worker of its own,
+	 * once the table's lock is free (a transaction that staged there and
+	 * runs for hours would otherwise have a worker started every second).
+	 */
+	if (n == 0)
+	{
+		if (!ConditionalLockRelationOid(relid, AccessExclusiveLock))
+			return;
+		UnlockRelationOid(relid, AccessExclusiveLock);
+		if (evbus_outbox_truncate_start(slot))
+			return;
+	}
 	if (!ConditionalLockRelationOid(relid, AccessExclusiveLock) ||
 		!ConditionalLockRelationOid(ranges_relid, AccessExclusiveLock))
 		return;

@@ -14,9 +14,10 @@
  * the table staging no longer writes to done with (outbox.c), it starts
  * this worker, which:
  *
- *	  - takes both tables' exclusive locks, only if free at once (a
- *	    staging transaction still writing there keeps its RowExclusiveLock
- *	    until it ends);
+ *	  - takes both tables' exclusive locks, each only if free at once,
+ *	    trying again for up to 100 ms (a staging transaction still writing
+ *	    there keeps its RowExclusiveLock until it ends; each claim of the
+ *	    publisher holds an AccessShareLock for a moment);
  *	  - checks again, under the locks, from the committed ranges of
  *	    evbus.outbox_published_<n>, that no row of evbus.outbox_<n> is
  *	    waiting (a row the check misses would be lost: test
@@ -116,9 +117,40 @@ all_done(int slot)
 }
 
 /*
+ * How many times, 1 ms apart, the worker tries to take both locks: the
+ * publisher reads the table in each claim (an AccessShareLock for the
+ * claim's transaction), so the first try may fall into one.
+ */
+#define LOCK_TRIES 100
+
+/*
+ * lock_both --- both exclusive locks, each only if free at once, tried
+ * again until LOCK_TRIES have failed; never waited for, so that no
+ * staging transaction queues behind this worker.
+ */
+static bool
+lock_both(Oid relid, Oid ranges_relid)
+{
+	int			i;
+
+	for (i = 0; i < LOCK_TRIES; i++)
+	{
+		if (ConditionalLockRelationOid(relid, AccessExclusiveLock))
+		{
+			if (ConditionalLockRelationOid(ranges_relid, AccessExclusiveLock))
+				return true;
+			UnlockRelationOid(relid, AccessExclusiveLock);
+		}
+		CHECK_FOR_INTERRUPTS();
+		pg_usleep(1000L);
+	}
+	return false;
+}
+
+/*
  * truncate_if_done --- in the current transaction: truncate
- * evbus.outbox_<slot> and its ranges if both locks are free and every row
- * is done with.
+ * evbus.outbox_<slot> and its ranges if both locks can be had and every
+ * row is done with.
  */
 static void
 truncate_if_done(int slot)
@@ -136,8 +168,7 @@ truncate_if_done(int slot)
 	snprintf(relname, sizeof(relname), "outbox_published_%d", slot);
 	ranges_relid = get_relname_relid(relname, schema);
 	if (!OidIsValid(relid) || !OidIsValid(ranges_relid) ||
-		!ConditionalLockRelationOid(relid, AccessExclusiveLock) ||
-		!ConditionalLockRelationOid(ranges_relid, AccessExclusiveLock))
+		!lock_both(relid, ranges_relid))
 		return;
 
 	/* a snapshot taken under the locks, for the check and the TRUNCATE */
