@@ -19,6 +19,19 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time sleep);
 
+# stage_rounds(node, event, rounds, pause): rounds transactions of 10
+# events of the integration event, pause seconds apart
+sub stage_rounds
+{
+	my ($n, $event, $rounds, $pause) = @_;
+	for my $round (1 .. $rounds)
+	{
+		$n->safe_psql('postgres',
+			qq{SELECT evbus.publish('$event', jsonb_build_object('n', $round * 100 + g)) FROM generate_series(1, 10) g});
+		sleep $pause;
+	}
+}
+
 kafka_bootstrap();
 my $prefix = "t081.$$.";
 my $node = new_node('truncw', kafka => 1,
@@ -47,12 +60,7 @@ like($table, qr/^[01]$/, "the slow transaction staged into evbus.outbox_$table")
 my $log_offset = -s $node->logfile;
 
 # 100 events over 7 s: the tables rotate three times
-for my $round (1 .. 10)
-{
-	$node->safe_psql('postgres',
-		qq{SELECT evbus.publish('Truncated', jsonb_build_object('n', $round * 100 + g)) FROM generate_series(1, 10) g});
-	sleep 0.7;
-}
+stage_rounds($node, 'Truncated', 10, 0.7);
 ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM evbus.outbox', '0', 60),
 	'the 100 committed events are published');
 my $log = slurp_file($node->logfile, $log_offset);
@@ -91,12 +99,7 @@ $tight->safe_psql('postgres', 'CREATE EXTENSION evbus');
 ok(wait_for_sql($tight, 'postgres', 'SELECT evbus.publisher_pid() > 0 AND evbus.consumer_pid() > 0', 't', 30),
 	'both workers run in the three slots');
 $log_offset = -s $tight->logfile;
-for my $round (1 .. 4)
-{
-	$tight->safe_psql('postgres',
-		qq{SELECT evbus.publish('Tight', jsonb_build_object('n', $round * 100 + g)) FROM generate_series(1, 10) g});
-	sleep 0.6;
-}
+stage_rounds($tight, 'Tight', 4, 0.6);
 ok(wait_for_sql($tight, 'postgres', 'SELECT count(*) FROM evbus.outbox', '0', 60),
 	'the 40 events are published');
 for (1 .. 50)
