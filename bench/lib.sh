@@ -280,6 +280,21 @@ environment_report() {
 # median of numbers on stdin
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
+# variant_medians RUNS_TSV BASE "VARIANTS" HEADING: for each variant, the
+# values of column 5 of RUNS_TSV (round, variant, count, ms, value), their
+# median and its difference from the median of variant BASE.
+variant_medians() {
+	local runs=$1 base=$2 variants=$3 heading=$4 base_med v vals med
+	printf '  var  %-40s  median   - (%s)\n' "$heading" "$base"
+	base_med=$(awk -F'\t' -v v="$base" '$2 == v {print $5}' "$runs" | median)
+	for v in $variants; do
+		vals=$(awk -F'\t' -v v="$v" '$2 == v {printf "%s ", $5}' "$runs")
+		med=$(awk -F'\t' -v v="$v" '$2 == v {print $5}' "$runs" | median)
+		printf '  %-3s  %-40s  %6.2f  %+6.2f\n' "$v" "$vals" "$med" \
+			"$(awk -v m="$med" -v b="$base_med" 'BEGIN {print m - b}')"
+	done
+}
+
 # ---- CPU accounting from /proc (clock ticks of user + system time) ----
 CLK_TCK=$(getconf CLK_TCK)
 proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }

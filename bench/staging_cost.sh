@@ -75,13 +75,7 @@ done
 {
 	echo "staging_cost: $N calls per loop, one session, publishing paused, $ROUNDS rounds"
 	echo
-	printf '  var  %-40s  median   - (a)\n' "us per call, per round"
-	a_med=$(awk -F'\t' '$2 == "a" {print $5}' "$RESULTS_DIR/runs.tsv" | median)
-	for v in $VARIANTS; do
-		vals=$(awk -F'\t' -v v="$v" '$2 == v {printf "%s ", $5}' "$RESULTS_DIR/runs.tsv")
-		med=$(awk -F'\t' -v v="$v" '$2 == v {print $5}' "$RESULTS_DIR/runs.tsv" | median)
-		printf '  %-3s  %-40s  %6.2f  %+6.2f\n' "$v" "$vals" "$med" "$(awk -v m="$med" -v a="$a_med" 'BEGIN {print m - a}')"
-	done
+	variant_medians "$RESULTS_DIR/runs.tsv" a "$VARIANTS" "us per call, per round"
 	echo
 	echo "a = hand-written outbox INSERT, b = evbus.raise through one SQL converter,"
 	echo "c = evbus.publish, t = the payload alone (the loop's own cost)"
