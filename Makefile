@@ -62,6 +62,7 @@ OBJS = \
 	src/kafka_offsets.o \
 	src/inbox_decode.o \
 	src/inbox.o \
+	src/inbox_write.o \
 	src/attempt_marker.o \
 	src/handler.o \
 	src/handler_trace.o \

@@ -55,6 +55,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -411,20 +412,68 @@ static Oid	insert_types[13] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID
 	INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID, INT4ARRAYOID,
 BOOLOID, TEXTARRAYOID};
 
+/* The rows as inbox_write.c takes them. */
+static InboxNewRow *
+new_rows(const Batch *b, const InboxRow *rows, int nrows, bool inserted_handled)
+{
+	InboxNewRow *out = palloc(sizeof(InboxNewRow) * nrows);
+	int			r;
+
+	for (r = 0; r < nrows; r++)
+	{
+		const ReceivedMessage *m = &b->msgs[rows[r].msg];
+		const Decoded *d = &b->dec[rows[r].msg];
+
+		out[r].dedup_key = rows[r].dedup_key;
+		out[r].message_id = d->message_id;
+		out[r].integration_event = rows[r].sub->integration_event;
+		out[r].topic = m->topic;
+		out[r].partition = m->partition;
+		out[r].offset = m->offset;
+		out[r].event_key = d->event_key;
+		out[r].payload = d->payload;
+		out[r].headers = d->headers;
+		out[r].attempts = rows[r].attempts;
+		/* as INBOX_INSERT_SQL decides */
+		out[r].handled = rows[r].attempts > 0 && inserted_handled;
+		out[r].handler = rows[r].sub->signature;
+	}
+	return out;
+}
+
 /*
- * insert_all_new --- insert every row, in a subtransaction; false (and
- * nothing inserted) if one of them is in the inbox already.
+ * insert_through_sql --- INBOX_INSERT_SQL(conflict) with the rows'
+ * parameters (insert_params); the RETURNING rows are in SPI_tuptable.
+ */
+static void
+insert_through_sql(SPIPlanPtr *plan, const char *sql, const Batch *b,
+				   const InboxRow *rows, int nrows, bool inserted_handled)
+{
+	Datum		values[13];
+
+	insert_params(b, rows, nrows, inserted_handled, values);
+	if (SPI_execute_plan(evbus_kept_plan(plan, sql, 13, insert_types),
+						 values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not insert into the inbox");
+}
+
+/*
+ * insert_all_new --- insert every row, in a subtransaction, and give
+ * their ids; false (and nothing inserted) if one of them is in the inbox
+ * already.
  *
  * A message normally arrives once, so the rows are first inserted without
  * ON CONFLICT, whose check probes the inbox's unique index once more per
- * row before the insertion probes it again (bench/consume.sh).  The
+ * row before the insertion probes it again (bench/consume.sh): straight
+ * into the table where inbox_write.c knows it, else through SQL.  The
  * unique index refuses a redelivered row (a replay, a message its
  * producer sent twice): then the subtransaction goes and the caller
  * inserts again, skipping the rows that are there (test
  * 291_metrics_counts.pl replays, 120_consume_redelivery.pl redelivers).
  */
 static bool
-insert_all_new(Datum *values)
+insert_all_new(const Batch *b, const InboxRow *rows, int nrows, bool inserted_handled,
+			   int64 *ids)
 {
 	static SPIPlanPtr plan = NULL;
 	EvbusSubxact sx;
@@ -433,9 +482,27 @@ insert_all_new(Datum *values)
 	evbus_subxact_begin(&sx);
 	PG_TRY();
 	{
-		if (SPI_execute_plan(evbus_kept_plan(&plan, INBOX_INSERT_SQL(""), 13, insert_types),
-							 values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
-			elog(ERROR, "could not insert into the inbox");
+		Oid			relid = get_relname_relid("inbox", evbus_schema_oid());
+
+		if (!OidIsValid(relid))
+			elog(ERROR, "evbus.inbox does not exist");
+		if (!evbus_inbox_write(relid, b->group, new_rows(b, rows, nrows, inserted_handled),
+							   nrows, ids))
+		{
+			uint64		r;
+
+			insert_through_sql(&plan, INBOX_INSERT_SQL(""), b, rows, nrows, inserted_handled);
+			if (SPI_processed != (uint64) nrows)
+				elog(ERROR, "evbus: inbox insert returned %lu rows of %d",
+					 (unsigned long) SPI_processed, nrows);
+			for (r = 0; r < SPI_processed; r++)
+			{
+				bool		isnull;
+
+				ids[r] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+													 SPI_tuptable->tupdesc, 1, &isnull));
+			}
+		}
 		evbus_subxact_commit(&sx);
 	}
 	PG_CATCH();
@@ -463,18 +530,27 @@ insert_rows(const Batch *b, const InboxRow *rows, int nrows, bool inserted_handl
 			List **dispatch, MemoryContext batch_cxt)
 {
 	static SPIPlanPtr skip_existing_plan = NULL;
-	Datum		values[13];
+	int64	   *ids = palloc(sizeof(int64) * nrows);
 	bool		left_pending = false;
 	int			row = 0;
 	uint64		r;
 
-	insert_params(b, rows, nrows, inserted_handled, values);
-	if (!insert_all_new(values) &&
-		SPI_execute_plan(evbus_kept_plan(&skip_existing_plan,
-										 INBOX_INSERT_SQL(" ON CONFLICT (group_name, dedup_key, handler) DO NOTHING"),
-										 13, insert_types),
-						 values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not insert into the inbox");
+	if (insert_all_new(b, rows, nrows, inserted_handled, ids))
+	{
+		MemoryContextSwitchTo(batch_cxt);
+		for (row = 0; row < nrows; row++)
+		{
+			if (rows[row].runnable)
+				*dispatch = lappend(*dispatch, dispatch_of(b, &rows[row], ids[row]));
+			else
+				left_pending = true;
+		}
+		return left_pending;
+	}
+
+	insert_through_sql(&skip_existing_plan,
+					   INBOX_INSERT_SQL(" ON CONFLICT (group_name, dedup_key, handler) DO NOTHING"),
+					   b, rows, nrows, inserted_handled);
 	MemoryContextSwitchTo(batch_cxt);
 
 	/* RETURNING follows the insert order; rows not returned were redeliveries */

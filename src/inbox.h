@@ -6,7 +6,8 @@
  *	  another.
  *
  * The calls go one way: inbox.c (the batch protocol) calls
- * inbox_decode.c (decoding), inbox_retry.c (running dispatched rows,
+ * inbox_decode.c (decoding), inbox_write.c (inserting the rows),
+ * inbox_retry.c (running dispatched rows,
  * retries and dead letters), which calls inbox_park.c (a handler's dead
  * letter, skipped or parked), and consumer_offsets.c (stored offsets);
  * none of these calls back into its caller.
@@ -46,9 +47,30 @@ typedef struct Dispatch
 	EvbusSubscription *sub;		/* NULL: no longer subscribed */
 } Dispatch;
 
+/* A new row of evbus.inbox: a received message for one handler. */
+typedef struct InboxNewRow
+{
+	const char *dedup_key;		/* message id, else topic/partition/offset */
+	const char *message_id;		/* NULL: none */
+	const char *integration_event;
+	const char *topic;
+	int32		partition;
+	int64		offset;
+	const char *event_key;		/* NULL: none */
+	Jsonb	   *payload;
+	Jsonb	   *headers;
+	int32		attempts;
+	bool		handled;		/* inserted handled; else pending, due now */
+	const char *handler;		/* the handler's signature */
+} InboxNewRow;
+
 /* inbox_decode.c */
 extern void evbus_decode_batch(ReceivedMessage *msgs, int n, const char *group,
 							   Decoded *dec);
+
+/* inbox_write.c */
+extern bool evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *rows,
+							  int n, int64 *ids);
 
 /* inbox_retry.c */
 extern List *evbus_hold_key(List *held, const char *handler, const char *key);
