@@ -202,6 +202,8 @@ evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *rows, int n,
 	ExecInitRangeTable(estate, list_make1(rte));
 	rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	/* where the AFTER triggers look for it (else they open rel again) */
+	estate->es_opened_result_relations = list_make1(rri);
 	estate->es_output_cid = GetCurrentCommandId(true);
 	ExecOpenIndices(rri, false);
 	slot = table_slot_create(rel, &estate->es_tupleTable);
@@ -225,7 +227,7 @@ evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *rows, int n,
 	ExecASInsertTriggers(estate, rri, capture);
 	AfterTriggerEndQuery(estate);
 
-	ExecCloseIndices(rri);
+	ExecCloseResultRelations(estate);
 	ExecResetTupleTable(estate->es_tupleTable, false);
 	FreeExecutorState(estate);
 	table_close(rel, NoLock);
