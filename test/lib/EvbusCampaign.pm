@@ -572,8 +572,28 @@ sub heal
 	return;
 }
 
-# The drain: every database's outbox empty, no handler pending, every
-# group's lag zero, and nothing changing in the inbox over two polls.
+# kafka_end_offsets(): a VALUES list (topic, partition, end offset) of
+# every partition of the campaign's topics, as Kafka has them now; undef
+# when kcat could not tell.
+sub kafka_end_offsets
+{
+	my ($self) = @_;
+	my $boot = _slurp("$self->{cdir}/bootstrap");
+	my @parts = map { my $t = "$PREFIX$_"; map { ('-t', "$t:$_:-1") } 0 .. 2 } @EVENTS;
+	my $out = '';
+	IPC::Run::run([ 'timeout', 10, 'kcat', '-b', $boot, '-Q', @parts ],
+		'<', \undef, '>', \$out, '2>', '/dev/null');
+	my @rows;
+	push @rows, "('$1', $2, $3)" while $out =~ /^(\S+) \[(\d+)\] offset (\d+)$/mg;
+	return @rows == 3 * @EVENTS ? 'VALUES ' . join(', ', @rows) : undef;
+}
+
+# The drain: every database's outbox empty, no handler pending, each
+# group's stored offsets at Kafka's end offsets of the topics it subscribes
+# to, and nothing changing in the inbox over two polls.  (The lag of
+# evbus.stats is not enough: it comes from the last high watermarks the
+# consumer saw, and a consumer that rejoins its group after a kill sees
+# none until the group's rebalance ends, up to a session timeout later.)
 # Returns the seconds from the last healed fault to drained, or "timeout".
 sub wait_drain
 {
@@ -584,12 +604,27 @@ sub wait_drain
 	{
 		my $state = '';
 		my $done = 1;
+		my $end = $self->kafka_end_offsets;
+		if (!defined $end)
+		{
+			# Kafka's offsets unknown: not drained, whatever the databases say
+			$done = 0;
+			$end = "VALUES ('', 0, 0)";
+		}
 		for my $db (@DBS)
 		{
 			my $r = $self->psql($db,
-				q{SELECT (SELECT count(*) FROM evbus.outbox) || ' '
+				qq{WITH kafka_end (topic, kafka_partition, end_offset) AS ($end),
+				        subscribed AS (SELECT DISTINCT group_name,
+				                              current_setting('evbus.topic_prefix') || integration_event AS topic
+				                         FROM evbus.subscriptions)
+				   SELECT (SELECT count(*) FROM evbus.outbox) || ' '
 				   || (SELECT count(*) FROM evbus.inbox WHERE state = 'pending') || ' '
-				   || (SELECT COALESCE(sum(lag), 0) FROM evbus.stats WHERE side = 'consume') || ' '
+				   || (SELECT COALESCE(sum(e.end_offset - COALESCE(o.next_offset, 0)), 0)
+				         FROM subscribed s JOIN kafka_end e USING (topic)
+				         LEFT JOIN evbus.consumer_offsets o
+				                ON o.group_name = s.group_name AND o.topic = e.topic
+				               AND o.kafka_partition = e.kafka_partition) || ' '
 				   || (SELECT count(*) FROM evbus.inbox) || ' '
 				   || (SELECT count(*) FROM pg_prepared_xacts)});
 			$r //= 'down';
