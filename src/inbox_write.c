@@ -7,10 +7,10 @@
  *
  * The consumer inserts a row per message and handler.  Through SQL
  * (INSERT ... SELECT FROM unnest of one array per column, RETURNING id)
- * about a tenth of the consumer's CPU per message went to the statement
- * around the rows rather than into them: the arrays, their unnest into a
- * tuplestore, projecting each row, the RETURNING tuples (bench/consume.sh,
- * BENCHMARKS.md).  Here each row goes from the batch into a slot, then
+ * a sixth to a quarter of the consumer's CPU per message went to the
+ * statement around the rows rather than into them: the arrays, their
+ * unnest into a tuplestore, projecting each row, the RETURNING tuples
+ * (bench/consume.sh, BENCHMARKS.md).  Here each row goes from the batch into a slot, then
  * where an INSERT would put it: its id from the identity's sequence, the
  * table's constraints checked, the heap tuple, the index entries (a
  * duplicate (group, dedup key, handler) throws the unique violation an
