@@ -215,6 +215,8 @@ evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *rows, int n,
 	{
 		List	   *recheck;
 
+		/* what evaluating the partial indexes' predicates allocated */
+		ResetPerTupleExprContext(estate);
 		ids[i] = nextval_internal(seqid, false);
 		fill_slot(slot, attidx, group, &rows[i], ids[i], now);
 		if (rel->rd_att->constr)
