@@ -127,7 +127,7 @@ sub_named(List *subs, const char *group, const char *topic, const char *handler)
 
 /* A text[] of n C strings; a NULL one is a NULL element. */
 static ArrayType *
-text_array(char **strs, int n)
+text_array(const char **strs, int n)
 {
 	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
 	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
@@ -229,7 +229,7 @@ keys_pending(const Batch *b, MemoryContext batch_cxt)
 {
 	static SPIPlanPtr keys_plan = NULL;
 	List	   *pending_keys = NIL;
-	char	  **keys = palloc(sizeof(char *) * b->n);
+	const char **keys = palloc(sizeof(char *) * b->n);
 	int			nkeys = 0;
 	bool		pending;
 	Oid			types[2] = {TEXTOID, TEXTARRAYOID};
@@ -314,25 +314,14 @@ plan_rows(const Batch *b, List *pending_keys, bool inserted_handled, InboxRow *r
 }
 
 /*
- * insert_params --- the 13 parameters of the inbox insert (see
- * insert_rows): the group, one array per column of rows, and
- * inserted_handled.
+ * new_rows --- the batch's rows as they go into the inbox, either way
+ * (inbox_write.c, or insert_params for SQL): inserted handled if their
+ * handler runs in this transaction (inserted_handled) and now.
  */
-static void
-insert_params(const Batch *b, const InboxRow *rows, int nrows, bool inserted_handled,
-			  Datum *values)
+static InboxNewRow *
+new_rows(const Batch *b, const InboxRow *rows, int nrows, bool inserted_handled)
 {
-	char	  **dedup = palloc(sizeof(char *) * nrows);
-	char	  **mid = palloc(sizeof(char *) * nrows);
-	char	  **event = palloc(sizeof(char *) * nrows);
-	char	  **topic = palloc(sizeof(char *) * nrows);
-	char	  **key = palloc(sizeof(char *) * nrows);
-	char	  **handler = palloc(sizeof(char *) * nrows);
-	Datum	   *part = palloc(sizeof(Datum) * nrows);
-	Datum	   *offs = palloc(sizeof(Datum) * nrows);
-	Datum	   *payload = palloc(sizeof(Datum) * nrows);
-	Datum	   *headers = palloc(sizeof(Datum) * nrows);
-	Datum	   *attempts = palloc(sizeof(Datum) * nrows);
+	InboxNewRow *out = palloc(sizeof(InboxNewRow) * nrows);
 	int			r;
 
 	for (r = 0; r < nrows; r++)
@@ -340,19 +329,59 @@ insert_params(const Batch *b, const InboxRow *rows, int nrows, bool inserted_han
 		const ReceivedMessage *m = &b->msgs[rows[r].msg];
 		const Decoded *d = &b->dec[rows[r].msg];
 
-		dedup[r] = rows[r].dedup_key;
-		mid[r] = d->message_id;
-		event[r] = rows[r].sub->integration_event;
-		topic[r] = m->topic;
-		key[r] = d->event_key;
-		handler[r] = rows[r].sub->signature;
-		part[r] = Int32GetDatum(m->partition);
-		offs[r] = Int64GetDatum(m->offset);
-		payload[r] = JsonbPGetDatum(d->payload);
-		headers[r] = JsonbPGetDatum(d->headers);
-		attempts[r] = Int32GetDatum(rows[r].attempts);
+		out[r].dedup_key = rows[r].dedup_key;
+		out[r].message_id = d->message_id;
+		out[r].integration_event = rows[r].sub->integration_event;
+		out[r].topic = m->topic;
+		out[r].partition = m->partition;
+		out[r].offset = m->offset;
+		out[r].event_key = d->event_key;
+		out[r].payload = d->payload;
+		out[r].headers = d->headers;
+		out[r].attempts = rows[r].attempts;
+		out[r].handled = rows[r].attempts > 0 && inserted_handled;
+		out[r].handler = rows[r].sub->signature;
 	}
-	values[0] = CStringGetTextDatum(b->group);
+	return out;
+}
+
+/*
+ * insert_params --- the 13 parameters of the inbox insert (see
+ * INBOX_INSERT_SQL): the group, then one array per column of rows.
+ */
+static void
+insert_params(const char *group, const InboxNewRow *rows, int nrows, Datum *values)
+{
+	const char **dedup = palloc(sizeof(char *) * nrows);
+	const char **mid = palloc(sizeof(char *) * nrows);
+	const char **event = palloc(sizeof(char *) * nrows);
+	const char **topic = palloc(sizeof(char *) * nrows);
+	const char **key = palloc(sizeof(char *) * nrows);
+	const char **handler = palloc(sizeof(char *) * nrows);
+	Datum	   *part = palloc(sizeof(Datum) * nrows);
+	Datum	   *offs = palloc(sizeof(Datum) * nrows);
+	Datum	   *payload = palloc(sizeof(Datum) * nrows);
+	Datum	   *headers = palloc(sizeof(Datum) * nrows);
+	Datum	   *attempts = palloc(sizeof(Datum) * nrows);
+	Datum	   *handled = palloc(sizeof(Datum) * nrows);
+	int			r;
+
+	for (r = 0; r < nrows; r++)
+	{
+		dedup[r] = rows[r].dedup_key;
+		mid[r] = rows[r].message_id;
+		event[r] = rows[r].integration_event;
+		topic[r] = rows[r].topic;
+		key[r] = rows[r].event_key;
+		handler[r] = rows[r].handler;
+		part[r] = Int32GetDatum(rows[r].partition);
+		offs[r] = Int64GetDatum(rows[r].offset);
+		payload[r] = JsonbPGetDatum(rows[r].payload);
+		headers[r] = JsonbPGetDatum(rows[r].headers);
+		attempts[r] = Int32GetDatum(rows[r].attempts);
+		handled[r] = BoolGetDatum(rows[r].handled);
+	}
+	values[0] = CStringGetTextDatum(group);
 	values[1] = PointerGetDatum(text_array(dedup, nrows));
 	values[2] = PointerGetDatum(text_array(mid, nrows));
 	values[3] = PointerGetDatum(text_array(event, nrows));
@@ -363,7 +392,7 @@ insert_params(const Batch *b, const InboxRow *rows, int nrows, bool inserted_han
 	values[8] = PointerGetDatum(construct_array(payload, nrows, JSONBOID, -1, false, TYPALIGN_INT));
 	values[9] = PointerGetDatum(construct_array(headers, nrows, JSONBOID, -1, false, TYPALIGN_INT));
 	values[10] = PointerGetDatum(construct_array(attempts, nrows, INT4OID, 4, true, TYPALIGN_INT));
-	values[11] = BoolGetDatum(inserted_handled);
+	values[11] = PointerGetDatum(construct_array(handled, nrows, BOOLOID, 1, true, TYPALIGN_CHAR));
 	values[12] = PointerGetDatum(text_array(handler, nrows));
 }
 
@@ -397,61 +426,33 @@ dispatch_of(const Batch *b, const InboxRow *row, int64 inbox_id)
 	" integration_event, topic, kafka_partition, kafka_offset, event_key," \
 	" payload, headers, state, attempts, next_attempt_at, handled_at, handler)" \
 	" SELECT $1, d, m, e, t, p, o, k, pl, h," \
-	" CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN 'handled' ELSE 'pending' END, a," \
-	" CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN NULL ELSE pg_catalog.now() END," \
-	" CASE WHEN a OPERATOR(pg_catalog.>) 0 AND $12 THEN pg_catalog.now() END, hd" \
+	" CASE WHEN x THEN 'handled' ELSE 'pending' END, a," \
+	" CASE WHEN x THEN NULL ELSE pg_catalog.now() END," \
+	" CASE WHEN x THEN pg_catalog.now() END, hd" \
 	" FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)," \
 	" pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)," \
 	" pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9)," \
-	" pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($13))" \
-	" AS u(d, m, e, t, p, o, k, pl, h, a, hd)" \
+	" pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12)," \
+	" pg_catalog.unnest($13))" \
+	" AS u(d, m, e, t, p, o, k, pl, h, a, x, hd)" \
 	conflict \
 	" RETURNING id, dedup_key, handler"
 
 static Oid	insert_types[13] = {TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 	INT4ARRAYOID, INT8ARRAYOID, TEXTARRAYOID, JSONBARRAYOID, JSONBARRAYOID, INT4ARRAYOID,
-BOOLOID, TEXTARRAYOID};
-
-/* The rows as inbox_write.c takes them. */
-static InboxNewRow *
-new_rows(const Batch *b, const InboxRow *rows, int nrows, bool inserted_handled)
-{
-	InboxNewRow *out = palloc(sizeof(InboxNewRow) * nrows);
-	int			r;
-
-	for (r = 0; r < nrows; r++)
-	{
-		const ReceivedMessage *m = &b->msgs[rows[r].msg];
-		const Decoded *d = &b->dec[rows[r].msg];
-
-		out[r].dedup_key = rows[r].dedup_key;
-		out[r].message_id = d->message_id;
-		out[r].integration_event = rows[r].sub->integration_event;
-		out[r].topic = m->topic;
-		out[r].partition = m->partition;
-		out[r].offset = m->offset;
-		out[r].event_key = d->event_key;
-		out[r].payload = d->payload;
-		out[r].headers = d->headers;
-		out[r].attempts = rows[r].attempts;
-		/* as INBOX_INSERT_SQL decides */
-		out[r].handled = rows[r].attempts > 0 && inserted_handled;
-		out[r].handler = rows[r].sub->signature;
-	}
-	return out;
-}
+BOOLARRAYOID, TEXTARRAYOID};
 
 /*
  * insert_through_sql --- INBOX_INSERT_SQL(conflict) with the rows'
  * parameters (insert_params); the RETURNING rows are in SPI_tuptable.
  */
 static void
-insert_through_sql(SPIPlanPtr *plan, const char *sql, const Batch *b,
-				   const InboxRow *rows, int nrows, bool inserted_handled)
+insert_through_sql(SPIPlanPtr *plan, const char *sql, const char *group,
+				   const InboxNewRow *rows, int nrows)
 {
 	Datum		values[13];
 
-	insert_params(b, rows, nrows, inserted_handled, values);
+	insert_params(group, rows, nrows, values);
 	if (SPI_execute_plan(evbus_kept_plan(plan, sql, 13, insert_types),
 						 values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not insert into the inbox");
@@ -472,8 +473,7 @@ insert_through_sql(SPIPlanPtr *plan, const char *sql, const Batch *b,
  * 291_metrics_counts.pl replays, 120_consume_redelivery.pl redelivers).
  */
 static bool
-insert_all_new(const Batch *b, const InboxRow *rows, int nrows, bool inserted_handled,
-			   int64 *ids)
+insert_all_new(const char *group, const InboxNewRow *rows, int nrows, int64 *ids)
 {
 	static SPIPlanPtr plan = NULL;
 	EvbusSubxact sx;
@@ -486,12 +486,11 @@ insert_all_new(const Batch *b, const InboxRow *rows, int nrows, bool inserted_ha
 
 		if (!OidIsValid(relid))
 			elog(ERROR, "evbus.inbox does not exist");
-		if (!evbus_inbox_write(relid, b->group, new_rows(b, rows, nrows, inserted_handled),
-							   nrows, ids))
+		if (!evbus_inbox_write(relid, group, rows, nrows, ids))
 		{
 			uint64		r;
 
-			insert_through_sql(&plan, INBOX_INSERT_SQL(""), b, rows, nrows, inserted_handled);
+			insert_through_sql(&plan, INBOX_INSERT_SQL(""), group, rows, nrows);
 			if (SPI_processed != (uint64) nrows)
 				elog(ERROR, "evbus: inbox insert returned %lu rows of %d",
 					 (unsigned long) SPI_processed, nrows);
@@ -530,12 +529,13 @@ insert_rows(const Batch *b, const InboxRow *rows, int nrows, bool inserted_handl
 			List **dispatch, MemoryContext batch_cxt)
 {
 	static SPIPlanPtr skip_existing_plan = NULL;
+	InboxNewRow *inbox_rows = new_rows(b, rows, nrows, inserted_handled);
 	int64	   *ids = palloc(sizeof(int64) * nrows);
 	bool		left_pending = false;
 	int			row = 0;
 	uint64		r;
 
-	if (insert_all_new(b, rows, nrows, inserted_handled, ids))
+	if (insert_all_new(b->group, inbox_rows, nrows, ids))
 	{
 		MemoryContextSwitchTo(batch_cxt);
 		for (row = 0; row < nrows; row++)
@@ -550,7 +550,7 @@ insert_rows(const Batch *b, const InboxRow *rows, int nrows, bool inserted_handl
 
 	insert_through_sql(&skip_existing_plan,
 					   INBOX_INSERT_SQL(" ON CONFLICT (group_name, dedup_key, handler) DO NOTHING"),
-					   b, rows, nrows, inserted_handled);
+					   b->group, inbox_rows, nrows);
 	MemoryContextSwitchTo(batch_cxt);
 
 	/* RETURNING follows the insert order; rows not returned were redeliveries */

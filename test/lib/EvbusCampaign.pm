@@ -52,6 +52,7 @@ our $TOXIPROXY_SERVER = ($ENV{EVBUS_TOXIPROXY_BIN} // "$ROOT/test/campaign/bin")
 our @DBS = qw(campaign_a campaign_b);
 our $PREFIX = 'camp.';
 our @EVENTS = qw(CampRaised CampCaptured CampPublished CampChain);
+our $PARTITIONS = 3;    # of each topic
 
 # the fault kinds and their weights in the schedule
 our @KINDS = (
@@ -177,7 +178,7 @@ sub setup
 	$self->{api} = 'http://' . _slurp("$self->{cdir}/toxiproxy/api");
 	$self->{http} = HTTP::Tiny->new(timeout => 10);
 	_run('bash', $KAFKA_SH, 'topics', $self->{cdir}, '--create', '--topic', "$PREFIX$_",
-		'--partitions', 3, '--replication-factor', 3)
+		'--partitions', $PARTITIONS, '--replication-factor', 3)
 	  for @EVENTS;
 	$node->append_conf('postgresql.conf', "evbus.brokers = '$self->{proxied}'\n");
 	$node->reload;
@@ -579,13 +580,13 @@ sub kafka_end_offsets
 {
 	my ($self) = @_;
 	my $boot = _slurp("$self->{cdir}/bootstrap");
-	my @parts = map { my $t = "$PREFIX$_"; map { ('-t', "$t:$_:-1") } 0 .. 2 } @EVENTS;
+	my @parts = map { my $t = "$PREFIX$_"; map { ('-t', "$t:$_:-1") } 0 .. $PARTITIONS - 1 } @EVENTS;
 	my $out = '';
 	IPC::Run::run([ 'timeout', 10, 'kcat', '-b', $boot, '-Q', @parts ],
 		'<', \undef, '>', \$out, '2>', '/dev/null');
 	my @rows;
 	push @rows, "('$1', $2, $3)" while $out =~ /^(\S+) \[(\d+)\] offset (\d+)$/mg;
-	return @rows == 3 * @EVENTS ? 'VALUES ' . join(', ', @rows) : undef;
+	return @rows == $PARTITIONS * @EVENTS ? 'VALUES ' . join(', ', @rows) : undef;
 }
 
 # The drain: every database's outbox empty, no handler pending, each
