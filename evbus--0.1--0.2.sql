@@ -610,7 +610,9 @@ CREATE OR REPLACE VIEW evbus.stats AS
 		 WHERE m.messages OPERATOR(pg_catalog.>) 0
 	), lag AS (
 		SELECT group_name, topic,
-			   pg_catalog.sum(GREATEST(high_watermark OPERATOR(pg_catalog.-) next_offset, 0)) AS lag
+			   /* NULL: not known, no partition of it is held here (test 296) */
+			   pg_catalog.sum(CASE WHEN high_watermark IS NOT NULL
+							  THEN GREATEST(high_watermark OPERATOR(pg_catalog.-) next_offset, 0) END) AS lag
 		  FROM evbus.consumer_offsets
 		 GROUP BY group_name, topic
 	)

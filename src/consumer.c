@@ -76,6 +76,7 @@ typedef struct GroupConsumer
 static List *consumers = NIL;
 static bool extension_gone = false; /* dropped: close without the database */
 static bool in_rebalance = false;	/* inside rebalance_cb (set on the way in) */
+static bool going_idle = false; /* leaving for want of work: lags stay known */
 static int	wake_pipe[2] = {-1, -1};
 
 static void
@@ -142,7 +143,8 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 
 /*
  * on_revoke --- hand the partitions over at the offsets stored in the
- * database (everything before them is handled and committed there).
+ * database (everything before them is handled and committed there); their
+ * lag is not known here any more.
  */
 static void
 on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *parts)
@@ -156,6 +158,10 @@ on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 		int64		stored = evbus_stored_offset(gc->group, parts->elems[i].topic,
 												 parts->elems[i].partition);
 
+		/* idle, the launcher watches them: no message waits unseen */
+		if (!going_idle)
+			evbus_forget_high_watermarks(gc->group, parts->elems[i].topic,
+										 parts->elems[i].partition);
 		if (stored >= 0)
 			rd_kafka_topic_partition_list_add(commit, parts->elems[i].topic,
 											  parts->elems[i].partition)->offset = stored;
@@ -341,6 +347,11 @@ try_consumer_create(const char *brokers, uint64 settings, const char *group,
 					const char *topics)
 {
 	MemoryContext cxt = CurrentMemoryContext;
+
+	/* a new member holds no partition until its group assigns some */
+	evbus_worker_begin(evbus_consumers_let_go);
+	evbus_forget_high_watermarks(group, NULL, 0);
+	evbus_worker_commit();
 
 	PG_TRY();
 	{
@@ -644,13 +655,18 @@ evbus_consumer_for_replay(const char *group)
 	return NULL;
 }
 
-/* Leave every group (at exit). */
+/*
+ * Leave every group (at exit); idle: for want of work, the lags known so
+ * far stay (they are 0, and the launcher wakes the consumer at the first
+ * message past its high watermarks: idle.c).
+ */
 void
-evbus_consumers_shutdown(void)
+evbus_consumers_shutdown(bool idle)
 {
 	List	   *all = consumers;
 	ListCell   *lc;
 
+	going_idle = idle;
 	consumers = NIL;			/* detached first: closing runs callbacks */
 	foreach(lc, all)
 		consumer_destroy(lfirst(lc));
@@ -671,7 +687,7 @@ evbus_consumers_exit(void)
 	if (consumers == NIL || in_rebalance)
 		return;
 	extension_gone = true;		/* close without the database */
-	evbus_consumers_shutdown();
+	evbus_consumers_shutdown(false);
 }
 
 /*
@@ -682,7 +698,7 @@ void
 evbus_consumers_let_go(void)
 {
 	extension_gone = true;
-	evbus_consumers_shutdown();
+	evbus_consumers_shutdown(false);
 }
 
 /* Append (topic, partition, offset) to w, of *n entries in *cap. */

@@ -97,6 +97,8 @@ extern void evbus_inbox_maintain(void);
 /* consumer_offsets.c (inside the caller's transaction) */
 extern int64 evbus_stored_offset(const char *group, const char *topic, int32 partition);
 extern void evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n);
+extern void evbus_forget_high_watermarks(const char *group, const char *topic,
+										 int32 partition);
 
 /* attempt_marker.c */
 extern void evbus_attempt_marker_open(void);
@@ -112,7 +114,7 @@ extern uint64 evbus_consumers_sync(List *subs);
 extern bool evbus_consumers_poll(List *subs, bool *left_pending);
 extern int	evbus_consumers_wakeup_fd(void);
 extern void evbus_consumers_report_watermarks(void);
-extern void evbus_consumers_shutdown(void);
+extern void evbus_consumers_shutdown(bool idle);
 extern void evbus_consumers_let_go(void);
 extern void evbus_consumers_exit(void);
 extern int	evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned); /* idle.c */

@@ -93,6 +93,35 @@ evbus_stored_offset(const char *group, const char *topic, int32 partition)
 }
 
 /*
+ * evbus_forget_high_watermarks --- this database's consumer no longer
+ * holds (topic, partition) of group, or, topic NULL, any partition of it
+ * (it has just joined, and its group has not assigned it any yet): its
+ * high watermark is unknown here, and evbus.stats shows no lag for it
+ * rather than the last one seen, which reads 0 while messages wait (test
+ * 296_stats_lag_unassigned.pl).  evbus.metrics() forgets the group's lags
+ * until the consumer reports them again.
+ */
+void
+evbus_forget_high_watermarks(const char *group, const char *topic, int32 partition)
+{
+	Oid			types[3] = {TEXTOID, TEXTOID, INT4OID};
+	Datum		values[3];
+	char		nulls[3] = {' ', topic ? ' ' : 'n', topic ? ' ' : 'n'};
+
+	values[0] = CStringGetTextDatum(group);
+	values[1] = topic ? CStringGetTextDatum(topic) : (Datum) 0;
+	values[2] = Int32GetDatum(partition);
+	if (SPI_execute_with_args("UPDATE evbus.consumer_offsets SET high_watermark = NULL"
+							  " WHERE group_name OPERATOR(pg_catalog.=) $1"
+							  " AND ($2 IS NULL OR (topic OPERATOR(pg_catalog.=) $2"
+							  " AND kafka_partition OPERATOR(pg_catalog.=) $3))"
+							  " AND high_watermark IS NOT NULL",
+							  3, types, values, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not forget the high watermarks of group \"%s\"", group);
+	evbus_metrics_forget_lags(group);
+}
+
+/*
  * evbus_store_high_watermarks --- record the high watermarks of a group's
  * partitions (for the lag in evbus.stats), and give evbus.metrics() the
  * group's lag per topic: the high watermarks less the stored next

@@ -478,16 +478,25 @@ evbus_metrics_set_lag(const char *group, const char *topic, int64 lag)
 	SpinLockRelease(&e->mutex);
 }
 
-/* The consumer left every group: their lags are not known any more. */
+/*
+ * evbus_metrics_forget_lags --- the consumer holds no partition of group
+ * any more (or not yet): its lags are not known until it reports them
+ * again (evbus_forget_high_watermarks).
+ */
 void
-evbus_metrics_clear_lags(void)
+evbus_metrics_forget_lags(const char *group)
 {
 	MetricsDb  *e = entry_for();
+	int			i;
+	int			kept = 0;
 
 	if (e == NULL)
 		return;
 	SpinLockAcquire(&e->mutex);
-	e->nlags = 0;
+	for (i = 0; i < e->nlags; i++)
+		if (strcmp(e->lags[i].group_name, group) != 0)
+			e->lags[kept++] = e->lags[i];
+	e->nlags = kept;
 	SpinLockRelease(&e->mutex);
 }
 

@@ -81,6 +81,8 @@ is($node->safe_psql('db03',
 is($node->safe_psql('db03',
 		q{SELECT string_agg(worker || ':' || value, ',' ORDER BY worker) FROM evbus.metrics() WHERE metric = 'evbus_worker_up' AND database = 'db03'}),
 	'consumer:1,publisher:1', 'evbus_worker_up: an idle worker is not down');
+is($node->safe_psql('db03', q{SELECT lag FROM evbus.stats WHERE side = 'consume'}),
+	'0', 'evbus.stats: the lag of an idle consumer is known, 0');
 my $log = slurp_file($node->logfile);
 like($log, qr/publisher for database "db03" exits: nothing to publish/,
 	'the server log says why the publisher exited');
