@@ -46,7 +46,12 @@
 #    (public.effect_insert) that does one INSERT into public.effect; the
 #    polling consumer does the same INSERT, batched, ON CONFLICT DO
 #    NOTHING.  events/s = N / (last - first effect row's clock_timestamp());
-#    checked: N rows, N distinct message ids, no dead letter.
+#    checked: N rows, N distinct message ids, no dead letter.  CPU-s per
+#    100k events: what PostgreSQL's processes (all but the publishing
+#    worker, idle then) used from the start (subscribe or JVM launch)
+#    until the N rows are there, and the polling consumer's JVM from its
+#    READY (subscribed; its start-up is not counted) until then; the
+#    broker's CPU is not counted.
 #
 # Any failure (a JVM that exits, an event missing, a timeout) stops the
 # run with an error and no table.  Every process it started (JVMs,
@@ -444,9 +449,10 @@ wait_offsets PeersConsume "$N" "consume staging"
 
 # consume SYSTEM RUN
 consume() {
-	local sys=$1 run=$2 group=peers-$1-$2 t0 t1 h limit rows ids span dead noise
+	local sys=$1 run=$2 group=peers-$1-$2 t0 t1 h limit rows ids span dead noise p0 p1 j0=0 jvm=0 cpu
 	qc "TRUNCATE public.effect"
 	log "consume $run: $sys (group $group)"
+	p0=$(pg_other_ticks)
 	noise_begin
 	t0=$(now)
 	if [[ $sys == evbus ]]; then
@@ -454,6 +460,7 @@ consume() {
 	else
 		jvm_start "polling-consumer-$run" PollingConsumer PG_URL="$CONSUMER_JDBC_URL" BROKERS="$BROKERS" \
 			TOPIC=PeersConsume GROUP="$group"
+		j0=$(proc_ticks "$JVM_PID")
 	fi
 	limit=$((SECONDS + TIMEOUT))
 	while :; do
@@ -466,6 +473,8 @@ consume() {
 		sleep 0.2
 	done
 	t1=$(now)
+	p1=$(pg_other_ticks)
+	[[ $sys == polling ]] && jvm=$(($(proc_ticks "$JVM_PID") - j0))
 	noise=$(noise_end)
 	if [[ $sys == evbus ]]; then
 		qc "SET ROLE bench_app; SELECT evbus.unsubscribe('PeersConsume', 'public.effect_insert(jsonb, jsonb)', '$group')" >/dev/null
@@ -479,7 +488,10 @@ consume() {
 	((dead == 0)) || die "consume: $dead dead letters in database consumer"
 	raw consume_events_per_s "$sys" "$run" "$(awk -v n="$N" -v s="$span" 'BEGIN {printf "%.0f", n / s}')" \
 		"first to last effect row ${span}s; $(elapsed "$t0" "$t1")s from the start (subscribe or JVM launch); $noise"
-	log "consume $run: $sys: $N in ${span}s (first to last row)"
+	cpu=$(awk -v t=$((p1 - p0 + jvm)) -v h="$CLK_TCK" -v n="$N" 'BEGIN {printf "%.2f", t / h / n * 100000}')
+	raw consume_cpu_s_per_100k "$sys" "$run" "$cpu" \
+		"PostgreSQL $(ticks_to_s $((p1 - p0)))s, JVM $(ticks_to_s "$jvm")s"
+	log "consume $run: $sys: $N in ${span}s (first to last row), CPU ${cpu}s per 100k"
 }
 for sys in evbus polling polling evbus; do
 	RUN[c$sys]=$((${RUN[c$sys]:-0} + 1))
@@ -510,6 +522,8 @@ range() {
 		"$(lat debezium)" "$(lat polling)" "$(lat evbus)"
 	printf '| consume %s, trivial handler INSERT, exactly once: events/s | - | %s (polling consumer) | %s |\n' "$(thousands "$N")" \
 		"$(range consume_events_per_s polling)" "$(range consume_events_per_s evbus)"
+	printf '| consume: CPU-s per 100k events, PostgreSQL (and the JVM) | - | %s (polling consumer) | %s |\n' \
+		"$(range consume_cpu_s_per_100k polling)" "$(range consume_cpu_s_per_100k evbus)"
 } | tee "$RESULTS_DIR/table.md"
 log "raw numbers in $RAW"
 }
