@@ -14,7 +14,8 @@
 #  - Through SQL: with an operator's BEFORE INSERT row trigger on
 #    evbus.inbox, the trigger sees every new row; with a column added to
 #    evbus.inbox, new rows get its default.  Both removed, rows go
-#    straight in again, and a dropped column is no obstacle.
+#    straight in again, and a dropped column is no obstacle; a payload of
+#    192 kB goes in whole, out of line (TOAST).
 use strict;
 use warnings;
 
@@ -141,6 +142,19 @@ is($node->safe_psql('postgres', 'SELECT count(DISTINCT message_id) FROM received
 is( $node->safe_psql(
 		'postgres', qq{SELECT messages FROM evbus.inbox_messages WHERE topic = '$topic'}),
 	'60', 'the counting trigger counted every message once');
+# --- straight in: a payload stored out of line (TOAST) -----------------------------
+$node->safe_psql('postgres', q{
+SELECT evbus.publish('Written', jsonb_build_object('event', 'Written', 'seq', 0,
+	'blob', (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 6000) g)), 'big')});
+wait_for_sql($node, 'postgres', q{SELECT count(*) FROM received}, '61', 60);
+is( $node->safe_psql(
+		'postgres', q{
+SELECT length(i.payload->>'blob') || '|' || (pg_column_size(i.payload) > 8192)
+       || '|' || (i.payload = r.payload) || '|' || i.state
+  FROM evbus.inbox i JOIN received r ON r.message_id::text = i.message_id
+ WHERE i.event_key = 'big'}), '192000|true|true|handled',
+	'a 192 kB payload goes in whole, stored out of line, as the handler got it');
+
 unlike(slurp_file($node->logfile),
 	qr/TRAP|terminated by signal|could not insert into the inbox|reference leak/,
 	'no backend crashed, no inbox insert failed, no relation or buffer left open');
