@@ -76,6 +76,7 @@ typedef struct GroupConsumer
 static List *consumers = NIL;
 static bool extension_gone = false; /* dropped: close without the database */
 static bool in_rebalance = false;	/* inside rebalance_cb (set on the way in) */
+static bool closing = false;	/* inside consumer_destroy's close */
 static bool going_idle = false; /* leaving for want of work: lags stay known */
 static int	wake_pipe[2] = {-1, -1};
 
@@ -107,12 +108,15 @@ evbus_consumers_wakeup_fd(void)
 
 /*
  * on_assign --- start each assigned partition where this group left off
- * (kafka_offsets.c says where: the stored offset, or Kafka's).
+ * (kafka_offsets.c says where: the stored offset, or Kafka's); the high
+ * watermarks of the group's other partitions are not known here any more.
  */
 static void
 on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *parts)
 {
 	rd_kafka_topic_partition_list_t *committed = rd_kafka_topic_partition_list_copy(parts);
+	const char **topics = palloc(sizeof(char *) * Max(parts->cnt, 1));
+	int32	   *partitions = palloc(sizeof(int32) * Max(parts->cnt, 1));
 	rd_kafka_resp_err_t err;
 	int			i;
 
@@ -131,9 +135,13 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 
 		p->offset = evbus_partition_start_offset(gc->group, p,
 												 err ? NULL : &committed->elems[i]);
+		topics[i] = p->topic;
+		partitions[i] = p->partition;
 		elog(DEBUG1, "evbus: group \"%s\" assigned %s/%d at " INT64_FORMAT,
 			 gc->group, p->topic, p->partition, p->offset);
 	}
+	/* the lags of those it keeps stay known: no gap at each rebalance */
+	evbus_forget_high_watermarks(gc->group, topics, partitions, parts->cnt);
 	evbus_worker_commit();
 	rd_kafka_topic_partition_list_destroy(committed);
 	rd_kafka_assign(rk, parts);
@@ -143,8 +151,9 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 
 /*
  * on_revoke --- hand the partitions over at the offsets stored in the
- * database (everything before them is handled and committed there); their
- * lag is not known here any more.
+ * database (everything before them is handled and committed there).  A
+ * rebalance assigns them again, or not (on_assign); a consumer that
+ * leaves, unless it goes idle, knows their lag no more.
  */
 static void
 on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *parts)
@@ -153,15 +162,14 @@ on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 	int			i;
 
 	evbus_worker_begin(evbus_consumers_let_go);
+	/* leaving, not idle (then the launcher watches them): lags unknown */
+	if (closing && !going_idle)
+		evbus_forget_high_watermarks(gc->group, NULL, NULL, 0);
 	for (i = 0; i < parts->cnt; i++)
 	{
 		int64		stored = evbus_stored_offset(gc->group, parts->elems[i].topic,
 												 parts->elems[i].partition);
 
-		/* idle, the launcher watches them: no message waits unseen */
-		if (!going_idle)
-			evbus_forget_high_watermarks(gc->group, parts->elems[i].topic,
-										 parts->elems[i].partition);
 		if (stored >= 0)
 			rd_kafka_topic_partition_list_add(commit, parts->elems[i].topic,
 											  parts->elems[i].partition)->offset = stored;
@@ -327,7 +335,9 @@ consumer_destroy(GroupConsumer *gc)
 	rd_kafka_queue_cb_event_enable(gc->queue, NULL, NULL);
 	rd_kafka_queue_destroy(gc->queue);
 	/* leave the group so that its partitions move on at once */
+	closing = true;
 	rd_kafka_consumer_close(gc->rk);
+	closing = false;
 	rd_kafka_destroy(gc->rk);
 	pfree(gc->group);
 	pfree(gc->topics);
@@ -350,7 +360,7 @@ try_consumer_create(const char *brokers, uint64 settings, const char *group,
 
 	/* a new member holds no partition until its group assigns some */
 	evbus_worker_begin(evbus_consumers_let_go);
-	evbus_forget_high_watermarks(group, NULL, 0);
+	evbus_forget_high_watermarks(group, NULL, NULL, 0);
 	evbus_worker_commit();
 
 	PG_TRY();

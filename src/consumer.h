@@ -97,8 +97,8 @@ extern void evbus_inbox_maintain(void);
 /* consumer_offsets.c (inside the caller's transaction) */
 extern int64 evbus_stored_offset(const char *group, const char *topic, int32 partition);
 extern void evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n);
-extern void evbus_forget_high_watermarks(const char *group, const char *topic,
-										 int32 partition);
+extern void evbus_forget_high_watermarks(const char *group, const char **keep_topics,
+										 const int32 *keep_partitions, int nkeep);
 
 /* attempt_marker.c */
 extern void evbus_attempt_marker_open(void);

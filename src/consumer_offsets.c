@@ -93,32 +93,41 @@ evbus_stored_offset(const char *group, const char *topic, int32 partition)
 }
 
 /*
- * evbus_forget_high_watermarks --- this database's consumer no longer
- * holds (topic, partition) of group, or, topic NULL, any partition of it
- * (it has just joined, and its group has not assigned it any yet): its
- * high watermark is unknown here, and evbus.stats shows no lag for it
- * rather than the last one seen, which reads 0 while messages wait (test
- * 296_stats_lag_unassigned.pl).  evbus.metrics() forgets the group's lags
- * until the consumer reports them again.
+ * evbus_forget_high_watermarks --- this database's consumer holds, of
+ * group's partitions, only the nkeep given (keep_topics[i],
+ * keep_partitions[i]; none when it has just joined or is leaving): the
+ * high watermarks of the others are not known here any more, and
+ * evbus.stats shows no lag for them rather than the last one seen, which
+ * reads 0 while messages wait (test 296_stats_lag_unassigned.pl).  Nor
+ * does evbus.metrics() for a topic none of whose partitions is kept.
  */
 void
-evbus_forget_high_watermarks(const char *group, const char *topic, int32 partition)
+evbus_forget_high_watermarks(const char *group, const char **keep_topics,
+							 const int32 *keep_partitions, int nkeep)
 {
-	Oid			types[3] = {TEXTOID, TEXTOID, INT4OID};
+	Datum	   *topics = palloc(sizeof(Datum) * Max(nkeep, 1));
+	Datum	   *parts = palloc(sizeof(Datum) * Max(nkeep, 1));
+	Oid			types[3] = {TEXTOID, TEXTARRAYOID, INT4ARRAYOID};
 	Datum		values[3];
-	char		nulls[3] = {' ', topic ? ' ' : 'n', topic ? ' ' : 'n'};
+	int			i;
 
+	for (i = 0; i < nkeep; i++)
+	{
+		topics[i] = CStringGetTextDatum(keep_topics[i]);
+		parts[i] = Int32GetDatum(keep_partitions[i]);
+	}
 	values[0] = CStringGetTextDatum(group);
-	values[1] = topic ? CStringGetTextDatum(topic) : (Datum) 0;
-	values[2] = Int32GetDatum(partition);
-	if (SPI_execute_with_args("UPDATE evbus.consumer_offsets SET high_watermark = NULL"
-							  " WHERE group_name OPERATOR(pg_catalog.=) $1"
-							  " AND ($2 IS NULL OR (topic OPERATOR(pg_catalog.=) $2"
-							  " AND kafka_partition OPERATOR(pg_catalog.=) $3))"
-							  " AND high_watermark IS NOT NULL",
-							  3, types, values, nulls, false, 0) != SPI_OK_UPDATE)
+	values[1] = PointerGetDatum(construct_array(topics, nkeep, TEXTOID, -1, false, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(parts, nkeep, INT4OID, 4, true, TYPALIGN_INT));
+	if (SPI_execute_with_args("UPDATE evbus.consumer_offsets o SET high_watermark = NULL"
+							  " WHERE o.group_name OPERATOR(pg_catalog.=) $1"
+							  " AND o.high_watermark IS NOT NULL AND NOT EXISTS"
+							  " (SELECT FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS k(t, p)"
+							  " WHERE k.t OPERATOR(pg_catalog.=) o.topic"
+							  " AND k.p OPERATOR(pg_catalog.=) o.kafka_partition)",
+							  3, types, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not forget the high watermarks of group \"%s\"", group);
-	evbus_metrics_forget_lags(group);
+	evbus_metrics_forget_lags(group, keep_topics, nkeep);
 }
 
 /*

@@ -199,7 +199,8 @@ extern void evbus_metrics_broker_stats(int role, const char *json);
 extern void evbus_metrics_broker_unknown(int role);
 extern void evbus_metrics_set_outbox(int64 depth, TimestampTz oldest);
 extern void evbus_metrics_set_lag(const char *group, const char *topic, int64 lag);
-extern void evbus_metrics_forget_lags(const char *group);
+extern void evbus_metrics_forget_lags(const char *group, const char **keep_topics,
+									  int nkeep);
 
 /* ---------- launcher.c ---------- */
 extern void evbus_register_launcher(void);

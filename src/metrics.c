@@ -480,22 +480,37 @@ evbus_metrics_set_lag(const char *group, const char *topic, int64 lag)
 
 /*
  * evbus_metrics_forget_lags --- the consumer holds no partition of group
- * any more (or not yet): its lags are not known until it reports them
- * again (evbus_forget_high_watermarks).
+ * any more (or not yet) but those of the nkeep keep_topics: the lags of
+ * the group's other topics are not known (evbus_forget_high_watermarks).
  */
 void
-evbus_metrics_forget_lags(const char *group)
+evbus_metrics_forget_lags(const char *group, const char **keep_topics, int nkeep)
 {
 	MetricsDb  *e = entry_for();
+	MetricsLag	lags[MAX_LAGS];
+	int			nlags;
 	int			i;
 	int			kept = 0;
 
 	if (e == NULL)
 		return;
+	/* chosen outside the lock; this database's consumer is their one writer */
 	SpinLockAcquire(&e->mutex);
-	for (i = 0; i < e->nlags; i++)
-		if (strcmp(e->lags[i].group_name, group) != 0)
-			e->lags[kept++] = e->lags[i];
+	nlags = e->nlags;
+	memcpy(lags, e->lags, sizeof(MetricsLag) * nlags);
+	SpinLockRelease(&e->mutex);
+	for (i = 0; i < nlags; i++)
+	{
+		bool		keep = strcmp(lags[i].group_name, group) != 0;
+		int			k;
+
+		for (k = 0; !keep && k < nkeep; k++)
+			keep = strcmp(lags[i].topic, keep_topics[k]) == 0;
+		if (keep)
+			lags[kept++] = lags[i];
+	}
+	SpinLockAcquire(&e->mutex);
+	memcpy(e->lags, lags, sizeof(MetricsLag) * kept);
 	e->nlags = kept;
 	SpinLockRelease(&e->mutex);
 }

@@ -2,6 +2,9 @@
 # database's consumer holds no partition of the topic: not known (NULL),
 # never the last value seen, which read 0 while messages waited.
 # 1. 10 events are handled; the lag comes to 0.
+# 1b. Another member joins the group (kcat, for another topic) and
+#    leaves: through both rebalances the consumer keeps its partition,
+#    and its lag, read every 0.1 s, is never NULL.
 # 2. The consumer is killed with SIGKILL (the cluster restarts).  Its dead
 #    member keeps the group's partition until its session times out
 #    (10 s), so the new consumer waits without one while 20 new events
@@ -56,6 +59,36 @@ sub publish
 # 1. handled, lag 0 (the consumer stores the high watermark every 5 s)
 publish(10);
 ok(wait_for_sql($node, 'postgres', $lag_sql, '0|10', 60), 'step 1: 10 handled, lag 0');
+
+# 1b. another member (kcat) joins the group for another topic, then
+# leaves: the group rebalances twice, and the consumer keeps its
+# partition each time; its lag stays known throughout
+my $other = "${prefix}Other";
+kafka_admin('topics', '--create', '--topic', $other, '--partitions', '1',
+	'--replication-factor', '1');
+my $kcat_log = "${PostgreSQL::Test::Utils::tmp_check}/t296_kcat.log";
+append_to_file($kcat_log, '');
+my $kcat_pid = fork() // die "fork: $!";
+if (!$kcat_pid)
+{
+	open(STDOUT, '>', '/dev/null');
+	open(STDERR, '>>', $kcat_log);
+	exec('kcat', '-b', kafka_bootstrap(), '-G', $group, $other) or die "kcat: $!";
+}
+my %during;
+my $lag_now = sub {
+	my ($lag) = split /\|/, $node->safe_psql('postgres', $lag_sql);
+	$during{ $lag eq 'null' ? 'null' : 'known' }++;
+};
+my $until = time() + 30;
+$lag_now->(), sleep 0.1 until time() > $until || slurp_file($kcat_log) =~ /assigned/;
+$lag_now->(), sleep 0.1 for 1 .. 30;
+kill 'TERM', $kcat_pid;
+waitpid($kcat_pid, 0);
+$lag_now->(), sleep 0.1 for 1 .. 50;
+note 'step 1b: lag reads: ' . join(', ', map { "$_ $during{$_}" } sort keys %during);
+like(slurp_file($kcat_log), qr/rebalanced/, 'step 1b: another member joined: the group rebalanced');
+ok(!$during{null}, 'step 1b: the lag stayed known through both rebalances');
 
 # 2. killed: the new consumer waits for the dead member's session to end
 my $pid = $node->safe_psql('postgres',
