@@ -539,8 +539,16 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 					break;
 			if (j == noffsets)
 			{
+				int64_t		lo;
+				int64_t		hi;
+
 				offsets[j].topic = msgs[i].topic;
 				offsets[j].partition = msgs[i].partition;
+				/* cached from the fetch responses: no network wait */
+				offsets[j].high_watermark =
+					rd_kafka_get_watermark_offsets(gc->rk, msgs[i].topic, msgs[i].partition,
+												   &lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+					hi >= 0 ? hi : -1;
 				noffsets++;
 			}
 			offsets[j].next_offset = msgs[i].offset + 1;
@@ -626,6 +634,7 @@ evbus_consumers_report_watermarks(void)
 				hwm[n].topic = pstrdup(assignment->elems[i].topic);
 				hwm[n].partition = assignment->elems[i].partition;
 				hwm[n].next_offset = hi;
+				hwm[n].high_watermark = hi;
 				n++;
 			}
 		}

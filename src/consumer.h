@@ -52,6 +52,7 @@ typedef struct NextOffset
 	char	   *topic;
 	int32		partition;
 	int64		next_offset;
+	int64		high_watermark; /* as the batch was read; -1: not known */
 } NextOffset;
 
 /* subscriptions.c */

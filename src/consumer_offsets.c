@@ -27,7 +27,10 @@
 
 /*
  * evbus_store_offsets --- store the next offsets of a handled batch (never
- * moving one backwards); in the batch's transaction.
+ * moving one backwards), and the high watermarks they were read at, where
+ * known: the lag in evbus.stats is then as current as the handled rows,
+ * from a partition's first batch on (test 296_stats_lag_unassigned.pl);
+ * in the batch's transaction.
  */
 void
 evbus_store_offsets(const char *group, NextOffset *offsets, int n)
@@ -36,8 +39,12 @@ evbus_store_offsets(const char *group, NextOffset *offsets, int n)
 	Datum	   *topics = palloc(sizeof(Datum) * n);
 	Datum	   *parts = palloc(sizeof(Datum) * n);
 	Datum	   *nexts = palloc(sizeof(Datum) * n);
-	Oid			types[4] = {TEXTOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID};
-	Datum		values[4];
+	Datum	   *highs = palloc(sizeof(Datum) * n);
+	bool	   *high_nulls = palloc(sizeof(bool) * n);
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	Oid			types[5] = {TEXTOID, TEXTARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID};
+	Datum		values[5];
 	int			i;
 
 	if (n == 0)
@@ -47,20 +54,26 @@ evbus_store_offsets(const char *group, NextOffset *offsets, int n)
 		topics[i] = CStringGetTextDatum(offsets[i].topic);
 		parts[i] = Int32GetDatum(offsets[i].partition);
 		nexts[i] = Int64GetDatum(offsets[i].next_offset);
+		highs[i] = Int64GetDatum(offsets[i].high_watermark);
+		high_nulls[i] = offsets[i].high_watermark < 0;
 	}
 	values[0] = CStringGetTextDatum(group);
 	values[1] = PointerGetDatum(construct_array(topics, n, TEXTOID, -1, false, TYPALIGN_INT));
 	values[2] = PointerGetDatum(construct_array(parts, n, INT4OID, 4, true, TYPALIGN_INT));
 	values[3] = PointerGetDatum(construct_array(nexts, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[4] = PointerGetDatum(construct_md_array(highs, high_nulls, 1, dims, lbs, INT8OID, 8,
+												   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	if (SPI_execute_plan(evbus_kept_plan(&plan,
 										 "INSERT INTO evbus.consumer_offsets AS o"
-										 " (group_name, topic, kafka_partition, next_offset)"
-										 " SELECT $1, t, p, x FROM ROWS FROM (pg_catalog.unnest($2),"
-										 " pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(t, p, x)"
+										 " (group_name, topic, kafka_partition, next_offset, high_watermark)"
+										 " SELECT $1, t, p, x, h FROM ROWS FROM (pg_catalog.unnest($2),"
+										 " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))"
+										 " AS u(t, p, x, h)"
 										 " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
 										 " SET next_offset = GREATEST(o.next_offset, excluded.next_offset),"
+										 " high_watermark = COALESCE(excluded.high_watermark, o.high_watermark),"
 										 " updated_at = pg_catalog.now()",
-										 4, types),
+										 5, types),
 						 values, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not store the consumer offsets");
 }
