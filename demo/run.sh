@@ -142,6 +142,13 @@ for _ in $(seq 1 200); do
 	[[ $(sql payments -Atc 'SELECT count(*) FROM payments') == 2 ]] && break
 	sleep 0.1
 done
+# the demo checks what it shows (test/run-tests.sh runs it)
+if [[ $(sql payments -Atc "SELECT count(*) || '|' || (SELECT handled || '|' || lag
+		FROM evbus.stats WHERE side = 'consume') FROM payments") != '2|2|0' ]]; then
+	say "payments did not get the two events within 20 s (expected 2 payments, 2 handled, lag 0):"
+	tail -n 20 "$WORK/postgresql.log" | sed 's/^/   /'
+	exit 1
+fi
 show orders "SELECT side, topic, staged, published, dead, pending FROM evbus.stats ORDER BY topic"
 show payments "SELECT order_id, customer, amount FROM payments ORDER BY order_id"
 show payments "SELECT side, topic, group_name, handled, retrying, dead, lag FROM evbus.stats"

@@ -22,7 +22,10 @@
 #   6. make installcheck: pg_regress (sql/*.sql), pgTAP (test/pgtap/*.sql
 #               with pg_prove) and Perl TAP (test/t/*.pl with prove), each
 #               against temporary instances of its own
-#   7. the broker is always stopped; on failure regression.diffs and the
+#   7. demo     as root, with no EVBUS_TEST_ONLY or EVBUS_TAP_TESTS: the
+#               README's other command, bash demo/run.sh (it checks what it
+#               shows and exits non-zero otherwise), counted as one test
+#   8. the broker is always stopped; on failure regression.diffs and the
 #               logs of what failed are printed and the exit status is
 #               non-zero.  The last line counts the pg_regress tests and the
 #               pgTAP and TAP files:
@@ -285,6 +288,23 @@ else
 	EVBUS_TEST_STAGE=inner EVBUS_TEST_SUMMARY=$SUMMARY bash "$ROOT/test/run-tests.sh" || rc=$?
 	line=$(cat "$SUMMARY" 2>/dev/null || echo "evbus: 0 passed, 1 failed")
 	rm -f "$SUMMARY"
+fi
+# the demo, which runs as root only, when the whole suite runs
+if [[ $(id -u) -eq 0 && -z $ONLY && -z ${EVBUS_TAP_TESTS:-} ]]; then
+	DEMO_LOG=$(mktemp /tmp/evbus-demo-log.XXXXXX)
+	run_demo() { bash "$ROOT/demo/run.sh" >"$DEMO_LOG" 2>&1; }
+	count() { echo "$line" | grep -o "[0-9]* $1" | grep -o '^[0-9]*' || echo 0; }
+	passed=$(count passed) failed=$(count failed) skipped=$(count skipped)
+	if phase demo run_demo; then
+		passed=$((passed + 1))
+		rm -f "$DEMO_LOG"
+	else
+		failed=$((failed + 1))
+		rc=1
+		tail -n 40 "$DEMO_LOG"
+		say "demo log: $DEMO_LOG"
+	fi
+	line="evbus: $passed passed, $failed failed, $skipped skipped"
 fi
 say "total $((SECONDS - T0))s, exit $rc"
 echo "$line"
