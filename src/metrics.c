@@ -15,8 +15,8 @@
  * 291_metrics_counts.pl).  Gauges (broker state, outbox depth and age,
  * consumer lag) are set by the worker that knows them.
  *
- * Entries are kept for MAX_DBS databases; the numbers of a database
- * beyond them are not kept.  The numbers live as long as the server: a restart starts the counters
+ * Entries are kept for MAX_DBS databases, as many as the launcher keeps
+ * running; the numbers of a database beyond them are not kept.  The numbers live as long as the server: a restart starts the counters
  * from zero, which Prometheus's rate() and increase() take as a reset.
  *
  *-------------------------------------------------------------------------
@@ -43,7 +43,11 @@ static const double bucket_bounds_ms[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 10
 #define NBOUNDS		lengthof(bucket_bounds_ms)
 #define NBUCKETS	(NBOUNDS + 1)
 #define MAX_LAGS	16			/* (group, topic) pairs per database */
-#define MAX_DBS		64			/* databases whose numbers are kept */
+/*
+ * Databases whose numbers are kept: as many as the launcher keeps track
+ * of, about 4 kB each in shared memory (test 294_metrics_many_databases.pl).
+ */
+#define MAX_DBS		EVBUS_MAX_TRACKED_DBS
 #define ERROR_LEN	256
 
 typedef struct MetricsHistogram
