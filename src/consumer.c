@@ -76,8 +76,6 @@ typedef struct GroupConsumer
 static List *consumers = NIL;
 static bool extension_gone = false; /* dropped: close without the database */
 static bool in_rebalance = false;	/* inside rebalance_cb (set on the way in) */
-static bool closing = false;	/* inside consumer_destroy's close */
-static bool going_idle = false; /* leaving for want of work: lags stay known */
 static int	wake_pipe[2] = {-1, -1};
 
 static void
@@ -152,8 +150,8 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 /*
  * on_revoke --- hand the partitions over at the offsets stored in the
  * database (everything before them is handled and committed there).  A
- * rebalance assigns them again, or not (on_assign); a consumer that
- * leaves, unless it goes idle, knows their lag no more.
+ * rebalance assigns them again, or not (on_assign, which forgets the
+ * lags of those it does not).
  */
 static void
 on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *parts)
@@ -162,9 +160,6 @@ on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 	int			i;
 
 	evbus_worker_begin(evbus_consumers_let_go);
-	/* leaving, not idle (then the launcher watches them): lags unknown */
-	if (closing && !going_idle)
-		evbus_forget_high_watermarks(gc->group, NULL, NULL, 0);
 	for (i = 0; i < parts->cnt; i++)
 	{
 		int64		stored = evbus_stored_offset(gc->group, parts->elems[i].topic,
@@ -317,8 +312,13 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 	return gc;
 }
 
+/*
+ * consumer_destroy --- leave gc's group and free it.  Its lags are not
+ * known here any more, unless keep_lags: the consumer goes idle, caught
+ * up, and the launcher watches its partitions (idle.c; tests 296, 238).
+ */
 static void
-consumer_destroy(GroupConsumer *gc)
+consumer_destroy(GroupConsumer *gc, bool keep_lags)
 {
 	if (gc->to_commit)
 	{
@@ -335,10 +335,15 @@ consumer_destroy(GroupConsumer *gc)
 	rd_kafka_queue_cb_event_enable(gc->queue, NULL, NULL);
 	rd_kafka_queue_destroy(gc->queue);
 	/* leave the group so that its partitions move on at once */
-	closing = true;
 	rd_kafka_consumer_close(gc->rk);
-	closing = false;
 	rd_kafka_destroy(gc->rk);
+	/* idle, the launcher watches the partitions: their lags stay known */
+	if (!keep_lags && !extension_gone)
+	{
+		evbus_worker_begin(evbus_consumers_let_go);
+		evbus_forget_high_watermarks(gc->group, NULL, NULL, 0);
+		evbus_worker_commit();
+	}
 	pfree(gc->group);
 	pfree(gc->topics);
 	pfree(gc->paused);
@@ -418,7 +423,7 @@ evbus_consumers_sync(List *subs)
 			gc->settings == settings)
 			keep = lappend(keep, gc);
 		else
-			consumer_destroy(gc);
+			consumer_destroy(gc, false);
 	}
 	list_free(consumers);
 	consumers = keep;
@@ -633,7 +638,7 @@ evbus_consumers_report_watermarks(void)
 			{
 				hwm[n].topic = pstrdup(assignment->elems[i].topic);
 				hwm[n].partition = assignment->elems[i].partition;
-				hwm[n].next_offset = hi;
+				hwm[n].next_offset = -1;	/* not known here */
 				hwm[n].high_watermark = hi;
 				n++;
 			}
@@ -676,8 +681,7 @@ evbus_consumer_for_replay(const char *group)
 
 /*
  * Leave every group (at exit); idle: for want of work, the lags known so
- * far stay (they are 0, and the launcher wakes the consumer at the first
- * message past its high watermarks: idle.c).
+ * far stay (see consumer_destroy).
  */
 void
 evbus_consumers_shutdown(bool idle)
@@ -685,10 +689,9 @@ evbus_consumers_shutdown(bool idle)
 	List	   *all = consumers;
 	ListCell   *lc;
 
-	going_idle = idle;
 	consumers = NIL;			/* detached first: closing runs callbacks */
 	foreach(lc, all)
-		consumer_destroy(lfirst(lc));
+		consumer_destroy(lfirst(lc), idle);
 	list_free(all);
 }
 

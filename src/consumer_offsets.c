@@ -165,7 +165,7 @@ evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n)
 		values[0] = CStringGetTextDatum(group);
 		values[1] = CStringGetTextDatum(hwm[i].topic);
 		values[2] = Int32GetDatum(hwm[i].partition);
-		values[3] = Int64GetDatum(hwm[i].next_offset);
+		values[3] = Int64GetDatum(hwm[i].high_watermark);
 		if (SPI_execute_with_args("INSERT INTO evbus.consumer_offsets AS o (group_name, topic, kafka_partition,"
 								  " next_offset, high_watermark) VALUES ($1, $2, $3, 0, $4)"
 								  " ON CONFLICT (group_name, topic, kafka_partition) DO UPDATE"
@@ -176,7 +176,7 @@ evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n)
 			elog(ERROR, "could not store the high watermark of a partition");
 		next = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 1, &isnull));
-		lags[i] = Max(hwm[i].next_offset - next, 0);
+		lags[i] = Max(hwm[i].high_watermark - next, 0);
 	}
 	for (i = 0; i < n; i++)
 	{

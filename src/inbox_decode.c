@@ -177,14 +177,24 @@ decode_headers(const ReceivedMessage *m, const char *group, Decoded *d,
  */
 #define MAX_EVENT_KEY_BYTES 512
 
+/* prefix, then the n bytes at data in hex */
+static char *
+hex_text(const char *prefix, const char *data, size_t n)
+{
+	size_t		plen = strlen(prefix);
+	char	   *out = palloc(plen + n * 2 + 1);
+
+	memcpy(out, prefix, plen);
+	out[plen + hex_encode(data, n, out + plen)] = '\0';
+	return out;
+}
+
 /* "sha256:" and the SHA-256 digest of the n bytes at data, in hex. */
 static char *
 sha256_text(const char *data, size_t n)
 {
 	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
 	uint8		digest[PG_SHA256_DIGEST_LENGTH];
-	StringInfoData out;
-	int			i;
 
 	if (ctx == NULL || pg_cryptohash_init(ctx) < 0 ||
 		pg_cryptohash_update(ctx, (const uint8 *) data, n) < 0 ||
@@ -192,11 +202,7 @@ sha256_text(const char *data, size_t n)
 		elog(ERROR, "could not compute a SHA-256 digest: %s",
 			 ctx ? pg_cryptohash_error(ctx) : "out of memory");
 	pg_cryptohash_free(ctx);
-	initStringInfo(&out);
-	appendStringInfoString(&out, "sha256:");
-	for (i = 0; i < PG_SHA256_DIGEST_LENGTH; i++)
-		appendStringInfo(&out, "%02x", digest[i]);
-	return out.data;
+	return hex_text("sha256:", (const char *) digest, sizeof(digest));
 }
 
 /*
@@ -208,9 +214,6 @@ sha256_text(const char *data, size_t n)
 static char *
 event_key_of(const ReceivedMessage *m)
 {
-	StringInfoData k;
-	size_t		j;
-
 	if (m->key == NULL)
 		return NULL;
 	if (valid_utf8(m->key, m->keylen) && memchr(m->key, '\0', m->keylen) == NULL)
@@ -221,11 +224,7 @@ event_key_of(const ReceivedMessage *m)
 	}
 	if (m->keylen * 2 + 2 > MAX_EVENT_KEY_BYTES)
 		return sha256_text(m->key, m->keylen);
-	initStringInfo(&k);
-	appendStringInfoString(&k, "\\x");
-	for (j = 0; j < m->keylen; j++)
-		appendStringInfo(&k, "%02x", (unsigned char) m->key[j]);
-	return k.data;
+	return hex_text("\\x", m->key, m->keylen);
 }
 
 /*
