@@ -16,8 +16,12 @@
  * consumer lag) are set by the worker that knows them.
  *
  * Entries are kept for MAX_DBS databases, as many as the launcher keeps
- * running; the numbers of a database beyond them are not kept.  The numbers live as long as the server: a restart starts the counters
- * from zero, which Prometheus's rate() and increase() take as a reset.
+ * running; the numbers of a database beyond them are not kept.  The
+ * consumer lags, one per (group, topic) a database's consumer reads, are
+ * in a pool all databases share (MAX_LAGS), under an LWLock: a database
+ * takes as many as it reads topics.  The numbers live as long as the
+ * server: a restart starts the counters from zero, which Prometheus's
+ * rate() and increase() take as a reset.
  *
  *-------------------------------------------------------------------------
  */
@@ -42,12 +46,19 @@ static const double bucket_bounds_ms[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 10
 
 #define NBOUNDS		lengthof(bucket_bounds_ms)
 #define NBUCKETS	(NBOUNDS + 1)
-#define MAX_LAGS	16			/* (group, topic) pairs per database */
 /*
  * Databases whose numbers are kept: as many as the launcher keeps track
- * of, about 4 kB each in shared memory (test 294_metrics_many_databases.pl).
+ * of, under 1 kB each in shared memory (test 294_metrics_many_databases.pl).
  */
 #define MAX_DBS		EVBUS_MAX_TRACKED_DBS
+/*
+ * Consumer lags kept, for all databases together: four (group, topic)
+ * pairs per database on average, 336 bytes each; one database may take
+ * any number of them (test 297_metrics_many_lags.pl).
+ */
+#define MAX_LAGS	(EVBUS_MAX_TRACKED_DBS * 4)
+/* Kafka's longest topic name is 249 bytes: none is cut short */
+#define TOPIC_LEN	256
 #define ERROR_LEN	256
 
 typedef struct MetricsHistogram
@@ -59,8 +70,9 @@ typedef struct MetricsHistogram
 
 typedef struct MetricsLag
 {
+	Oid			dboid;			/* InvalidOid: free */
 	char		group_name[NAMEDATALEN];
-	char		topic[NAMEDATALEN * 2];
+	char		topic[TOPIC_LEN];
 	int64		lag;
 } MetricsLag;
 
@@ -88,14 +100,14 @@ typedef struct MetricsDb
 	bool		outbox_known;
 	int64		outbox_depth;
 	TimestampTz oldest_staged_at;	/* 0: the outbox is empty */
-	int			nlags;
-	MetricsLag	lags[MAX_LAGS];
 } MetricsDb;
 
 typedef struct MetricsShared
 {
-	slock_t		mutex;			/* taking and freeing entries */
+	slock_t		mutex;			/* taking and freeing entries of dbs */
+	LWLock	   *lags_lock;		/* lags */
 	MetricsDb	dbs[MAX_DBS];
+	MetricsLag	lags[MAX_LAGS];
 } MetricsShared;
 
 static MetricsShared *metrics = NULL;
@@ -112,6 +124,7 @@ metrics_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(sizeof(MetricsShared));
+	RequestNamedLWLockTranche("evbus metrics", 1);
 }
 
 static void
@@ -130,6 +143,7 @@ metrics_shmem_startup(void)
 		SpinLockInit(&metrics->mutex);
 		for (i = 0; i < MAX_DBS; i++)
 			SpinLockInit(&metrics->dbs[i].mutex);
+		metrics->lags_lock = &(GetNamedLWLockTranche("evbus metrics"))->lock;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -206,6 +220,11 @@ evbus_metrics_forget_database(Oid dboid)
 		if (metrics->dbs[i].dboid == dboid)
 			metrics->dbs[i].dboid = InvalidOid;
 	SpinLockRelease(&metrics->mutex);
+	LWLockAcquire(metrics->lags_lock, LW_EXCLUSIVE);
+	for (i = 0; i < MAX_LAGS; i++)
+		if (metrics->lags[i].dboid == dboid)
+			metrics->lags[i].dboid = InvalidOid;
+	LWLockRelease(metrics->lags_lock);
 }
 
 static void
@@ -452,71 +471,94 @@ evbus_metrics_set_outbox(int64 depth, TimestampTz oldest)
 	SpinLockRelease(&e->mutex);
 }
 
+/* Is lag the one of this database's group on topic? */
+static bool
+lag_is(const MetricsLag *lag, const char *group, const char *topic)
+{
+	return lag->dboid == MyDatabaseId &&
+		strncmp(lag->group_name, group, NAMEDATALEN - 1) == 0 &&
+		strncmp(lag->topic, topic, TOPIC_LEN - 1) == 0;
+}
+
 /*
  * evbus_metrics_set_lag --- the consumer's lag of group on topic: the
  * messages between its position and the high watermark, summed over the
- * partitions assigned to it.  Replaces the pair's value; a pair beyond
- * MAX_LAGS is not kept.
+ * partitions assigned to it.  Replaces the pair's value.  A new pair
+ * takes a free entry of the pool; when none is left its lag is not kept,
+ * and the process says so once.
  */
 void
 evbus_metrics_set_lag(const char *group, const char *topic, int64 lag)
 {
-	MetricsDb  *e = entry_for();
+	static bool warned = false;
+	MetricsLag *entry = NULL;
+	MetricsLag *free_entry = NULL;
 	int			i;
 
-	if (e == NULL)
+	if (metrics == NULL || !OidIsValid(MyDatabaseId))
 		return;
-	SpinLockAcquire(&e->mutex);
-	for (i = 0; i < e->nlags; i++)
-		if (strcmp(e->lags[i].group_name, group) == 0 &&
-			strcmp(e->lags[i].topic, topic) == 0)
-			break;
-	if (i == e->nlags && e->nlags < MAX_LAGS)
+	LWLockAcquire(metrics->lags_lock, LW_EXCLUSIVE);
+	for (i = 0; i < MAX_LAGS && entry == NULL; i++)
 	{
-		strlcpy(e->lags[i].group_name, group, NAMEDATALEN);
-		strlcpy(e->lags[i].topic, topic, NAMEDATALEN * 2);
-		e->nlags++;
+		if (lag_is(&metrics->lags[i], group, topic))
+			entry = &metrics->lags[i];
+		else if (metrics->lags[i].dboid == InvalidOid && free_entry == NULL)
+			free_entry = &metrics->lags[i];
 	}
-	if (i < e->nlags)
-		e->lags[i].lag = lag;
-	SpinLockRelease(&e->mutex);
+	if (entry == NULL && free_entry != NULL)
+	{
+		entry = free_entry;
+		strlcpy(entry->group_name, group, NAMEDATALEN);
+		strlcpy(entry->topic, topic, TOPIC_LEN);
+		entry->dboid = MyDatabaseId;
+	}
+	if (entry != NULL)
+		entry->lag = lag;
+	LWLockRelease(metrics->lags_lock);
+
+	if (entry == NULL && !warned)
+	{
+		warned = true;
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("evbus.metrics() has no room for the lag of group \"%s\" on topic \"%s\"",
+						group, topic),
+				 errdetail("The server's databases read %d (group, topic) pairs already.",
+						   MAX_LAGS),
+				 errhint("evbus.stats shows the lag of every subscription.")));
+	}
 }
 
 /*
  * evbus_metrics_forget_lags --- the consumer holds no partition of group
  * any more (or not yet) but those of the nkeep keep_topics: the lags of
- * the group's other topics are not known (evbus_forget_high_watermarks).
+ * the group's other topics are not known (evbus_forget_high_watermarks),
+ * and their entries go back to the pool.
  */
 void
 evbus_metrics_forget_lags(const char *group, const char **keep_topics, int nkeep)
 {
-	MetricsDb  *e = entry_for();
-	MetricsLag	lags[MAX_LAGS];
-	int			nlags;
 	int			i;
-	int			kept = 0;
 
-	if (e == NULL)
+	if (metrics == NULL || !OidIsValid(MyDatabaseId))
 		return;
-	/* chosen outside the lock; this database's consumer is their one writer */
-	SpinLockAcquire(&e->mutex);
-	nlags = e->nlags;
-	memcpy(lags, e->lags, sizeof(MetricsLag) * nlags);
-	SpinLockRelease(&e->mutex);
-	for (i = 0; i < nlags; i++)
+	LWLockAcquire(metrics->lags_lock, LW_EXCLUSIVE);
+	for (i = 0; i < MAX_LAGS; i++)
 	{
-		bool		keep = strcmp(lags[i].group_name, group) != 0;
+		MetricsLag *entry = &metrics->lags[i];
+		bool		keep;
 		int			k;
 
+		if (entry->dboid != MyDatabaseId ||
+			strncmp(entry->group_name, group, NAMEDATALEN - 1) != 0)
+			continue;
+		keep = false;
 		for (k = 0; !keep && k < nkeep; k++)
-			keep = strcmp(lags[i].topic, keep_topics[k]) == 0;
-		if (keep)
-			lags[kept++] = lags[i];
+			keep = lag_is(entry, group, keep_topics[k]);
+		if (!keep)
+			entry->dboid = InvalidOid;
 	}
-	SpinLockAcquire(&e->mutex);
-	memcpy(e->lags, lags, sizeof(MetricsLag) * kept);
-	e->nlags = kept;
-	SpinLockRelease(&e->mutex);
+	LWLockRelease(metrics->lags_lock);
 }
 
 /* ------------------------------------------------------------------
@@ -596,6 +638,8 @@ evbus_metrics(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	MetricsOut	out;
 	TimestampTz now = GetCurrentTimestamp();
+	MetricsLag *lags;
+	int			nlags = 0;
 	int			i;
 
 	InitMaterializedSRF(fcinfo, 0);
@@ -603,6 +647,14 @@ evbus_metrics(PG_FUNCTION_ARGS)
 	out.desc = rsinfo->setDesc;
 	if (metrics == NULL)
 		PG_RETURN_VOID();
+
+	/* the lags in use, copied at once under the pool's lock */
+	lags = palloc(sizeof(MetricsLag) * MAX_LAGS);
+	LWLockAcquire(metrics->lags_lock, LW_SHARED);
+	for (i = 0; i < MAX_LAGS; i++)
+		if (metrics->lags[i].dboid != InvalidOid)
+			lags[nlags++] = metrics->lags[i];
+	LWLockRelease(metrics->lags_lock);
 
 	for (i = 0; i < MAX_DBS; i++)
 	{
@@ -662,10 +714,11 @@ evbus_metrics(PG_FUNCTION_ARGS)
 			 NULL, NULL, (double) copy.counts.retried);
 		emit(&out, "evbus_consume_dead_total", "counter", "consumer", NULL, NULL,
 			 NULL, NULL, (double) copy.counts.consume_dead);
-		for (l = 0; l < copy.nlags; l++)
-			emit(&out, "evbus_consumer_lag", "gauge", "consumer",
-				 copy.lags[l].topic, copy.lags[l].group_name, NULL, NULL,
-				 (double) copy.lags[l].lag);
+		for (l = 0; l < nlags; l++)
+			if (lags[l].dboid == copy.dboid)
+				emit(&out, "evbus_consumer_lag", "gauge", "consumer",
+					 lags[l].topic, lags[l].group_name, NULL, NULL,
+					 (double) lags[l].lag);
 		emit_histogram(&out, "evbus_handler_milliseconds", "consumer",
 					   &copy.counts.handler);
 	}
