@@ -401,6 +401,7 @@ evbus_consumers_sync(List *subs)
 	const char *brokers = evbus_resolve_brokers(buf, sizeof(buf));
 	uint64		settings = brokers ? evbus_kafka_conf_fingerprint(brokers) : 0;
 	List	   *keep = NIL;
+	List	   *leave = NIL;
 	ListCell   *lc;
 	ListCell   *lc2;
 	List	   *groups = NIL;
@@ -423,10 +424,19 @@ evbus_consumers_sync(List *subs)
 			gc->settings == settings)
 			keep = lappend(keep, gc);
 		else
-			consumer_destroy(gc, false);
+			leave = lappend(leave, gc);
 	}
+
+	/*
+	 * Detached before they leave: leaving reads and writes the database, and
+	 * a termination there exits through consumer_exit, which must not close
+	 * a consumer that is half gone (test 233_terminate_while_leaving.pl).
+	 */
 	list_free(consumers);
 	consumers = keep;
+	foreach(lc, leave)
+		consumer_destroy(lfirst(lc), false);
+	list_free(leave);
 
 	if (brokers == NULL)
 	{
