@@ -146,6 +146,17 @@ ALTER TABLE evbus.inbox ADD CONSTRAINT inbox_state_check
 	CHECK (state IN ('pending', 'handled', 'dead', 'discarded'));
 
 /*
+ * The keys the inbox's indexes tell apart are compared byte by byte
+ * (COLLATE "C", see evbus--0.2.sql): the table is not rewritten, its
+ * indexes on them are built again.  evbus.stats of 0.1 reads dedup_key; it
+ * is created again below (-- Metrics).
+ */
+DROP VIEW evbus.stats;
+ALTER TABLE evbus.inbox
+	ALTER COLUMN dedup_key TYPE text COLLATE "C",
+	ALTER COLUMN event_key TYPE text COLLATE "C";
+
+/*
  * Every discard and every edit of a dead letter, with who did it (the
  * role that called, current_user, and the session's role, session_user),
  * when, why, and what: the message, its event, group and handler, and its

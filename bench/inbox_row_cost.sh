@@ -29,8 +29,9 @@
 #
 # Usage (as root or any user; one command):
 #   bench/inbox_row_cost.sh
-# Environment: N (200000 rows per loop), ROUNDS (3), plus those of
-#   bench/lib.sh.
+# Environment: N (200000 rows per loop), ROUNDS (3), VARIANTS (default
+#   "i c p h d e t"; t is needed, the others are measured against it),
+#   plus those of bench/lib.sh (PG_ICU_LOCALE: the cluster's collation).
 # Output: summary on stdout and in $RESULTS_DIR/summary.txt; raw rows in
 #   $RESULTS_DIR/runs.tsv.
 
@@ -127,7 +128,7 @@ BEGIN
 END $p$;
 SQL
 
-VARIANTS="i c p h d e t"
+VARIANTS=${VARIANTS:-i c p h d e t}
 declare -A TABLE=([i]=evbus.inbox [c]=bench_inbox_c [p]=bench_inbox_p [h]=bench_inbox_h
 	[d]=bench_dedup [e]=bench_effect [t]=bench_received)
 

@@ -30,6 +30,9 @@
 #   KEEP_TMP=1         keep the temporary directory (logs) after the run
 #   PG_CONF            more postgresql.conf lines for pg_start, separated
 #                      by ";", e.g. "evbus.publish_linger = 2ms"
+#   PG_ICU_LOCALE      the cluster's collation from ICU, e.g. en-US (default:
+#                      none, the C locale); PostgreSQL 15 as Debian builds
+#                      it has ICU, no operating-system locale is needed
 
 set -euo pipefail
 
@@ -151,8 +154,11 @@ free_port() {
 pg_start() {
 	local port
 	port=$(free_port)
+	local locale=(--locale=C)
+	[[ -n ${PG_ICU_LOCALE:-} ]] \
+		&& locale=(--locale=C.UTF-8 --locale-provider=icu "--icu-locale=$PG_ICU_LOCALE")
 	"$PGBIN/initdb" -D "$TMP_DIR/pg" -U postgres --auth=trust -E UTF8 \
-		--locale=C --no-instructions >"$TMP_DIR/initdb.log" 2>&1 \
+		"${locale[@]}" --no-instructions >"$TMP_DIR/initdb.log" 2>&1 \
 		|| { cat "$TMP_DIR/initdb.log" >&2; die "initdb failed"; }
 	cat >>"$TMP_DIR/pg/postgresql.conf" <<EOF
 
@@ -266,7 +272,7 @@ kafka_end_offsets() {
 environment_report() {
 	echo "date: $(date -u +%FT%TZ)"
 	echo "host: nproc=$(nproc), $(lscpu | sed -n 's/^Model name: *//p'), RAM $(free -g | awk '/^Mem:/{print $2}') GiB, kernel $(uname -r)"
-	echo "postgresql: $("$PGBIN/postgres" --version)"
+	echo "postgresql: $("$PGBIN/postgres" --version), collation ${PG_ICU_LOCALE:+ICU }${PG_ICU_LOCALE:-C}"
 	echo "librdkafka: $(dpkg-query -W -f='${Version}' librdkafka1 2>/dev/null || echo '?')"
 	echo "kafka jars: $(ls "$REPO_DIR"/test/kafka/libs/kafka_2.13-*.jar 2>/dev/null | sed 's/.*kafka_2.13-//; s/\.jar$//' | head -1)"
 	if [[ ${EVBUS_COMMIT:-installed} == installed ]]; then
