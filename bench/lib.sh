@@ -33,6 +33,9 @@
 #   PG_ICU_LOCALE      the cluster's collation from ICU, e.g. en-US (default:
 #                      none, the C locale); PostgreSQL 15 as Debian builds
 #                      it has ICU, no operating-system locale is needed
+#   PG_LOCALE          else the cluster's locale from the operating system,
+#                      e.g. en_US.UTF-8 (one that `locale -a` lists; Debian:
+#                      localedef -i en_US -f UTF-8 en_US.UTF-8); default C
 
 set -euo pipefail
 
@@ -154,7 +157,7 @@ free_port() {
 pg_start() {
 	local port
 	port=$(free_port)
-	local locale=(--locale=C)
+	local locale=("--locale=${PG_LOCALE:-C}")
 	[[ -n ${PG_ICU_LOCALE:-} ]] \
 		&& locale=(--locale=C.UTF-8 --locale-provider=icu "--icu-locale=$PG_ICU_LOCALE")
 	"$PGBIN/initdb" -D "$TMP_DIR/pg" -U postgres --auth=trust -E UTF8 \
@@ -272,7 +275,7 @@ kafka_end_offsets() {
 environment_report() {
 	echo "date: $(date -u +%FT%TZ)"
 	echo "host: nproc=$(nproc), $(lscpu | sed -n 's/^Model name: *//p'), RAM $(free -g | awk '/^Mem:/{print $2}') GiB, kernel $(uname -r)"
-	echo "postgresql: $("$PGBIN/postgres" --version), collation ${PG_ICU_LOCALE:+ICU }${PG_ICU_LOCALE:-C}"
+	echo "postgresql: $("$PGBIN/postgres" --version), collation ${PG_ICU_LOCALE:+ICU }${PG_ICU_LOCALE:-${PG_LOCALE:-C}}"
 	echo "librdkafka: $(dpkg-query -W -f='${Version}' librdkafka1 2>/dev/null || echo '?')"
 	echo "kafka jars: $(ls "$REPO_DIR"/test/kafka/libs/kafka_2.13-*.jar 2>/dev/null | sed 's/.*kafka_2.13-//; s/\.jar$//' | head -1)"
 	if [[ ${EVBUS_COMMIT:-installed} == installed ]]; then
