@@ -5,7 +5,7 @@
 # lists them); then every fault is healed, the system must drain within
 # a bound, and the campaign's checker reads the whole history back (what
 # committed, what Kafka holds, what the handlers did) and must find no
-# violation.
+# violation; and no server process may have crashed.
 #
 # EVBUS_CAMPAIGN_SEED picks the seed (else a random one, printed): a seed
 # gives the same sequence of faults (how many fit depends on the timing);
@@ -58,5 +58,14 @@ is($rc, 0, 'the checker finds no violation') or do {
 	diag("seed $seed: violations; history in $keep");
 	diag($summary);
 };
+
+# no server process crashed: the faults kill with SIGKILL only (a worker,
+# a handler's backend); another signal (SIGSEGV, SIGABRT) or a PANIC is
+# a bug, which the restart after it would otherwise hide
+my $server_log = slurp_file($campaign->{node}->logfile);
+my @crashes = grep { !/terminated by signal 9:/ } ($server_log =~ /^.*terminated by signal \d+.*$/mg);
+push @crashes, ($server_log =~ /^.*PANIC:.*$/mg);
+is(scalar(@crashes), 0, 'no server process crashed (signals other than the faults\' SIGKILL, PANIC)')
+  or diag(join("\n", @crashes[ 0 .. ($#crashes < 4 ? $#crashes : 4) ]));
 note(sprintf('campaign took %.0f s', time() - $t0));
 done_testing();
