@@ -53,12 +53,12 @@ static const double bucket_bounds_ms[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 10
 #define MAX_DBS		EVBUS_MAX_TRACKED_DBS
 /*
  * Consumer lags kept, for all databases together: four (group, topic)
- * pairs per database on average, 336 bytes each; one database may take
+ * pairs per database on average, 520 bytes each; one database may take
  * any number of them (test 297_metrics_many_lags.pl).
  */
 #define MAX_LAGS	(EVBUS_MAX_TRACKED_DBS * 4)
-/* Kafka's longest topic name is 249 bytes: none is cut short */
-#define TOPIC_LEN	256
+/* group and topic names are at most Kafka's 249 bytes: none is cut short */
+#define NAME_LEN	(EVBUS_MAX_TOPIC_LEN + 1)
 #define ERROR_LEN	256
 
 typedef struct MetricsHistogram
@@ -71,8 +71,8 @@ typedef struct MetricsHistogram
 typedef struct MetricsLag
 {
 	Oid			dboid;			/* InvalidOid: free */
-	char		group_name[NAMEDATALEN];
-	char		topic[TOPIC_LEN];
+	char		group_name[NAME_LEN];
+	char		topic[NAME_LEN];
 	int64		lag;
 } MetricsLag;
 
@@ -476,8 +476,8 @@ static bool
 lag_is(const MetricsLag *lag, const char *group, const char *topic)
 {
 	return lag->dboid == MyDatabaseId &&
-		strncmp(lag->group_name, group, NAMEDATALEN - 1) == 0 &&
-		strncmp(lag->topic, topic, TOPIC_LEN - 1) == 0;
+		strncmp(lag->group_name, group, NAME_LEN - 1) == 0 &&
+		strncmp(lag->topic, topic, NAME_LEN - 1) == 0;
 }
 
 /*
@@ -508,8 +508,8 @@ evbus_metrics_set_lag(const char *group, const char *topic, int64 lag)
 	if (entry == NULL && free_entry != NULL)
 	{
 		entry = free_entry;
-		strlcpy(entry->group_name, group, NAMEDATALEN);
-		strlcpy(entry->topic, topic, TOPIC_LEN);
+		strlcpy(entry->group_name, group, NAME_LEN);
+		strlcpy(entry->topic, topic, NAME_LEN);
 		entry->dboid = MyDatabaseId;
 	}
 	if (entry != NULL)
@@ -550,7 +550,7 @@ evbus_metrics_forget_lags(const char *group, const char **keep_topics, int nkeep
 		int			k;
 
 		if (entry->dboid != MyDatabaseId ||
-			strncmp(entry->group_name, group, NAMEDATALEN - 1) != 0)
+			strncmp(entry->group_name, group, NAME_LEN - 1) != 0)
 			continue;
 		keep = false;
 		for (k = 0; !keep && k < nkeep; k++)

@@ -4,10 +4,12 @@
 # of the others were missing.
 #
 # Database postgres subscribes one handler to 20 integration events (20
-# topics, one group), database other to 3; one event of each is published
-# and handled.  Then evbus.metrics() has 20 evbus_consumer_lag series for
-# postgres and 3 for other, each 0, each under its own database, and
-# evbus.stats the same 20 lags of 0.
+# topics, one group), database other to 3 in a group whose name is 200
+# characters long; one event of each is published and handled.  Then
+# evbus.metrics() has 20 evbus_consumer_lag series for postgres and 3 for
+# other, each 0, each under its own database and its whole group name
+# (the first 63 characters before), and evbus.stats the same 20 lags of
+# 0.
 use strict;
 use warnings;
 
@@ -23,6 +25,9 @@ my $node = new_node(
 	kafka => 1,
 	conf => [ "evbus.topic_prefix = '$prefix'", "evbus.group_name = '$group'" ]);
 
+my $long_group = "t297_long_$$" . ('g' x 200);
+$long_group = substr($long_group, 0, 200);
+my %group_of = (postgres => $group, other => $long_group);
 my %events = (
 	postgres => [ map { sprintf('Many%02d', $_) } 1 .. 20 ],
 	other => [ map { sprintf('Other%02d', $_) } 1 .. 3 ]);
@@ -35,7 +40,8 @@ for my $db (qw(postgres other))
 		'--replication-factor', '1')
 	  for @{ $events{$db} };
 	my $subscribe = join("\n",
-		map { "SELECT evbus.subscribe('$_', 'record(jsonb, jsonb)');" } @{ $events{$db} });
+		map { "SELECT evbus.subscribe('$_', 'record(jsonb, jsonb)', '$group_of{$db}');" }
+		  @{ $events{$db} });
 	my $publish = join("\n",
 		map { "SELECT evbus.publish('$_', '{\"n\": 1}');" } @{ $events{$db} });
 	$node->safe_psql(
@@ -57,8 +63,8 @@ for my $db (qw(postgres other))
 	ok( wait_for_sql(
 			$node, 'postgres', qq{SELECT count(*) FROM evbus.metrics()
 			WHERE metric = 'evbus_consumer_lag' AND database = '$db'
-			  AND group_name = '$group' AND value = 0}, $n, 30),
-		"evbus.metrics() has the lag of each of the $n topics of $db, 0");
+			  AND group_name = '$group_of{$db}' AND value = 0}, $n, 30),
+		"evbus.metrics() has the lag of each of the $n topics of $db, 0, under its group");
 	is( $node->safe_psql(
 			'postgres', qq{SELECT string_agg(topic, ',' ORDER BY topic) FROM evbus.metrics()
 			WHERE metric = 'evbus_consumer_lag' AND database = '$db'}),
