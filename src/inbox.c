@@ -745,7 +745,7 @@ evbus_inbox_dispatch_due(List *subs)
 
 /*
  * evbus_inbox_maintain --- trim the inbox, in its own transaction, at most
- * 10000 rows of each kind per call.
+ * TRIM_ROWS rows of each kind per call.
  *
  * A handled message's row goes after evbus.inbox_retention (the window in
  * which a redelivery is recognised).  A dead message's row goes with its
@@ -763,6 +763,7 @@ evbus_inbox_dispatch_due(List *subs)
  * keeps recognising a redelivery of its message a little longer.
  */
 #define DEAD_TRIM_INTERVAL_MS (10 * 60 * 1000)
+#define TRIM_ROWS 10000			/* rows of each kind per call */
 
 void
 evbus_inbox_maintain(void)
@@ -787,7 +788,7 @@ evbus_inbox_maintain(void)
 		evbus_spi_exec("DELETE FROM evbus.inbox WHERE id IN (SELECT id FROM evbus.inbox"
 					   " WHERE handled_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)"
 					   " pg_catalog.make_interval(secs => $1))"
-					   " ORDER BY handled_at LIMIT 10000)",
+					   " ORDER BY handled_at LIMIT " CppAsString2(TRIM_ROWS) ")",
 					   1, types, values, NULL, SPI_OK_DELETE);
 	}
 	if (evbus_dead_letter_retention_s > 0 && now >= next_dead_trim)
@@ -803,9 +804,9 @@ evbus_inbox_maintain(void)
 					   " AND d.kafka_offset OPERATOR(pg_catalog.=) i.kafka_offset"
 					   " AND d.dead_at OPERATOR(pg_catalog.>=) (pg_catalog.now() OPERATOR(pg_catalog.-)"
 					   " pg_catalog.make_interval(secs => $1)))"
-					   " LIMIT 10000)",
+					   " LIMIT " CppAsString2(TRIM_ROWS) ")",
 					   1, types, values, NULL, SPI_OK_DELETE);
-		if (SPI_processed < 10000)
+		if (SPI_processed < TRIM_ROWS)
 			next_dead_trim = TimestampTzPlusMilliseconds(now,
 														 Min(DEAD_TRIM_INTERVAL_MS,
 															 evbus_dead_letter_retention_s * 1000L));

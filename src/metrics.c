@@ -554,7 +554,7 @@ evbus_metrics_forget_lags(const char *group, const char **keep_topics, int nkeep
 			continue;
 		keep = false;
 		for (k = 0; !keep && k < nkeep; k++)
-			keep = lag_is(entry, group, keep_topics[k]);
+			keep = strncmp(entry->topic, keep_topics[k], NAME_LEN - 1) == 0;
 		if (!keep)
 			entry->dboid = InvalidOid;
 	}
