@@ -429,8 +429,8 @@ evbus_consumers_sync(List *subs)
 
 	/*
 	 * Detached before they leave: leaving reads and writes the database, and
-	 * a termination there exits through consumer_exit, which must not close
-	 * a consumer that is half gone (test 233_terminate_while_leaving.pl).
+	 * a termination there exits through consumer_exit, which must not close a
+	 * consumer that is half gone (test 233_terminate_while_leaving.pl).
 	 */
 	list_free(consumers);
 	consumers = keep;

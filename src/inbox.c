@@ -779,11 +779,12 @@ evbus_inbox_maintain(void)
 	if (evbus_inbox_retention_s > 0)
 	{
 		values[0] = Int32GetDatum(evbus_inbox_retention_s);
+
 		/*
 		 * ORDER BY: the oldest rows through the handled_at index, whatever
 		 * the statistics say; without them (a new, restored or upgraded
-		 * inbox) the planner expected many rows due and read the whole
-		 * inbox every 5 s to find none (test 236_inbox_retention.pl).
+		 * inbox) the planner expected many rows due and read the whole inbox
+		 * every 5 s to find none (test 236_inbox_retention.pl).
 		 */
 		evbus_spi_exec("DELETE FROM evbus.inbox WHERE id IN (SELECT id FROM evbus.inbox"
 					   " WHERE handled_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-)"

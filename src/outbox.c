@@ -197,10 +197,11 @@ truncate_if_published(int slot, int current, EvbusOutboxHeldFn held)
 	n = pending_rows(slot, ids, held);
 	if (n < 0)
 		return;
+
 	/*
 	 * Nothing to move: the commit's file work is for a worker of its own,
-	 * once the table's lock is free (a transaction that staged there and
-	 * runs for hours would otherwise have a worker started every second).
+	 * once the table's lock is free (a transaction that staged there and runs
+	 * for hours would otherwise have a worker started every second).
 	 */
 	if (n == 0)
 	{
