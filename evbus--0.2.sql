@@ -601,12 +601,14 @@ COMMENT ON TABLE evbus.inbox_messages IS
  * topic has the same handler (inbox_messages.handler), a row inserted
  * with that handler is a new message: another row of its message would
  * have that handler too, and the inbox's unique (group, dedup key,
- * handler) let only one in.  Such rows are counted without looking at
- * the inbox (one UPDATE per statement instead of an index probe per
- * message: bench/consume.sh).  A row of another handler (a second
- * handler, a replaced one, an undecodable message's '' row) makes the
- * handler unknown (NULL) until the group's topic has no message left;
- * then each message is looked up among the inbox's rows of its group.
+ * handler) let only one in; so is a deleted row a message gone.  Such
+ * rows are counted without looking at the inbox (one UPDATE per
+ * statement instead of an index probe per message: bench/consume.sh, and
+ * the trim of handled rows, test 236_inbox_retention.pl).  A row of
+ * another handler (a second handler, a replaced one, an undecodable
+ * message's '' row) makes the handler unknown (NULL) until the group's
+ * topic has no message left; then each message is looked up among the
+ * inbox's rows of its group.
  * Test 291_metrics_counts.pl compares the counts with a full count in
  * each of these cases.
  */
@@ -660,17 +662,33 @@ BEGIN
 			USING s.group_name, s.topic;
 		END LOOP;
 	ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
-		EXECUTE '
-		UPDATE evbus.inbox_messages c
-		   SET messages = c.messages OPERATOR(pg_catalog.-) d.gone
-		  FROM (SELECT o.group_name, o.topic, pg_catalog.count(DISTINCT o.dedup_key) AS gone
-				  FROM old_rows o
-				 WHERE NOT EXISTS (SELECT FROM evbus.inbox i
-									WHERE i.group_name OPERATOR(pg_catalog.=) o.group_name
-									  AND i.dedup_key OPERATOR(pg_catalog.=) o.dedup_key)
-				 GROUP BY o.group_name, o.topic) d
-		 WHERE c.group_name OPERATOR(pg_catalog.=) d.group_name
-		   AND c.topic OPERATOR(pg_catalog.=) d.topic';
+		FOR s IN SELECT o.group_name, o.topic, pg_catalog.count(*) AS nrows,
+						CASE WHEN pg_catalog.min(o.handler) OPERATOR(pg_catalog.=) pg_catalog.max(o.handler)
+							 THEN pg_catalog.min(o.handler) END AS handler
+				   FROM old_rows o
+				  GROUP BY o.group_name, o.topic
+		LOOP
+			/* every row of the group's topic has that handler: a row is a message */
+			UPDATE evbus.inbox_messages c
+			   SET messages = c.messages OPERATOR(pg_catalog.-) s.nrows
+			 WHERE c.group_name OPERATOR(pg_catalog.=) s.group_name
+			   AND c.topic OPERATOR(pg_catalog.=) s.topic
+			   AND c.handler OPERATOR(pg_catalog.=) s.handler;
+			CONTINUE WHEN FOUND;
+			EXECUTE '
+			UPDATE evbus.inbox_messages c
+			   SET messages = c.messages OPERATOR(pg_catalog.-) d.gone
+			  FROM (SELECT pg_catalog.count(DISTINCT o.dedup_key) AS gone
+					  FROM old_rows o
+					 WHERE o.group_name OPERATOR(pg_catalog.=) $1
+					   AND o.topic OPERATOR(pg_catalog.=) $2
+					   AND NOT EXISTS (SELECT FROM evbus.inbox i
+										WHERE i.group_name OPERATOR(pg_catalog.=) o.group_name
+										  AND i.dedup_key OPERATOR(pg_catalog.=) o.dedup_key)) d
+			 WHERE c.group_name OPERATOR(pg_catalog.=) $1
+			   AND c.topic OPERATOR(pg_catalog.=) $2'
+			USING s.group_name, s.topic;
+		END LOOP;
 	ELSE
 		DELETE FROM evbus.inbox_messages;
 	END IF;

@@ -10,9 +10,9 @@
  * timeout is the next due retry or evbus.poll_interval.  Each pass:
  * reload the subscriptions if they changed, receive and handle what the
  * consumers have, run due retries, and every few seconds record the high
- * watermarks (for the lag) and expire old inbox rows.  After
- * evbus.idle_timeout with nothing to do it exits until there is work
- * (idle.c).
+ * watermarks (for the lag) and expire old inbox rows (sooner again while
+ * more are due).  After evbus.idle_timeout with nothing to do it exits
+ * until there is work (idle.c).
  *
  * SIGTERM is die(), as in a regular backend, because a handler is user
  * code: the handler timeout is a statement timeout, which a handler can
@@ -162,22 +162,21 @@ build_wait_set(void)
 
 /*
  * How long to wait for the next pass (ms): not at all when the last poll
- * left messages to read, else up to the next due retry, at most
- * evbus.poll_interval.
+ * left messages to read, else up to the next due retry or the next trim
+ * of an inbox with more rows due, at most evbus.poll_interval.
  */
 static long
-wait_timeout(bool more, TimestampTz next_due)
+wait_timeout(bool more, TimestampTz next_due, TimestampTz next_trim)
 {
 	long		timeout = evbus_poll_interval_ms;
+	TimestampTz now = GetCurrentTimestamp();
 
 	if (more)
 		return 0;
 	if (next_due != 0)
-	{
-		long		until = (long) ((next_due - GetCurrentTimestamp()) / 1000);
-
-		timeout = Max(0, Min(timeout, until + 1));
-	}
+		timeout = Max(0, Min(timeout, (long) ((next_due - now) / 1000) + 1));
+	if (next_trim != 0)
+		timeout = Max(0, Min(timeout, (long) ((next_trim - now) / 1000) + 1));
 	return timeout;
 }
 
@@ -194,6 +193,7 @@ evbus_consumer_main(Datum main_arg)
 	WaitEventSet *wait_set;
 	TimestampTz next_due = 0;
 	TimestampTz last_maintain = 0;
+	TimestampTz next_trim = 0;
 	TimestampTz last_dispatch = 0;
 	bool		dispatch_now = true;
 	char		brokers_seen[1024] = "";
@@ -279,17 +279,38 @@ evbus_consumer_main(Datum main_arg)
 		{
 			pgstat_report_activity(STATE_RUNNING, "maintaining the inbox");
 			evbus_consumers_report_watermarks();
-			evbus_inbox_maintain();
 			last_maintain = now;
+			next_trim = now;
+		}
+
+		/*
+		 * A trim deletes a bounded number of rows.  While it finds more due,
+		 * it runs again after as long as it took: it keeps up with any rate
+		 * of messages, in at most about half of the worker's time, and keeps
+		 * the worker from going idle (test 236_inbox_retention.pl).
+		 */
+		if (next_trim != 0 && now >= next_trim)
+		{
+			TimestampTz started = GetCurrentTimestamp();
+
+			pgstat_report_activity(STATE_RUNNING, "trimming the inbox");
+			if (evbus_inbox_maintain())
+			{
+				TimestampTz done = GetCurrentTimestamp();
+
+				next_trim = done + (done - started);
+			}
+			else
+				next_trim = 0;
 		}
 		pgstat_report_activity(STATE_IDLE, NULL);
 
 		/* nothing to do for evbus.idle_timeout: exit until woken (idle.c) */
-		if (evbus_consumer_try_idle(busy || more || left_pending, next_due,
-									settings_seen))
+		if (evbus_consumer_try_idle(busy || more || left_pending || next_trim != 0,
+									next_due, settings_seen))
 			consumer_idle(next_due);
 
-		(void) WaitEventSetWait(wait_set, wait_timeout(more, next_due),
+		(void) WaitEventSetWait(wait_set, wait_timeout(more, next_due, next_trim),
 								events, lengthof(events), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		if (ProcDiePending)
