@@ -277,7 +277,7 @@ evbus_consumer_main(Datum main_arg)
 		}
 		if (TimestampDifferenceExceeds(last_maintain, now, 5000))
 		{
-			pgstat_report_activity(STATE_RUNNING, "maintaining the inbox");
+			pgstat_report_activity(STATE_RUNNING, "recording high watermarks");
 			evbus_consumers_report_watermarks();
 			last_maintain = now;
 			next_trim = now;
