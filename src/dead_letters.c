@@ -66,25 +66,38 @@ evbus_dead_letter_unpublishable(int table, int64 id, const char *error_code,
 
 /*
  * evbus_dead_letters_expire --- delete the dead letters older than
- * evbus.dead_letter_retention (0: keep them), at most once a minute.
- * Must run inside evbus_worker_begin/commit.
+ * evbus.dead_letter_retention (0: keep them), the oldest first, at most
+ * EXPIRE_ROWS per call: once a minute (as often as the retention if that
+ * is shorter), and at each call (the publisher's, every second) while
+ * more are due.  One statement for all of them held up publishing, 0.3 s
+ * per 300,000 (test 236_inbox_retention.pl).  Must run inside
+ * evbus_worker_begin/commit.
  */
+#define EXPIRE_ROWS 10000
+
 void
 evbus_dead_letters_expire(void)
 {
 	static TimestampTz last_expiry = 0;
+	static bool more_due = false;
 	TimestampTz now = GetCurrentTimestamp();
 	Oid			argtypes[1] = {INT4OID};
 	Datum		values[1];
 
-	if (evbus_dead_letter_retention_s <= 0 ||
-		!TimestampDifferenceExceeds(last_expiry, now, 60 * 1000))
+	if (evbus_dead_letter_retention_s <= 0)
+		return;
+	if (!more_due &&
+		!TimestampDifferenceExceeds(last_expiry, now,
+									(int) Min(60 * 1000L, evbus_dead_letter_retention_s * 1000L)))
 		return;
 	values[0] = Int32GetDatum(evbus_dead_letter_retention_s);
-	evbus_spi_exec("DELETE FROM evbus.dead_letters WHERE dead_at OPERATOR(pg_catalog.<)"
+	evbus_spi_exec("DELETE FROM evbus.dead_letters WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+				   "SELECT ctid FROM evbus.dead_letters WHERE dead_at OPERATOR(pg_catalog.<)"
 				   " (pg_catalog.now() OPERATOR(pg_catalog.-)"
-				   " pg_catalog.make_interval(secs => $1))",
+				   " pg_catalog.make_interval(secs => $1))"
+				   " ORDER BY dead_at LIMIT " CppAsString2(EXPIRE_ROWS) "))",
 				   1, argtypes, values, NULL, SPI_OK_DELETE);
+	more_due = SPI_processed >= EXPIRE_ROWS;
 	last_expiry = now;
 }
 

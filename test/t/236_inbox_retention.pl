@@ -1,8 +1,8 @@
 # 236_inbox_retention.pl - the consumer trims the inbox: a dead message's
 # row goes with its dead letter (evbus.dead_letter_retention), a handled
 # message's row after evbus.inbox_retention, found through the handled_at
-# index, as fast as rows come.  Before, dead rows stayed in the inbox for
-# ever.
+# index, as fast as rows come; the publisher expires dead letters in
+# bounded statements.  Before, dead rows stayed in the inbox for ever.
 use strict;
 use warnings;
 
@@ -133,6 +133,35 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM evbus.inbox WHERE group_n
 $node->safe_psql('postgres', q{SELECT evbus.publish('Kept', '{"n": 4, "fail": false}', 'd')});
 ok( wait_for_sql($node, 'postgres', q{SELECT count(*) FROM public.got WHERE n = 4}, '1', 60),
 	'and the consumer goes on handling messages');
+
+# the publisher expires dead letters oldest first, at most 10,000 per
+# statement, again a second later while more are due: one statement for
+# all of them held up publishing (0.3 s per 300,000).  A trigger of the
+# test's own counts each statement's rows.
+$node->safe_psql(
+	'postgres', q{
+CREATE TABLE public.expired (n bigint);
+CREATE FUNCTION public.count_expired() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO public.expired SELECT count(*) FROM gone;
+	RETURN NULL;
+END $$;
+CREATE TRIGGER dead_letters_expired AFTER DELETE ON evbus.dead_letters
+	REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION public.count_expired();
+INSERT INTO evbus.dead_letters (message_id, direction, integration_event, error_code,
+		error_message, dead_at)
+SELECT 'old' || i, 'publish', 'Old', 'E', 'x', pg_catalog.now() - interval '2 hours'
+  FROM pg_catalog.generate_series(1, 25000) i;
+ALTER SYSTEM SET evbus.dead_letter_retention = '10s';
+SELECT pg_reload_conf();
+});
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM evbus.dead_letters WHERE message_id LIKE 'old%'}, '0', 60),
+	'25,000 expired dead letters are gone');
+my ($largest, $statements) =
+  split /\|/, $node->safe_psql('postgres', 'SELECT max(n), count(*) FROM public.expired');
+cmp_ok($largest, '<=', 10000, "no statement deleted more than 10,000 ($largest)");
+cmp_ok($statements, '>=', 3, "they went in $statements statements");
 
 $node->stop;
 done_testing();
