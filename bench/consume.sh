@@ -107,12 +107,7 @@ throughput() {
 	t0=$EPOCHREALTIME
 	qp "SET ROLE bench_app; SELECT evbus.subscribe('ConsumeEvent', '$sig', '$group')" >/dev/null
 	# the consumer joins the group first: nothing is handled before this
-	for _ in $(seq 1 50); do
-		cpid=$(qp "SELECT pid FROM pg_stat_activity WHERE backend_type = 'evbus consumer' AND datname = 'payments'")
-		[[ -n $cpid ]] && break
-		sleep 0.2
-	done
-	[[ -n $cpid ]] || die "no consumer worker in database payments"
+	cpid=$(consumer_pid payments) || die "no consumer worker in database payments"
 	c0=$(proc_ticks "$cpid")
 	echo "$cpid" >"$RESULTS_DIR/consumer.pid"
 	while :; do

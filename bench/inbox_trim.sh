@@ -42,12 +42,7 @@ q "CREATE FUNCTION noop(payload jsonb, headers jsonb) RETURNS void LANGUAGE sql 
    ALTER FUNCTION noop(jsonb, jsonb) OWNER TO bench_app"
 q "SET ROLE bench_app; SELECT evbus.subscribe('Trimmed', 'noop(jsonb, jsonb)', 'g_trim')" >/dev/null
 set_brokers "$BROKERS"
-for _ in $(seq 1 100); do
-	cpid=$(q "SELECT pid FROM pg_stat_activity WHERE backend_type = 'evbus consumer' AND datname = current_database()")
-	[[ -n $cpid ]] && break
-	sleep 0.2
-done
-[[ -n $cpid ]] || die "no consumer worker"
+cpid=$(consumer_pid bench) || die "no consumer worker"
 
 log "inserting $N handled inbox rows"
 psql -qX -v ON_ERROR_STOP=1 -v n="$N" >/dev/null <<'SQL'

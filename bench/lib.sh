@@ -323,6 +323,17 @@ pg_other_ticks() {
 # the publishing worker of this benchmark's server (not of anyone else's)
 evbus_worker_pid() { pgrep -P "$(head -1 "$TMP_DIR/pg/postmaster.pid")" -f "^postgres: evbus (publisher|worker) for database" | head -1; }
 kafka_pid() { cat "$TMP_DIR/kafka/kafka.pid" 2>/dev/null || echo 0; }
+# consumer_pid DATABASE: the pid of the database's consumer worker once it
+# runs (within 10 s), else fail
+consumer_pid() {
+	local pid
+	for _ in $(seq 1 50); do
+		pid=$(psql -qXAt -d "$1" -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'evbus consumer' AND datname = current_database()")
+		[[ -n $pid ]] && { echo "$pid"; return 0; }
+		sleep 0.2
+	done
+	return 1
+}
 ticks_to_s() { awk -v t="$1" -v h="$CLK_TCK" 'BEGIN {printf "%.1f", t / h}'; }
 
 # wait_outbox_settled TIMEOUT STALL [TARGET]: wait until the evbus outbox
