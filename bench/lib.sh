@@ -1,8 +1,8 @@
 # bench/lib.sh - shared helpers of the evbus benchmarks (sourced, not run).
 #
 # Every benchmark owns everything it measures: a throwaway PostgreSQL 15
-# (initdb in a temporary directory, a free port, evbus preloaded, tuned like
-# the reference measurement in anchors-performance.md section A.7.1) and,
+# (initdb in a temporary directory, a free port, evbus preloaded, with the
+# settings BENCHMARKS.md lists under "Machine and method") and,
 # where needed, a throwaway Kafka broker started with test/kafka/kafka.sh.
 # Both are stopped and the temporary directory removed on exit, whatever
 # the exit.
@@ -171,7 +171,7 @@ listen_addresses = ''
 unix_socket_directories = '$TMP_DIR'
 max_connections = 50
 shared_preload_libraries = 'evbus'
-# as in the reference measurement (anchors-performance.md A.7.1)
+# the settings BENCHMARKS.md lists under "Machine and method"
 shared_buffers = 512MB
 max_wal_size = 4GB
 checkpoint_timeout = 15min
