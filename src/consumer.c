@@ -27,6 +27,7 @@
 #include "access/xlog.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/pmsignal.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -119,7 +120,7 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 	int			i;
 
 	/* the group's offsets in Kafka (another database may have moved them) */
-	err = rd_kafka_committed(rk, committed, 10000);
+	err = evbus_kafka_offsets_committed(rk, committed, 10000);
 	if (err)
 		ereport(LOG,
 				(errmsg("evbus: group \"%s\": could not read committed offsets: %s",
@@ -313,12 +314,85 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 }
 
 /*
+ * consumer_close --- leave gc's group so that its partitions move on at
+ * once, and destroy its handle.  Closing revokes the partitions (on_revoke
+ * tells Kafka their offsets, waiting a bounded time: kafka_offsets.c) and
+ * leaves the group.  librdkafka's rd_kafka_consumer_close and
+ * rd_kafka_destroy wait for the group's coordinator, for as long as a
+ * broker that hangs without closing its connections does not answer
+ * (its requests time out and are sent again).  On the way out of the
+ * process (exiting) that would keep a termination, a fast shutdown or the
+ * postmaster's death from ending the worker: there the close is served
+ * here, at most CLOSE_WAIT_MS and not at all once the postmaster has
+ * died, and a handle still closing is left to the process's exit (test
+ * 137_consume_frozen_broker.pl); the group drops the member at its
+ * session timeout.  Otherwise (the group's topics or settings changed)
+ * librdkafka's close waits as long as it takes.
+ */
+#define CLOSE_WAIT_MS 10000
+#define CLOSE_WAIT_STEP_MS 100
+
+static void
+consumer_close(GroupConsumer *gc, bool exiting)
+{
+	rd_kafka_queue_t *events;
+	rd_kafka_error_t *error;
+	TimestampTz start = GetCurrentTimestamp();
+	bool		closed = false;
+
+	if (!exiting)
+	{
+		rd_kafka_consumer_close(gc->rk);
+		rd_kafka_destroy(gc->rk);
+		return;
+	}
+
+	events = rd_kafka_queue_new(gc->rk);
+	error = rd_kafka_consumer_close_queue(gc->rk, events);
+	if (error != NULL)
+	{
+		ereport(LOG,
+				(errmsg("evbus: consumer group \"%s\" could not be left: %s",
+						gc->group, rd_kafka_error_string(error))));
+		rd_kafka_error_destroy(error);
+	}
+	else
+	{
+		/*
+		 * As events, not callbacks: the group's queue, forwarded here, may
+		 * still hold messages, which only the rebalance is wanted of.
+		 */
+		while (!(closed = rd_kafka_consumer_closed(gc->rk)) && PostmasterIsAlive() &&
+			   !TimestampDifferenceExceeds(start, GetCurrentTimestamp(), CLOSE_WAIT_MS))
+		{
+			rd_kafka_event_t *ev = rd_kafka_queue_poll(events, CLOSE_WAIT_STEP_MS);
+
+			if (ev == NULL)
+				continue;
+			if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+				rebalance_cb(gc->rk, rd_kafka_event_error(ev),
+							 rd_kafka_event_topic_partition_list(ev), gc);
+			rd_kafka_event_destroy(ev);
+		}
+	}
+	rd_kafka_queue_destroy(events);
+	if (closed)
+		rd_kafka_destroy(gc->rk);
+	else
+		ereport(LOG,
+				(errmsg("evbus: consumer group \"%s\" left without its coordinator's answer",
+						gc->group),
+				 errdetail("The group reassigns this member's partitions after its session timeout.")));
+}
+
+/*
  * consumer_destroy --- leave gc's group and free it.  Its lags are not
  * known here any more, unless keep_lags: the consumer goes idle, caught
  * up, and the launcher watches its partitions (idle.c; tests 296, 238).
+ * exiting: the process exits next (consumer_close).
  */
 static void
-consumer_destroy(GroupConsumer *gc, bool keep_lags)
+consumer_destroy(GroupConsumer *gc, bool keep_lags, bool exiting)
 {
 	if (gc->to_commit)
 	{
@@ -334,9 +408,7 @@ consumer_destroy(GroupConsumer *gc, bool keep_lags)
 	}
 	rd_kafka_queue_cb_event_enable(gc->queue, NULL, NULL);
 	rd_kafka_queue_destroy(gc->queue);
-	/* leave the group so that its partitions move on at once */
-	rd_kafka_consumer_close(gc->rk);
-	rd_kafka_destroy(gc->rk);
+	consumer_close(gc, exiting);
 	/* idle, the launcher watches the partitions: their lags stay known */
 	if (!keep_lags && !extension_gone)
 	{
@@ -435,7 +507,7 @@ evbus_consumers_sync(List *subs)
 	list_free(consumers);
 	consumers = keep;
 	foreach(lc, leave)
-		consumer_destroy(lfirst(lc), false);
+		consumer_destroy(lfirst(lc), false, false);
 	list_free(leave);
 
 	if (brokers == NULL)
@@ -701,7 +773,7 @@ evbus_consumers_shutdown(bool idle)
 
 	consumers = NIL;			/* detached first: closing runs callbacks */
 	foreach(lc, all)
-		consumer_destroy(lfirst(lc), idle);
+		consumer_destroy(lfirst(lc), idle, true);
 	list_free(all);
 }
 

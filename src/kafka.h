@@ -45,6 +45,9 @@ extern void evbus_kafka_log_cb(const rd_kafka_t *rk, int level,
 
 /* kafka_offsets.c (the consumer's offsets on Kafka's side) */
 extern void evbus_kafka_offsets_name_database(void);
+extern rd_kafka_resp_err_t evbus_kafka_offsets_committed(rd_kafka_t *rk,
+														 rd_kafka_topic_partition_list_t *list,
+														 int timeout_ms);
 extern bool evbus_kafka_offsets_commit(rd_kafka_t *rk,
 									   rd_kafka_topic_partition_list_t *list,
 									   XLogRecPtr lsn, long wait_ms, bool async);

@@ -30,6 +30,8 @@
 #include "access/xlog.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
+#include "storage/pmsignal.h"
+#include "utils/timestamp.h"
 
 #include "inbox.h"
 #include "kafka.h"
@@ -91,10 +93,76 @@ committed_by_us(const rd_kafka_topic_partition_t *tp)
 }
 
 /*
+ * commit_and_wait --- commit list and wait for Kafka's answer, at most
+ * COMMIT_WAIT_MS, and not at all once the postmaster has died.
+ * librdkafka's synchronous commit waits for as long as the group's
+ * coordinator does not answer (a broker that hangs without closing its
+ * connections), and its callers here cannot be interrupted: a rebalance,
+ * and the consumer's leaving on its way out, so that neither a
+ * termination nor a fast shutdown could end the worker (test
+ * 137_consume_frozen_broker.pl).  A commit given up on may still land;
+ * the database's stored offsets are where this database starts again
+ * either way.
+ */
+#define COMMIT_WAIT_MS 5000
+#define COMMIT_WAIT_STEP_MS 100
+#define COMMITTED_STEP_MS 1000
+
+static void
+commit_and_wait(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list)
+{
+	rd_kafka_queue_t *answers = rd_kafka_queue_new(rk);
+	rd_kafka_event_t *answer = NULL;
+	TimestampTz start = GetCurrentTimestamp();
+
+	if (rd_kafka_commit_queue(rk, list, answers, NULL, NULL) == RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		while (answer == NULL && PostmasterIsAlive() &&
+			   !TimestampDifferenceExceeds(start, GetCurrentTimestamp(), COMMIT_WAIT_MS))
+			answer = rd_kafka_queue_poll(answers, COMMIT_WAIT_STEP_MS);
+	}
+	if (answer == NULL)
+		ereport(LOG,
+				(errmsg("evbus: Kafka did not confirm the group's offsets within %d ms",
+						COMMIT_WAIT_MS),
+				 errdetail("The offsets stored in the database are where this database starts again.")));
+	else
+		rd_kafka_event_destroy(answer);
+	/* an answer still to come is dropped with the queue */
+	rd_kafka_queue_destroy(answers);
+}
+
+/*
+ * evbus_kafka_offsets_committed --- read the group's committed offsets of
+ * list from Kafka, as rd_kafka_committed does, but in steps, so that a
+ * termination pending or the postmaster's death ends the wait (it runs
+ * inside a rebalance, where interrupts are held); at most timeout_ms.
+ * Returns the error of the last try (RD_KAFKA_RESP_ERR__TIMED_OUT when it
+ * gave up).
+ */
+rd_kafka_resp_err_t
+evbus_kafka_offsets_committed(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list,
+							  int timeout_ms)
+{
+	int			waited_ms = 0;
+	rd_kafka_resp_err_t err;
+
+	for (;;)
+	{
+		err = rd_kafka_committed(rk, list, COMMITTED_STEP_MS);
+		waited_ms += COMMITTED_STEP_MS;
+		if (err != RD_KAFKA_RESP_ERR__TIMED_OUT || waited_ms >= timeout_ms ||
+			ProcDiePending || !PostmasterIsAlive())
+			return err;
+	}
+}
+
+/*
  * evbus_kafka_offsets_commit --- tell Kafka the offsets of list, naming
  * this database, once evbus.wait_for_standbys' standbys have flushed lsn
  * (the commit that stored them); wait_ms as evbus_standby_wait.  Returns
- * false, having told Kafka nothing, if they have not.  Outside any
+ * false, having told Kafka nothing, if they have not.  Not async: waits
+ * for Kafka's answer, a bounded time (commit_and_wait).  Outside any
  * transaction.
  */
 bool
@@ -105,7 +173,10 @@ evbus_kafka_offsets_commit(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list
 		!evbus_standby_wait(lsn, "committing offsets", wait_ms))
 		return false;
 	tag_offsets(list);
-	rd_kafka_commit(rk, list, async);
+	if (async)
+		rd_kafka_commit(rk, list, true);
+	else
+		commit_and_wait(rk, list);
 	return true;
 }
 

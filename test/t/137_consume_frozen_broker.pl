@@ -1,0 +1,112 @@
+# 137_consume_frozen_broker.pl - a broker that hangs (SIGSTOP: its
+# connections stay open and nothing answers) cannot keep the consumer
+# worker from ending.  Leaving a group commits the partitions' offsets to
+# Kafka and waits for the group's coordinator; librdkafka's synchronous
+# commit and its consumer close wait for as long as nothing answers, so a
+# termination, a fast shutdown, or the postmaster's death left the worker
+# waiting for the broker (over 120 s seen; a server could not restart
+# while it lived on).  Now the commit waits 5 s at most, and leaving on the
+# way out 10 s.
+#  - pg_terminate_backend: the consumer exits within 40 s, says in the log
+#    that it left without the coordinator's answer, and a new one handles
+#    the next event once the broker answers again;
+#  - pg_ctl stop -m fast, the broker frozen, an event staged: within 40 s;
+#  - the postmaster killed (SIGKILL), the broker frozen: the consumer is
+#    gone within 40 s and the server starts again.
+# Every event is handled exactly once.
+use strict;
+use warnings;
+
+use EvbusTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+
+kafka_bootstrap();
+my $prefix = "t137.$$.";
+my $group = "t137_$$";
+my $node = new_node(
+	'frozen_broker',
+	kafka => 1,
+	conf => [ "evbus.topic_prefix = '$prefix'", "evbus.group_name = '$group'" ]);
+$node->safe_psql('postgres', 'CREATE EXTENSION evbus');
+kafka_admin('topics', '--create', '--topic', "${prefix}Frozen", '--partitions', '1',
+	'--replication-factor', '1');
+$node->safe_psql(
+	'postgres', as_subscriber($node) . q{
+CREATE TABLE received (n int);
+CREATE PROCEDURE record(payload jsonb, headers jsonb) LANGUAGE sql
+	AS $$ INSERT INTO public.received VALUES ((payload->>'n')::int) $$;
+SELECT evbus.subscribe('Frozen', 'record(jsonb, jsonb)');
+});
+
+my $kafka_pid = slurp_file(kafka_dir() . '/kafka.pid');
+chomp $kafka_pid;
+my $frozen = 0;
+sub freeze { kill 'STOP', $kafka_pid or die "cannot stop the broker: $!"; $frozen = 1; }
+sub thaw { kill 'CONT', $kafka_pid if $frozen; $frozen = 0; }
+END { thaw(); }
+
+# handles event n (published now), with the consumer holding the partition
+sub handled
+{
+	my ($n, $what) = @_;
+	$node->safe_psql('postgres', qq{SELECT evbus.publish('Frozen', '{"n": $n}')});
+	ok(wait_for_sql($node, 'postgres', "SELECT count(*) FROM received WHERE n = $n", '1', 90),
+		$what);
+}
+
+# seconds until process pid is gone (at most $limit)
+sub gone_after
+{
+	my ($pid, $limit) = @_;
+	my $t0 = time;
+	while (kill(0, $pid) && time - $t0 < $limit) { select(undef, undef, undef, 0.1); }
+	return time - $t0;
+}
+
+handled(1, 'event 1 is handled');
+
+# 1. terminated while the broker hangs
+my $pid = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
+my $log_at = -s $node->logfile;
+freeze();
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+my $took = gone_after($pid, 60);
+cmp_ok($took, '<', 40, 'terminated, the consumer exits while the broker hangs');
+note sprintf('the consumer exited %.1f s after its termination', $took);
+like(slurp_file($node->logfile, $log_at),
+	qr/Kafka did not confirm the group's offsets within 5000 ms/,
+	'the log says Kafka did not confirm the offsets');
+thaw();
+handled(2, 'the broker back, a new consumer handles event 2');
+
+# 2. a fast shutdown while the broker hangs, an event staged
+freeze();
+$node->safe_psql('postgres', q{SELECT evbus.publish('Frozen', '{"n": 3}')});
+my $t0 = time;
+$node->stop('fast');
+$took = time - $t0;
+cmp_ok($took, '<', 40, 'a fast shutdown ends while the broker hangs');
+note sprintf('pg_ctl stop -m fast took %.1f s', $took);
+thaw();
+$node->start;
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM received WHERE n = 3', '1', 90),
+	'event 3, staged then, is handled after the restart');
+
+# 3. the postmaster dies while the broker hangs
+handled(4, 'event 4 is handled');
+$pid = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
+freeze();
+$node->kill9;
+$took = gone_after($pid, 60);
+cmp_ok($took, '<', 40, 'the postmaster killed, the consumer exits while the broker hangs');
+note sprintf('the consumer exited %.1f s after the postmaster', $took);
+thaw();
+$node->start;
+handled(5, 'the server starts again and handles event 5');
+
+is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT n) FROM received'),
+	'5|5', 'each event handled exactly once');
+$node->stop;
+done_testing();
