@@ -16,6 +16,7 @@
  * (it is in the kernel's page cache); an operating-system crash is not
  * something a handler causes.
  *
+ * A consumer that stops cleanly, between batches, empties the file.
  * When the consumer starts it reads the file.  Messages within those
  * ranges are suspects: a batch containing one is handled the careful way
  * (the attempt is recorded and committed before any handler runs, see
@@ -146,11 +147,6 @@ evbus_attempt_marker_suspect(const char *group, const ReceivedMessage *m)
  * be written, or a message of the batch is a suspect (then the caller
  * takes the careful way).
  */
-/*
- * evbus_attempt_marker_write --- note that msgs are about to be handled.
- * Returns false if the note could not be written (then the caller must
- * take the careful way).
- */
 bool
 evbus_attempt_marker_write(const char *group, ReceivedMessage *msgs, int n)
 {
@@ -201,4 +197,28 @@ evbus_attempt_marker_write(const char *group, ReceivedMessage *msgs, int n)
 		return false;
 	}
 	return true;
+}
+
+/*
+ * evbus_attempt_marker_clear --- note that no batch is being handled: the
+ * consumer leaves cleanly, between batches, and its next run has nothing
+ * to suspect.  Without it every start after a clean stop took the last
+ * batch's messages for suspects and said the consumer had stopped while
+ * handling them (test 130_consume_kill.pl).
+ */
+void
+evbus_attempt_marker_clear(void)
+{
+	MarkerFile	marker;
+	size_t		len = offsetof(MarkerFile, ranges);
+
+	if (marker_broken || marker_fd < 0)
+		return;
+	marker.magic = MARKER_MAGIC;
+	marker.nranges = 0;
+	if (pwrite(marker_fd, &marker, len, 0) != (ssize_t) len)
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("evbus: could not clear the consumer's attempt marker: %m"),
+				 errdetail("The next start handles the last batch's messages the careful way.")));
 }

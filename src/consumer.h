@@ -105,6 +105,7 @@ extern void evbus_forget_high_watermarks(const char *group, const char **keep_to
 extern void evbus_attempt_marker_open(void);
 extern bool evbus_attempt_marker_suspect(const char *group, const ReceivedMessage *m);
 extern bool evbus_attempt_marker_write(const char *group, ReceivedMessage *msgs, int n);
+extern void evbus_attempt_marker_clear(void);
 
 /* replay.c */
 extern void evbus_replays_watch(void);

@@ -70,6 +70,7 @@ consumer_leave(void)
 {
 	ProcDiePending = false;
 	evbus_consumers_shutdown(false);
+	evbus_attempt_marker_clear();
 	proc_exit(evbus_worker_stop_requested() ? 0 : 1);
 }
 
@@ -98,6 +99,7 @@ consumer_idle(TimestampTz next_due)
 	/* caught up: the lag stays known, 0, while idle (test 238) */
 	evbus_consumers_report_watermarks();
 	evbus_consumers_shutdown(true);
+	evbus_attempt_marker_clear();
 	proc_exit(0);
 }
 

@@ -9,6 +9,10 @@
 # Then a handler that "crashes" every time (killed at each attempt) with
 # max_retries = 1: after 2 attempts the event is dead-lettered without
 # running again, so a poison message cannot crash-loop the server.
+# After a clean restart nothing is suspect: the consumer, stopped between
+# batches, emptied its marker (each start after a clean stop said it had
+# stopped while handling a batch, and handled its last batch's messages
+# the careful way).
 use strict;
 use warnings;
 
@@ -95,7 +99,10 @@ $node->safe_psql('postgres',
 # row, is not committed): kill the process
 my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM effects');
 note "$before effects committed before the kill";
+my $log_at = -s $node->logfile;
 kill_holding_handler('held event');
+like(slurp_file($node->logfile, $log_at), qr/the consumer stopped while handling a batch/,
+	'after the crash the consumer knows it stopped while handling a batch');
 is($node->safe_psql('postgres', "SELECT count(*) FROM effects WHERE seq = $hold"),
 	'0', 'the interrupted handler left no effect');
 
@@ -136,6 +143,15 @@ sleep 1;
 is($node->safe_psql('postgres',
 		q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'}),
 	'0', 'doomed event: its handler does not run a third time');
+
+# a clean restart: nothing suspect
+$log_at = -s $node->logfile;
+$node->restart;
+$node->safe_psql('postgres', q{SELECT evbus.publish('Crashy', '{"seq": 0, "hold": false}', 'k0')});
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM effects WHERE seq = 0', '1', 90),
+	'after a clean restart an event is handled');
+unlike(slurp_file($node->logfile, $log_at), qr/stopped while handling a batch/,
+	'after a clean restart the consumer suspects nothing');
 
 $node->stop;
 done_testing();
