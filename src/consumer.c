@@ -314,43 +314,83 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 }
 
 /*
- * consumer_close --- leave gc's group so that its partitions move on at
- * once, and destroy its handle.  Closing revokes the partitions (on_revoke
- * tells Kafka their offsets, waiting a bounded time: kafka_offsets.c) and
- * leaves the group.  librdkafka's rd_kafka_consumer_close and
- * rd_kafka_destroy wait for the group's coordinator, for as long as a
- * broker that hangs without closing its connections does not answer
- * (its requests time out and are sent again).  On the way out of the
- * process (exiting) that would keep a termination, a fast shutdown or the
- * postmaster's death from ending the worker: there the close is served
- * here, at most CLOSE_WAIT_MS and not at all once the postmaster has
- * died, and a handle still closing is left to the process's exit (test
- * 137_consume_frozen_broker.pl); the group drops the member at its
- * session timeout.  Otherwise (the group's topics or settings changed)
- * librdkafka's close waits as long as it takes.
+ * Leaving a group (consumer_close) waits at most CLOSE_WAIT_MS for the
+ * group's coordinator, serving the close's events in steps.
  */
 #define CLOSE_WAIT_MS 10000
 #define CLOSE_WAIT_STEP_MS 100
 
+/*
+ * A Kafka consumer that left its group without the coordinator's answer
+ * while the worker goes on: its handle, still closing, and the queue its
+ * close reports to, served at each poll until it has closed.
+ */
+typedef struct ClosingConsumer
+{
+	rd_kafka_t *rk;
+	rd_kafka_queue_t *events;
+} ClosingConsumer;
+
+static List *closing = NIL;
+
+/*
+ * serve_close --- serve the events of rk's close, waiting at most
+ * timeout_ms for one; true once rk has closed.  As events, not callbacks:
+ * the group's queue, forwarded to events, may still hold messages, and
+ * only the revocation is wanted of it (gc's, through rebalance_cb; without
+ * gc, the partitions are just let go).
+ */
+static bool
+serve_close(rd_kafka_t *rk, rd_kafka_queue_t *events, GroupConsumer *gc, int timeout_ms)
+{
+	rd_kafka_event_t *ev;
+
+	if (rd_kafka_consumer_closed(rk))
+		return true;
+	ev = rd_kafka_queue_poll(events, timeout_ms);
+	if (ev != NULL)
+	{
+		if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+		{
+			if (gc != NULL)
+				rebalance_cb(rk, rd_kafka_event_error(ev),
+							 rd_kafka_event_topic_partition_list(ev), gc);
+			else
+				rd_kafka_assign(rk, NULL);
+		}
+		rd_kafka_event_destroy(ev);
+	}
+	return rd_kafka_consumer_closed(rk);
+}
+
+/*
+ * consumer_close --- leave gc's group so that its partitions move on at
+ * once, and destroy its handle.  Closing revokes the partitions (on_revoke
+ * tells Kafka their offsets, waiting a bounded time: kafka_offsets.c) and
+ * leaves the group.  librdkafka's rd_kafka_consumer_close and
+ * rd_kafka_destroy wait for the group's coordinator for as long as a
+ * broker that hangs without closing its connections does not answer (its
+ * requests time out and are sent again), which kept a termination, a fast
+ * shutdown or the postmaster's death from ending the worker.  Here the
+ * close waits CLOSE_WAIT_MS at most, not at all once the postmaster has
+ * died; a handle that has not closed by then is left to the process's
+ * exit when exiting, else served at each poll until it has
+ * (consumers_serve_closing).  The group drops a member that did not leave
+ * at its session timeout (test 137_consume_frozen_broker.pl).
+ */
 static void
 consumer_close(GroupConsumer *gc, bool exiting)
 {
-	rd_kafka_queue_t *events;
-	rd_kafka_error_t *error;
+	rd_kafka_queue_t *events = rd_kafka_queue_new(gc->rk);
+	rd_kafka_error_t *error = rd_kafka_consumer_close_queue(gc->rk, events);
 	TimestampTz start = GetCurrentTimestamp();
-	bool		closed = false;
+	bool		closed = true;
+	ClosingConsumer *c;
+	MemoryContext old;
 
-	if (!exiting)
-	{
-		rd_kafka_consumer_close(gc->rk);
-		rd_kafka_destroy(gc->rk);
-		return;
-	}
-
-	events = rd_kafka_queue_new(gc->rk);
-	error = rd_kafka_consumer_close_queue(gc->rk, events);
 	if (error != NULL)
 	{
+		/* a fatal error: destroying the handle closes it without Kafka */
 		ereport(LOG,
 				(errmsg("evbus: consumer group \"%s\" could not be left: %s",
 						gc->group, rd_kafka_error_string(error))));
@@ -358,31 +398,51 @@ consumer_close(GroupConsumer *gc, bool exiting)
 	}
 	else
 	{
-		/*
-		 * As events, not callbacks: the group's queue, forwarded here, may
-		 * still hold messages, which only the rebalance is wanted of.
-		 */
-		while (!(closed = rd_kafka_consumer_closed(gc->rk)) && PostmasterIsAlive() &&
+		while (!(closed = serve_close(gc->rk, events, gc, CLOSE_WAIT_STEP_MS)) &&
+			   PostmasterIsAlive() &&
 			   !TimestampDifferenceExceeds(start, GetCurrentTimestamp(), CLOSE_WAIT_MS))
-		{
-			rd_kafka_event_t *ev = rd_kafka_queue_poll(events, CLOSE_WAIT_STEP_MS);
-
-			if (ev == NULL)
-				continue;
-			if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
-				rebalance_cb(gc->rk, rd_kafka_event_error(ev),
-							 rd_kafka_event_topic_partition_list(ev), gc);
-			rd_kafka_event_destroy(ev);
-		}
+			;
 	}
-	rd_kafka_queue_destroy(events);
 	if (closed)
+	{
+		rd_kafka_queue_destroy(events);
 		rd_kafka_destroy(gc->rk);
-	else
-		ereport(LOG,
-				(errmsg("evbus: consumer group \"%s\" left without its coordinator's answer",
-						gc->group),
-				 errdetail("The group reassigns this member's partitions after its session timeout.")));
+		return;
+	}
+	ereport(LOG,
+			(errmsg("evbus: consumer group \"%s\" left without its coordinator's answer",
+					gc->group),
+			 errdetail("The group reassigns this member's partitions after its session timeout.")));
+	if (exiting)
+		return;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	c = palloc(sizeof(ClosingConsumer));
+	c->rk = gc->rk;
+	c->events = events;
+	closing = lappend(closing, c);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * consumers_serve_closing --- destroy the consumers that have closed since
+ * they left their groups without an answer (consumer_close).
+ */
+static void
+consumers_serve_closing(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, closing)
+	{
+		ClosingConsumer *c = lfirst(lc);
+
+		if (!serve_close(c->rk, c->events, NULL, 0))
+			continue;
+		rd_kafka_queue_destroy(c->events);
+		rd_kafka_destroy(c->rk);
+		pfree(c);
+		closing = foreach_delete_current(closing, lc);
+	}
 }
 
 /*
@@ -567,6 +627,8 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 
 	while (wake_pipe[0] >= 0 && read(wake_pipe[0], drain, sizeof(drain)) > 0)
 		;
+	if (closing != NIL)
+		consumers_serve_closing();
 
 	foreach(lc, consumers)
 	{

@@ -5,14 +5,16 @@
 # commit and its consumer close wait for as long as nothing answers, so a
 # termination, a fast shutdown, or the postmaster's death left the worker
 # waiting for the broker (over 120 s seen; a server could not restart
-# while it lived on).  Now the commit waits 5 s at most, and leaving on the
-# way out 10 s.
+# while it lived on).  Now the commit waits 5 s at most, and leaving a
+# group 10 s.
 #  - pg_terminate_backend: the consumer exits within 40 s, says in the log
 #    that it left without the coordinator's answer, and a new one handles
 #    the next event once the broker answers again;
 #  - pg_ctl stop -m fast, the broker frozen, an event staged: within 40 s;
 #  - the postmaster killed (SIGKILL), the broker frozen: the consumer is
-#    gone within 40 s and the server starts again.
+#    gone within 40 s and the server starts again;
+#  - a subscription changes the group's topics, the broker frozen, and
+#    the consumer, leaving its group, is terminated: within 40 s.
 # Every event is handled exactly once.
 use strict;
 use warnings;
@@ -106,7 +108,30 @@ thaw();
 $node->start;
 handled(5, 'the server starts again and handles event 5');
 
+# 4. the group's topics change while the broker hangs: the consumer leaves
+# the group (with the old code it waited there for as long as the broker
+# hung); terminated meanwhile, it exits
+kafka_admin('topics', '--create', '--topic', "${prefix}Second", '--partitions', '1',
+	'--replication-factor', '1');
+$pid = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
+$log_at = -s $node->logfile;
+freeze();
+$node->safe_psql('postgres',
+	as_subscriber($node) . q{SELECT evbus.subscribe('Second', 'record(jsonb, jsonb)')});
+sleep 3;
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+$took = gone_after($pid, 60);
+cmp_ok($took, '<', 40, 'terminated while it leaves its group, the consumer exits while the broker hangs');
+note sprintf('the consumer exited %.1f s after its termination', $took);
+like(slurp_file($node->logfile, $log_at), qr/left without its coordinator's answer/,
+	'the log says it left the group without the coordinator');
+thaw();
+$node->safe_psql('postgres',
+	q{SELECT evbus.publish('Frozen', '{"n": 6}'); SELECT evbus.publish('Second', '{"n": 7}')});
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM received WHERE n IN (6, 7)', '2', 90),
+	'the broker back, the events of both subscriptions are handled');
+
 is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT n) FROM received'),
-	'5|5', 'each event handled exactly once');
+	'7|7', 'each event handled exactly once');
 $node->stop;
 done_testing();
