@@ -134,4 +134,9 @@ ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM received WHERE n IN (6,
 is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT n) FROM received'),
 	'7|7', 'each event handled exactly once');
 $node->stop;
+# a worker that exits with its Kafka handle still closing leaves it to the
+# process's exit: no process may end by a signal (the test's own SIGKILL
+# of the postmaster is not logged by it)
+unlike(slurp_file($node->logfile), qr/terminated by signal|was terminated by/,
+	'no process ended by a signal');
 done_testing();
