@@ -744,9 +744,31 @@ evbus_inbox_dispatch_due(List *subs)
 }
 
 /*
+ * oldest_handled_due --- when the oldest handled row falls due for the
+ * trim (its handled_at plus evbus.inbox_retention; 0: no handled row),
+ * read through the index on handled_at.  Inside the trim's transaction.
+ */
+static TimestampTz
+oldest_handled_due(void)
+{
+	bool		isnull;
+	Datum		oldest;
+
+	evbus_spi_exec("SELECT pg_catalog.min(handled_at) FROM evbus.inbox",
+				   0, NULL, NULL, NULL, SPI_OK_SELECT);
+	oldest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return 0;
+	return TimestampTzPlusMilliseconds(DatumGetTimestampTz(oldest),
+									   evbus_inbox_retention_s * 1000L);
+}
+
+/*
  * evbus_inbox_maintain --- trim the inbox, in its own transaction, at most
  * TRIM_ROWS rows of each kind per call; returns true if a kind had more
  * rows due than that (the caller calls again soon: consumer_worker.c).
+ * Otherwise *next_due is when the oldest handled row left falls due (0:
+ * none, or kept for ever): an idle consumer is woken for it.
  *
  * A handled message's row goes after evbus.inbox_retention (the window in
  * which a redelivery is recognised).  A dead message's row goes with its
@@ -767,7 +789,7 @@ evbus_inbox_dispatch_due(List *subs)
 #define TRIM_ROWS 10000			/* rows of each kind per call */
 
 bool
-evbus_inbox_maintain(void)
+evbus_inbox_maintain(TimestampTz *next_due)
 {
 	static TimestampTz next_dead_trim = 0;
 	Oid			types[1] = {INT4OID};
@@ -775,6 +797,7 @@ evbus_inbox_maintain(void)
 	TimestampTz now = GetCurrentTimestamp();
 	bool		more = false;
 
+	*next_due = 0;
 	if (evbus_inbox_retention_s <= 0 && evbus_dead_letter_retention_s <= 0)
 		return false;
 	inbox_begin();
@@ -797,6 +820,8 @@ evbus_inbox_maintain(void)
 					   " ORDER BY handled_at LIMIT " CppAsString2(TRIM_ROWS) "))",
 					   1, types, values, NULL, SPI_OK_DELETE);
 		more = SPI_processed >= TRIM_ROWS;
+		if (!more)
+			*next_due = oldest_handled_due();
 	}
 	if (evbus_dead_letter_retention_s > 0 && now >= next_dead_trim)
 	{
