@@ -34,13 +34,7 @@ my $node = new_node(
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 kafka_admin('topics', '--create', '--topic', "${prefix}Frozen", '--partitions', '1',
 	'--replication-factor', '1');
-$node->safe_psql(
-	'postgres', as_subscriber($node) . q{
-CREATE TABLE received (n int);
-CREATE PROCEDURE record(payload jsonb, headers jsonb) LANGUAGE sql
-	AS $$ INSERT INTO public.received VALUES ((payload->>'n')::int) $$;
-SELECT evbus.subscribe('Frozen', 'record(jsonb, jsonb)');
-});
+subscribe_recorder($node, 'Frozen');
 
 my $kafka_pid = slurp_file(kafka_dir() . '/kafka.pid');
 chomp $kafka_pid;
@@ -54,7 +48,7 @@ sub handled
 {
 	my ($n, $what) = @_;
 	$node->safe_psql('postgres', qq{SELECT evbus.publish('Frozen', '{"n": $n}')});
-	ok(wait_for_sql($node, 'postgres', "SELECT count(*) FROM received WHERE n = $n", '1', 90),
+	ok(wait_for_sql($node, 'postgres', "SELECT count(*) FROM received WHERE payload->>'n' = '$n'", '1', 90),
 		$what);
 }
 
@@ -93,7 +87,7 @@ cmp_ok($took, '<', 40, 'a fast shutdown ends while the broker hangs');
 note sprintf('pg_ctl stop -m fast took %.1f s', $took);
 thaw();
 $node->start;
-ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM received WHERE n = 3', '1', 90),
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM received WHERE payload->>'n' = '3'}, '1', 90),
 	'event 3, staged then, is handled after the restart');
 
 # 3. the postmaster dies while the broker hangs
@@ -117,7 +111,7 @@ $pid = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
 $log_at = -s $node->logfile;
 freeze();
 $node->safe_psql('postgres',
-	as_subscriber($node) . q{SELECT evbus.subscribe('Second', 'record(jsonb, jsonb)')});
+	as_subscriber($node) . q{SELECT evbus.subscribe('Second', 'record_received(jsonb, jsonb)')});
 sleep 3;
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
 $took = gone_after($pid, 60);
@@ -128,10 +122,10 @@ like(slurp_file($node->logfile, $log_at), qr/left without its coordinator's answ
 thaw();
 $node->safe_psql('postgres',
 	q{SELECT evbus.publish('Frozen', '{"n": 6}'); SELECT evbus.publish('Second', '{"n": 7}')});
-ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM received WHERE n IN (6, 7)', '2', 90),
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM received WHERE payload->>'n' IN ('6', '7')}, '2', 90),
 	'the broker back, the events of both subscriptions are handled');
 
-is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT n) FROM received'),
+is($node->safe_psql('postgres', q{SELECT count(*), count(DISTINCT payload->>'n') FROM received}),
 	'7|7', 'each event handled exactly once');
 $node->stop;
 # a worker that exits with its Kafka handle still closing leaves it to the

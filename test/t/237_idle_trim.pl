@@ -27,13 +27,7 @@ my $node = new_node(
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 kafka_admin('topics', '--create', '--topic', "${prefix}Rare", '--partitions', '1',
 	'--replication-factor', '1');
-$node->safe_psql(
-	'postgres', as_subscriber($node) . q{
-CREATE TABLE received (n int);
-CREATE PROCEDURE record(payload jsonb, headers jsonb) LANGUAGE sql
-	AS $$ INSERT INTO public.received VALUES ((payload->>'n')::int) $$;
-SELECT evbus.subscribe('Rare', 'record(jsonb, jsonb)');
-});
+subscribe_recorder($node, 'Rare');
 my $log_at = -s $node->logfile;
 $node->safe_psql('postgres', q{SELECT evbus.publish('Rare', '{"n": 1}')});
 ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM received', '1', 60), 'the event is handled');
