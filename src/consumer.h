@@ -93,7 +93,8 @@ extern bool evbus_inbox_receive(const char *group, List *subs,
 								ReceivedMessage *msgs, int n,
 								NextOffset *offsets, int noffsets);
 extern TimestampTz evbus_inbox_dispatch_due(List *subs);
-extern bool evbus_inbox_maintain(TimestampTz *next_due);
+extern bool evbus_inbox_maintain(void);
+extern TimestampTz evbus_inbox_cleanup_wake(TimestampTz wake_at);
 
 /* consumer_offsets.c (inside the caller's transaction) */
 extern int64 evbus_stored_offset(const char *group, const char *topic, int32 partition);

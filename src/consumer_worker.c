@@ -183,29 +183,6 @@ wait_timeout(bool more, TimestampTz next_due, TimestampTz next_trim)
 }
 
 /*
- * idle_wake --- when an idle consumer must start again by itself: for the
- * next retry (next_due), or for the trim of the oldest handled row
- * (trim_due), but for the trim not sooner than an hour (or the retention,
- * if shorter) from now, so that a database that handles a message now and
- * then is not woken for each (test 237_idle_trim.pl).  0: never.
- */
-#define IDLE_TRIM_WAKE_MS (3600 * 1000L)
-
-static TimestampTz
-idle_wake(TimestampTz next_due, TimestampTz trim_due)
-{
-	TimestampTz earliest;
-
-	if (trim_due == 0)
-		return next_due;
-	earliest = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-										   Min(IDLE_TRIM_WAKE_MS,
-											   evbus_inbox_retention_s * 1000L));
-	trim_due = Max(trim_due, earliest);
-	return next_due == 0 ? trim_due : Min(next_due, trim_due);
-}
-
-/*
  * evbus_consumer_main --- the consumer worker of the database main_arg:
  * the loop described atop this file.
  */
@@ -219,7 +196,7 @@ evbus_consumer_main(Datum main_arg)
 	TimestampTz next_due = 0;
 	TimestampTz last_maintain = 0;
 	TimestampTz next_trim = 0;
-	TimestampTz trim_due = 0;
+	TimestampTz idle_wake;
 	TimestampTz last_dispatch = 0;
 	bool		dispatch_now = true;
 	char		brokers_seen[1024] = "";
@@ -320,7 +297,7 @@ evbus_consumer_main(Datum main_arg)
 			TimestampTz started = GetCurrentTimestamp();
 
 			pgstat_report_activity(STATE_RUNNING, "trimming the inbox");
-			if (evbus_inbox_maintain(&trim_due))
+			if (evbus_inbox_maintain())
 			{
 				TimestampTz done = GetCurrentTimestamp();
 
@@ -331,10 +308,14 @@ evbus_consumer_main(Datum main_arg)
 		}
 		pgstat_report_activity(STATE_IDLE, NULL);
 
-		/* nothing to do for evbus.idle_timeout: exit until woken (idle.c) */
+		/*
+		 * nothing to do for evbus.idle_timeout: exit until woken, or until
+		 * the next retry or trim is due (idle.c)
+		 */
+		idle_wake = next_due;
 		if (evbus_consumer_try_idle(busy || more || left_pending || next_trim != 0,
-									idle_wake(next_due, trim_due), settings_seen))
-			consumer_idle(idle_wake(next_due, trim_due));
+									&idle_wake, settings_seen))
+			consumer_idle(idle_wake);
 
 		(void) WaitEventSetWait(wait_set, wait_timeout(more, next_due, next_trim),
 								events, lengthof(events), PG_WAIT_EXTENSION);

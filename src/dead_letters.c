@@ -102,6 +102,29 @@ evbus_dead_letters_expire(void)
 }
 
 /*
+ * evbus_dead_letters_next_expiry --- when the oldest dead letter expires
+ * (its dead_at plus evbus.dead_letter_retention; 0: none, or kept for
+ * ever), read through the index on dead_at: an idle publisher is started
+ * again for it (idle.c).  Inside a transaction.
+ */
+TimestampTz
+evbus_dead_letters_next_expiry(void)
+{
+	bool		isnull;
+	Datum		oldest;
+
+	if (evbus_dead_letter_retention_s <= 0)
+		return 0;
+	evbus_spi_exec("SELECT pg_catalog.min(dead_at) FROM evbus.dead_letters",
+				   0, NULL, NULL, NULL, SPI_OK_SELECT);
+	oldest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return 0;
+	return TimestampTzPlusMilliseconds(DatumGetTimestampTz(oldest),
+									   evbus_dead_letter_retention_s * 1000L);
+}
+
+/*
  * evbus.retry(message_id text) -> boolean
  *
  * A message id is text: evbus's own are UUIDs, DotNetCore.CAP's are

@@ -174,7 +174,9 @@ extern void evbus_set_watch_settings(uint64 settings);
 extern void evbus_idle_reset(void);
 extern bool evbus_idle_gave_way(void);
 extern bool evbus_publisher_may_idle(bool busy, TimestampTz *wake_at);
-extern bool evbus_consumer_try_idle(bool busy, TimestampTz next_due,
+extern TimestampTz evbus_idle_cleanup_wake(TimestampTz wake_at, TimestampTz due,
+										   int retention_s);
+extern bool evbus_consumer_try_idle(bool busy, TimestampTz *wake_at,
 									uint64 settings);
 
 /* ---------- wake_watch.c: the launcher watches idle consumers' topics ---------- */
@@ -274,6 +276,7 @@ extern void evbus_dead_letter_unpublishable(int table, int64 id,
 											const char *error_code,
 											const char *error_message);
 extern void evbus_dead_letters_expire(void);
+extern TimestampTz evbus_dead_letters_next_expiry(void);
 
 /* ---------- json_compact.c ---------- */
 extern void evbus_jsonb_to_compact(StringInfo out, JsonbContainer *jc);

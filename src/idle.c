@@ -32,6 +32,13 @@
  * commit callback of the session that staged the events, wakes the
  * publisher itself (evbus.c).
  *
+ * What ages out is deleted by the workers: handled messages of the inbox
+ * (the consumer) and dead letters (the publisher).  An idle worker is
+ * started again when the oldest of them falls due, but not sooner than an
+ * hour from then (or the retention, if shorter), so that a database that
+ * handles a message now and then is not woken for each
+ * (evbus_idle_cleanup_wake, test 237_idle_trim.pl).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -148,9 +155,30 @@ earliest_deliver_at(int table, int64 *ids, int n)
 }
 
 /*
+ * evbus_idle_cleanup_wake --- when an idle worker must start again to
+ * delete what falls due at due (0: nothing), kept for retention_s: see the
+ * top of this file.  Merged into wake_at (0: none), the earlier wins.
+ */
+#define CLEANUP_WAKE_MIN_MS (3600 * 1000L)
+
+TimestampTz
+evbus_idle_cleanup_wake(TimestampTz wake_at, TimestampTz due, int retention_s)
+{
+	TimestampTz earliest;
+
+	if (due == 0)
+		return wake_at;
+	earliest = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   Min(CLEANUP_WAKE_MIN_MS, retention_s * 1000L));
+	due = Max(due, earliest);
+	return wake_at == 0 ? due : Min(wake_at, due);
+}
+
+/*
  * publisher_has_no_work --- no outbox row due before now +
- * evbus.idle_timeout; *wake_at is the
- * earliest deliver_at of the rows left (0: none).
+ * evbus.idle_timeout; *wake_at is the earliest deliver_at of the rows left,
+ * or when the oldest dead letter expires if that is earlier
+ * (evbus_idle_cleanup_wake; 0: neither).
  */
 static bool
 publisher_has_no_work(TimestampTz *wake_at)
@@ -179,6 +207,9 @@ publisher_has_no_work(TimestampTz *wake_at)
 				*wake_at = first;
 		}
 	}
+	if (none)
+		*wake_at = evbus_idle_cleanup_wake(*wake_at, evbus_dead_letters_next_expiry(),
+										   evbus_dead_letter_retention_s);
 	evbus_worker_commit();
 	pfree(ids);
 	return none;
@@ -224,15 +255,18 @@ same_watches(const EvbusWatch *a, int na, const EvbusWatch *b, int nb)
 
 /*
  * evbus_consumer_try_idle --- called by the consumer after each pass
- * (busy: it had messages, pending ones, or was woken; next_due: the next
+ * (busy: it had messages, pending ones, or was woken; *wake_at: the next
  * retry, 0 if none; settings: the Kafka settings its consumers were built
  * from).  True when the consumer had nothing to do for the idle timeout,
  * has read everything it was assigned, and went idle: it then holds no
- * slot and must leave.
+ * slot and must leave, and *wake_at is when it starts again by itself (a
+ * retry, or the inbox's trim: evbus_inbox_cleanup_wake; 0: only when
+ * woken).
  */
 bool
-evbus_consumer_try_idle(bool busy, TimestampTz next_due, uint64 settings)
+evbus_consumer_try_idle(bool busy, TimestampTz *wake_at, uint64 settings)
 {
+	TimestampTz next_due = *wake_at;
 	TimestampTz now = GetCurrentTimestamp();
 	EvbusWatch *w = NULL;
 	int			n;
@@ -282,5 +316,6 @@ evbus_consumer_try_idle(bool busy, TimestampTz next_due, uint64 settings)
 		if (next_due == 0 || recheck < next_due)
 			next_due = recheck;
 	}
-	return evbus_consumer_go_idle(next_due, w, n, settings);
+	*wake_at = evbus_inbox_cleanup_wake(next_due);
+	return evbus_consumer_go_idle(*wake_at, w, n, settings);
 }

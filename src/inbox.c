@@ -744,31 +744,9 @@ evbus_inbox_dispatch_due(List *subs)
 }
 
 /*
- * oldest_handled_due --- when the oldest handled row falls due for the
- * trim (its handled_at plus evbus.inbox_retention; 0: no handled row),
- * read through the index on handled_at.  Inside the trim's transaction.
- */
-static TimestampTz
-oldest_handled_due(void)
-{
-	bool		isnull;
-	Datum		oldest;
-
-	evbus_spi_exec("SELECT pg_catalog.min(handled_at) FROM evbus.inbox",
-				   0, NULL, NULL, NULL, SPI_OK_SELECT);
-	oldest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (isnull)
-		return 0;
-	return TimestampTzPlusMilliseconds(DatumGetTimestampTz(oldest),
-									   evbus_inbox_retention_s * 1000L);
-}
-
-/*
  * evbus_inbox_maintain --- trim the inbox, in its own transaction, at most
  * TRIM_ROWS rows of each kind per call; returns true if a kind had more
  * rows due than that (the caller calls again soon: consumer_worker.c).
- * Otherwise *next_due is when the oldest handled row left falls due (0:
- * none, or kept for ever): an idle consumer is woken for it.
  *
  * A handled message's row goes after evbus.inbox_retention (the window in
  * which a redelivery is recognised).  A dead message's row goes with its
@@ -789,7 +767,7 @@ oldest_handled_due(void)
 #define TRIM_ROWS 10000			/* rows of each kind per call */
 
 bool
-evbus_inbox_maintain(TimestampTz *next_due)
+evbus_inbox_maintain(void)
 {
 	static TimestampTz next_dead_trim = 0;
 	Oid			types[1] = {INT4OID};
@@ -797,7 +775,6 @@ evbus_inbox_maintain(TimestampTz *next_due)
 	TimestampTz now = GetCurrentTimestamp();
 	bool		more = false;
 
-	*next_due = 0;
 	if (evbus_inbox_retention_s <= 0 && evbus_dead_letter_retention_s <= 0)
 		return false;
 	inbox_begin();
@@ -820,8 +797,6 @@ evbus_inbox_maintain(TimestampTz *next_due)
 					   " ORDER BY handled_at LIMIT " CppAsString2(TRIM_ROWS) "))",
 					   1, types, values, NULL, SPI_OK_DELETE);
 		more = SPI_processed >= TRIM_ROWS;
-		if (!more)
-			*next_due = oldest_handled_due();
 	}
 	if (evbus_dead_letter_retention_s > 0 && now >= next_dead_trim)
 	{
@@ -848,4 +823,48 @@ evbus_inbox_maintain(TimestampTz *next_due)
 	}
 	evbus_worker_commit();
 	return more;
+}
+
+/*
+ * oldest_due --- when the oldest row that sql (a min() of a timestamp,
+ * through its index) finds falls due, kept retention_s; 0: no row.
+ * Inside the trim's transaction.
+ */
+static TimestampTz
+oldest_due(const char *sql, int retention_s)
+{
+	bool		isnull;
+	Datum		oldest;
+
+	evbus_spi_exec(sql, 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	oldest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return 0;
+	return TimestampTzPlusMilliseconds(DatumGetTimestampTz(oldest), retention_s * 1000L);
+}
+
+/*
+ * evbus_inbox_cleanup_wake --- wake_at (0: none), or earlier when the trim
+ * has rows falling due before it: the oldest handled row, or the dead row
+ * of the oldest dead letter of the consuming side, which goes with it
+ * (evbus_idle_cleanup_wake).  Read as the consumer goes idle, after its
+ * last batch, in a transaction of its own (idle.c, test 237_idle_trim.pl).
+ */
+TimestampTz
+evbus_inbox_cleanup_wake(TimestampTz wake_at)
+{
+	inbox_begin();
+	if (evbus_inbox_retention_s > 0)
+		wake_at = evbus_idle_cleanup_wake(wake_at,
+										  oldest_due("SELECT pg_catalog.min(handled_at) FROM evbus.inbox",
+													 evbus_inbox_retention_s),
+										  evbus_inbox_retention_s);
+	if (evbus_dead_letter_retention_s > 0)
+		wake_at = evbus_idle_cleanup_wake(wake_at,
+										  oldest_due("SELECT pg_catalog.min(dead_at) FROM evbus.dead_letters"
+													 " WHERE direction OPERATOR(pg_catalog.=) 'consume'",
+													 evbus_dead_letter_retention_s),
+										  evbus_dead_letter_retention_s);
+	evbus_worker_commit();
+	return wake_at;
 }

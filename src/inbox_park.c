@@ -65,6 +65,8 @@ evbus_inbox_dead_letter(const Dispatch *d, const char *code, const char *message
 	values[2] = CStringGetTextDatum(message);
 	evbus_spi_exec(psprintf(DEAD_LETTER_SQL, park ? "state = 'pending'" : "state = 'dead'"),
 				   3, types, values, NULL, SPI_OK_SELECT);
+	/* the publisher expires dead letters: an idle one learns of this one */
+	evbus_wake_at_commit(true, false);
 	ereport(WARNING,
 			(errmsg("evbus: handler %s of message %s in group \"%s\" failed %d times; dead-lettered%s",
 					d->handler, d->message_id ? d->message_id : "(no id)", d->group_name,

@@ -135,6 +135,8 @@ evbus_dead_letter_poison(const char *group, const ReceivedMessage *m, const Deco
 							" SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
 							quote_literal_cstr(integration_event), quote_literal_cstr(integration_event)),
 				   9, types, values, nulls, SPI_OK_SELECT);
+	/* the publisher expires dead letters: an idle one learns of this one */
+	evbus_wake_at_commit(true, false);
 	ereport(WARNING,
 			(errmsg("evbus: message at %s/%d/" INT64_FORMAT " cannot be decoded (%s); dead-lettered",
 					m->topic, m->partition, m->offset, d->poison)));

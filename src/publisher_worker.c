@@ -188,7 +188,7 @@ evbus_publisher_main(Datum main_arg)
 					 errmsg("evbus: publisher for database \"%s\" exits: nothing to publish for %d s (evbus.idle_timeout)",
 							dbname, evbus_idle_timeout_s),
 					 wake_at != 0 ?
-					 errdetail("It starts again at the next commit that stages events, or at %s for an event due then.",
+					 errdetail("It starts again at the next commit that stages events, or at %s for an event or a dead letter's expiry due then.",
 							   timestamptz_to_str(wake_at)) :
 					 errdetail("It starts again at the next commit that stages events.")));
 			worker_exit(0);
