@@ -828,7 +828,7 @@ evbus_inbox_maintain(void)
 /*
  * oldest_due --- when the oldest row that sql (a min() of a timestamp,
  * through its index) finds falls due, kept retention_s; 0: no row.
- * Inside the trim's transaction.
+ * Inside a transaction.
  */
 static TimestampTz
 oldest_due(const char *sql, int retention_s)
