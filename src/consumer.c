@@ -370,11 +370,11 @@ serve_close(rd_kafka_t *rk, rd_kafka_queue_t *events, GroupConsumer *gc, int tim
  * leaves the group.  librdkafka's rd_kafka_consumer_close and
  * rd_kafka_destroy wait for the group's coordinator for as long as a
  * broker that hangs without closing its connections does not answer (its
- * requests time out and are sent again), which kept a termination, a fast
- * shutdown or the postmaster's death from ending the worker.  Here the
- * close waits CLOSE_WAIT_MS at most, not at all once the postmaster has
- * died; a handle that has not closed by then is left to the process's
- * exit when exiting, else served at each poll until it has
+ * requests time out and are sent again), which kept a termination or a
+ * fast shutdown from ending the worker.  Here the close waits
+ * CLOSE_WAIT_MS at most, not at all once the postmaster has died; a
+ * handle that has not closed by then is left to the process's exit when
+ * exiting, else served at each poll until it has
  * (consumers_serve_closing).  The group drops a member that did not leave
  * at its session timeout (test 137_consume_frozen_broker.pl).
  */

@@ -3,13 +3,13 @@
 # worker from ending.  Leaving a group commits the partitions' offsets to
 # Kafka and waits for the group's coordinator; librdkafka's synchronous
 # commit and its consumer close wait for as long as nothing answers, so a
-# termination, a fast shutdown, or the postmaster's death left the worker
-# waiting for the broker (over 120 s seen; a server could not restart
-# while it lived on).  Now the commit waits 5 s at most, and leaving a
-# group 10 s.
+# termination or a fast shutdown left the worker waiting for the broker
+# (over 120 s seen; pg_ctl stop gave up after 60 s).  Now the commit waits
+# 5 s at most, and leaving a group 10 s, not at all once the postmaster
+# is gone.
 #  - pg_terminate_backend: the consumer exits within 40 s, says in the log
-#    that it left without the coordinator's answer, and a new one handles
-#    the next event once the broker answers again;
+#    that Kafka did not confirm the offsets, and a new one handles the
+#    next event once the broker answers again;
 #  - pg_ctl stop -m fast, the broker frozen, an event staged: within 40 s;
 #  - the postmaster killed (SIGKILL), the broker frozen: the consumer is
 #    gone within 40 s and the server starts again;

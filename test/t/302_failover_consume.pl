@@ -3,8 +3,9 @@
 #
 # A source database publishes events; a consuming primary, which streams
 # asynchronously to a standby, handles them.  The standby stops receiving
-# WAL, the primary handles a second batch, then crashes, and the standby
-# is promoted.  Twice:
+# WAL, the primary handles a second batch (with evbus.wait_for_standbys,
+# as much of it as it gets before it waits for the standby), then
+# crashes, and the standby is promoted.  Twice:
 #
 #  - evbus.wait_for_standbys empty: the primary commits the second
 #    batch's offsets to Kafka too, so Kafka's offset is ahead of the
@@ -68,11 +69,19 @@ sub scenario
 		"$name: batch 1 handled on the primary");
 	$primary->wait_for_catchup($standby_name);
 
-	# batch 2: handled on the primary only
+	# batch 2: handled on the primary only.  With the wait, the consumer
+	# stops at its first commit of offsets to Kafka after the standby has
+	# gone (docs/production.md): before batch 2, or after the part of it
+	# its poll had got (3 of 10 seen), so how much of it the primary
+	# handles is left to timing; Kafka's offset must be behind the standby
+	# either way (below).
 	$standby->stop('fast');
 	publish($event, 11, 20);
-	ok(wait_for_sql($primary, 'postgres', 'SELECT count(*) FROM received', '20', 90),
-		"$name: batch 2 handled on the primary");
+	if (!$wait)
+	{
+		ok(wait_for_sql($primary, 'postgres', 'SELECT count(*) FROM received', '20', 90),
+			"$name: batch 2 handled on the primary");
+	}
 	if ($wait)
 	{
 		ok( wait_for_sql(
@@ -82,6 +91,8 @@ sub scenario
 				    AND query LIKE 'waiting for standbys "$standby_name"%committing offsets%'},
 				't', 30),
 			"$name: the consumer waits for the standby before committing offsets to Kafka");
+		note "$name: batch 2 handled on the primary before the wait: "
+		  . ($primary->safe_psql('postgres', 'SELECT count(*) FROM received') - 10);
 		like(
 			slurp_file($primary->logfile),
 			qr/WARNING:  evbus: committing offsets waits for standbys "$standby_name"/,
