@@ -110,18 +110,10 @@ evbus_dead_letters_expire(void)
 TimestampTz
 evbus_dead_letters_next_expiry(void)
 {
-	bool		isnull;
-	Datum		oldest;
-
 	if (evbus_dead_letter_retention_s <= 0)
 		return 0;
-	evbus_spi_exec("SELECT pg_catalog.min(dead_at) FROM evbus.dead_letters",
-				   0, NULL, NULL, NULL, SPI_OK_SELECT);
-	oldest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (isnull)
-		return 0;
-	return TimestampTzPlusMilliseconds(DatumGetTimestampTz(oldest),
-									   evbus_dead_letter_retention_s * 1000L);
+	return evbus_spi_oldest_due("SELECT pg_catalog.min(dead_at) FROM evbus.dead_letters",
+								evbus_dead_letter_retention_s);
 }
 
 /*

@@ -345,6 +345,7 @@ extern SPIPlanPtr evbus_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs,
 extern Datum evbus_int8_array(const int64 *values, int n);
 extern void evbus_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 						   const char *nulls, int expected);
+extern TimestampTz evbus_spi_oldest_due(const char *sql, int retention_s);
 
 /*
  * A subtransaction around code that may throw, whose error the caller

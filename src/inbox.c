@@ -826,24 +826,6 @@ evbus_inbox_maintain(void)
 }
 
 /*
- * oldest_due --- when the oldest row that sql (a min() of a timestamp,
- * through its index) finds falls due, kept retention_s; 0: no row.
- * Inside a transaction.
- */
-static TimestampTz
-oldest_due(const char *sql, int retention_s)
-{
-	bool		isnull;
-	Datum		oldest;
-
-	evbus_spi_exec(sql, 0, NULL, NULL, NULL, SPI_OK_SELECT);
-	oldest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (isnull)
-		return 0;
-	return TimestampTzPlusMilliseconds(DatumGetTimestampTz(oldest), retention_s * 1000L);
-}
-
-/*
  * evbus_inbox_cleanup_wake --- wake_at (0: none), or earlier when the trim
  * has rows falling due before it: the oldest handled row, or the dead row
  * of the oldest dead letter of the consuming side, which goes with it
@@ -853,18 +835,18 @@ oldest_due(const char *sql, int retention_s)
 TimestampTz
 evbus_inbox_cleanup_wake(TimestampTz wake_at)
 {
+	TimestampTz handled_due = 0;
+	TimestampTz dead_due = 0;
+
 	inbox_begin();
 	if (evbus_inbox_retention_s > 0)
-		wake_at = evbus_idle_cleanup_wake(wake_at,
-										  oldest_due("SELECT pg_catalog.min(handled_at) FROM evbus.inbox",
-													 evbus_inbox_retention_s),
-										  evbus_inbox_retention_s);
+		handled_due = evbus_spi_oldest_due("SELECT pg_catalog.min(handled_at) FROM evbus.inbox",
+										   evbus_inbox_retention_s);
 	if (evbus_dead_letter_retention_s > 0)
-		wake_at = evbus_idle_cleanup_wake(wake_at,
-										  oldest_due("SELECT pg_catalog.min(dead_at) FROM evbus.dead_letters"
-													 " WHERE direction OPERATOR(pg_catalog.=) 'consume'",
-													 evbus_dead_letter_retention_s),
-										  evbus_dead_letter_retention_s);
+		dead_due = evbus_spi_oldest_due("SELECT pg_catalog.min(dead_at) FROM evbus.dead_letters"
+										" WHERE direction OPERATOR(pg_catalog.=) 'consume'",
+										evbus_dead_letter_retention_s);
 	evbus_worker_commit();
-	return wake_at;
+	wake_at = evbus_idle_cleanup_wake(wake_at, handled_due, evbus_inbox_retention_s);
+	return evbus_idle_cleanup_wake(wake_at, dead_due, evbus_dead_letter_retention_s);
 }

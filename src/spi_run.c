@@ -29,6 +29,7 @@
 #include "storage/ipc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 #include "evbus.h"
 
@@ -181,6 +182,24 @@ evbus_spi_exec(const char *sql, int nargs, Oid *argtypes, Datum *values,
 
 	if (rc != expected)
 		elog(ERROR, "evbus: \"%s\" failed: %s", sql, SPI_result_code_string(rc));
+}
+
+/*
+ * evbus_spi_oldest_due --- when the oldest row that sql finds (a min() of
+ * a timestamp, read through its index) falls due, kept retention_s; 0: no
+ * row.  For the idle workers' wakes (idle.c).  Inside a transaction.
+ */
+TimestampTz
+evbus_spi_oldest_due(const char *sql, int retention_s)
+{
+	bool		isnull;
+	Datum		oldest;
+
+	evbus_spi_exec(sql, 0, NULL, NULL, NULL, SPI_OK_SELECT);
+	oldest = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)
+		return 0;
+	return TimestampTzPlusMilliseconds(DatumGetTimestampTz(oldest), retention_s * 1000L);
 }
 
 /* evbus_subxact_begin --- start a subtransaction, remembering where we were. */
