@@ -16,8 +16,9 @@
  * (it is in the kernel's page cache); an operating-system crash is not
  * something a handler causes.
  *
- * A consumer that stops cleanly, between batches, empties the file.
- * When the consumer starts it reads the file.  Messages within those
+ * Once the batch's transaction has committed the consumer empties the
+ * file (another plain write), so the file names a batch only while its
+ * transaction is open.  When the consumer starts it reads the file.  Messages within those
  * ranges are suspects: a batch containing one is handled the careful way
  * (the attempt is recorded and committed before any handler runs, see
  * inbox.c), so a message that crashes the server is dead-lettered after
@@ -200,10 +201,12 @@ evbus_attempt_marker_write(const char *group, ReceivedMessage *msgs, int n)
 }
 
 /*
- * evbus_attempt_marker_clear --- note that no batch is being handled: the
- * consumer leaves cleanly, between batches, and its next run has nothing
- * to suspect.  Without it every start after a clean stop took the last
- * batch's messages for suspects and said the consumer had stopped while
+ * evbus_attempt_marker_clear --- note that no batch is being handled: its
+ * transaction has committed, or the consumer leaves cleanly.  A consumer
+ * stopped anywhere between batches (a fast shutdown inside its lag
+ * report, an immediate shutdown at its wait) then leaves nothing to
+ * suspect; had the file kept the last committed batch, the next run took
+ * its messages for suspects and said the consumer had stopped while
  * handling them (test 130_consume_kill.pl).
  */
 void

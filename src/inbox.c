@@ -643,6 +643,8 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 	evbus_store_offsets(group, offsets, noffsets);
 	MemoryContextSwitchTo(old);
 	evbus_worker_commit();
+	/* committed: no batch in hand if the consumer stops from here on */
+	evbus_attempt_marker_clear();
 
 	MemoryContextReset(batch_cxt);
 	return left_pending;

@@ -144,14 +144,31 @@ is($node->safe_psql('postgres',
 		q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'}),
 	'0', 'doomed event: its handler does not run a third time');
 
-# a clean restart: nothing suspect
-$log_at = -s $node->logfile;
-$node->restart;
-$node->safe_psql('postgres', q{SELECT evbus.publish('Crashy', '{"seq": 0, "hold": false}', 'k0')});
-ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM effects WHERE seq = 0', '1', 90),
-	'after a clean restart an event is handled');
-unlike(slurp_file($node->logfile, $log_at), qr/stopped while handling a batch/,
-	'after a clean restart the consumer suspects nothing');
+# stopped between batches, the consumer starts again suspecting nothing:
+# $stop ends the server, then an event (seq $seq) is handled
+sub stop_between_batches
+{
+	my ($what, $stop, $seq) = @_;
+	my $log_at = -s $node->logfile;
+
+	$stop->();
+	$node->start;
+	$node->safe_psql('postgres',
+		qq{SELECT evbus.publish('Crashy', '{"seq": $seq, "hold": false}', 'k0')});
+	ok(wait_for_sql($node, 'postgres', "SELECT count(*) FROM effects WHERE seq = $seq", '1', 90),
+		"after $what an event is handled");
+	unlike(slurp_file($node->logfile, $log_at), qr/stopped while handling a batch/,
+		"after $what the consumer suspects nothing");
+}
+
+stop_between_batches('a clean stop', sub { $node->stop }, 0);
+
+# no clean leave: the marker of the last batch went with its commit
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'evbus consumer' AND wait_event = 'Extension'},
+		'1', 30),
+	'the consumer waits between batches');
+stop_between_batches('an immediate stop between batches', sub { $node->stop('immediate') }, -1);
 
 $node->stop;
 done_testing();
