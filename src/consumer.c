@@ -22,11 +22,13 @@
 #include "postgres.h"
 
 #include <fcntl.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "access/xlog.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "storage/pmsignal.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -364,6 +366,44 @@ serve_close(rd_kafka_t *rk, rd_kafka_queue_t *events, GroupConsumer *gc, int tim
 }
 
 /*
+ * A consumer left closing on the way out (consumer_close) keeps
+ * librdkafka's threads running while the process exits, and exit() runs
+ * the libraries' exit handlers, OpenSSL's cleanup among them, under a
+ * thread that may be sending over TLS at that moment.  Such a process
+ * ends with _exit() once PostgreSQL's own exit callbacks (proc_exit's)
+ * have run: the handlers registered with atexit() before, the libraries',
+ * are skipped, as in PostgreSQL's own quick exits.  The status is the one
+ * proc_exit was given.
+ */
+static int	exit_status = 1;
+
+static void
+remember_exit_status(int code, Datum arg)
+{
+	exit_status = code;
+}
+
+static void
+exit_under_kafka_threads(void)
+{
+	_exit(exit_status);
+}
+
+static void
+exit_without_library_cleanup(void)
+{
+	static bool registered = false;
+
+	if (registered)
+		return;
+	registered = true;
+	on_proc_exit(remember_exit_status, (Datum) 0);
+	if (atexit(exit_under_kafka_threads) != 0)
+		ereport(LOG,
+				(errmsg("evbus: could not register the consumer's exit handler")));
+}
+
+/*
  * consumer_close --- leave gc's group so that its partitions move on at
  * once, and destroy its handle.  Closing revokes the partitions (on_revoke
  * tells Kafka their offsets, waiting a bounded time: kafka_offsets.c) and
@@ -374,7 +414,7 @@ serve_close(rd_kafka_t *rk, rd_kafka_queue_t *events, GroupConsumer *gc, int tim
  * fast shutdown from ending the worker.  Here the close waits
  * CLOSE_WAIT_MS at most, not at all once the postmaster has died; a
  * handle that has not closed by then is left to the process's exit when
- * exiting, else served at each poll until it has
+ * exiting (which then skips the libraries' exit handlers), else served at each poll until it has
  * (consumers_serve_closing).  The group drops a member that did not leave
  * at its session timeout (test 137_consume_frozen_broker.pl).
  */
@@ -414,7 +454,10 @@ consumer_close(GroupConsumer *gc, bool exiting)
 					gc->group),
 			 errdetail("The group reassigns this member's partitions after its session timeout.")));
 	if (exiting)
+	{
+		exit_without_library_cleanup();
 		return;
+	}
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	c = palloc(sizeof(ClosingConsumer));
 	c->rk = gc->rk;

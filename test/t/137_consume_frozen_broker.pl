@@ -14,7 +14,10 @@
 #  - the postmaster killed (SIGKILL), the broker frozen: the consumer is
 #    gone within 40 s and the server starts again;
 #  - a subscription changes the group's topics, the broker frozen, and
-#    the consumer, leaving its group, is terminated: within 40 s.
+#    the consumer, leaving its group, is terminated: within 40 s;
+#  - over TLS, terminated: within 40 s.  Its handle, still closing, keeps
+#    librdkafka's threads on their TLS connections while the process
+#    exits: the final check (no process ended by a signal) covers it.
 # Every event is handled exactly once.
 use strict;
 use warnings;
@@ -61,17 +64,26 @@ sub gone_after
 	return time - $t0;
 }
 
+# terminates consumer pid (the broker frozen): it exits within 40 s and
+# the log since $log_at matches $says
+sub terminated_exits
+{
+	my ($pid, $log_at, $what, $says, $says_what) = @_;
+
+	$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+	my $took = gone_after($pid, 60);
+	cmp_ok($took, '<', 40, "$what, the consumer exits while the broker hangs");
+	note sprintf('the consumer exited %.1f s after its termination', $took);
+	like(slurp_file($node->logfile, $log_at), $says, $says_what);
+}
+
 handled(1, 'event 1 is handled');
 
 # 1. terminated while the broker hangs
 my $pid = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
 my $log_at = -s $node->logfile;
 freeze();
-$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
-my $took = gone_after($pid, 60);
-cmp_ok($took, '<', 40, 'terminated, the consumer exits while the broker hangs');
-note sprintf('the consumer exited %.1f s after its termination', $took);
-like(slurp_file($node->logfile, $log_at),
+terminated_exits($pid, $log_at, 'terminated',
 	qr/Kafka did not confirm the group's offsets within 5000 ms/,
 	'the log says Kafka did not confirm the offsets');
 thaw();
@@ -82,7 +94,7 @@ freeze();
 $node->safe_psql('postgres', q{SELECT evbus.publish('Frozen', '{"n": 3}')});
 my $t0 = time;
 $node->stop('fast');
-$took = time - $t0;
+my $took = time - $t0;
 cmp_ok($took, '<', 40, 'a fast shutdown ends while the broker hangs');
 note sprintf('pg_ctl stop -m fast took %.1f s', $took);
 thaw();
@@ -113,11 +125,8 @@ freeze();
 $node->safe_psql('postgres',
 	as_subscriber($node) . q{SELECT evbus.subscribe('Second', 'record_received(jsonb, jsonb)')});
 sleep 3;
-$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
-$took = gone_after($pid, 60);
-cmp_ok($took, '<', 40, 'terminated while it leaves its group, the consumer exits while the broker hangs');
-note sprintf('the consumer exited %.1f s after its termination', $took);
-like(slurp_file($node->logfile, $log_at), qr/left without its coordinator's answer/,
+terminated_exits($pid, $log_at, 'terminated while it leaves its group',
+	qr/left without its coordinator's answer/,
 	'the log says it left the group without the coordinator');
 thaw();
 $node->safe_psql('postgres',
@@ -125,8 +134,29 @@ $node->safe_psql('postgres',
 ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM received WHERE payload->>'n' IN ('6', '7')}, '2', 90),
 	'the broker back, the events of both subscriptions are handled');
 
+# 5. over TLS, terminated while the broker hangs: the worker exits with
+# its handle still closing, librdkafka's threads alive over TLS; it ends
+# without running OpenSSL's exit-time cleanup under them
+my $kdir = kafka_dir();
+my $ssl_bootstrap = slurp_file("$kdir/ssl_bootstrap");
+chomp $ssl_bootstrap;
+my $properties = PostgreSQL::Test::Utils::tempdir() . '/kafka.properties';
+write_kafka_properties($properties, 'security.protocol=SSL', "ssl.ca.location=$kdir/ca.pem");
+$node->append_conf('postgresql.conf',
+	"evbus.brokers = '$ssl_bootstrap'\nevbus.kafka_config_file = '$properties'");
+$node->restart;
+handled(8, 'over TLS, event 8 is handled');
+$pid = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
+$log_at = -s $node->logfile;
+freeze();
+terminated_exits($pid, $log_at, 'over TLS, terminated',
+	qr/left without its coordinator's answer/,
+	'over TLS, it left its group without the coordinator');
+thaw();
+handled(9, 'the broker back, a new consumer handles event 9 over TLS');
+
 is($node->safe_psql('postgres', q{SELECT count(*), count(DISTINCT payload->>'n') FROM received}),
-	'7|7', 'each event handled exactly once');
+	'9|9', 'each event handled exactly once');
 $node->stop;
 # a worker that exits with its Kafka handle still closing leaves it to the
 # process's exit: no process may end by a signal (the test's own SIGKILL
