@@ -16,6 +16,8 @@
  */
 #include "postgres.h"
 
+#include <signal.h>
+
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 
@@ -31,12 +33,26 @@ mock_log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
 }
 
+/*
+ * evbus_embedded_start --- start the mock cluster, if it is not running.
+ *
+ * Its thread is created with every signal blocked.  A new thread takes the
+ * signal mask of the thread that creates it, and librdkafka blocks
+ * signals around the threads of its clients but not around the mock
+ * cluster's: a signal the kernel handed to that thread (a reload's SIGHUP,
+ * the shutdown's SIGTERM, whenever the launcher's own thread already had
+ * one pending) interrupted its poll(), which ends the thread.  The broker
+ * then answered no more, and destroying it at shutdown waited for ever
+ * (test 070_embedded.pl).
+ */
 void
 evbus_embedded_start(void)
 {
 	rd_kafka_conf_t *conf;
 	char		errstr[512];
 	const char *bootstrap;
+	sigset_t	all_signals;
+	sigset_t	launcher_signals;
 
 	if (mock_cluster != NULL)
 		return;
@@ -50,7 +66,10 @@ evbus_embedded_start(void)
 				(errmsg("evbus: could not start the embedded broker: %s", errstr)));
 		return;
 	}
+	sigfillset(&all_signals);
+	pthread_sigmask(SIG_SETMASK, &all_signals, &launcher_signals);
 	mock_cluster = rd_kafka_mock_cluster_new(mock_handle, 1);
+	pthread_sigmask(SIG_SETMASK, &launcher_signals, NULL);
 	if (mock_cluster == NULL)
 	{
 		rd_kafka_destroy(mock_handle);
@@ -66,6 +85,7 @@ evbus_embedded_start(void)
 			 errdetail("The embedded broker keeps its topics in memory: they vanish when the server restarts.")));
 }
 
+/* evbus_embedded_stop --- stop the mock cluster, if it is running. */
 void
 evbus_embedded_stop(void)
 {

@@ -6,6 +6,7 @@ use strict;
 use warnings;
 
 use EvbusTest;
+use POSIX qw(SIGHUP);
 use PostgreSQL::Test::Utils;
 use Test::More;
 
@@ -49,5 +50,27 @@ ok($node->poll_query_until('orders', q{SELECT evbus.brokers() IS NOT NULL}), 'em
 $brokers = $node->safe_psql('orders', 'SELECT evbus.brokers()');
 is(scalar(read_topic('OrderCreated')), 0, 'its topics vanished with the restart');
 
-$node->stop;
+# a signal the kernel gives the broker's thread (sent to that thread
+# here; the kernel does so when the launcher's own thread has one pending)
+# does not end it: it ended, the broker answered no more, and the server's
+# shutdown waited for ever
+my $launcher = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'evbus launcher'});
+my ($mock) = grep { slurp_file("/proc/$launcher/task/$_/comm") =~ /^rdk:mock/ }
+  map { m{/(\d+)$} } glob("/proc/$launcher/task/*");
+ok(defined $mock, "the launcher runs the embedded broker's thread");
+require 'syscall.ph';
+is(syscall(&SYS_tgkill, $launcher + 0, $mock + 0, SIGHUP), 0, 'SIGHUP sent to that thread');
+sleep 1;
+ok(-e "/proc/$launcher/task/$mock", 'the thread goes on');
+$node->safe_psql('orders', q{SELECT evbus.publish('OrderCreated', '{"orderId": 2}', 'o-2')});
+ok(wait_for_sql($node, 'orders', 'SELECT count(*) FROM evbus.outbox', '0', 30),
+	'the embedded broker still takes events');
+my $stopped;
+{
+	local $ENV{PGCTLTIMEOUT} = 30;
+	$stopped = $node->stop('fast', fail_ok => 1);
+}
+ok($stopped, 'and the server stops');
+$node->stop('immediate') unless $stopped;
 done_testing();
