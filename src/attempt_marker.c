@@ -18,11 +18,11 @@
  *
  * Once the batch's transaction has committed the consumer empties the
  * file (another plain write), so the file names a batch only while its
- * transaction is open.  When the consumer starts it reads the file.  Messages within those
- * ranges are suspects: a batch containing one is handled the careful way
- * (the attempt is recorded and committed before any handler runs, see
- * inbox.c), so a message that crashes the server is dead-lettered after
- * max_retries + 1 attempts like any other failure.
+ * transaction is open.  When the consumer starts it reads the file.
+ * Messages within those ranges are suspects: a batch containing one is
+ * handled the careful way (the attempt is recorded and committed before
+ * any handler runs, see inbox.c), so a message that crashes the server is
+ * dead-lettered after max_retries + 1 attempts like any other failure.
  *
  * A range names its (group, topic) by a hash: a collision only makes an
  * innocent batch take the careful way.

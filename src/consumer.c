@@ -414,9 +414,10 @@ exit_without_library_cleanup(void)
  * fast shutdown from ending the worker.  Here the close waits
  * CLOSE_WAIT_MS at most, not at all once the postmaster has died; a
  * handle that has not closed by then is left to the process's exit when
- * exiting (which then skips the libraries' exit handlers), else served at each poll until it has
- * (consumers_serve_closing).  The group drops a member that did not leave
- * at its session timeout (test 137_consume_frozen_broker.pl).
+ * exiting (which then skips the libraries' exit handlers), else served at
+ * each poll until it has (consumers_serve_closing).  The group drops a
+ * member that did not leave at its session timeout (test
+ * 137_consume_frozen_broker.pl).
  */
 static void
 consumer_close(GroupConsumer *gc, bool exiting)
