@@ -20,7 +20,7 @@ PACKAGES=(
 	postgresql-15 postgresql-server-dev-15
 	librdkafka-dev
 	postgresql-15-pgtap libtap-parser-sourcehandler-pgtap-perl
-	libipc-run-perl
+	libipc-run-perl perl
 	kcat openssl curl jq
 	build-essential pkg-config
 	prometheus prometheus-postgres-exporter
