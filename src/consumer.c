@@ -79,6 +79,15 @@ typedef struct GroupConsumer
 static List *consumers = NIL;
 static bool extension_gone = false; /* dropped: close without the database */
 static bool in_rebalance = false;	/* inside rebalance_cb (set on the way in) */
+
+/*
+ * The Kafka consumers created and not destroyed yet, wherever they are:
+ * subscribed, leaving their group, or still closing.  One that lives when
+ * the process exits keeps librdkafka's threads running through the exit
+ * (evbus_consumers_exit).
+ */
+static int	live_clients = 0;
+
 static int	wake_pipe[2] = {-1, -1};
 
 static void
@@ -289,7 +298,9 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 	rd_kafka_conf_set_stats_cb(conf, stats_cb);
 
 	gc->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
-	if (gc->rk == NULL)
+	if (gc->rk != NULL)
+		live_clients++;
+	else
 	{
 		const char *hint = evbus_kafka_error_hint(errstr);
 
@@ -366,7 +377,7 @@ serve_close(rd_kafka_t *rk, rd_kafka_queue_t *events, GroupConsumer *gc, int tim
 }
 
 /*
- * A consumer left closing on the way out (consumer_close) keeps
+ * A consumer left alive on the way out (evbus_consumers_exit) keeps
  * librdkafka's threads running while the process exits, and exit() runs
  * the libraries' exit handlers, OpenSSL's cleanup among them, under a
  * thread that may be sending over TLS at that moment.  Such a process
@@ -448,6 +459,7 @@ consumer_close(GroupConsumer *gc, bool exiting)
 	{
 		rd_kafka_queue_destroy(events);
 		rd_kafka_destroy(gc->rk);
+		live_clients--;
 		return;
 	}
 	ereport(LOG,
@@ -455,10 +467,8 @@ consumer_close(GroupConsumer *gc, bool exiting)
 					gc->group),
 			 errdetail("The group reassigns this member's partitions after its session timeout.")));
 	if (exiting)
-	{
-		exit_without_library_cleanup();
 		return;
-	}
+
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	c = palloc(sizeof(ClosingConsumer));
 	c->rk = gc->rk;
@@ -484,6 +494,7 @@ consumers_serve_closing(void)
 			continue;
 		rd_kafka_queue_destroy(c->events);
 		rd_kafka_destroy(c->rk);
+		live_clients--;
 		pfree(c);
 		closing = foreach_delete_current(closing, lc);
 	}
@@ -890,14 +901,22 @@ evbus_consumers_shutdown(bool idle)
  * are those already committed in the database.  Not from inside the
  * rebalance callback, where librdkafka cannot close the consumer: the
  * group then notices the member's departure by its session timeout.
+ * Clients left alive (there, in a group being left when a termination
+ * ended the leaving, or still closing: consumers_serve_closing) keep
+ * their threads through the exit, which then skips the libraries' exit
+ * handlers.
  */
 void
 evbus_consumers_exit(void)
 {
-	if (consumers == NIL || in_rebalance)
-		return;
-	extension_gone = true;		/* close without the database */
-	evbus_consumers_shutdown(false);
+	if (consumers != NIL && !in_rebalance)
+	{
+		extension_gone = true;	/* close without the database */
+		evbus_consumers_shutdown(false);
+	}
+	/* inside the rebalance, leaving a group or still closing */
+	if (live_clients > 0)
+		exit_without_library_cleanup();
 }
 
 /*
