@@ -400,14 +400,10 @@ exit_under_kafka_threads(void)
 	_exit(exit_status);
 }
 
+/* From evbus_consumers_exit, which runs once, at the process's exit. */
 static void
 exit_without_library_cleanup(void)
 {
-	static bool registered = false;
-
-	if (registered)
-		return;
-	registered = true;
 	on_proc_exit(remember_exit_status, (Datum) 0);
 	if (atexit(exit_under_kafka_threads) != 0)
 		ereport(LOG,
@@ -468,7 +464,6 @@ consumer_close(GroupConsumer *gc, bool exiting)
 			 errdetail("The group reassigns this member's partitions after its session timeout.")));
 	if (exiting)
 		return;
-
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	c = palloc(sizeof(ClosingConsumer));
 	c->rk = gc->rk;
