@@ -63,6 +63,7 @@ typedef struct MarkerFile
 static int	marker_fd = -1;
 static bool marker_broken = false;
 static MarkerFile suspects;		/* what the previous run left */
+static bool batch_in_hand = false;	/* the file names a batch being handled */
 
 static uint32
 stream_hash(const char *group, const char *topic)
@@ -197,6 +198,7 @@ evbus_attempt_marker_write(const char *group, ReceivedMessage *msgs, int n)
 		marker_broken = true;
 		return false;
 	}
+	batch_in_hand = true;
 	return true;
 }
 
@@ -217,6 +219,7 @@ evbus_attempt_marker_clear(void)
 
 	if (marker_broken || marker_fd < 0)
 		return;
+	batch_in_hand = false;
 	marker.magic = MARKER_MAGIC;
 	marker.nranges = 0;
 	if (pwrite(marker_fd, &marker, len, 0) != (ssize_t) len)
@@ -224,4 +227,18 @@ evbus_attempt_marker_clear(void)
 				(errcode_for_file_access(),
 				 errmsg("evbus: could not clear the consumer's attempt marker: %m"),
 				 errdetail("The next start handles the last batch's messages the careful way.")));
+}
+
+/*
+ * evbus_attempt_marker_exit --- at the consumer's exit (also a FATAL): a
+ * consumer that stops between batches, anywhere (a fast shutdown inside
+ * its lag report, before its first batch), leaves nothing to suspect; one
+ * that stops inside a batch (a FATAL in a handler) leaves the batch
+ * (test 130_consume_kill.pl).
+ */
+void
+evbus_attempt_marker_exit(void)
+{
+	if (!batch_in_hand)
+		evbus_attempt_marker_clear();
 }

@@ -107,6 +107,7 @@ extern void evbus_attempt_marker_open(void);
 extern bool evbus_attempt_marker_suspect(const char *group, const ReceivedMessage *m);
 extern bool evbus_attempt_marker_write(const char *group, ReceivedMessage *msgs, int n);
 extern void evbus_attempt_marker_clear(void);
+extern void evbus_attempt_marker_exit(void);
 
 /* replay.c */
 extern void evbus_replays_watch(void);

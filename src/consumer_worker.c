@@ -58,6 +58,7 @@ static void
 consumer_exit(int code, Datum arg)
 {
 	evbus_consumers_exit();
+	evbus_attempt_marker_exit();
 }
 
 /*
