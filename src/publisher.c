@@ -36,6 +36,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "access/xlogdefs.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -292,6 +293,23 @@ release_payload(OutboxRow *row)
 	}
 }
 
+/*
+ * flush_behind_claim --- before the rows a claim saw go to Kafka, flush the
+ * WAL up to the insert position, which is past the commit record of every
+ * transaction the claim's snapshot saw.  A transaction committed with
+ * synchronous_commit = off is visible before its commit is on disk: sent
+ * first, its events would outlive it if a crash then lost it (test
+ * 306_async_commit_phantom.pl).  No I/O when the WAL is on disk that far
+ * already (the commits were synchronous and nothing wrote since).  The
+ * deferred sends of evbus.wait_for_standbys are flushed by their wait.
+ */
+static void
+flush_behind_claim(void)
+{
+	if (!deferring)
+		XLogFlush(evbus_standby_wait_target());
+}
+
 /* Produce claimed rows in order; false on back-pressure. */
 static bool
 produce_rows(OutboxRow *rows, int n)
@@ -301,6 +319,8 @@ produce_rows(OutboxRow *rows, int n)
 	/* cap-senttime: when this batch was handed to the producer */
 	const char *sent = n > 0 ? timestamptz_to_str(GetCurrentTimestamp()) : NULL;
 
+	if (n > 0)
+		flush_behind_claim();
 	for (i = 0; i < n; i++)
 	{
 		ProduceResult result = produce_row(&rows[i], sent, false);
@@ -411,9 +431,12 @@ produce_solo(void)
 	n = evbus_outbox_claim_ids(&id, 1, evbus_claim_budget(), &rows, batch_cxt,
 							   &last_examined);
 	if (n == 0)
+	{
 		evbus_key_forget_gone(keyhash, id);
-	else if (n == 1 &&
-			 produce_row(&rows[0], timestamptz_to_str(GetCurrentTimestamp()), true) != PRODUCED)
+		return;
+	}
+	flush_behind_claim();
+	if (produce_row(&rows[0], timestamptz_to_str(GetCurrentTimestamp()), true) != PRODUCED)
 		evbus_solo_add(id, keyhash);
 }
 
