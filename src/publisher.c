@@ -18,7 +18,8 @@
  * The flow of one event:
  *
  *	staged (row in the outbox)
- *	  -> claimed and produced: in flight (publish_reports.c)
+ *	  -> claimed, the WAL behind the claim flushed (flush_behind_claim),
+ *	     and produced: in flight (publish_reports.c)
  *	  -> delivery report PERSISTED: recorded as done (its id joins the
  *	     ranges of outbox_published.c; the row goes with its table's
  *	     TRUNCATE), counted as published
