@@ -161,23 +161,37 @@ evbus_consumer_pauses_changed(rd_kafka_t *rk, const char *was, const char *now)
  * that the lag keeps growing in evbus.stats.  Outside any transaction;
  * false if the broker did not answer in time, and then for a while
  * without asking.
+ *
+ * Asked as the offset of the latest timestamp (rd_kafka_offsets_for_times
+ * with RD_KAFKA_OFFSET_END), which is the high watermark, because that call
+ * keeps to its timeout: librdkafka's rd_kafka_query_watermark_offsets
+ * before 2.3.0 waits for as long as the partition's leader is down
+ * (confluentinc/librdkafka#2588), and with it a broker stopped while a
+ * subscription was paused held the worker, a termination and a fast
+ * shutdown until the broker came back (test 020_broker_outage.pl).
  */
 bool
 evbus_paused_high_watermark(rd_kafka_t *rk, const char *topic, int32 partition,
 							int64 *hi)
 {
-	int64_t		lo;
-	int64_t		high;
+	rd_kafka_topic_partition_list_t *parts;
+	rd_kafka_resp_err_t err;
 	TimestampTz now = GetCurrentTimestamp();
 
 	if (now < watermark_backoff_until)
 		return false;
-	if (rd_kafka_query_watermark_offsets(rk, topic, partition, &lo, &high,
-										 PAUSED_WATERMARK_TIMEOUT_MS) != RD_KAFKA_RESP_ERR_NO_ERROR)
+	parts = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(parts, topic, partition)->offset = RD_KAFKA_OFFSET_END;
+	err = rd_kafka_offsets_for_times(rk, parts, PAUSED_WATERMARK_TIMEOUT_MS);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		err = parts->elems[0].err;
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && parts->elems[0].offset >= 0)
+		*hi = parts->elems[0].offset;
+	else
 	{
 		watermark_backoff_until = TimestampTzPlusMilliseconds(now, PAUSED_WATERMARK_BACKOFF_MS);
-		return false;
+		err = RD_KAFKA_RESP_ERR__FAIL;
 	}
-	*hi = high;
-	return true;
+	rd_kafka_topic_partition_list_destroy(parts);
+	return err == RD_KAFKA_RESP_ERR_NO_ERROR;
 }

@@ -1,12 +1,20 @@
 # 020_broker_outage.pl - the Kafka broker stops while events are staged and
 # published, then comes back: nothing is lost, nothing is dead-lettered, no
 # retry is consumed, and per-key order holds as read back from Kafka.
+#
+# Meanwhile a subscription is paused: the consumer asks the broker for the
+# paused partition's high watermark (for the lag) every 5 s, and must
+# still end when terminated while the broker is down.  librdkafka's
+# rd_kafka_query_watermark_offsets (before 2.3.0) waited for as long as
+# the leader was down, whatever its timeout: the consumer ignored its
+# termination, and a fast shutdown waited, until the broker came back.
 use strict;
 use warnings;
 
 use EvbusTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(time);
 
 kafka_bootstrap();
 my $prefix = "t020.$$.";
@@ -31,6 +39,15 @@ SELECT count(evbus.publish('Outage', jsonb_build_object('k', 'k' || (g % 10), 's
 	$staged += $n;
 }
 
+# the paused subscription, its partition assigned first
+kafka_admin('topics', '--create', '--topic', "${prefix}Quiet", '--partitions', '1',
+	'--replication-factor', '1');
+subscribe_recorder($node, 'Quiet');
+$node->safe_psql('postgres', q{SELECT evbus.publish('Quiet', '{"n": 1}')});
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM received', '1', 90),
+	'the subscription of Quiet handles its event');
+$node->safe_psql('postgres', q{SELECT evbus.pause_subscription('Quiet')});
+
 stage(3000);
 # stop the broker while the worker is busy with these
 kafka_stop();
@@ -45,9 +62,23 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.dead_letters'),
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'),
 	$pending, 'and drops nothing from the outbox');
 
+# the consumer has asked for the paused high watermark with the broker down
+sleep 6;
+my $consumer = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($consumer)");
+my $t0 = time;
+sleep 0.1 while kill(0, $consumer) && time - $t0 < 40;
+my $took = time - $t0;
+cmp_ok($took, '<', 20, 'the consumer with a paused subscription exits when terminated, the broker down');
+note sprintf('the consumer exited %.1f s after its termination', $took);
+
 kafka_start();
 note 'broker restarted';
 stage(1000);
+$node->safe_psql('postgres',
+	q{SELECT evbus.resume_subscription('Quiet'); SELECT evbus.publish('Quiet', '{"n": 2}')});
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM received', '2', 90),
+	'resumed, the subscription of Quiet handles the next event');
 
 ok($node->poll_query_until('postgres', 'SELECT count(*) = 0 FROM evbus.outbox'),
 	'outbox drained after the broker came back');
