@@ -76,9 +76,21 @@ typedef struct GroupConsumer
  */
 #define REVOKE_STANDBY_WAIT_MS 2000
 
+/*
+ * How long the rebalance callback waits for Kafka to confirm the offsets
+ * of the partitions it hands over (kafka_offsets.c).
+ */
+#define REVOKE_ANSWER_MS 5000
+
 static List *consumers = NIL;
 static bool extension_gone = false; /* dropped: close without the database */
 static bool in_rebalance = false;	/* inside rebalance_cb (set on the way in) */
+
+/*
+ * While groups are being left (close_all), when leaving ends: a
+ * revocation waits for Kafka's answer at most until then.
+ */
+static TimestampTz leave_deadline = 0;
 
 /*
  * The Kafka consumers created and not destroyed yet, wherever they are:
@@ -160,6 +172,25 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 }
 
 /*
+ * How long a revocation waits for Kafka to confirm the offsets: at most
+ * REVOKE_ANSWER_MS, and while the groups are being left, not past the
+ * end of leaving (close_all); -1, not at all, once that has passed.
+ */
+static long
+revoke_answer_ms(void)
+{
+	long		secs;
+	int			usecs;
+	long		left_ms;
+
+	if (leave_deadline == 0)
+		return REVOKE_ANSWER_MS;
+	TimestampDifference(GetCurrentTimestamp(), leave_deadline, &secs, &usecs);
+	left_ms = secs * 1000 + usecs / 1000;
+	return left_ms > 0 ? Min(REVOKE_ANSWER_MS, left_ms) : -1;
+}
+
+/*
  * on_revoke --- hand the partitions over at the offsets stored in the
  * database (everything before them is handled and committed there).  A
  * rebalance assigns them again, or not (on_assign, which forgets the
@@ -190,7 +221,7 @@ on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 	if (commit->cnt > 0)
 		(void) evbus_kafka_offsets_commit(rk, commit,
 										  evbus_standby_wait_enabled() ? evbus_standby_wait_target() : InvalidXLogRecPtr,
-										  REVOKE_STANDBY_WAIT_MS, false);
+										  REVOKE_STANDBY_WAIT_MS, revoke_answer_ms());
 	rd_kafka_topic_partition_list_destroy(commit);
 	rd_kafka_assign(rk, NULL);
 }
@@ -327,8 +358,8 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 }
 
 /*
- * Leaving a group (consumer_close) waits at most CLOSE_WAIT_MS for the
- * group's coordinator, serving the close's events in steps.
+ * Leaving groups (close_all) waits at most CLOSE_WAIT_MS for their
+ * coordinators, serving the closes' events in steps.
  */
 #define CLOSE_WAIT_MS 10000
 #define CLOSE_WAIT_STEP_MS 100
@@ -411,49 +442,57 @@ exit_without_library_cleanup(void)
 }
 
 /*
- * consumer_close --- leave gc's group so that its partitions move on at
- * once, and destroy its handle.  Closing revokes the partitions (on_revoke
- * tells Kafka their offsets, waiting a bounded time: kafka_offsets.c) and
- * leaves the group.  librdkafka's rd_kafka_consumer_close and
+ * Leaving groups: close_begin starts leaving gc's group so that its
+ * partitions move on at once; serve_close serves the close's events
+ * (revoking the partitions: on_revoke tells Kafka their offsets, waiting
+ * a bounded time, kafka_offsets.c) until the group is left; close_end
+ * destroys the handle.  librdkafka's rd_kafka_consumer_close and
  * rd_kafka_destroy wait for the group's coordinator for as long as a
  * broker that hangs without closing its connections does not answer (its
  * requests time out and are sent again), which kept a termination or a
- * fast shutdown from ending the worker.  Here the close waits
- * CLOSE_WAIT_MS at most, not at all once the postmaster has died; a
- * handle that has not closed by then is left to the process's exit when
- * exiting (which then skips the libraries' exit handlers), else served at
- * each poll until it has (consumers_serve_closing).  The group drops a
- * member that did not leave at its session timeout (test
- * 137_consume_frozen_broker.pl).
+ * fast shutdown from ending the worker.  Here leaving waits CLOSE_WAIT_MS
+ * at most, not at all once the postmaster has died, and on the way out
+ * every group leaves at once, within one CLOSE_WAIT_MS (close_all): one
+ * after the other, a worker of many groups took that long per group
+ * (test 070_embedded.pl).  A handle that has not closed by then is
+ * left to the process's exit when exiting (which then skips the
+ * libraries' exit handlers), else served at each poll until it has
+ * (consumers_serve_closing).  The group drops a member that did not leave
+ * at its session timeout (test 137_consume_frozen_broker.pl).
  */
-static void
-consumer_close(GroupConsumer *gc, bool exiting)
+
+/* Start leaving gc's group; NULL if it cannot be left (then it is closed). */
+static rd_kafka_queue_t *
+close_begin(GroupConsumer *gc)
 {
 	rd_kafka_queue_t *events = rd_kafka_queue_new(gc->rk);
 	rd_kafka_error_t *error = rd_kafka_consumer_close_queue(gc->rk, events);
-	TimestampTz start = GetCurrentTimestamp();
-	bool		closed = true;
+
+	if (error == NULL)
+		return events;
+	/* a fatal error: destroying the handle closes it without Kafka */
+	ereport(LOG,
+			(errmsg("evbus: consumer group \"%s\" could not be left: %s",
+					gc->group, rd_kafka_error_string(error))));
+	rd_kafka_error_destroy(error);
+	rd_kafka_queue_destroy(events);
+	return NULL;
+}
+
+/*
+ * close_end --- destroy gc's handle if its close is done (closed);
+ * otherwise say so and, unless exiting, keep serving it at each poll.
+ */
+static void
+close_end(GroupConsumer *gc, rd_kafka_queue_t *events, bool closed, bool exiting)
+{
 	ClosingConsumer *c;
 	MemoryContext old;
 
-	if (error != NULL)
-	{
-		/* a fatal error: destroying the handle closes it without Kafka */
-		ereport(LOG,
-				(errmsg("evbus: consumer group \"%s\" could not be left: %s",
-						gc->group, rd_kafka_error_string(error))));
-		rd_kafka_error_destroy(error);
-	}
-	else
-	{
-		while (!(closed = serve_close(gc->rk, events, gc, CLOSE_WAIT_STEP_MS)) &&
-			   PostmasterIsAlive() &&
-			   !TimestampDifferenceExceeds(start, GetCurrentTimestamp(), CLOSE_WAIT_MS))
-			;
-	}
 	if (closed)
 	{
-		rd_kafka_queue_destroy(events);
+		if (events != NULL)
+			rd_kafka_queue_destroy(events);
 		rd_kafka_destroy(gc->rk);
 		live_clients--;
 		return;
@@ -473,8 +512,48 @@ consumer_close(GroupConsumer *gc, bool exiting)
 }
 
 /*
+ * close_all --- leave the groups of the n consumers gcs at once: serve
+ * every close until all are done, CLOSE_WAIT_MS have passed or the
+ * postmaster has died; then destroy the handles (close_end).
+ */
+static void
+close_all(GroupConsumer **gcs, int n, bool exiting)
+{
+	rd_kafka_queue_t **events = palloc(sizeof(rd_kafka_queue_t *) * n);
+	bool	   *closed = palloc(sizeof(bool) * n);
+	int			open = 0;
+	int			i;
+
+	leave_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), CLOSE_WAIT_MS);
+	for (i = 0; i < n; i++)
+	{
+		events[i] = close_begin(gcs[i]);
+		closed[i] = events[i] == NULL;
+		open += closed[i] ? 0 : 1;
+	}
+	while (open > 0 && PostmasterIsAlive() &&
+		   GetCurrentTimestamp() < leave_deadline)
+	{
+		for (i = 0; i < n; i++)
+		{
+			if (closed[i])
+				continue;
+			/* one at a time, the others' librdkafka threads go on meanwhile */
+			closed[i] = serve_close(gcs[i]->rk, events[i], gcs[i],
+									open > 1 ? CLOSE_WAIT_STEP_MS / 10 : CLOSE_WAIT_STEP_MS);
+			open -= closed[i] ? 1 : 0;
+		}
+	}
+	leave_deadline = 0;
+	for (i = 0; i < n; i++)
+		close_end(gcs[i], events[i], closed[i], exiting);
+	pfree(events);
+	pfree(closed);
+}
+
+/*
  * consumers_serve_closing --- destroy the consumers that have closed since
- * they left their groups without an answer (consumer_close).
+ * they left their groups without an answer (close_end).
  */
 static void
 consumers_serve_closing(void)
@@ -496,13 +575,12 @@ consumers_serve_closing(void)
 }
 
 /*
- * consumer_destroy --- leave gc's group and free it.  Its lags are not
- * known here any more, unless keep_lags: the consumer goes idle, caught
- * up, and the launcher watches its partitions (idle.c; tests 296, 238).
- * exiting: the process exits next (consumer_close).
+ * consumer_let_go --- before gc's group is left: the offsets it still has
+ * to tell Kafka go now (the close waits for them), and its queue no longer
+ * wakes the worker.
  */
 static void
-consumer_destroy(GroupConsumer *gc, bool keep_lags, bool exiting)
+consumer_let_go(GroupConsumer *gc)
 {
 	if (gc->to_commit)
 	{
@@ -512,14 +590,22 @@ consumer_destroy(GroupConsumer *gc, bool keep_lags, bool exiting)
 		 * offsets then stay behind in Kafka, which loses nothing.
 		 */
 		if (!evbus_standby_wait_enabled() || !extension_gone)
-			(void) evbus_kafka_offsets_commit(gc->rk, gc->to_commit, gc->to_commit_lsn, 0, true);
+			(void) evbus_kafka_offsets_commit(gc->rk, gc->to_commit, gc->to_commit_lsn, 0, -1);
 		rd_kafka_topic_partition_list_destroy(gc->to_commit);
 		gc->to_commit = NULL;
 	}
 	rd_kafka_queue_cb_event_enable(gc->queue, NULL, NULL);
 	rd_kafka_queue_destroy(gc->queue);
-	consumer_close(gc, exiting);
-	/* idle, the launcher watches the partitions: their lags stay known */
+}
+
+/*
+ * consumer_free --- free gc, its group left.  Its lags are not known here
+ * any more, unless keep_lags: the consumer goes idle, caught up, and the
+ * launcher watches its partitions (idle.c; tests 296, 238).
+ */
+static void
+consumer_free(GroupConsumer *gc, bool keep_lags)
+{
 	if (!keep_lags && !extension_gone)
 	{
 		evbus_worker_begin(evbus_consumers_let_go);
@@ -530,6 +616,32 @@ consumer_destroy(GroupConsumer *gc, bool keep_lags, bool exiting)
 	pfree(gc->topics);
 	pfree(gc->paused);
 	pfree(gc);
+}
+
+/*
+ * consumers_destroy --- leave the groups of the consumers in list, all at
+ * once, and free them (keep_lags: consumer_free).  exiting: the process
+ * exits next (close_end).
+ */
+static void
+consumers_destroy(List *list, bool keep_lags, bool exiting)
+{
+	int			n = list_length(list);
+	GroupConsumer **gcs;
+	ListCell   *lc;
+
+	if (n == 0)
+		return;
+	gcs = palloc(sizeof(GroupConsumer *) * n);
+	foreach(lc, list)
+	{
+		gcs[foreach_current_index(lc)] = lfirst(lc);
+		consumer_let_go(lfirst(lc));
+	}
+	close_all(gcs, n, exiting);
+	foreach(lc, list)
+		consumer_free(lfirst(lc), keep_lags);
+	pfree(gcs);
 }
 
 /*
@@ -616,8 +728,7 @@ evbus_consumers_sync(List *subs)
 	 */
 	list_free(consumers);
 	consumers = keep;
-	foreach(lc, leave)
-		consumer_destroy(lfirst(lc), false, false);
+	consumers_destroy(leave, false, false);
 	list_free(leave);
 
 	if (brokers == NULL)
@@ -782,7 +893,7 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 									   KAFKA_COMMIT_INTERVAL_MS))
 		{
 			commit = gc->to_commit;
-			if (evbus_kafka_offsets_commit(gc->rk, commit, gc->to_commit_lsn, -1, true))
+			if (evbus_kafka_offsets_commit(gc->rk, commit, gc->to_commit_lsn, -1, -1))
 			{
 				gc->to_commit = NULL;
 				rd_kafka_topic_partition_list_destroy(commit);
@@ -874,18 +985,16 @@ evbus_consumer_for_replay(const char *group)
 }
 
 /*
- * Leave every group (at exit); idle: for want of work, the lags known so
- * far stay (see consumer_destroy).
+ * Leave every group, all at once (at exit); idle: for want of work, the
+ * lags known so far stay (see consumer_free).
  */
 void
 evbus_consumers_shutdown(bool idle)
 {
 	List	   *all = consumers;
-	ListCell   *lc;
 
 	consumers = NIL;			/* detached first: closing runs callbacks */
-	foreach(lc, all)
-		consumer_destroy(lfirst(lc), idle, true);
+	consumers_destroy(all, idle, true);
 	list_free(all);
 }
 

@@ -94,7 +94,7 @@ committed_by_us(const rd_kafka_topic_partition_t *tp)
 
 /*
  * commit_and_wait --- commit list and wait for Kafka's answer, at most
- * COMMIT_WAIT_MS, and not at all once the postmaster has died.
+ * answer_ms, and not at all once the postmaster has died.
  * librdkafka's synchronous commit waits for as long as the group's
  * coordinator does not answer (a broker that hangs without closing its
  * connections), and its callers here cannot be interrupted: a rebalance,
@@ -104,12 +104,11 @@ committed_by_us(const rd_kafka_topic_partition_t *tp)
  * the database's stored offsets are where this database starts again
  * either way.
  */
-#define COMMIT_WAIT_MS 5000
 #define COMMIT_WAIT_STEP_MS 100
 #define COMMITTED_STEP_MS 1000
 
 static void
-commit_and_wait(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list)
+commit_and_wait(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list, long answer_ms)
 {
 	rd_kafka_queue_t *answers = rd_kafka_queue_new(rk);
 	rd_kafka_event_t *answer = NULL;
@@ -117,14 +116,15 @@ commit_and_wait(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list)
 
 	if (rd_kafka_commit_queue(rk, list, answers, NULL, NULL) == RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
+		do
+			answer = rd_kafka_queue_poll(answers, Min(COMMIT_WAIT_STEP_MS, answer_ms));
 		while (answer == NULL && PostmasterIsAlive() &&
-			   !TimestampDifferenceExceeds(start, GetCurrentTimestamp(), COMMIT_WAIT_MS))
-			answer = rd_kafka_queue_poll(answers, COMMIT_WAIT_STEP_MS);
+			   !TimestampDifferenceExceeds(start, GetCurrentTimestamp(), answer_ms));
 	}
 	if (answer == NULL)
 		ereport(LOG,
-				(errmsg("evbus: Kafka did not confirm the group's offsets within %d ms",
-						COMMIT_WAIT_MS),
+				(errmsg("evbus: Kafka did not confirm the group's offsets within %ld ms",
+						answer_ms),
 				 errdetail("The offsets stored in the database are where this database starts again.")));
 	else
 		rd_kafka_event_destroy(answer);
@@ -161,22 +161,22 @@ evbus_kafka_offsets_committed(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *l
  * evbus_kafka_offsets_commit --- tell Kafka the offsets of list, naming
  * this database, once evbus.wait_for_standbys' standbys have flushed lsn
  * (the commit that stored them); wait_ms as evbus_standby_wait.  Returns
- * false, having told Kafka nothing, if they have not.  Not async: waits
- * for Kafka's answer, a bounded time (commit_and_wait).  Outside any
- * transaction.
+ * false, having told Kafka nothing, if they have not.  answer_ms >= 0:
+ * waits for Kafka's answer that long at most (commit_and_wait); < 0:
+ * does not wait.  Outside any transaction.
  */
 bool
 evbus_kafka_offsets_commit(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list,
-						   XLogRecPtr lsn, long wait_ms, bool async)
+						   XLogRecPtr lsn, long wait_ms, long answer_ms)
 {
 	if (evbus_standby_wait_enabled() &&
 		!evbus_standby_wait(lsn, "committing offsets", wait_ms))
 		return false;
 	tag_offsets(list);
-	if (async)
+	if (answer_ms < 0)
 		rd_kafka_commit(rk, list, true);
 	else
-		commit_and_wait(rk, list);
+		commit_and_wait(rk, list, answer_ms);
 	return true;
 }
 

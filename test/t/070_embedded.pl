@@ -2,6 +2,8 @@
 # cluster inside the server: no Kafka needed.  Its address is visible from
 # SQL, a local client (kcat) reads what was published, all databases of the
 # server share it, and the server log says its contents vanish at restart.
+# A fast shutdown ends in time, even for a consumer of many groups, which
+# it leaves with the broker already gone.
 use strict;
 use warnings;
 
@@ -9,6 +11,7 @@ use EvbusTest;
 use POSIX qw(SIGHUP);
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Time::HiRes qw(time);
 
 my $node = new_node('embedded', conf => [ "evbus.brokers = 'embedded'" ]);
 ok($node->wait_for_log(qr/evbus: embedded broker listening on 127\.0\.0\.1:\d+/),
@@ -66,11 +69,27 @@ ok(-e "/proc/$launcher/task/$mock", 'the thread goes on');
 $node->safe_psql('orders', q{SELECT evbus.publish('OrderCreated', '{"orderId": 2}', 'o-2')});
 ok(wait_for_sql($node, 'orders', 'SELECT count(*) FROM evbus.outbox', '0', 30),
 	'the embedded broker still takes events');
+
+# a consumer of six groups: the fast shutdown below stops the embedded
+# broker first, and every group then leaves without an answer, each
+# waiting a bounded time for it; they leave at once (one after the other,
+# up to 15 s each, the shutdown outlasted pg_ctl)
+$node->safe_psql('payments',
+	as_subscriber($node, 'payments')
+	  . q{CREATE FUNCTION noop(payload jsonb, headers jsonb) RETURNS void LANGUAGE sql AS 'SELECT';}
+	  . join('', map { "SELECT evbus.subscribe('OrderCreated', 'noop(jsonb, jsonb)', 'g070_$_');" } 1 .. 6));
+ok( wait_for_sql(
+		$node, 'payments', q{SELECT count(*) FROM evbus.inbox WHERE state = 'handled'},
+		'6', 60),
+	'six consumer groups handle the order event');
+
 my $stopped;
+my $t0 = time;
 {
 	local $ENV{PGCTLTIMEOUT} = 30;
 	$stopped = $node->stop('fast', fail_ok => 1);
 }
 ok($stopped, 'and the server stops');
+note sprintf('pg_ctl stop -m fast took %.1f s', time - $t0);
 $node->stop('immediate') unless $stopped;
 done_testing();
