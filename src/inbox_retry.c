@@ -82,7 +82,9 @@ evbus_key_held(List *held, const char *handler, const char *key)
 /*
  * evbus_dead_letter_poison --- a poison message: an inbox row (for
  * de-duplication; a redelivery is dead-lettered only once) and a dead
- * letter with its raw bytes, under integration_event.
+ * letter with its raw bytes, under integration_event.  A redelivery (a
+ * replay reads it again, say) is neither logged nor counted again (test
+ * 160_consume_poison.pl).
  */
 void
 evbus_dead_letter_poison(const char *group, const ReceivedMessage *m, const Decoded *d,
@@ -135,6 +137,13 @@ evbus_dead_letter_poison(const char *group, const ReceivedMessage *m, const Deco
 							" SELECT pg_catalog.pg_notify('evbus_dead_letter', message_id::pg_catalog.text) FROM d",
 							quote_literal_cstr(integration_event), quote_literal_cstr(integration_event)),
 				   9, types, values, nulls, SPI_OK_SELECT);
+	if (SPI_processed == 0)
+	{
+		ereport(DEBUG1,
+				(errmsg("evbus: message at %s/%d/" INT64_FORMAT " cannot be decoded (%s); dead-lettered before",
+						m->topic, m->partition, m->offset, d->poison)));
+		return;
+	}
 	/* the publisher expires dead letters: an idle one learns of this one */
 	evbus_wake_at_commit(true, false);
 	ereport(WARNING,

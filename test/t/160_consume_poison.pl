@@ -179,5 +179,26 @@ is(sql(qq{SELECT handled FROM evbus.stats WHERE side = 'consume' AND topic = '$t
 	'4', 'evbus.stats: 4 handled');
 note sql(qq{SELECT * FROM evbus.stats WHERE side = 'consume' AND topic = '$topic'});
 
+# a replay reads the poison again: dead-lettered already, it is neither
+# logged nor counted again
+my $dead_metric_sql =
+  q{SELECT sum(value)::int FROM evbus.metrics() WHERE metric = 'evbus_consume_dead_total'};
+my $dead_counted = sql($dead_metric_sql);
+is($dead_counted, '9', 'evbus_consume_dead_total counts the nine dead letters');
+my $warned_sql = sub { my $n = () = slurp_file($node->logfile) =~ /cannot be decoded/g; $n };
+is($warned_sql->(), 9, 'a WARNING for each');
+my $replay = sql(q{SELECT evbus.replay('Poison', from_offset => 0)});
+ok(wait_for_sql($node, 'postgres', "SELECT done_at IS NOT NULL FROM evbus.replays WHERE id = $replay", 't', 30),
+	'a replay of the topic from offset 0 is done');
+is( sql(qq{SELECT sum((r.value->>1)::int - (r.value->>0)::int)
+	         FROM evbus.replays, jsonb_each(rewound) r WHERE id = $replay}),
+	$total + 1, 'it rewound the partition by all its messages');
+ok( wait_for_sql($node, 'postgres',
+		qq{SELECT sum(next_offset) FROM evbus.consumer_offsets WHERE topic = '$topic'}, $total + 1, 30),
+	'the group read the partition again to its end');
+is(sql(q{SELECT count(*) FROM evbus.dead_letters}), '9', 'still nine dead letters');
+is(sql($dead_metric_sql), $dead_counted, 'evbus_consume_dead_total unchanged');
+is($warned_sql->(), 9, 'no WARNING for the poison read again');
+
 $node->stop;
 done_testing();
