@@ -71,6 +71,10 @@ SELECT evbus.publish('has space', '{}');
 SELECT evbus.publish('..', '{}');
 SELECT evbus.publish('ünïcode', '{}');
 SELECT evbus.publish(repeat('a', 250), '{}');
+-- an argument too long is quoted in part, never cut inside a character
+SELECT evbus.publish('a' || repeat('é', 200), '{}');
+SELECT evbus.raise(repeat('d', 300), '{}');
+SELECT evbus.retry(side => repeat('s', 1000));
 SELECT evbus.register_converter('ok', 'not/ok', 'array_converter(jsonb)');
 
 -- headers: an object of strings, no reserved names

@@ -285,6 +285,7 @@ extern bool evbus_jsonb_exceeds(Jsonb *jb, int limit);
 /* ---------- util.c: ids, checks, the extension's schema and owner ---------- */
 extern void evbus_new_message_id(pg_uuid_t *uuid);
 extern char *evbus_uuid_to_cstring(const pg_uuid_t *uuid);
+extern const char *evbus_clip(const char *s, int max);
 extern void evbus_check_event_name(const char *name, const char *what);
 extern void evbus_check_writable(const char *what);
 extern Oid	evbus_schema_oid(void);

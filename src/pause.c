@@ -90,7 +90,8 @@ evbus_check_subscriptions_owner(const char *event, const char *group,
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("no subscription of %s to %s in group %s",
-						signature ? signature : "any handler", event, group),
+						signature ? signature : "any handler", evbus_clip(event, 64),
+						evbus_clip(group, 64)),
 				 errhint("evbus.subscriptions lists the subscriptions; the group defaults to evbus.group_name, else the database name.")));
 	if (check.foreign_owner)
 		ereport(ERROR,

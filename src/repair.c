@@ -129,7 +129,7 @@ filter_from_args(RepairParams *st, FunctionCallInfo fcinfo, int first)
 		if (strcmp(side, "publish") != 0 && strcmp(side, "consume") != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("unknown side \"%s\"", side),
+					 errmsg("unknown side \"%s\"", evbus_clip(side, 40)),
 					 errhint("Use side => 'publish' or side => 'consume', or leave side out for both.")));
 		if (strcmp(side, "publish") == 0 && st->nulls[2] != 'n')
 			ereport(ERROR,
@@ -419,13 +419,13 @@ edit_target(EditTarget *t, const char *message_id, const char *group,
 	if (t->found == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("message %s has no dead letter%s", message_id,
+				 errmsg("message %s has no dead letter%s", evbus_clip(message_id, 64),
 						group || handler ? " of that group and handler" : ""),
 				 errhint("evbus.dead_letters lists the dead letters, with their group and handler.")));
 	if (t->found > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_CARDINALITY_VIOLATION),
-				 errmsg("message %s has several dead letters", message_id),
+				 errmsg("message %s has several dead letters", evbus_clip(message_id, 64)),
 				 errhint("Pick one with handler => and group_name => (evbus.dead_letters lists them).")));
 	if (t->undecodable)
 		ereport(ERROR,

@@ -297,7 +297,8 @@ evbus_raise_internal(const char *domain_event, Jsonb *payload, const char *key)
 	if (converters == NIL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("no converter is registered for domain event \"%s\"", domain_event),
+				 errmsg("no converter is registered for domain event \"%s\"",
+						evbus_clip(domain_event, 64)),
 				 errhint("Register one with evbus.register_converter().")));
 
 	/*

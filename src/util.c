@@ -12,6 +12,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
+#include "mb/pg_wchar.h"
 #include "port/pg_bswap.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -107,6 +108,22 @@ evbus_uuid_to_cstring(const pg_uuid_t *uuid)
 }
 
 /*
+ * evbus_clip --- s as an error message quotes it: whole up to max bytes,
+ * else as many of its first max bytes as end on a character boundary,
+ * and "...".  A message then never repeats an argument of any length,
+ * nor ends in half a character (test misuse.sql).
+ */
+const char *
+evbus_clip(const char *s, int max)
+{
+	int			len = strlen(s);
+
+	if (len <= max)
+		return s;
+	return psprintf("%.*s...", pg_mbcliplen(s, len, max), s);
+}
+
+/*
  * evbus_check_event_name --- refuse an event name that cannot be a topic.
  *
  * Integration event names become Kafka topic names (with
@@ -127,7 +144,7 @@ evbus_check_event_name(const char *name, const char *what)
 	if (len + strlen(evbus_topic_prefix) > EVBUS_MAX_TOPIC_LEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_NAME_TOO_LONG),
-				 errmsg("%s name \"%.40s...\" is too long", what, name),
+				 errmsg("%s name \"%s\" is too long", what, evbus_clip(name, 40)),
 				 errdetail("With evbus.topic_prefix, a Kafka topic name may be at most %d bytes.",
 						   EVBUS_MAX_TOPIC_LEN)));
 	if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
