@@ -127,6 +127,7 @@ typedef struct EvbusDatabase
 	pid_t		dropper;		/* EVBUS_DB_DROPPING: the dropping backend */
 	TimestampTz started_at[2];	/* per role: last start registered */
 	TimestampTz failed_since[2];	/* per role: no slot since (0: none) */
+	TimestampTz failed_at[2];	/* per role: last start that found no slot */
 	bool		warned[2];		/* per role: failure logged since */
 	bool		idle[2];		/* per role: exited for want of work (idle.c) */
 	TimestampTz wake_at[2];		/* per role, while idle: due then (0: never) */

@@ -121,6 +121,7 @@ evbus_db_start_failed(Oid dboid, int role)
 	{
 		if (db->failed_since[role] == 0)
 			db->failed_since[role] = GetCurrentTimestamp();
+		db->failed_at[role] = GetCurrentTimestamp();
 		first = !db->warned[role];
 		db->warned[role] = true;
 	}
@@ -139,6 +140,7 @@ evbus_db_worker_running(Oid dboid, int role)
 	if (db != NULL)
 	{
 		db->failed_since[role] = 0;
+		db->failed_at[role] = 0;
 		db->warned[role] = false;
 		db->idle[role] = false;
 		db->wake_at[role] = 0;

@@ -180,18 +180,42 @@ evbus_db_wake_all(void)
 
 /*
  * evbus_slot_wanted --- does a worker of some database wait for a
- * background worker slot (evbus_db_start_failed, lately)?
+ * background worker slot: did its start find none lately
+ * (evbus_db_start_failed), and has it not run since
+ * (evbus_db_worker_running)?  A worker that has its slot by now waits no
+ * more: counting its failed start for the next seconds, as the time of
+ * the last failed start alone did, made the quiet workers of every
+ * database, the one that just started too, leave for nobody (test
+ * 239_slots_take_turns.pl).
  */
 bool
 evbus_slot_wanted(void)
 {
-	TimestampTz wanted_at;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		wanted = false;
+	int			i;
+	int			role;
 
 	LWLockAcquire(evbus_shared->lock, LW_SHARED);
-	wanted_at = evbus_shared->slot_wanted_at;
+	if (evbus_shared->slot_wanted_at != 0 &&
+		!TimestampDifferenceExceeds(evbus_shared->slot_wanted_at, now, SLOT_WANTED_FRESH_MS))
+	{
+		for (i = 0; i < EVBUS_MAX_TRACKED_DBS && !wanted; i++)
+		{
+			EvbusDatabase *db = &evbus_shared->dbs[i];
+
+			if (db->dboid == InvalidOid)
+				continue;
+			for (role = 0; role < lengthof(db->failed_at); role++)
+			{
+				if (db->failed_since[role] != 0 && db->failed_at[role] != 0 &&
+					!TimestampDifferenceExceeds(db->failed_at[role], now, SLOT_WANTED_FRESH_MS))
+					wanted = true;
+			}
+		}
+	}
 	LWLockRelease(evbus_shared->lock);
-	return wanted_at != 0 &&
-		!TimestampDifferenceExceeds(wanted_at, GetCurrentTimestamp(), SLOT_WANTED_FRESH_MS);
+	return wanted;
 }
 
 /* Is the worker of role in dboid idle (exited for want of work)? */
