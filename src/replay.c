@@ -133,6 +133,12 @@ evbus_replay(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(3) && PG_GETARG_INT64(3) < 0)
 		refuse_replay("from_offset must not be negative",
 					  "Offsets start at 0 in every partition.");
+	/* Kafka's timestamps: milliseconds since 1970 (negative ones: sentinels) */
+	if (!PG_ARGISNULL(2) &&
+		(TIMESTAMP_NOT_FINITE(PG_GETARG_TIMESTAMPTZ(2)) ||
+		 PG_GETARG_TIMESTAMPTZ(2) < SetEpochTimestamp()))
+		refuse_replay("from_time must be a finite time from 1970-01-01 00:00 UTC on",
+					  "Kafka's timestamps count from then; from_offset => 0 reads the whole topic again.");
 	evbus_check_writable("replay a topic");
 	event = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	group = PG_ARGISNULL(1) ? evbus_default_group() : text_to_cstring(PG_GETARG_TEXT_PP(1));
@@ -164,7 +170,14 @@ evbus_replays_watch(void)
 	evbus_table_watch(&replays);
 }
 
-/* The replays not done yet, into cxt; inside a transaction. */
+/*
+ * The replays not done yet, into cxt; inside a transaction.  A from_time
+ * that evbus.replay refuses (a row written otherwise) is taken as the
+ * nearest time Kafka knows: before 1970, 0 (the beginning); infinity, a
+ * time no message has.  Converting it failed, in every pass, and ended
+ * the worker each time: a consumer that could never run (test
+ * 284_replay.pl).
+ */
 static List *
 load_replays(MemoryContext cxt)
 {
@@ -174,8 +187,12 @@ load_replays(MemoryContext cxt)
 	if (!evbus_table_watch_read(&replays))
 		return NIL;				/* SQL version 0.1: no replays */
 	if (SPI_execute("SELECT id, group_name, integration_event, from_time IS NOT NULL,"
-					" COALESCE(from_offset, ((EXTRACT(EPOCH FROM from_time)"
-					" OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8)), rerun"
+					" COALESCE(from_offset, CASE"
+					" WHEN from_time OPERATOR(pg_catalog.>=) 'infinity'::pg_catalog.timestamptz"
+					" THEN 9223372036854775807"
+					" WHEN from_time OPERATOR(pg_catalog.<) 'epoch'::pg_catalog.timestamptz THEN 0"
+					" ELSE (pg_catalog.date_part('epoch', from_time)"
+					" OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 END), rerun"
 					" FROM evbus.replays WHERE done_at IS NULL ORDER BY id",
 					false, 0) != SPI_OK_SELECT) /* a fresh snapshot */
 		elog(ERROR, "could not read evbus.replays");

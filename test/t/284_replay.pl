@@ -83,6 +83,22 @@ is(sqlstate_of($node, 'postgres', $app . q{SELECT evbus.replay('Replayed', 'no_s
 	'42704', 'an unknown group: 42704');
 is(sqlstate_of($node, 'postgres', q{SET ROLE evbus_other; SELECT evbus.replay('Replayed', from_offset => 0)}),
 	'42501', "another role's subscription: 42501");
+for my $t ('infinity', '-infinity', '1969-12-31 23:59:59.999+00')
+{
+	is(sqlstate_of($node, 'postgres', $app . qq{SELECT evbus.replay('Replayed', from_time => '$t')}),
+		'22023', "from_time $t: 22023");
+}
+
+# a replay row with an infinite from_time, written by hand: the consumer
+# did it (nothing to read again) rather than fail at every pass
+my $consumer_pid = sql('SELECT evbus.consumer_pid()');
+my $by_hand = sql(q{INSERT INTO evbus.replays (group_name, integration_event, from_time, rerun, requested_by)
+                    SELECT group_name, 'Replayed', 'infinity', false, current_user
+                      FROM evbus.subscriptions WHERE integration_event = 'Replayed' LIMIT 1
+                    RETURNING id});
+is(replay_done($by_hand), '0', 'a replay from an infinite time rewinds nothing');
+sleep 1;
+is(sql('SELECT evbus.consumer_pid()'), $consumer_pid, 'the consumer goes on, the same process');
 
 # --- from an offset, without rerun: read again, nothing runs twice ------------------
 my $id = sql($app . q{SELECT evbus.replay('Replayed', from_offset => 0)});
