@@ -910,17 +910,24 @@ evbus_consumers_poll(List *subs, bool *left_pending)
  * evbus_consumers_report_watermarks --- store the high watermarks of the
  * assigned partitions (for the lag), in a transaction per group, and give
  * evbus.metrics() each group's lag per topic: the high watermark less the
- * consumer's position, summed over the assigned partitions.
+ * consumer's position, summed over the assigned partitions.  Those of
+ * paused partitions take a round trip to the broker (a second at most):
+ * one group's at each report, in turn, so that a worker of many groups
+ * with paused subscriptions does not spend its time asking.
  */
 void
 evbus_consumers_report_watermarks(void)
 {
+	static int	paused_turn = 0;
 	ListCell   *lc;
 
+	paused_turn = list_length(consumers) > 0 ? (paused_turn + 1) % list_length(consumers) : 0;
 	foreach(lc, consumers)
 	{
 		GroupConsumer *gc = lfirst(lc);
+		bool		paused_now = foreach_current_index(lc) == paused_turn;
 		rd_kafka_topic_partition_list_t *assignment = NULL;
+		rd_kafka_topic_partition_list_t *paused;
 		NextOffset *hwm;
 		int			n = 0;
 		int			i;
@@ -928,27 +935,47 @@ evbus_consumers_report_watermarks(void)
 		if (rd_kafka_assignment(gc->rk, &assignment) || assignment == NULL)
 			continue;
 		hwm = palloc(sizeof(NextOffset) * Max(assignment->cnt, 1));
+		paused = rd_kafka_topic_partition_list_new(Max(assignment->cnt, 1));
 		for (i = 0; i < assignment->cnt; i++)
 		{
+			rd_kafka_topic_partition_t *p = &assignment->elems[i];
 			int64_t		lo;
 			int64_t		hi;
 
 			/* cached from fetch responses: no network wait; unless paused */
-			if (evbus_topic_listed(gc->paused, assignment->elems[i].topic) ?
-				evbus_paused_high_watermark(gc->rk, assignment->elems[i].topic,
-											assignment->elems[i].partition, &hi) :
-				rd_kafka_get_watermark_offsets(gc->rk, assignment->elems[i].topic,
-											   assignment->elems[i].partition,
-											   &lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
+			if (evbus_topic_listed(gc->paused, p->topic))
 			{
-				hwm[n].topic = pstrdup(assignment->elems[i].topic);
-				hwm[n].partition = assignment->elems[i].partition;
+				if (paused_now)
+					rd_kafka_topic_partition_list_add(paused, p->topic, p->partition);
+			}
+			else if (rd_kafka_get_watermark_offsets(gc->rk, p->topic, p->partition,
+													&lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+					 hi >= 0)
+			{
+				hwm[n].topic = pstrdup(p->topic);
+				hwm[n].partition = p->partition;
 				hwm[n].next_offset = -1;	/* not known here */
 				hwm[n].high_watermark = hi;
 				n++;
 			}
 		}
 		rd_kafka_topic_partition_list_destroy(assignment);
+		if (evbus_paused_high_watermarks(gc->rk, paused))
+		{
+			for (i = 0; i < paused->cnt; i++)
+			{
+				rd_kafka_topic_partition_t *p = &paused->elems[i];
+
+				if (p->err != RD_KAFKA_RESP_ERR_NO_ERROR || p->offset < 0)
+					continue;
+				hwm[n].topic = pstrdup(p->topic);
+				hwm[n].partition = p->partition;
+				hwm[n].next_offset = -1;
+				hwm[n].high_watermark = p->offset;
+				n++;
+			}
+		}
+		rd_kafka_topic_partition_list_destroy(paused);
 		if (n > 0)
 		{
 			evbus_worker_begin(evbus_consumers_let_go);

@@ -156,11 +156,15 @@ evbus_consumer_pauses_changed(rd_kafka_t *rk, const char *was, const char *now)
 }
 
 /*
- * evbus_paused_high_watermark --- the high watermark of a partition of a
- * paused topic, asked of the broker (no fetch brings it while paused), so
- * that the lag keeps growing in evbus.stats.  Outside any transaction;
- * false if the broker did not answer in time, and then for a while
- * without asking.
+ * evbus_paused_high_watermarks --- the high watermarks of the partitions
+ * of paused topics in parts, asked of the broker (no fetch brings them
+ * while paused), so that the lag keeps growing in evbus.stats: each
+ * element's offset becomes its high watermark, or stays negative when
+ * none came.  All in one call, a request per partition leader: one call
+ * per partition, a round trip each, took the worker half a second per
+ * paused partition, and with a hundred of them it did little else.
+ * Outside any transaction; false if the broker did not answer in time,
+ * and then for a while without asking.
  *
  * Asked as the offset of the latest timestamp (rd_kafka_offsets_for_times
  * with RD_KAFKA_OFFSET_END), which is the high watermark, because that call
@@ -171,27 +175,17 @@ evbus_consumer_pauses_changed(rd_kafka_t *rk, const char *was, const char *now)
  * shutdown until the broker came back (test 020_broker_outage.pl).
  */
 bool
-evbus_paused_high_watermark(rd_kafka_t *rk, const char *topic, int32 partition,
-							int64 *hi)
+evbus_paused_high_watermarks(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts)
 {
-	rd_kafka_topic_partition_list_t *parts;
-	rd_kafka_resp_err_t err;
 	TimestampTz now = GetCurrentTimestamp();
+	int			i;
 
-	if (now < watermark_backoff_until)
+	for (i = 0; i < parts->cnt; i++)
+		parts->elems[i].offset = RD_KAFKA_OFFSET_END;
+	if (parts->cnt == 0 || now < watermark_backoff_until)
 		return false;
-	parts = rd_kafka_topic_partition_list_new(1);
-	rd_kafka_topic_partition_list_add(parts, topic, partition)->offset = RD_KAFKA_OFFSET_END;
-	err = rd_kafka_offsets_for_times(rk, parts, PAUSED_WATERMARK_TIMEOUT_MS);
-	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
-		err = parts->elems[0].err;
-	if (err == RD_KAFKA_RESP_ERR_NO_ERROR && parts->elems[0].offset >= 0)
-		*hi = parts->elems[0].offset;
-	else
-	{
-		watermark_backoff_until = TimestampTzPlusMilliseconds(now, PAUSED_WATERMARK_BACKOFF_MS);
-		err = RD_KAFKA_RESP_ERR__FAIL;
-	}
-	rd_kafka_topic_partition_list_destroy(parts);
-	return err == RD_KAFKA_RESP_ERR_NO_ERROR;
+	if (rd_kafka_offsets_for_times(rk, parts, PAUSED_WATERMARK_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		return true;
+	watermark_backoff_until = TimestampTzPlusMilliseconds(now, PAUSED_WATERMARK_BACKOFF_MS);
+	return false;
 }

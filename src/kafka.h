@@ -92,7 +92,7 @@ extern void evbus_copy_message(const rd_kafka_message_t *km,
 /* consumer.c: for replay.c */
 extern rd_kafka_t *evbus_consumer_for_replay(const char *group);
 
-extern bool evbus_paused_high_watermark(rd_kafka_t *rk, const char *topic,
-										int32 partition, int64 *hi);
+extern bool evbus_paused_high_watermarks(rd_kafka_t *rk,
+										 rd_kafka_topic_partition_list_t *parts);
 
 #endif							/* EVBUS_KAFKA_H */
