@@ -158,21 +158,21 @@ evbus_consumer_pauses_changed(rd_kafka_t *rk, const char *was, const char *now)
 /*
  * evbus_paused_high_watermarks --- the high watermarks of the partitions
  * of paused topics in parts, asked of the broker (no fetch brings them
- * while paused), so that the lag keeps growing in evbus.stats: each
- * element's offset becomes its high watermark, or stays negative when
- * none came.  All in one call, a request per partition leader: one call
- * per partition, a round trip each, took the worker half a second per
- * paused partition, and with a hundred of them it did little else.
- * Outside any transaction; false if the broker did not answer in time,
- * and then for a while without asking.
+ * while paused), so that the lag keeps growing in evbus.stats (test
+ * 280_pause_subscription.pl): each element's offset becomes its high watermark, or
+ * stays negative when none came.  One call for all of parts, a request per
+ * partition leader, so the time it takes grows with the leaders and not
+ * with the paused partitions.  Outside any transaction; false if the
+ * broker did not answer within PAUSED_WATERMARK_TIMEOUT_MS, and then
+ * nothing is asked for PAUSED_WATERMARK_BACKOFF_MS.
  *
  * Asked as the offset of the latest timestamp (rd_kafka_offsets_for_times
  * with RD_KAFKA_OFFSET_END), which is the high watermark, because that call
- * keeps to its timeout: librdkafka's rd_kafka_query_watermark_offsets
- * before 2.3.0 waits for as long as the partition's leader is down
- * (confluentinc/librdkafka#2588), and with it a broker stopped while a
- * subscription was paused held the worker, a termination and a fast
- * shutdown until the broker came back (test 020_broker_outage.pl).
+ * keeps to its timeout while a partition's leader is down, where
+ * librdkafka's rd_kafka_query_watermark_offsets before 2.3.0 does not
+ * (confluentinc/librdkafka#2588): a worker with a paused subscription
+ * stops within its shutdown bound with the broker down (test
+ * 020_broker_outage.pl).
  */
 bool
 evbus_paused_high_watermarks(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts)

@@ -182,11 +182,10 @@ evbus_db_wake_all(void)
  * evbus_slot_wanted --- does a worker of some database wait for a
  * background worker slot: did its start find none lately
  * (evbus_db_start_failed), and has it not run since
- * (evbus_db_worker_running)?  A worker that has its slot by now waits no
- * more: counting its failed start for the next seconds, as the time of
- * the last failed start alone did, made the quiet workers of every
- * database, the one that just started too, leave for nobody (test
- * 239_slots_take_turns.pl).
+ * (evbus_db_worker_running)?  A worker that has its slot waits no more,
+ * so the quiet workers never leave for a start that already happened
+ * (test 239_slots_take_turns.pl).  slot_wanted_at, the last failed start
+ * of any database, only spares the scan when there was none lately.
  */
 bool
 evbus_slot_wanted(void)
@@ -208,7 +207,7 @@ evbus_slot_wanted(void)
 				continue;
 			for (role = 0; role < lengthof(db->failed_at); role++)
 			{
-				if (db->failed_since[role] != 0 && db->failed_at[role] != 0 &&
+				if (db->failed_since[role] != 0 &&
 					!TimestampDifferenceExceeds(db->failed_at[role], now, SLOT_WANTED_FRESH_MS))
 					wanted = true;
 			}

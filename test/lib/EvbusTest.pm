@@ -32,6 +32,10 @@
 #                             header_list => [ [name, value], ... ] }
 #                           (a null key/payload is undef; fewer than $n on
 #                           timeout)
+#   kafka_message_ids($topic, $n, $timeout)
+#                           the distinct cap-msg-ids of $topic, sorted, read
+#                           again every 0.1 s until at least $n are there or
+#                           $timeout s passed
 #   first_arrivals_by_key(@msgs)
 #                           for messages whose payloads carry "seq":
 #                           (\%seen seq => count, duplicates, whether per key
@@ -83,7 +87,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
 our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
-  wait_for_crash_restart kcat_consume java_consume java_produce new_node sqlstate_of
+  wait_for_crash_restart kcat_consume kafka_message_ids java_consume java_produce new_node sqlstate_of
   subscribe_recorder as_subscriber write_kafka_properties sasl_properties
   pgbench_script run_pgbench
   first_arrivals_by_key stage_keyed);
@@ -207,6 +211,20 @@ sub kcat_consume
 		sleep 0.5;
 	}
 	return @msgs;
+}
+
+sub kafka_message_ids
+{
+	my ($topic, $n, $timeout) = @_;
+	my $deadline = time() + $timeout;
+	my %ids;
+	while (1)
+	{
+		%ids = map { $_->{headers}{'cap-msg-id'} => 1 } kcat_consume($topic, 1000, 0);
+		last if keys %ids >= $n || time() >= $deadline;
+		sleep 0.1;
+	}
+	return sort keys %ids;
 }
 
 # A message produced again (same message id) arrives twice: per key, only

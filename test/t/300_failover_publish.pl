@@ -23,23 +23,6 @@ use Time::HiRes qw(time sleep);
 
 kafka_bootstrap();
 
-# the distinct cap-msg-ids in the whole of Kafka's topic, after waiting
-# until at least $n are there or $timeout s have passed (an event may be
-# there twice: published again by the new primary)
-sub kafka_ids
-{
-	my ($topic, $n, $timeout) = @_;
-	my $deadline = time() + $timeout;
-	my %ids;
-	while (1)
-	{
-		%ids = map { $_->{headers}{'cap-msg-id'} => 1 } kcat_consume($topic, 1000, 0);
-		last if keys %ids >= $n || time() >= $deadline;
-		sleep 0.5;
-	}
-	return sort keys %ids;
-}
-
 # scenario(name, wait): primary and standby; returns (ids in Kafka, ids
 # the promoted standby has, the old primary).
 sub scenario
@@ -62,7 +45,7 @@ sub scenario
 	# standby connected: published as usual
 	$primary->safe_psql('postgres',
 		q{INSERT INTO staged SELECT 1, evbus.publish('Ev', '{"n": 1}')});
-	my @ids = kafka_ids($topic, 1, 60);
+	my @ids = kafka_message_ids($topic, 1, 60);
 	is(scalar @ids, 1, "$name: event 1 published while the standby streams");
 	$primary->wait_for_catchup($standby_name);
 
@@ -80,7 +63,7 @@ sub scenario
 				    AND query LIKE 'waiting for standby%'}, 't', 30),
 			"$name: the publisher shows that it waits for the standby");
 		sleep 4;
-		@ids = kafka_ids($topic, 4, 2);
+		@ids = kafka_message_ids($topic, 4, 2);
 		is(scalar @ids, 1, "$name: nothing the standby lacks reaches Kafka");
 		like(
 			slurp_file($primary->logfile),
@@ -89,7 +72,7 @@ sub scenario
 	}
 	else
 	{
-		@ids = kafka_ids($topic, 4, 60);
+		@ids = kafka_message_ids($topic, 4, 60);
 		is(scalar @ids, 4, "$name: events 2..4 published before the standby has them");
 	}
 
@@ -104,7 +87,7 @@ sub scenario
 {
 	my ($new, $topic, $have) = scenario('nowait', 0);
 	my %have = map { $_ => 1 } @$have;
-	my @phantoms = grep { !$have{$_} } kafka_ids($topic, 4, 30);
+	my @phantoms = grep { !$have{$_} } kafka_message_ids($topic, 4, 30);
 	is(scalar @phantoms, 3,
 		'without evbus.wait_for_standbys Kafka holds 3 events the new primary lacks');
 	$new->stop;
@@ -124,7 +107,7 @@ sub scenario
 		'the publisher runs on the promoted standby');
 	ok(wait_for_sql($new, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 60),
 		'the new primary published everything it has');
-	my @ids = kafka_ids($topic, 10, 3);
+	my @ids = kafka_message_ids($topic, 10, 3);
 	my @phantoms = grep { !$have{$_} } @ids;
 	is(scalar @phantoms, 0, 'with evbus.wait_for_standbys no event in Kafka that the new primary lacks')
 	  or diag "phantoms: @phantoms";

@@ -39,27 +39,12 @@ $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
 $node->safe_psql('postgres',
 	'CREATE TABLE staged (n int PRIMARY KEY, message_id uuid NOT NULL)');
 
-# the distinct cap-msg-ids in Kafka's topic, once at least $n are there
-# or $timeout s have passed
-sub kafka_ids
-{
-	my ($n, $timeout) = @_;
-	my $deadline = time() + $timeout;
-	my %ids;
-	while (1)
-	{
-		%ids = map { $_->{headers}{'cap-msg-id'} => 1 } kcat_consume($topic, 1000, 0);
-		last if keys %ids >= $n || time() >= $deadline;
-		sleep 0.1;
-	}
-	return sort keys %ids;
-}
 
 # a first event, committed synchronously: the publisher runs and Kafka has
 # the topic
 $node->safe_psql('postgres',
 	q{INSERT INTO staged SELECT 0, evbus.publish('Ev', '{"n": 0}')});
-my @first = kafka_ids(1, 60);
+my @first = kafka_message_ids($topic, 1, 60);
 is(scalar @first, 1, 'a synchronously committed event is published');
 ok(wait_for_sql($node, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 30),
 	'and recorded as published');
@@ -71,7 +56,7 @@ $node->safe_psql('postgres',
 		map { "INSERT INTO staged SELECT $_, evbus.publish('Ev', '{\"n\": $_}');\n" }
 		  1 .. 3));
 my $lsn_after = $node->safe_psql('postgres', 'SELECT pg_current_wal_insert_lsn()');
-my @sent = kafka_ids(4, 20);
+my @sent = kafka_message_ids($topic, 4, 20);
 is(scalar @sent, 4, 'the asynchronously committed events are published');
 
 # whatever Kafka has of them must be on disk now: crash at once
@@ -80,7 +65,7 @@ $node->start;
 my @have = split /\n/,
   $node->safe_psql('postgres', 'SELECT message_id FROM staged ORDER BY n');
 my %have = map { $_ => 1 } @have;
-my @phantoms = grep { !$have{$_} } kafka_ids(4, 2);
+my @phantoms = grep { !$have{$_} } kafka_message_ids($topic, 4, 2);
 is(scalar @phantoms, 0, 'no event in Kafka that the database lost in the crash')
   or diag "phantoms: @phantoms (database has " . scalar(@have) . " events; insert LSN was $lsn_after)";
 is(scalar @have, 4, 'the database kept the 4 events whose events were published');
@@ -89,7 +74,7 @@ is(scalar @have, 4, 'the database kept the 4 events whose events were published'
 # beyond the same cap-msg-ids
 ok(wait_for_sql($node, 'postgres', 'SELECT count(*) = 0 FROM evbus.outbox', 't', 60),
 	'the outbox drains after the restart');
-my %kafka = map { $_ => 1 } kafka_ids(10, 3);
+my %kafka = map { $_ => 1 } kafka_message_ids($topic, 10, 3);
 is(scalar keys %kafka, scalar @have, 'Kafka holds exactly the database\'s events, by cap-msg-id');
 
 $node->stop;
