@@ -57,6 +57,7 @@ OBJS = \
 	src/received_message.o \
 	src/consumer_offsets.o \
 	src/consumer_pause.o \
+	src/consumer_positions.o \
 	src/pause.o \
 	src/replay.o \
 	src/kafka_offsets.o \

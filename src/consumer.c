@@ -60,7 +60,18 @@ typedef struct GroupConsumer
 	rd_kafka_topic_partition_list_t *to_commit; /* not yet told to Kafka */
 	XLogRecPtr	to_commit_lsn;	/* past the commit that stored them */
 	TimestampTz last_commit;
+	HTAB	   *positions;		/* the offsets expected (consumer_positions.c) */
+	bool		rebalanced;		/* the assignment changed in this poll */
 } GroupConsumer;
+
+/* A partition whose log began again: its first message came before expected. */
+typedef struct WentBack
+{
+	char	   *topic;
+	int32		partition;
+	int64		expected;
+	int64		offset;
+} WentBack;
 
 /*
  * Offsets are told to Kafka at most this often: one OffsetCommit per
@@ -162,10 +173,16 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 		elog(DEBUG1, "evbus: group \"%s\" assigned %s/%d at " INT64_FORMAT,
 			 gc->group, p->topic, p->partition, p->offset);
 	}
+	evbus_positions_forget(gc->positions);
+	for (i = 0; i < parts->cnt; i++)
+		if (parts->elems[i].offset >= 0)
+			evbus_position_advance(gc->positions, parts->elems[i].topic,
+								   parts->elems[i].partition, parts->elems[i].offset);
 	/* the lags of those it keeps stay known: no gap at each rebalance */
 	evbus_forget_high_watermarks(gc->group, topics, partitions, parts->cnt);
 	evbus_worker_commit();
 	rd_kafka_topic_partition_list_destroy(committed);
+	evbus_kafka_offsets_mark_starts(rk, parts);
 	rd_kafka_assign(rk, parts);
 	/* librdkafka forgets pauses: paused topics stay so (consumer_pause.c) */
 	evbus_partitions_pause(rk, parts, gc->paused, NULL);
@@ -240,6 +257,7 @@ rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	}
 	/* left set if an error ends the process in here */
 	in_rebalance = true;
+	gc->rebalanced = true;
 
 	/*
 	 * A termination waits until the rebalance is done (its queries are
@@ -311,6 +329,7 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 	gc->group = MemoryContextStrdup(TopMemoryContext, group);
 	gc->topics = MemoryContextStrdup(TopMemoryContext, topics);
 	gc->paused = MemoryContextStrdup(TopMemoryContext, "");
+	gc->positions = evbus_positions_create();
 	gc->settings = settings;
 	snprintf(client_id, sizeof(client_id), "evbus-%u-consumer", MyDatabaseId);
 	conf = evbus_kafka_conf_new(brokers, client_id, consumer_defaults, consumer_forced);
@@ -612,6 +631,7 @@ consumer_free(GroupConsumer *gc, bool keep_lags)
 		evbus_forget_high_watermarks(gc->group, NULL, NULL, 0);
 		evbus_worker_commit();
 	}
+	hash_destroy(gc->positions);
 	pfree(gc->group);
 	pfree(gc->topics);
 	pfree(gc->paused);
@@ -774,6 +794,34 @@ still_assigned(rd_kafka_topic_partition_list_t *assignment, const char *topic, i
 }
 
 /*
+ * forget_old_logs --- the partitions of went_back (WentBack) had their
+ * first message of a poll before the offset expected there: their logs
+ * began again (consumer_positions.c).  In a transaction of its own,
+ * before the poll's messages are handled, the database forgets their old
+ * logs from those messages on, and the server log says so.
+ */
+static void
+forget_old_logs(GroupConsumer *gc, List *went_back)
+{
+	ListCell   *lc;
+
+	evbus_worker_begin(evbus_consumers_let_go);
+	foreach(lc, went_back)
+	{
+		WentBack   *w = lfirst(lc);
+		uint64		forgotten = evbus_forget_partition_log(gc->group, w->topic,
+														   w->partition, w->offset);
+
+		ereport(WARNING,
+				(errmsg("evbus: group \"%s\": %s[%d] went back from offset " INT64_FORMAT " to " INT64_FORMAT ": its log began again",
+						gc->group, w->topic, w->partition, w->expected, w->offset),
+				 errdetail("Kafka no longer had offset " INT64_FORMAT " and gave its messages from offset " INT64_FORMAT " on: the topic was deleted and created again, or the partition's log was truncated. They are handled as new messages; the inbox forgot the " UINT64_FORMAT " messages without a cap-msg-id it had handled at those offsets.",
+						   w->expected, w->offset, forgotten)));
+	}
+	evbus_worker_commit();
+}
+
+/*
  * evbus_consumers_poll --- receive and handle up to POLL_BATCH messages
  * per group.  Returns true if a group may have more waiting.  Sets
  * *left_pending when messages were left pending (retry, or waiting for
@@ -805,7 +853,9 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 		int			i;
 		rd_kafka_topic_partition_list_t *assignment = NULL;
 		rd_kafka_topic_partition_list_t *commit;
+		List	   *went_back = NIL;
 
+		gc->rebalanced = false;
 		while (n < POLL_BATCH)
 		{
 			rd_kafka_message_t *km = rd_kafka_consumer_poll(gc->rk, 0);
@@ -851,6 +901,7 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 			{
 				int64_t		lo;
 				int64_t		hi;
+				int64		expected;
 
 				offsets[j].topic = msgs[i].topic;
 				offsets[j].partition = msgs[i].partition;
@@ -860,11 +911,28 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 												   &lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR &&
 					hi >= 0 ? hi : -1;
 				noffsets++;
+				if (!gc->rebalanced &&
+					evbus_position_went_back(gc->positions, msgs[i].topic, msgs[i].partition,
+											 msgs[i].offset, &expected))
+				{
+					WentBack   *w = palloc(sizeof(WentBack));
+
+					w->topic = msgs[i].topic;
+					w->partition = msgs[i].partition;
+					w->expected = expected;
+					w->offset = msgs[i].offset;
+					went_back = lappend(went_back, w);
+				}
 			}
 			offsets[j].next_offset = msgs[i].offset + 1;
 		}
 		if (assignment)
 			rd_kafka_topic_partition_list_destroy(assignment);
+		if (went_back != NIL)
+			forget_old_logs(gc, went_back);
+		for (i = 0; i < noffsets; i++)
+			evbus_position_advance(gc->positions, offsets[i].topic, offsets[i].partition,
+								   offsets[i].next_offset);
 
 		if (kept > 0)
 		{
@@ -987,8 +1055,9 @@ evbus_consumers_report_watermarks(void)
 
 /*
  * evbus_consumer_for_replay --- the Kafka consumer of group, or NULL.  A
- * replay (replay.c) is about to rewind the group's stored offsets: the
- * offsets not yet told to Kafka, ahead of those, are forgotten.
+ * replay (replay.c) is about to rewind the group's stored offsets and seek
+ * its consumer back: the offsets not yet told to Kafka, ahead of those,
+ * and the positions the consumer expected are forgotten.
  */
 rd_kafka_t *
 evbus_consumer_for_replay(const char *group)
@@ -1001,6 +1070,7 @@ evbus_consumer_for_replay(const char *group)
 
 		if (strcmp(gc->group, group) != 0)
 			continue;
+		evbus_positions_forget(gc->positions);
 		if (gc->to_commit)
 		{
 			rd_kafka_topic_partition_list_destroy(gc->to_commit);

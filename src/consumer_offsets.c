@@ -7,9 +7,10 @@
  * The database, not Kafka, owns the offsets: a batch's next offsets are
  * stored in the transaction that handles it (inbox.c), so handler effects,
  * inbox and offsets commit together, and a partition assigned to the
- * consumer starts where the database says (consumer.c).  A stored offset
- * never moves backwards.  The high watermarks only serve the lag shown in
- * evbus.stats.
+ * consumer starts where the database says (consumer.c).  A handled batch
+ * never moves a stored offset backwards; a replay (replay.c) and a
+ * partition's new log (evbus_forget_partition_log) do.  The high
+ * watermarks only serve the lag shown in evbus.stats.
  *
  * Every function here runs inside its caller's transaction, with SPI
  * connected; none opens one.
@@ -194,4 +195,47 @@ evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n)
 		evbus_metrics_set_lag(group, hwm[i].topic, lag);
 	}
 	pfree(lags);
+}
+
+/*
+ * evbus_forget_partition_log --- group's partition topic[partition] has a
+ * new log from offset from on, whose offsets the old log had used too
+ * (consumer_positions.c, kafka_offsets.c): its stored offset goes back
+ * to from, and the inbox forgets the handled messages without an id that
+ * it read at those offsets in the old log, whose de-duplication keys
+ * ("topic/partition/offset") the new log's messages would otherwise be
+ * taken for (test 308_new_partition_log.pl).  A message of the old log
+ * still pending or dead keeps its row and its key.  Returns how many
+ * messages the inbox forgot.
+ */
+uint64
+evbus_forget_partition_log(const char *group, const char *topic, int32 partition,
+						   int64 from)
+{
+	Oid			types[6] = {TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID, TEXTOID};
+	Datum		values[6];
+
+	values[0] = CStringGetTextDatum(group);
+	values[1] = CStringGetTextDatum(topic);
+	values[2] = Int32GetDatum(partition);
+	values[3] = Int64GetDatum(from);
+	/* a Kafka topic name has no '/': the keys of the partition, as a range */
+	values[4] = CStringGetTextDatum(psprintf("%s/%d/", topic, partition));
+	values[5] = CStringGetTextDatum(psprintf("%s/%d0", topic, partition));
+	evbus_spi_exec("UPDATE evbus.consumer_offsets SET next_offset = $4, high_watermark = NULL,"
+				   " updated_at = pg_catalog.now()"
+				   " WHERE group_name OPERATOR(pg_catalog.=) $1"
+				   " AND topic OPERATOR(pg_catalog.=) $2"
+				   " AND kafka_partition OPERATOR(pg_catalog.=) $3",
+				   6, types, values, NULL, SPI_OK_UPDATE);
+	evbus_spi_exec("DELETE FROM evbus.inbox"
+				   " WHERE group_name OPERATOR(pg_catalog.=) $1"
+				   " AND dedup_key OPERATOR(pg_catalog.>=) ($5 COLLATE \"C\")"
+				   " AND dedup_key OPERATOR(pg_catalog.<) ($6 COLLATE \"C\")"
+				   " AND topic OPERATOR(pg_catalog.=) $2"
+				   " AND kafka_partition OPERATOR(pg_catalog.=) $3"
+				   " AND kafka_offset OPERATOR(pg_catalog.>=) $4"
+				   " AND message_id IS NULL AND state OPERATOR(pg_catalog.=) 'handled'",
+				   6, types, values, NULL, SPI_OK_DELETE);
+	return SPI_processed;
 }

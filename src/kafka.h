@@ -51,6 +51,8 @@ extern rd_kafka_resp_err_t evbus_kafka_offsets_committed(rd_kafka_t *rk,
 extern bool evbus_kafka_offsets_commit(rd_kafka_t *rk,
 									   rd_kafka_topic_partition_list_t *list,
 									   XLogRecPtr lsn, long wait_ms, long answer_ms);
+extern void evbus_kafka_offsets_mark_starts(rd_kafka_t *rk,
+											const rd_kafka_topic_partition_list_t *parts);
 extern int64 evbus_partition_start_offset(const char *group,
 										  const rd_kafka_topic_partition_t *p,
 										  const rd_kafka_topic_partition_t *committed);

@@ -181,10 +181,58 @@ evbus_kafka_offsets_commit(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list
 }
 
 /*
+ * How long an assignment waits for the embedded broker to take its start
+ * offsets (evbus_kafka_offsets_mark_starts).
+ */
+#define MARK_ANSWER_MS 5000
+
+/*
+ * evbus_kafka_offsets_mark_starts --- with the embedded broker, commit the
+ * start offset of each partition of parts (the beginning as 0) and wait
+ * for the answer, at most MARK_ANSWER_MS; outside any transaction, before
+ * the partitions are assigned.  From then on, for as long as that broker
+ * runs, it holds an offset of the group for every partition this database
+ * consumed there, also when the consumer stopped before it committed one
+ * of its own: a partition it holds no offset for is of a broker started
+ * since (evbus_partition_start_offset).
+ */
+void
+evbus_kafka_offsets_mark_starts(rd_kafka_t *rk, const rd_kafka_topic_partition_list_t *parts)
+{
+	rd_kafka_topic_partition_list_t *list;
+	int			i;
+
+	if (parts->cnt == 0 || strcmp(evbus_brokers, EVBUS_EMBEDDED) != 0)
+		return;
+	list = rd_kafka_topic_partition_list_new(parts->cnt);
+	for (i = 0; i < parts->cnt; i++)
+		rd_kafka_topic_partition_list_add(list, parts->elems[i].topic,
+										  parts->elems[i].partition)->offset =
+			Max(parts->elems[i].offset, 0);
+	tag_offsets(list);
+	commit_and_wait(rk, list, MARK_ANSWER_MS);
+	rd_kafka_topic_partition_list_destroy(list);
+}
+
+/*
  * evbus_partition_start_offset --- where an assigned partition p of group
  * starts, given Kafka's committed offset (NULL when it could not be read);
  * inside the assignment's transaction, after
  * evbus_kafka_offsets_name_database.
+ *
+ * The embedded broker's logs and offsets begin again with each server
+ * start: a stored offset it holds none beside is of an earlier log
+ * (evbus_kafka_offsets_mark_starts), which the new one may have grown
+ * past before this assignment.  Starting there
+ * would skip the new log's messages below it: p starts at its beginning
+ * instead, and the database forgets the old log
+ * (evbus_forget_partition_log; test 308_new_partition_log.pl).  With a
+ * real Kafka no offset there tells nothing: Kafka also forgets the
+ * offsets of a group idle longer than offsets.retention.minutes.  A
+ * stored offset past the end of a new log is found when librdkafka goes
+ * back to the log's beginning (consumer_positions.c); one that the new log
+ * has grown past cannot be told from the old log's (librdkafka 2.0 gives
+ * no topic ids).
  */
 int64
 evbus_partition_start_offset(const char *group, const rd_kafka_topic_partition_t *p,
@@ -194,6 +242,14 @@ evbus_partition_start_offset(const char *group, const rd_kafka_topic_partition_t
 	int64		kafka = committed ? committed->offset : -1;
 	int64		start;
 
+	if (committed && committed->err == RD_KAFKA_RESP_ERR_NO_ERROR && kafka < 0 &&
+		stored > 0 && strcmp(evbus_brokers, EVBUS_EMBEDDED) == 0)
+	{
+		elog(DEBUG1, "evbus: group \"%s\": %s[%d] of the embedded broker starts at its beginning, not at the stored offset " INT64_FORMAT,
+			 group, p->topic, p->partition, stored);
+		(void) evbus_forget_partition_log(group, p->topic, p->partition, 0);
+		stored = -1;
+	}
 	if (committed && kafka > stored && committed_by_us(committed))
 	{
 		ereport(LOG,
