@@ -44,7 +44,9 @@ evbus_kafka_error_is_permanent(rd_kafka_resp_err_t err)
  * CA file, but a broker reached by a name its certificate does not carry
  * fails the same check (test 066).  A client key or keystore that cannot
  * be opened gets an OpenSSL error code ("PEM lib", "mac verify failure")
- * that does not say a wrong password is the likely cause (test 067).
+ * that does not say a wrong password is the likely cause (test 067).  A
+ * consumer's offset reset does not say that messages may be lost (test
+ * 308).
  */
 const char *
 evbus_kafka_error_hint(const char *text)
@@ -58,6 +60,10 @@ evbus_kafka_error_hint(const char *text)
 	if (strstr(text, "ssl.keystore.location"))
 		return "Check that the server can read the file of ssl.keystore.location in evbus.kafka_config_file, "
 			"that it is a PKCS#12 keystore, and that ssl.keystore.password is its password.";
+	if (strstr(text, "offset reset (at offset"))
+		return "The partition no longer has the offset the consumer was at. Before the start of its log: Kafka deleted "
+			"those messages (retention, DeleteRecords) before this database read them, and they are lost to it. "
+			"Past its end: the topic was deleted and created again.";
 	return NULL;
 }
 
@@ -67,6 +73,10 @@ evbus_kafka_error_hint(const char *text)
  * Logs are forwarded to the main queue (log.queue=true), so this runs in
  * the worker's own thread from rd_kafka_poll(), where ereport is safe.
  * librdkafka redacts sensitive properties in its own log lines.
+ *
+ * A consumer's offset reset (a partition that no longer has the offset
+ * the consumer was at) is a WARNING: messages may be lost to this
+ * database (test 308_new_partition_log.pl).
  *
  * Two lines are about the gap-less guarantee that evbus sets on purpose
  * (producer.c) and are left out: the warning, at every producer start,
@@ -84,7 +94,8 @@ evbus_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 	if ((strcmp(fac, "CONFWARN") == 0 && strstr(buf, "enable.gapless.guarantee")) ||
 		(strcmp(fac, "FATAL") == 0 && strstr(buf, "Gap-less ordering")))
 		return;
-	if (level <= 3)				/* LOG_ERR and worse */
+	if (level <= 3 ||			/* LOG_ERR and worse */
+		(strcmp(fac, "OFFSET") == 0 && strstr(buf, "offset reset (at offset")))
 		elevel = WARNING;
 	else if (level <= 5)		/* LOG_WARNING, LOG_NOTICE */
 		elevel = LOG;

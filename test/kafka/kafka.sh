@@ -95,6 +95,12 @@
 #       broker; e.g. `kafka.sh acls DIR --add --deny-principal User:evbus
 #       --operation Write --topic t`.
 #
+#   delete-records DIR ARGS...
+#       org.apache.kafka.tools.DeleteRecordsCommand (kafka-delete-records.sh)
+#       against the broker; e.g. `kafka.sh delete-records DIR
+#       --offset-json-file f.json` deletes a partition's messages below an
+#       offset, as retention does.
+#
 # Environment: EVBUS_KAFKA_LIBS (jar dir), JAVA_HOME, EVBUS_KAFKA_HEAP_OPTS
 # (broker heap, default "-Xms256m -Xmx512m"), EVBUS_KAFKA_START_TIMEOUT,
 # EVBUS_KAFKA_STOP_TIMEOUT.  Needs: java 17+ and its keytool, openssl, mvn (fetch
@@ -610,6 +616,7 @@ main() {
 	topics) admin_tool org.apache.kafka.tools.TopicCommand "$@" ;;
 	configs) admin_tool kafka.admin.ConfigCommand "$@" ;;
 	acls) admin_tool org.apache.kafka.tools.AclCommand "$@" ;;
+	delete-records) admin_tool org.apache.kafka.tools.DeleteRecordsCommand "$@" ;;
 	*) usage ;;
 	esac
 }

@@ -21,8 +21,8 @@
 #   kafka_kill()            SIGKILL the broker (a crash)
 #   kafka_start()           (re)start it: same port, same data; returns address
 #   kafka_admin($tool, @args)
-#                           kafka.sh topics|configs: TopicCommand or
-#                           ConfigCommand against the broker
+#                           kafka.sh topics|configs|acls|delete-records:
+#                           Kafka's command of that name against the broker
 #   kcat_consume($topic, $n, $timeout)
 #                           the first $n messages of $topic read from the
 #                           beginning with kcat (librdkafka), retrying until
@@ -99,8 +99,8 @@ sub kafka_sh
 	  || File::Spec->rel2abs(dirname(__FILE__) . '/../kafka/kafka.sh');
 }
 
-# kafka_admin('topics' | 'configs', @args): run TopicCommand or
-# ConfigCommand against the broker; dies on failure.
+# kafka_admin('topics' | 'configs' | 'acls' | 'delete-records', @args): run
+# Kafka's command of that name against the broker; dies on failure.
 sub kafka_admin
 {
 	my ($tool, @args) = @_;

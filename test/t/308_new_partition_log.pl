@@ -11,6 +11,9 @@
 #    server log says so (WARNING), the stored offset follows, and the new
 #    log's foreign messages, at offsets the inbox knew from the old one,
 #    are handled.
+#  - Messages Kafka deleted (DeleteRecords, as retention does) before the
+#    consumer read them: librdkafka's offset reset is a WARNING whose hint
+#    says that they are lost to this database.
 use strict;
 use warnings;
 
@@ -19,8 +22,8 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time sleep);
 
-# the subscriber's table and handler in node's database postgres: got(n,
-# foreign) for each message handled
+# the subscriber's table and handler in node's database postgres, made
+# once: got(n, foreign) for each message handled; subscribed to $event
 sub subscribe_got
 {
 	my ($node, $event) = @_;
@@ -30,8 +33,8 @@ sub subscribe_got
 			evbus.resume_subscription(text, regprocedure, text) TO evbus_app});
 	$node->safe_psql(
 		'postgres', $app . qq{
-CREATE TABLE got (n int, foreign_message boolean);
-CREATE PROCEDURE got_one(payload jsonb, headers jsonb) LANGUAGE sql AS
+CREATE TABLE IF NOT EXISTS got (n int, foreign_message boolean);
+CREATE OR REPLACE PROCEDURE got_one(payload jsonb, headers jsonb) LANGUAGE sql AS
 	\$\$ INSERT INTO public.got VALUES ((payload->>'n')::int, NOT headers ? 'cap-msg-id') \$\$;
 SELECT evbus.subscribe('$event', 'got_one(jsonb, jsonb)');
 });
@@ -133,6 +136,31 @@ sub kcat_produce_foreign
 			qq{SELECT next_offset FROM evbus.consumer_offsets WHERE topic = '$topic' AND kafka_partition = 0},
 			'2', 30),
 		'and the stored offset follows the new log');
+
+	# --- messages Kafka deleted before the consumer read them ---------------------
+	my $gone = "${prefix}Deleted";
+	kafka_admin('topics', '--create', '--topic', $gone, '--partitions', '1');
+	my $app = subscribe_got($node, 'Deleted');
+	kcat_produce_foreign(kafka_bootstrap(), $gone, 11, 12);
+	ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM got WHERE n > 10', '2', 60),
+		'two messages of another topic handled');
+	is($node->safe_psql('postgres', $app . q{SELECT evbus.pause_subscription('Deleted')}),
+		'1', 'its subscription paused');
+	sleep 2;    # the consumer notices within its next pass
+	kcat_produce_foreign(kafka_bootstrap(), $gone, 13, 14, 15);
+	my $json = "$PostgreSQL::Test::Utils::tmp_check/t308_delete.json";
+	open(my $fh, '>', $json) or die "cannot write $json: $!";
+	print $fh qq({"partitions": [{"topic": "$gone", "partition": 0, "offset": 4}], "version": 1}\n);
+	close $fh;
+	kafka_admin('delete-records', '--offset-json-file', $json);
+	is($node->safe_psql('postgres', $app . q{SELECT evbus.resume_subscription('Deleted')}),
+		'1', 'resumed after Kafka deleted the messages at offsets 2 and 3 (unread)');
+	ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM got WHERE n > 10', '3', 60),
+		'the message left at offset 4 is handled');
+	ok( $node->log_contains(
+			qr/WARNING:  evbus: kafka OFFSET: .*\Q$gone\E \[0\]: offset reset \(at offset 2.*\n.*HINT:  The partition no longer has the offset the consumer was at\. Before the start of its log: Kafka deleted those messages/
+		),
+		'the server log says that messages may be lost, as a WARNING with a hint');
 	$node->stop;
 }
 
