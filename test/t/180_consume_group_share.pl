@@ -155,5 +155,8 @@ is( count_in('east', "SELECT count(*) FROM evbus.inbox WHERE group_name = '$grou
 	  + count_in('west', "SELECT count(*) FROM evbus.inbox WHERE group_name = '$group' AND state = 'handled'"),
 	$published, 'the two inboxes together hold every event once');
 
+ok(!$node->log_contains(qr/went back from offset/),
+	'the rebalances are not taken for a partition whose log began again');
+
 $node->stop;
 done_testing();

@@ -133,5 +133,8 @@ stage(31, 35);
 ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM log}, '45', 60), 'new messages are handled');
 is(sql(q{SELECT count(*) FROM log WHERE seq > 30 AND replay IS NULL}), '5', 'once, without evbus-replay');
 
+ok(!$node->log_contains(qr/went back from offset/),
+	'the replays\' seeks back are not taken for a partition whose log began again');
+
 $node->stop;
 done_testing();
