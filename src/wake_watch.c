@@ -10,8 +10,9 @@
  * partitions to a client of its own, without joining any group (assign,
  * never subscribe; it commits nothing), each from the lowest offset any
  * idle database left for it, and wakes every database whose offset the
- * first message there reaches: the launcher then starts its consumer,
- * which joins its group and reads from its stored offsets as always.
+ * first message there reaches (every one, when the partition's log began
+ * again: wake_watchers): the launcher then starts its consumer, which
+ * joins its group and reads from its stored offsets as always.
  * Errors (a topic that does not exist yet, a broker down) wake no one:
  * librdkafka keeps trying, and a topic's first message wakes its
  * watchers once it exists.
@@ -173,18 +174,30 @@ watch_create(uint64 settings)
 	return true;
 }
 
-/* Wake the idle consumers watching (topic, partition) up to offset. */
+/*
+ * wake_watchers --- a message at offset in (topic, partition): wake the
+ * idle consumers watching it up to offset.  A message before the lowest
+ * offset watched there, where the client started, means that the
+ * partition no longer had that offset and the client went back to its
+ * beginning: its log began again (a topic deleted and created again), and
+ * every consumer watching it wakes, to read the new log
+ * (consumer_positions.c; test 308_new_partition_log.pl).
+ */
 static void
 wake_watchers(const char *topic, int32 partition, int64 offset)
 {
+	int64		lowest = PG_INT64_MAX;
 	int			i;
 
+	for (i = 0; i < nwatches; i++)
+		if (watches[i].partition == partition && strcmp(watches[i].topic, topic) == 0)
+			lowest = Min(lowest, watches[i].offset);
 	for (i = 0; i < nwatches; i++)
 	{
 		EvbusWatch *w = &watches[i];
 
 		if (w->dboid != InvalidOid && w->partition == partition &&
-			w->offset <= offset && strcmp(w->topic, topic) == 0)
+			(w->offset <= offset || offset < lowest) && strcmp(w->topic, topic) == 0)
 		{
 			elog(DEBUG1, "evbus: a message in %s[%d] at offset " INT64_FORMAT " wakes the consumer of database %u",
 				 topic, partition, offset, w->dboid);

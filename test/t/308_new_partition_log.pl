@@ -11,6 +11,9 @@
 #    server log says so (WARNING), the stored offset follows, and the new
 #    log's foreign messages, at offsets the inbox knew from the old one,
 #    are handled.
+#  - The same while the consumer is idle: the launcher's watch of its
+#    partition, past the end of the new log, wakes it at the new log's
+#    first message.
 #  - Messages Kafka deleted (DeleteRecords, as retention does) before the
 #    consumer read them: librdkafka's offset reset is a WARNING whose hint
 #    says that they are lost to this database.
@@ -49,6 +52,38 @@ sub kcat_produce_foreign
 	  or die "cannot run kcat: $!";
 	print $fh qq({"n": $_}\n) for @n;
 	close $fh or die "kcat -P failed: $?";
+}
+
+# a node on the test broker consuming the topic of one partition
+# PREFIX.EVENT (created first), its foreign messages N produced into it
+# and handled; returns (node, topic)
+sub kafka_node_with
+{
+	my ($name, $prefix, $event, $conf, @n) = @_;
+	my $topic = "$prefix$event";
+	kafka_admin('topics', '--create', '--topic', $topic, '--partitions', '1');
+	my $node = new_node($name, kafka => 1, conf => [ "evbus.topic_prefix = '$prefix'", @$conf ]);
+	$node->safe_psql('postgres', 'CREATE EXTENSION evbus');
+	subscribe_got($node, $event);
+	kcat_produce_foreign(kafka_bootstrap(), $topic, @n);
+	ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM got', scalar(@n), 60),
+		scalar(@n) . ' foreign messages handled');
+	return ($node, $topic);
+}
+
+# delete the topic, create it again (unless the consumer did already),
+# produce foreign messages N into it, and check that node handled them,
+# each once, after those it had
+sub recreate_and_check
+{
+	my ($node, $topic, $had, @n) = @_;
+	kafka_admin('topics', '--delete', '--topic', $topic);
+	kafka_admin('topics', '--create', '--if-not-exists', '--topic', $topic, '--partitions', '1');
+	kcat_produce_foreign(kafka_bootstrap(), $topic, @n);
+	ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM got', scalar(@$had) + scalar(@n), 60),
+		"the new log's foreign messages, at offsets 0 to " . $#n . ', are handled');
+	is($node->safe_psql('postgres', q{SELECT string_agg(n::text, ',' ORDER BY n) FROM got}),
+		join(',', @$had, @n), 'each once');
 }
 
 # --- the embedded broker after a restart ---------------------------------------------
@@ -100,18 +135,8 @@ sub kcat_produce_foreign
 {
 	kafka_bootstrap();
 	my $prefix = "t308.$$.";
-	my $topic = "${prefix}Gone";
-	kafka_admin('topics', '--create', '--topic', $topic, '--partitions', '1');
-	my $node = new_node(
-		'newlog_kafka',
-		kafka => 1,
-		conf => [ "evbus.topic_prefix = '$prefix'", "evbus.group_name = 't308_$$'" ]);
-	$node->safe_psql('postgres', 'CREATE EXTENSION evbus');
-	subscribe_got($node, 'Gone');
-
-	java_produce($topic, map { "\\N\t\\N\t{\"n\": $_}" } 1 .. 3);
-	ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM got', '3', 60),
-		'three foreign messages handled');
+	my ($node, $topic) =
+	  kafka_node_with('newlog_kafka', $prefix, 'Gone', ["evbus.group_name = 't308_$$'"], 1 .. 3);
 	ok( wait_for_sql(
 			$node, 'postgres',
 			qq{SELECT next_offset FROM evbus.consumer_offsets WHERE topic = '$topic'}, '3', 30),
@@ -119,14 +144,7 @@ sub kcat_produce_foreign
 
 	# the consumer's metadata requests create the topic again at once, with
 	# the broker's 3 partitions (allow.auto.create.topics)
-	kafka_admin('topics', '--delete', '--topic', $topic);
-	kafka_admin('topics', '--create', '--if-not-exists', '--topic', $topic, '--partitions', '1');
-	kcat_produce_foreign(kafka_bootstrap(), $topic, 4, 5);
-
-	ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM got', '5', 60),
-		'the foreign messages of the new log, at offsets 0 and 1, are handled');
-	is($node->safe_psql('postgres', q{SELECT string_agg(n::text, ',' ORDER BY n) FROM got}),
-		'1,2,3,4,5', 'each once');
+	recreate_and_check($node, $topic, [ 1 .. 3 ], 4, 5);
 	ok( $node->log_contains(
 			qr/WARNING:  evbus: group "t308_$$": \Q$topic\E\[0\] went back from offset 3 to 0: its log began again/
 		),
@@ -161,6 +179,20 @@ sub kcat_produce_foreign
 			qr/WARNING:  evbus: kafka OFFSET: .*\Q$gone\E \[0\]: offset reset \(at offset 2.*\n.*HINT:  The partition no longer has the offset the consumer was at\. Before the start of its log: Kafka deleted those messages/
 		),
 		'the server log says that messages may be lost, as a WARNING with a hint');
+	$node->stop;
+}
+
+# --- a topic deleted and created again while its consumer is idle ---------------------
+{
+	my ($node, $topic) =
+	  kafka_node_with('newlog_idle', "t308i.$$.", 'Idle', ["evbus.idle_timeout = '2s'"], 21 .. 23);
+	ok( wait_for_sql(
+			$node, 'postgres',
+			q{SELECT state FROM evbus.worker_status() WHERE worker = 'consumer'}, 'idle', 60),
+		'the consumer goes idle, the launcher watching its partition from offset 3');
+
+	# the launcher's watch wakes the consumer at the first of them
+	recreate_and_check($node, $topic, [ 21 .. 23 ], 24, 25);
 	$node->stop;
 }
 
