@@ -222,17 +222,16 @@ evbus_kafka_offsets_mark_starts(rd_kafka_t *rk, const rd_kafka_topic_partition_l
  *
  * The embedded broker's logs and offsets begin again with each server
  * start: a stored offset it holds none beside is of an earlier log
- * (evbus_kafka_offsets_mark_starts), which the new one may have grown
- * past before this assignment.  Starting there
- * would skip the new log's messages below it: p starts at its beginning
- * instead, and the database forgets the old log
- * (evbus_forget_partition_log; test 308_new_partition_log.pl).  With a
- * real Kafka no offset there tells nothing: Kafka also forgets the
- * offsets of a group idle longer than offsets.retention.minutes.  A
- * stored offset past the end of a new log is found when librdkafka goes
- * back to the log's beginning (consumer_positions.c); one that the new log
- * has grown past cannot be told from the old log's (librdkafka 2.0 gives
- * no topic ids).
+ * (evbus_kafka_offsets_mark_starts), which the new one may have grown past
+ * before this assignment.  Starting there would skip the new log's
+ * messages below it: p starts at its beginning instead, and the database
+ * forgets the old log (evbus_forget_partition_log; test
+ * 308_new_partition_log.pl).  With a real Kafka no offset there tells
+ * nothing: Kafka also forgets the offsets of a group idle longer than
+ * offsets.retention.minutes.  A stored offset past the end of a new log
+ * is found when librdkafka goes back to the log's beginning
+ * (consumer_positions.c); one that the new log has grown past cannot be
+ * told from the old log's (librdkafka 2.0 gives no topic ids).
  */
 int64
 evbus_partition_start_offset(const char *group, const rd_kafka_topic_partition_t *p,
