@@ -75,7 +75,8 @@ evbus_kafka_error_hint(const char *text)
  * librdkafka redacts sensitive properties in its own log lines.
  *
  * A consumer's offset reset (a partition that no longer has the offset
- * the consumer was at) is a WARNING: messages may be lost to this
+ * the consumer was at) is a WARNING, counted in
+ * evbus_consume_offset_resets_total: messages may be lost to this
  * database (test 308_new_partition_log.pl).
  *
  * Two lines are about the gap-less guarantee that evbus sets on purpose
@@ -90,12 +91,16 @@ evbus_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 {
 	int			elevel;
 	const char *hint = evbus_kafka_error_hint(buf);
+	bool		offset_reset;
 
 	if ((strcmp(fac, "CONFWARN") == 0 && strstr(buf, "enable.gapless.guarantee")) ||
 		(strcmp(fac, "FATAL") == 0 && strstr(buf, "Gap-less ordering")))
 		return;
-	if (level <= 3 ||			/* LOG_ERR and worse */
-		(strcmp(fac, "OFFSET") == 0 && strstr(buf, "offset reset (at offset")))
+	offset_reset = strcmp(fac, "OFFSET") == 0 && strstr(buf, "offset reset (at offset");
+	if (offset_reset && rd_kafka_type(rk) == RD_KAFKA_CONSUMER)
+		evbus_metrics_offset_reset();
+	/* LOG_ERR and worse, and a consumer offset reset: messages may be lost */
+	if (level <= 3 || offset_reset)
 		elevel = WARNING;
 	else if (level <= 5)		/* LOG_WARNING, LOG_NOTICE */
 		elevel = LOG;

@@ -100,6 +100,8 @@ typedef struct MetricsDb
 	bool		outbox_known;
 	int64		outbox_depth;
 	TimestampTz oldest_staged_at;	/* 0: the outbox is empty */
+	uint64		offset_resets;	/* the consumer's offset gone: librdkafka's
+								 * offset resets */
 } MetricsDb;
 
 typedef struct MetricsShared
@@ -438,6 +440,25 @@ evbus_metrics_broker_stats(int role, const char *json)
 	evbus_metrics_broker(role, strstr(json, "\"state\":\"UP\"") != NULL);
 }
 
+/*
+ * evbus_metrics_offset_reset --- a partition no longer had the offset this
+ * database's consumer was at, and librdkafka moved it to the log's
+ * beginning: Kafka deleted messages before the consumer read them, or the
+ * log began again (kafka_errors.c; test 308_new_partition_log.pl).
+ * Counted at once: there is no transaction to wait for.
+ */
+void
+evbus_metrics_offset_reset(void)
+{
+	MetricsDb  *e = entry_for();
+
+	if (e == NULL)
+		return;
+	SpinLockAcquire(&e->mutex);
+	e->offset_resets++;
+	SpinLockRelease(&e->mutex);
+}
+
 /* The worker of role has no Kafka client (no brokers set, or it left). */
 void
 evbus_metrics_broker_unknown(int role)
@@ -714,6 +735,8 @@ evbus_metrics(PG_FUNCTION_ARGS)
 			 NULL, NULL, (double) copy.counts.retried);
 		emit(&out, "evbus_consume_dead_total", "counter", "consumer", NULL, NULL,
 			 NULL, NULL, (double) copy.counts.consume_dead);
+		emit(&out, "evbus_consume_offset_resets_total", "counter", "consumer", NULL, NULL,
+			 NULL, NULL, (double) copy.offset_resets);
 		for (l = 0; l < nlags; l++)
 			if (lags[l].dboid == copy.dboid)
 				emit(&out, "evbus_consumer_lag", "gauge", "consumer",

@@ -16,7 +16,8 @@
 #    first message.
 #  - Messages Kafka deleted (DeleteRecords, as retention does) before the
 #    consumer read them: librdkafka's offset reset is a WARNING whose hint
-#    says that they are lost to this database.
+#    says that they are lost to this database, and is counted in
+#    evbus.metrics().
 use strict;
 use warnings;
 
@@ -179,6 +180,10 @@ sub recreate_and_check
 			qr/WARNING:  evbus: kafka OFFSET: .*\Q$gone\E \[0\]: offset reset \(at offset 2.*\n.*HINT:  The partition no longer has the offset the consumer was at\. Before the start of its log: Kafka deleted those messages/
 		),
 		'the server log says that messages may be lost, as a WARNING with a hint');
+	cmp_ok(
+		$node->safe_psql('postgres',
+			q{SELECT sum(value) FROM evbus.metrics() WHERE metric = 'evbus_consume_offset_resets_total'}),
+		'>=', 2, 'evbus_consume_offset_resets_total counts the resets of both topics');
 	$node->stop;
 }
 
