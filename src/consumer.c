@@ -61,7 +61,7 @@ typedef struct GroupConsumer
 	XLogRecPtr	to_commit_lsn;	/* past the commit that stored them */
 	TimestampTz last_commit;
 	HTAB	   *positions;		/* the offsets expected (consumer_positions.c) */
-	bool		rebalanced;		/* the assignment changed in this poll */
+	bool		rebalanced;		/* the assignment changed (rebalance_cb) */
 } GroupConsumer;
 
 /* A partition whose log began again: its first message came before expected. */
@@ -853,6 +853,10 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 		int			i;
 		rd_kafka_topic_partition_list_t *assignment = NULL;
 		rd_kafka_topic_partition_list_t *commit;
+		int			since_assigned = 0; /* msgs[i >= it]: after the last
+										 * rebalance of this poll */
+		bool	   *checked = palloc0(sizeof(bool) * POLL_BATCH);
+		int64	   *position = palloc(sizeof(int64) * POLL_BATCH);
 		List	   *went_back = NIL;
 
 		gc->rebalanced = false;
@@ -860,6 +864,12 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 		{
 			rd_kafka_message_t *km = rd_kafka_consumer_poll(gc->rk, 0);
 
+			/* the assignment changed in there: on_assign set the positions */
+			if (gc->rebalanced)
+			{
+				since_assigned = n;
+				gc->rebalanced = false;
+			}
 			if (km == NULL)
 				break;
 			if (km->err)
@@ -901,7 +911,6 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 			{
 				int64_t		lo;
 				int64_t		hi;
-				int64		expected;
 
 				offsets[j].topic = msgs[i].topic;
 				offsets[j].partition = msgs[i].partition;
@@ -910,9 +919,25 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 					rd_kafka_get_watermark_offsets(gc->rk, msgs[i].topic, msgs[i].partition,
 												   &lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR &&
 					hi >= 0 ? hi : -1;
+				position[j] = -1;
 				noffsets++;
-				if (!gc->rebalanced &&
-					evbus_position_went_back(gc->positions, msgs[i].topic, msgs[i].partition,
+			}
+			offsets[j].next_offset = msgs[i].offset + 1;
+
+			/*
+			 * The positions follow the messages polled since the assignment
+			 * last changed, the first of each partition checked against them;
+			 * those polled before it, read again from the start offsets,
+			 * count for neither.
+			 */
+			if (i < since_assigned)
+				continue;
+			if (!checked[j])
+			{
+				int64		expected;
+
+				checked[j] = true;
+				if (evbus_position_went_back(gc->positions, msgs[i].topic, msgs[i].partition,
 											 msgs[i].offset, &expected))
 				{
 					WentBack   *w = palloc(sizeof(WentBack));
@@ -924,15 +949,16 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 					went_back = lappend(went_back, w);
 				}
 			}
-			offsets[j].next_offset = msgs[i].offset + 1;
+			position[j] = msgs[i].offset + 1;
 		}
 		if (assignment)
 			rd_kafka_topic_partition_list_destroy(assignment);
 		if (went_back != NIL)
 			forget_old_logs(gc, went_back);
 		for (i = 0; i < noffsets; i++)
-			evbus_position_advance(gc->positions, offsets[i].topic, offsets[i].partition,
-								   offsets[i].next_offset);
+			if (position[i] >= 0)
+				evbus_position_advance(gc->positions, offsets[i].topic, offsets[i].partition,
+									   position[i]);
 
 		if (kept > 0)
 		{

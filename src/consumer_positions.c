@@ -19,9 +19,10 @@
  *
  * An assignment sets the positions of the partitions it starts at a
  * stored offset and forgets the others; a replay forgets them all; each
- * batch read sets those of its partitions.  A batch during whose poll the
- * assignment changed is not checked: it may hold a partition's messages
- * from before and after the change.
+ * batch read sets those of its partitions.  When the assignment changed
+ * during a batch's poll, only the messages polled after the change count:
+ * librdkafka reads a partition assigned again from its start offset, which
+ * may come before messages of it polled earlier in the same batch.
  *
  *-------------------------------------------------------------------------
  */
