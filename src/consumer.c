@@ -853,9 +853,11 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 		int			i;
 		rd_kafka_topic_partition_list_t *assignment = NULL;
 		rd_kafka_topic_partition_list_t *commit;
-		int			since_assigned = 0; /* msgs[i >= it]: after the last
-										 * rebalance of this poll */
-		bool	   *checked = palloc0(sizeof(bool) * POLL_BATCH);
+
+		/* msgs[i >= since_assigned]: after the last rebalance of this poll */
+		int			since_assigned = 0;
+
+		/* per offsets[j]: past its last message since then (-1: none yet) */
 		int64	   *position = palloc(sizeof(int64) * POLL_BATCH);
 		List	   *went_back = NIL;
 
@@ -932,11 +934,10 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 			 */
 			if (i < since_assigned)
 				continue;
-			if (!checked[j])
+			if (position[j] < 0)
 			{
 				int64		expected;
 
-				checked[j] = true;
 				if (evbus_position_went_back(gc->positions, msgs[i].topic, msgs[i].partition,
 											 msgs[i].offset, &expected))
 				{

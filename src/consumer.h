@@ -101,6 +101,9 @@ extern TimestampTz evbus_inbox_cleanup_wake(TimestampTz wake_at);
 extern int64 evbus_stored_offset(const char *group, const char *topic, int32 partition);
 extern uint64 evbus_forget_partition_log(const char *group, const char *topic,
 										 int32 partition, int64 from);
+extern void evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n);
+extern void evbus_forget_high_watermarks(const char *group, const char **keep_topics,
+										 const int32 *keep_partitions, int nkeep);
 
 /* consumer_positions.c */
 extern HTAB *evbus_positions_create(void);
@@ -109,9 +112,6 @@ extern void evbus_position_advance(HTAB *positions, const char *topic,
 								   int32 partition, int64 next);
 extern bool evbus_position_went_back(HTAB *positions, const char *topic,
 									 int32 partition, int64 offset, int64 *expected);
-extern void evbus_store_high_watermarks(const char *group, NextOffset *hwm, int n);
-extern void evbus_forget_high_watermarks(const char *group, const char **keep_topics,
-										 const int32 *keep_partitions, int nkeep);
 
 /* attempt_marker.c */
 extern void evbus_attempt_marker_open(void);

@@ -159,12 +159,13 @@ evbus_consumer_pauses_changed(rd_kafka_t *rk, const char *was, const char *now)
  * evbus_paused_high_watermarks --- the high watermarks of the partitions
  * of paused topics in parts, asked of the broker (no fetch brings them
  * while paused), so that the lag keeps growing in evbus.stats (test
- * 280_pause_subscription.pl): each element's offset becomes its high watermark, or
- * stays negative when none came.  One call for all of parts, a request per
- * partition leader, so the time it takes grows with the leaders and not
- * with the paused partitions.  Outside any transaction; false if the
- * broker did not answer within PAUSED_WATERMARK_TIMEOUT_MS, and then
- * nothing is asked for PAUSED_WATERMARK_BACKOFF_MS.
+ * 280_pause_subscription.pl): each element's offset becomes its high
+ * watermark, or stays negative when none came.  One call for all of
+ * parts, a request per partition leader, so the time it takes grows with
+ * the leaders and not with the paused partitions.  Outside any
+ * transaction; false if the broker did not answer within
+ * PAUSED_WATERMARK_TIMEOUT_MS, and then nothing is asked for
+ * PAUSED_WATERMARK_BACKOFF_MS.
  *
  * Asked as the offset of the latest timestamp (rd_kafka_offsets_for_times
  * with RD_KAFKA_OFFSET_END), which is the high watermark, because that call

@@ -32,12 +32,9 @@
 
 #include "consumer.h"
 
-/* Kafka's topic names are at most 249 characters. */
-#define TOPIC_KEY_LEN 256
-
 typedef struct PositionKey
 {
-	char		topic[TOPIC_KEY_LEN];
+	char		topic[EVBUS_MAX_TOPIC_LEN + 1];
 	int32		partition;
 } PositionKey;
 
@@ -51,7 +48,7 @@ typedef struct Position
 static bool
 position_key(PositionKey *key, const char *topic, int32 partition)
 {
-	if (strlen(topic) >= TOPIC_KEY_LEN)
+	if (strlen(topic) > EVBUS_MAX_TOPIC_LEN)
 		return false;
 	memset(key, 0, sizeof(*key));
 	strcpy(key->topic, topic);

@@ -17,6 +17,9 @@
 #include "evbus.h"
 #include "kafka.h"
 
+/* How librdkafka's line about a consumer's offset reset begins. */
+#define OFFSET_RESET_TEXT "offset reset (at offset"
+
 bool
 evbus_kafka_error_is_permanent(rd_kafka_resp_err_t err)
 {
@@ -60,7 +63,7 @@ evbus_kafka_error_hint(const char *text)
 	if (strstr(text, "ssl.keystore.location"))
 		return "Check that the server can read the file of ssl.keystore.location in evbus.kafka_config_file, "
 			"that it is a PKCS#12 keystore, and that ssl.keystore.password is its password.";
-	if (strstr(text, "offset reset (at offset"))
+	if (strstr(text, OFFSET_RESET_TEXT))
 		return "The partition no longer has the offset the consumer was at. Before the start of its log: Kafka deleted "
 			"those messages (retention, DeleteRecords) before this database read them, and they are lost to it. "
 			"Past its end: the topic was deleted and created again.";
@@ -96,7 +99,7 @@ evbus_kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 	if ((strcmp(fac, "CONFWARN") == 0 && strstr(buf, "enable.gapless.guarantee")) ||
 		(strcmp(fac, "FATAL") == 0 && strstr(buf, "Gap-less ordering")))
 		return;
-	offset_reset = strcmp(fac, "OFFSET") == 0 && strstr(buf, "offset reset (at offset");
+	offset_reset = strcmp(fac, "OFFSET") == 0 && strstr(buf, OFFSET_RESET_TEXT);
 	if (offset_reset && rd_kafka_type(rk) == RD_KAFKA_CONSUMER)
 		evbus_metrics_offset_reset();
 	/* LOG_ERR and worse, and a consumer offset reset: messages may be lost */
