@@ -878,9 +878,13 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 			{
 				if (km->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
 				{
-					ereport(LOG,
-							(errmsg("evbus: group \"%s\": %s", gc->group,
-									rd_kafka_message_errstr(km))));
+					const char *hint = evbus_kafka_read_refused_hint(km->err);
+
+					ereport(hint ? WARNING : LOG,
+							(hint ? errcode(ERRCODE_INSUFFICIENT_PRIVILEGE) : 0,
+							 errmsg("evbus: group \"%s\": %s", gc->group,
+									rd_kafka_message_errstr(km)),
+							 hint ? errhint("%s", hint) : 0));
 					evbus_metrics_broker_error(EVBUS_CONSUMER,
 											   rd_kafka_message_errstr(km));
 					if (km->err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
@@ -1005,10 +1009,12 @@ evbus_consumers_poll(List *subs, bool *left_pending)
  * evbus_consumers_report_watermarks --- store the high watermarks of the
  * assigned partitions (for the lag), in a transaction per group, and give
  * evbus.metrics() each group's lag per topic: the high watermark less the
- * consumer's position, summed over the assigned partitions.  Those of
- * paused partitions take a round trip to the broker (a second at most):
- * one group's at each report, in turn, so that a worker of many groups
- * with paused subscriptions does not spend its time asking.
+ * consumer's position, summed over the assigned partitions.  Those that
+ * no fetch response brought take a round trip to the broker (a second at
+ * most): the paused partitions, and those the consumer may not read or
+ * has not fetched yet (test 175_consume_read_refused.pl); one group's at
+ * each report, in turn, so that a worker of many groups with paused
+ * subscriptions does not spend its time asking.
  */
 void
 evbus_consumers_report_watermarks(void)
@@ -1022,7 +1028,7 @@ evbus_consumers_report_watermarks(void)
 		GroupConsumer *gc = lfirst(lc);
 		bool		paused_now = foreach_current_index(lc) == paused_turn;
 		rd_kafka_topic_partition_list_t *assignment = NULL;
-		rd_kafka_topic_partition_list_t *paused;
+		rd_kafka_topic_partition_list_t *to_ask;
 		NextOffset *hwm;
 		int			n = 0;
 		int			i;
@@ -1030,22 +1036,18 @@ evbus_consumers_report_watermarks(void)
 		if (rd_kafka_assignment(gc->rk, &assignment) || assignment == NULL)
 			continue;
 		hwm = palloc(sizeof(NextOffset) * Max(assignment->cnt, 1));
-		paused = rd_kafka_topic_partition_list_new(Max(assignment->cnt, 1));
+		to_ask = rd_kafka_topic_partition_list_new(Max(assignment->cnt, 1));
 		for (i = 0; i < assignment->cnt; i++)
 		{
 			rd_kafka_topic_partition_t *p = &assignment->elems[i];
 			int64_t		lo;
 			int64_t		hi;
 
-			/* cached from fetch responses: no network wait; unless paused */
-			if (evbus_topic_listed(gc->paused, p->topic))
-			{
-				if (paused_now)
-					rd_kafka_topic_partition_list_add(paused, p->topic, p->partition);
-			}
-			else if (rd_kafka_get_watermark_offsets(gc->rk, p->topic, p->partition,
-													&lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR &&
-					 hi >= 0)
+			/* cached from fetch responses: no network wait; else asked */
+			if (!evbus_topic_listed(gc->paused, p->topic) &&
+				rd_kafka_get_watermark_offsets(gc->rk, p->topic, p->partition,
+											   &lo, &hi) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+				hi >= 0)
 			{
 				hwm[n].topic = pstrdup(p->topic);
 				hwm[n].partition = p->partition;
@@ -1053,13 +1055,15 @@ evbus_consumers_report_watermarks(void)
 				hwm[n].high_watermark = hi;
 				n++;
 			}
+			else if (paused_now)
+				rd_kafka_topic_partition_list_add(to_ask, p->topic, p->partition);
 		}
 		rd_kafka_topic_partition_list_destroy(assignment);
-		if (evbus_paused_high_watermarks(gc->rk, paused))
+		if (evbus_ask_high_watermarks(gc->rk, to_ask))
 		{
-			for (i = 0; i < paused->cnt; i++)
+			for (i = 0; i < to_ask->cnt; i++)
 			{
-				rd_kafka_topic_partition_t *p = &paused->elems[i];
+				rd_kafka_topic_partition_t *p = &to_ask->elems[i];
 
 				if (p->err != RD_KAFKA_RESP_ERR_NO_ERROR || p->offset < 0)
 					continue;
@@ -1070,7 +1074,7 @@ evbus_consumers_report_watermarks(void)
 				n++;
 			}
 		}
-		rd_kafka_topic_partition_list_destroy(paused);
+		rd_kafka_topic_partition_list_destroy(to_ask);
 		if (n > 0)
 		{
 			evbus_worker_begin(evbus_consumers_let_go);

@@ -31,12 +31,13 @@
 #include "kafka.h"
 
 /*
- * How long the high watermark of a paused partition is waited for, and
- * for how long none is asked again once the broker did not answer: with
- * the broker down, many paused partitions must not hold the worker up.
+ * How long the high watermark of a partition that no fetch brings (a
+ * paused one) is waited for, and for how long none is asked again once the
+ * broker did not answer: with the broker down, many paused partitions must
+ * not hold the worker up.
  */
-#define PAUSED_WATERMARK_TIMEOUT_MS 1000
-#define PAUSED_WATERMARK_BACKOFF_MS 30000
+#define ASKED_WATERMARK_TIMEOUT_MS 1000
+#define ASKED_WATERMARK_BACKOFF_MS 30000
 
 static TimestampTz watermark_backoff_until = 0;
 
@@ -156,16 +157,17 @@ evbus_consumer_pauses_changed(rd_kafka_t *rk, const char *was, const char *now)
 }
 
 /*
- * evbus_paused_high_watermarks --- the high watermarks of the partitions
- * of paused topics in parts, asked of the broker (no fetch brings them
- * while paused), so that the lag keeps growing in evbus.stats (test
- * 280_pause_subscription.pl): each element's offset becomes its high
- * watermark, or stays negative when none came.  One call for all of
+ * evbus_ask_high_watermarks --- the high watermarks of the partitions in
+ * parts, asked of the broker because no fetch brings them: those of paused
+ * topics, so that the lag keeps growing in evbus.stats (test
+ * 280_pause_subscription.pl), and those of topics the consumer may not
+ * read (test 175_consume_read_refused.pl).  Each element's offset becomes
+ * its high watermark, or stays negative when none came.  One call for all of
  * parts, a request per partition leader, so the time it takes grows with
  * the leaders and not with the paused partitions.  Outside any
  * transaction; false if the broker did not answer within
- * PAUSED_WATERMARK_TIMEOUT_MS, and then nothing is asked for
- * PAUSED_WATERMARK_BACKOFF_MS.
+ * ASKED_WATERMARK_TIMEOUT_MS, and then nothing is asked for
+ * ASKED_WATERMARK_BACKOFF_MS.
  *
  * Asked as the offset of the latest timestamp (rd_kafka_offsets_for_times
  * with RD_KAFKA_OFFSET_END), which is the high watermark, because that call
@@ -176,7 +178,7 @@ evbus_consumer_pauses_changed(rd_kafka_t *rk, const char *was, const char *now)
  * 020_broker_outage.pl).
  */
 bool
-evbus_paused_high_watermarks(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts)
+evbus_ask_high_watermarks(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *parts)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	int			i;
@@ -185,8 +187,8 @@ evbus_paused_high_watermarks(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *pa
 		parts->elems[i].offset = RD_KAFKA_OFFSET_END;
 	if (parts->cnt == 0 || now < watermark_backoff_until)
 		return false;
-	if (rd_kafka_offsets_for_times(rk, parts, PAUSED_WATERMARK_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+	if (rd_kafka_offsets_for_times(rk, parts, ASKED_WATERMARK_TIMEOUT_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
 		return true;
-	watermark_backoff_until = TimestampTzPlusMilliseconds(now, PAUSED_WATERMARK_BACKOFF_MS);
+	watermark_backoff_until = TimestampTzPlusMilliseconds(now, ASKED_WATERMARK_BACKOFF_MS);
 	return false;
 }

@@ -40,6 +40,7 @@ extern uint64 evbus_kafka_conf_fingerprint(const char *brokers);
 /* kafka_errors.c */
 extern bool evbus_kafka_error_is_permanent(rd_kafka_resp_err_t err);
 extern const char *evbus_kafka_error_hint(const char *text);
+extern const char *evbus_kafka_read_refused_hint(rd_kafka_resp_err_t err);
 extern void evbus_kafka_log_cb(const rd_kafka_t *rk, int level,
 							   const char *fac, const char *buf);
 
@@ -94,7 +95,7 @@ extern void evbus_copy_message(const rd_kafka_message_t *km,
 /* consumer.c: for replay.c */
 extern rd_kafka_t *evbus_consumer_for_replay(const char *group);
 
-extern bool evbus_paused_high_watermarks(rd_kafka_t *rk,
-										 rd_kafka_topic_partition_list_t *parts);
+extern bool evbus_ask_high_watermarks(rd_kafka_t *rk,
+									  rd_kafka_topic_partition_list_t *parts);
 
 #endif							/* EVBUS_KAFKA_H */

@@ -71,6 +71,29 @@ evbus_kafka_error_hint(const char *text)
 }
 
 /*
+ * evbus_kafka_read_refused_hint --- what to grant, for an error a group's
+ * consumer reports; NULL for the others.  A subscribed topic the principal
+ * may not read, or a group it may not join, holds its messages back in
+ * Kafka until someone changes the ACLs: the consumer reports it once, and
+ * then waits (test 175_consume_read_refused.pl).
+ */
+const char *
+evbus_kafka_read_refused_hint(rd_kafka_resp_err_t err)
+{
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+			return "Allow the principal that evbus logs in as (evbus.kafka_config_file) to Describe and Read the topic. "
+				"Its messages wait in Kafka; they are handled once the consumer may read them.";
+		case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+			return "Allow the principal that evbus logs in as (evbus.kafka_config_file) to Read the consumer group. "
+				"The group's messages wait in Kafka; they are handled once the consumer may join it.";
+		default:
+			return NULL;
+	}
+}
+
+/*
  * evbus_kafka_log_cb --- librdkafka log line into the server log.
  *
  * Logs are forwarded to the main queue (log.queue=true), so this runs in

@@ -54,6 +54,9 @@
 #                           poll $sql in $db until it returns $expected, in
 #                           real time; errors (a restarting server) just
 #                           mean "not yet"; true on success, else diag
+#   sasl_acl_broker()       ($bootstrap, $password) of the broker's SASL
+#                           listener, where its ACLs apply to the user evbus
+#                           (test/kafka/kafka.sh); skip_all without one
 #   as_subscriber($node[, $db])
 #                           "SET ROLE evbus_app; ": put it before the SQL
 #                           that creates handlers (and their tables) and
@@ -88,7 +91,7 @@ use PostgreSQL::Test::Utils;
 
 our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
   wait_for_crash_restart kcat_consume kafka_message_ids java_consume java_produce new_node sqlstate_of
-  subscribe_recorder as_subscriber write_kafka_properties sasl_properties
+  subscribe_recorder as_subscriber write_kafka_properties sasl_properties sasl_acl_broker
   pgbench_script run_pgbench
   first_arrivals_by_key stage_keyed);
 
@@ -334,6 +337,26 @@ sub sasl_properties
 	my ($password) = @_;
 	return ('security.protocol=SASL_PLAINTEXT', 'sasl.mechanisms=PLAIN',
 		'sasl.username=evbus', "sasl.password=$password");
+}
+
+# sasl_acl_broker(): see the top of this file.
+sub sasl_acl_broker
+{
+	kafka_bootstrap();
+	my $kdir = kafka_dir();
+	my $acls = 0;
+	if (open my $props, '<', "$kdir/server.properties")
+	{
+		$acls = grep { /^authorizer\.class\.name=/ } <$props>;
+	}
+	plan skip_all =>
+	  "the broker in $kdir has no SASL listener or no ACLs (started by an older kafka.sh)"
+	  unless -f "$kdir/sasl_bootstrap" && $acls;
+	my $bootstrap = slurp_file("$kdir/sasl_bootstrap");
+	chomp $bootstrap;
+	my $password = slurp_file("$kdir/sasl_password");
+	chomp $password;
+	return ($bootstrap, $password);
 }
 
 # as_subscriber(node[, db]): see the top of this file.

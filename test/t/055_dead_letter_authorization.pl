@@ -22,19 +22,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time sleep);
 
-kafka_bootstrap();
-my $kdir = kafka_dir();
-my $acls = 0;
-if (open my $props, '<', "$kdir/server.properties")
-{
-	$acls = grep { /^authorizer\.class\.name=/ } <$props>;
-}
-plan skip_all => "the broker in $kdir has no SASL listener or no ACLs (started by an older kafka.sh)"
-  unless -f "$kdir/sasl_bootstrap" && $acls;
-my $sasl_bootstrap = slurp_file("$kdir/sasl_bootstrap");
-chomp $sasl_bootstrap;
-my $password = slurp_file("$kdir/sasl_password");
-chomp $password;
+my ($sasl_bootstrap, $password) = sasl_acl_broker();
 
 my $prefix = "t055.$$.";
 my ($hidden, $readonly, $open) = map { "$prefix$_" } qw(Hidden ReadOnly Open);
