@@ -72,6 +72,7 @@ OBJS = \
 	src/inbox_park.o \
 	src/spi_run.o \
 	src/restore.o \
+	src/copy_guard.o \
 	src/standby_wait.o \
 	src/util.o
 

@@ -1089,3 +1089,29 @@ CREATE FUNCTION evbus.replay(integration_event text,
 COMMENT ON FUNCTION evbus.replay(text, text, timestamptz, bigint, boolean) IS
 	'read the topic of an integration event again for a group, from a time or an offset: without rerun nothing runs twice; with rerun the handlers run again for the replayed messages still in the inbox (header evbus-replay); returns the replay''s id in evbus.replays';
 REVOKE ALL ON FUNCTION evbus.replay(text, text, timestamptz, bigint, boolean) FROM PUBLIC;
+
+/*
+ * The database evbus's rows belong to (copy_guard.c): the system
+ * identifier of its server and its OID, entered by its first worker.  A
+ * copy made with CREATE DATABASE ... TEMPLATE carries its original's row:
+ * while that original exists on the same server, the copy's workers do
+ * not start, since they would publish the original's events again and
+ * take partitions of its consumer groups (test 326_database_copy.pl);
+ * evbus.adopt_copy() makes the copy a database of its own.  Not dumped: a
+ * restored database enters itself.
+ */
+CREATE TABLE evbus.database_identity (
+	one				boolean PRIMARY KEY DEFAULT true CHECK (one),
+	system_identifier bigint NOT NULL,
+	database_oid	oid NOT NULL
+);
+COMMENT ON TABLE evbus.database_identity IS
+	'the server (system identifier) and database (OID) that evbus''s rows belong to; a copy of a database holds its original''s';
+REVOKE ALL ON evbus.database_identity FROM PUBLIC;
+
+CREATE FUNCTION evbus.adopt_copy() RETURNS void
+	AS 'MODULE_PATHNAME', 'evbus_adopt_copy'
+	LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION evbus.adopt_copy() IS
+	'make this copy of another database of the server a database of its own: its evbus workers start';
+REVOKE ALL ON FUNCTION evbus.adopt_copy() FROM PUBLIC;

@@ -106,7 +106,8 @@ consumer_idle(TimestampTz next_due)
 
 /*
  * consumer_start --- connect to the database and take its consumer's slot;
- * exit quietly if the database may not have one or has no evbus.  Then
+ * exit quietly if the database may not have one or has no evbus, and
+ * with a WARNING in a copy of another database (copy_guard.c).  Then
  * register what leaving needs (consumer_exit, and how the inbox lets go
  * of Kafka) and open the attempt marker.
  */
@@ -114,6 +115,7 @@ static void
 consumer_start(Oid dboid)
 {
 	bool		has_extension;
+	char	   *original;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -138,6 +140,12 @@ consumer_start(Oid dboid)
 	CommitTransactionCommand();
 	if (!has_extension)
 		proc_exit(0);
+	original = evbus_copy_of();
+	if (original != NULL)
+	{
+		evbus_warn_copy(consumer_dbname, original);
+		proc_exit(0);
+	}
 	evbus_db_worker_running(dboid, EVBUS_CONSUMER);
 	/* only at an evbus version this library knows (ext_version.c) */
 	evbus_version_wait(false);

@@ -237,6 +237,13 @@ describe_worker(const EvbusDatabase *db, bool found, int role, char **detail)
 		*detail = pstrdup("DROP DATABASE of this database is in progress.");
 		return "stopped";
 	}
+	if (found && db->state == EVBUS_DB_COPY)
+	{
+		*detail = pstrdup("This database is a copy of another database of this server (CREATE DATABASE ... TEMPLATE): "
+						  "its workers would act as that database's. The server log names it; evbus.adopt_copy() "
+						  "makes this database one of its own.");
+		return "stopped";
+	}
 	if (found && db->idle[role])
 	{
 		*detail = db->wake_at[role] != 0 ?

@@ -118,6 +118,7 @@ extern int	evbus_max_databases(void);
 #define EVBUS_DB_INSTALLED 1	/* evbus is installed: keep its workers */
 #define EVBUS_DB_DROPPING 2		/* DROP DATABASE in progress: start nothing */
 #define EVBUS_DB_DROPPED 3		/* dropped: until the launcher sees it gone */
+#define EVBUS_DB_COPY 4			/* a copy of another database: start nothing */
 
 typedef struct EvbusDatabase
 {
@@ -143,6 +144,7 @@ extern bool evbus_db_start_failed(Oid dboid, int role);
 extern void evbus_db_worker_running(Oid dboid, int role);
 extern bool evbus_db_begin_drop(Oid dboid);
 extern void evbus_db_end_drop(Oid dboid, bool dropped);
+extern void evbus_db_copy(Oid dboid);
 extern void evbus_set_launcher_latch(Latch *latch);
 extern void evbus_wake_launcher(void);
 extern bool evbus_worker_go_idle(int role, TimestampTz wake_at);
@@ -214,12 +216,17 @@ extern void evbus_stop_worker(Oid dboid);
 extern Oid	evbus_drop_database_guard(Node *stmt, bool is_top_level);
 extern void evbus_drop_database_done(Oid guarded, bool dropped);
 extern void evbus_forget_database_at_commit(void);
+extern void evbus_start_workers_at_commit(void);
 extern const char *evbus_worker_role_name(int role);
 extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);
 
 /* ---------- ext_version.c: does this library know the SQL version? ---------- */
 extern void evbus_version_wait(bool report);
 extern bool evbus_version_recheck(bool report);
+
+/* ---------- copy_guard.c: no worker in a copy of another database ---------- */
+extern char *evbus_copy_of(void);
+extern void evbus_warn_copy(const char *dbname, const char *original);
 
 /* ---------- restore.c: no worker while a restore writes evbus's tables ---------- */
 extern void evbus_restore_init(void);

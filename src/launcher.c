@@ -333,11 +333,22 @@ PG_FUNCTION_INFO_V1(evbus_start_worker_at_commit);
 Datum
 evbus_start_worker_at_commit(PG_FUNCTION_ARGS)
 {
+	evbus_start_workers_at_commit();
+	PG_RETURN_VOID();
+}
+
+/*
+ * evbus_start_workers_at_commit --- enter this database as one with evbus
+ * and start its workers once the transaction commits (CREATE EXTENSION,
+ * evbus.adopt_copy()).
+ */
+void
+evbus_start_workers_at_commit(void)
+{
 	char	   *name = get_database_name(MyDatabaseId);
 
 	strlcpy(start_dbname, name ? name : "?", sizeof(start_dbname));
 	start_worker_at_commit = true;
-	PG_RETURN_VOID();
 }
 
 /* Read pg_database: the databases that accept connections. */

@@ -78,7 +78,9 @@ build_wait_set(int kafka_fd)
 /*
  * publisher_start --- connect to the database and take its publisher's
  * slot; exit quietly if the database may not have one or has no evbus
- * (what the launcher's probe of a database learns).  Then start the
+ * (what the launcher's probe of a database learns), and with a WARNING if
+ * it is a copy of another database of this server (copy_guard.c, test
+ * 326_database_copy.pl).  Then start the
  * consumer, unless it runs or is idle.  Returns the database's name.
  */
 static char *
@@ -86,6 +88,7 @@ publisher_start(Oid dboid)
 {
 	char	   *dbname;
 	bool		has_extension;
+	char	   *original;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -110,6 +113,12 @@ publisher_start(Oid dboid)
 	if (!has_extension)
 	{
 		evbus_db_forget(dboid);
+		proc_exit(0);
+	}
+	original = evbus_copy_of();
+	if (original != NULL)
+	{
+		evbus_warn_copy(dbname, original);
 		proc_exit(0);
 	}
 	evbus_db_installed(dboid);

@@ -69,12 +69,12 @@ evbus_find_db(Oid dboid, bool create)
 }
 
 /*
- * evbus_db_installed --- evbus is installed in dboid (a worker found it, or
- * CREATE EXTENSION committed): the launcher keeps its workers running.
- * A database being dropped, or dropped, stays so.
+ * set_found_state --- what a worker found in dboid, or what a commit made
+ * of it: state, entered.  A database being dropped gets it back if the
+ * drop fails; a dropped one stays so.
  */
-void
-evbus_db_installed(Oid dboid)
+static void
+set_found_state(Oid dboid, int state)
 {
 	EvbusDatabase *db;
 
@@ -83,11 +83,33 @@ evbus_db_installed(Oid dboid)
 	if (db != NULL)
 	{
 		if (db->state == EVBUS_DB_DROPPING)
-			db->state_before_drop = EVBUS_DB_INSTALLED;
+			db->state_before_drop = state;
 		else if (db->state != EVBUS_DB_DROPPED)
-			db->state = EVBUS_DB_INSTALLED;
+			db->state = state;
 	}
 	LWLockRelease(evbus_shared->lock);
+}
+
+/*
+ * evbus_db_installed --- evbus is installed in dboid (a worker found it,
+ * CREATE EXTENSION or evbus.adopt_copy() committed): the launcher keeps
+ * its workers running.
+ */
+void
+evbus_db_installed(Oid dboid)
+{
+	set_found_state(dboid, EVBUS_DB_INSTALLED);
+}
+
+/*
+ * evbus_db_copy --- dboid is a copy of another database of this server
+ * (copy_guard.c): the launcher starts no worker there, until
+ * evbus_db_installed, or the server starts again and looks.
+ */
+void
+evbus_db_copy(Oid dboid)
+{
+	set_found_state(dboid, EVBUS_DB_COPY);
 }
 
 /* One slot per possible worker: max_worker_processes bounds them. */

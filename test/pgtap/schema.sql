@@ -6,7 +6,7 @@
  * that it rolls back (test/pgtap/run.sh).
  */
 BEGIN;
-SELECT plan(134);
+SELECT plan(136);
 
 -- the extension and its fixed schema
 SELECT has_extension('evbus', 'extension evbus is installed');
@@ -22,7 +22,7 @@ SELECT tables_are('evbus', ARRAY[
 	'converters', 'outbox_0', 'outbox_1', 'outbox_published_0',
 	'outbox_published_1', 'dead_letters', 'subscriptions',
 	'consumer_offsets', 'inbox', 'publish_counters', 'repair_log',
-	'publishing_pauses', 'replays', 'inbox_messages']);
+	'publishing_pauses', 'replays', 'inbox_messages', 'database_identity']);
 SELECT views_are('evbus', ARRAY['outbox', 'stats', 'failures']);
 SELECT sequences_are('evbus', ARRAY['outbox_id_seq', 'dead_letters_id_seq', 'inbox_id_seq',
 	'repair_log_id_seq', 'replays_id_seq']);
@@ -32,7 +32,8 @@ SELECT functions_are('evbus', ARRAY[
 	'_refuse_handler_drop', 'retry', 'brokers', 'publisher_pid',
 	'consumer_pid', 'worker_status', 'message_chain', '_start_worker_at_commit',
 	'discard', 'edit_dead_letter', 'pause_subscription', 'resume_subscription',
-	'pause_publishing', 'resume_publishing', 'replay', 'metrics', '_inbox_counted']);
+	'pause_publishing', 'resume_publishing', 'replay', 'metrics', '_inbox_counted',
+	'adopt_copy']);
 
 -- every function with its argument types and its result
 SELECT has_function('evbus', 'register_converter', ARRAY['text', 'text', 'regprocedure']);
@@ -51,6 +52,8 @@ SELECT has_function('evbus', 'unsubscribe', ARRAY['text', 'regprocedure', 'text'
 SELECT function_returns('evbus', 'unsubscribe', ARRAY['text', 'regprocedure', 'text'], 'boolean');
 SELECT has_function('evbus', 'retry', ARRAY['text']);
 SELECT function_returns('evbus', 'retry', ARRAY['text'], 'boolean');
+SELECT has_function('evbus', 'adopt_copy', ARRAY[]::name[]);
+SELECT function_returns('evbus', 'adopt_copy', ARRAY[]::name[], 'void');
 SELECT has_function('evbus', 'retry', ARRAY['uuid']);
 SELECT function_returns('evbus', 'retry', ARRAY['uuid'], 'boolean');
 SELECT has_function('evbus', 'subscribe', ARRAY['text', 'regprocedure', 'evbus.on_dead_letter', 'text', 'integer']);

@@ -1,0 +1,141 @@
+# 326_database_copy.pl - a copy of a database with evbus, made on the same
+# server with CREATE DATABASE ... TEMPLATE, holds the original's outbox,
+# inbox and subscriptions with their consumer groups.  Its workers do not
+# start (a WARNING names both databases, evbus.worker_status() says why),
+# so it neither publishes what it holds nor takes partitions from the
+# original's consumer group: the original handles every new message, also
+# after a server restart (an earlier version handled none of them there:
+# the copy's consumer took them all).  evbus.adopt_copy(), not granted to
+# PUBLIC and refused in a database that is no copy, makes the copy one of
+# its own: its workers start.  A copy whose original was dropped (a copy
+# made to rename) takes the rows over at its first start, with a LOG line.
+use strict;
+use warnings;
+
+use EvbusTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(sleep);
+
+kafka_bootstrap();
+my $prefix = "t326.$$.";
+my $topic = "${prefix}Copied";
+kafka_admin('topics', '--create', '--topic', $topic, '--partitions', '3');
+my $node = new_node(
+	'copy',
+	kafka => 1,
+	conf => [
+		"evbus.topic_prefix = '$prefix'", "evbus.idle_timeout = '2s'",
+		"evbus.group_name = 't326_$$'"
+	]);
+$node->safe_psql('postgres', 'CREATE DATABASE shop');
+$node->safe_psql('shop', 'CREATE EXTENSION evbus');
+$node->safe_psql(
+	'shop', as_subscriber($node, 'shop') . q{
+CREATE TABLE received (payload jsonb);
+CREATE FUNCTION record_received(payload jsonb) RETURNS void LANGUAGE sql
+	AS $$ INSERT INTO public.received VALUES (payload) $$;
+SELECT evbus.subscribe('Copied', 'record_received(jsonb)');
+});
+
+# publish($db, $from, $to): events n = $from .. $to, each of its own key
+sub publish
+{
+	my ($db, $from, $to) = @_;
+	$node->safe_psql($db,
+		join('', map { "SELECT evbus.publish('Copied', '{\"n\": $_}', 'k$_');" } $from .. $to));
+}
+
+# copy_when_idle($copy, $of): CREATE DATABASE $copy TEMPLATE $of, once no
+# session is connected to $of (its workers went idle)
+sub copy_when_idle
+{
+	my ($copy, $of) = @_;
+	for (1 .. 60)
+	{
+		my ($ret) = $node->psql('postgres', "CREATE DATABASE $copy TEMPLATE $of");
+		return 1 if $ret == 0;
+		sleep 0.5;
+	}
+	return 0;
+}
+
+sub received
+{
+	my ($db) = @_;
+	return $node->safe_psql($db, 'SELECT count(*) FROM received');
+}
+
+publish('shop', 0, 0);
+ok(wait_for_sql($node, 'shop', 'SELECT count(*) = 1 FROM received'), 'the original handles an event');
+ok(copy_when_idle('shop_copy', 'shop'), 'CREATE DATABASE shop_copy TEMPLATE shop, once shop is idle');
+
+ok( $node->wait_for_log(
+		qr/WARNING:  evbus: database "shop_copy" is a copy of database "shop": its evbus workers do not start/
+	),
+	'the launcher finds the copy: a WARNING names it and its original');
+is( $node->safe_psql(
+		'shop_copy', q{SELECT string_agg(worker || ':' || state || ':' || (pid IS NULL), ',' ORDER BY worker)
+		  FROM evbus.worker_status()}),
+	'consumer:stopped:true,publisher:stopped:true',
+	'evbus.worker_status() in the copy: both stopped');
+like($node->safe_psql('shop_copy', q{SELECT detail FROM evbus.worker_status() WHERE worker = 'publisher'}),
+	qr/is a copy of another database.*evbus\.adopt_copy\(\)/, 'and says why');
+
+publish('shop_copy', 100, 100);
+publish('shop', 1, 30);
+ok(wait_for_sql($node, 'shop', 'SELECT count(*) = 31 FROM received'),
+	'the original handles every new message');
+sleep 2;
+is(received('shop_copy'), '1', 'the copy handles none');
+is($node->safe_psql('shop_copy', 'SELECT count(*) FROM evbus.outbox'),
+	'1', 'and publishes nothing: its event waits in its outbox');
+
+# a server start looks again
+$node->restart;
+publish('shop', 31, 60);
+ok(wait_for_sql($node, 'shop', 'SELECT count(*) = 61 FROM received'),
+	'after a restart the original still handles every new message');
+is(received('shop_copy'), '1', 'the copy none');
+my $warnings = () = slurp_file($node->logfile) =~ /is a copy of database "shop"/g;
+is($warnings, 2, 'one WARNING per server start');
+
+# evbus.adopt_copy(): refused to PUBLIC and outside a copy
+$node->safe_psql('postgres', 'CREATE ROLE stranger LOGIN');
+is(sqlstate_of($node, 'shop_copy', 'SET ROLE stranger; SELECT evbus.adopt_copy()'),
+	'42501', 'evbus.adopt_copy() is not granted to PUBLIC');
+is(sqlstate_of($node, 'shop', 'SELECT evbus.adopt_copy()'),
+	'55000', 'nor does it take a database that is no copy');
+
+# the copy adopted, with a group of its own
+$node->safe_psql(
+	'shop_copy', q{
+SET ROLE evbus_app;
+SELECT evbus.unsubscribe('Copied', 'record_received(jsonb)');
+SELECT evbus.subscribe('Copied', 'record_received(jsonb)', 'shop_copy');
+RESET ROLE;
+SELECT evbus.adopt_copy();
+});
+ok(wait_for_sql($node, 'shop_copy', 'SELECT count(*) = 0 FROM evbus.outbox'),
+	'adopted: the copy publishes its event');
+ok(wait_for_sql($node, 'shop', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 100}'}),
+	'which the original handles');
+ok( wait_for_sql(
+		$node, 'shop_copy', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 100}'}),
+	'and the copy, in its own group');
+publish('shop', 61, 70);
+ok(wait_for_sql($node, 'shop', 'SELECT count(*) = 72 FROM received'),
+	'the original handles every message');
+ok(wait_for_sql($node, 'shop_copy', q{SELECT count(*) = 10 FROM received WHERE (payload->>'n')::int BETWEEN 61 AND 70}),
+	'the adopted copy too');
+
+# a copy whose original is dropped takes the rows over
+ok(copy_when_idle('shop_renamed', 'shop'), 'another copy of shop');
+$node->safe_psql('postgres', 'DROP DATABASE shop');
+publish('shop_renamed', 71, 71);
+ok(wait_for_sql($node, 'shop_renamed', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 71}'}),
+	'its original dropped, the copy publishes and handles');
+ok($node->log_contains(qr/LOG:  evbus: database "shop_renamed" takes over evbus's rows of database \d+/),
+	'and says that it took the rows over');
+$node->stop;
+done_testing();
