@@ -73,6 +73,7 @@ OBJS = \
 	src/spi_run.o \
 	src/restore.o \
 	src/copy_guard.o \
+	src/database_guard.o \
 	src/standby_wait.o \
 	src/util.o
 

@@ -80,14 +80,15 @@ keep_workers_away_from_restore(CopyStmt *stmt)
 }
 
 /*
- * evbus_process_utility --- keep the workers in step with DROP DATABASE
- * and DROP EXTENSION.
+ * evbus_process_utility --- keep the workers in step with the commands on
+ * a database and DROP EXTENSION.
  *
- * DROP DATABASE: the workers are connected to their database and would
- * make the drop fail with "database is being accessed by other users", so
- * they are stopped first -- but only when the drop is going to proceed
- * (evbus_drop_database_guard: anyone else's DROP DATABASE leaves them
- * alone), and both are started again if it fails all the same.
+ * DROP DATABASE, ALTER DATABASE ... RENAME TO or SET TABLESPACE, CREATE
+ * DATABASE ... TEMPLATE: the workers are connected to their database and
+ * would make these fail with "database is being accessed by other users",
+ * so they are stopped first -- but only when the command is going to
+ * proceed (database_guard.c: anyone else's leaves them alone), and started
+ * again afterwards unless the database was dropped.
  * DROP EXTENSION evbus: the database is forgotten at COMMIT, so that the
  * launcher starts no worker there again.
  * DROP ROLE of a role that subscriptions of this database run as is
@@ -112,9 +113,10 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 	/* a role that evbus subscriptions run as is not dropped (subscriptions.c) */
 	if (IsA(parsetree, DropRoleStmt))
 		evbus_refuse_subscriber_drop((DropRoleStmt *) parsetree);
-	else if (IsA(parsetree, DropdbStmt))
-		guarded = evbus_drop_database_guard(parsetree,
-											context == PROCESS_UTILITY_TOPLEVEL);
+	else if (IsA(parsetree, DropdbStmt) || IsA(parsetree, RenameStmt) ||
+			 IsA(parsetree, AlterDatabaseStmt) || IsA(parsetree, CreatedbStmt))
+		guarded = evbus_database_guard(parsetree,
+									   context == PROCESS_UTILITY_TOPLEVEL);
 	else if (IsA(parsetree, DropStmt))
 		forget = drops_evbus((DropStmt *) parsetree);
 	else if (IsA(parsetree, CopyStmt))
@@ -134,11 +136,11 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 	}
 	PG_CATCH();
 	{
-		evbus_drop_database_done(guarded, false);
+		evbus_database_guard_done(guarded, false);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	evbus_drop_database_done(guarded, true);
+	evbus_database_guard_done(guarded, true);
 	if (forget)
 		evbus_forget_database_at_commit();
 	/* its events are not announced by the session that staged them */
@@ -234,7 +236,8 @@ describe_worker(const EvbusDatabase *db, bool found, int role, char **detail)
 
 	if (found && db->state == EVBUS_DB_DROPPING)
 	{
-		*detail = pstrdup("DROP DATABASE of this database is in progress.");
+		*detail = pstrdup("DROP DATABASE, ALTER DATABASE ... RENAME TO or SET TABLESPACE, or CREATE DATABASE ... TEMPLATE "
+						  "of this database is in progress.");
 		return "stopped";
 	}
 	if (found && db->state == EVBUS_DB_COPY)

@@ -213,8 +213,6 @@ extern void evbus_register_launcher(void);
 extern bool evbus_start_worker(Oid dboid, const char *dbname, int role,
 							   pid_t notify_pid, BackgroundWorkerHandle **handle);
 extern void evbus_stop_worker(Oid dboid);
-extern Oid	evbus_drop_database_guard(Node *stmt, bool is_top_level);
-extern void evbus_drop_database_done(Oid guarded, bool dropped);
 extern void evbus_forget_database_at_commit(void);
 extern void evbus_start_workers_at_commit(void);
 extern const char *evbus_worker_role_name(int role);
@@ -223,6 +221,10 @@ extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);
 /* ---------- ext_version.c: does this library know the SQL version? ---------- */
 extern void evbus_version_wait(bool report);
 extern bool evbus_version_recheck(bool report);
+
+/* ---------- database_guard.c: workers out of the way of DROP DATABASE etc. ---------- */
+extern Oid	evbus_database_guard(Node *stmt, bool is_top_level);
+extern void evbus_database_guard_done(Oid guarded, bool succeeded);
 
 /* ---------- copy_guard.c: no worker in a copy of another database ---------- */
 extern char *evbus_copy_of(void);

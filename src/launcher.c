@@ -2,8 +2,8 @@
  *
  * launcher.c
  *	  The evbus launcher: keeps the workers of every database that has
- *	  evbus running, guards them through DROP DATABASE, and hosts the
- *	  embedded broker.
+ *	  evbus running, stops and starts them for the commands on a database
+ *	  (database_guard.c), and hosts the embedded broker.
  *
  * The launcher is a static background worker that starts once recovery
  * has finished (never on a standby).  It connects to no database, so it
@@ -15,7 +15,7 @@
  * none (test 234_worker_slots.pl).  What it learns is kept in shared
  * memory (shmem.c): CREATE EXTENSION enters its database at COMMIT and
  * starts its worker, DROP EXTENSION removes it, DROP DATABASE marks it
- * while it runs (evbus_drop_database_guard).
+ * while it runs (database_guard.c).
  *
  * Workers are never restarted by the postmaster (BGW_NEVER_RESTART): the
  * launcher does it.  Every LAUNCHER_NAP_MS it starts the worker (and,
@@ -55,12 +55,10 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
-#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
-#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "evbus.h"
@@ -84,9 +82,6 @@
 /* Set by evbus._start_worker_at_commit(), acted upon at COMMIT. */
 static bool start_worker_at_commit = false;
 static char start_dbname[NAMEDATALEN];
-
-/* The database evbus_drop_database_guard stopped the workers of. */
-static char guarded_dbname[NAMEDATALEN];
 
 /* Set when DROP EXTENSION evbus ran, acted upon at COMMIT. */
 static bool forget_database_at_commit = false;
@@ -210,82 +205,6 @@ evbus_stop_worker(Oid dboid)
 		CHECK_FOR_INTERRUPTS();
 		pg_usleep(10000L);
 	}
-}
-
-/*
- * evbus_drop_database_guard --- before DROP DATABASE: if the drop is going
- * to proceed, mark the database as being dropped (no worker starts there)
- * and stop its workers, which would otherwise keep it "accessed by other
- * users".  Returns the database, or InvalidOid when nothing was touched.
- *
- * Only a drop PostgreSQL will attempt touches the workers: an existing
- * database, not the current one, not a template, by its owner or a
- * superuser, at top level outside a transaction block.  Anyone else's
- * DROP DATABASE fails without disturbing them (test
- * 230_drop_database_guard.pl).  The caller must call
- * evbus_drop_database_done with the result, also on error.
- */
-Oid
-evbus_drop_database_guard(Node *stmt, bool is_top_level)
-{
-	DropdbStmt *drop = (DropdbStmt *) stmt;
-	Oid			dboid;
-	HeapTuple	tup;
-	bool		is_template;
-
-	if (!is_top_level || IsTransactionBlock())
-		return InvalidOid;		/* PreventInTransactionBlock refuses it */
-	dboid = get_database_oid(drop->dbname, true);
-	if (!OidIsValid(dboid) || dboid == MyDatabaseId)
-		return InvalidOid;
-	if (!pg_database_ownercheck(dboid, GetUserId()))
-		return InvalidOid;
-	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
-	if (!HeapTupleIsValid(tup))
-		return InvalidOid;
-	is_template = ((Form_pg_database) GETSTRUCT(tup))->datistemplate;
-	ReleaseSysCache(tup);
-	if (is_template)
-		return InvalidOid;
-
-	if (!evbus_db_begin_drop(dboid))
-		return InvalidOid;
-	strlcpy(guarded_dbname, drop->dbname, sizeof(guarded_dbname));
-	PG_TRY();
-	{
-		evbus_stop_worker(dboid);
-	}
-	PG_CATCH();
-	{
-		evbus_drop_database_done(dboid, false);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	return dboid;
-}
-
-/*
- * evbus_drop_database_done --- after DROP DATABASE of a guarded database:
- * forget it if it is gone; else both its workers start again at once
- * (the launcher would within seconds), even if stopping them took long.
- */
-void
-evbus_drop_database_done(Oid guarded, bool dropped)
-{
-	EvbusDatabase db;
-
-	if (!OidIsValid(guarded))
-		return;
-	evbus_db_end_drop(guarded, dropped);
-	if (dropped)
-		evbus_metrics_forget_database(guarded);
-	if (dropped || !evbus_db_lookup(guarded, &db) || db.state != EVBUS_DB_INSTALLED)
-		return;
-	if (!db.idle[EVBUS_PUBLISHER] && evbus_worker_pid_for(guarded, EVBUS_PUBLISHER) == 0)
-		evbus_start_worker(guarded, guarded_dbname, EVBUS_PUBLISHER, 0, NULL);
-	if (!db.idle[EVBUS_CONSUMER] && evbus_worker_pid_for(guarded, EVBUS_CONSUMER) == 0)
-		evbus_start_worker(guarded, guarded_dbname, EVBUS_CONSUMER, 0, NULL);
-	evbus_wake_launcher();
 }
 
 /* DROP EXTENSION evbus ran in this transaction: forget it at COMMIT. */

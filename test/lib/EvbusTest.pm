@@ -54,6 +54,10 @@
 #                           poll $sql in $db until it returns $expected, in
 #                           real time; errors (a restarting server) just
 #                           mean "not yet"; true on success, else diag
+#   new_shop($node, $event) a database "shop" with evbus, a table received
+#                           (payload jsonb) and a function record_received
+#                           (payload jsonb) that inserts into it, subscribed
+#                           to $event by evbus_app (as_subscriber)
 #   sasl_acl_broker()       ($bootstrap, $password) of the broker's SASL
 #                           listener, where its ACLs apply to the user evbus
 #                           (test/kafka/kafka.sh); skip_all without one
@@ -91,7 +95,7 @@ use PostgreSQL::Test::Utils;
 
 our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
   wait_for_crash_restart kcat_consume kafka_message_ids java_consume java_produce new_node sqlstate_of
-  subscribe_recorder as_subscriber write_kafka_properties sasl_properties sasl_acl_broker
+  subscribe_recorder new_shop as_subscriber write_kafka_properties sasl_properties sasl_acl_broker
   pgbench_script run_pgbench
   first_arrivals_by_key stage_keyed);
 
@@ -395,6 +399,22 @@ CREATE PROCEDURE record_received(payload jsonb, headers jsonb) LANGUAGE sql
 	AS \$\$ INSERT INTO public.received VALUES ((headers->>'cap-msg-id')::uuid, payload) \$\$;
 SELECT evbus.subscribe('$event', 'record_received(jsonb, jsonb)');
 });
+}
+
+# new_shop(node, event): see the top of this file.
+sub new_shop
+{
+	my ($node, $event) = @_;
+	$node->safe_psql('postgres', 'CREATE DATABASE shop');
+	$node->safe_psql('shop', 'CREATE EXTENSION evbus');
+	$node->safe_psql(
+		'shop', as_subscriber($node, 'shop') . qq{
+CREATE TABLE received (payload jsonb);
+CREATE FUNCTION record_received(payload jsonb) RETURNS void LANGUAGE sql
+	AS \$\$ INSERT INTO public.received VALUES (payload) \$\$;
+SELECT evbus.subscribe('$event', 'record_received(jsonb)');
+});
+	return;
 }
 
 # sqlstate_of(node, db, sql): the SQLSTATE of the error sql raises ('' if none)

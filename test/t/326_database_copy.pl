@@ -28,15 +28,7 @@ my $node = new_node(
 		"evbus.topic_prefix = '$prefix'", "evbus.idle_timeout = '2s'",
 		"evbus.group_name = 't326_$$'"
 	]);
-$node->safe_psql('postgres', 'CREATE DATABASE shop');
-$node->safe_psql('shop', 'CREATE EXTENSION evbus');
-$node->safe_psql(
-	'shop', as_subscriber($node, 'shop') . q{
-CREATE TABLE received (payload jsonb);
-CREATE FUNCTION record_received(payload jsonb) RETURNS void LANGUAGE sql
-	AS $$ INSERT INTO public.received VALUES (payload) $$;
-SELECT evbus.subscribe('Copied', 'record_received(jsonb)');
-});
+new_shop($node, 'Copied');
 
 # publish($db, $from, $to): events n = $from .. $to, each of its own key
 sub publish
