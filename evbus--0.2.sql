@@ -1093,21 +1093,23 @@ REVOKE ALL ON FUNCTION evbus.replay(text, text, timestamptz, bigint, boolean) FR
 /*
  * The database evbus's rows belong to (copy_guard.c): the system
  * identifier of its server and its OID, entered by its first worker.  A
- * copy made with CREATE DATABASE ... TEMPLATE carries its original's row:
- * while that original exists on the same server, the copy's workers do
- * not start, since they would publish the original's events again and
- * take partitions of its consumer groups (test 326_database_copy.pl);
- * evbus.adopt_copy() makes the copy a database of its own.  Not dumped: a
- * restored database enters itself.
+ * copy made with CREATE DATABASE ... TEMPLATE, or restored from a dump,
+ * carries its original's row: while that original exists on the same
+ * server, the copy's workers do not start, since they would publish the
+ * original's events again and take partitions of its consumer groups
+ * (test 326_database_copy.pl); evbus.adopt_copy() makes the copy a
+ * database of its own.  A database restored on another server enters
+ * itself beside the dumped row, which it then drops.
  */
 CREATE TABLE evbus.database_identity (
-	one				boolean PRIMARY KEY DEFAULT true CHECK (one),
 	system_identifier bigint NOT NULL,
-	database_oid	oid NOT NULL
+	database_oid	oid NOT NULL,
+	PRIMARY KEY (system_identifier, database_oid)
 );
 COMMENT ON TABLE evbus.database_identity IS
 	'the server (system identifier) and database (OID) that evbus''s rows belong to; a copy of a database holds its original''s';
 REVOKE ALL ON evbus.database_identity FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('evbus.database_identity', '');
 
 CREATE FUNCTION evbus.adopt_copy() RETURNS void
 	AS 'MODULE_PATHNAME', 'evbus_adopt_copy'

@@ -3,25 +3,31 @@
  * copy_guard.c
  *	  Keep the workers of a copy of a database from acting as its original.
  *
- * CREATE DATABASE ... TEMPLATE copies a database with evbus as it is: its
- * outbox, its inbox, its subscriptions and their consumer groups.  On the
- * same server the copy talks to the same Kafka: its workers would publish
- * the original's pending events again and join the original's consumer
- * groups, where the copy's consumer takes partitions from the original's,
- * and the messages of those partitions are then handled in the copy and
- * never in the original, without a trace there.
+ * CREATE DATABASE ... TEMPLATE copies a database with evbus as it is, and
+ * so does a dump restored into another database: its outbox, its inbox,
+ * its subscriptions and their consumer groups.  On the same server the
+ * copy talks to the same Kafka: its workers would publish the original's
+ * pending events again and join the original's consumer groups, where the
+ * copy's consumer takes partitions from the original's, and the messages
+ * of those partitions are then handled in the copy and never in the
+ * original, without a trace there.
  *
  * So evbus.database_identity holds the system identifier of the server and
  * the OID of the database evbus's rows belong to, entered by the first
- * worker that starts.  A worker that finds the row of another database of
- * this server, which still exists, is in a copy of it: it does not start,
- * and the database is marked as a copy in shared memory, so that the
- * launcher starts nothing there until evbus.adopt_copy() (or the next
- * server start, which looks again).  A row of another server (pg_upgrade,
- * a physical copy restored elsewhere), or of a database that no longer
- * exists (a copy made to rename, its original dropped), is taken over: the
- * rows are this database's now.  The table is not dumped, so a database
- * restored from a dump enters itself (test 326_database_copy.pl).
+ * worker that starts, and dumped.  A worker that finds a row of another
+ * database of this server, which still exists, is in a copy of it: it does
+ * not start, and the database is marked as a copy in shared memory, so
+ * that the launcher starts nothing there until evbus.adopt_copy() (or the
+ * next server start, which looks again).  Otherwise the database enters
+ * its own row and drops the others: rows of another server (pg_upgrade, a
+ * database restored elsewhere) or of a database that no longer exists (a
+ * copy made to rename, its original dropped) are taken over, with a LOG
+ * line (test 326_database_copy.pl).
+ *
+ * A restore's rows come after the restored database's workers started
+ * (CREATE EXTENSION comes first): they may have entered their own row by
+ * then, and find the original's beside it when they start again after
+ * the restore (restore.c).
  *
  * A copy on another server with the same Kafka (a physical backup
  * restored, or a dump) is not seen: production.md says to start such a
@@ -46,58 +52,62 @@
 
 #include "evbus.h"
 
-/* The row of evbus.database_identity, as read. */
-typedef struct DatabaseIdentity
+/*
+ * copy_source --- the OID of another existing database of this server
+ * that a row of evbus.database_identity names, or InvalidOid; in *ours
+ * whether a row names this database, in *rows how many there are.  Inside
+ * a transaction, connected to SPI.
+ */
+static Oid
+copy_source(bool *ours, uint64 *rows)
 {
-	bool		found;
-	int64		system_identifier;
-	Oid			database_oid;
-} DatabaseIdentity;
+	int64		here = (int64) GetSystemIdentifier();
+	Oid			source = InvalidOid;
+	uint64		i;
 
-/* Read evbus.database_identity; inside a transaction, connected to SPI. */
-static DatabaseIdentity
-read_identity(void)
-{
-	DatabaseIdentity id = {false, 0, InvalidOid};
-	bool		isnull;
-
+	*ours = false;
 	evbus_spi_exec("SELECT system_identifier, database_oid FROM evbus.database_identity",
 				   0, NULL, NULL, NULL, SPI_OK_SELECT);
-	if (SPI_processed == 1)
+	*rows = SPI_processed;
+	for (i = 0; i < SPI_processed; i++)
 	{
-		id.found = true;
-		id.system_identifier = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-														   SPI_tuptable->tupdesc, 1, &isnull));
-		id.database_oid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-														 SPI_tuptable->tupdesc, 2, &isnull));
+		bool		isnull;
+		int64		system = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+														 SPI_tuptable->tupdesc, 1, &isnull));
+		Oid			dboid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 2, &isnull));
+
+		if (system != here)
+			continue;
+		if (dboid == MyDatabaseId)
+			*ours = true;
+		else if (SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dboid)))
+			source = dboid;
 	}
-	return id;
+	return source;
 }
 
-/* Enter this database of this server as the one evbus's rows belong to. */
-static void
-write_identity(void)
+/*
+ * enter_identity --- make this database of this server the one evbus's
+ * rows belong to: its row only.  Returns how many rows of others went.
+ */
+static uint64
+enter_identity(void)
 {
 	Oid			argtypes[2] = {INT8OID, OIDOID};
 	Datum		values[2];
+	uint64		others;
 
 	values[0] = Int64GetDatum((int64) GetSystemIdentifier());
 	values[1] = ObjectIdGetDatum(MyDatabaseId);
+	evbus_spi_exec("DELETE FROM evbus.database_identity"
+				   " WHERE (system_identifier, database_oid) IS DISTINCT FROM ($1, $2)",
+				   2, argtypes, values, NULL, SPI_OK_DELETE);
+	others = SPI_processed;
 	evbus_spi_exec("INSERT INTO evbus.database_identity (system_identifier, database_oid)"
-				   " VALUES ($1, $2) ON CONFLICT (one) DO UPDATE"
-				   " SET system_identifier = excluded.system_identifier,"
-				   " database_oid = excluded.database_oid",
+				   " VALUES ($1, $2) ON CONFLICT DO NOTHING",
 				   2, argtypes, values, NULL, SPI_OK_INSERT);
-}
-
-/* Is id another database of this server, one that exists? */
-static bool
-names_another_database_here(const DatabaseIdentity *id)
-{
-	return id->found &&
-		id->system_identifier == (int64) GetSystemIdentifier() &&
-		id->database_oid != MyDatabaseId &&
-		SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(id->database_oid));
+	return others;
 }
 
 /*
@@ -110,33 +120,33 @@ char *
 evbus_copy_of(void)
 {
 	char	   *original = NULL;
-	DatabaseIdentity id;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	if (OidIsValid(get_relname_relid("database_identity", get_namespace_oid("evbus", false))))
 	{
+		bool		ours;
+		uint64		rows;
+		Oid			source;
+
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		id = read_identity();
-		if (names_another_database_here(&id))
+		source = copy_source(&ours, &rows);
+		if (OidIsValid(source))
 		{
-			char	   *name = get_database_name(id.database_oid);
+			char	   *name = get_database_name(source);
 
 			if (name != NULL)
 				original = MemoryContextStrdup(TopMemoryContext, name);
 		}
-		else if (!id.found || id.database_oid != MyDatabaseId ||
-				 id.system_identifier != (int64) GetSystemIdentifier())
+		else if (!ours || rows > 1)
 		{
-			if (id.found)
+			if (enter_identity() > 0)
 				ereport(LOG,
-						(errmsg("evbus: database \"%s\" takes over evbus's rows of database %u of system %lld",
-								get_database_name(MyDatabaseId), id.database_oid,
-								(long long) id.system_identifier),
+						(errmsg("evbus: database \"%s\" takes over evbus's rows of another database",
+								get_database_name(MyDatabaseId)),
 						 errdetail("Upgraded, restored on another server, or copied from a database that no longer exists.")));
-			write_identity();
 		}
 		SPI_finish();
 	}
@@ -173,15 +183,17 @@ evbus_warn_copy(const char *dbname, const char *original)
 static void
 adopt(void *arg)
 {
-	DatabaseIdentity id = read_identity();
+	bool		ours;
+	uint64		rows;
 
-	if (!names_another_database_here(&id))
+	if (!OidIsValid(copy_source(&ours, &rows)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("database \"%s\" is not a copy of another database of this server",
 						get_database_name(MyDatabaseId)),
-				 errhint("evbus.adopt_copy() is for a database made with CREATE DATABASE ... TEMPLATE from one with evbus.")));
-	write_identity();
+				 errhint("evbus.adopt_copy() is for a database made with CREATE DATABASE ... TEMPLATE, or restored from a dump, "
+						 "from one with evbus on this server.")));
+	(void) enter_identity();
 }
 
 PG_FUNCTION_INFO_V1(evbus_adopt_copy);

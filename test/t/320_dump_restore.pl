@@ -118,7 +118,7 @@ my ($toc, $toc_err) = ('', '');
 IPC::Run::run([ 'pg_restore', '-l', $dump ], '>', \$toc, '2>', \$toc_err);
 my %data = map { $_ => 1 } $toc =~ /(?:TABLE DATA|SEQUENCE SET) evbus (\S+)/g;
 is( join(',', sort keys %data),
-	'consumer_offsets,converters,dead_letters,dead_letters_id_seq,inbox,inbox_id_seq,'
+	'consumer_offsets,converters,database_identity,dead_letters,dead_letters_id_seq,inbox,inbox_id_seq,'
 	  . 'outbox_0,outbox_1,outbox_id_seq,publishing_pauses,repair_log,repair_log_id_seq,'
 	  . 'subscriptions',
 	'the dump carries evbus\'s configuration and state, not its counters or published ranges');

@@ -1,5 +1,6 @@
 # 326_database_copy.pl - a copy of a database with evbus, made on the same
-# server with CREATE DATABASE ... TEMPLATE, holds the original's outbox,
+# server with CREATE DATABASE ... TEMPLATE (or a dump of it restored into
+# another database there), holds the original's outbox,
 # inbox and subscriptions with their consumer groups.  Its workers do not
 # start (a WARNING names both databases, evbus.worker_status() says why),
 # so it neither publishes what it holds nor takes partitions from the
@@ -121,13 +122,30 @@ ok(wait_for_sql($node, 'shop', 'SELECT count(*) = 72 FROM received'),
 ok(wait_for_sql($node, 'shop_copy', q{SELECT count(*) = 10 FROM received WHERE (payload->>'n')::int BETWEEN 61 AND 70}),
 	'the adopted copy too');
 
+# a dump of shop restored into another database of the server: a copy too
+my $dump = "${PostgreSQL::Test::Utils::tmp_check}/326_shop.dump";
+$node->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $node->connstr('shop') ], 'pg_dump of shop');
+$node->safe_psql('postgres', 'CREATE DATABASE shop_restored');
+$node->command_ok([ 'pg_restore', '-d', $node->connstr('shop_restored'), $dump ],
+	'restored into shop_restored');
+ok( $node->wait_for_log(
+		qr/WARNING:  evbus: database "shop_restored" is a copy of database "shop": its evbus workers do not start/
+	),
+	'a dump restored beside its original is a copy too');
+publish('shop', 71, 71);
+ok(wait_for_sql($node, 'shop', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 71}'}),
+	'the original handles the next message');
+sleep 2;
+is($node->safe_psql('shop_restored', q{SELECT count(*) FROM received WHERE payload = '{"n": 71}'}),
+	'0', 'the restored copy does not');
+
 # a copy whose original is dropped takes the rows over
 ok(copy_when_idle('shop_renamed', 'shop'), 'another copy of shop');
 $node->safe_psql('postgres', 'DROP DATABASE shop');
-publish('shop_renamed', 71, 71);
-ok(wait_for_sql($node, 'shop_renamed', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 71}'}),
+publish('shop_renamed', 72, 72);
+ok(wait_for_sql($node, 'shop_renamed', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 72}'}),
 	'its original dropped, the copy publishes and handles');
-ok($node->log_contains(qr/LOG:  evbus: database "shop_renamed" takes over evbus's rows of database \d+/),
+ok($node->log_contains(qr/LOG:  evbus: database "shop_renamed" takes over evbus's rows of another database/),
 	'and says that it took the rows over');
 $node->stop;
 done_testing();
