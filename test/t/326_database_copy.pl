@@ -85,11 +85,14 @@ is($node->safe_psql('shop_copy', 'SELECT count(*) FROM evbus.outbox'),
 	'1', 'and publishes nothing: its event waits in its outbox');
 
 # a server start looks again
+my $log_offset = -s $node->logfile;
 $node->restart;
 publish('shop', 31, 60);
 ok(wait_for_sql($node, 'shop', 'SELECT count(*) = 61 FROM received'),
 	'after a restart the original still handles every new message');
 is(received('shop_copy'), '1', 'the copy none');
+ok($node->wait_for_log(qr/is a copy of database "shop"/, $log_offset),
+	'the restarted server finds the copy again');
 my $warnings = () = slurp_file($node->logfile) =~ /is a copy of database "shop"/g;
 is($warnings, 2, 'one WARNING per server start');
 
