@@ -15,7 +15,8 @@
  * So evbus.database_identity holds the system identifier of the server and
  * the OID of the database evbus's rows belong to, entered by the first
  * worker that starts, and dumped.  A worker that finds a row of another
- * database of this server, which still exists, is in a copy of it: it does
+ * database of this server, which still exists and is no template, is in a
+ * copy of it: it does
  * not start, and the database is marked as a copy in shared memory, so
  * that the launcher starts nothing there until evbus.adopt_copy() (or the
  * next server start, which looks again).  Otherwise the database enters
@@ -37,10 +38,12 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
-#include "catalog/pg_type.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -53,10 +56,28 @@
 #include "evbus.h"
 
 /*
- * copy_source --- the OID of another existing database of this server
- * that a row of evbus.database_identity names, or InvalidOid; in *ours
- * whether a row names this database, in *rows how many there are.  Inside
- * a transaction, connected to SPI.
+ * runs_workers --- does dboid exist and is it no template?  A template
+ * runs no evbus workers (the launcher passes over it): a database made
+ * from it, such as a new tenant's, is one of its own.
+ */
+static bool
+runs_workers(Oid dboid)
+{
+	HeapTuple	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
+	bool		result;
+
+	if (!HeapTupleIsValid(tup))
+		return false;
+	result = !((Form_pg_database) GETSTRUCT(tup))->datistemplate;
+	ReleaseSysCache(tup);
+	return result;
+}
+
+/*
+ * copy_source --- the OID of another database of this server that runs
+ * evbus workers, which a row of evbus.database_identity names, or
+ * InvalidOid; in *ours whether a row names this database, in *rows how
+ * many there are.  Inside a transaction, connected to SPI.
  */
 static Oid
 copy_source(bool *ours, uint64 *rows)
@@ -81,7 +102,7 @@ copy_source(bool *ours, uint64 *rows)
 			continue;
 		if (dboid == MyDatabaseId)
 			*ours = true;
-		else if (SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(dboid)))
+		else if (runs_workers(dboid))
 			source = dboid;
 	}
 	return source;

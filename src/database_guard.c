@@ -132,14 +132,19 @@ guarded_database(Node *stmt, bool is_top_level, const char **name_after)
 	if (top_level_only && (!is_top_level || IsTransactionBlock()))
 		return InvalidOid;
 	dboid = get_database_oid(name, true);
-	if (!OidIsValid(dboid) || is_template(dboid))
-		return InvalidOid;		/* a template has no workers */
+	if (!OidIsValid(dboid) || (guarded_drop && is_template(dboid)))
+		return InvalidOid;		/* "cannot drop a template database" */
 	if (new_name != NULL && OidIsValid(get_database_oid(new_name, true)))
 		return InvalidOid;		/* "already exists" */
 	if (copy_source)
 	{
-		/* createdb: CREATEDB, and the source's owner or a superuser */
-		if (!may_create_databases() || !pg_database_ownercheck(dboid, GetUserId()))
+		/*
+		 * createdb: CREATEDB, and a template or the source's owner or a
+		 * superuser.  The launcher starts no worker in a template; those that
+		 * ran before it became one are not started again.
+		 */
+		if (!may_create_databases() ||
+			(!is_template(dboid) && !pg_database_ownercheck(dboid, GetUserId())))
 			return InvalidOid;
 	}
 	else

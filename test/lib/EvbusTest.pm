@@ -54,10 +54,12 @@
 #                           poll $sql in $db until it returns $expected, in
 #                           real time; errors (a restarting server) just
 #                           mean "not yet"; true on success, else diag
-#   new_shop($node, $event) a database "shop" with evbus, a table received
-#                           (payload jsonb) and a function record_received
-#                           (payload jsonb) that inserts into it, subscribed
-#                           to $event by evbus_app (as_subscriber)
+#   new_shop($node, $event[, $db, $group])
+#                           a database "shop" (or $db) with evbus, a table
+#                           received (payload jsonb) and a function
+#                           record_received(payload jsonb) that inserts into
+#                           it, subscribed to $event by evbus_app
+#                           (as_subscriber), in $group if given
 #   sasl_acl_broker()       ($bootstrap, $password) of the broker's SASL
 #                           listener, where its ACLs apply to the user evbus
 #                           (test/kafka/kafka.sh); skip_all without one
@@ -404,15 +406,17 @@ SELECT evbus.subscribe('$event', 'record_received(jsonb, jsonb)');
 # new_shop(node, event): see the top of this file.
 sub new_shop
 {
-	my ($node, $event) = @_;
-	$node->safe_psql('postgres', 'CREATE DATABASE shop');
-	$node->safe_psql('shop', 'CREATE EXTENSION evbus');
+	my ($node, $event, $db, $group) = @_;
+	$db //= 'shop';
+	my $in_group = defined $group ? ", '$group'" : '';
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql($db, 'CREATE EXTENSION evbus');
 	$node->safe_psql(
-		'shop', as_subscriber($node, 'shop') . qq{
+		$db, as_subscriber($node, $db) . qq{
 CREATE TABLE received (payload jsonb);
 CREATE FUNCTION record_received(payload jsonb) RETURNS void LANGUAGE sql
 	AS \$\$ INSERT INTO public.received VALUES (payload) \$\$;
-SELECT evbus.subscribe('$event', 'record_received(jsonb)');
+SELECT evbus.subscribe('$event', 'record_received(jsonb)'$in_group);
 });
 	return;
 }

@@ -9,7 +9,8 @@
 # the copy's consumer took them all).  evbus.adopt_copy(), not granted to
 # PUBLIC and refused in a database that is no copy, makes the copy one of
 # its own: its workers start.  A copy whose original was dropped (a copy
-# made to rename) takes the rows over at its first start, with a LOG line.
+# made to rename) takes the rows over at its first start, with a LOG line,
+# and so does a database made from a template (a new tenant's).
 use strict;
 use warnings;
 
@@ -141,6 +142,24 @@ ok(wait_for_sql($node, 'shop', q{SELECT count(*) = 1 FROM received WHERE payload
 sleep 2;
 is($node->safe_psql('shop_restored', q{SELECT count(*) FROM received WHERE payload = '{"n": 71}'}),
 	'0', 'the restored copy does not');
+
+# a database made from a template with evbus (a new tenant's) is one of
+# its own: templates run no workers
+kafka_admin('topics', '--create', '--topic', "${prefix}Tenant", '--partitions', '1');
+new_shop($node, 'Tenant', 'tenant_template', 'tenant_group');
+ok( wait_for_sql(
+		$node, 'tenant_template', 'SELECT count(*) = 1 FROM evbus.database_identity'),
+	'the template entered itself, as its workers started');
+$node->safe_psql('postgres', 'ALTER DATABASE tenant_template IS_TEMPLATE true');
+# its workers may still run: the copy stops them, and the launcher starts
+# no worker in a template again
+ok(copy_when_idle('tenant_1', 'tenant_template'), 'a tenant made from the template');
+$node->safe_psql('tenant_1', q{SELECT evbus.publish('Tenant', '{"n": 1}', 'k')});
+ok(wait_for_sql($node, 'tenant_1', 'SELECT count(*) = 0 FROM evbus.outbox'),
+	'the tenant publishes');
+ok($node->log_contains(qr/LOG:  evbus: database "tenant_1" takes over evbus's rows of another database/),
+	'having taken the rows over');
+ok(!$node->log_contains(qr/"tenant_1" is a copy/), 'without a WARNING');
 
 # a copy whose original is dropped takes the rows over
 ok(copy_when_idle('shop_renamed', 'shop'), 'another copy of shop');
