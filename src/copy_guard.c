@@ -38,11 +38,8 @@
  */
 #include "postgres.h"
 
-#include "access/htup_details.h"
 #include "access/xact.h"
 #include "access/xlog.h"
-#include "catalog/namespace.h"
-#include "catalog/pg_database.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
@@ -51,7 +48,6 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
-#include "utils/syscache.h"
 
 #include "evbus.h"
 
@@ -63,14 +59,10 @@
 static bool
 runs_workers(Oid dboid)
 {
-	HeapTuple	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
-	bool		result;
+	bool		exists;
+	bool		is_template = evbus_database_is_template(dboid, &exists);
 
-	if (!HeapTupleIsValid(tup))
-		return false;
-	result = !((Form_pg_database) GETSTRUCT(tup))->datistemplate;
-	ReleaseSysCache(tup);
-	return result;
+	return exists && !is_template;
 }
 
 /*
@@ -145,7 +137,7 @@ evbus_copy_of(void)
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (OidIsValid(get_relname_relid("database_identity", get_namespace_oid("evbus", false))))
+	if (OidIsValid(get_relname_relid("database_identity", evbus_schema_oid())))
 	{
 		bool		ours;
 		uint64		rows;

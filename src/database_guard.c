@@ -27,7 +27,6 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/pg_authid.h"
-#include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
 #include "miscadmin.h"
@@ -61,20 +60,6 @@ may_create_databases(void)
 	return result;
 }
 
-/* Is dboid a template database (datistemplate)? */
-static bool
-is_template(Oid dboid)
-{
-	HeapTuple	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
-	bool		result;
-
-	if (!HeapTupleIsValid(tup))
-		return false;
-	result = ((Form_pg_database) GETSTRUCT(tup))->datistemplate;
-	ReleaseSysCache(tup);
-	return result;
-}
-
 /* The value of option name in a list of DefElem, or NULL. */
 static const char *
 option_value(List *options, const char *name)
@@ -104,6 +89,7 @@ guarded_database(Node *stmt, bool is_top_level, const char **name_after)
 	const char *name = NULL;
 	const char *new_name = NULL;
 	Oid			dboid;
+	bool		exists;
 
 	if (IsA(stmt, DropdbStmt))
 	{
@@ -132,7 +118,8 @@ guarded_database(Node *stmt, bool is_top_level, const char **name_after)
 	if (top_level_only && (!is_top_level || IsTransactionBlock()))
 		return InvalidOid;
 	dboid = get_database_oid(name, true);
-	if (!OidIsValid(dboid) || (guarded_drop && is_template(dboid)))
+	if (!OidIsValid(dboid) ||
+		(guarded_drop && evbus_database_is_template(dboid, &exists)))
 		return InvalidOid;		/* "cannot drop a template database" */
 	if (new_name != NULL && OidIsValid(get_database_oid(new_name, true)))
 		return InvalidOid;		/* "already exists" */
@@ -144,7 +131,8 @@ guarded_database(Node *stmt, bool is_top_level, const char **name_after)
 		 * ran before it became one are not started again.
 		 */
 		if (!may_create_databases() ||
-			(!is_template(dboid) && !pg_database_ownercheck(dboid, GetUserId())))
+			(!evbus_database_is_template(dboid, &exists) &&
+			 !pg_database_ownercheck(dboid, GetUserId())))
 			return InvalidOid;
 	}
 	else

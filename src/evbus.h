@@ -300,6 +300,7 @@ extern const char *evbus_clip(const char *s, int max);
 extern void evbus_check_event_name(const char *name, const char *what);
 extern void evbus_check_writable(const char *what);
 extern Oid	evbus_schema_oid(void);
+extern bool evbus_database_is_template(Oid dboid, bool *exists);
 extern bool evbus_pauses_present(void);
 
 /* A table of schema evbus a worker reads again when it changed (util.c). */

@@ -10,6 +10,7 @@
 
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
 #include "commands/extension.h"
 #include "mb/pg_wchar.h"
@@ -185,6 +186,25 @@ Oid
 evbus_schema_oid(void)
 {
 	return get_namespace_oid(EVBUS_SCHEMA, false);
+}
+
+/*
+ * evbus_database_is_template --- is dboid a template database
+ * (datistemplate)?  *exists says whether there is such a database at all.
+ * The launcher starts no worker in a template.
+ */
+bool
+evbus_database_is_template(Oid dboid, bool *exists)
+{
+	HeapTuple	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
+	bool		result;
+
+	*exists = HeapTupleIsValid(tup);
+	if (!*exists)
+		return false;
+	result = ((Form_pg_database) GETSTRUCT(tup))->datistemplate;
+	ReleaseSysCache(tup);
+	return result;
 }
 
 /*
