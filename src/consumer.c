@@ -54,6 +54,8 @@ typedef struct GroupConsumer
 	char	   *group;
 	char	   *topics;			/* comma-separated, sorted: detects changes */
 	char	   *paused;			/* the topics paused (consumer_pause.c) */
+	List	   *missing;		/* topics Kafka said do not exist, not
+								 * assigned since (evbus_consumers_watch_list) */
 	uint64		settings;		/* evbus_kafka_conf_fingerprint when built */
 	rd_kafka_t *rk;
 	rd_kafka_queue_t *queue;
@@ -139,6 +141,56 @@ evbus_consumers_wakeup_fd(void)
 	return wake_pipe[0];
 }
 
+/* Did Kafka say that topic does not exist, since it was last assigned? */
+static bool
+topic_missing(const GroupConsumer *gc, const char *topic)
+{
+	ListCell   *lc;
+
+	foreach(lc, gc->missing)
+		if (strcmp(lfirst(lc), topic) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * note_missing --- Kafka said that topic, which the group subscribes to,
+ * does not exist: remember it until a partition of it is assigned.
+ */
+static void
+note_missing(GroupConsumer *gc, const char *topic)
+{
+	MemoryContext old;
+
+	if (topic_missing(gc, topic))
+		return;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	gc->missing = lappend(gc->missing, pstrdup(topic));
+	MemoryContextSwitchTo(old);
+}
+
+/* forget_missing --- the topics of parts exist: forget they did not. */
+static void
+forget_missing(GroupConsumer *gc, const rd_kafka_topic_partition_list_t *parts)
+{
+	ListCell   *lc;
+	int			i;
+
+	foreach(lc, gc->missing)
+	{
+		char	   *topic = lfirst(lc);
+
+		for (i = 0; i < parts->cnt; i++)
+			if (strcmp(parts->elems[i].topic, topic) == 0)
+				break;
+		if (i < parts->cnt)
+		{
+			gc->missing = foreach_delete_current(gc->missing, lc);
+			pfree(topic);
+		}
+	}
+}
+
 /*
  * on_assign --- start each assigned partition where this group left off
  * (kafka_offsets.c says where: the stored offset, or Kafka's); the high
@@ -186,6 +238,7 @@ on_assign(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 	rd_kafka_assign(rk, parts);
 	/* librdkafka forgets pauses: paused topics stay so (consumer_pause.c) */
 	evbus_partitions_pause(rk, parts, gc->paused, NULL);
+	forget_missing(gc, parts);
 }
 
 /*
@@ -635,6 +688,7 @@ consumer_free(GroupConsumer *gc, bool keep_lags)
 	pfree(gc->group);
 	pfree(gc->topics);
 	pfree(gc->paused);
+	list_free_deep(gc->missing);
 	pfree(gc);
 }
 
@@ -889,6 +943,9 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 											   rd_kafka_message_errstr(km));
 					if (km->err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
 						evbus_metrics_broker(EVBUS_CONSUMER, false);
+					if ((km->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+						 km->err == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) && km->rkt)
+						note_missing(gc, rd_kafka_topic_name(km->rkt));
 				}
 				rd_kafka_message_destroy(km);
 				continue;
@@ -1236,9 +1293,11 @@ evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned)
 		 * A topic of the group (not paused) with no partition here: it may
 		 * not exist yet, or its partitions are another member's.  Its first
 		 * partition is watched from the start, so that a first message there
-		 * wakes the consumer, which then joins the group again; a message in
-		 * another partition is found when the consumer wakes to look again
-		 * (idle.c, UNASSIGNED_RECHECK).
+		 * wakes the consumer, which then joins the group again.  A topic that
+		 * Kafka said does not exist wakes it as soon as it does, wherever its
+		 * first message goes (test 240_idle_new_topic.pl); a message in
+		 * another partition of a topic that exists is found when the consumer
+		 * wakes to look again (idle.c, UNASSIGNED_RECHECK).
 		 */
 		for (tok = strtok_r(copy, ",", &save); settled && tok;
 			 tok = strtok_r(NULL, ",", &save))
@@ -1255,6 +1314,7 @@ evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned)
 				break;
 			}
 			w = watch_add(w, &n, &cap, tok, 0, 0);
+			w[n - 1].created = topic_missing(gc, tok);
 			*unassigned = true;
 		}
 		rd_kafka_topic_partition_list_destroy(assignment);

@@ -155,7 +155,9 @@ extern bool evbus_slot_wanted(void);
 
 /*
  * shmem.c: a partition an idle consumer left, with the offset from which a
- * message there is new to it (wake_watch.c watches them).
+ * message there is new to it (wake_watch.c watches them); or the first
+ * partition of a subscribed topic that Kafka said did not exist, whose
+ * creation wakes the consumer (created).
  */
 #define EVBUS_MAX_WATCHES 4096
 
@@ -164,6 +166,7 @@ typedef struct EvbusWatch
 	Oid			dboid;			/* InvalidOid: free entry */
 	int32		partition;
 	int64		offset;
+	bool		created;		/* wake once the topic exists */
 	char		topic[EVBUS_MAX_TOPIC_LEN + 1];
 } EvbusWatch;
 

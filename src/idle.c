@@ -20,11 +20,12 @@
  * partition it was assigned up to its high watermark, the same ones twice
  * in a row an idle timeout apart (so a consumer that receives nothing for
  * one idle timeout goes idle after two); a subscribed topic of which it
- * has no partition (not created yet) is watched at its first partition
- * from the start.  It leaves those partitions and
- * their high watermarks in shared memory: the launcher watches them with
- * a Kafka client of its own and wakes the consumer at the first message
- * there (wake_watch.c).  Its group rebalances meanwhile.
+ * has no partition is watched at its first partition from the start, and
+ * one that Kafka said does not exist until it does.  It leaves those
+ * partitions and their high watermarks in shared memory: the launcher
+ * watches them with a Kafka client of its own and wakes the consumer at
+ * the first message there, or when the topic is created (wake_watch.c).
+ * Its group rebalances meanwhile.
  *
  * The publisher has nothing to do when no outbox row is left to publish
  * whose deliver_at has come or comes within evbus.idle_timeout.  A
@@ -55,11 +56,12 @@
 
 /*
  * An idle consumer with a subscribed topic of which it had no partition
- * (the topic did not exist yet, or its partitions were another member's)
- * wakes this many idle timeouts later to look again: the launcher watches
- * only the first partition of such a topic, and a message in another one
- * would otherwise wait for some other wake (test 238_idle_databases.pl,
- * a topic created by the first event published after subscribing).
+ * (its partitions were another member's, or the topic did not exist yet
+ * and Kafka has not said so) wakes this many idle timeouts later to look
+ * again: the launcher watches only the first partition of such a topic,
+ * and a message in another one would otherwise wait for some other wake
+ * (test 238_idle_databases.pl).  A topic Kafka said does not exist wakes
+ * the consumer when it is created (test 240_idle_new_topic.pl).
  */
 #define UNASSIGNED_RECHECK 5
 
@@ -248,7 +250,7 @@ same_watches(const EvbusWatch *a, int na, const EvbusWatch *b, int nb)
 		return false;
 	for (i = 0; i < na; i++)
 		if (a[i].partition != b[i].partition || a[i].offset != b[i].offset ||
-			strcmp(a[i].topic, b[i].topic) != 0)
+			a[i].created != b[i].created || strcmp(a[i].topic, b[i].topic) != 0)
 			return false;
 	return true;
 }

@@ -14,8 +14,11 @@
  * again: wake_watchers): the launcher then starts its consumer, which
  * joins its group and reads from its stored offsets as always.
  * Errors (a topic that does not exist yet, a broker down) wake no one:
- * librdkafka keeps trying, and a topic's first message wakes its
- * watchers once it exists.
+ * librdkafka keeps trying.  A subscribed topic that the consumer was told
+ * does not exist is watched at its first partition, and its creation
+ * wakes the consumer, wherever the first message goes: that partition's
+ * high watermark becomes known (wake_created, test
+ * 240_idle_new_topic.pl).
  *
  * librdkafka's threads never call PostgreSQL code: they only write a byte
  * into a pipe that the launcher waits on along with its latch, and the
@@ -208,6 +211,34 @@ wake_watchers(const char *topic, int32 partition, int64 offset)
 }
 
 /*
+ * wake_created --- wake the idle consumers whose topic did not exist and
+ * does now: the client knows the high watermark of the partition it
+ * watches there, from a fetch answered (no network wait here).
+ */
+static void
+wake_created(void)
+{
+	int			i;
+
+	for (i = 0; i < nwatches; i++)
+	{
+		EvbusWatch *w = &watches[i];
+		int64_t		lo;
+		int64_t		hi;
+
+		if (w->dboid != InvalidOid && w->created &&
+			rd_kafka_get_watermark_offsets(rk, w->topic, w->partition, &lo, &hi) ==
+			RD_KAFKA_RESP_ERR_NO_ERROR && hi >= 0)
+		{
+			elog(DEBUG1, "evbus: topic %s was created: it wakes the consumer of database %u",
+				 w->topic, w->dboid);
+			evbus_db_wake(w->dboid, EVBUS_CONSUMER);
+			w->dboid = InvalidOid;
+		}
+	}
+}
+
+/*
  * watch_assign --- copy the watches again and assign their partitions,
  * each from the lowest offset left for it.  False if there are watches
  * but no client for them.
@@ -263,7 +294,8 @@ watch_assign(uint64 settings)
 /*
  * evbus_watch_serve --- in the launcher's loop: publish its Kafka
  * settings, follow the idle consumers' watches as they change, and wake
- * the databases whose partitions got messages.  Never waits.
+ * the databases whose partitions got messages or whose topics were
+ * created.  Never waits.
  */
 void
 evbus_watch_serve(uint64 settings)
@@ -319,4 +351,6 @@ evbus_watch_serve(uint64 settings)
 			wake_watchers(rd_kafka_topic_name(m->rkt), m->partition, m->offset);
 		rd_kafka_message_destroy(m);
 	}
+	if (rk != NULL)
+		wake_created();
 }
