@@ -123,6 +123,7 @@ consumer_start(Oid dboid)
 	if (!evbus_db_may_start(dboid))
 		proc_exit(0);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	evbus_worker_read_write();
 
 	/*
 	 * The consumer's own SQL runs with a pinned search_path, as a second

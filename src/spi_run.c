@@ -103,6 +103,22 @@ evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
 }
 
 /*
+ * evbus_worker_read_write --- a worker's transactions write, whatever
+ * default_transaction_read_only says for the server, the database or the
+ * role the workers connect as: set on for a database so that its sessions
+ * do not write by mistake, it made every transaction of its publisher and
+ * consumer fail, and nothing was published or handled (test
+ * 242_read_only_default.pl).  Sessions that stage events have turned it
+ * off for themselves; the workers, like autovacuum, are no such session.
+ * Called once a worker is connected to its database.
+ */
+void
+evbus_worker_read_write(void)
+{
+	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/*
  * Short transactions of the workers (publisher and consumer).
  *
  * evbus_worker_begin --- start a short transaction with SPI connected.  If
