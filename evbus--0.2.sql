@@ -1117,3 +1117,19 @@ CREATE FUNCTION evbus.adopt_copy() RETURNS void
 COMMENT ON FUNCTION evbus.adopt_copy() IS
 	'make this copy of another database of the server a database of its own: its evbus workers start';
 REVOKE ALL ON FUNCTION evbus.adopt_copy() FROM PUBLIC;
+
+/*
+ * evbus's own triggers fire whatever session_replication_role says.  A
+ * session that sets it to replica (a migration skipping foreign keys and
+ * user triggers, say) would otherwise subscribe a handler that the
+ * consumer never hears of, and workers of a database set so would insert
+ * inbox rows that evbus.stats never counts (test 243_replica_role.pl).
+ */
+ALTER TABLE evbus.converters ENABLE ALWAYS TRIGGER converters_changed;
+ALTER TABLE evbus.subscriptions ENABLE ALWAYS TRIGGER subscriptions_changed;
+ALTER TABLE evbus.publishing_pauses ENABLE ALWAYS TRIGGER publishing_pauses_changed;
+ALTER TABLE evbus.replays ENABLE ALWAYS TRIGGER replays_changed;
+ALTER TABLE evbus.inbox ENABLE ALWAYS TRIGGER inbox_inserted;
+ALTER TABLE evbus.inbox ENABLE ALWAYS TRIGGER inbox_deleted;
+ALTER TABLE evbus.inbox ENABLE ALWAYS TRIGGER inbox_truncated;
+ALTER EVENT TRIGGER evbus_refuse_handler_drop ENABLE ALWAYS;
