@@ -123,14 +123,7 @@ consumer_start(Oid dboid)
 	if (!evbus_db_may_start(dboid))
 		proc_exit(0);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
-	evbus_worker_read_write();
-
-	/*
-	 * The consumer's own SQL runs with a pinned search_path, as a second
-	 * guard besides its qualified names; each handler gets its role's
-	 * connection settings instead, for its run only (role_settings.c).
-	 */
-	SetConfigOption("search_path", EVBUS_PINNED_SEARCH_PATH, PGC_SUSET, PGC_S_SESSION);
+	evbus_worker_settings();
 
 	if (!evbus_claim_worker_slot(dboid, EVBUS_CONSUMER, MyLatch))
 		proc_exit(0);

@@ -180,7 +180,8 @@ evbus_retry(PG_FUNCTION_ARGS)
 										  " OR next_attempt_at IS NULL THEN 0 ELSE attempts END,"
 										  " next_attempt_at = pg_catalog.now()"
 										  " WHERE message_id OPERATOR(pg_catalog.=) $1"
-										  " AND state IN ('pending', 'dead')"
+										  " AND (state OPERATOR(pg_catalog.=) 'pending'"
+										  " OR state OPERATOR(pg_catalog.=) 'dead')"
 										  " AND payload IS NOT NULL",
 										  1, argtypes, values, NULL);
 

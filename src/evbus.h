@@ -354,7 +354,7 @@ extern Relation evbus_outbox_open(int slot, LOCKMODE lockmode);
 extern void evbus_spi_as_owner(void (*work) (void *arg), void *arg);
 extern uint64 evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
 									 Datum *values, const char *nulls);
-extern void evbus_worker_read_write(void);
+extern void evbus_worker_settings(void);
 extern void evbus_worker_begin(void (*let_go) (void));
 extern void evbus_worker_commit(void);
 extern SPIPlanPtr evbus_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs,

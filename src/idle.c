@@ -149,7 +149,7 @@ earliest_deliver_at(int table, int64 *ids, int n)
 	values[0] = evbus_int8_array(ids, n);
 	snprintf(sql, sizeof(sql),
 			 "SELECT pg_catalog.min(coalesce(deliver_at, '-infinity')) "
-			 "FROM evbus.outbox_%d WHERE id = ANY ($1)", table);
+			 "FROM evbus.outbox_%d WHERE id OPERATOR(pg_catalog.=) ANY ($1)", table);
 	if (SPI_execute_with_args(sql, 1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "evbus: could not read the outbox's deliver_at");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

@@ -204,7 +204,7 @@ evbus_outbox_truncate_main(Datum main_arg)
 	if (!evbus_db_may_start(dboid))
 		proc_exit(0);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
-	evbus_worker_read_write();
+	evbus_worker_settings();
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();

@@ -98,7 +98,7 @@ publisher_start(Oid dboid)
 	if (!evbus_db_may_start(dboid))
 		proc_exit(0);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
-	evbus_worker_read_write();
+	evbus_worker_settings();
 
 	/* one worker per database */
 	if (!evbus_claim_worker_slot(dboid, EVBUS_PUBLISHER, MyLatch))

@@ -66,7 +66,8 @@
 	" AND i.kafka_partition OPERATOR(pg_catalog.=) " d ".kafka_partition" \
 	" AND i.kafka_offset OPERATOR(pg_catalog.=) " d ".kafka_offset" \
 	" AND i.handler OPERATOR(pg_catalog.=) COALESCE(" d ".handler, '')" \
-	" AND i.state IN ('pending', 'dead')"
+	" AND (i.state OPERATOR(pg_catalog.=) 'pending'" \
+	" OR i.state OPERATOR(pg_catalog.=) 'dead')"
 
 /* Room for the filter's parameters and a statement's own after them. */
 #define MAX_NARGS 10

@@ -249,7 +249,7 @@ rewind_partition(const Replay *r, const char *topic, int32 partition,
 				   " WHERE i.group_name OPERATOR(pg_catalog.=) $1 AND i.topic OPERATOR(pg_catalog.=) $2"
 				   " AND i.kafka_partition OPERATOR(pg_catalog.=) $3"
 				   " AND i.kafka_offset OPERATOR(pg_catalog.>=) $4"
-				   " AND i.kafka_offset OPERATOR(pg_catalog.<) $5 AND i.state = 'handled'"
+				   " AND i.kafka_offset OPERATOR(pg_catalog.<) $5 AND i.state OPERATOR(pg_catalog.=) 'handled'"
 				   " AND i.handler IN (SELECT s.handler FROM evbus.subscriptions s"
 				   " WHERE s.group_name OPERATOR(pg_catalog.=) $1"
 				   " AND s.integration_event OPERATOR(pg_catalog.=) $6)",

@@ -35,25 +35,37 @@
 
 /*
  * evbus_spi_as_owner --- run work(arg) connected to SPI, as the extension
- * owner, who owns evbus's tables.  The caller's user id and security
- * context come back whether work returns or fails; work copies what it
- * keeps out of SPI's memory, which goes when it returns.
+ * owner, who owns evbus's tables, with search_path = pg_catalog, pg_temp.
+ * The caller's user id and security context come back whether work
+ * returns or fails; work copies what it keeps out of SPI's memory, which
+ * goes when it returns.
+ *
+ * The pinned search_path keeps the caller's schemas out of the names in
+ * evbus's SQL: an operator of the caller's, in a schema named before
+ * pg_catalog, would otherwise run with the owner's rights (test
+ * 244_hostile_search_path.pl).
  */
 void
 evbus_spi_as_owner(void (*work) (void *arg), void *arg)
 {
 	Oid			save_userid;
 	int			save_sec_context;
+	int			save_nestlevel;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(evbus_extension_owner(),
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	save_nestlevel = NewGUCNestLevel();
 	PG_TRY();
 	{
+		(void) set_config_option("search_path", EVBUS_PINNED_SEARCH_PATH,
+								 PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		work(arg);
 		SPI_finish();
+		AtEOXact_GUC(true, save_nestlevel);
 	}
 	PG_FINALLY();
 	{
@@ -103,18 +115,28 @@ evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
 }
 
 /*
- * evbus_worker_read_write --- a worker's transactions write, whatever
- * default_transaction_read_only says for the server, the database or the
- * role the workers connect as: set on for a database so that its sessions
- * do not write by mistake, it made every transaction of its publisher and
- * consumer fail, and nothing was published or handled (test
- * 242_read_only_default.pl).  Sessions that stage events have turned it
- * off for themselves; the workers, like autovacuum, are no such session.
- * Called once a worker is connected to its database.
+ * evbus_worker_settings --- what a worker's session needs, whatever the
+ * server, the database or the role the workers connect as (a superuser)
+ * set.  Called once a worker is connected to its database.
+ *
+ * Its own SQL runs with search_path = pg_catalog, pg_temp: the owner of a
+ * database may set that database's search_path, and an operator of a
+ * schema named there before pg_catalog would run in the worker, as a
+ * superuser (test 244_hostile_search_path.pl).  A consumer's handler gets
+ * the search_path of a connection of its role instead, for its run only
+ * (role_settings.c); so the pin is the session's, not the default.
+ *
+ * Its transactions write, whatever default_transaction_read_only says:
+ * set on for a database so that its sessions do not write by mistake, it
+ * made every transaction of its publisher and consumer fail, and nothing
+ * was published or handled (test 242_read_only_default.pl).  Sessions
+ * that stage events have turned it off for themselves; the workers, like
+ * autovacuum, are no such session.
  */
 void
-evbus_worker_read_write(void)
+evbus_worker_settings(void)
 {
+	SetConfigOption("search_path", EVBUS_PINNED_SEARCH_PATH, PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 }
 
