@@ -50,6 +50,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -462,6 +463,7 @@ run_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n,
  * run_in_subxact --- run_one (took NULL) or run_each in a subtransaction;
  * returns how many of the n messages ran through (for run_one all or
  * none), with the error of the one that failed; see evbus_run_handler.
+ * The session-level advisory locks the handler took are released after.
  */
 static int
 run_in_subxact(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
@@ -499,6 +501,14 @@ run_in_subxact(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
 		done = 0;
 	}
 	PG_END_TRY();
+
+	/*
+	 * Nor does a handler keep a session-level advisory lock: it outlives the
+	 * subtransaction, and one taken by a handler that then failed blocked
+	 * every other session wanting it for as long as the consumer ran (test
+	 * 214_handler_settings.pl).  evbus takes none of its own.
+	 */
+	LockReleaseSession(USER_LOCKMETHOD);
 	return done;
 }
 

@@ -6,6 +6,10 @@
 # For each of two events, both handlers see the settings a handler starts
 # from (a new connection's: the server's), never what a_sets left behind;
 # a_sets too, at the second event.
+# Nor does a handler leave a session-level advisory lock behind: c_locks
+# takes one and returns, or fails, without releasing it; another session
+# takes the lock right after (one taken by a failing handler was held for
+# as long as the consumer ran).
 use strict;
 use warnings;
 
@@ -76,6 +80,31 @@ is(sql(q{SELECT settings FROM seen WHERE handler = 'a_sets' AND n = 2}), $start,
 is(sql(q{SELECT settings FROM seen WHERE handler = 'b_reads' AND n = 2}), $start,
 	'event 2: nor does b_reads see them');
 is(sql(q{SELECT count(DISTINCT settings) FROM seen}), '1', 'every handler saw the same settings');
+
+# --- session-level advisory locks --------------------------------------------
+sql(q{
+SET ROLE alice;
+CREATE FUNCTION c_locks(payload jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_catalog.pg_advisory_lock(214);
+	IF (payload->>'fail')::boolean THEN
+		RAISE EXCEPTION 'failing with the lock held';
+	END IF;
+	INSERT INTO public.seen (handler, n) VALUES ('c_locks', (payload->>'n')::int);
+END $$;
+SELECT evbus.subscribe('Locks', 'public.c_locks(jsonb)', NULL, 0);
+});
+my $take_lock = q{SET lock_timeout = '5s'; SELECT pg_advisory_lock(214); SELECT pg_advisory_unlock(214)};
+sql(q{SELECT evbus.publish('Locks', '{"n": 3}')});
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM seen WHERE handler = 'c_locks'}, '1', 60),
+	'a handler took an advisory lock and returned');
+my ($ret, $out, $err) = $node->psql('postgres', $take_lock);
+is($ret, 0, 'another session takes the lock') or diag $err;
+sql(q{SELECT evbus.publish('Locks', '{"n": 4, "fail": true}')});
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM evbus.dead_letters}, '1', 60),
+	'a handler took it and failed');
+($ret, $out, $err) = $node->psql('postgres', $take_lock);
+is($ret, 0, 'another session takes the lock again') or diag $err;
 
 $node->stop;
 done_testing();
