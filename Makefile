@@ -74,6 +74,7 @@ OBJS = \
 	src/restore.o \
 	src/copy_guard.o \
 	src/database_guard.o \
+	src/publication_warning.o \
 	src/standby_wait.o \
 	src/util.o
 

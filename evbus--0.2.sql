@@ -1119,6 +1119,21 @@ COMMENT ON FUNCTION evbus.adopt_copy() IS
 REVOKE ALL ON FUNCTION evbus.adopt_copy() FROM PUBLIC;
 
 /*
+ * A WARNING for each publication that includes evbus's tables: a database
+ * subscribed to it would receive this one's outbox, inbox and consumer
+ * offsets as its own (test 246_publication_warning.pl).
+ */
+CREATE FUNCTION evbus._warn_published() RETURNS event_trigger
+	AS 'MODULE_PATHNAME', 'evbus_warn_published'
+	LANGUAGE C;
+REVOKE ALL ON FUNCTION evbus._warn_published() FROM PUBLIC;
+CREATE EVENT TRIGGER evbus_warn_published ON ddl_command_end
+	WHEN TAG IN ('CREATE PUBLICATION', 'ALTER PUBLICATION')
+	EXECUTE FUNCTION evbus._warn_published();
+COMMENT ON EVENT TRIGGER evbus_warn_published IS
+	'warns when a publication includes evbus''s tables (publish your own tables by name or by schema)';
+
+/*
  * evbus's own triggers fire whatever session_replication_role says.  A
  * session that sets it to replica (a migration skipping foreign keys and
  * user triggers, say) would otherwise subscribe a handler that the
@@ -1133,3 +1148,4 @@ ALTER TABLE evbus.inbox ENABLE ALWAYS TRIGGER inbox_inserted;
 ALTER TABLE evbus.inbox ENABLE ALWAYS TRIGGER inbox_deleted;
 ALTER TABLE evbus.inbox ENABLE ALWAYS TRIGGER inbox_truncated;
 ALTER EVENT TRIGGER evbus_refuse_handler_drop ENABLE ALWAYS;
+ALTER EVENT TRIGGER evbus_warn_published ENABLE ALWAYS;

@@ -9,7 +9,7 @@
  * and sequence.  Runs in a transaction that it rolls back.
  */
 BEGIN;
-SELECT plan(121);
+SELECT plan(124);
 
 -- an application role that produces, one that consumes, one that monitors
 CREATE ROLE evbus_pgtap_producer;
@@ -54,6 +54,7 @@ SELECT function_privs_are('evbus', 'worker_status', ARRAY[]::name[], 'public', A
 SELECT function_privs_are('evbus', 'message_chain', ARRAY['text'], 'public', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_config_changed', ARRAY[]::name[], 'public', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_refuse_handler_drop', ARRAY[]::name[], 'public', ARRAY[]::name[]);
+SELECT function_privs_are('evbus', '_warn_published', ARRAY[]::name[], 'public', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_start_worker_at_commit', ARRAY[]::name[], 'public', ARRAY[]::name[]);
 
 -- functions: what a role granted the producing API may execute
@@ -73,6 +74,7 @@ SELECT function_privs_are('evbus', 'worker_status', ARRAY[]::name[], 'evbus_pgta
 SELECT function_privs_are('evbus', 'message_chain', ARRAY['text'], 'evbus_pgtap_producer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_config_changed', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_refuse_handler_drop', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY[]::name[]);
+SELECT function_privs_are('evbus', '_warn_published', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_start_worker_at_commit', ARRAY[]::name[], 'evbus_pgtap_producer', ARRAY[]::name[]);
 
 -- functions: what a role granted the consuming API may execute
@@ -92,6 +94,7 @@ SELECT function_privs_are('evbus', 'worker_status', ARRAY[]::name[], 'evbus_pgta
 SELECT function_privs_are('evbus', 'message_chain', ARRAY['text'], 'evbus_pgtap_consumer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_config_changed', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_refuse_handler_drop', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY[]::name[]);
+SELECT function_privs_are('evbus', '_warn_published', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY[]::name[]);
 SELECT function_privs_are('evbus', '_start_worker_at_commit', ARRAY[]::name[], 'evbus_pgtap_consumer', ARRAY[]::name[]);
 
 -- tables, views and sequences: PUBLIC reads and writes none

@@ -6,7 +6,7 @@
  * that it rolls back (test/pgtap/run.sh).
  */
 BEGIN;
-SELECT plan(136);
+SELECT plan(139);
 
 -- the extension and its fixed schema
 SELECT has_extension('evbus', 'extension evbus is installed');
@@ -33,7 +33,7 @@ SELECT functions_are('evbus', ARRAY[
 	'consumer_pid', 'worker_status', 'message_chain', '_start_worker_at_commit',
 	'discard', 'edit_dead_letter', 'pause_subscription', 'resume_subscription',
 	'pause_publishing', 'resume_publishing', 'replay', 'metrics', '_inbox_counted',
-	'adopt_copy']);
+	'adopt_copy', '_warn_published']);
 
 -- every function with its argument types and its result
 SELECT has_function('evbus', 'register_converter', ARRAY['text', 'text', 'regprocedure']);
@@ -89,6 +89,8 @@ SELECT has_function('evbus', '_config_changed', ARRAY[]::name[]);
 SELECT function_returns('evbus', '_config_changed', ARRAY[]::name[], 'trigger');
 SELECT has_function('evbus', '_refuse_handler_drop', ARRAY[]::name[]);
 SELECT function_returns('evbus', '_refuse_handler_drop', ARRAY[]::name[], 'event_trigger');
+SELECT has_function('evbus', '_warn_published', ARRAY[]::name[]);
+SELECT function_returns('evbus', '_warn_published', ARRAY[]::name[], 'event_trigger');
 SELECT has_function('evbus', '_start_worker_at_commit', ARRAY[]::name[]);
 SELECT function_returns('evbus', '_start_worker_at_commit', ARRAY[]::name[], 'void');
 
@@ -220,6 +222,11 @@ SELECT is((SELECT evtevent || ' ' || evtfoid::regprocedure::text
 		   FROM pg_catalog.pg_event_trigger WHERE evtname = 'evbus_refuse_handler_drop'),
 		  'sql_drop evbus._refuse_handler_drop()',
 		  'event trigger evbus_refuse_handler_drop runs on sql_drop');
+SELECT is((SELECT evtevent || ' ' || evtfoid::regprocedure::text || ' ' || evtenabled::text || ' '
+				  || pg_catalog.array_to_string(evttags, ',')
+		   FROM pg_catalog.pg_event_trigger WHERE evtname = 'evbus_warn_published'),
+		  'ddl_command_end evbus._warn_published() A CREATE PUBLICATION,ALTER PUBLICATION',
+		  'event trigger evbus_warn_published runs always after CREATE and ALTER PUBLICATION');
 
 -- pausing and replaying
 SELECT function_returns('evbus', 'pause_subscription', ARRAY['text', 'regprocedure', 'text'], 'integer');

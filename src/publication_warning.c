@@ -1,0 +1,89 @@
+/*-------------------------------------------------------------------------
+ *
+ * publication_warning.c
+ *	  Warn when a logical replication publication includes evbus's tables.
+ *
+ * evbus's tables are ordinary tables of the database: a publication FOR
+ * ALL TABLES (or one that names them, or schema evbus) publishes the
+ * outbox, the inbox, the consumer offsets and the subscriptions, and a
+ * database subscribed to it would receive them as its own (an outbox to
+ * publish again, offsets for its consumer).  The event trigger
+ * evbus_warn_published runs this after CREATE PUBLICATION and ALTER
+ * PUBLICATION, and each publication that includes an evbus table gets a
+ * WARNING with what to do instead (test 246_publication_warning.pl,
+ * docs/production.md "Logical replication").  Nothing is refused: a
+ * publication is the operator's to define.  A publication FOR ALL TABLES
+ * made before CREATE EXTENSION evbus draws none: no event trigger of
+ * evbus exists when that command starts.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "commands/event_trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+
+#include "evbus.h"
+
+/* The names of the publications that include an evbus table, and how many. */
+typedef struct PublishedTables
+{
+	MemoryContext cxt;
+	int			n;
+	char	  **pubnames;
+	int64	   *tables;
+} PublishedTables;
+
+/*
+ * read_publications --- fill in the PublishedTables arg.  Not read-only,
+ * so that SPI sees what the command that fired the trigger just wrote
+ * (the new publication).
+ */
+static void
+read_publications(void *arg)
+{
+	PublishedTables *found = (PublishedTables *) arg;
+	uint64		i;
+
+	if (SPI_execute("SELECT pubname::pg_catalog.text, pg_catalog.count(*)"
+					" FROM pg_catalog.pg_publication_tables"
+					" WHERE schemaname OPERATOR(pg_catalog.=) '" EVBUS_SCHEMA "'"
+					" GROUP BY pubname ORDER BY pubname",
+					false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read pg_publication_tables");
+	found->n = (int) SPI_processed;
+	found->pubnames = MemoryContextAlloc(found->cxt, sizeof(char *) * Max(found->n, 1));
+	found->tables = MemoryContextAlloc(found->cxt, sizeof(int64) * Max(found->n, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		found->pubnames[i] = MemoryContextStrdup(found->cxt, SPI_getvalue(tup, desc, 1));
+		found->tables[i] = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+	}
+}
+
+PG_FUNCTION_INFO_V1(evbus_warn_published);
+Datum
+evbus_warn_published(PG_FUNCTION_ARGS)
+{
+	PublishedTables found;
+	int			i;
+
+	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
+		elog(ERROR, "evbus_warn_published: not called by the event trigger manager");
+	found.cxt = CurrentMemoryContext;
+	found.n = 0;
+	evbus_spi_as_owner(read_publications, &found);
+	for (i = 0; i < found.n; i++)
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("publication \"%s\" includes evbus's tables", found.pubnames[i]),
+				 errdetail("%lld tables of schema evbus are published: a database subscribed to it would receive this database's outbox, inbox and consumer offsets as its own.",
+						   (long long) found.tables[i]),
+				 errhint("Publish your own tables by name or by schema (FOR TABLE ..., FOR TABLES IN SCHEMA ...), not FOR ALL TABLES.")));
+	PG_RETURN_VOID();
+}
