@@ -66,6 +66,10 @@ read_publications(void *arg)
 	}
 }
 
+/*
+ * evbus_warn_published --- the event trigger evbus_warn_published: a
+ * WARNING for each publication that includes an evbus table.
+ */
 PG_FUNCTION_INFO_V1(evbus_warn_published);
 Datum
 evbus_warn_published(PG_FUNCTION_ARGS)
@@ -82,8 +86,10 @@ evbus_warn_published(PG_FUNCTION_ARGS)
 		ereport(WARNING,
 				(errcode(ERRCODE_WARNING),
 				 errmsg("publication \"%s\" includes evbus's tables", found.pubnames[i]),
-				 errdetail("%lld tables of schema evbus are published: a database subscribed to it would receive this database's outbox, inbox and consumer offsets as its own.",
-						   (long long) found.tables[i]),
+				 errdetail_plural("%lld table of schema evbus is published: a database subscribed to it would receive this database's evbus state as its own.",
+								  "%lld tables of schema evbus are published: a database subscribed to it would receive this database's outbox, inbox and consumer offsets as its own.",
+								  (unsigned long) found.tables[i],
+								  (long long) found.tables[i]),
 				 errhint("Publish your own tables by name or by schema (FOR TABLE ..., FOR TABLES IN SCHEMA ...), not FOR ALL TABLES.")));
 	PG_RETURN_VOID();
 }
