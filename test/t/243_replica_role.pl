@@ -8,7 +8,9 @@
 # subscribed by a migration was never called until the consumer restarted,
 # the inbox rows of workers in a database set so went uncounted, and a
 # subscribed handler could be dropped.  They now fire always:
-#  1. a converter registered in replica mode is used by the other sessions;
+#  1. a converter registered in replica mode is used by the other sessions
+#     (a capture trigger, the application's own, fires in replica mode
+#     only if made ENABLE ALWAYS);
 #  2. a handler subscribed in replica mode is called, without a restart;
 #  3. DROP of a subscribed handler in replica mode is refused (2BP01);
 #  4. workers of a database in replica mode handle and count what they
@@ -44,6 +46,25 @@ SELECT evbus.register_converter('OrderCreated', 'Mirrored', 'order_mirror(jsonb)
 is($session->query_safe(q{SELECT evbus.raise('OrderCreated', '{"id": 2}')}),
 	'2', 'another session uses the converter registered in replica mode');
 $session->quit;
+
+# a capture trigger is the application's, and an ordinary one: in replica
+# mode it does not fire unless made ENABLE ALWAYS (docs/production.md)
+# (its events stay staged: publishing Captured is paused)
+$node->safe_psql(
+	'shop', q{
+SELECT evbus.register_converter('OrderCaptured', 'Captured', 'order_audit(jsonb)');
+SELECT evbus.pause_publishing('Captured');
+CREATE TABLE orders (id int PRIMARY KEY);
+CREATE TRIGGER orders_captured AFTER INSERT ON orders
+	FOR EACH ROW EXECUTE FUNCTION evbus.capture('OrderCaptured', 'id');
+});
+my $staged = q{SELECT count(*) FROM evbus.outbox WHERE integration_event = 'Captured'};
+$node->safe_psql('shop', q{SET session_replication_role = replica; INSERT INTO orders VALUES (1)});
+is($node->safe_psql('shop', $staged), '0', 'a capture trigger does not fire in replica mode');
+$node->safe_psql(
+	'shop', q{ALTER TABLE orders ENABLE ALWAYS TRIGGER orders_captured;
+SET session_replication_role = replica; INSERT INTO orders VALUES (2)});
+is($node->safe_psql('shop', $staged), '1', 'unless made ENABLE ALWAYS');
 
 # --- 2. a handler subscribed in replica mode ----------------------------------
 $node->safe_psql(
