@@ -16,10 +16,9 @@
  * the OID of the database evbus's rows belong to, entered by the first
  * worker that starts, and dumped.  A worker that finds a row of another
  * database of this server, which still exists and is no template, is in a
- * copy of it: it does
- * not start, and the database is marked as a copy in shared memory, so
- * that the launcher starts nothing there until evbus.adopt_copy() (or the
- * next server start, which looks again).  Otherwise the database enters
+ * copy of it: it does not start, and the database is marked as a copy in
+ * shared memory, so that the launcher starts nothing there until
+ * evbus.adopt_copy() (or the next server start, which looks again).  Otherwise the database enters
  * its own row and drops the others: rows of another server (pg_upgrade, a
  * database restored elsewhere) or of a database that no longer exists (a
  * copy made to rename, its original dropped) are taken over, with a LOG
@@ -114,7 +113,8 @@ enter_identity(void)
 	values[0] = Int64GetDatum((int64) GetSystemIdentifier());
 	values[1] = ObjectIdGetDatum(MyDatabaseId);
 	evbus_spi_exec("DELETE FROM evbus.database_identity"
-				   " WHERE (system_identifier, database_oid) IS DISTINCT FROM ($1, $2)",
+				   " WHERE NOT (system_identifier OPERATOR(pg_catalog.=) $1"
+				   " AND database_oid OPERATOR(pg_catalog.=) $2)",
 				   2, argtypes, values, NULL, SPI_OK_DELETE);
 	others = SPI_processed;
 	evbus_spi_exec("INSERT INTO evbus.database_identity (system_identifier, database_oid)"

@@ -26,24 +26,14 @@
 
 #include "evbus.h"
 
-/* The names of the publications that include an evbus table, and how many. */
-typedef struct PublishedTables
-{
-	MemoryContext cxt;
-	int			n;
-	char	  **pubnames;
-	int64	   *tables;
-} PublishedTables;
-
 /*
- * read_publications --- fill in the PublishedTables arg.  Not read-only,
- * so that SPI sees what the command that fired the trigger just wrote
- * (the new publication).
+ * warn_publications --- a WARNING for each publication that includes an
+ * evbus table.  Not read-only, so that SPI sees what the command that
+ * fired the trigger just wrote (the new publication).
  */
 static void
-read_publications(void *arg)
+warn_publications(void *arg)
 {
-	PublishedTables *found = (PublishedTables *) arg;
 	uint64		i;
 
 	if (SPI_execute("SELECT pubname::pg_catalog.text, pg_catalog.count(*)"
@@ -52,17 +42,21 @@ read_publications(void *arg)
 					" GROUP BY pubname ORDER BY pubname",
 					false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read pg_publication_tables");
-	found->n = (int) SPI_processed;
-	found->pubnames = MemoryContextAlloc(found->cxt, sizeof(char *) * Max(found->n, 1));
-	found->tables = MemoryContextAlloc(found->cxt, sizeof(int64) * Max(found->n, 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *pubname = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		int64		tables = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+														 SPI_tuptable->tupdesc, 2, &isnull));
 
-		found->pubnames[i] = MemoryContextStrdup(found->cxt, SPI_getvalue(tup, desc, 1));
-		found->tables[i] = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		ereport(WARNING,
+				(errcode(ERRCODE_WARNING),
+				 errmsg("publication \"%s\" includes evbus's tables", pubname),
+				 errdetail_plural("%lld table of schema evbus is published: a database subscribed to it would receive this database's evbus state as its own.",
+								  "%lld tables of schema evbus are published: a database subscribed to it would receive this database's outbox, inbox and consumer offsets as its own.",
+								  (unsigned long) tables,
+								  (long long) tables),
+				 errhint("Publish your own tables by name or by schema (FOR TABLE ..., FOR TABLES IN SCHEMA ...), not FOR ALL TABLES.")));
 	}
 }
 
@@ -74,22 +68,8 @@ PG_FUNCTION_INFO_V1(evbus_warn_published);
 Datum
 evbus_warn_published(PG_FUNCTION_ARGS)
 {
-	PublishedTables found;
-	int			i;
-
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		elog(ERROR, "evbus_warn_published: not called by the event trigger manager");
-	found.cxt = CurrentMemoryContext;
-	found.n = 0;
-	evbus_spi_as_owner(read_publications, &found);
-	for (i = 0; i < found.n; i++)
-		ereport(WARNING,
-				(errcode(ERRCODE_WARNING),
-				 errmsg("publication \"%s\" includes evbus's tables", found.pubnames[i]),
-				 errdetail_plural("%lld table of schema evbus is published: a database subscribed to it would receive this database's evbus state as its own.",
-								  "%lld tables of schema evbus are published: a database subscribed to it would receive this database's outbox, inbox and consumer offsets as its own.",
-								  (unsigned long) found.tables[i],
-								  (long long) found.tables[i]),
-				 errhint("Publish your own tables by name or by schema (FOR TABLE ..., FOR TABLES IN SCHEMA ...), not FOR ALL TABLES.")));
+	evbus_spi_as_owner(warn_publications, NULL);
 	PG_RETURN_VOID();
 }

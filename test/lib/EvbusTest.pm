@@ -60,6 +60,10 @@
 #                           record_received(payload jsonb) that inserts into
 #                           it, subscribed to $event by evbus_app
 #                           (as_subscriber), in $group if given
+#   restart_workers($node, $db)
+#                           terminate the publisher and consumer of $db, so
+#                           that the launcher starts new ones, which take the
+#                           database's settings as they are now
 #   sasl_acl_broker()       ($bootstrap, $password) of the broker's SASL
 #                           listener, where its ACLs apply to the user evbus
 #                           (test/kafka/kafka.sh); skip_all without one
@@ -98,7 +102,7 @@ use PostgreSQL::Test::Utils;
 our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
   wait_for_crash_restart kcat_consume kafka_message_ids java_consume java_produce new_node sqlstate_of
   subscribe_recorder new_shop as_subscriber write_kafka_properties sasl_properties sasl_acl_broker
-  pgbench_script run_pgbench
+  pgbench_script run_pgbench restart_workers
   first_arrivals_by_key stage_keyed);
 
 # kafka.sh: from the environment, else next to this file's directory.
@@ -418,6 +422,16 @@ CREATE FUNCTION record_received(payload jsonb) RETURNS void LANGUAGE sql
 	AS \$\$ INSERT INTO public.received VALUES (payload) \$\$;
 SELECT evbus.subscribe('$event', 'record_received(jsonb)'$in_group);
 });
+	return;
+}
+
+# restart_workers(node, db): see the top of this file.
+sub restart_workers
+{
+	my ($node, $db) = @_;
+	$node->safe_psql('postgres',
+		qq{SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+		   WHERE datname = '$db' AND backend_type IN ('evbus publisher', 'evbus consumer')});
 	return;
 }
 

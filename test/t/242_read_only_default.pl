@@ -31,8 +31,7 @@ my $node = new_node(
 new_shop($node, 'Guarded');
 $node->safe_psql('postgres', 'ALTER DATABASE shop SET default_transaction_read_only = on');
 # the running workers have the old setting: new ones start with it
-$node->safe_psql('postgres',
-	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'shop' AND backend_type IN ('evbus publisher', 'evbus consumer')});
+restart_workers($node, 'shop');
 my ($ret, $out, $err) = $node->psql('shop', q{SELECT evbus.publish('Guarded', '{"n": 0}')});
 like($err, qr/read-only transaction/, 'a session of the database is read-only by default');
 my $offset = -s $node->logfile;

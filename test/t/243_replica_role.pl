@@ -98,9 +98,7 @@ is( sqlstate_of(
 
 # --- 4. the workers of a database in replica mode -------------------------------
 $node->safe_psql('postgres', 'ALTER DATABASE shop SET session_replication_role = replica');
-$node->safe_psql('postgres',
-	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'shop' AND backend_type IN ('evbus publisher', 'evbus consumer')}
-);
+restart_workers($node, 'shop');
 $node->safe_psql('shop', q{SELECT evbus.publish('Mirrored', '{"id": 4}')});
 ok(wait_for_sql($node, 'shop', q{SELECT count(*) FROM received WHERE payload = '{"id": 4}'}, '1', 30),
 	'workers in replica mode handle');

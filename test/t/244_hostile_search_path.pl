@@ -86,9 +86,7 @@ $node->safe_psql('postgres', 'ALTER ROLE mallory NOSUPERUSER');
 
 # --- 2. the database's search_path, in the workers -------------------------------
 $node->safe_psql('mall', q{SET ROLE mallory; ALTER DATABASE mall SET search_path = trap, pg_catalog});
-$node->safe_psql('postgres',
-	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'mall' AND backend_type IN ('evbus publisher', 'evbus consumer')}
-);
+restart_workers($node, 'mall');
 ok(wait_for_sql($node, 'postgres',
 		q{SELECT count(*) FROM pg_stat_activity WHERE datname = 'mall' AND backend_type = 'evbus publisher'},
 		'1', 30),
