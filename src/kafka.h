@@ -69,6 +69,7 @@ extern EvbusProducer *evbus_producer_create(const char *brokers,
 extern void evbus_producer_destroy(EvbusProducer *producer);
 extern int	evbus_producer_wakeup_fd(EvbusProducer *producer);
 extern void evbus_producer_serve(EvbusProducer *producer);
+extern bool evbus_producer_flush(EvbusProducer *producer, int timeout_ms);
 extern rd_kafka_resp_err_t evbus_producer_send(EvbusProducer *producer,
 											   const char *topic,
 											   const char *key, size_t keylen,

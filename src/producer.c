@@ -37,14 +37,19 @@
 #include <unistd.h>
 
 #include "miscadmin.h"
+#include "storage/pmsignal.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "evbus.h"
 #include "kafka.h"
 
 /* A topic the producer has written to, and its handle. */
 #define TOPIC_NAME_MAX 249		/* Kafka's limit on a topic name's length */
+
+/* evbus_producer_flush looks for a termination request this often */
+#define FLUSH_SLICE_MS 50
 
 typedef struct ProducerTopic
 {
@@ -328,6 +333,28 @@ evbus_producer_serve(EvbusProducer *producer)
 	while (read(producer->pipe_fds[0], buf, sizeof(buf)) > 0)
 		;
 	rd_kafka_poll(producer->rk, 0);
+}
+
+/*
+ * evbus_producer_flush --- send what librdkafka holds without waiting for
+ * its linger, and serve delivery reports until none is outstanding or
+ * timeout_ms have passed; a termination request or the postmaster's death
+ * ends the wait sooner.  Returns whether none is outstanding.
+ */
+bool
+evbus_producer_flush(EvbusProducer *producer, int timeout_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													   timeout_ms);
+
+	while (rd_kafka_outq_len(producer->rk) > 0)
+	{
+		if (ProcDiePending || !PostmasterIsAlive() ||
+			GetCurrentTimestamp() >= deadline)
+			return false;
+		(void) rd_kafka_flush(producer->rk, FLUSH_SLICE_MS);
+	}
+	return true;
 }
 
 /*

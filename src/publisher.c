@@ -31,7 +31,9 @@
  *	     PERSISTED, so later events of the key never overtake it.
  *
  * No event is ever given up on: the outbox row, not librdkafka's memory,
- * is the truth, and it goes only on PERSISTED.
+ * is the truth, and it goes only on PERSISTED.  A worker asked to stop
+ * records the reports that come within a moment before it exits
+ * (evbus_publisher_leave), so that a clean stop produces nothing again.
  *
  *-------------------------------------------------------------------------
  */
@@ -48,6 +50,14 @@
 #include "evbus.h"
 #include "publish.h"
 #include "publisher.h"
+
+/*
+ * How long a worker asked to stop waits for the delivery reports of the
+ * events it has in flight (evbus_publisher_leave): a broker's
+ * acknowledgement takes milliseconds, and a server shutdown waits for the
+ * worker.
+ */
+#define LEAVE_FLUSH_MS 500
 
 static char source_name[NAMEDATALEN];
 static MemoryContext publisher_cxt = NULL;	/* lives as long as the worker */
@@ -616,6 +626,35 @@ evbus_publisher_step(bool claim_wanted)
 	}
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return more && evbus_inflight_room();
+}
+
+/*
+ * evbus_publisher_leave --- before the worker exits on a termination
+ * request (a server shutdown or restart; DROP, RENAME or a copy of the
+ * database; pg_terminate_backend): wait up to LEAVE_FLUSH_MS for the
+ * delivery reports of the events in flight, and record every event Kafka
+ * acknowledged, so that the next start does not publish it again (test
+ * 235_publisher_stop.pl).  Events still unacknowledged stay in the outbox.
+ * Outside a transaction.
+ */
+void
+evbus_publisher_leave(void)
+{
+	EvbusProducer *producer = evbus_pubproducer();
+	TimestampTz since;
+
+	if (producer != NULL && !evbus_producer_failed(producer))
+	{
+		(void) evbus_producer_flush(producer, LEAVE_FLUSH_MS);
+		serve_reports();
+	}
+	if (evbus_reports_unrecorded(&since) == 0)
+		return;
+	pgstat_report_activity(STATE_RUNNING, "recording deliveries before exit");
+	evbus_worker_begin(evbus_publisher_shutdown);
+	evbus_outbox_published_load();
+	evbus_reports_finish();
+	evbus_worker_commit();
 }
 
 /*

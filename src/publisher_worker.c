@@ -52,12 +52,16 @@
 /*
  * worker_exit --- leave cleanly (from the wait point).  The termination
  * request is consumed first, so that closing down is not itself cut short
- * by CHECK_FOR_INTERRUPTS.
+ * by CHECK_FOR_INTERRUPTS.  With record, the events Kafka acknowledged are
+ * recorded first (evbus_publisher_leave); not when the extension's SQL may
+ * have changed under the worker.
  */
 static void
-worker_exit(int code)
+worker_exit(int code, bool record)
 {
 	ProcDiePending = false;
+	if (record)
+		evbus_publisher_leave();
 	evbus_publisher_shutdown();
 	proc_exit(code);
 }
@@ -178,10 +182,10 @@ evbus_publisher_main(Datum main_arg)
 		int			fd;
 
 		if (ProcDiePending)
-			worker_exit(evbus_worker_stop_requested() ? 0 : 1);
+			worker_exit(evbus_worker_stop_requested() ? 0 : 1, true);
 		/* updated to a version unknown here, then back: start afresh */
 		if (evbus_version_recheck(true))
-			worker_exit(1);
+			worker_exit(1, false);
 
 		woken = evbus_worker_wake_pending();
 		MemoryContextSwitchTo(step_cxt);
@@ -201,7 +205,7 @@ evbus_publisher_main(Datum main_arg)
 					 errdetail("It starts again at the next commit that stages events, or at %s for an event or a dead letter's expiry due then.",
 							   timestamptz_to_str(wake_at)) :
 					 errdetail("It starts again at the next commit that stages events.")));
-			worker_exit(0);
+			worker_exit(0, true);
 		}
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(step_cxt);
@@ -226,7 +230,7 @@ evbus_publisher_main(Datum main_arg)
 		claim_wanted = more || nevents == 0;
 		ResetLatch(MyLatch);
 		if (ProcDiePending)
-			worker_exit(evbus_worker_stop_requested() ? 0 : 1);
+			worker_exit(evbus_worker_stop_requested() ? 0 : 1, true);
 		CHECK_FOR_INTERRUPTS();
 
 		if (ConfigReloadPending)
