@@ -1246,10 +1246,12 @@ watch_add(EvbusWatch *w, int *n, int *cap, const char *topic, int32 partition,
  * number of entries in *out (palloc'd), or -1 when the consumer has not
  * settled: a high watermark not known yet, or a partition not read up to
  * it.  *unassigned says whether a topic of a group had no partition here
- * (watched at its first partition only, see below).
+ * (watched at its first partition only, see below); *spare names, in
+ * "topic \"t\" of group \"g\"", the first such topic that Kafka did not
+ * say is missing (another member holds all of its partitions), or is NULL.
  */
 int
-evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned)
+evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned, char **spare)
 {
 	ListCell   *lc;
 	int			cap = 16;
@@ -1257,6 +1259,7 @@ evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned)
 	EvbusWatch *w = palloc0(sizeof(EvbusWatch) * cap);
 
 	*unassigned = false;
+	*spare = NULL;
 	foreach(lc, consumers)
 	{
 		GroupConsumer *gc = lfirst(lc);
@@ -1316,6 +1319,8 @@ evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned)
 			w = watch_add(w, &n, &cap, tok, 0, 0);
 			w[n - 1].created = topic_missing(gc, tok);
 			*unassigned = true;
+			if (*spare == NULL && !w[n - 1].created)
+				*spare = psprintf("topic \"%s\" of group \"%s\"", tok, gc->group);
 		}
 		rd_kafka_topic_partition_list_destroy(assignment);
 		if (!settled)

@@ -132,6 +132,7 @@ extern void evbus_consumers_report_watermarks(void);
 extern void evbus_consumers_shutdown(bool idle);
 extern void evbus_consumers_let_go(void);
 extern void evbus_consumers_exit(void);
-extern int	evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned); /* idle.c */
+extern int	evbus_consumers_watch_list(EvbusWatch **out, bool *unassigned,
+									   char **spare);	/* idle.c */
 
 #endif							/* EVBUS_CONSUMER_H */

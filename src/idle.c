@@ -19,13 +19,18 @@
  * evbus.idle_timeout, no message waits in the inbox, and it has read every
  * partition it was assigned up to its high watermark, the same ones twice
  * in a row an idle timeout apart (so a consumer that receives nothing for
- * one idle timeout goes idle after two); a subscribed topic of which it
- * has no partition is watched at its first partition from the start, and
- * one that Kafka said does not exist until it does.  It leaves those
+ * one idle timeout goes idle after two); a subscribed topic that Kafka
+ * said does not exist is watched until it does.  It leaves those
  * partitions and their high watermarks in shared memory: the launcher
  * watches them with a Kafka client of its own and wakes the consumer at
  * the first message there, or when the topic is created (wake_watch.c).
- * Its group rebalances meanwhile.
+ * Its group rebalances meanwhile.  A spare member of a group, which has no
+ * partition of a topic that exists because other members (other
+ * databases) hold them all, does not go idle: the next message there
+ * would wake it, and each return would rebalance the group.  It stays, as
+ * Kafka's spare consumers do, to take the partitions over when a member
+ * leaves -- unless another database waits for its slot; then the topic's
+ * first partition is watched from the start.
  *
  * The publisher has nothing to do when no outbox row is left to publish
  * whose deliver_at has come or comes within evbus.idle_timeout.  A
@@ -56,8 +61,8 @@
 
 /*
  * An idle consumer with a subscribed topic of which it had no partition
- * (its partitions were another member's, or the topic did not exist yet
- * and Kafka has not said so) wakes this many idle timeouts later to look
+ * (a spare member that gave its slot to another database, or a topic that
+ * did not exist) wakes this many idle timeouts later to look
  * again: the launcher watches only the first partition of such a topic,
  * and a message in another one would otherwise wait for some other wake
  * (test 238_idle_databases.pl).  A topic Kafka said does not exist wakes
@@ -87,6 +92,9 @@ static TimestampTz looked_at = 0;
 
 /* The quiet of the last look was the short one: a slot was wanted. */
 static bool gave_way = false;
+
+/* The consumer said in the log that it stays as a spare member. */
+static bool spare_logged = false;
 
 /* The worker had work: the idle timeout starts again. */
 void
@@ -273,6 +281,7 @@ evbus_consumer_try_idle(bool busy, TimestampTz *wake_at, uint64 settings)
 	EvbusWatch *w = NULL;
 	int			n;
 	bool		unassigned;
+	char	   *spare;
 
 	if (next_due != 0 &&
 		next_due <= TimestampTzPlusMilliseconds(now, evbus_idle_timeout_s * 1000))
@@ -284,7 +293,7 @@ evbus_consumer_try_idle(bool busy, TimestampTz *wake_at, uint64 settings)
 		return false;
 	}
 	looked_at = now;			/* look again a timeout later */
-	n = evbus_consumers_watch_list(&w, &unassigned);
+	n = evbus_consumers_watch_list(&w, &unassigned, &spare);
 	if (n < 0 || !same_watches(w, n, watched, nwatched))
 	{
 		if (watched)
@@ -296,6 +305,24 @@ evbus_consumer_try_idle(bool busy, TimestampTz *wake_at, uint64 settings)
 			watched = MemoryContextAlloc(TopMemoryContext, sizeof(EvbusWatch) * Max(n, 1));
 			memcpy(watched, w, sizeof(EvbusWatch) * n);
 		}
+		return false;
+	}
+
+	/*
+	 * A spare member of a group stays (see the top of this file; test
+	 * 241_spare_member.pl), unless another database waits for its slot.
+	 */
+	if (spare == NULL)
+		spare_logged = false;
+	else if (!gave_way)
+	{
+		if (!spare_logged)
+			ereport(LOG,
+					(errmsg("evbus: consumer stays while idle: another member holds every partition of %s",
+							spare),
+					 errdetail("Gone idle, it would be woken by the next message there, and each return would rebalance the group; "
+							   "it takes the partitions over when a member leaves.")));
+		spare_logged = true;
 		return false;
 	}
 
