@@ -104,6 +104,16 @@ publisher_start(Oid dboid)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 	evbus_worker_settings();
 
+	/*
+	 * What goes to Kafka reads the same from every database: cap-senttime is
+	 * a timestamp's text (timestamptz_to_str), in ISO 8601 and UTC whatever
+	 * DateStyle and TimeZone the database or the role set, so that a consumer
+	 * (CAP's included) never reads a day as a month (test
+	 * 247_worker_session.pl).  The publisher runs no user code.
+	 */
+	SetConfigOption("datestyle", "ISO", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("timezone", "UTC", PGC_SUSET, PGC_S_OVERRIDE);
+
 	/* one worker per database */
 	if (!evbus_claim_worker_slot(dboid, EVBUS_PUBLISHER, MyLatch))
 		proc_exit(0);

@@ -132,12 +132,21 @@ evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
  * was published or handled (test 242_read_only_default.pl).  Sessions
  * that stage events have turned it off for themselves; the workers, like
  * autovacuum, are no such session.
+ *
+ * Its transactions are READ COMMITTED, which evbus's own statements are
+ * written for: under a SERIALIZABLE default, the publisher's claims and
+ * the consumer's inbox counts failed with serialization errors while
+ * sessions staged events, and each failure ended the worker, which
+ * started over (test 247_worker_session.pl).  A consumer's handlers run
+ * in its transactions, so at READ COMMITTED too.
  */
 void
 evbus_worker_settings(void)
 {
 	SetConfigOption("search_path", EVBUS_PINNED_SEARCH_PATH, PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_isolation", "read committed",
+					PGC_SUSET, PGC_S_OVERRIDE);
 }
 
 /*
