@@ -38,6 +38,8 @@ typedef struct DeadEvent
 	char	   *error_message;
 } DeadEvent;
 
+extern void evbus_outbox_claims_begin(void);
+extern void evbus_outbox_claims_end(void);
 extern int	evbus_outbox_claim_range(int64 from_id, int limit, int64 max_bytes,
 									 OutboxRow **rows, MemoryContext cxt);
 extern int	evbus_outbox_claim_ids(int64 *ids, int nids, int64 max_bytes,

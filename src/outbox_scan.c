@@ -25,7 +25,14 @@
  * statistics say, and costs what its rows cost.
  *
  * Reads use a fresh snapshot after a command counter increment, so they
- * see every commit up to now.
+ * see every commit up to now -- but the claims of one step all read with
+ * the snapshot of its start (evbus_outbox_claims_begin): the ids looked
+ * up again first, then the rows past the cursor.  Each with a snapshot of
+ * its own, a transaction that committed between the two, with an event
+ * among those ids (a hole when the cursor passed it) and a later event of
+ * the same key past the cursor, had the later one produced first: only
+ * the first lookup could have held it back behind the earlier one
+ * (invariant I4 of test 400_fault_campaign.pl).
  *
  *-------------------------------------------------------------------------
  */
@@ -104,6 +111,34 @@ fresh_snapshot(void)
 {
 	CommandCounterIncrement();
 	return RegisterSnapshot(GetLatestSnapshot());
+}
+
+/* The snapshot of the running step's claims, or NULL (see above). */
+static Snapshot claims_snapshot = NULL;
+
+/*
+ * evbus_outbox_claims_begin, evbus_outbox_claims_end --- around the claims
+ * of a step, inside its transaction: they read as of the begin.
+ */
+void
+evbus_outbox_claims_begin(void)
+{
+	claims_snapshot = fresh_snapshot();
+}
+
+void
+evbus_outbox_claims_end(void)
+{
+	if (claims_snapshot != NULL)
+		UnregisterSnapshot(claims_snapshot);
+	claims_snapshot = NULL;
+}
+
+/* The snapshot a claim reads with: the step's, or a fresh one. */
+static Snapshot
+claim_snapshot(void)
+{
+	return claims_snapshot != NULL ? RegisterSnapshot(claims_snapshot) : fresh_snapshot();
 }
 
 static int64
@@ -261,7 +296,7 @@ evbus_outbox_claim_range(int64 from_id, int limit, int64 max_bytes,
 						 OutboxRow **rows, MemoryContext cxt)
 {
 	int64		bytes = 0;
-	Snapshot	snapshot = fresh_snapshot();
+	Snapshot	snapshot = claim_snapshot();
 	OutboxScan	scans[2];
 	bool		has[2];
 	int			n = 0;
@@ -342,7 +377,7 @@ evbus_outbox_claim_ids(int64 *ids, int nids, int64 max_bytes,
 					   int64 *last_examined)
 {
 	int64		bytes = 0;
-	Snapshot	snapshot = fresh_snapshot();
+	Snapshot	snapshot = claim_snapshot();
 	OutboxScan	scans[2];
 	int64	   *sorted;
 	int			nsorted = sorted_unique(ids, nids, &sorted);

@@ -505,6 +505,8 @@ claim(TimestampTz now)
 	 */
 	pgstat_report_activity(STATE_RUNNING, "publishing");
 	MemoryContextReset(batch_cxt);
+	/* the claims read as of one moment (outbox_scan.c) */
+	evbus_outbox_claims_begin();
 	if (evbus_solo_count() > 0)
 		produce_solo();
 	else if ((revisited = claim_revisits()))
@@ -535,6 +537,7 @@ claim(TimestampTz now)
 						evbus_inflight_max() - evbus_inflight_count()));
 		more = more || evbus_cursor_sweeping();
 	}
+	evbus_outbox_claims_end();
 	MemoryContextReset(batch_cxt);
 	evbus_pacing_claimed(now, more, step_passed);
 	return more;
