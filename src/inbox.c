@@ -28,9 +28,10 @@
  * transactions:
  *
  *	1. record: insert the inbox rows as pending and count the attempt of
- *	   each message that may run now, and commit -- before any handler
- *	   runs, so the crash counts and a poison message cannot crash-loop
- *	   the server;
+ *	   each message that may run now, and commit, on disk whatever
+ *	   synchronous_commit says -- before any handler runs, so the crash
+ *	   counts and a poison message cannot crash-loop the server (tests
+ *	   130_consume_kill.pl, 136_consume_kill_async_commit.pl);
  *	2. handle: run the handlers as above, mark the successes handled, and
  *	   advance the stored offsets.
  *
@@ -634,7 +635,7 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 	{
 		/* the attempts are on disk before any handler runs */
 		MemoryContextSwitchTo(old);
-		evbus_worker_commit();
+		evbus_worker_commit_durable();
 		inbox_begin();
 		old = MemoryContextSwitchTo(batch_cxt);
 	}
@@ -678,7 +679,7 @@ evbus_inbox_dispatch_due(List *subs)
 													ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old;
 
-	/* count the attempts and commit before running anything */
+	/* count the attempts, on disk before running anything */
 	inbox_begin();
 	paused = evbus_pauses_present() ? NOT_PAUSED : "";
 	if (SPI_execute(psprintf("WITH due AS ("
@@ -717,7 +718,7 @@ evbus_inbox_dispatch_due(List *subs)
 		dispatch = lappend(dispatch, dp);
 	}
 	MemoryContextSwitchTo(old);
-	evbus_worker_commit();
+	evbus_worker_commit_durable();
 
 	inbox_begin();
 	old = MemoryContextSwitchTo(batch_cxt);

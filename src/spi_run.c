@@ -22,6 +22,7 @@
 #include "utils/array.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -191,6 +192,27 @@ evbus_worker_commit(void)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(worker_caller_cxt);
 	pgstat_report_stat(false);
+}
+
+/*
+ * evbus_worker_commit_durable --- evbus_worker_commit, then wait until the
+ * commit is on disk, whatever synchronous_commit says.  For a record that
+ * must survive what comes next: the consumer counts an attempt this way
+ * before a handler that may crash the server runs.  An asynchronous commit
+ * waits in PostgreSQL's WAL buffers, which a crash restart loses, until
+ * the WAL writer writes it (test 136_consume_kill_async_commit.pl).  A
+ * transaction that wrote nothing has no commit record to wait for (and
+ * XactLastCommitEnd still names an earlier transaction's, which may be
+ * asynchronous on purpose: test 306_async_commit_phantom.pl).
+ */
+void
+evbus_worker_commit_durable(void)
+{
+	bool		wrote = TransactionIdIsValid(GetTopTransactionIdIfAny());
+
+	evbus_worker_commit();
+	if (wrote)
+		XLogFlush(XactLastCommitEnd);
 }
 
 /*
