@@ -38,14 +38,9 @@
 
 /*
  * Most messages handled per group per poll, in one transaction: what a
- * batch costs once (its commit and WAL flush, the inbox's key lookup and
- * its counting trigger's plan, the offsets, the attempt marker) is shared
- * by this many messages, and a batch handler receives up to this many at
- * once.  Not more: with 1000, a handler doing one INSERT cost the
- * consumer 85 and 94 us of CPU per message, against 71 to 78 with 500
- * (bench/consume.sh, BENCHMARKS.md), probably because every handler
- * that writes takes a subtransaction id, and past 64 of them in one
- * transaction PostgreSQL looks them up in pg_subtrans.
+ * batch costs once (its commit, the inbox's key lookup and its counting
+ * trigger's plan, the offsets, the attempt marker) is shared by this many
+ * messages, and a batch handler receives up to this many at once.
  */
 #define POLL_BATCH 500
 
@@ -289,8 +284,7 @@ on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 		gc->to_commit = NULL;
 	}
 	if (commit->cnt > 0)
-		(void) evbus_kafka_offsets_commit(rk, commit,
-										  evbus_standby_wait_enabled() ? evbus_standby_wait_target() : InvalidXLogRecPtr,
+		(void) evbus_kafka_offsets_commit(rk, commit, evbus_standby_wait_target(),
 										  REVOKE_STANDBY_WAIT_MS, revoke_answer_ms());
 	rd_kafka_topic_partition_list_destroy(commit);
 	rd_kafka_assign(rk, NULL);
@@ -876,10 +870,41 @@ forget_old_logs(GroupConsumer *gc, List *went_back)
 }
 
 /*
- * evbus_consumers_poll --- receive and handle up to POLL_BATCH messages
- * per group.  Returns true if a group may have more waiting.  Sets
+ * handler_calls --- how many per-message handlers of group a message of
+ * topic calls: one call each (batch handlers take a batch in one call).
+ */
+static int
+handler_calls(List *subs, const char *group, const char *topic)
+{
+	ListCell   *lc;
+	int			calls = 0;
+
+	foreach(lc, subs)
+	{
+		EvbusSubscription *sub = lfirst(lc);
+
+		if (!sub->batch && strcmp(sub->group_name, group) == 0 &&
+			strcmp(sub->topic, topic) == 0)
+			calls++;
+	}
+	return calls;
+}
+
+/*
+ * evbus_consumers_poll --- receive and handle, per group, up to POLL_BATCH
+ * messages, or as many as EVBUS_CALLS_PER_TRANSACTION calls of per-message
+ * handlers allow.  Returns true if a group may have more waiting.  Sets
  * *left_pending when messages were left pending (retry, or waiting for
  * their key).
+ *
+ * A transaction that stopped short with more messages waiting commits
+ * without waiting for the disk, as PostgreSQL's logical replication
+ * workers do: the next one follows at once, and a crash that loses it
+ * loses its stored offsets too, so its messages come again (Kafka is told
+ * no offset whose commit is not on disk, kafka_offsets.c).  So a
+ * per-message handler's small transactions cost about what one batch of
+ * POLL_BATCH did; the last one of a burst commits as synchronous_commit
+ * says.
  */
 bool
 evbus_consumers_poll(List *subs, bool *left_pending)
@@ -902,6 +927,8 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 		ReceivedMessage *msgs = palloc(sizeof(ReceivedMessage) * POLL_BATCH);
 		NextOffset *offsets = palloc(sizeof(NextOffset) * POLL_BATCH);
 		int			n = 0;
+		int			calls = 0;
+		bool		stopped_short;
 		int			noffsets = 0;
 		int			kept = 0;
 		int			i;
@@ -916,7 +943,7 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 		List	   *went_back = NIL;
 
 		gc->rebalanced = false;
-		while (n < POLL_BATCH)
+		while (n < POLL_BATCH && calls < EVBUS_CALLS_PER_TRANSACTION)
 		{
 			rd_kafka_message_t *km = rd_kafka_consumer_poll(gc->rk, 0);
 
@@ -950,10 +977,13 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 				rd_kafka_message_destroy(km);
 				continue;
 			}
-			evbus_copy_message(km, &msgs[n++]);
+			evbus_copy_message(km, &msgs[n]);
+			calls += handler_calls(subs, gc->group, msgs[n].topic);
+			n++;
 			rd_kafka_message_destroy(km);
 		}
-		if (n == POLL_BATCH)
+		stopped_short = (n == POLL_BATCH || calls >= EVBUS_CALLS_PER_TRANSACTION);
+		if (stopped_short)
 			more = true;
 
 		/* a rebalance during the poll: drop what is no longer ours */
@@ -1024,10 +1054,13 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 
 		if (kept > 0)
 		{
-			if (evbus_inbox_receive(gc->group, subs, msgs, kept, offsets, noffsets))
+			if (evbus_inbox_receive(gc->group, subs, msgs, kept, offsets, noffsets,
+									stopped_short))
 				*left_pending = true;
 			if (evbus_standby_wait_enabled())
 				gc->to_commit_lsn = evbus_standby_wait_target();
+			else
+				gc->to_commit_lsn = XactLastCommitEnd;
 
 			/* the database has it: tell Kafka too (advisory, never ahead) */
 			if (gc->to_commit == NULL)

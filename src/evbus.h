@@ -358,6 +358,7 @@ extern void evbus_worker_settings(void);
 extern void evbus_worker_begin(void (*let_go) (void));
 extern void evbus_worker_commit(void);
 extern void evbus_worker_commit_durable(void);
+extern void evbus_worker_commit_async(void);
 extern SPIPlanPtr evbus_kept_plan(SPIPlanPtr *plan, const char *sql, int nargs,
 								  Oid *argtypes);
 extern Datum evbus_int8_array(const int64 *values, int n);

@@ -610,12 +610,14 @@ record_batch(const char *group, List *subs, ReceivedMessage *msgs, int n,
  *
  * msgs are the batch in the order Kafka delivered them; offsets are the
  * next offsets to store per partition once the batch is handled.
+ * commit_async: the batch commits without waiting for the disk (more
+ * messages wait: consumer.c), whatever synchronous_commit says.
  * Returns true if messages were left pending (a retry, or waiting for an
  * earlier event of their key).
  */
 bool
 evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
-					NextOffset *offsets, int noffsets)
+					NextOffset *offsets, int noffsets, bool commit_async)
 {
 	static MemoryContext batch_cxt = NULL;
 	bool		careful;
@@ -643,7 +645,10 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 		left_pending = true;
 	evbus_store_offsets(group, offsets, noffsets);
 	MemoryContextSwitchTo(old);
-	evbus_worker_commit();
+	if (commit_async)
+		evbus_worker_commit_async();
+	else
+		evbus_worker_commit();
 	/* committed: no batch in hand if the consumer stops from here on */
 	evbus_attempt_marker_clear();
 
@@ -720,11 +725,26 @@ evbus_inbox_dispatch_due(List *subs)
 	MemoryContextSwitchTo(old);
 	evbus_worker_commit_durable();
 
-	inbox_begin();
-	old = MemoryContextSwitchTo(batch_cxt);
-	/* in id order: a message handled here lets the next of its key go */
-	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, false);
-	MemoryContextSwitchTo(old);
+	/*
+	 * In id order (a message handled here lets the next of its key go), in
+	 * transactions of at most EVBUS_CALLS_PER_TRANSACTION messages: each
+	 * call takes a subtransaction (consumer.h).  All but the last commit
+	 * without waiting for the disk: their attempts are counted already.
+	 */
+	for (;;)
+	{
+		int			now = Min(list_length(dispatch), EVBUS_CALLS_PER_TRANSACTION);
+		List	   *part = list_copy_head(dispatch, now);
+
+		dispatch = list_delete_first_n(dispatch, now);
+		inbox_begin();
+		old = MemoryContextSwitchTo(batch_cxt);
+		(void) evbus_inbox_handle_batch(part, batch_cxt, false);
+		MemoryContextSwitchTo(old);
+		if (dispatch == NIL)
+			break;
+		evbus_worker_commit_async();
+	}
 	/* when is the next message due that may run (first of its key)? */
 	if (SPI_execute(psprintf("SELECT pg_catalog.min(next_attempt_at) FROM evbus.inbox i"
 							 " WHERE state = 'pending'%s"

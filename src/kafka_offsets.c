@@ -159,16 +159,25 @@ evbus_kafka_offsets_committed(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *l
 
 /*
  * evbus_kafka_offsets_commit --- tell Kafka the offsets of list, naming
- * this database, once evbus.wait_for_standbys' standbys have flushed lsn
- * (the commit that stored them); wait_ms as evbus_standby_wait.  Returns
- * false, having told Kafka nothing, if they have not.  answer_ms >= 0:
- * waits for Kafka's answer that long at most (commit_and_wait); < 0:
- * does not wait.  Outside any transaction.
+ * this database, once lsn (past the commit that stored them) is on disk
+ * here, and with evbus.wait_for_standbys once its standbys have flushed
+ * it too; wait_ms as evbus_standby_wait.  Returns false, having told
+ * Kafka nothing, if they have not.  answer_ms >= 0: waits for Kafka's
+ * answer that long at most (commit_and_wait); < 0: does not wait.
+ * Outside any transaction.
+ *
+ * The consumer commits asynchronously while messages wait (consumer.c),
+ * and so does any commit with synchronous_commit = off: a crash can lose
+ * such a commit, and another database of the group that took the
+ * partition over would start from Kafka's offset, past messages nobody
+ * has handled then (test 306_async_commit_phantom.pl).
  */
 bool
 evbus_kafka_offsets_commit(rd_kafka_t *rk, rd_kafka_topic_partition_list_t *list,
 						   XLogRecPtr lsn, long wait_ms, long answer_ms)
 {
+	if (!XLogRecPtrIsInvalid(lsn))
+		XLogFlush(lsn);
 	if (evbus_standby_wait_enabled() &&
 		!evbus_standby_wait(lsn, "committing offsets", wait_ms))
 		return false;

@@ -195,6 +195,20 @@ evbus_worker_commit(void)
 }
 
 /*
+ * evbus_worker_commit_async --- evbus_worker_commit without waiting for the
+ * disk, whatever synchronous_commit says (SET LOCAL, undone by the
+ * commit).  For work that a crash may lose because it comes again: a
+ * consumer's batch, whose stored offsets go with it (consumer.c).
+ */
+void
+evbus_worker_commit_async(void)
+{
+	(void) set_config_option("synchronous_commit", "off", PGC_SUSET, PGC_S_SESSION,
+							 GUC_ACTION_LOCAL, true, 0, false);
+	evbus_worker_commit();
+}
+
+/*
  * evbus_worker_commit_durable --- evbus_worker_commit, then wait until the
  * commit is on disk, whatever synchronous_commit says.  For a record that
  * must survive what comes next: the consumer counts an attempt this way

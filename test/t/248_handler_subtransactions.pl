@@ -1,0 +1,123 @@
+# 248_handler_subtransactions.pl - no transaction of the consumer holds 64
+# subtransaction ids or more.
+#
+# Each call of a per-message handler runs in a subtransaction, and one that
+# writes takes a subtransaction id.  PostgreSQL caches 64 of them per
+# transaction; past that the transaction "overflows", and while it runs
+# every snapshot on the server (and on its hot standbys) checks recent
+# transaction ids in pg_subtrans.  The consumer used to handle up to 500
+# messages per transaction, one subtransaction each.  A handler that
+# writes records the consumer's transaction (pg_current_xact_id()); with
+# a backlog in Kafka:
+#  - two per-message handlers of one topic, 600 messages: fewer than 64
+#    calls in any transaction, each message handled once by each;
+#  - the messages that wait (retries, a key's later events, requeued dead
+#    letters): 300 dead letters of distinct keys requeued at once by
+#    evbus.retry: fewer than 64 calls in any transaction;
+#  - a batch handler is not held back: it still receives more than 64
+#    messages in one call.
+use strict;
+use warnings;
+
+use EvbusTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+kafka_bootstrap();
+my $prefix = "t248.$$.";
+my $group = "t248_$$";
+kafka_admin('topics', '--create', '--topic', "${prefix}$_", '--partitions', '1')
+  for qw(Each Waited Batch);
+
+my $node = new_node(
+	'handler_subtransactions',
+	kafka => 1,
+	conf => [
+		"evbus.topic_prefix = '$prefix'",
+		"evbus.group_name = '$group'",
+		"evbus.retry_interval = '100ms'",
+		"evbus.retry_max_interval = '300ms'"
+	]);
+$node->safe_psql('postgres', 'CREATE EXTENSION evbus');
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sql(as_subscriber($node) . q{
+CREATE TABLE calls (handler text, seq int, xact xid8, messages int);
+CREATE TABLE control (failing boolean NOT NULL);
+INSERT INTO control VALUES (true);
+CREATE FUNCTION first_handler(payload jsonb, headers jsonb) RETURNS void LANGUAGE sql AS $$
+	INSERT INTO public.calls VALUES ('first', (payload->>'seq')::int, pg_catalog.pg_current_xact_id(), 1);
+$$;
+CREATE FUNCTION second_handler(payload jsonb, headers jsonb) RETURNS void LANGUAGE sql AS $$
+	INSERT INTO public.calls VALUES ('second', (payload->>'seq')::int, pg_catalog.pg_current_xact_id(), 1);
+$$;
+CREATE PROCEDURE waited_handler(payload jsonb) LANGUAGE plpgsql AS $$
+BEGIN
+	IF (SELECT failing FROM public.control) THEN
+		RAISE EXCEPTION 'failing while the flag is set';
+	END IF;
+	INSERT INTO public.calls VALUES ('waited', (payload->>'seq')::int, pg_catalog.pg_current_xact_id(), 1);
+END $$;
+CREATE FUNCTION batch_handler(payloads jsonb[], headers jsonb[]) RETURNS void LANGUAGE sql AS $$
+	INSERT INTO public.calls VALUES ('batch', NULL, pg_catalog.pg_current_xact_id(),
+	                                 pg_catalog.cardinality(payloads));
+$$;
+});
+
+# the backlog is in Kafka before anything subscribes
+sql(q{SELECT count(evbus.publish('Each', jsonb_build_object('seq', g), 'k' || g % 10))
+        FROM generate_series(1, 600) g});
+sql(q{SELECT count(evbus.publish('Batch', jsonb_build_object('seq', g), 'k' || g % 10))
+        FROM generate_series(1, 1000) g});
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM evbus.outbox', '0', 60),
+	'the backlog is published');
+
+sql(as_subscriber($node) . q{
+SELECT evbus.subscribe('Each', 'first_handler(jsonb,jsonb)');
+SELECT evbus.subscribe('Each', 'second_handler(jsonb,jsonb)');
+SELECT evbus.subscribe('Batch', 'batch_handler(jsonb[],jsonb[])');
+});
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM calls WHERE handler IN ('first', 'second')}, '1200', 90),
+	'two per-message handlers: 600 messages handled by each');
+is( sql(q{SELECT count(DISTINCT seq) FILTER (WHERE handler = 'first'),
+                 count(DISTINCT seq) FILTER (WHERE handler = 'second') FROM calls}),
+	'600|600', 'each message once by each handler');
+my ($most, $xacts) = split /\|/, sql(q{
+	SELECT max(n), count(*) FROM (SELECT xact, count(*) AS n FROM calls
+	                               WHERE handler IN ('first', 'second') GROUP BY xact) t});
+note "per-message calls: at most $most in one transaction, $xacts transactions";
+cmp_ok($most, '<', 64, 'fewer than 64 handler calls in any transaction');
+
+ok(wait_for_sql($node, 'postgres', q{SELECT sum(messages) FROM calls WHERE handler = 'batch'}, '1000', 90),
+	'the batch handler got all 1,000 messages');
+my $largest = sql(q{SELECT max(messages) FROM calls WHERE handler = 'batch'});
+note "the largest batch: $largest messages";
+cmp_ok($largest, '>', 64, 'a batch handler still receives more than 64 messages in one call');
+
+# the messages that wait: 300 dead letters, requeued at once
+sql(as_subscriber($node) . q{
+SELECT evbus.subscribe('Waited', 'waited_handler(jsonb)', max_retries => 0);
+});
+sql(q{SELECT count(evbus.publish('Waited', jsonb_build_object('seq', g), 'w' || g))
+        FROM generate_series(1, 300) g});
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM evbus.dead_letters WHERE integration_event = 'Waited'}, '300', 90),
+	'300 messages failed and are dead letters');
+sql('UPDATE control SET failing = false');
+is(sql(q{SELECT evbus.retry(side => 'consume', integration_event => 'Waited')}), '300',
+	'evbus.retry requeues the 300');
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM calls WHERE handler = 'waited'}, '300', 90),
+	'requeued, the 300 messages are handled');
+($most, $xacts) = split /\|/, sql(q{
+	SELECT max(n), count(*) FROM (SELECT xact, count(*) AS n FROM calls
+	                               WHERE handler = 'waited' GROUP BY xact) t});
+note "waited: at most $most in one transaction, $xacts transactions";
+cmp_ok($most, '<', 64, 'fewer than 64 calls of waiting messages in any transaction');
+is(sql(q{SELECT count(DISTINCT seq) FROM calls WHERE handler = 'waited'}), '300',
+	'each waiting message handled once');
+is(sql('SELECT count(*) FROM evbus.dead_letters'), '0', 'no dead letter left');
+
+$node->stop;
+done_testing();
