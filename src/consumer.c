@@ -897,14 +897,14 @@ handler_calls(List *subs, const char *group, const char *topic)
  * *left_pending when messages were left pending (retry, or waiting for
  * their key).
  *
- * A transaction that stopped short with more messages waiting commits
- * without waiting for the disk, as PostgreSQL's logical replication
- * workers do: the next one follows at once, and a crash that loses it
- * loses its stored offsets too, so its messages come again (Kafka is told
- * no offset whose commit is not on disk, kafka_offsets.c).  So a
- * per-message handler's small transactions cost about what one batch of
- * POLL_BATCH did; the last one of a burst commits as synchronous_commit
- * says.
+ * A batch that filled (more messages may wait) commits without waiting
+ * for the disk, as PostgreSQL's logical replication workers do: the next
+ * one follows at once, and a crash that loses it loses its stored offsets
+ * too, so its messages come again (Kafka is told no offset whose commit
+ * is not on disk, kafka_offsets.c).  So a per-message handler's smaller
+ * batches cost no more than the batches of POLL_BATCH messages did
+ * (bench/consume.sh); a batch that did not fill, the last of a burst,
+ * commits as synchronous_commit says.
  */
 bool
 evbus_consumers_poll(List *subs, bool *left_pending)

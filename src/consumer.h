@@ -40,11 +40,12 @@ typedef struct EvbusSubscription
  * "overflowed", and while it runs every snapshot taken on the server, and
  * on its hot standbys until their snapshots' xmin passes it, checks the
  * visibility of each recent transaction id in pg_subtrans: with a long
- * transaction open elsewhere, a pgbench beside a consumer draining
- * 500-message batches made 98,133 pg_subtrans page reads in 6 s, and none
- * with this limit.  The inbox insert takes one more; the rest is left for
- * handlers that open subtransactions of their own (an EXCEPTION block).
- * Test 248_handler_subtransactions.pl.
+ * transaction open elsewhere, tens of thousands of page reads a second
+ * for a pgbench beside a consumer draining batches of 500 messages, none
+ * with this limit (bench/subtransactions.sh, BENCHMARKS.md).  The inbox
+ * insert takes one more; the rest is left for handlers that open
+ * subtransactions of their own (an EXCEPTION block).  Test
+ * 248_handler_subtransactions.pl.
  */
 #define EVBUS_CALLS_PER_TRANSACTION 48
 
