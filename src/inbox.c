@@ -670,8 +670,9 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 /*
  * evbus_inbox_dispatch_due --- run pending messages that are due and first
  * of their key: retries, messages that waited for their key, attempts
- * interrupted by a crash.  Returns when the next pending message is due
- * (0 if none is).
+ * interrupted by a crash; at most EVBUS_CALLS_PER_TRANSACTION of them
+ * (consumer.h), the worker calls again while more are due.  Returns when
+ * the next pending message is due (0 if none is, now if more are).
  */
 TimestampTz
 evbus_inbox_dispatch_due(List *subs)
@@ -695,11 +696,12 @@ evbus_inbox_dispatch_due(List *subs)
 							 " AND e.handler OPERATOR(pg_catalog.=) i.handler"
 							 " AND e.event_key OPERATOR(pg_catalog.=) i.event_key"
 							 " AND e.id OPERATOR(pg_catalog.<) i.id)"
-							 " ORDER BY id LIMIT 500)"
+							 " ORDER BY id LIMIT %d)"
 							 " UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
 							 " FROM due WHERE i.id OPERATOR(pg_catalog.=) due.id"
 							 " RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
-							 " i.payload, i.headers, i.attempts, i.event_key, i.handler", paused),
+							 " i.payload, i.headers, i.attempts, i.event_key, i.handler",
+							 paused, EVBUS_CALLS_PER_TRANSACTION),
 					false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not read the inbox");
 	old = MemoryContextSwitchTo(batch_cxt);
@@ -725,26 +727,11 @@ evbus_inbox_dispatch_due(List *subs)
 	MemoryContextSwitchTo(old);
 	evbus_worker_commit_durable();
 
-	/*
-	 * In id order (a message handled here lets the next of its key go), in
-	 * transactions of at most EVBUS_CALLS_PER_TRANSACTION messages: each
-	 * call takes a subtransaction (consumer.h).  All but the last commit
-	 * without waiting for the disk: their attempts are counted already.
-	 */
-	for (;;)
-	{
-		int			now = Min(list_length(dispatch), EVBUS_CALLS_PER_TRANSACTION);
-		List	   *part = list_copy_head(dispatch, now);
-
-		dispatch = list_delete_first_n(dispatch, now);
-		inbox_begin();
-		old = MemoryContextSwitchTo(batch_cxt);
-		(void) evbus_inbox_handle_batch(part, batch_cxt, false);
-		MemoryContextSwitchTo(old);
-		if (dispatch == NIL)
-			break;
-		evbus_worker_commit_async();
-	}
+	inbox_begin();
+	old = MemoryContextSwitchTo(batch_cxt);
+	/* in id order: a message handled here lets the next of its key go */
+	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, false);
+	MemoryContextSwitchTo(old);
 	/* when is the next message due that may run (first of its key)? */
 	if (SPI_execute(psprintf("SELECT pg_catalog.min(next_attempt_at) FROM evbus.inbox i"
 							 " WHERE state = 'pending'%s"
