@@ -89,15 +89,15 @@ evbus_check_subscriptions_owner(const char *event, const char *group,
 	if (check.count == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("no subscription of %s to %s in group %s",
+				 errmsg("no subscription of %s to \"%s\" in group \"%s\"",
 						signature ? signature : "any handler", evbus_clip(event, 64),
 						evbus_clip(group, 64)),
 				 errhint("evbus.subscriptions lists the subscriptions; the group defaults to evbus.group_name, else the database name.")));
 	if (check.foreign_owner)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to %s a subscription to %s in group %s",
-						verb, event, group),
+				 errmsg("permission denied to %s a subscription to \"%s\" in group \"%s\"",
+						verb, evbus_clip(event, 64), evbus_clip(group, 64)),
 				 errdetail("The subscription belongs to role %s, the role its handler runs as.",
 						   check.foreign_owner),
 				 errhint("Only role %s or a member of it may %s it.",

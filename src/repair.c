@@ -420,30 +420,33 @@ edit_target(EditTarget *t, const char *message_id, const char *group,
 	if (t->found == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("message %s has no dead letter%s", evbus_clip(message_id, 64),
+				 errmsg("message \"%s\" has no dead letter%s", evbus_clip(message_id, 64),
 						group || handler ? " of that group and handler" : ""),
 				 errhint("evbus.dead_letters lists the dead letters, with their group and handler.")));
 	if (t->found > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_CARDINALITY_VIOLATION),
-				 errmsg("message %s has several dead letters", evbus_clip(message_id, 64)),
+				 errmsg("message \"%s\" has several dead letters", evbus_clip(message_id, 64)),
 				 errhint("Pick one with handler => and group_name => (evbus.dead_letters lists them).")));
 	if (t->undecodable)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("message %s could not be decoded and has no handler to run an edit", message_id),
+				 errmsg("message \"%s\" could not be decoded and has no handler to run an edit",
+						evbus_clip(message_id, 64)),
 				 errhint("Discard it with evbus.discard, and publish a corrected event with evbus.publish.")));
 	if (!t->allowed && strcmp(t->direction, "publish") == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to edit the publish side dead letter of message %s", message_id),
+				 errmsg("permission denied to edit the publish side dead letter of message \"%s\"",
+						evbus_clip(message_id, 64)),
 				 errdetail("An edited event is published as this database's, as evbus.publish would."),
 				 errhint("Only a role that may execute evbus.publish may edit it; the extension owner (%s) grants that.",
 						 GetUserNameFromId(evbus_extension_owner(), false))));
 	if (!t->allowed)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to edit the dead letter of message %s", message_id),
+				 errmsg("permission denied to edit the dead letter of message \"%s\"",
+						evbus_clip(message_id, 64)),
 				 errdetail("An edited payload runs in the handler, as role %s.", t->whose),
 				 errhint("Only role %s or a role with its privileges may edit it.", t->whose)));
 }
