@@ -892,10 +892,10 @@ handler_calls(List *subs, const char *group, const char *topic)
 
 /*
  * evbus_consumers_poll --- receive and handle, per group, up to POLL_BATCH
- * messages, or as many as EVBUS_CALLS_PER_TRANSACTION calls of per-message
- * handlers allow.  Returns true if a group may have more waiting.  Sets
- * *left_pending when messages were left pending (retry, or waiting for
- * their key).
+ * messages, or as many as the calls of per-message handlers that a
+ * transaction may make allow (evbus_inbox_calls_budget).  Returns true if
+ * a group may have more waiting.  Sets *left_pending when messages were
+ * left pending (retry, or waiting for their key).
  *
  * A batch that filled (more messages may wait) commits without waiting
  * for the disk, as PostgreSQL's logical replication workers do: the next
@@ -928,6 +928,7 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 		NextOffset *offsets = palloc(sizeof(NextOffset) * POLL_BATCH);
 		int			n = 0;
 		int			calls = 0;
+		int			calls_budget = evbus_inbox_calls_budget();
 		bool		stopped_short;
 		int			noffsets = 0;
 		int			kept = 0;
@@ -943,7 +944,7 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 		List	   *went_back = NIL;
 
 		gc->rebalanced = false;
-		while (n < POLL_BATCH && calls < EVBUS_CALLS_PER_TRANSACTION)
+		while (n < POLL_BATCH && calls < calls_budget)
 		{
 			rd_kafka_message_t *km = rd_kafka_consumer_poll(gc->rk, 0);
 
@@ -982,7 +983,7 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 			n++;
 			rd_kafka_message_destroy(km);
 		}
-		stopped_short = (n == POLL_BATCH || calls >= EVBUS_CALLS_PER_TRANSACTION);
+		stopped_short = (n == POLL_BATCH || calls >= calls_budget);
 		if (stopped_short)
 			more = true;
 

@@ -51,8 +51,10 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -68,6 +70,57 @@
  * into the worker's consumers only through it.
  */
 static void (*inbox_let_go) (void) = NULL;
+
+/*
+ * How many calls of per-message handlers a transaction may make: at most
+ * EVBUS_CALLS_PER_TRANSACTION (consumer.h), fewer when the last
+ * transaction measured took more than one subtransaction id per call (a
+ * handler with subtransactions of its own, a PL/pgSQL EXCEPTION block),
+ * so that a transaction stays within SUBXIDS_WANTED ids
+ * (adapt_calls_budget).
+ */
+#define SUBXIDS_WANTED (PGPROC_MAX_CACHED_SUBXIDS - 8)
+static int	calls_budget = EVBUS_CALLS_PER_TRANSACTION;
+
+/*
+ * evbus_inbox_calls_budget --- how many calls of per-message handlers the
+ * next transaction may make (the consumer's poll takes no more messages
+ * than that).
+ */
+int
+evbus_inbox_calls_budget(void)
+{
+	return calls_budget;
+}
+
+/*
+ * adapt_calls_budget --- before the commit of a transaction that ran the
+ * rows of dispatch (one call each, but for batch handlers' rows when they
+ * went in one call: batched), measure the subtransaction ids it holds,
+ * and size the next transaction's calls to stay within SUBXIDS_WANTED:
+ * one id is the inbox insert's, the rest the calls' (test
+ * 248_handler_subtransactions.pl).
+ */
+static void
+adapt_calls_budget(List *dispatch, bool batched)
+{
+	TransactionId *children;
+	int			subxids = xactGetCommittedChildren(&children);
+	int			calls = 0;
+	ListCell   *lc;
+
+	foreach(lc, dispatch)
+	{
+		Dispatch   *dp = lfirst(lc);
+
+		if (dp->sub != NULL && !(batched && dp->sub->batch))
+			calls++;
+	}
+	if (calls == 0)
+		return;
+	calls_budget = (SUBXIDS_WANTED - 1) * calls / Max(subxids - 1, 1);
+	calls_budget = Max(1, Min(calls_budget, EVBUS_CALLS_PER_TRANSACTION));
+}
 
 /*
  * evbus_inbox_init --- register, once, how the consumer lets go of Kafka
@@ -643,6 +696,7 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 	}
 	if (!evbus_inbox_handle_batch(dispatch, batch_cxt, !careful))
 		left_pending = true;
+	adapt_calls_budget(dispatch, !careful);
 	evbus_store_offsets(group, offsets, noffsets);
 	MemoryContextSwitchTo(old);
 	if (commit_async)
@@ -670,8 +724,8 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 /*
  * evbus_inbox_dispatch_due --- run pending messages that are due and first
  * of their key: retries, messages that waited for their key, attempts
- * interrupted by a crash; at most EVBUS_CALLS_PER_TRANSACTION of them
- * (consumer.h), the worker calls again while more are due.  Returns when
+ * interrupted by a crash; as many as evbus_inbox_calls_budget() says, the
+ * worker calls again while more are due.  Returns when
  * the next pending message is due (0 if none is, now if more are).
  */
 TimestampTz
@@ -701,7 +755,7 @@ evbus_inbox_dispatch_due(List *subs)
 							 " FROM due WHERE i.id OPERATOR(pg_catalog.=) due.id"
 							 " RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
 							 " i.payload, i.headers, i.attempts, i.event_key, i.handler",
-							 paused, EVBUS_CALLS_PER_TRANSACTION),
+							 paused, calls_budget),
 					false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not read the inbox");
 	old = MemoryContextSwitchTo(batch_cxt);
@@ -731,6 +785,7 @@ evbus_inbox_dispatch_due(List *subs)
 	old = MemoryContextSwitchTo(batch_cxt);
 	/* in id order: a message handled here lets the next of its key go */
 	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, false);
+	adapt_calls_budget(dispatch, false);
 	MemoryContextSwitchTo(old);
 	/* when is the next message due that may run (first of its key)? */
 	if (SPI_execute(psprintf("SELECT pg_catalog.min(next_attempt_at) FROM evbus.inbox i"

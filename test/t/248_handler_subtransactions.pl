@@ -14,6 +14,9 @@
 #  - the messages that wait (retries, a key's later events, requeued dead
 #    letters): 300 dead letters of distinct keys requeued at once by
 #    evbus.retry: fewer than 64 calls in any transaction;
+#  - a handler with a subtransaction of its own (a PL/pgSQL EXCEPTION
+#    block) takes two ids per call: once the consumer has measured that
+#    (one transaction), fewer than 32 calls in any transaction;
 #  - a batch handler is not held back: it still receives more than 64
 #    messages in one call.
 use strict;
@@ -27,7 +30,7 @@ kafka_bootstrap();
 my $prefix = "t248.$$.";
 my $group = "t248_$$";
 kafka_admin('topics', '--create', '--topic', "${prefix}$_", '--partitions', '1')
-  for qw(Each Waited Batch);
+  for qw(Each Waited Batch Guarded);
 
 my $node = new_node(
 	'handler_subtransactions',
@@ -58,6 +61,14 @@ BEGIN
 		RAISE EXCEPTION 'failing while the flag is set';
 	END IF;
 	INSERT INTO public.calls VALUES ('waited', (payload->>'seq')::int, pg_catalog.pg_current_xact_id(), 1);
+END $$;
+CREATE PROCEDURE guarded_handler(payload jsonb) LANGUAGE plpgsql AS $$
+BEGIN
+	BEGIN
+		INSERT INTO public.calls VALUES ('guarded', (payload->>'seq')::int, pg_catalog.pg_current_xact_id(), 1);
+	EXCEPTION WHEN unique_violation THEN
+		NULL;
+	END;
 END $$;
 CREATE FUNCTION batch_handler(payloads jsonb[], headers jsonb[]) RETURNS void LANGUAGE sql AS $$
 	INSERT INTO public.calls VALUES ('batch', NULL, pg_catalog.pg_current_xact_id(),
@@ -95,6 +106,20 @@ ok(wait_for_sql($node, 'postgres', q{SELECT sum(messages) FROM calls WHERE handl
 my $largest = sql(q{SELECT max(messages) FROM calls WHERE handler = 'batch'});
 note "the largest batch: $largest messages";
 cmp_ok($largest, '>', 64, 'a batch handler still receives more than 64 messages in one call');
+
+# a handler with an EXCEPTION block: two subtransaction ids per call
+sql(q{SELECT count(evbus.publish('Guarded', jsonb_build_object('seq', g), 'k' || g % 10))
+        FROM generate_series(1, 600) g});
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM evbus.outbox', '0', 60),
+	'600 events for the guarded handler are published');
+sql(as_subscriber($node) . q{SELECT evbus.subscribe('Guarded', 'guarded_handler(jsonb)')});
+ok(wait_for_sql($node, 'postgres', q{SELECT count(DISTINCT seq) FROM calls WHERE handler = 'guarded'}, '600', 90),
+	'the guarded handler handled the 600');
+my ($over, $most_after) = split /\|/, sql(q{
+	SELECT count(*) FILTER (WHERE n >= 32), max(n) FILTER (WHERE n < 32)
+	  FROM (SELECT xact, count(*) AS n FROM calls WHERE handler = 'guarded' GROUP BY xact) t});
+note "guarded: $over transaction(s) of 32 calls or more, the others at most $most_after";
+cmp_ok($over, '<=', 1, 'only the transaction that measured made 32 calls or more (64 ids)');
 
 # the messages that wait: 300 dead letters, requeued at once
 sql(as_subscriber($node) . q{
