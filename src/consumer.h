@@ -43,8 +43,9 @@ typedef struct EvbusSubscription
  * transaction open elsewhere, tens of thousands of page reads a second
  * for a pgbench beside a consumer draining batches of 500 messages, none
  * with this limit (bench/subtransactions.sh, BENCHMARKS.md).  The inbox
- * insert takes one more; the rest is left for handlers that open
- * subtransactions of their own (an EXCEPTION block).  Test
+ * insert takes one more.  Handlers with subtransactions of their own (an
+ * EXCEPTION block) take more per call: the consumer then makes fewer
+ * calls, as measured (inbox.c, evbus_inbox_calls_budget).  Test
  * 248_handler_subtransactions.pl.
  */
 #define EVBUS_CALLS_PER_TRANSACTION 48
