@@ -724,9 +724,9 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 /*
  * evbus_inbox_dispatch_due --- run pending messages that are due and first
  * of their key: retries, messages that waited for their key, attempts
- * interrupted by a crash; as many as evbus_inbox_calls_budget() says, the
- * worker calls again while more are due.  Returns when
- * the next pending message is due (0 if none is, now if more are).
+ * interrupted by a crash; as many as evbus_inbox_calls_budget() says (the
+ * worker calls again while more are due).  Returns when the next pending
+ * message is due (0 if none is; a past time if more are due now).
  */
 TimestampTz
 evbus_inbox_dispatch_due(List *subs)
