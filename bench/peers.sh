@@ -62,7 +62,10 @@
 # Environment: N (200000), CHUNK (100000), RATE (1000), DURATION (30),
 #   WARMUP (5), CLIENTS (4), THREADS (2), POLL_MS (1: the empty-poll
 #   interval of both JVM relays), JAVA_OPTS (-Xms256m -Xmx1g), TIMEOUT
-#   (600 s for each wait), plus those of bench/lib.sh.
+#   (600 s for each wait), ONLY=consume (the consuming side alone: no
+#   drain, no latency, no table, the raw numbers only), CONSUMERS (the
+#   consume runs in order, default "evbus polling polling evbus"), plus
+#   those of bench/lib.sh.
 # Output: the markdown table on stdout and in $RESULTS_DIR/table.md; raw
 #   numbers in $RESULTS_DIR/raw.tsv; each JVM's log and each run's files
 #   in $RESULTS_DIR.
@@ -110,6 +113,10 @@ JAVA_OPTS=${JAVA_OPTS:--Xms256m -Xmx1g}
 TIMEOUT=${TIMEOUT:-600}
 SYSTEMS=(debezium polling evbus)
 ORDER=(evbus polling debezium debezium polling evbus)
+ONLY=${ONLY:-}
+[[ -z $ONLY || $ONLY == consume ]] || die "ONLY=$ONLY: only ONLY=consume is known"
+[[ $ONLY == consume ]] && ORDER=()
+read -r -a CONSUMERS <<<"${CONSUMERS:-evbus polling polling evbus}"
 CP="$PEERS_DIR/target/classes:$PEERS_DIR/target/lib/*"
 # the programs log warnings and errors only (slf4j-simple), to stderr
 JAVA_LOG=-Dorg.slf4j.simpleLogger.defaultLogLevel=warn
@@ -493,10 +500,14 @@ consume() {
 		"PostgreSQL $(ticks_to_s $((p1 - p0)))s, JVM $(ticks_to_s "$jvm")s"
 	log "consume $run: $sys: $N in ${span}s (first to last row), CPU ${cpu}s per 100k"
 }
-for sys in evbus polling polling evbus; do
+for sys in "${CONSUMERS[@]}"; do
 	RUN[c$sys]=$((${RUN[c$sys]:-0} + 1))
 	consume "$sys" "${RUN[c$sys]}"
 done
+if [[ $ONLY == consume ]]; then
+	log "raw numbers in $RAW"
+	exit 0
+fi
 
 # ---- the table ----
 thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }

@@ -902,9 +902,9 @@ handler_calls(List *subs, const char *group, const char *topic)
  * one follows at once, and a crash that loses it loses its stored offsets
  * too, so its messages come again (Kafka is told no offset whose commit
  * is not on disk, kafka_offsets.c).  So a per-message handler's smaller
- * batches cost no more than the batches of POLL_BATCH messages did
- * (bench/consume.sh); a batch that did not fill, the last of a burst,
- * commits as synchronous_commit says.
+ * batches do not each wait for a WAL flush (what they cost against
+ * batches of POLL_BATCH: BENCHMARKS.md, bench/peers.sh); a batch that did
+ * not fill, the last of a burst, commits as synchronous_commit says.
  */
 bool
 evbus_consumers_poll(List *subs, bool *left_pending)
