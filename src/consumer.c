@@ -870,27 +870,6 @@ forget_old_logs(GroupConsumer *gc, List *went_back)
 }
 
 /*
- * handler_calls --- how many per-message handlers of group a message of
- * topic calls: one call each (batch handlers take a batch in one call).
- */
-static int
-handler_calls(List *subs, const char *group, const char *topic)
-{
-	ListCell   *lc;
-	int			calls = 0;
-
-	foreach(lc, subs)
-	{
-		EvbusSubscription *sub = lfirst(lc);
-
-		if (!sub->batch && strcmp(sub->group_name, group) == 0 &&
-			strcmp(sub->topic, topic) == 0)
-			calls++;
-	}
-	return calls;
-}
-
-/*
  * evbus_consumers_poll --- receive and handle, per group, up to POLL_BATCH
  * messages, or as many as the calls of per-message handlers that a
  * transaction may make allow (evbus_inbox_calls_budget).  Returns true if
@@ -979,7 +958,7 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 				continue;
 			}
 			evbus_copy_message(km, &msgs[n]);
-			calls += handler_calls(subs, gc->group, msgs[n].topic);
+			calls += evbus_inbox_handler_calls(subs, gc->group, msgs[n].topic);
 			n++;
 			rd_kafka_message_destroy(km);
 		}

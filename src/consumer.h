@@ -110,6 +110,8 @@ extern void evbus_apply_login_settings(Oid role);
 /* inbox.c (its parts: inbox.h) */
 extern void evbus_inbox_init(void (*let_go) (void));
 extern int	evbus_inbox_calls_budget(void);
+extern int	evbus_inbox_handler_calls(List *subs, const char *group,
+									  const char *topic);
 extern bool evbus_inbox_receive(const char *group, List *subs,
 								ReceivedMessage *msgs, int n,
 								NextOffset *offsets, int noffsets,

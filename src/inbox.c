@@ -140,6 +140,13 @@ inbox_begin(void)
 	evbus_worker_begin(inbox_let_go);
 }
 
+/* Is sub a subscription of (group, topic)? */
+static inline bool
+sub_of(const EvbusSubscription *sub, const char *group, const char *topic)
+{
+	return strcmp(sub->group_name, group) == 0 && strcmp(sub->topic, topic) == 0;
+}
+
 /* Subscriptions of (group, topic) among subs, in handler order. */
 static List *
 subs_for(List *subs, const char *group, const char *topic)
@@ -151,10 +158,32 @@ subs_for(List *subs, const char *group, const char *topic)
 	{
 		EvbusSubscription *sub = lfirst(lc);
 
-		if (strcmp(sub->group_name, group) == 0 && strcmp(sub->topic, topic) == 0)
+		if (sub_of(sub, group, topic))
 			result = lappend(result, sub);
 	}
 	return result;
+}
+
+/*
+ * evbus_inbox_handler_calls --- how many calls of per-message handlers a
+ * message of (group, topic) makes when it runs: one per such handler
+ * (batch handlers take a batch in one call).  Allocates nothing: the
+ * consumer counts each message it polls against evbus_inbox_calls_budget.
+ */
+int
+evbus_inbox_handler_calls(List *subs, const char *group, const char *topic)
+{
+	ListCell   *lc;
+	int			calls = 0;
+
+	foreach(lc, subs)
+	{
+		EvbusSubscription *sub = lfirst(lc);
+
+		if (!sub->batch && sub_of(sub, group, topic))
+			calls++;
+	}
+	return calls;
 }
 
 /* The subscription of (group, topic, handler) among subs, or NULL. */
@@ -167,8 +196,7 @@ sub_named(List *subs, const char *group, const char *topic, const char *handler)
 	{
 		EvbusSubscription *sub = lfirst(lc);
 
-		if (strcmp(sub->group_name, group) == 0 && strcmp(sub->topic, topic) == 0 &&
-			strcmp(sub->signature, handler) == 0)
+		if (sub_of(sub, group, topic) && strcmp(sub->signature, handler) == 0)
 			return sub;
 	}
 	return NULL;
