@@ -94,8 +94,10 @@ extern void evbus_check_subscriptions_owner(const char *event, const char *group
 extern bool evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads,
 							  Jsonb **headers, int n, char **error_code,
 							  char **error_message);
+typedef void (*EvbusCallNote) (void *arg, int i);
 extern int	evbus_run_handler_each(const EvbusSubscription *sub, Jsonb **payloads,
 								   Jsonb **headers, int n, int64 *took,
+								   EvbusCallNote note, void *note_arg,
 								   char **error_code, char **error_message);
 extern void evbus_forget_handler_plans(void);
 
@@ -117,6 +119,7 @@ extern bool evbus_inbox_receive(const char *group, List *subs,
 								NextOffset *offsets, int noffsets,
 								bool commit_async);
 extern TimestampTz evbus_inbox_dispatch_due(List *subs);
+extern void evbus_inbox_take_back_attempts(const int64 *ids, int n);
 extern bool evbus_inbox_maintain(void);
 extern TimestampTz evbus_inbox_cleanup_wake(TimestampTz wake_at);
 
@@ -139,7 +142,15 @@ extern bool evbus_position_went_back(HTAB *positions, const char *topic,
 /* attempt_marker.c */
 extern void evbus_attempt_marker_open(void);
 extern bool evbus_attempt_marker_suspect(const char *group, const ReceivedMessage *m);
+extern bool evbus_attempt_marker_crashed(const char *group, const ReceivedMessage *m,
+										 const char *handler);
+extern int	evbus_attempt_marker_uncharged(int64 **ids);
+extern void evbus_attempt_marker_forget_counted(void);
 extern bool evbus_attempt_marker_write(const char *group, ReceivedMessage *msgs, int n);
+extern void evbus_attempt_marker_counted(const int64 *ids, int n);
+extern void evbus_attempt_marker_call(const char *group, const char *topic, int32 partition,
+									  int64 offset, const char *handler, int64 inbox_id);
+extern void evbus_attempt_marker_call_done(void);
 extern void evbus_attempt_marker_clear(void);
 extern void evbus_attempt_marker_exit(void);
 

@@ -109,13 +109,17 @@ consumer_idle(TimestampTz next_due)
  * exit quietly if the database may not have one or has no evbus, and
  * with a WARNING in a copy of another database (copy_guard.c).  Then
  * register what leaving needs (consumer_exit, and how the inbox lets go
- * of Kafka) and open the attempt marker.
+ * of Kafka), open the attempt marker, and take back the attempts it
+ * shows were counted for messages whose call did not run when the
+ * previous consumer stopped.
  */
 static void
 consumer_start(Oid dboid)
 {
 	bool		has_extension;
 	char	   *original;
+	int64	   *uncharged_ids;
+	int			uncharged;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -149,6 +153,10 @@ consumer_start(Oid dboid)
 
 	pgstat_report_appname("evbus consumer");
 	evbus_attempt_marker_open();
+	uncharged = evbus_attempt_marker_uncharged(&uncharged_ids);
+	if (uncharged > 0)
+		evbus_inbox_take_back_attempts(uncharged_ids, uncharged);
+	evbus_attempt_marker_forget_counted();
 	evbus_subscriptions_watch();
 	evbus_replays_watch();
 }

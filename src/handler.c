@@ -410,7 +410,8 @@ call_in_subxact(const EvbusSubscription *sub, HandlerCall *call, Datum *values,
  */
 static int
 run_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n,
-		 int64 *took, char **error_code, char **error_message)
+		 int64 *took, EvbusCallNote note, void *note_arg,
+		 char **error_code, char **error_message)
 {
 	HandlerCall call;
 	Oid			save_userid;
@@ -441,10 +442,12 @@ run_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n,
 		MemoryContextSwitchTo(call_cxt);
 		values[0] = JsonbPGetDatum(payloads[i]);
 		values[1] = JsonbPGetDatum(headers[i]);
+		note(note_arg, i);
 		if (i == 0)
 			call_once(sub, &call, values, headers[i]);
 		else
 			ok = call_in_subxact(sub, &call, values, headers[i], &edata);
+		note(note_arg, -1);
 		MemoryContextSwitchTo(outer);
 		took[i] = GetCurrentTimestamp() - started;
 		if (!ok)
@@ -467,7 +470,8 @@ run_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n,
  */
 static int
 run_in_subxact(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
-			   int n, int64 *took, char **error_code, char **error_message)
+			   int n, int64 *took, EvbusCallNote note, void *note_arg,
+			   char **error_code, char **error_message)
 {
 	EvbusSubxact sx;
 	Oid			save_userid;
@@ -482,13 +486,16 @@ run_in_subxact(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
 		if (took == NULL)
 			run_one(sub, payloads, headers, n);
 		else
-			done = run_each(sub, payloads, headers, n, took, error_code, error_message);
+			done = run_each(sub, payloads, headers, n, took, note, note_arg,
+							error_code, error_message);
 		evbus_subxact_commit(&sx);
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata;
 
+		if (note != NULL)
+			note(note_arg, -1);
 		disable_timeout(STATEMENT_TIMEOUT, false);
 		evbus_handler_trace_end();
 		edata = evbus_subxact_abort(&sx);
@@ -527,7 +534,8 @@ bool
 evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
 				  int n, char **error_code, char **error_message)
 {
-	return run_in_subxact(sub, payloads, headers, n, NULL, error_code, error_message) == n;
+	return run_in_subxact(sub, payloads, headers, n, NULL, NULL, NULL,
+						  error_code, error_message) == n;
 }
 
 /*
@@ -541,11 +549,14 @@ evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **header
  * and the later ones were not called.  took[i] gets the time of message
  * i's call.  Each message is called once: the handler runs no more often
  * than the attempts recorded (tests 140_consume_retries.pl,
- * 192_handlers_in_one_go.pl).
+ * 192_handlers_in_one_go.pl).  note(note_arg, i) runs just before message
+ * i's call, note(note_arg, -1) when it has returned (attempt_marker.c).
  */
 int
 evbus_run_handler_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
-					   int n, int64 *took, char **error_code, char **error_message)
+					   int n, int64 *took, EvbusCallNote note, void *note_arg,
+					   char **error_code, char **error_message)
 {
-	return run_in_subxact(sub, payloads, headers, n, took, error_code, error_message);
+	return run_in_subxact(sub, payloads, headers, n, took, note, note_arg,
+						  error_code, error_message);
 }

@@ -94,28 +94,31 @@ evbus_inbox_calls_budget(void)
 }
 
 /*
- * adapt_calls_budget --- before the commit of a transaction that ran the
- * rows of dispatch (one call each, but for batch handlers' rows when they
- * went in one call: batched), measure the subtransaction ids it holds,
- * and size the next transaction's calls to stay within SUBXIDS_WANTED:
- * one id is the inbox insert's, the rest the calls' (test
+ * calls_limit --- how many handler calls a transaction makes at most,
+ * batch handlers' calls and the one-message calls after a failed batch
+ * included: the budget that stops a poll leaves room for those within
+ * SUBXIDS_WANTED (55 calls of one id each with the budget at 48).  Rows
+ * past it wait for the retries' transactions (evbus_inbox_handle_batch).
+ */
+static int
+calls_limit(void)
+{
+	return Max(1, calls_budget * (SUBXIDS_WANTED - 1) / EVBUS_CALLS_PER_TRANSACTION);
+}
+
+/*
+ * adapt_calls_budget --- before the commit of a transaction that made
+ * calls handler calls, measure the subtransaction ids it holds, and size
+ * the next transaction's calls to stay within SUBXIDS_WANTED: one id is
+ * the inbox insert's, the rest the calls' (test
  * 248_handler_subtransactions.pl).
  */
 static void
-adapt_calls_budget(List *dispatch, bool batched)
+adapt_calls_budget(int calls)
 {
 	TransactionId *children;
 	int			subxids = xactGetCommittedChildren(&children);
-	int			calls = 0;
-	ListCell   *lc;
 
-	foreach(lc, dispatch)
-	{
-		Dispatch   *dp = lfirst(lc);
-
-		if (dp->sub != NULL && !(batched && dp->sub->batch))
-			calls++;
-	}
 	if (calls == 0)
 		return;
 	calls_budget = (SUBXIDS_WANTED - 1) * calls / Max(subxids - 1, 1);
@@ -350,8 +353,8 @@ keys_pending(const Batch *b, MemoryContext batch_cxt)
  * plan_rows --- the batch's inbox rows into rows, in Kafka's order, one
  * per handler (in subscription order); returns how many.  A row runs now
  * unless an earlier message of its key waits for that handler; a row's
- * attempts count this one if it runs now, and one more if its message was
- * being handled when the consumer stopped (attempt_marker.c).
+ * attempts count this one if it runs now, and one more if its call was
+ * running when the consumer stopped (attempt_marker.c).
  */
 static int
 plan_rows(const Batch *b, List *pending_keys, bool inserted_handled, InboxRow *rows)
@@ -363,15 +366,12 @@ plan_rows(const Batch *b, List *pending_keys, bool inserted_handled, InboxRow *r
 	{
 		ListCell   *lc;
 		char	   *dedup_key;
-		bool		suspect;
 
 		if (b->dec[i].poison || b->subs[i] == NIL)
 			continue;			/* dead-lettered, or unsubscribed */
 		dedup_key = b->dec[i].message_id ? b->dec[i].message_id :
 			psprintf("%s/%d/" INT64_FORMAT, b->msgs[i].topic, b->msgs[i].partition,
 					 b->msgs[i].offset);
-		/* a message the consumer was handling when it stopped: that counts */
-		suspect = !inserted_handled && evbus_attempt_marker_suspect(b->group, &b->msgs[i]);
 		foreach(lc, b->subs[i])
 		{
 			InboxRow   *row = &rows[nrows++];
@@ -389,7 +389,11 @@ plan_rows(const Batch *b, List *pending_keys, bool inserted_handled, InboxRow *r
 			row->runnable = !row->sub->paused &&
 				!(b->dec[i].event_key &&
 				  evbus_key_held(pending_keys, row->sub->signature, b->dec[i].event_key));
-			row->attempts = (row->runnable ? 1 : 0) + (suspect ? 1 : 0);
+			row->attempts = row->runnable ? 1 : 0;
+			/* its call was running when the consumer stopped: that counts */
+			if (!inserted_handled &&
+				evbus_attempt_marker_crashed(b->group, &b->msgs[i], row->sub->signature))
+				row->attempts++;
 		}
 	}
 	return nrows;
@@ -488,6 +492,8 @@ dispatch_of(const Batch *b, const InboxRow *row, int64 inbox_id)
 	dp->inbox_id = inbox_id;
 	dp->group_name = pstrdup(b->group);
 	dp->topic = b->msgs[row->msg].topic;
+	dp->partition = b->msgs[row->msg].partition;
+	dp->offset = b->msgs[row->msg].offset;
 	dp->message_id = d->message_id;
 	dp->payload = d->payload;
 	dp->headers = d->headers;
@@ -685,6 +691,47 @@ record_batch(const char *group, List *subs, ReceivedMessage *msgs, int n,
 }
 
 /*
+ * note_counted --- note in the attempt marker the rows of dispatch, whose
+ * attempts the careful way has just counted and committed: after a crash
+ * in the call of one of them, the others' are taken back
+ * (evbus_inbox_take_back_attempts).
+ */
+static void
+note_counted(List *dispatch)
+{
+	int64	   *ids = palloc(sizeof(int64) * Max(list_length(dispatch), 1));
+	ListCell   *lc;
+
+	foreach(lc, dispatch)
+		ids[foreach_current_index(lc)] = ((Dispatch *) lfirst(lc))->inbox_id;
+	evbus_attempt_marker_counted(ids, list_length(dispatch));
+	pfree(ids);
+}
+
+/*
+ * evbus_inbox_take_back_attempts --- in a transaction of its own, on disk
+ * before any handler runs, take back the attempt counted for each of the
+ * n pending inbox rows ids: the consumer stopped in another row's call
+ * (attempt_marker.c, test 138_consume_kill_neighbours.pl).
+ */
+void
+evbus_inbox_take_back_attempts(const int64 *ids, int n)
+{
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		values[1];
+
+	inbox_begin();
+	values[0] = evbus_int8_array(ids, n);
+	evbus_spi_exec("UPDATE evbus.inbox SET attempts = pg_catalog.int4larger(attempts OPERATOR(pg_catalog.-) 1, 0)"
+				   " WHERE state = 'pending' AND id OPERATOR(pg_catalog.=) ANY ($1)",
+				   1, types, values, NULL, SPI_OK_UPDATE);
+	ereport(LOG,
+			(errmsg("evbus: the consumer stopped in one handler call; the attempt counted for %d other message(s) handled with it is taken back",
+					n)));
+	evbus_worker_commit_durable();
+}
+
+/*
  * evbus_inbox_receive --- handle a received batch: in one transaction, or
  * the careful way in two if it holds a message that was being handled
  * when the consumer stopped (see the top of this file).
@@ -704,6 +751,7 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 	bool		careful;
 	bool		left_pending;
 	List	   *dispatch = NIL;
+	int			calls;
 	MemoryContext old;
 
 	if (batch_cxt == NULL)
@@ -719,12 +767,13 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 		/* the attempts are on disk before any handler runs */
 		MemoryContextSwitchTo(old);
 		evbus_worker_commit_durable();
+		note_counted(dispatch);
 		inbox_begin();
 		old = MemoryContextSwitchTo(batch_cxt);
 	}
-	if (!evbus_inbox_handle_batch(dispatch, batch_cxt, !careful))
+	if (!evbus_inbox_handle_batch(dispatch, batch_cxt, !careful, calls_limit(), &calls))
 		left_pending = true;
-	adapt_calls_budget(dispatch, !careful);
+	adapt_calls_budget(calls);
 	evbus_store_offsets(group, offsets, noffsets);
 	MemoryContextSwitchTo(old);
 	if (commit_async)
@@ -761,6 +810,7 @@ evbus_inbox_dispatch_due(List *subs)
 {
 	const char *paused;			/* NOT_PAUSED, or "" at SQL version 0.1 */
 	List	   *dispatch = NIL;
+	int			calls;
 	TimestampTz next_due = 0;
 	uint64		i;
 	MemoryContext batch_cxt = AllocSetContextCreate(TopMemoryContext, "evbus dispatch",
@@ -782,7 +832,8 @@ evbus_inbox_dispatch_due(List *subs)
 							 " UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
 							 " FROM due WHERE i.id OPERATOR(pg_catalog.=) due.id"
 							 " RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
-							 " i.payload, i.headers, i.attempts, i.event_key, i.handler",
+							 " i.payload, i.headers, i.attempts, i.event_key, i.handler,"
+							 " i.kafka_partition, i.kafka_offset",
 							 paused, calls_budget),
 					false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not read the inbox");
@@ -803,17 +854,20 @@ evbus_inbox_dispatch_due(List *subs)
 		dp->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
 		dp->event_key = SPI_getvalue(tup, desc, 8);
 		dp->handler = SPI_getvalue(tup, desc, 9);
+		dp->partition = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
+		dp->offset = DatumGetInt64(SPI_getbinval(tup, desc, 11, &isnull));
 		dp->sub = sub_named(subs, dp->group_name, dp->topic, dp->handler);
 		dispatch = lappend(dispatch, dp);
 	}
 	MemoryContextSwitchTo(old);
 	evbus_worker_commit_durable();
+	note_counted(dispatch);
 
 	inbox_begin();
 	old = MemoryContextSwitchTo(batch_cxt);
 	/* in id order: a message handled here lets the next of its key go */
-	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, false);
-	adapt_calls_budget(dispatch, false);
+	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, false, calls_limit(), &calls);
+	adapt_calls_budget(calls);
 	MemoryContextSwitchTo(old);
 	/* when is the next message due that may run (first of its key)? */
 	if (SPI_execute(psprintf("SELECT pg_catalog.min(next_attempt_at) FROM evbus.inbox i"
@@ -832,6 +886,7 @@ evbus_inbox_dispatch_due(List *subs)
 			next_due = DatumGetTimestampTz(d);
 	}
 	evbus_worker_commit();
+	evbus_attempt_marker_clear();
 	MemoryContextDelete(batch_cxt);
 	return next_due;
 }

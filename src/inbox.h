@@ -38,6 +38,8 @@ typedef struct Dispatch
 	int64		inbox_id;
 	char	   *group_name;
 	char	   *topic;
+	int32		partition;		/* where Kafka had it */
+	int64		offset;
 	char	   *message_id;		/* text, for NOTIFY and dead letters */
 	Jsonb	   *payload;
 	Jsonb	   *headers;
@@ -76,7 +78,8 @@ extern bool evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *r
 extern List *evbus_hold_key(List *held, const char *handler, const char *key);
 extern bool evbus_key_held(List *held, const char *handler, const char *key);
 extern bool evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt,
-									 bool inserted_handled);
+									 bool inserted_handled, int calls_limit,
+									 int *calls);
 extern void evbus_dead_letter_poison(const char *group, const ReceivedMessage *m,
 									 const Decoded *d,
 									 const char *integration_event);

@@ -175,6 +175,23 @@ max_retries_of(const EvbusSubscription *sub)
 }
 
 /*
+ * note_call --- note in the attempt marker that the call of ds[i] is about
+ * to run (i >= 0), or that it returned (i < 0): a crash in it is that
+ * row's attempt alone (attempt_marker.c).  An EvbusCallNote.
+ */
+static void
+note_call(void *arg, int i)
+{
+	Dispatch  **ds = arg;
+
+	if (i < 0)
+		evbus_attempt_marker_call_done();
+	else
+		evbus_attempt_marker_call(ds[i]->group_name, ds[i]->topic, ds[i]->partition,
+								  ds[i]->offset, ds[i]->handler, ds[i]->inbox_id);
+}
+
+/*
  * run_one --- run one dispatched (message, handler) (the handler
  * in its own subtransaction, handler.c) and record a failure (inside a
  * txn): the retry, or the dead letter, is this handler's alone.  Success
@@ -211,9 +228,13 @@ run_one(Dispatch *d)
 	else
 	{
 		TimestampTz started = GetCurrentTimestamp();
-		bool		ok = evbus_run_handler(d->sub, &d->payload, &d->headers, 1,
-										   &code, &message);
-		int64		took = GetCurrentTimestamp() - started;
+		bool		ok;
+		int64		took;
+
+		note_call(&d, 0);
+		ok = evbus_run_handler(d->sub, &d->payload, &d->headers, 1, &code, &message);
+		note_call(&d, -1);
+		took = GetCurrentTimestamp() - started;
 
 		/* counted when the transaction commits (metrics.c) */
 		evbus_metrics_handler_ran(took);
@@ -267,24 +288,44 @@ record_failure(Dispatch *d, char *code, char *message)
  * ------------------------------------------------------------------
  */
 
-/* Mark the given inbox rows handled, in one statement. */
+/* Run sql, an UPDATE of the inbox rows whose ids are $1, on ids[0..n-1]. */
 static void
-mark_handled(int64 *ids, int n)
+update_rows(SPIPlanPtr *plan, const char *sql, int64 *ids, int n)
 {
-	static SPIPlanPtr plan = NULL;
 	Oid			types[1] = {INT8ARRAYOID};
 	Datum		values[1];
 
 	if (n == 0)
 		return;
 	values[0] = evbus_int8_array(ids, n);
-	if (SPI_execute_plan(evbus_kept_plan(&plan,
-										 "UPDATE evbus.inbox SET state = 'handled',"
-										 " handled_at = pg_catalog.now(), next_attempt_at = NULL"
-										 " WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-										 1, types),
+	if (SPI_execute_plan(evbus_kept_plan(plan, sql, 1, types),
 						 values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update the inbox");
+}
+
+/* Mark the given inbox rows handled, in one statement. */
+static void
+mark_handled(int64 *ids, int n)
+{
+	static SPIPlanPtr plan = NULL;
+
+	update_rows(&plan, "UPDATE evbus.inbox SET state = 'handled',"
+				" handled_at = pg_catalog.now(), next_attempt_at = NULL"
+				" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
+}
+
+/*
+ * Leave the given inbox rows pending, due now, their attempt taken back
+ * (they did not run), in one statement.
+ */
+static void
+leave_waiting(int64 *ids, int n)
+{
+	static SPIPlanPtr plan = NULL;
+
+	update_rows(&plan, "UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1,"
+				" state = 'pending', handled_at = NULL, next_attempt_at = pg_catalog.now()"
+				" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
 }
 
 /*
@@ -315,9 +356,10 @@ hold_if_waiting(const Dispatch *d, Outcome outcome, List **blocked, bool *none_p
  * retry) and the handler's later messages are left to the caller, one at
  * a time (test 192_handlers_in_one_go.pl).  Only rows that may run at
  * once (the caller knows: no crash to count, no key held by a row of the
- * batch) come here.
+ * batch) come here.  Returns how many handler calls it made, each in a
+ * subtransaction of its own.
  */
-static void
+static int
 run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pending,
 			  MemoryContext cxt)
 {
@@ -325,7 +367,9 @@ run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pendi
 	Jsonb	  **headers = palloc(sizeof(Jsonb *) * n);
 	int64	   *took = palloc(sizeof(int64) * n);
 	int		   *which = palloc(sizeof(int) * n);
+	Dispatch  **mine = palloc(sizeof(Dispatch *) * n);
 	bool	   *seen = palloc0(sizeof(bool) * n);
+	int			calls = 0;
 	int			first;
 
 	for (first = 0; first < n; first++)
@@ -349,6 +393,7 @@ run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pendi
 			if (ds[i]->attempts > max_retries_of(sub) + 1)
 				continue;		/* interrupted: run_one dead-letters it */
 			which[m] = i;
+			mine[m] = ds[i];
 			payloads[m] = ds[i]->payload;
 			headers[m] = ds[i]->headers;
 			m++;
@@ -358,12 +403,15 @@ run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pendi
 		started = GetCurrentTimestamp();
 		if (sub->batch)
 		{
+			/* a call of many messages names none of them (attempt_marker.c) */
 			handled = evbus_run_handler(sub, payloads, headers, m, &code, &message) ? m : 0;
 			evbus_metrics_handler_ran(GetCurrentTimestamp() - started);
 		}
 		else
-			handled = evbus_run_handler_each(sub, payloads, headers, m, took, &code, &message);
+			handled = evbus_run_handler_each(sub, payloads, headers, m, took,
+											 note_call, mine, &code, &message);
 		MemoryContextSwitchTo(cxt);
+		calls += sub->batch ? 1 : Min(handled + 1, m);
 
 		/* counted when the transaction commits (metrics.c) */
 		for (i = 0; i < handled; i++)
@@ -388,24 +436,35 @@ run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pendi
 		hold_if_waiting(ds[which[handled]], outcome, blocked, none_pending);
 		done[which[handled]] = true;
 	}
+	return calls;
 }
 
 /*
  * evbus_inbox_handle_batch --- run the dispatched messages in order and
  * record the outcomes: the successes in one statement, unless their rows
- * were inserted as handled already (inserted_handled).  Returns false if
- * some message was left pending for a retry.
+ * were inserted as handled already (inserted_handled).  Makes at most
+ * calls_limit handler calls, each a subtransaction (a batch handler's
+ * failed batch, called again one message at a time, makes one per
+ * message): the rows past it are left pending, due now, for the retries'
+ * transactions, which take them calls_limit at a time (test
+ * 248_handler_subtransactions.pl).  Sets *calls to the calls it made.
+ * Returns false if some message was left pending.
  */
 bool
-evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handled)
+evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handled,
+						 int calls_limit, int *calls)
 {
 	bool		none_pending = true;
 	int			n = list_length(dispatch);
 	int64	   *handled = palloc(sizeof(int64) * Max(n, 1));
+	int64	   *waiting = palloc(sizeof(int64) * Max(n, 1));
 	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
 	int			nhandled = 0;
+	int			nwaiting = 0;
 	List	   *blocked = NIL;	/* (handler, key) with a row left pending here */
 	ListCell   *lc;
+
+	*calls = 0;
 
 	/*
 	 * Each handler first in one go for all its messages, in the fast way
@@ -418,7 +477,7 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 
 		foreach(lc, dispatch)
 			ds[foreach_current_index(lc)] = lfirst(lc);
-		run_in_one_go(ds, n, done, &blocked, &none_pending, cxt);
+		*calls = run_in_one_go(ds, n, done, &blocked, &none_pending, cxt);
 	}
 
 	/*
@@ -427,7 +486,9 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 	 * own effects for that message.  After a message of key K stays pending
 	 * for handler H, the later messages of K in the batch do not run H: their
 	 * attempt is taken back and they wait; other handlers of K, and other
-	 * keys, go on (test 210_subscription_ownership.pl).
+	 * keys, go on (test 210_subscription_ownership.pl).  Once calls_limit
+	 * calls are made, every later row waits likewise, so each key keeps its
+	 * order.
 	 */
 	foreach(lc, dispatch)
 	{
@@ -436,28 +497,23 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 
 		if (done[foreach_current_index(lc)])
 			continue;			/* handled, or its attempt recorded, in one go */
-		if (d->event_key && evbus_key_held(blocked, d->handler, d->event_key))
+		if (*calls >= calls_limit ||
+			(d->event_key && evbus_key_held(blocked, d->handler, d->event_key)))
 		{
-			Oid			types[1] = {INT8OID};
-			Datum		values[1];
-
-			values[0] = Int64GetDatum(d->inbox_id);
-			evbus_spi_exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1,"
-						   " state = 'pending', handled_at = NULL, next_attempt_at = pg_catalog.now()"
-						   " WHERE id OPERATOR(pg_catalog.=) $1",
-						   1, types, values, NULL, SPI_OK_UPDATE);
-			MemoryContextSwitchTo(cxt);
+			waiting[nwaiting++] = d->inbox_id;
 			none_pending = false;
 			continue;
 		}
 
 		outcome = run_one(d);
 		MemoryContextSwitchTo(cxt);
+		(*calls)++;
 		if (outcome == HANDLED)
 			handled[nhandled++] = d->inbox_id;
 		else
 			hold_if_waiting(d, outcome, &blocked, &none_pending);
 	}
+	leave_waiting(waiting, nwaiting);
 	if (!inserted_handled)
 		mark_handled(handled, nhandled);
 	MemoryContextSwitchTo(cxt);

@@ -18,7 +18,10 @@
 #    block) takes two ids per call: once the consumer has measured that
 #    (one transaction), fewer than 32 calls in any transaction;
 #  - a batch handler is not held back: it still receives more than 64
-#    messages in one call.
+#    messages in one call;
+#  - a batch handler whose batch fails is called again one message at a
+#    time, each call a subtransaction: fewer than 64 such calls in any
+#    transaction (the rest wait for the next), each message handled once.
 use strict;
 use warnings;
 
@@ -30,7 +33,7 @@ kafka_bootstrap();
 my $prefix = "t248.$$.";
 my $group = "t248_$$";
 kafka_admin('topics', '--create', '--topic', "${prefix}$_", '--partitions', '1')
-  for qw(Each Waited Batch Guarded);
+  for qw(Each Waited Batch Guarded Failing);
 
 my $node = new_node(
 	'handler_subtransactions',
@@ -69,6 +72,20 @@ BEGIN
 	EXCEPTION WHEN unique_violation THEN
 		NULL;
 	END;
+END $$;
+CREATE SEQUENCE failed_batch_size;
+CREATE FUNCTION failing_batch(payloads jsonb[], headers jsonb[]) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+	IF EXISTS (SELECT FROM pg_catalog.unnest(payloads) p WHERE (p->>'seq')::int = 250) THEN
+		IF pg_catalog.cardinality(payloads) > 1 THEN
+			/* a sequence keeps its value when the call rolls back */
+			PERFORM pg_catalog.setval('public.failed_batch_size', pg_catalog.cardinality(payloads));
+		END IF;
+		RAISE EXCEPTION 'message 250 fails';
+	END IF;
+	INSERT INTO public.calls
+	SELECT 'failing', (p->>'seq')::int, pg_catalog.pg_current_xact_id(), pg_catalog.cardinality(payloads)
+	  FROM pg_catalog.unnest(payloads) p;
 END $$;
 CREATE FUNCTION batch_handler(payloads jsonb[], headers jsonb[]) RETURNS void LANGUAGE sql AS $$
 	INSERT INTO public.calls VALUES ('batch', NULL, pg_catalog.pg_current_xact_id(),
@@ -143,6 +160,29 @@ cmp_ok($most, '<', 64, 'fewer than 64 calls of waiting messages in any transacti
 is(sql(q{SELECT count(DISTINCT seq) FROM calls WHERE handler = 'waited'}), '300',
 	'each waiting message handled once');
 is(sql('SELECT count(*) FROM evbus.dead_letters'), '0', 'no dead letter left');
+
+# a batch handler whose batch fails: one message at a time, a bounded few per transaction
+sql(q{SELECT count(evbus.publish('Failing', jsonb_build_object('seq', g), 'f' || g % 10))
+        FROM generate_series(1, 600) g});
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM evbus.outbox', '0', 60),
+	'600 events for the failing batch handler are published');
+sql(as_subscriber($node)
+	  . q{SELECT evbus.subscribe('Failing', 'failing_batch(jsonb[],jsonb[])', max_retries => 0)});
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM evbus.dead_letters WHERE integration_event = 'Failing'}, '1', 90),
+	'the failing message is a dead letter');
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM calls WHERE handler = 'failing'}, '599', 90),
+	'the 599 others are handled');
+is( sql(q{SELECT count(DISTINCT seq), count(*) FILTER (WHERE seq = 250) FROM calls WHERE handler = 'failing'}),
+	'599|0', 'each of them once, the failing one never');
+my $failed_batch = sql('SELECT last_value FROM failed_batch_size');
+my ($alone, $xacts_alone) = split /\|/, sql(q{
+	SELECT max(n), count(*) FROM (SELECT xact, count(*) AS n FROM calls
+	                               WHERE handler = 'failing' AND messages = 1 GROUP BY xact) t});
+note "failing batch: a batch of $failed_batch failed; then at most $alone one-message calls "
+  . "in one transaction, $xacts_alone transactions";
+cmp_ok($failed_batch, '>', 64, 'the batch that failed held more than 64 messages');
+cmp_ok($alone, '<', 64, 'fewer than 64 one-message calls in any transaction');
 
 $node->stop;
 done_testing();
