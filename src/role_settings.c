@@ -3,15 +3,17 @@
  * role_settings.c
  *	  The settings a new connection of a role to this database would have,
  *	  given to a handler run as that role: the server's and the database's
- *	  search_path, then the role's own settings (ALTER ROLE ... SET and
- *	  ALTER ROLE ... IN DATABASE ... SET).
+ *	  search_path and lock_timeout, then the role's own settings (ALTER
+ *	  ROLE ... SET and ALTER ROLE ... IN DATABASE ... SET).
  *
  * A handler runs in the consumer's backend, whose own search_path is
  * pinned to pg_catalog, pg_temp for evbus's SQL (consumer_worker.c).  A
  * handler gets instead the search_path a connection would start with (the
  * reset value: postgresql.conf, or ALTER DATABASE ... SET), so that it is
  * written like any other procedure, with unqualified names (test
- * 222_handler_unqualified_names.pl).  This is the subscriber's own choice
+ * 222_handler_unqualified_names.pl).  Likewise its lock_timeout, which
+ * the workers' own lock waits go without (spi_run.c, test
+ * 249_worker_lock_timeout.pl).  This is the subscriber's own choice
  * and gives a handler nothing its role's own connections do not have: it
  * runs as that role, never a superuser, inside a security-restricted
  * operation.
@@ -173,9 +175,14 @@ evbus_apply_login_settings(Oid role)
 {
 	RoleSettings *rs = settings_of(role);
 	const char *search_path = GetConfigOptionResetString("search_path");
+	const char *lock_timeout = GetConfigOptionResetString("lock_timeout");
 
 	if (strcmp(namespace_search_path, search_path) != 0)
 		(void) set_config_option("search_path", search_path,
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+								 true, 0, false);
+	if (strcmp(GetConfigOption("lock_timeout", false, false), lock_timeout) != 0)
+		(void) set_config_option("lock_timeout", lock_timeout,
 								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
 								 true, 0, false);
 	apply_setconfig(rs->all_databases);

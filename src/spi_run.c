@@ -140,11 +140,20 @@ evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
  * sessions staged events, and each failure ended the worker, which
  * started over (test 247_worker_session.pl).  A consumer's handlers run
  * in its transactions, so at READ COMMITTED too.
+ *
+ * Its own lock waits have no lock_timeout, as autovacuum's have none: set
+ * for a database (a common guard for migrations), a session holding a
+ * lock on the inbox made the consumer fail with "canceling statement due
+ * to lock timeout" and exit, and it started over, leaving and joining its
+ * consumer groups, for as long as the lock was held (test
+ * 249_worker_lock_timeout.pl).  Handlers get the database's and their
+ * role's lock_timeout back (role_settings.c).
  */
 void
 evbus_worker_settings(void)
 {
 	SetConfigOption("search_path", EVBUS_PINNED_SEARCH_PATH, PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_isolation", "read committed",
 					PGC_SUSET, PGC_S_OVERRIDE);
