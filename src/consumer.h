@@ -94,7 +94,7 @@ extern void evbus_check_subscriptions_owner(const char *event, const char *group
 extern bool evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads,
 							  Jsonb **headers, int n, char **error_code,
 							  char **error_message);
-typedef void (*EvbusCallNote) (void *arg, int i);
+typedef bool (*EvbusCallNote) (void *arg, int i);
 extern int	evbus_run_handler_each(const EvbusSubscription *sub, Jsonb **payloads,
 								   Jsonb **headers, int n, int64 *took,
 								   EvbusCallNote note, void *note_arg,

@@ -442,7 +442,8 @@ run_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n,
 		MemoryContextSwitchTo(call_cxt);
 		values[0] = JsonbPGetDatum(payloads[i]);
 		values[1] = JsonbPGetDatum(headers[i]);
-		note(note_arg, i);
+		if (!note(note_arg, i))
+			break;
 		if (i == 0)
 			call_once(sub, &call, values, headers[i]);
 		else
@@ -550,7 +551,9 @@ evbus_run_handler(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **header
  * i's call.  Each message is called once: the handler runs no more often
  * than the attempts recorded (tests 140_consume_retries.pl,
  * 192_handlers_in_one_go.pl).  note(note_arg, i) runs just before message
- * i's call, note(note_arg, -1) when it has returned (attempt_marker.c).
+ * i's call, note(note_arg, -1) when it has returned (attempt_marker.c);
+ * if the first returns false, the run stops there, message i not called
+ * and no error given: returns i.
  */
 int
 evbus_run_handler_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,

@@ -76,10 +76,11 @@ static void (*inbox_let_go) (void) = NULL;
  * EVBUS_CALLS_PER_TRANSACTION (consumer.h), fewer when the last
  * transaction measured took more than one subtransaction id per call (a
  * handler with subtransactions of its own, a PL/pgSQL EXCEPTION block),
- * so that a transaction stays within SUBXIDS_WANTED ids
- * (adapt_calls_budget).
+ * so that a transaction stays within SUBXIDS_WANTED ids (inbox.h,
+ * adapt_calls_budget).  The poll sizes batches by it; the calls
+ * themselves stop at SUBXIDS_WANTED whatever it says
+ * (evbus_inbox_handle_batch).
  */
-#define SUBXIDS_WANTED (PGPROC_MAX_CACHED_SUBXIDS - 8)
 static int	calls_budget = EVBUS_CALLS_PER_TRANSACTION;
 
 /*
@@ -91,19 +92,6 @@ int
 evbus_inbox_calls_budget(void)
 {
 	return calls_budget;
-}
-
-/*
- * calls_limit --- how many handler calls a transaction makes at most,
- * batch handlers' calls and the one-message calls after a failed batch
- * included: the budget that stops a poll leaves room for those within
- * SUBXIDS_WANTED (55 calls of one id each with the budget at 48).  Rows
- * past it wait for the retries' transactions (evbus_inbox_handle_batch).
- */
-static int
-calls_limit(void)
-{
-	return Max(1, calls_budget * (SUBXIDS_WANTED - 1) / EVBUS_CALLS_PER_TRANSACTION);
 }
 
 /*
@@ -771,7 +759,7 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 		inbox_begin();
 		old = MemoryContextSwitchTo(batch_cxt);
 	}
-	if (!evbus_inbox_handle_batch(dispatch, batch_cxt, !careful, calls_limit(), &calls))
+	if (!evbus_inbox_handle_batch(dispatch, batch_cxt, !careful, &calls))
 		left_pending = true;
 	adapt_calls_budget(calls);
 	evbus_store_offsets(group, offsets, noffsets);
@@ -866,7 +854,7 @@ evbus_inbox_dispatch_due(List *subs)
 	inbox_begin();
 	old = MemoryContextSwitchTo(batch_cxt);
 	/* in id order: a message handled here lets the next of its key go */
-	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, false, calls_limit(), &calls);
+	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, false, &calls);
 	adapt_calls_budget(calls);
 	MemoryContextSwitchTo(old);
 	/* when is the next message due that may run (first of its key)? */

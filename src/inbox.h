@@ -17,9 +17,18 @@
 #ifndef EVBUS_INBOX_H
 #define EVBUS_INBOX_H
 
+#include "storage/proc.h"
 #include "utils/jsonb.h"
 
 #include "consumer.h"
+
+/*
+ * A transaction of the consumer holds fewer subtransaction ids than
+ * PostgreSQL caches per transaction (PGPROC_MAX_CACHED_SUBXIDS, 64):
+ * before each handler call it stops at SUBXIDS_WANTED, and the rows left
+ * wait for the next transaction (test 248_handler_subtransactions.pl).
+ */
+#define SUBXIDS_WANTED (PGPROC_MAX_CACHED_SUBXIDS - 8)
 
 /* A received message, decoded (inbox_decode.c). */
 typedef struct Decoded
@@ -78,8 +87,7 @@ extern bool evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *r
 extern List *evbus_hold_key(List *held, const char *handler, const char *key);
 extern bool evbus_key_held(List *held, const char *handler, const char *key);
 extern bool evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt,
-									 bool inserted_handled, int calls_limit,
-									 int *calls);
+									 bool inserted_handled, int *calls);
 extern void evbus_dead_letter_poison(const char *group, const ReceivedMessage *m,
 									 const Decoded *d,
 									 const char *integration_event);

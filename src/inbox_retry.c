@@ -175,20 +175,44 @@ max_retries_of(const EvbusSubscription *sub)
 }
 
 /*
- * note_call --- note in the attempt marker that the call of ds[i] is about
- * to run (i >= 0), or that it returned (i < 0): a crash in it is that
- * row's attempt alone (attempt_marker.c).  An EvbusCallNote.
+ * Does the transaction hold SUBXIDS_WANTED subtransaction ids already?
+ * Then it makes no more handler calls (inbox.h).
+ */
+static bool
+subxids_full(void)
+{
+	return MyProc->subxidStatus.overflowed ||
+		MyProc->subxidStatus.count >= SUBXIDS_WANTED;
+}
+
+/*
+ * note_call --- before the call of ds[i] (i >= 0): false if the
+ * transaction may make no more calls (subxids_full), else note in the
+ * attempt marker that it runs, so that a crash in it is that row's
+ * attempt alone (attempt_marker.c).  After the call (i < 0): note that it
+ * returned.  An EvbusCallNote.
  */
 static void
+mark_call(const Dispatch *d)
+{
+	evbus_attempt_marker_call(d->group_name, d->topic, d->partition, d->offset,
+							  d->handler, d->inbox_id);
+}
+
+static bool
 note_call(void *arg, int i)
 {
 	Dispatch  **ds = arg;
 
 	if (i < 0)
+	{
 		evbus_attempt_marker_call_done();
-	else
-		evbus_attempt_marker_call(ds[i]->group_name, ds[i]->topic, ds[i]->partition,
-								  ds[i]->offset, ds[i]->handler, ds[i]->inbox_id);
+		return true;
+	}
+	if (subxids_full())
+		return false;
+	mark_call(ds[i]);
+	return true;
 }
 
 /*
@@ -231,9 +255,9 @@ run_one(Dispatch *d)
 		bool		ok;
 		int64		took;
 
-		note_call(&d, 0);
+		mark_call(d);
 		ok = evbus_run_handler(d->sub, &d->payload, &d->headers, 1, &code, &message);
-		note_call(&d, -1);
+		evbus_attempt_marker_call_done();
 		took = GetCurrentTimestamp() - started;
 
 		/* counted when the transaction commits (metrics.c) */
@@ -354,9 +378,11 @@ hold_if_waiting(const Dispatch *d, Outcome outcome, List **blocked, bool *none_p
  * call fails: that message's attempt is recorded here (a retry or a dead
  * letter; its key is held in *blocked, and *none_pending cleared for a
  * retry) and the handler's later messages are left to the caller, one at
- * a time (test 192_handlers_in_one_go.pl).  Only rows that may run at
- * once (the caller knows: no crash to count, no key held by a row of the
- * batch) come here.  Returns how many handler calls it made, each in a
+ * a time (test 192_handlers_in_one_go.pl).  Once the transaction holds
+ * SUBXIDS_WANTED subtransaction ids, it calls no more: the messages not
+ * called are the caller's too.  Only rows that may run at once (the
+ * caller knows: no crash to count, no key held by a row of the batch)
+ * come here.  Returns how many handler calls it made, each in a
  * subtransaction of its own.
  */
 static int
@@ -398,8 +424,8 @@ run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pendi
 			headers[m] = ds[i]->headers;
 			m++;
 		}
-		if (m < 2)
-			continue;			/* one message: one at a time */
+		if (m < 2 || subxids_full())
+			continue;			/* one message, or no more calls: the caller's */
 		started = GetCurrentTimestamp();
 		if (sub->batch)
 		{
@@ -411,7 +437,7 @@ run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pendi
 			handled = evbus_run_handler_each(sub, payloads, headers, m, took,
 											 note_call, mine, &code, &message);
 		MemoryContextSwitchTo(cxt);
-		calls += sub->batch ? 1 : Min(handled + 1, m);
+		calls += sub->batch ? 1 : handled + (code != NULL ? 1 : 0);
 
 		/* counted when the transaction commits (metrics.c) */
 		for (i = 0; i < handled; i++)
@@ -421,8 +447,8 @@ run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pendi
 			done[which[i]] = true;
 			evbus_metrics_outcome('h');
 		}
-		if (handled == m)
-			continue;
+		if (handled == m || (!sub->batch && code == NULL))
+			continue;			/* all handled, or stopped: no more calls */
 		if (sub->batch)
 		{
 			ereport(DEBUG1,
@@ -442,17 +468,18 @@ run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pendi
 /*
  * evbus_inbox_handle_batch --- run the dispatched messages in order and
  * record the outcomes: the successes in one statement, unless their rows
- * were inserted as handled already (inserted_handled).  Makes at most
- * calls_limit handler calls, each a subtransaction (a batch handler's
- * failed batch, called again one message at a time, makes one per
- * message): the rows past it are left pending, due now, for the retries'
- * transactions, which take them calls_limit at a time (test
- * 248_handler_subtransactions.pl).  Sets *calls to the calls it made.
- * Returns false if some message was left pending.
+ * were inserted as handled already (inserted_handled).  Each handler call
+ * is a subtransaction, and a call that writes takes an id; once the
+ * transaction holds SUBXIDS_WANTED (inbox.h), it calls no more, and the
+ * rows left are left pending, due now, for the retries' transactions
+ * (a batch handler's failed batch, called again one message at a time,
+ * makes one call per message: test 248_handler_subtransactions.pl).  Sets
+ * *calls to the calls it made.  Returns false if some message was left
+ * pending.
  */
 bool
 evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handled,
-						 int calls_limit, int *calls)
+						 int *calls)
 {
 	bool		none_pending = true;
 	int			n = list_length(dispatch);
@@ -486,9 +513,9 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 	 * own effects for that message.  After a message of key K stays pending
 	 * for handler H, the later messages of K in the batch do not run H: their
 	 * attempt is taken back and they wait; other handlers of K, and other
-	 * keys, go on (test 210_subscription_ownership.pl).  Once calls_limit
-	 * calls are made, every later row waits likewise, so each key keeps its
-	 * order.
+	 * keys, go on (test 210_subscription_ownership.pl).  Once the
+	 * subtransaction ids are used up, every later row waits likewise, so each
+	 * key keeps its order.
 	 */
 	foreach(lc, dispatch)
 	{
@@ -497,7 +524,7 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 
 		if (done[foreach_current_index(lc)])
 			continue;			/* handled, or its attempt recorded, in one go */
-		if (*calls >= calls_limit ||
+		if (subxids_full() ||
 			(d->event_key && evbus_key_held(blocked, d->handler, d->event_key)))
 		{
 			waiting[nwaiting++] = d->inbox_id;
