@@ -64,6 +64,7 @@ OBJS = \
 	src/inbox_decode.o \
 	src/inbox.o \
 	src/inbox_write.o \
+	src/inbox_due.o \
 	src/attempt_marker.o \
 	src/handler.o \
 	src/handler_trace.o \

@@ -786,18 +786,33 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 	" AND s.integration_event OPERATOR(pg_catalog.=) i.integration_event" \
 	" AND s.handler OPERATOR(pg_catalog.=) i.handler)"
 
+/* list_sort comparator: dispatched rows in inbox id order. */
+static int
+dispatch_id_order(const ListCell *a, const ListCell *b)
+{
+	int64		x = ((const Dispatch *) lfirst(a))->inbox_id;
+	int64		y = ((const Dispatch *) lfirst(b))->inbox_id;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
 /*
- * evbus_inbox_dispatch_due --- run pending messages that are due and first
- * of their key: retries, messages that waited for their key, attempts
- * interrupted by a crash; as many as evbus_inbox_calls_budget() says (the
- * worker calls again while more are due).  Returns when the next pending
- * message is due (0 if none is; a past time if more are due now).
+ * evbus_inbox_dispatch_due --- run pending messages that are due, each
+ * key's in order (inbox_due.c): retries, messages that waited for their
+ * key, attempts interrupted by a crash; as many as
+ * evbus_inbox_calls_budget() says (the worker calls again while more are
+ * due).  Returns when the next pending message is due (0 if none is; a
+ * past time if more are due now).
  */
 TimestampTz
 evbus_inbox_dispatch_due(List *subs)
 {
 	const char *paused;			/* NOT_PAUSED, or "" at SQL version 0.1 */
 	List	   *dispatch = NIL;
+	int64	   *due;
+	int			ndue;
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		values[1];
 	int			calls;
 	TimestampTz next_due = 0;
 	uint64		i;
@@ -808,22 +823,14 @@ evbus_inbox_dispatch_due(List *subs)
 	/* count the attempts, on disk before running anything */
 	inbox_begin();
 	paused = evbus_pauses_present() ? NOT_PAUSED : "";
-	if (SPI_execute(psprintf("WITH due AS ("
-							 " SELECT id FROM evbus.inbox i"
-							 " WHERE state = 'pending' AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s"
-							 " AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'"
-							 " AND e.group_name OPERATOR(pg_catalog.=) i.group_name"
-							 " AND e.handler OPERATOR(pg_catalog.=) i.handler"
-							 " AND e.event_key OPERATOR(pg_catalog.=) i.event_key"
-							 " AND e.id OPERATOR(pg_catalog.<) i.id)"
-							 " ORDER BY id LIMIT %d)"
-							 " UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
-							 " FROM due WHERE i.id OPERATOR(pg_catalog.=) due.id"
-							 " RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
-							 " i.payload, i.headers, i.attempts, i.event_key, i.handler,"
-							 " i.kafka_partition, i.kafka_offset",
-							 paused, calls_budget),
-					false, 0) != SPI_OK_UPDATE_RETURNING)
+	ndue = evbus_inbox_due_rows(paused, calls_budget, &due);
+	values[0] = evbus_int8_array(due, ndue);
+	if (SPI_execute_with_args("UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
+							  " WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND state = 'pending'"
+							  " RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
+							  " i.payload, i.headers, i.attempts, i.event_key, i.handler,"
+							  " i.kafka_partition, i.kafka_offset",
+							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not read the inbox");
 	old = MemoryContextSwitchTo(batch_cxt);
 	for (i = 0; i < SPI_processed; i++)
@@ -847,6 +854,7 @@ evbus_inbox_dispatch_due(List *subs)
 		dp->sub = sub_named(subs, dp->group_name, dp->topic, dp->handler);
 		dispatch = lappend(dispatch, dp);
 	}
+	list_sort(dispatch, dispatch_id_order);
 	MemoryContextSwitchTo(old);
 	evbus_worker_commit_durable();
 	note_counted(dispatch);

@@ -7,6 +7,7 @@
  *
  * The calls go one way: inbox.c (the batch protocol) calls
  * inbox_decode.c (decoding), inbox_write.c (inserting the rows),
+ * inbox_due.c (the pending rows that may run now),
  * inbox_retry.c (running dispatched rows,
  * retries and dead letters), which calls inbox_park.c (a handler's dead
  * letter, skipped or parked), and consumer_offsets.c (stored offsets);
@@ -78,6 +79,9 @@ typedef struct InboxNewRow
 /* inbox_decode.c */
 extern void evbus_decode_batch(ReceivedMessage *msgs, int n, const char *group,
 							   Decoded *dec);
+
+/* inbox_due.c */
+extern int	evbus_inbox_due_rows(const char *paused, int budget, int64 **ids);
 
 /* inbox_write.c */
 extern bool evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *rows,

@@ -7,6 +7,10 @@
 #    them in the same partition, are all handled while "bad" still fails.
 #  - Key "x" (max_retries 2): its first event always fails; once it is dead
 #    the later events of "x" are handled, in order, after the dead letter.
+#  - Key "hot": 300 events wait behind its first, which fails while the
+#    gate is closed; once it opens they run in order, many in each
+#    transaction (they went one per transaction, two commits each), and
+#    hot/150 failing once on the way holds the rest back behind it.
 # The handler records what it handled in a table with an identity column,
 # which gives the handling order.
 use strict;
@@ -38,11 +42,18 @@ sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 sql(as_subscriber($node) . q{
 CREATE TABLE handled_log (id bigint GENERATED ALWAYS AS IDENTITY, event_key text, n int,
-                          message_id uuid, at timestamptz DEFAULT clock_timestamp());
+                          message_id uuid, at timestamptz DEFAULT clock_timestamp(),
+                          xact xid8 DEFAULT pg_catalog.pg_current_xact_id());
 CREATE TABLE gate (open boolean NOT NULL);
 INSERT INTO gate VALUES (false);
+CREATE SEQUENCE fail_once_calls;
 CREATE PROCEDURE record_order(payload jsonb, headers jsonb) LANGUAGE plpgsql AS $$
 BEGIN
+	IF (payload->>'fail_once')::boolean THEN
+		IF pg_catalog.nextval('public.fail_once_calls') = 1 THEN
+			RAISE EXCEPTION 'event % of key % fails once', payload->>'n', payload->>'key' USING ERRCODE = 'EV012';
+		END IF;
+	END IF;
 	IF (payload->>'always_fail')::boolean THEN
 		RAISE EXCEPTION 'event % of key % always fails', payload->>'n', payload->>'key' USING ERRCODE = 'EV010';
 	END IF;
@@ -127,6 +138,27 @@ is( sql(q{SELECT bool_and(h.at >= d.dead_at) FROM handled_log h,
             WHERE h.event_key = 'x'}),
 	't', 'x/2 and x/3 were handled after x/1 was dead-lettered');
 is(sql(q{SELECT count(*) FROM evbus.dead_letters}), '1', 'one dead letter in all');
+
+# --- a key's backlog runs in order, many in a transaction -----------------------
+sql(q{UPDATE gate SET open = false});
+sql(q{SELECT count(evbus.publish('Ordered', jsonb_build_object('key', 'hot', 'n', g, 'fail', g = 1,
+                                                               'fail_once', g = 150), 'hot'))
+        FROM generate_series(1, 300) g});
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FILTER (WHERE state = 'pending') FROM evbus.inbox WHERE payload->>'key' = 'hot'},
+		'300', 60),
+	'hot/1 fails while the gate is closed, the 299 others wait behind it');
+sql(q{UPDATE gate SET open = true});
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM handled_log WHERE event_key = 'hot'}, '300', 60),
+	'once it opens, the 300 are handled');
+is( sql(q{SELECT string_agg(n::text, ',' ORDER BY id) = string_agg(n::text, ',' ORDER BY n),
+                 count(DISTINCT n) FROM handled_log WHERE event_key = 'hot'}),
+	't|300', 'in order, each once');
+is(sql(q{SELECT attempts FROM evbus.inbox WHERE payload->>'key' = 'hot' AND payload->>'n' = '150'}),
+	'2', 'hot/150 failed once on the way, and the later ones waited for its retry');
+my $xacts = sql(q{SELECT count(DISTINCT xact) FROM handled_log WHERE event_key = 'hot'});
+note "key hot: 300 events handled in $xacts transactions";
+cmp_ok($xacts, '<', 30, 'many of a key in one transaction');
 
 $node->stop;
 done_testing();
