@@ -65,6 +65,7 @@ OBJS = \
 	src/inbox.o \
 	src/inbox_write.o \
 	src/inbox_due.o \
+	src/inbox_counts.o \
 	src/attempt_marker.o \
 	src/handler.o \
 	src/handler_trace.o \

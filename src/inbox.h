@@ -7,7 +7,8 @@
  *
  * The calls go one way: inbox.c (the batch protocol) calls
  * inbox_decode.c (decoding), inbox_write.c (inserting the rows),
- * inbox_due.c (the pending rows that may run now),
+ * inbox_due.c (the pending rows that may run now), inbox_counts.c
+ * (counting a batch's messages for evbus.stats),
  * inbox_retry.c (running dispatched rows,
  * retries and dead letters), which calls inbox_park.c (a handler's dead
  * letter, skipped or parked), and consumer_offsets.c (stored offsets);
@@ -19,6 +20,7 @@
 #define EVBUS_INBOX_H
 
 #include "storage/proc.h"
+#include "utils/reltrigger.h"
 #include "utils/jsonb.h"
 
 #include "consumer.h"
@@ -82,6 +84,10 @@ extern void evbus_decode_batch(ReceivedMessage *msgs, int n, const char *group,
 
 /* inbox_due.c */
 extern int	evbus_inbox_due_rows(const char *paused, int budget, int64 **ids);
+
+/* inbox_counts.c */
+extern bool evbus_inbox_counts_here(const TriggerDesc *triggers);
+extern void evbus_inbox_count(const char *group, const InboxNewRow *rows, int n);
 
 /* inbox_write.c */
 extern bool evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *rows,

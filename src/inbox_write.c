@@ -15,8 +15,10 @@
  * table's constraints checked, the heap tuple, the index entries (a
  * duplicate (group, dedup key, handler) throws the unique violation an
  * INSERT would), and the AFTER triggers, the statement ones with their
- * transition table (the counting trigger of evbus.inbox_messages, tests
- * 113_inbox_write.pl and 291_metrics_counts.pl).
+ * transition table (tests 113_inbox_write.pl and 291_metrics_counts.pl),
+ * but for the counting trigger of evbus.inbox_messages when it is the
+ * only one: then the rows are counted as it would count them, without
+ * it (inbox_counts.c).
  *
  * It writes only a table it knows column by column.  A column it does
  * not know (an operator's, or another version's), a generated column or a
@@ -180,6 +182,7 @@ evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *rows, int n,
 	TupleTableSlot *slot;
 	Oid			seqid;
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	bool		count_here;
 	int			i;
 
 	rel = table_open(relid, RowExclusiveLock);
@@ -208,8 +211,14 @@ evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *rows, int n,
 	ExecOpenIndices(rri, false);
 	slot = table_slot_create(rel, &estate->es_tupleTable);
 
+	/* the counting trigger alone: counted here, after the rows */
+	count_here = evbus_inbox_counts_here(rri->ri_TrigDesc);
+	if (count_here)
+		rri->ri_TrigDesc = NULL;
+
 	AfterTriggerBeginQuery();
-	capture = MakeTransitionCaptureState(rel->trigdesc, relid, CMD_INSERT);
+	capture = count_here ? NULL :
+		MakeTransitionCaptureState(rel->trigdesc, relid, CMD_INSERT);
 	ExecBSInsertTriggers(estate, rri);
 	for (i = 0; i < n; i++)
 	{
@@ -236,5 +245,10 @@ evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *rows, int n,
 
 	/* later statements of the transaction see the rows */
 	CommandCounterIncrement();
+	if (count_here)
+	{
+		evbus_inbox_count(group, rows, n);
+		CommandCounterIncrement();
+	}
 	return true;
 }
