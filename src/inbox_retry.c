@@ -186,11 +186,8 @@ subxids_full(void)
 }
 
 /*
- * note_call --- before the call of ds[i] (i >= 0): false if the
- * transaction may make no more calls (subxids_full), else note in the
- * attempt marker that it runs, so that a crash in it is that row's
- * attempt alone (attempt_marker.c).  After the call (i < 0): note that it
- * returned.  An EvbusCallNote.
+ * Note in the attempt marker that the call of d is about to run: a crash
+ * in it is that row's attempt alone (attempt_marker.c).
  */
 static void
 mark_call(const Dispatch *d)
@@ -199,6 +196,11 @@ mark_call(const Dispatch *d)
 							  d->handler, d->inbox_id);
 }
 
+/*
+ * note_call --- before the call of ds[i] (i >= 0): false if the
+ * transaction may make no more calls (subxids_full), else mark_call.
+ * After the call (i < 0): note that it returned.  An EvbusCallNote.
+ */
 static bool
 note_call(void *arg, int i)
 {
