@@ -1,7 +1,10 @@
 # 138_consume_kill_neighbours.pl - a handler that crashes its process, at
 # every attempt, for one message of a batch: that message alone is charged
 # with the crashes and dead-lettered as "interrupted"; the other messages
-# of its batch, before and after it, are each handled once.
+# of its batch, before and after it, are each handled once.  The same for
+# a crash among retries: the attempts counted for the other rows of that
+# transaction are taken back, so each innocent row's attempts are its
+# failures and its success, no more.
 use strict;
 use warnings;
 
@@ -23,11 +26,28 @@ my $node = new_node(
 		'restart_after_crash = on'
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
-kafka_admin('topics', '--create', '--topic', "${prefix}Mixed", '--partitions', '1');
+kafka_admin('topics', '--create', '--topic', "${prefix}$_", '--partitions', '1') for qw(Mixed Retried);
 
 $node->safe_psql(
 	'postgres', as_subscriber($node) . q{
 CREATE TABLE effects (seq int);   -- no unique constraint
+CREATE TABLE retried_effects (seq int);
+CREATE TABLE control (failing boolean NOT NULL, hold boolean NOT NULL);
+INSERT INTO control VALUES (true, true);
+CREATE PROCEDURE on_retried(payload jsonb) LANGUAGE plpgsql AS $$
+BEGIN
+	IF (SELECT failing FROM public.control) THEN
+		RAISE EXCEPTION 'failing while the flag is set';
+	END IF;
+	IF (payload->>'poison')::boolean THEN
+		PERFORM pg_catalog.set_config('application_name', 'evbus-test-holding', true);
+		WHILE (SELECT hold FROM public.control) LOOP
+			PERFORM pg_catalog.pg_sleep(0.05);
+		END LOOP;
+	END IF;
+	INSERT INTO public.retried_effects VALUES ((payload->>'seq')::int);
+END $$;
+SELECT evbus.subscribe('Retried', 'on_retried(jsonb)', max_retries => 100);
 CREATE PROCEDURE on_mixed(payload jsonb) LANGUAGE plpgsql AS $$
 BEGIN
 	INSERT INTO public.effects VALUES ((payload->>'seq')::int);
@@ -82,6 +102,44 @@ is( $node->safe_psql('postgres',
 		q{SELECT message_id FROM evbus.dead_letters} ) eq
 	  $node->safe_psql('postgres', qq{SELECT message_id FROM evbus.inbox WHERE (payload->>'seq')::int = $poison}),
 	1, 'the dead letter is the poison');
+
+# a crash among retries: every row fails a while, then the poison's call
+# is killed in the retries' transaction that runs it
+$node->safe_psql('postgres',
+	qq{SELECT count(evbus.publish('Retried', jsonb_build_object('seq', g, 'poison', g = 5), 'r' || g))
+	     FROM generate_series(1, 10) g});
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM evbus.inbox WHERE integration_event = 'Retried' AND state = 'pending' AND errors IS NOT NULL},
+		'10', 90),
+	'the 10 messages failed and wait for their retries');
+# paused, then resumed at once: one retries' transaction takes all ten
+$node->safe_psql('postgres', q{SELECT evbus.pause_subscription('Retried', 'on_retried(jsonb)')});
+$node->safe_psql('postgres', q{SELECT pg_sleep(1.5)});
+$node->safe_psql('postgres', 'UPDATE control SET failing = false');
+$node->safe_psql('postgres', q{SELECT evbus.resume_subscription('Retried', 'on_retried(jsonb)')});
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'},
+		'1', 90),
+	'retried, the poison\'s handler runs');
+my $pid = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'});
+my $log_at = -s $node->logfile;
+kill 'KILL', $pid;
+$crashes++;
+ok(wait_for_crash_restart($node, $crashes), 'the server restarted');
+$node->safe_psql('postgres', 'UPDATE control SET hold = false');
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM retried_effects', '10', 90),
+	'all 10 are handled, the poison too once it no longer holds');
+like(slurp_file($node->logfile, $log_at), qr/the attempt counted for 9 other message\(s\) handled with it is taken back/,
+	'the attempts counted for the 9 others in that transaction were taken back');
+is( $node->safe_psql('postgres',
+		q{SELECT count(*) FROM evbus.inbox WHERE integration_event = 'Retried' AND NOT (payload->>'poison')::boolean
+		     AND state = 'handled' AND attempts = pg_catalog.jsonb_array_length(errors) + 1}),
+	'9', 'each innocent row counts its failures and its success, not the crash');
+is( $node->safe_psql('postgres',
+		q{SELECT attempts - pg_catalog.jsonb_array_length(errors) FROM evbus.inbox
+		   WHERE integration_event = 'Retried' AND (payload->>'poison')::boolean}),
+	'2', 'the poison counts the crash too');
 
 $node->stop;
 done_testing();
