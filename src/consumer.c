@@ -259,7 +259,14 @@ revoke_answer_ms(void)
  * on_revoke --- hand the partitions over at the offsets stored in the
  * database (everything before them is handled and committed there).  A
  * rebalance assigns them again, or not (on_assign, which forgets the
- * lags of those it does not).
+ * lags of those it does not).  A stored offset behind where this
+ * assignment started is not committed: it is of an earlier assignment,
+ * and another database of the group has handled the messages since and
+ * moved Kafka's offset past it.  Committing it moved the group back: a
+ * spare member that took a partition over and went idle before it
+ * fetched anything gave back its old offset, and the next member
+ * handled again, in its database, every message the other database had
+ * handled meanwhile (test 241_spare_member.pl).
  */
 static void
 on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *parts)
@@ -272,8 +279,11 @@ on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *pa
 	{
 		int64		stored = evbus_stored_offset(gc->group, parts->elems[i].topic,
 												 parts->elems[i].partition);
+		int64		started;
 
-		if (stored >= 0)
+		if (stored >= 0 &&
+			!evbus_position_went_back(gc->positions, parts->elems[i].topic,
+									  parts->elems[i].partition, stored, &started))
 			rd_kafka_topic_partition_list_add(commit, parts->elems[i].topic,
 											  parts->elems[i].partition)->offset = stored;
 	}

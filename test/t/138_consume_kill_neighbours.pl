@@ -72,19 +72,22 @@ ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM evbus.outbox', '0', 60)
 $node->safe_psql('postgres',
 	as_subscriber($node) . q{SELECT evbus.subscribe('Mixed', 'on_mixed(jsonb)', max_retries => 1)});
 
+# kill the process whose poison handler holds; wait for the crash restart
 my $crashes = 0;
-for my $attempt (1 .. 2)
+sub kill_the_poison
 {
+	my ($what) = @_;
 	ok( wait_for_sql($node, 'postgres',
 			q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'},
 			'1', 90),
-		"attempt $attempt: the poison's handler runs");
+		"$what: the poison's handler runs");
 	my $pid = $node->safe_psql('postgres',
 		q{SELECT pid FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'});
 	kill 'KILL', $pid;
 	$crashes++;
-	ok(wait_for_crash_restart($node, $crashes), "attempt $attempt: the server restarted");
+	ok(wait_for_crash_restart($node, $crashes), "$what: the server restarted");
 }
+kill_the_poison("attempt $_") for 1 .. 2;
 
 ok( wait_for_sql($node, 'postgres',
 		q{SELECT count(*) FROM evbus.dead_letters WHERE integration_event = 'Mixed'}, '1', 90),
@@ -117,16 +120,8 @@ $node->safe_psql('postgres', q{SELECT evbus.pause_subscription('Retried', 'on_re
 $node->safe_psql('postgres', q{SELECT pg_sleep(1.5)});
 $node->safe_psql('postgres', 'UPDATE control SET failing = false');
 $node->safe_psql('postgres', q{SELECT evbus.resume_subscription('Retried', 'on_retried(jsonb)')});
-ok( wait_for_sql($node, 'postgres',
-		q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'},
-		'1', 90),
-	'retried, the poison\'s handler runs');
-my $pid = $node->safe_psql('postgres',
-	q{SELECT pid FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'});
 my $log_at = -s $node->logfile;
-kill 'KILL', $pid;
-$crashes++;
-ok(wait_for_crash_restart($node, $crashes), 'the server restarted');
+kill_the_poison('retried');
 $node->safe_psql('postgres', 'UPDATE control SET hold = false');
 ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM retried_effects', '10', 90),
 	'all 10 are handled, the poison too once it no longer holds');
