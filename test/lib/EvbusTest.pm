@@ -100,7 +100,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
 our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
-  wait_for_crash_restart kcat_consume kafka_message_ids java_consume java_produce new_node sqlstate_of
+  wait_for_crash_restart kill_holding_handler kcat_consume kafka_message_ids java_consume java_produce new_node sqlstate_of
   subscribe_recorder new_shop as_subscriber write_kafka_properties sasl_properties sasl_acl_broker
   pgbench_script run_pgbench restart_workers
   first_arrivals_by_key stage_keyed);
@@ -324,6 +324,23 @@ sub wait_for_crash_restart
 	}
 	diag "no crash restart #$crashes in ${timeout}s";
 	return 0;
+}
+
+# kill_holding_handler($node, $crashes, $what): wait until a handler
+# holds (it set application_name 'evbus-test-holding'), kill its process
+# with SIGKILL and wait for crash restart number $crashes; two assertions
+# named after $what.  Returns the killed pid.
+sub kill_holding_handler
+{
+	my ($node, $crashes, $what) = @_;
+	my $holding = q{FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'};
+	ok(wait_for_sql($node, 'postgres', "SELECT count(*) $holding", '1', 90),
+		"$what: the handler runs and holds");
+	my $pid = $node->safe_psql('postgres', "SELECT pid $holding");
+	note "$what: killing pid $pid inside the handler";
+	kill 'KILL', $pid;
+	ok(wait_for_crash_restart($node, $crashes), "$what: the server restarted after the crash");
+	return $pid;
 }
 
 # write_kafka_properties(path, lines...): (re)write a librdkafka properties

@@ -64,22 +64,13 @@ END $$;
 SELECT evbus.subscribe('Doomed', 'on_doomed(jsonb)', max_retries => 1);
 });
 
-# kill the process running a holding handler; wait for the crash restart
+# kill the process running a holding handler (kill_holding_handler);
+# then evbus runs again
 my $crashes = 0;
-sub kill_holding_handler
+sub kill_and_restart
 {
 	my ($what) = @_;
-	my $pid;
-	ok( wait_for_sql($node, 'postgres',
-			q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'},
-			'1', 90),
-		"$what: a handler is running and holds");
-	$pid = $node->safe_psql('postgres',
-		q{SELECT pid FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'});
-	note "$what: killing pid $pid inside the handler";
-	kill 'KILL', $pid;
-	$crashes++;
-	ok(wait_for_crash_restart($node, $crashes), "$what: the server restarted after the crash");
+	my $pid = kill_holding_handler($node, ++$crashes, $what);
 	ok( wait_for_sql($node, 'postgres',
 			"SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type LIKE 'evbus%' AND pid <> $pid",
 			't', 60),
@@ -100,7 +91,7 @@ $node->safe_psql('postgres',
 my $before = $node->safe_psql('postgres', 'SELECT count(*) FROM effects');
 note "$before effects committed before the kill";
 my $log_at = -s $node->logfile;
-kill_holding_handler('held event');
+kill_and_restart('held event');
 like(slurp_file($node->logfile, $log_at), qr/the consumer stopped while handling a batch/,
 	'after the crash the consumer knows it stopped while handling a batch');
 is($node->safe_psql('postgres', "SELECT count(*) FROM effects WHERE seq = $hold"),
@@ -128,8 +119,8 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.dead_letters'), '0',
 # a handler killed at every attempt, max_retries = 1: 2 attempts, then a
 # dead letter without a third run
 $node->safe_psql('postgres', q{SELECT evbus.publish('Doomed', '{"n": 1}')});
-kill_holding_handler('doomed event, attempt 1');
-kill_holding_handler('doomed event, attempt 2');
+kill_and_restart('doomed event, attempt 1');
+kill_and_restart('doomed event, attempt 2');
 ok( wait_for_sql($node, 'postgres',
 		q{SELECT count(*) FROM evbus.dead_letters WHERE integration_event = 'Doomed'}, '1', 90),
 	'doomed event: dead-lettered after its 2 attempts');

@@ -50,31 +50,14 @@ END $$;
 SELECT evbus.subscribe('Doomed', 'on_doomed(jsonb)', max_retries => 2);
 });
 
-# kill the process running the holding handler; wait for the crash restart
 my $crashes = 0;
-
-sub kill_holding_handler
-{
-	my ($what) = @_;
-	ok( wait_for_sql($node, 'postgres',
-			q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'},
-			'1', 90),
-		"$what: the handler runs and holds");
-	my $pid = $node->safe_psql('postgres',
-		q{SELECT pid FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'});
-	note "$what: killing pid $pid inside the handler";
-	kill 'KILL', $pid;
-	$crashes++;
-	ok(wait_for_crash_restart($node, $crashes), "$what: the server restarted after the crash");
-	return;
-}
 
 # max_retries 2: three attempts, each killed, then a dead letter
 $node->safe_psql('postgres',
 	q{SELECT evbus.publish('Doomed', '{"n": 1}')});
-kill_holding_handler('attempt 1');
-kill_holding_handler('attempt 2');
-kill_holding_handler('attempt 3');
+kill_holding_handler($node, ++$crashes, 'attempt 1');
+kill_holding_handler($node, ++$crashes, 'attempt 2');
+kill_holding_handler($node, ++$crashes, 'attempt 3');
 # the third crash counts: the message is dead-lettered at once, its
 # handler not run a fourth time (until its handler_timeout, a minute)
 my ($dead, $fourth) = (0, 0);

@@ -72,22 +72,8 @@ ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM evbus.outbox', '0', 60)
 $node->safe_psql('postgres',
 	as_subscriber($node) . q{SELECT evbus.subscribe('Mixed', 'on_mixed(jsonb)', max_retries => 1)});
 
-# kill the process whose poison handler holds; wait for the crash restart
 my $crashes = 0;
-sub kill_the_poison
-{
-	my ($what) = @_;
-	ok( wait_for_sql($node, 'postgres',
-			q{SELECT count(*) FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'},
-			'1', 90),
-		"$what: the poison's handler runs");
-	my $pid = $node->safe_psql('postgres',
-		q{SELECT pid FROM pg_stat_activity WHERE application_name = 'evbus-test-holding'});
-	kill 'KILL', $pid;
-	$crashes++;
-	ok(wait_for_crash_restart($node, $crashes), "$what: the server restarted");
-}
-kill_the_poison("attempt $_") for 1 .. 2;
+kill_holding_handler($node, ++$crashes, "attempt $_") for 1 .. 2;
 
 ok( wait_for_sql($node, 'postgres',
 		q{SELECT count(*) FROM evbus.dead_letters WHERE integration_event = 'Mixed'}, '1', 90),
@@ -121,7 +107,7 @@ $node->safe_psql('postgres', q{SELECT pg_sleep(1.5)});
 $node->safe_psql('postgres', 'UPDATE control SET failing = false');
 $node->safe_psql('postgres', q{SELECT evbus.resume_subscription('Retried', 'on_retried(jsonb)')});
 my $log_at = -s $node->logfile;
-kill_the_poison('retried');
+kill_holding_handler($node, ++$crashes, 'retried');
 $node->safe_psql('postgres', 'UPDATE control SET hold = false');
 ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM retried_effects', '10', 90),
 	'all 10 are handled, the poison too once it no longer holds');
