@@ -266,7 +266,7 @@ revoke_answer_ms(void)
  * spare member that took a partition over and went idle before it
  * fetched anything gave back its old offset, and the next member
  * handled again, in its database, every message the other database had
- * handled meanwhile (test 241_spare_member.pl).
+ * handled meanwhile (test 245_revoke_behind.pl).
  */
 static void
 on_revoke(rd_kafka_t *rk, GroupConsumer *gc, rd_kafka_topic_partition_list_t *parts)
