@@ -70,8 +70,9 @@ evbus_dead_letter_unpublishable(int table, int64 id, const char *error_code,
  * EXPIRE_ROWS per call: once a minute (as often as the retention if that
  * is shorter), and at each call (the publisher's, every second) while
  * more are due.  One statement for all of them held up publishing, 0.3 s
- * per 300,000 (test 236_inbox_retention.pl).  Must run inside
- * evbus_worker_begin/commit.
+ * per 300,000 (test 236_inbox_retention.pl).  The dead letter of a parked
+ * key stays until it is retried or discarded (EVBUS_DEAD_LETTER_PARKS_SQL).
+ * Must run inside evbus_worker_begin/commit.
  */
 #define EXPIRE_ROWS 10000
 
@@ -92,10 +93,11 @@ evbus_dead_letters_expire(void)
 		return;
 	values[0] = Int32GetDatum(evbus_dead_letter_retention_s);
 	evbus_spi_exec("DELETE FROM evbus.dead_letters WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
-				   "SELECT ctid FROM evbus.dead_letters WHERE dead_at OPERATOR(pg_catalog.<)"
+				   "SELECT d.ctid FROM evbus.dead_letters d WHERE d.dead_at OPERATOR(pg_catalog.<)"
 				   " (pg_catalog.now() OPERATOR(pg_catalog.-)"
 				   " pg_catalog.make_interval(secs => $1))"
-				   " ORDER BY dead_at LIMIT " CppAsString2(EXPIRE_ROWS) "))",
+				   " AND NOT" EVBUS_DEAD_LETTER_PARKS_SQL("d")
+				   " ORDER BY d.dead_at LIMIT " CppAsString2(EXPIRE_ROWS) "))",
 				   1, argtypes, values, NULL, SPI_OK_DELETE);
 	more_due = SPI_processed >= EXPIRE_ROWS;
 	last_expiry = now;
@@ -104,15 +106,19 @@ evbus_dead_letters_expire(void)
 /*
  * evbus_dead_letters_next_expiry --- when the oldest dead letter expires
  * (its dead_at plus evbus.dead_letter_retention; 0: none, or kept for
- * ever), read through the index on dead_at: an idle publisher is started
- * again for it (idle.c).  Inside a transaction.
+ * ever), read through the index on dead_at, passing over those of parked
+ * keys, which do not expire: an idle publisher is started again for it
+ * (idle.c).  Inside a transaction.
  */
 TimestampTz
 evbus_dead_letters_next_expiry(void)
 {
 	if (evbus_dead_letter_retention_s <= 0)
 		return 0;
-	return evbus_spi_oldest_due("SELECT pg_catalog.min(dead_at) FROM evbus.dead_letters",
+	return evbus_spi_oldest_due("SELECT pg_catalog.min(dead_at) FROM"
+								" (SELECT d.dead_at FROM evbus.dead_letters d"
+								" WHERE NOT" EVBUS_DEAD_LETTER_PARKS_SQL("d")
+								" ORDER BY d.dead_at LIMIT 1) o",
 								evbus_dead_letter_retention_s);
 }
 

@@ -242,7 +242,7 @@ define_retention_gucs(void)
 {
 	DefineCustomIntVariable("evbus.dead_letter_retention",
 							"How long dead letters are kept before the worker deletes them.",
-							"The inbox row of a dead message goes with its dead letter.",
+							"The inbox row of a dead message goes with its dead letter; the dead letter of a parked key stays until it is retried or discarded.",
 							&evbus_dead_letter_retention_s,
 							15 * 24 * 3600, 0, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_S,

@@ -987,8 +987,11 @@ evbus_inbox_cleanup_wake(TimestampTz wake_at)
 		handled_due = evbus_spi_oldest_due("SELECT pg_catalog.min(handled_at) FROM evbus.inbox",
 										   evbus_inbox_retention_s);
 	if (evbus_dead_letter_retention_s > 0)
-		dead_due = evbus_spi_oldest_due("SELECT pg_catalog.min(dead_at) FROM evbus.dead_letters"
-										" WHERE direction OPERATOR(pg_catalog.=) 'consume'",
+		dead_due = evbus_spi_oldest_due("SELECT pg_catalog.min(dead_at) FROM"
+										" (SELECT d.dead_at FROM evbus.dead_letters d"
+										" WHERE d.direction OPERATOR(pg_catalog.=) 'consume'"
+										" AND NOT" EVBUS_DEAD_LETTER_PARKS_SQL("d")
+										" ORDER BY d.dead_at LIMIT 1) o",
 										evbus_dead_letter_retention_s);
 	evbus_worker_commit();
 	wake_at = evbus_idle_cleanup_wake(wake_at, handled_due, evbus_inbox_retention_s);
