@@ -1149,3 +1149,14 @@ ALTER TABLE evbus.inbox ENABLE ALWAYS TRIGGER inbox_deleted;
 ALTER TABLE evbus.inbox ENABLE ALWAYS TRIGGER inbox_truncated;
 ALTER EVENT TRIGGER evbus_refuse_handler_drop ENABLE ALWAYS;
 ALTER EVENT TRIGGER evbus_warn_published ENABLE ALWAYS;
+
+/*
+ * A publication made before this script ran includes evbus's tables if it
+ * is FOR ALL TABLES: warn of it now, as the event trigger above warns of
+ * later ones (test 246_publication_warning.pl).
+ */
+CREATE FUNCTION evbus._warn_published_tables() RETURNS void
+	AS 'MODULE_PATHNAME', 'evbus_warn_published_tables'
+	LANGUAGE C;
+SELECT evbus._warn_published_tables();
+DROP FUNCTION evbus._warn_published_tables();

@@ -13,8 +13,10 @@
  * WARNING with what to do instead (test 246_publication_warning.pl,
  * docs/production.md "Logical replication").  Nothing is refused: a
  * publication is the operator's to define.  A publication FOR ALL TABLES
- * made before CREATE EXTENSION evbus draws none: no event trigger of
- * evbus exists when that command starts.
+ * made before CREATE EXTENSION evbus (or under evbus 0.1) was not there
+ * for the event trigger to see: the scripts that install evbus and update
+ * it to this version warn of it once they have made evbus's tables
+ * (evbus_warn_published_tables).
  *
  *-------------------------------------------------------------------------
  */
@@ -70,6 +72,19 @@ evbus_warn_published(PG_FUNCTION_ARGS)
 {
 	if (!CALLED_AS_EVENT_TRIGGER(fcinfo))
 		elog(ERROR, "evbus_warn_published: not called by the event trigger manager");
+	evbus_spi_as_owner(warn_publications, NULL);
+	PG_RETURN_VOID();
+}
+
+/*
+ * evbus_warn_published_tables --- the same WARNINGs, once: the end of the
+ * scripts that install evbus and update it to this version calls this and
+ * drops it again (test 246_publication_warning.pl).
+ */
+PG_FUNCTION_INFO_V1(evbus_warn_published_tables);
+Datum
+evbus_warn_published_tables(PG_FUNCTION_ARGS)
+{
 	evbus_spi_as_owner(warn_publications, NULL);
 	PG_RETURN_VOID();
 }

@@ -7,7 +7,8 @@
 # its own.  After CREATE PUBLICATION and ALTER PUBLICATION, each
 # publication that includes an evbus table gets a WARNING (SQLSTATE 01000)
 # with a hint to publish by name or by schema; one that includes none gets
-# none.  Nothing is refused.
+# none.  Nothing is refused.  A publication FOR ALL TABLES made before
+# CREATE EXTENSION evbus gets its WARNING from CREATE EXTENSION.
 use strict;
 use warnings;
 
@@ -49,6 +50,18 @@ is( $node->safe_psql(
 		  WHERE schemaname = 'evbus' AND tablename = 'consumer_offsets'}),
 	'everything,own',
 	'nothing was refused');
+
+# a publication FOR ALL TABLES made before CREATE EXTENSION evbus: the
+# extension's script warns of it once evbus's tables exist
+$node->safe_psql('postgres', 'CREATE DATABASE later');
+$node->safe_psql('later', 'CREATE PUBLICATION before_evbus FOR ALL TABLES');
+$err = stderr('later', 'CREATE EXTENSION evbus');
+like($err, qr/WARNING:  01000: publication "before_evbus" includes evbus's tables/,
+	'CREATE EXTENSION with a publication FOR ALL TABLES made before: a warning');
+is( $node->safe_psql('later', q{SELECT count(*) FROM pg_proc WHERE proname = '_warn_published_tables'}),
+	'0', 'the script leaves no function behind for it');
+unlike(stderr('postgres', 'DROP EXTENSION evbus; CREATE EXTENSION evbus; DROP PUBLICATION everything, own'),
+	qr/publication "own"/, 'one that includes none of the new tables: no warning');
 
 $node->stop;
 done_testing();
