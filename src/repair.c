@@ -69,6 +69,20 @@
 	" AND (i.state OPERATOR(pg_catalog.=) 'pending'" \
 	" OR i.state OPERATOR(pg_catalog.=) 'dead')"
 
+/*
+ * The evbus.repair_log rows of the discarded rows of CTE rows, in id
+ * order, with the direction and error code of their columns (or values)
+ * direction and error_code; $8 the reason, $9 current_user, $10
+ * session_user (discard_matching).
+ */
+#define DISCARD_LOG_SQL(rows, direction, error_code) \
+	" INSERT INTO evbus.repair_log (action, message_id, direction," \
+	" integration_event, group_name, handler, event_key, error_code, payload," \
+	" reason, done_by, session_role)" \
+	" SELECT 'discard', message_id, " direction ", integration_event, group_name," \
+	" handler, event_key, " error_code ", payload, $8, $9, $10" \
+	" FROM " rows " ORDER BY id"
+
 /* Room for the filter's parameters and a statement's own after them. */
 #define MAX_NARGS 10
 
@@ -271,27 +285,57 @@ discard_matching(RepairParams *st, FunctionCallInfo fcinfo, int reason_arg)
 									   " FROM (SELECT integration_event, pg_catalog.count(*) AS n FROM d"
 									   " WHERE direction OPERATOR(pg_catalog.=) 'publish' GROUP BY 1) x"
 									   " WHERE c.integration_event OPERATOR(pg_catalog.=) x.integration_event)"
-									   " INSERT INTO evbus.repair_log (action, message_id, direction,"
-									   " integration_event, group_name, handler, event_key, error_code, payload,"
-									   " reason, done_by, session_role)"
-									   " SELECT 'discard', message_id, direction, integration_event, group_name,"
-									   " handler, event_key, error_code, payload, $8, $9, $10"
-									   " FROM d ORDER BY id",
+									   DISCARD_LOG_SQL("d", "direction", "error_code"),
 									   MAX_NARGS, st->types, st->values, st->nulls);
 	/* a parked key may go on */
 	evbus_wake_at_commit(false, discarded > 0);
 	return (int64) discarded;
 }
 
-/* Discard the dead letters of the message id in argument 0 (text). */
+/*
+ * discard_parked_alone --- after discard_matching of one message: give up
+ * too on the rows of that message that are parked (pending with no next
+ * attempt, after failed attempts) but whose dead letter is gone, deleted
+ * by hand: their keys go on, and each is recorded in evbus.repair_log as
+ * discard_matching records.  evbus.retry(message_id) reads the inbox, so
+ * it requeues such a row; without this a discard could not release it
+ * (test 275_parked_dead_letter_kept.pl).  Returns how many.
+ */
+static int64
+discard_parked_alone(RepairParams *st)
+{
+	uint64		discarded;
+
+	discarded = evbus_execute_as_owner("WITH i AS (UPDATE evbus.inbox i SET state = 'discarded',"
+									   " handled_at = pg_catalog.now(), next_attempt_at = NULL"
+									   " WHERE i.message_id OPERATOR(pg_catalog.=) $7"
+									   " AND i.state OPERATOR(pg_catalog.=) 'pending'"
+									   " AND i.next_attempt_at IS NULL"
+									   " AND i.attempts OPERATOR(pg_catalog.>) 0"
+									   " AND NOT EXISTS (SELECT FROM evbus.dead_letters dl"
+									   " WHERE dl.direction OPERATOR(pg_catalog.=) 'consume' AND" INBOX_ROW_OF("dl") ")"
+									   " RETURNING i.*)"
+									   DISCARD_LOG_SQL("i", "'consume'", "last_error_code"),
+									   MAX_NARGS, st->types, st->values, st->nulls);
+	evbus_wake_at_commit(false, discarded > 0);
+	return (int64) discarded;
+}
+
+/*
+ * Discard the dead letters of the message id in argument 0 (text), and
+ * its parked rows that lost theirs.
+ */
 static Datum
 discard_message(FunctionCallInfo fcinfo)
 {
 	RepairParams st;
+	int64		discarded;
 
 	memset(st.nulls, ' ', sizeof(st.nulls));
 	filter_of_message(&st, fcinfo, 0);
-	PG_RETURN_BOOL(discard_matching(&st, fcinfo, 1) > 0);
+	discarded = discard_matching(&st, fcinfo, 1);
+	discarded += discard_parked_alone(&st);
+	PG_RETURN_BOOL(discarded > 0);
 }
 
 /*

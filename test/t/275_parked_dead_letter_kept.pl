@@ -7,6 +7,8 @@
 # longer showed why, and evbus.discard and the filters of evbus.retry,
 # which act on dead letters, no longer found it.  Now a dead letter whose
 # message holds its key does not expire; a skipped one, younger, does.
+# One deleted by hand no longer leaves its key held for good either:
+# evbus.discard of the message id releases it, as evbus.retry requeues it.
 use strict;
 use warnings;
 
@@ -57,15 +59,22 @@ sub dead_letters
 	return sql(qq{SELECT count(*) FROM evbus.dead_letters WHERE integration_event = '$event'});
 }
 
-# k/1 fails and parks its key; k/2 waits behind it
-sql(q{BEGIN;
-SELECT evbus.publish('Parked', '{"key": "k", "n": 1, "fail": true}', 'k');
-SELECT evbus.publish('Parked', '{"key": "k", "n": 2}', 'k');
+# park($key): $key/1 fails and parks the key, $key/2 waits behind it
+sub park
+{
+	my ($key) = @_;
+	sql(qq{BEGIN;
+SELECT evbus.publish('Parked', '{"key": "$key", "n": 1, "fail": true}', '$key');
+SELECT evbus.publish('Parked', '{"key": "$key", "n": 2}', '$key');
 COMMIT;});
-ok( wait_for_sql(
-		$node, 'postgres', q{SELECT count(*) FROM evbus.dead_letters WHERE integration_event = 'Parked'},
-		'1', 60),
-	'k/1 is dead-lettered and parks its key');
+	ok( wait_for_sql(
+			$node, 'postgres', q{SELECT count(*) FROM evbus.dead_letters WHERE integration_event = 'Parked'},
+			'1', 60),
+		"$key/1 is dead-lettered and parks its key");
+	return;
+}
+
+park('k');
 
 # then a skipped dead letter, younger than the parked one
 sql(q{SELECT evbus.publish('Skipped', '{"key": "s", "n": 1, "fail": true}', 's')});
@@ -92,6 +101,24 @@ ok( wait_for_sql(
 		'1,2', 60),
 	'k/1 and k/2 are handled, in order');
 is(dead_letters('Parked'), '0', 'and the dead letter is gone');
+
+# a parked key whose dead letter was deleted by hand: evbus.discard of its
+# message id still releases it
+sql(q{UPDATE gate SET open = false});
+park('k2');
+my $id = sql(q{SELECT message_id FROM evbus.dead_letters WHERE integration_event = 'Parked'});
+sql(q{DELETE FROM evbus.dead_letters});
+is(sql(qq{SELECT evbus.discard('$id', 'its dead letter was deleted by hand')}),
+	't', 'evbus.discard of its message id finds the parked row');
+ok( wait_for_sql(
+		$node, 'postgres', q{SELECT string_agg(n::text, ',' ORDER BY id) FROM handled_log WHERE event_key = 'k2'},
+		'2', 60),
+	'the key goes on: k2/2 is handled, k2/1 is not');
+is( sql(qq{SELECT action || ' ' || direction || ' ' || error_code || ' ' || reason FROM evbus.repair_log WHERE message_id = '$id'}),
+	'discard consume EV275 its dead letter was deleted by hand',
+	'evbus.repair_log records the discard');
+is(sql(qq{SELECT state FROM evbus.inbox WHERE message_id = '$id'}), 'discarded', 'its inbox row is discarded');
+is(sql(qq{SELECT evbus.discard('$id', 'again')}), 'f', 'a second discard finds nothing');
 
 $node->stop;
 done_testing();
