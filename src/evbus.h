@@ -292,23 +292,28 @@ extern void evbus_dead_letter_unpublishable(int table, int64 id,
 extern void evbus_dead_letters_expire(void);
 extern TimestampTz evbus_dead_letters_next_expiry(void);
 
+/* SQL: the inbox row i of consume side dead letter d (pending or dead). */
+#define EVBUS_INBOX_ROW_OF_SQL(d) \
+	" i.group_name OPERATOR(pg_catalog.=) " d ".group_name" \
+	" AND i.topic OPERATOR(pg_catalog.=) " d ".topic" \
+	" AND i.kafka_partition OPERATOR(pg_catalog.=) " d ".kafka_partition" \
+	" AND i.kafka_offset OPERATOR(pg_catalog.=) " d ".kafka_offset" \
+	" AND i.handler OPERATOR(pg_catalog.=) COALESCE(" d ".handler, '')" \
+	" AND (i.state OPERATOR(pg_catalog.=) 'pending'" \
+	" OR i.state OPERATOR(pg_catalog.=) 'dead')"
+
 /*
  * SQL: the message of dead letter d (a consume side one) holds its key
  * for its handler: its inbox row is still pending (on_dead_letter =>
  * 'park', inbox_park.c), read through the inbox's partial index on
- * pending rows.  Such a dead letter is not expired: it is what
- * evbus.failures shows of the parked key and what evbus.discard and the
- * filters of evbus.retry act on (test 275_parked_dead_letter_kept.pl).
+ * pending rows (hence the key).  Such a dead letter is not expired: it is
+ * what evbus.failures shows of the parked key and what evbus.discard and
+ * the filters of evbus.retry act on (test 275_parked_dead_letter_kept.pl).
  */
 #define EVBUS_DEAD_LETTER_PARKS_SQL(d) \
-	" EXISTS (SELECT FROM evbus.inbox i" \
-	" WHERE i.state OPERATOR(pg_catalog.=) 'pending'" \
-	" AND i.group_name OPERATOR(pg_catalog.=) " d ".group_name" \
-	" AND i.handler OPERATOR(pg_catalog.=) " d ".handler" \
-	" AND i.event_key OPERATOR(pg_catalog.=) " d ".event_key COLLATE \"C\"" \
-	" AND i.topic OPERATOR(pg_catalog.=) " d ".topic" \
-	" AND i.kafka_partition OPERATOR(pg_catalog.=) " d ".kafka_partition" \
-	" AND i.kafka_offset OPERATOR(pg_catalog.=) " d ".kafka_offset)"
+	" EXISTS (SELECT FROM evbus.inbox i WHERE" EVBUS_INBOX_ROW_OF_SQL(d) \
+	" AND i.state OPERATOR(pg_catalog.=) 'pending'" \
+	" AND i.event_key OPERATOR(pg_catalog.=) " d ".event_key COLLATE \"C\")"
 
 /* ---------- json_compact.c ---------- */
 extern void evbus_jsonb_to_compact(StringInfo out, JsonbContainer *jc);

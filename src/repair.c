@@ -59,16 +59,6 @@
 	" AND ($6::pg_catalog.timestamptz IS NULL OR dl.dead_at OPERATOR(pg_catalog.<) $6)" \
 	" AND ($7::pg_catalog.text IS NULL OR dl.message_id OPERATOR(pg_catalog.=) $7)"
 
-/* The inbox row i of consume side dead letter d. */
-#define INBOX_ROW_OF(d) \
-	" i.group_name OPERATOR(pg_catalog.=) " d ".group_name" \
-	" AND i.topic OPERATOR(pg_catalog.=) " d ".topic" \
-	" AND i.kafka_partition OPERATOR(pg_catalog.=) " d ".kafka_partition" \
-	" AND i.kafka_offset OPERATOR(pg_catalog.=) " d ".kafka_offset" \
-	" AND i.handler OPERATOR(pg_catalog.=) COALESCE(" d ".handler, '')" \
-	" AND (i.state OPERATOR(pg_catalog.=) 'pending'" \
-	" OR i.state OPERATOR(pg_catalog.=) 'dead')"
-
 /*
  * The evbus.repair_log rows of the discarded rows of CTE rows, in id
  * order, with the direction and error code of their columns (or values)
@@ -213,12 +203,12 @@ retry_matching(RepairParams *st)
 	consumed = evbus_execute_as_owner("WITH d AS (DELETE FROM evbus.dead_letters dl"
 									  " WHERE dl.direction OPERATOR(pg_catalog.=) 'consume'"
 									  " AND dl.raw_value IS NULL AND" FILTER_SQL
-									  " AND EXISTS (SELECT FROM evbus.inbox i WHERE" INBOX_ROW_OF("dl")
+									  " AND EXISTS (SELECT FROM evbus.inbox i WHERE" EVBUS_INBOX_ROW_OF_SQL("dl")
 									  " AND i.payload IS NOT NULL)"
 									  " RETURNING dl.*)"
 									  " UPDATE evbus.inbox i SET state = 'pending', attempts = 0,"
 									  " handled_at = NULL, next_attempt_at = pg_catalog.now()"
-									  " FROM d WHERE" INBOX_ROW_OF("d"),
+									  " FROM d WHERE" EVBUS_INBOX_ROW_OF_SQL("d"),
 									  FILTER_NARGS, st->types, st->values, st->nulls);
 	evbus_wake_at_commit(published > 0, consumed > 0);
 	return (int64) (published + consumed);
@@ -279,7 +269,7 @@ discard_matching(RepairParams *st, FunctionCallInfo fcinfo, int reason_arg)
 									   " RETURNING dl.*),"
 									   " i AS (UPDATE evbus.inbox i SET state = 'discarded',"
 									   " handled_at = pg_catalog.now(), next_attempt_at = NULL"
-									   " FROM d WHERE d.direction OPERATOR(pg_catalog.=) 'consume' AND" INBOX_ROW_OF("d") "),"
+									   " FROM d WHERE d.direction OPERATOR(pg_catalog.=) 'consume' AND" EVBUS_INBOX_ROW_OF_SQL("d") "),"
 									   " c AS (UPDATE evbus.publish_counters c"
 									   " SET dead = c.dead OPERATOR(pg_catalog.-) x.n"
 									   " FROM (SELECT integration_event, pg_catalog.count(*) AS n FROM d"
@@ -313,7 +303,7 @@ discard_parked_alone(RepairParams *st)
 									   " AND i.next_attempt_at IS NULL"
 									   " AND i.attempts OPERATOR(pg_catalog.>) 0"
 									   " AND NOT EXISTS (SELECT FROM evbus.dead_letters dl"
-									   " WHERE dl.direction OPERATOR(pg_catalog.=) 'consume' AND" INBOX_ROW_OF("dl") ")"
+									   " WHERE dl.direction OPERATOR(pg_catalog.=) 'consume' AND" EVBUS_INBOX_ROW_OF_SQL("dl") ")"
 									   " RETURNING i.*)"
 									   DISCARD_LOG_SQL("i", "'consume'", "last_error_code"),
 									   MAX_NARGS, st->types, st->values, st->nulls);
@@ -546,7 +536,7 @@ evbus_edit_dead_letter(PG_FUNCTION_ARGS)
 							   " WHERE d.id OPERATOR(pg_catalog.=) o.id"
 							   " RETURNING d.*, o.payload AS old_payload),"
 							   " i AS (UPDATE evbus.inbox i SET payload = $2 FROM dl"
-							   " WHERE dl.direction OPERATOR(pg_catalog.=) 'consume' AND" INBOX_ROW_OF("dl") ")"
+							   " WHERE dl.direction OPERATOR(pg_catalog.=) 'consume' AND" EVBUS_INBOX_ROW_OF_SQL("dl") ")"
 							   " INSERT INTO evbus.repair_log (action, message_id, direction,"
 							   " integration_event, group_name, handler, event_key, error_code, payload,"
 							   " new_payload, reason, done_by, session_role)"

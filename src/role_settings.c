@@ -36,7 +36,6 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
-#include "catalog/namespace.h"
 #include "catalog/pg_db_role_setting.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
@@ -166,6 +165,21 @@ apply_setconfig(ArrayType *config)
 }
 
 /*
+ * give_back_reset_value --- set name, which the worker pins for its own
+ * SQL (spi_run.c), to the value a new connection would start with, in
+ * the current GUC nest level (unchanged when it already has it).
+ */
+static void
+give_back_reset_value(const char *name)
+{
+	const char *reset = GetConfigOptionResetString(name);
+
+	if (strcmp(GetConfigOption(name, false, false), reset) != 0)
+		(void) set_config_option(name, reset, PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
  * evbus_apply_login_settings --- give the handler about to run as role the
  * settings a new connection of that role would have.  Must be called
  * inside the handler's GUC nest level.
@@ -174,17 +188,9 @@ void
 evbus_apply_login_settings(Oid role)
 {
 	RoleSettings *rs = settings_of(role);
-	const char *search_path = GetConfigOptionResetString("search_path");
-	const char *lock_timeout = GetConfigOptionResetString("lock_timeout");
 
-	if (strcmp(namespace_search_path, search_path) != 0)
-		(void) set_config_option("search_path", search_path,
-								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-								 true, 0, false);
-	if (strcmp(GetConfigOption("lock_timeout", false, false), lock_timeout) != 0)
-		(void) set_config_option("lock_timeout", lock_timeout,
-								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-								 true, 0, false);
+	give_back_reset_value("search_path");
+	give_back_reset_value("lock_timeout");
 	apply_setconfig(rs->all_databases);
 	apply_setconfig(rs->this_database);
 }
