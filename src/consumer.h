@@ -84,6 +84,7 @@ extern char *evbus_role_name(Oid roleid);
 extern Oid	evbus_resolve_handler(const char *signature);
 extern bool evbus_batch_handler_args(int nargs, const Oid *argtypes);
 extern void evbus_check_handler_owner(Oid fn, Oid proowner, Oid run_as);
+extern void evbus_check_run_as_connect(Oid run_as);
 extern void evbus_refuse_subscriber_drop(DropRoleStmt *stmt);
 
 /* pause.c */

@@ -16,13 +16,12 @@
  * procedure is an error like any other) and run as a security-restricted
  * operation, like PostgreSQL's own maintenance commands running user code.
  *
- * Before each run the subscription is checked again: its role exists and
- * is not a superuser, its handler exists (resolved from its signature)
- * and is owned by that role or a role it is a member of, who may execute
- * it.  A check that
- * fails is a failed attempt like any other: retried, then dead-lettered,
- * the handler never run (tests 212_handler_run_as.pl,
- * 216_dropped_handler.pl).
+ * Before each run the subscription is checked again: its role exists, is
+ * not a superuser and may connect to this database, its handler exists
+ * (resolved from its signature) and is owned by that role or a role it is
+ * a member of, who may execute it.  A check that fails is a failed
+ * attempt like any other: retried, then dead-lettered, the handler never
+ * run (tests 212_handler_run_as.pl, 216_dropped_handler.pl).
  *
  * A handler runs with the settings a new connection of its role to this
  * database would have: the server's and the database's search_path (not
@@ -175,6 +174,7 @@ checked_call(const EvbusSubscription *sub, HandlerCall *call)
 						sub->signature, evbus_role_name(sub->run_as)),
 				 errhint("Remove superuser from role %s, or unsubscribe the handler.",
 						 evbus_role_name(sub->run_as))));
+	evbus_check_run_as_connect(sub->run_as);
 
 	call->fn = evbus_resolve_handler(sub->signature);
 	tup = OidIsValid(call->fn) ? SearchSysCache1(PROCOID, ObjectIdGetDatum(call->fn)) : NULL;

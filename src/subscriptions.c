@@ -12,8 +12,9 @@
  * of it may change or remove the subscription.  The subscriber is never a
  * superuser, and the handler is owned by the subscriber or by a role it
  * is a member of: otherwise whoever may redefine the function would run
- * code as the subscriber (tests 210_subscription_ownership.pl and
- * 212_handler_run_as.pl; handler.c checks both again at each run).
+ * code as the subscriber.  Nor may a role that cannot connect to the
+ * database subscribe (tests 210_subscription_ownership.pl and
+ * 212_handler_run_as.pl; handler.c checks all three again at each run).
  *
  * A subscription also says what a dead letter does to the later events of
  * its key for its handler (on_dead_letter: skip, or park, inbox_park.c);
@@ -182,6 +183,33 @@ evbus_check_handler_owner(Oid fn, Oid proowner, Oid run_as)
 				 errhint("Make role %s (or a role it is a member of) the owner: ALTER FUNCTION %s OWNER TO %s.",
 						 evbus_role_name(run_as), format_procedure(fn),
 						 quote_identifier(evbus_role_name(run_as)))));
+}
+
+/*
+ * evbus_check_run_as_connect --- refuse to run a handler as a role that
+ * may not connect to this database: a handler runs as a connection of its
+ * role would (handler.c), and PostgreSQL refuses such a connection
+ * without CONNECT (a privilege PUBLIC has unless revoked), so revoking it
+ * cuts the role off from its handlers too.  LOGIN is not asked for: a
+ * NOLOGIN role may own and subscribe handlers.  Called at subscribe time
+ * and before each run (test 212_handler_run_as.pl).
+ */
+void
+evbus_check_run_as_connect(Oid run_as)
+{
+	if (pg_database_aclcheck(MyDatabaseId, run_as, ACL_CONNECT) != ACLCHECK_OK)
+	{
+		char	   *database = get_database_name(MyDatabaseId);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("role %s may not connect to database \"%s\", so its handlers do not run",
+						evbus_role_name(run_as), database),
+				 errdetail("A handler runs as a connection of the role that subscribed it would, and that role has no CONNECT privilege on the database."),
+				 errhint("GRANT CONNECT ON DATABASE %s TO %s, or unsubscribe its handlers.",
+						 quote_identifier(database),
+						 quote_identifier(evbus_role_name(run_as)))));
+	}
 }
 
 /*
@@ -384,6 +412,7 @@ subscribe(FunctionCallInfo fcinfo, int group_arg, int retries_arg,
 				 errmsg("a superuser cannot subscribe a handler"),
 				 errdetail("A handler runs as the role that subscribes it, and never as a superuser."),
 				 errhint("SET ROLE to the role the handler should run as, then subscribe it.")));
+	evbus_check_run_as_connect(GetUserId());
 	check_handler(handler, &is_procedure, &takes_headers);
 	signature = format_procedure_qualified(handler);
 

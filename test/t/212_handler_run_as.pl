@@ -8,7 +8,10 @@
 #    (42501) and are retried, the handler never runs; made an ordinary
 #    role again, the message is handled once;
 #  - the handler's owner changed to a role the subscriber is not a member
-#    of: the same (42501, retried, never run), until the owner is back.
+#    of: the same (42501, retried, never run), until the owner is back;
+#  - CONNECT on the database revoked from PUBLIC, which bob had it through:
+#    his messages fail (42501, retried, never run), and a role without it
+#    cannot subscribe; granted to a role bob is a member of, handled.
 use strict;
 use warnings;
 
@@ -105,8 +108,26 @@ is(sql(q{SELECT count(*) FROM runs WHERE n = 3}), '0', 'the handler never ran');
 sql(q{ALTER PROCEDURE team_handler(jsonb, jsonb) OWNER TO team});
 ok(wait_for_sql($node, 'postgres', q{SELECT who FROM runs WHERE n = 3}, 'bob', 60),
 	'owned by the team again: handled, as bob');
+
+# --- CONNECT revoked since ------------------------------------------------------------
+sql(q{REVOKE CONNECT ON DATABASE postgres FROM PUBLIC});
+my $m4 = sql(q{SELECT evbus.publish('RunAs', '{"n": 4}')});
+ok( wait_for_sql($node, 'postgres',
+		qq{SELECT attempts >= 3 AND state = 'pending' AND last_error_code = '42501' FROM evbus.inbox WHERE message_id = '$m4'},
+		't', 60),
+	'bob may not connect any more: the message fails with 42501 and is retried');
+like(sql(qq{SELECT last_error_message FROM evbus.inbox WHERE message_id = '$m4'}),
+	qr/role bob may not connect to database "postgres"/, 'the error says why');
+is(sql(q{SELECT count(*) FROM runs WHERE n = 4}), '0', 'the handler never ran');
+is(sqlstate_of($node, 'postgres', q{SET ROLE carol; SELECT evbus.subscribe('RunAs', 'public.carols(jsonb,jsonb)')}),
+	'42501', 'carol, who may not connect, cannot subscribe');
+sql(q{GRANT CONNECT ON DATABASE postgres TO team});
+ok(wait_for_sql($node, 'postgres', q{SELECT who FROM runs WHERE n = 4}, 'bob', 60),
+	'CONNECT granted to his team: handled, as bob');
+sql(q{GRANT CONNECT ON DATABASE postgres TO PUBLIC});
+
 sleep 1;
-is(sql(q{SELECT n, count(*) FROM runs GROUP BY n ORDER BY n}), "1|1\n2|1\n3|1", 'each event handled once');
+is(sql(q{SELECT n, count(*) FROM runs GROUP BY n ORDER BY n}), "1|1\n2|1\n3|1\n4|1", 'each event handled once');
 is(sql(q{SELECT count(*) FROM runs WHERE super OR who <> 'bob'}), '0', 'never as anyone but bob');
 
 $node->stop;
