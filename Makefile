@@ -69,6 +69,7 @@ OBJS = \
 	src/attempt_marker.o \
 	src/handler.o \
 	src/handler_trace.o \
+	src/handler_session.o \
 	src/role_settings.o \
 	src/inbox_retry.o \
 	src/inbox_park.o \

@@ -107,6 +107,9 @@ extern void evbus_handler_trace_begin(Jsonb *headers);
 extern void evbus_handler_trace_end(void);
 extern Jsonb *evbus_handler_headers(Jsonb *user_headers, bool with_traceparent);
 
+/* handler_session.c */
+extern void evbus_handler_session_for(Oid run_as);
+
 /* role_settings.c */
 extern void evbus_apply_login_settings(Oid role);
 

@@ -340,8 +340,8 @@ extern void evbus_table_watch(EvbusTableWatch *w);
 extern bool evbus_table_watch_read(EvbusTableWatch *w);
 extern Oid	evbus_extension_owner(void);
 extern bool evbus_extension_present(void);
-extern bool evbus_extension_attribute(AttrNumber attnum, Datum *value,
-									  bool *isnull);
+extern bool evbus_extension_attribute(const char *extname, AttrNumber attnum,
+									  Datum *value, bool *isnull);
 extern int	evbus_int64_cmp(const void *a, const void *b);
 
 /* ---------- outbox_write.c ---------- */

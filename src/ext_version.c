@@ -86,7 +86,7 @@ read_version(void)
 
 		strlcpy(dbname, name ? name : "?", sizeof(dbname));
 	}
-	if (evbus_extension_attribute(Anum_pg_extension_extversion, &d, &isnull))
+	if (evbus_extension_attribute("evbus", Anum_pg_extension_extversion, &d, &isnull))
 		version = MemoryContextStrdup(caller_cxt,
 									  isnull ? "" : TextDatumGetCString(d));
 	PopActiveSnapshot();

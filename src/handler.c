@@ -35,6 +35,8 @@
  *
  * What a handler stages continues the trace of the message it handles and
  * names it as its cause (handler_trace.c, test 224_trace_causation.pl).
+ * What one role's handler left open in the session (dblink's connections)
+ * is closed before another role's runs (handler_session.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -347,6 +349,7 @@ run_one(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n)
 				 errmsg("handler %s is not a batch handler any more", sub->signature),
 				 errhint("Its messages are handled one at a time.")));
 	prepare_call(sub, &call);
+	evbus_handler_session_for(sub->run_as);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	nest = begin_as_subscriber(sub, save_sec_context);
@@ -428,6 +431,7 @@ run_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n,
 				 errmsg("handler %s is a batch handler now", sub->signature),
 				 errhint("Its messages are handled one at a time until the subscriptions are read again.")));
 	prepare_call(sub, &call);
+	evbus_handler_session_for(sub->run_as);
 	call_cxt = AllocSetContextCreate(outer, "evbus handler call", ALLOCSET_DEFAULT_SIZES);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);

@@ -326,12 +326,14 @@ evbus_extension_present(void)
 }
 
 /*
- * evbus_extension_attribute --- attribute attnum of evbus's pg_extension
- * row, copied into the current memory context; false when evbus is not
- * installed in this database.  Inside a transaction.
+ * evbus_extension_attribute --- attribute attnum of extension extname's
+ * pg_extension row (evbus's, or another one evbus looks at), copied into
+ * the current memory context; false when that extension is not installed
+ * in this database.  Inside a transaction.
  */
 bool
-evbus_extension_attribute(AttrNumber attnum, Datum *value, bool *isnull)
+evbus_extension_attribute(const char *extname, AttrNumber attnum, Datum *value,
+						  bool *isnull)
 {
 	Relation	rel;
 	ScanKeyData key;
@@ -341,7 +343,7 @@ evbus_extension_attribute(AttrNumber attnum, Datum *value, bool *isnull)
 
 	rel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
-				F_NAMEEQ, CStringGetDatum("evbus"));
+				F_NAMEEQ, CStringGetDatum(extname));
 	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
 	tup = systable_getnext(scan);
 	found = HeapTupleIsValid(tup);
@@ -364,7 +366,7 @@ extension_owner_lookup(void)
 	Datum		owner;
 	bool		isnull;
 
-	if (!evbus_extension_attribute(Anum_pg_extension_extowner, &owner, &isnull) || isnull)
+	if (!evbus_extension_attribute("evbus", Anum_pg_extension_extowner, &owner, &isnull) || isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("extension \"evbus\" is not installed in this database"),
