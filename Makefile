@@ -70,6 +70,7 @@ OBJS = \
 	src/handler.o \
 	src/handler_trace.o \
 	src/handler_session.o \
+	src/handler_timeout.o \
 	src/role_settings.o \
 	src/inbox_retry.o \
 	src/inbox_park.o \

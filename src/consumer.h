@@ -107,6 +107,10 @@ extern void evbus_handler_trace_begin(Jsonb *headers);
 extern void evbus_handler_trace_end(void);
 extern Jsonb *evbus_handler_headers(Jsonb *user_headers, bool with_traceparent);
 
+/* handler_timeout.c */
+extern void evbus_handler_timeout_arm(const char *signature);
+extern void evbus_handler_timeout_disarm(void);
+
 /* handler_session.c */
 extern void evbus_handler_session_for(Oid run_as);
 

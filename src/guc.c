@@ -160,7 +160,7 @@ define_consume_gucs(void)
 
 	DefineCustomIntVariable("evbus.handler_timeout",
 							"Longest a handler may run before it is cancelled and counted as failed.",
-							NULL,
+							"A handler still running at twice this (it caught the cancel) ends the consumer process.",
 							&evbus_handler_timeout_ms,
 							60000, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MS,

@@ -3,7 +3,7 @@
  * handler.c
  *	  Running one handler for one message: in its own subtransaction, as
  *	  the role that subscribed it, with that role's settings and
- *	  evbus.handler_timeout as statement timeout.
+ *	  evbus.handler_timeout as statement timeout (handler_timeout.c).
  *
  * Each handler of a message is a unit of its own: a failure rolls back
  * that handler's effects only, and the error (SQLSTATE and message) goes
@@ -257,7 +257,7 @@ call_once(const EvbusSubscription *sub, HandlerCall *call, Datum *values,
 
 	/* after the role's settings: the message's trace context wins */
 	evbus_handler_trace_begin(trace_headers);
-	enable_timeout_after(STATEMENT_TIMEOUT, evbus_handler_timeout_ms);
+	evbus_handler_timeout_arm(sub->signature);
 	if (call->direct)
 	{
 		LOCAL_FCINFO(fcinfo, 2);
@@ -278,7 +278,7 @@ call_once(const EvbusSubscription *sub, HandlerCall *call, Datum *values,
 	}
 	else
 		rc = SPI_execute_plan(call->plan, values, NULL, false, 0);
-	disable_timeout(STATEMENT_TIMEOUT, false);
+	evbus_handler_timeout_disarm();
 	evbus_handler_trace_end();
 	AtEOXact_GUC(false, nest);
 	if (rc < 0)
@@ -386,7 +386,7 @@ call_in_subxact(const EvbusSubscription *sub, HandlerCall *call, Datum *values,
 	}
 	PG_CATCH();
 	{
-		disable_timeout(STATEMENT_TIMEOUT, false);
+		evbus_handler_timeout_disarm();
 		evbus_handler_trace_end();
 		*edata = evbus_subxact_abort(&sx);
 		ok = false;
@@ -501,7 +501,7 @@ run_in_subxact(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers,
 
 		if (note != NULL)
 			note(note_arg, -1);
-		disable_timeout(STATEMENT_TIMEOUT, false);
+		evbus_handler_timeout_disarm();
 		evbus_handler_trace_end();
 		edata = evbus_subxact_abort(&sx);
 		SetUserIdAndSecContext(save_userid, save_sec_context);

@@ -242,9 +242,13 @@ run_one(Dispatch *d)
 	}
 	else if (d->attempts > max_retries_of(d->sub) + 1)
 	{
-		/* every attempt so far ended with the consumer gone: a crash? */
+		/*
+		 * every attempt so far ended with the consumer gone: a crash, or a
+		 * call past twice the handler timeout (handler_timeout.c)
+		 */
 		code = "interrupted";
-		message = psprintf("each of the %d attempts ended with the consumer stopping while it ran the handlers (a crash?)",
+		message = psprintf("each of the %d attempts ended with the consumer stopping while it ran the handlers "
+						   "(a crash, a termination, or a call still running at twice evbus.handler_timeout)",
 						   d->attempts - 1);
 		evbus_spi_exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1"
 					   " WHERE id OPERATOR(pg_catalog.=) $1",

@@ -5,6 +5,11 @@
 # The same for the publisher: termination ends it in a lock wait.
 # After the restart each message is handled exactly once: the interrupted
 # attempt left no effect, and the offsets live in the database.
+# Nor does a handler that catches its cancel at every call hold the
+# consumer for ever: at twice evbus.handler_timeout the consumer ends
+# itself, with a WARNING naming the handler; each such attempt counts,
+# the message is dead-lettered after its last retry, and a message of
+# another handler is handled meanwhile.
 use strict;
 use warnings;
 
@@ -22,7 +27,7 @@ my $node = new_node(
 	conf => [
 		"evbus.topic_prefix = '$prefix'",
 		"evbus.group_name = 't232_$$'",
-		"evbus.handler_timeout = '2s'",
+		"evbus.handler_timeout = '5s'",
 		"evbus.retry_interval = '200ms'"
 	]);
 $node->safe_psql('postgres', 'CREATE EXTENSION evbus');
@@ -74,7 +79,7 @@ sub wait_for
 $node->safe_psql('postgres', q{SELECT evbus.publish('Stubborn', '{"n": 1}')});
 ok(wait_for_sql($node, 'postgres', 'SELECT last_value >= 1 AND is_called FROM stubborn_calls', 't', 60),
 	'the stubborn handler runs');
-sleep 3;	# past the handler timeout, which it ignores
+sleep 6;	# past the handler timeout, which it ignores, and short of twice it
 is($node->safe_psql('postgres', 'SELECT count(*) FROM effects'), '0', 'and keeps running past its timeout');
 my $pid = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
 my $t0 = time();
@@ -134,6 +139,53 @@ is($node->safe_psql('postgres', q{SELECT handler, count(*) FROM effects GROUP BY
 	"slow|1\nstubborn|1", 'each message exactly once');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM evbus.inbox WHERE state <> 'handled'}), '0',
 	'nothing pending or dead');
+
+# --- a handler that ignores its timeout at every call ---------------------
+$node->safe_psql(
+	'postgres', as_subscriber($node) . q{
+CREATE SEQUENCE deaf_calls;
+CREATE PROCEDURE on_deaf(payload jsonb) LANGUAGE plpgsql AS $$
+BEGIN
+	PERFORM pg_catalog.nextval('public.deaf_calls');
+	LOOP
+		BEGIN
+			PERFORM pg_catalog.pg_sleep(0.2);
+		EXCEPTION WHEN query_canceled THEN
+			NULL;		-- the handler timeout: ignored, every time
+		END;
+	END LOOP;
+END $$;
+CREATE PROCEDURE on_other(payload jsonb) LANGUAGE plpgsql AS $$
+BEGIN
+	INSERT INTO public.effects VALUES ('other', (payload->>'n')::int);
+END $$;
+SELECT evbus.subscribe('Deaf', 'on_deaf(jsonb)', NULL, 1);
+SELECT evbus.subscribe('Other', 'on_other(jsonb)');
+});
+$node->safe_psql('postgres', q{ALTER SYSTEM SET evbus.handler_timeout = '1s'; SELECT pg_reload_conf()});
+sleep 1;
+my $log_offset = -s $node->logfile;
+$pid = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
+$t0 = time();
+$node->safe_psql('postgres', q{SELECT evbus.publish('Deaf', '{"n": 3}')});
+ok(wait_for(sub { !kill(0, $pid) }, 30), 'the consumer ends while the deaf handler runs');
+note sprintf('consumer gone after %.1f s', time() - $t0);
+ok( $node->wait_for_log(
+		qr/WARNING:  evbus: handler public\.on_deaf\(pg_catalog\.jsonb\) was still running at twice evbus\.handler_timeout \(1000 ms\)/,
+		$log_offset),
+	'a WARNING names the handler');
+$node->safe_psql('postgres', q{SELECT evbus.publish('Other', '{"n": 4}')});
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM evbus.dead_letters WHERE integration_event = 'Deaf'}, '1', 90),
+	'after its retry the deaf message is dead-lettered');
+is( $node->safe_psql('postgres', q{SELECT error_code FROM evbus.dead_letters WHERE integration_event = 'Deaf'}),
+	'interrupted', 'as an attempt the consumer did not live through');
+is($node->safe_psql('postgres', q{SELECT last_value FROM deaf_calls}), '2',
+	'the handler ran twice (one retry), each call ended with the consumer');
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM effects WHERE handler = 'other'}, '1', 60),
+	"another handler's message is handled");
+ok(wait_for_sql($node, 'postgres', 'SELECT evbus.consumer_pid() IS NOT NULL', 't', 30),
+	'and a consumer runs');
 
 $node->stop;
 done_testing();
