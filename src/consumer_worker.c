@@ -20,9 +20,10 @@
  * CHECK_FOR_INTERRUPTS raises on termination cannot be caught.  So
  * pg_terminate_backend, a fast shutdown and DROP DATABASE end the worker
  * within moments even in a handler that never returns, and so does twice
- * the handler timeout (handler_timeout.c, test 232_terminate_handler.pl).  The interrupted batch's transaction is
- * rolled back, offsets included: the messages are handled again by the
- * next consumer, as an attempt cut short (attempt_marker.c).  Its Kafka
+ * the handler timeout (handler_timeout.c, test 232_terminate_handler.pl).
+ * The interrupted batch's transaction is rolled back, offsets included:
+ * the messages are handled again by the next consumer, as an attempt cut
+ * short (attempt_marker.c).  Its Kafka
  * consumers are closed on the way out (consumer_exit).  Terminated while
  * waiting, the worker leaves cleanly from its wait point instead.
  *

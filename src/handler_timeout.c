@@ -7,8 +7,8 @@
  * A call runs under the statement timeout evbus.handler_timeout: at its
  * end the call is cancelled and fails, and its message is retried.  But a
  * cancel is an error that the handler can catch (PL/pgSQL's EXCEPTION WHEN
- * query_canceled) and go on: such a handler held the consumer of its
- * database, and every subscriber's messages there, for as long as it
+ * query_canceled) and go on: such a handler would hold the consumer of
+ * its database, and every subscriber's messages there, for as long as it
  * liked.  So a second timer ends the consumer when a call is still
  * running at twice evbus.handler_timeout, as pg_terminate_backend would:
  * the FATAL that CHECK_FOR_INTERRUPTS raises then cannot be caught
