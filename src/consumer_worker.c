@@ -23,9 +23,9 @@
  * the handler timeout (handler_timeout.c, test 232_terminate_handler.pl).
  * The interrupted batch's transaction is rolled back, offsets included:
  * the messages are handled again by the next consumer, as an attempt cut
- * short (attempt_marker.c).  Its Kafka
- * consumers are closed on the way out (consumer_exit).  Terminated while
- * waiting, the worker leaves cleanly from its wait point instead.
+ * short (attempt_marker.c).  Its Kafka consumers are closed on the way
+ * out (consumer_exit).  Terminated while waiting, the worker leaves
+ * cleanly from its wait point instead.
  *
  *-------------------------------------------------------------------------
  */
