@@ -49,6 +49,7 @@
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/lock.h"
@@ -358,12 +359,35 @@ run_one(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n)
 	end_as_subscriber(nest, save_userid, save_sec_context);
 }
 
-/* The SQLSTATE and message of an error, copied into the current context. */
+/*
+ * The longest message of a handler's error that is kept, in bytes: in the
+ * inbox row, with each attempt's in its errors, in the dead letter and in
+ * the WARNING that reports it.  The message is the handler's to choose: one
+ * of 90 MB, kept three times over in the errors of its attempts, made the
+ * dead letter's row too large to write, and the consumer exit (test
+ * 140_consume_retries.pl).
+ */
+#define HANDLER_ERROR_MESSAGE_MAX 8192
+
+/*
+ * The SQLSTATE and message of an error, copied into the current context;
+ * a longer message than HANDLER_ERROR_MESSAGE_MAX is cut there (at a
+ * character boundary), saying how long it was.
+ */
 static void
 error_of(const ErrorData *edata, char **error_code, char **error_message)
 {
+	const char *message = edata->message ? edata->message : "unknown error";
+	size_t		len = strlen(message);
+
 	*error_code = pstrdup(unpack_sql_state(edata->sqlerrcode));
-	*error_message = pstrdup(edata->message ? edata->message : "unknown error");
+	if (len <= HANDLER_ERROR_MESSAGE_MAX)
+		*error_message = pstrdup(message);
+	else
+		*error_message = psprintf("%.*s... (%zu bytes in all)",
+								  pg_mbcliplen(message, (int) Min(len, PG_INT32_MAX),
+											   HANDLER_ERROR_MESSAGE_MAX),
+								  message, len);
 }
 
 /*

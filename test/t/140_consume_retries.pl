@@ -14,7 +14,11 @@
 #  - a handler running longer than evbus.handler_timeout is cancelled
 #    (57014) and that is a failure like any other;
 #  - messages arriving together: every handler call is a recorded attempt
-#    (no handler runs more often than its attempts say).
+#    (no handler runs more often than its attempts say);
+#  - a handler's error message of 90 MB is kept cut to 8 kB, saying how
+#    long it was, in the inbox, each attempt's errors, the dead letter and
+#    the log (kept whole three times over, it made the dead letter's row
+#    too large: the consumer exited).
 # A sequence (not rolled back) counts handler calls; effects go to a table
 # without a unique constraint.
 use strict;
@@ -261,6 +265,30 @@ is(sql(q{SELECT count(*) FROM effects WHERE handler = 'batch'}), '4', 'batch: 4 
 sleep 1;
 is(sql(q{SELECT last_value FROM batch_calls}), '6',
 	'batch: the handler was called 6 times, once per recorded attempt');
+
+# --- a handler's error message of 90 MB -----------------------------------------------
+sql(as_subscriber($node) . q{
+CREATE PROCEDURE loud(payload jsonb) LANGUAGE plpgsql AS $$
+BEGIN
+	RAISE EXCEPTION 'é%', pg_catalog.repeat('x', 90000000);
+END $$;
+SELECT evbus.subscribe('Loud', 'loud(jsonb)', max_retries => 2);
+});
+my $log_offset = -s $node->logfile;
+sql(q{SELECT evbus.publish('Loud', '{}')});
+ok( wait_for_sql($node, 'postgres', q{SELECT count(*) FROM evbus.dead_letters WHERE integration_event = 'Loud'},
+		'1', 90),
+	'loud: dead-lettered');
+is( sql(q{SELECT attempts || ' ' || error_code || ' ' || (octet_length(error_message) < 8300)
+             || ' ' || (error_message LIKE 'éxxx%xxx... (90000002 bytes in all)')
+             || ' ' || (pg_column_size(errors) < 100000)
+           FROM evbus.dead_letters WHERE integration_event = 'Loud'}),
+	'3 P0001 true true true',
+	'loud: after 3 attempts, each error cut to 8 kB, saying how long it was');
+is( sql(q{SELECT (octet_length(last_error_message) < 8300) || ' ' || (pg_column_size(errors) < 100000)
+           FROM evbus.inbox WHERE integration_event = 'Loud'}),
+	'true true', 'loud: so is the inbox row');
+ok(-s $node->logfile - $log_offset < 1000000, 'loud: the log got less than 1 MB');
 
 # --- the worker survived all of it ---------------------------------------------------
 is(sql($evbus_pids_sql), $worker, 'the evbus processes never restarted');
