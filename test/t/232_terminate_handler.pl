@@ -168,7 +168,7 @@ my $log_offset = -s $node->logfile;
 $pid = $node->safe_psql('postgres', 'SELECT evbus.consumer_pid()');
 $t0 = time();
 $node->safe_psql('postgres', q{SELECT evbus.publish('Deaf', '{"n": 3}')});
-ok(wait_for(sub { !kill(0, $pid) }, 30), 'the consumer ends while the deaf handler runs');
+ok(wait_for(sub { !kill(0, $pid) }, 60), 'the consumer ends while the deaf handler runs');
 note sprintf('consumer gone after %.1f s', time() - $t0);
 ok( $node->wait_for_log(
 		qr/WARNING:  evbus: handler public\.on_deaf\(pg_catalog\.jsonb\) was still running at twice evbus\.handler_timeout \(1000 ms\)/,
