@@ -51,8 +51,10 @@
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "nodes/params.h"
 #include "pgstat.h"
 #include "storage/lock.h"
+#include "tcop/dest.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -241,6 +243,33 @@ end_as_subscriber(int nest, Oid save_userid, int save_sec_context)
 }
 
 /*
+ * execute_discarding_rows --- run call's prepared statement with these
+ * arguments, its rows (a procedure's OUT parameters, a set-returning
+ * function's set) going nowhere: SPI would keep them all in memory, and
+ * a function that replaced a handler's name can return a set of any size
+ * (test 216_dropped_handler.pl).
+ */
+static int
+execute_discarding_rows(const HandlerCall *call, Datum *values)
+{
+	ParamListInfo params = makeParamList(call->nargs);
+	SPIExecuteOptions options;
+	int			i;
+
+	for (i = 0; i < call->nargs; i++)
+	{
+		params->params[i].value = values[i];
+		params->params[i].isnull = false;
+		params->params[i].pflags = PARAM_FLAG_CONST;
+		params->params[i].ptype = call->argtypes[i];
+	}
+	memset(&options, 0, sizeof(options));
+	options.params = params;
+	options.dest = None_Receiver;
+	return SPI_execute_plan_extended(call->plan, &options);
+}
+
+/*
  * Call the handler once, with these arguments, as a statement of its own
  * under evbus.handler_timeout, continuing the trace of the message whose
  * headers are trace_headers (NULL: none).  Settings it changes are undone
@@ -278,7 +307,7 @@ call_once(const EvbusSubscription *sub, HandlerCall *call, Datum *values,
 		PopActiveSnapshot();
 	}
 	else
-		rc = SPI_execute_plan(call->plan, values, NULL, false, 0);
+		rc = execute_discarding_rows(call, values);
 	evbus_handler_timeout_disarm();
 	evbus_handler_trace_end();
 	AtEOXact_GUC(false, nest);

@@ -8,6 +8,9 @@
 #  - a handler dropped anyway (the event trigger disabled): its messages
 #    fail (42883) and are retried, and the offsets move on; the function
 #    created again, the subscription revives and they are handled;
+#  - a handler renamed away and its name taken by a function returning a
+#    set of 20 million rows: it runs, and the consumer keeps none of the
+#    rows (its peak memory stays under 300 MB; it kept them all before);
 #  - the role dropped from another database: its messages fail and are
 #    retried, then dead-lettered with the error, never lost.
 use strict;
@@ -35,6 +38,17 @@ $node->safe_psql('postgres', 'CREATE DATABASE other');
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
+# a handler that records each message it handles in effects, under its name
+sub recording_handler
+{
+	my ($name) = @_;
+	return qq{CREATE PROCEDURE $name(payload jsonb, headers jsonb) LANGUAGE plpgsql AS \$\$
+BEGIN
+	INSERT INTO public.effects VALUES ('$name', (payload->>'n')::int);
+END \$\$;
+};
+}
+
 # bob owns nothing and holds no grant of his own: only his subscriptions
 # keep him (the team owns the handlers and holds the grants)
 sql(q{
@@ -47,14 +61,7 @@ GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer),
 CREATE TABLE effects (handler text, n int);
 GRANT INSERT ON effects TO team;
 SET ROLE team;
-CREATE PROCEDURE vanishing(payload jsonb, headers jsonb) LANGUAGE plpgsql AS $$
-BEGIN
-	INSERT INTO public.effects VALUES ('vanishing', (payload->>'n')::int);
-END $$;
-CREATE PROCEDURE bobs(payload jsonb, headers jsonb) LANGUAGE plpgsql AS $$
-BEGIN
-	INSERT INTO public.effects VALUES ('bobs', (payload->>'n')::int);
-END $$;
+} . recording_handler('vanishing') . recording_handler('bobs') . q{
 SET ROLE bob;
 SELECT evbus.subscribe('Vanishing', 'public.vanishing(jsonb,jsonb)', max_retries => 1000);
 SELECT evbus.subscribe('Orphaned', 'public.bobs(jsonb,jsonb)', max_retries => 2);
@@ -98,16 +105,35 @@ ok( wait_for_sql($node, 'postgres',
 	'the offsets moved on: the messages wait in the inbox');
 sql(q{
 SET ROLE team;
-CREATE PROCEDURE vanishing(payload jsonb, headers jsonb) LANGUAGE plpgsql AS $$
-BEGIN
-	INSERT INTO public.effects VALUES ('vanishing', (payload->>'n')::int);
-END $$;
+} . recording_handler('vanishing') . q{
 RESET ROLE;
 ALTER EVENT TRIGGER evbus_refuse_handler_drop ENABLE;
 });
 ok( wait_for_sql($node, 'postgres',
 		q{SELECT string_agg(n::text, ',' ORDER BY n) FROM effects WHERE handler = 'vanishing'}, '1,2,3', 60),
 	'created again: the subscription revives and both messages are handled');
+
+# --- a set-returning function in a handler's place ----------------------------------
+sql(q{
+SET ROLE team;
+} . recording_handler('swapped') . q{
+SET ROLE bob;
+SELECT evbus.subscribe('Swapped', 'public.swapped(jsonb,jsonb)', max_retries => 0);
+SET ROLE team;
+ALTER PROCEDURE swapped(jsonb, jsonb) RENAME TO swapped_before;
+CREATE FUNCTION swapped(payload jsonb, headers jsonb) RETURNS SETOF int LANGUAGE sql AS $$
+	INSERT INTO public.effects VALUES ('swapped set', (payload->>'n')::int);
+	SELECT pg_catalog.generate_series(1, 20000000)
+$$;
+});
+my $consumer = sql(q{SELECT evbus.consumer_pid()});
+sql(q{SELECT evbus.publish('Swapped', '{"n": 5}')});
+ok( wait_for_sql($node, 'postgres', q{SELECT count(*) FROM effects WHERE handler = 'swapped set'}, '1', 120),
+	'the set-returning function in its place runs');
+my ($peak_kb) = slurp_file("/proc/$consumer/status") =~ /^VmHWM:\s+(\d+) kB/m;
+cmp_ok($peak_kb, '<', 300 * 1024, 'the consumer kept none of its 20 million rows: peak memory under 300 MB');
+note "consumer peak memory: $peak_kb kB";
+is(sql(q{SELECT evbus.consumer_pid()}), $consumer, 'the same consumer runs on');
 
 # --- the role dropped from another database -------------------------------------------
 $node->safe_psql('other', 'DROP ROLE bob');
