@@ -219,13 +219,16 @@ jsonb_array(Jsonb **elems, int n)
 /*
  * Become the handler's subscriber, with the settings a connection of that
  * role would have, inside a new GUC nest level (returned): end_as_subscriber
- * undoes all of it, and whatever settings the handler changed.
+ * undoes all of it, and whatever settings the handler changed.  First, as
+ * the consumer's own user, what another role's handler left open in the
+ * session is closed (handler_session.c).
  */
 static int
 begin_as_subscriber(const EvbusSubscription *sub, int save_sec_context)
 {
 	int			nest;
 
+	evbus_handler_session_for(sub->run_as);
 	SetUserIdAndSecContext(sub->run_as,
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
@@ -379,7 +382,6 @@ run_one(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n)
 				 errmsg("handler %s is not a batch handler any more", sub->signature),
 				 errhint("Its messages are handled one at a time.")));
 	prepare_call(sub, &call);
-	evbus_handler_session_for(sub->run_as);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	nest = begin_as_subscriber(sub, save_sec_context);
@@ -484,7 +486,6 @@ run_each(const EvbusSubscription *sub, Jsonb **payloads, Jsonb **headers, int n,
 				 errmsg("handler %s is a batch handler now", sub->signature),
 				 errhint("Its messages are handled one at a time until the subscriptions are read again.")));
 	prepare_call(sub, &call);
-	evbus_handler_session_for(sub->run_as);
 	call_cxt = AllocSetContextCreate(outer, "evbus handler call", ALLOCSET_DEFAULT_SIZES);
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
