@@ -11,6 +11,9 @@
  *   campaign.effects    one row per handler run that committed (no unique
  *                       constraint: a handler that ran twice for an event
  *                       shows as two rows)
+ *   campaign.batch_calls the number of messages of each call of the batch
+ *                       handler that committed (the test checks that some
+ *                       had several)
  *   campaign.key_seq    the per-key sequence: a key's seq order is its
  *                       commit order, because the UPDATE holds the key's
  *                       row lock until the transaction ends
@@ -23,7 +26,8 @@
  * (CampChain) that campaign_a handles.
  *
  * The handler campaign.handle, subscribed by the unprivileged role
- * campaign_app, records an effect, fails while its attempt number (from
+ * campaign_app (with its batch form campaign.handle_batch beside it),
+ * records an effect, fails while its attempt number (from
  * evbus.inbox) is at most fail_times, sleeps past evbus.handler_timeout
  * on the first attempt of a "slow" event, naps briefly on a "nap" event
  * (so that a consumer killed at random is often inside a handler).
@@ -64,6 +68,11 @@ CREATE TABLE campaign.effects (
 CREATE TABLE campaign.key_seq (
 	key			text PRIMARY KEY,
 	seq			bigint NOT NULL
+);
+
+/* the size of each committed call of the batch handler */
+CREATE TABLE campaign.batch_calls (
+	messages	int NOT NULL
 );
 
 CREATE SEQUENCE campaign.event_no;
@@ -176,7 +185,7 @@ END $$;
 
 /* the handler's role: what it reads and writes, and the evbus API */
 GRANT USAGE ON SCHEMA campaign TO campaign_app;
-GRANT SELECT, INSERT ON campaign.committed, campaign.effects TO campaign_app;
+GRANT SELECT, INSERT ON campaign.committed, campaign.effects, campaign.batch_calls TO campaign_app;
 GRANT SELECT, INSERT, UPDATE ON campaign.key_seq TO campaign_app;
 GRANT SELECT ON campaign.settings TO campaign_app;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA campaign TO campaign_app;
@@ -223,8 +232,55 @@ BEGIN
 	END IF;
 END $$;
 
-SELECT evbus.subscribe(t, 'campaign.handle(jsonb, jsonb)')
-  FROM unnest(ARRAY['CampRaised', 'CampCaptured', 'CampPublished']) t;
-SELECT evbus.subscribe('CampChain', 'campaign.handle(jsonb, jsonb)')
+/*
+ * handle_batch(payloads, headers): the same handler in the batch form,
+ * subscribed beside handle, so that every message is handled twice in its
+ * group, once per handler.  The call records an effect per message, then
+ * fails as a whole if any of its messages is at an attempt that must fail
+ * (evbus then calls it with one message at a time, and only that one
+ * fails), sleeps past evbus.handler_timeout if one is a "slow" event at
+ * its first attempt, naps if one naps.  It stages no follow-up: handle
+ * does that.
+ */
+CREATE PROCEDURE campaign.handle_batch(payloads jsonb[], headers jsonb[]) LANGUAGE plpgsql AS $$
+DECLARE
+	attempt int;
+	failing text;
+	slow boolean := false;
+	nap boolean := false;
+BEGIN
+	FOR i IN 1 .. coalesce(array_length(payloads, 1), 0) LOOP
+		SELECT x.attempts INTO attempt
+		  FROM evbus.inbox x
+		 WHERE x.group_name = handle_batch.headers[i]->>'evbus-group'
+		   AND x.dedup_key = handle_batch.headers[i]->>'cap-msg-id'
+		   AND x.handler LIKE 'campaign.handle\_batch(%';
+		INSERT INTO campaign.effects (grp, db, handler, event_id, key, seq)
+			VALUES (handle_batch.headers[i]->>'evbus-group', current_database(), 'handle_batch',
+					payloads[i]->>'event_id', payloads[i]->>'key', (payloads[i]->>'seq')::bigint);
+		slow := slow OR ((payloads[i]->>'slow')::boolean AND attempt = 1);
+		nap := nap OR (payloads[i]->>'nap')::boolean;
+		IF failing IS NULL AND (attempt IS NULL OR attempt <= (payloads[i]->>'fail_times')::int) THEN
+			failing := format('%s fails on attempt %s of %s', payloads[i]->>'event_id',
+							  attempt, payloads[i]->>'fail_times');
+		END IF;
+	END LOOP;
+	IF slow THEN
+		PERFORM pg_sleep(60);	/* cancelled by evbus.handler_timeout */
+	END IF;
+	IF failing IS NOT NULL THEN
+		RAISE EXCEPTION 'campaign: %', failing USING ERRCODE = 'CP001';
+	END IF;
+	IF nap THEN
+		PERFORM pg_sleep(0.1);
+	END IF;
+	INSERT INTO campaign.batch_calls VALUES (coalesce(array_length(payloads, 1), 0));
+END $$;
+
+SELECT evbus.subscribe(t, h::regprocedure)
+  FROM unnest(ARRAY['CampRaised', 'CampCaptured', 'CampPublished']) t,
+       unnest(ARRAY['campaign.handle(jsonb, jsonb)', 'campaign.handle_batch(jsonb[], jsonb[])']) h;
+SELECT evbus.subscribe('CampChain', h::regprocedure)
+  FROM unnest(ARRAY['campaign.handle(jsonb, jsonb)', 'campaign.handle_batch(jsonb[], jsonb[])']) h
  WHERE current_database() = 'campaign_a';
 RESET ROLE;

@@ -2,10 +2,12 @@
 # workload stages, publishes and handles events in two databases, a random
 # schedule of faults hits the evbus workers, PostgreSQL, a three-broker
 # Kafka cluster and the network between them (test/lib/EvbusCampaign.pm
-# lists them); then every fault is healed, the system must drain within
-# a bound, and the campaign's checker reads the whole history back (what
-# committed, what Kafka holds, what the handlers did) and must find no
-# violation; and no server process may have crashed.
+# lists them; every message is handled by a per-message handler and by a
+# batch handler, test/campaign/workload.sql); then every fault is healed,
+# the system must drain within a bound, and the campaign's checker reads
+# the whole history back (what committed, what Kafka holds, what the
+# handlers did) and must find no violation; and no server process may
+# have crashed.
 #
 # EVBUS_CAMPAIGN_SEED picks the seed (else a random one, printed): a seed
 # gives the same sequence of faults (how many fit depends on the timing);
@@ -58,6 +60,17 @@ is($rc, 0, 'the checker finds no violation') or do {
 	diag("seed $seed: violations; history in $keep");
 	diag($summary);
 };
+
+# the batch form was called with several messages at once, not only one
+# at a time: else its failures would test nothing a per-message handler's
+# do not
+for my $db (@EvbusCampaign::DBS)
+{
+	my $calls = $campaign->psql($db,
+		"SELECT count(*) FILTER (WHERE messages > 1) || ' of ' || count(*) || ', up to ' || max(messages) FROM campaign.batch_calls"
+	) // 'none';
+	like($calls, qr/^[1-9]\d* of /, "$db: calls of the batch handler with several messages ($calls)");
+}
 
 # no server process crashed: the faults kill with SIGKILL only (a worker,
 # a handler's backend); another signal (SIGSEGV, SIGABRT) or a PANIC is
