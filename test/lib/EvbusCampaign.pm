@@ -26,7 +26,11 @@
 # net_latency, net_reset, net_blackhole, net_slow (toxiproxy toxics on one
 # or all proxies), broker_pause (SIGSTOP/SIGCONT of a broker's JVM),
 # handler_timeout (events whose first handler attempt outlasts
-# evbus.handler_timeout).  Each lasts a few seconds and is then healed.
+# evbus.handler_timeout), and an operator's two actions: replay (the last
+# seconds of a topic read again, without rerun: nothing may run twice)
+# and pause_subscription (one handler's subscription paused, its messages
+# waiting, then resumed: they run in per-key order).  Each lasts a few
+# seconds and is then healed.
 package EvbusCampaign;
 
 use strict;
@@ -61,7 +65,8 @@ our @KINDS = (
 	[ broker_kill => 2 ], [ leader_kill => 2 ],
 	[ net_latency => 2 ], [ net_reset => 2 ],
 	[ net_blackhole => 2 ], [ net_slow => 2 ],
-	[ broker_pause => 2 ], [ handler_timeout => 1 ]);
+	[ broker_pause => 2 ], [ handler_timeout => 1 ],
+	[ replay => 1 ], [ pause_subscription => 1 ]);
 
 # The pgbench scripts of the producers (pgbench -M simple: the prepared
 # transactions' gids are built from pgbench variables inside literals).
@@ -498,6 +503,28 @@ sub fault
 		sleep $hold;
 		$self->cluster('resume', $n);
 		$self->{paused} = undef;
+	}
+	elsif ($kind eq 'replay')
+	{
+		my $event = substr($topic, length($PREFIX));
+		my $back = 5 + 5 * $hold;
+		my $id = $self->psql($db,
+			"SELECT evbus.replay('$event', from_time => now() - interval '$back seconds')");
+		$self->record_fault($kind, $db, "$event from ${back}s back: replay " . ($id // 'not asked'));
+		sleep $hold;
+	}
+	elsif ($kind eq 'pause_subscription')
+	{
+		my $event = substr($topic, length($PREFIX));
+		my $handler = $one_proxy ? 'campaign.handle(jsonb, jsonb)' : 'campaign.handle_batch(jsonb[], jsonb[])';
+		my $paused = $self->psql($db, "SELECT evbus.pause_subscription('$event', '$handler')");
+		$self->record_fault($kind, $db, "$event $handler, ${hold}s: " . ($paused // 'not paused'));
+		sleep $hold;
+		# resumed whatever happens meanwhile: the drain waits for its messages
+		my $deadline = time() + 60;
+		sleep 0.5
+		  until defined $self->psql($db, "SELECT evbus.resume_subscription('$event', '$handler')")
+		  || time() > $deadline;
 	}
 	elsif ($kind eq 'handler_timeout')
 	{
