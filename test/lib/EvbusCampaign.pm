@@ -26,10 +26,13 @@
 # net_latency, net_reset, net_blackhole, net_slow (toxiproxy toxics on one
 # or all proxies), broker_pause (SIGSTOP/SIGCONT of a broker's JVM),
 # handler_timeout (events whose first handler attempt outlasts
-# evbus.handler_timeout), and an operator's two actions: replay (the last
-# seconds of a topic read again, without rerun: nothing may run twice)
-# and pause_subscription (one handler's subscription paused, its messages
-# waiting, then resumed: they run in per-key order).  Each lasts a few
+# evbus.handler_timeout), and an operator's three actions: replay (the
+# last seconds of a topic read again, without rerun: nothing may run
+# twice), pause_subscription (one handler's subscription paused, its
+# messages waiting, then resumed: they run in per-key order) and
+# retry_dead_letters (the consume side dead letters of the last seconds
+# requeued with evbus.retry: their handlers fail max_retries + 1 times
+# again, and each ends as one dead letter again).  Each lasts a few
 # seconds and is then healed.
 package EvbusCampaign;
 
@@ -66,7 +69,7 @@ our @KINDS = (
 	[ net_latency => 2 ], [ net_reset => 2 ],
 	[ net_blackhole => 2 ], [ net_slow => 2 ],
 	[ broker_pause => 2 ], [ handler_timeout => 1 ],
-	[ replay => 1 ], [ pause_subscription => 1 ]);
+	[ replay => 1 ], [ pause_subscription => 1 ], [ retry_dead_letters => 1 ]);
 
 # The pgbench scripts of the producers (pgbench -M simple: the prepared
 # transactions' gids are built from pgbench variables inside literals).
@@ -511,6 +514,14 @@ sub fault
 		my $id = $self->psql($db,
 			"SELECT evbus.replay('$event', from_time => now() - interval '$back seconds')");
 		$self->record_fault($kind, $db, "$event from ${back}s back: replay " . ($id // 'not asked'));
+		sleep $hold;
+	}
+	elsif ($kind eq 'retry_dead_letters')
+	{
+		my $back = 5 + 5 * $hold;
+		my $n = $self->psql($db,
+			"SELECT evbus.retry(side => 'consume', dead_since => now() - interval '$back seconds')");
+		$self->record_fault($kind, $db, "dead in the last ${back}s: " . ($n // 'none') . ' requeued');
 		sleep $hold;
 	}
 	elsif ($kind eq 'pause_subscription')
