@@ -77,6 +77,7 @@ OBJS = \
 	src/spi_run.o \
 	src/restore.o \
 	src/copy_guard.o \
+	src/identity_claims.o \
 	src/database_guard.o \
 	src/publication_warning.o \
 	src/standby_wait.o \

@@ -22,7 +22,9 @@
  * its own row and drops the others: rows of another server (pg_upgrade, a
  * database restored elsewhere) or of a database that no longer exists (a
  * copy made to rename, its original dropped) are taken over, with a LOG
- * line (test 326_database_copy.pl).
+ * line (test 326_database_copy.pl).  Only once: a second copy of a
+ * dropped database is a copy of the database that took its rows over
+ * first, while that one exists (identity_claims.c).
  *
  * A restore's rows come after the restored database's workers started
  * (CREATE EXTENSION comes first): they may have entered their own row by
@@ -68,17 +70,22 @@ runs_workers(Oid dboid)
  * copy_source --- the OID of another database of this server that runs
  * evbus workers, which a row of evbus.database_identity names, or
  * InvalidOid; in *ours whether a row names this database, in *rows how
- * many there are.  Inside a transaction, connected to SPI.
+ * many there are, in *dropped the OIDs of the databases of this server
+ * that rows name and that no longer exist.  Inside a transaction,
+ * connected to SPI.
  */
 static Oid
-copy_source(bool *ours, uint64 *rows)
+copy_source(bool *ours, uint64 *rows, List **dropped)
 {
 	int64		here = (int64) GetSystemIdentifier();
 	Oid			source = InvalidOid;
 	uint64		i;
 
 	*ours = false;
-	evbus_spi_exec("SELECT system_identifier, database_oid FROM evbus.database_identity",
+	*dropped = NIL;
+	/* in OID order: claimed_source locks the dropped ones in this order */
+	evbus_spi_exec("SELECT system_identifier, database_oid FROM evbus.database_identity"
+				   " ORDER BY database_oid",
 				   0, NULL, NULL, NULL, SPI_OK_SELECT);
 	*rows = SPI_processed;
 	for (i = 0; i < SPI_processed; i++)
@@ -93,9 +100,57 @@ copy_source(bool *ours, uint64 *rows)
 			continue;
 		if (dboid == MyDatabaseId)
 			*ours = true;
-		else if (runs_workers(dboid))
-			source = dboid;
+		else
+		{
+			bool		exists;
+			bool		is_template = evbus_database_is_template(dboid, &exists);
+
+			if (exists && !is_template)
+				source = dboid;
+			else if (!exists)
+				*dropped = lappend_oid(*dropped, dboid);
+		}
 	}
+	return source;
+}
+
+/*
+ * claimed_source --- the database of this server, still there and running
+ * evbus workers, that took over the rows of one of the dropped databases
+ * (identity_claims.c), or InvalidOid.  Each dropped database's OID stays
+ * locked until the end of the transaction, so that two copies starting
+ * at once decide one after the other.
+ */
+static Oid
+claimed_source(List *dropped)
+{
+	ListCell   *lc;
+
+	foreach(lc, dropped)
+	{
+		Oid			claimant;
+
+		evbus_identity_lock(lfirst_oid(lc));
+		claimant = evbus_identity_claimant(GetSystemIdentifier(), lfirst_oid(lc));
+		if (OidIsValid(claimant) && claimant != MyDatabaseId && runs_workers(claimant))
+			return claimant;
+	}
+	return InvalidOid;
+}
+
+/*
+ * copied_from --- the database of this server that this one is a copy of:
+ * one that rows of evbus.database_identity name, else one that took over
+ * the rows of a dropped database that they name; InvalidOid if none.
+ * *ours, *rows and *dropped as for copy_source.
+ */
+static Oid
+copied_from(bool *ours, uint64 *rows, List **dropped)
+{
+	Oid			source = copy_source(ours, rows, dropped);
+
+	if (!OidIsValid(source))
+		source = claimed_source(*dropped);
 	return source;
 }
 
@@ -141,11 +196,12 @@ evbus_copy_of(void)
 	{
 		bool		ours;
 		uint64		rows;
+		List	   *dropped;
 		Oid			source;
 
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		source = copy_source(&ours, &rows);
+		source = copied_from(&ours, &rows, &dropped);
 		if (OidIsValid(source))
 		{
 			char	   *name = get_database_name(source);
@@ -155,6 +211,11 @@ evbus_copy_of(void)
 		}
 		else if (!ours || rows > 1)
 		{
+			ListCell   *lc;
+
+			/* on disk first: a failed takeover is this database's to retry */
+			foreach(lc, dropped)
+				evbus_identity_claim(GetSystemIdentifier(), lfirst_oid(lc));
 			if (enter_identity() > 0)
 				ereport(LOG,
 						(errmsg("evbus: database \"%s\" takes over evbus's rows of another database",
@@ -198,8 +259,9 @@ adopt(void *arg)
 {
 	bool		ours;
 	uint64		rows;
+	List	   *dropped;
 
-	if (!OidIsValid(copy_source(&ours, &rows)))
+	if (!OidIsValid(copied_from(&ours, &rows, &dropped)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("database \"%s\" is not a copy of another database of this server",

@@ -233,6 +233,11 @@ extern void evbus_database_guard_done(Oid guarded, bool succeeded);
 extern char *evbus_copy_of(void);
 extern void evbus_warn_copy(const char *dbname, const char *original);
 
+/* ---------- identity_claims.c: who took a dropped database's rows over ---------- */
+extern void evbus_identity_lock(Oid dboid);
+extern Oid	evbus_identity_claimant(uint64 system, Oid original);
+extern void evbus_identity_claim(uint64 system, Oid original);
+
 /* ---------- restore.c: no worker while a restore writes evbus's tables ---------- */
 extern void evbus_restore_init(void);
 extern bool evbus_restore_mark_copy(CopyStmt *stmt);

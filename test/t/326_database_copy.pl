@@ -10,7 +10,8 @@
 # PUBLIC and refused in a database that is no copy, makes the copy one of
 # its own: its workers start.  A copy whose original was dropped (a copy
 # made to rename) takes the rows over at its first start, with a LOG line,
-# and so does a database made from a template (a new tenant's).
+# and so does a database made from a template (a new tenant's); a second
+# copy of the dropped original is then a copy of the first.
 use strict;
 use warnings;
 
@@ -52,6 +53,22 @@ sub copy_when_idle
 		sleep 0.5;
 	}
 	return 0;
+}
+
+# adopt_in_own_group($db): the copy $db subscribes in a group named after
+# itself, then evbus.adopt_copy() makes it a database of its own
+sub adopt_in_own_group
+{
+	my ($db) = @_;
+	$node->safe_psql(
+		$db, qq{
+SET ROLE evbus_app;
+SELECT evbus.unsubscribe('Copied', 'record_received(jsonb)');
+SELECT evbus.subscribe('Copied', 'record_received(jsonb)', '$db');
+RESET ROLE;
+SELECT evbus.adopt_copy();
+});
+	return;
 }
 
 sub received
@@ -105,14 +122,7 @@ is(sqlstate_of($node, 'shop', 'SELECT evbus.adopt_copy()'),
 	'55000', 'nor does it take a database that is no copy');
 
 # the copy adopted, with a group of its own
-$node->safe_psql(
-	'shop_copy', q{
-SET ROLE evbus_app;
-SELECT evbus.unsubscribe('Copied', 'record_received(jsonb)');
-SELECT evbus.subscribe('Copied', 'record_received(jsonb)', 'shop_copy');
-RESET ROLE;
-SELECT evbus.adopt_copy();
-});
+adopt_in_own_group('shop_copy');
 ok(wait_for_sql($node, 'shop_copy', 'SELECT count(*) = 0 FROM evbus.outbox'),
 	'adopted: the copy publishes its event');
 ok(wait_for_sql($node, 'shop', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 100}'}),
@@ -169,5 +179,32 @@ ok(wait_for_sql($node, 'shop_renamed', q{SELECT count(*) = 1 FROM received WHERE
 	'its original dropped, the copy publishes and handles');
 ok($node->log_contains(qr/LOG:  evbus: database "shop_renamed" takes over evbus's rows of another database/),
 	'and says that it took the rows over');
+
+# shop_restored, the restored dump, is a second copy of the dropped shop:
+# at the next server start it is a copy of shop_renamed, which took shop's
+# rows over first.  An earlier version let it take them over too: two
+# databases acting as shop, each handling the messages of the partitions
+# its consumer took.
+$log_offset = -s $node->logfile;
+$node->restart;
+ok( $node->wait_for_log(
+		qr/WARNING:  evbus: database "shop_restored" is a copy of database "shop_renamed": its evbus workers do not start/,
+		$log_offset),
+	'after a restart, a second copy of the dropped shop is a copy of the first, which took its rows over');
+publish('shop_renamed', 73, 90);
+ok( wait_for_sql(
+		$node, 'shop_renamed', q{SELECT count(*) = 18 FROM received WHERE (payload->>'n')::int BETWEEN 73 AND 90}),
+	'shop_renamed handles every new message');
+sleep 2;
+is($node->safe_psql('shop_restored', q{SELECT count(*) FROM received WHERE (payload->>'n')::int BETWEEN 73 AND 90}),
+	'0', 'the second copy none');
+ok(!$node->log_contains(qr/"shop_restored" takes over/), 'and took nothing over');
+adopt_in_own_group('shop_restored');
+publish('shop_renamed', 91, 91);
+ok( wait_for_sql(
+		$node, 'shop_restored', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 91}'}),
+	'adopted, the second copy handles in a group of its own');
+ok(wait_for_sql($node, 'shop_renamed', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 91}'}),
+	'and shop_renamed in its group');
 $node->stop;
 done_testing();
