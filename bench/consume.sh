@@ -92,13 +92,7 @@ fi
 set_brokers "$BROKERS"
 
 # ---- 1. throughput ------------------------------------------------------------
-log "staging $N events"
-for ((i = 0; i < N; i += 100000)); do
-	m=$((N - i < 100000 ? N - i : 100000))
-	q "SELECT count(evbus.publish('ConsumeEvent', jsonb_build_object('seq', g, 'account', g % 100, 'amount', 42.5, 'currency', 'EUR'), 'k' || (g % 100))) FROM generate_series($i + 1, $i + $m) g" >/dev/null
-done
-read -r s left < <(wait_outbox_settled 300 60)
-((left == 0)) || die "$left events not published after ${s}s"
+publish_consume_events "$N"
 log "all $N events are in Kafka (end offsets: $(kafka_end_offsets ConsumeEvent)); subscribing"
 
 # one handler at a time, each in its own group: HANDLER SIGNATURE GROUP TABLE

@@ -357,6 +357,21 @@ wait_outbox_settled() {
 	done
 	echo "$t0 $EPOCHREALTIME $n" | awk '{printf "%.1f %d\n", $2 - $1, $3}'
 }
+
+# publish_consume_events N: publish N events of ConsumeEvent (a 200-byte
+# payload, 100 keys) from database bench, in transactions of 100,000, and
+# wait until Kafka has them all (the outbox empty, 300 s at most)
+publish_consume_events() {
+	local n=$1 i m s left
+	log "staging $n events"
+	for ((i = 0; i < n; i += 100000)); do
+		m=$((n - i < 100000 ? n - i : 100000))
+		q "SELECT count(evbus.publish('ConsumeEvent', jsonb_build_object('seq', g, 'account', g % 100, 'amount', 42.5, 'currency', 'EUR'), 'k' || (g % 100))) FROM generate_series($i + 1, $i + $m) g" >/dev/null
+	done
+	read -r s left < <(wait_outbox_settled 300 60)
+	((left == 0)) || die "$left events not published after ${s}s"
+}
+
 # busy and total clock ticks of the whole machine (all cores), from /proc/stat
 cpu_stat() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
 

@@ -53,13 +53,7 @@ qp "CREATE FUNCTION ins(payload jsonb, headers jsonb) RETURNS void LANGUAGE sql 
 qp "ALTER FUNCTION ins(jsonb, jsonb) OWNER TO bench_app; GRANT INSERT ON sink TO bench_app"
 set_brokers "$BROKERS"
 
-log "staging $N events"
-for ((i = 0; i < N; i += 100000)); do
-	m=$((N - i < 100000 ? N - i : 100000))
-	q "SELECT count(evbus.publish('ConsumeEvent', jsonb_build_object('seq', g, 'account', g % 100, 'amount', 42.5, 'currency', 'EUR'), 'k' || (g % 100))) FROM generate_series($i + 1, $i + $m) g" >/dev/null
-done
-read -r s left < <(wait_outbox_settled 300 60)
-((left == 0)) || die "$left events not published after ${s}s"
+publish_consume_events "$N"
 
 slru() { psql -qXAt -d postgres -c "SELECT blks_hit || ' ' || blks_read FROM pg_stat_slru WHERE name = 'Subtrans'"; }
 tps() { sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$1"; }
