@@ -83,9 +83,7 @@ copy_source(bool *ours, uint64 *rows, List **dropped)
 
 	*ours = false;
 	*dropped = NIL;
-	/* in OID order: claimed_source locks the dropped ones in this order */
-	evbus_spi_exec("SELECT system_identifier, database_oid FROM evbus.database_identity"
-				   " ORDER BY database_oid",
+	evbus_spi_exec("SELECT system_identifier, database_oid FROM evbus.database_identity",
 				   0, NULL, NULL, NULL, SPI_OK_SELECT);
 	*rows = SPI_processed;
 	for (i = 0; i < SPI_processed; i++)
@@ -117,20 +115,21 @@ copy_source(bool *ours, uint64 *rows, List **dropped)
 /*
  * claimed_source --- the database of this server, still there and running
  * evbus workers, that took over the rows of one of the dropped databases
- * (identity_claims.c), or InvalidOid.  Each dropped database's OID stays
- * locked until the end of the transaction, so that two copies starting
- * at once decide one after the other.
+ * (identity_claims.c), or InvalidOid.  With dropped ones, the claims stay
+ * locked until the end of the transaction (evbus_identity_lock), for
+ * evbus_copy_of to claim them in turn.
  */
 static Oid
 claimed_source(List *dropped)
 {
 	ListCell   *lc;
 
+	if (dropped != NIL)
+		evbus_identity_lock();
 	foreach(lc, dropped)
 	{
 		Oid			claimant;
 
-		evbus_identity_lock(lfirst_oid(lc));
 		claimant = evbus_identity_claimant(GetSystemIdentifier(), lfirst_oid(lc));
 		if (OidIsValid(claimant) && claimant != MyDatabaseId && runs_workers(claimant))
 			return claimant;

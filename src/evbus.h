@@ -234,7 +234,7 @@ extern char *evbus_copy_of(void);
 extern void evbus_warn_copy(const char *dbname, const char *original);
 
 /* ---------- identity_claims.c: who took a dropped database's rows over ---------- */
-extern void evbus_identity_lock(Oid dboid);
+extern void evbus_identity_lock(void);
 extern Oid	evbus_identity_claimant(uint64 system, Oid original);
 extern void evbus_identity_claim(uint64 system, Oid original);
 

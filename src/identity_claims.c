@@ -40,14 +40,15 @@
 
 /*
  * evbus_identity_lock --- until the end of the transaction, be the only
- * database of the server deciding about the rows of dropped database
- * dboid: a lock on that database's OID, which nothing else takes once it
- * is dropped.
+ * database of the server reading the claims to decide, or writing them: a
+ * lock on database OID 0, which names no database.  Two copies starting
+ * at once decide one after the other, and two claims written at once do
+ * not lose one of them.
  */
 void
-evbus_identity_lock(Oid dboid)
+evbus_identity_lock(void)
 {
-	LockSharedObject(DatabaseRelationId, dboid, 0, ExclusiveLock);
+	LockSharedObject(DatabaseRelationId, InvalidOid, 0, ExclusiveLock);
 }
 
 /*
@@ -96,7 +97,7 @@ parse_claim(const char *line, uint64 *system, Oid *original, Oid *claimant)
 /*
  * evbus_identity_claimant --- the database that took over the rows of
  * database original of system system, or InvalidOid.  The caller holds
- * evbus_identity_lock(original).
+ * evbus_identity_lock().
  */
 Oid
 evbus_identity_claimant(uint64 system, Oid original)
@@ -123,7 +124,7 @@ evbus_identity_claimant(uint64 system, Oid original)
 /*
  * evbus_identity_claim --- record that this database takes over the rows
  * of database original of system system, on disk before it returns.  The
- * caller holds evbus_identity_lock(original).
+ * caller holds evbus_identity_lock().
  */
 void
 evbus_identity_claim(uint64 system, Oid original)
