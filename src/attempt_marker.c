@@ -58,7 +58,6 @@
 
 #include "consumer.h"
 
-#define MARKER_DIR		"pg_evbus"
 #define MARKER_MAGIC	0x65766231	/* "evb1" */
 #define MARKER_MAX		256		/* ranges per batch; more: all suspect */
 #define MARKER_COUNTED	1024	/* counted rows; more: none taken back */
@@ -138,12 +137,12 @@ evbus_attempt_marker_open(void)
 	void	   *mapped;
 
 	memset(&previous, 0, sizeof(previous));
-	if (MakePGDirectory(MARKER_DIR) < 0 && errno != EEXIST)
+	if (MakePGDirectory(EVBUS_STATE_DIR) < 0 && errno != EEXIST)
 	{
 		marker_give_up("create the directory of");
 		return;
 	}
-	snprintf(path, sizeof(path), MARKER_DIR "/consumer_%u", MyDatabaseId);
+	snprintf(path, sizeof(path), EVBUS_STATE_DIR "/consumer_%u", MyDatabaseId);
 	fd = BasicOpenFile(path, O_RDWR | O_CREAT | PG_BINARY);
 	if (fd < 0)
 	{

@@ -38,6 +38,9 @@
 #define EVBUS_SCHEMA "evbus"
 #define EVBUS_EMBEDDED "embedded"
 
+/* under $PGDATA: the consumers' attempt markers, the identity claims */
+#define EVBUS_STATE_DIR "pg_evbus"
+
 /* Longest legal Kafka topic name (Kafka's Topic.MAX_NAME_LENGTH). */
 #define EVBUS_MAX_TOPIC_LEN 249
 

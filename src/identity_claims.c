@@ -23,7 +23,6 @@
  */
 #include "postgres.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "catalog/pg_database.h"
@@ -34,9 +33,8 @@
 
 #include "evbus.h"
 
-#define CLAIMS_DIR		"pg_evbus"
-#define CLAIMS_FILE		CLAIMS_DIR "/identity_claims"
-#define CLAIMS_TEMP		CLAIMS_DIR "/identity_claims.tmp"
+#define CLAIMS_FILE		EVBUS_STATE_DIR "/identity_claims"
+#define CLAIMS_TEMP		EVBUS_STATE_DIR "/identity_claims.tmp"
 
 /*
  * evbus_identity_lock --- until the end of the transaction, be the only
@@ -149,10 +147,10 @@ evbus_identity_claim(uint64 system, Oid original)
 	}
 	appendStringInfo(&out, UINT64_FORMAT " %u %u\n", system, original, MyDatabaseId);
 
-	if (MakePGDirectory(CLAIMS_DIR) < 0 && errno != EEXIST)
+	if (MakePGDirectory(EVBUS_STATE_DIR) < 0 && errno != EEXIST)
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not create directory \"%s\": %m", CLAIMS_DIR)));
+				 errmsg("could not create directory \"%s\": %m", EVBUS_STATE_DIR)));
 	fd = OpenTransientFile(CLAIMS_TEMP, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
 	if (fd < 0)
 		ereport(ERROR,
