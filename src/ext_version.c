@@ -157,7 +157,7 @@ wait_until_known(const char *version, bool report)
 						 VERSION_RECHECK_MS, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		/* terminated while waiting: leave quietly, as from the wait point */
-		if (ProcDiePending)
+		if (evbus_stopping())
 			proc_exit(evbus_worker_stop_requested() ? 0 : 1);
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)

@@ -296,6 +296,24 @@ producer_topics_destroy(EvbusProducer *producer)
 }
 
 /*
+ * serve_callbacks --- rd_kafka_poll or rd_kafka_flush (flush_ms >= 0)
+ * with interrupts held.  The callbacks they run ereport, and ereport checks
+ * for interrupts: the cancel with which a stop ends the publisher's step
+ * (publisher_worker.c) must not jump out of librdkafka's own frames.  It
+ * comes at the caller's next CHECK_FOR_INTERRUPTS instead.
+ */
+static void
+serve_callbacks(EvbusProducer *producer, int flush_ms)
+{
+	HOLD_INTERRUPTS();
+	if (flush_ms >= 0)
+		(void) rd_kafka_flush(producer->rk, flush_ms);
+	else
+		rd_kafka_poll(producer->rk, 0);
+	RESUME_INTERRUPTS();
+}
+
+/*
  * evbus_producer_destroy --- drop the handle without waiting for the
  * brokers: unacknowledged messages are purged (their events are still in
  * the outbox and will be produced again by the next producer).
@@ -309,7 +327,7 @@ evbus_producer_destroy(EvbusProducer *producer)
 	rd_kafka_purge(producer->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
 				   RD_KAFKA_PURGE_F_NON_BLOCKING);
 	/* serve the purge reports so that the caller can forget its messages */
-	rd_kafka_poll(producer->rk, 0);
+	serve_callbacks(producer, -1);
 	producer_topics_destroy(producer);
 	rd_kafka_queue_destroy(producer->main_queue);
 	rd_kafka_destroy(producer->rk);
@@ -332,7 +350,7 @@ evbus_producer_serve(EvbusProducer *producer)
 
 	while (read(producer->pipe_fds[0], buf, sizeof(buf)) > 0)
 		;
-	rd_kafka_poll(producer->rk, 0);
+	serve_callbacks(producer, -1);
 }
 
 /*
@@ -349,10 +367,10 @@ evbus_producer_flush(EvbusProducer *producer, int timeout_ms)
 
 	while (rd_kafka_outq_len(producer->rk) > 0)
 	{
-		if (ProcDiePending || !PostmasterIsAlive() ||
+		if (evbus_stopping() || !PostmasterIsAlive() ||
 			GetCurrentTimestamp() >= deadline)
 			return false;
-		(void) rd_kafka_flush(producer->rk, FLUSH_SLICE_MS);
+		serve_callbacks(producer, FLUSH_SLICE_MS);
 	}
 	return true;
 }

@@ -20,6 +20,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "pgstat.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
@@ -69,6 +70,16 @@ static int	ndead = 0;
 static int	dead_cap = 0;
 static TimestampTz first_report_at = 0; /* of the oldest unrecorded report */
 
+/*
+ * The first nrecording_done and nrecording_dead of them, which a finish
+ * recorded in the open transaction: forgotten when it commits; an abort
+ * leaves them to the next finish (reports_xact_callback).
+ */
+static int	nrecording_done = 0;
+static int	nrecording_dead = 0;
+
+static void reports_xact_callback(XactEvent event, void *arg);
+
 /* evbus_reports_init --- set up the bookkeeping, in the publisher's context. */
 void
 evbus_reports_init(MemoryContext cxt)
@@ -94,6 +105,7 @@ evbus_reports_init(MemoryContext cxt)
 	ctl.entrysize = sizeof(int64);
 	unrecorded = hash_create("evbus unrecorded", 4096, &ctl,
 							 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	RegisterXactCallback(reports_xact_callback, NULL);
 }
 
 /* The most events in flight. */
@@ -364,30 +376,79 @@ evbus_reports_unrecorded(TimestampTz *since)
 
 /*
  * evbus_reports_finish --- record delivery results in the database
- * (inside the step's transaction).
+ * (inside the step's transaction).  They are forgotten when that
+ * transaction commits: one that a stop cancels after the finish (test
+ * 235_publisher_stop.pl) leaves them to be recorded by the worker's
+ * leaving (evbus_publisher_leave).
  */
 void
 evbus_reports_finish(void)
 {
-	int			i;
+	int			new_done = ndone - nrecording_done;
+	int			new_dead = ndead - nrecording_dead;
 
-	if (ndone == 0 && ndead == 0)
+	/* a step may finish twice (before a sweep page): each report once */
+	if (new_done == 0 && new_dead == 0)
 		return;
 	pgstat_report_activity(STATE_RUNNING, "recording deliveries");
-	evbus_outbox_finish(done_ids, done_tables, done_events, ndone, dead, ndead);
+	evbus_outbox_finish(done_ids + nrecording_done, done_tables + nrecording_done,
+						done_events + nrecording_done, new_done,
+						dead + nrecording_dead, new_dead);
 	/* counted when this transaction commits (metrics.c) */
-	evbus_metrics_published(done_staged_at, done_acked_at, ndone);
-	evbus_metrics_publish_dead(ndead);
-	for (i = 0; i < ndone; i++)
+	evbus_metrics_published(done_staged_at + nrecording_done,
+							done_acked_at + nrecording_done, new_done);
+	evbus_metrics_publish_dead(new_dead);
+	nrecording_done = ndone;
+	nrecording_dead = ndead;
+}
+
+/*
+ * forget_recorded --- drop the reports the committed transaction recorded;
+ * the ones served since (a dead event of a claim after the finish) stay.
+ */
+static void
+forget_recorded(void)
+{
+	int			i;
+	int			rest;
+
+	for (i = 0; i < nrecording_done; i++)
 	{
 		hash_search(unrecorded, &done_ids[i], HASH_REMOVE, NULL);
 		pfree(done_events[i]);
 	}
-	for (i = 0; i < ndead; i++)
+	rest = ndone - nrecording_done;
+	memmove(done_ids, done_ids + nrecording_done, sizeof(int64) * rest);
+	memmove(done_tables, done_tables + nrecording_done, sizeof(int) * rest);
+	memmove(done_events, done_events + nrecording_done, sizeof(char *) * rest);
+	memmove(done_staged_at, done_staged_at + nrecording_done,
+			sizeof(TimestampTz) * rest);
+	memmove(done_acked_at, done_acked_at + nrecording_done,
+			sizeof(TimestampTz) * rest);
+	ndone = rest;
+
+	for (i = 0; i < nrecording_dead; i++)
 	{
 		hash_search(unrecorded, &dead[i].id, HASH_REMOVE, NULL);
 		pfree(dead[i].error_message);
 	}
-	ndone = 0;
-	ndead = 0;
+	rest = ndead - nrecording_dead;
+	memmove(dead, dead + nrecording_dead, sizeof(DeadEvent) * rest);
+	ndead = rest;
+
+	if (ndone == 0 && ndead == 0)
+		first_report_at = 0;
+}
+
+/* At the end of the worker's transactions: see nrecording_done. */
+static void
+reports_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT && (nrecording_done > 0 || nrecording_dead > 0))
+		forget_recorded();
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT)
+	{
+		nrecording_done = 0;
+		nrecording_dead = 0;
+	}
 }

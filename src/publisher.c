@@ -59,6 +59,13 @@
  */
 #define LEAVE_FLUSH_MS 500
 
+/*
+ * How long that recording waits for a lock on evbus's tables that a
+ * session holds (LOCK TABLE): no longer than this does a lock delay a stop
+ * (test 235_publisher_stop.pl).  The events go out again at the next start.
+ */
+#define LEAVE_LOCK_TIMEOUT "2s"
+
 static char source_name[NAMEDATALEN];
 static MemoryContext publisher_cxt = NULL;	/* lives as long as the worker */
 static MemoryContext batch_cxt = NULL;	/* one claim */
@@ -596,7 +603,7 @@ evbus_publisher_step(bool claim_wanted)
 		evbus_worker_commit();
 		deferring = false;
 		send_deferred();
-		if (ProcDiePending)
+		if (evbus_stopping())
 			return false;		/* the wait ended for it: leave now */
 		if (evbus_pubproducer() != NULL)
 			serve_reports();
@@ -631,20 +638,29 @@ evbus_publisher_step(bool claim_wanted)
 	return more && evbus_inflight_room();
 }
 
+/* What an error while the worker records at its exit means. */
+static void
+leave_context(void *arg)
+{
+	errcontext("recording the events Kafka acknowledged before the publisher exits; those not recorded are published again at its next start");
+}
+
 /*
  * evbus_publisher_leave --- before the worker exits on a termination
  * request (a server shutdown or restart; DROP, RENAME or a copy of the
  * database; pg_terminate_backend): wait up to LEAVE_FLUSH_MS for the
  * delivery reports of the events in flight, and record every event Kafka
  * acknowledged, so that the next start does not publish it again (test
- * 235_publisher_stop.pl).  Events still unacknowledged stay in the outbox.
- * Outside a transaction.
+ * 235_publisher_stop.pl), whether the request came while it waited or
+ * cancelled a step, whose transaction may have been recording them.
+ * Events still unacknowledged stay in the outbox.  Outside a transaction.
  */
 void
 evbus_publisher_leave(void)
 {
 	EvbusProducer *producer = evbus_pubproducer();
 	TimestampTz since;
+	ErrorContextCallback context;
 
 	if (producer != NULL && !evbus_producer_failed(producer))
 	{
@@ -654,10 +670,17 @@ evbus_publisher_leave(void)
 	if (evbus_reports_unrecorded(&since) == 0)
 		return;
 	pgstat_report_activity(STATE_RUNNING, "recording deliveries before exit");
+	context.callback = leave_context;
+	context.arg = NULL;
+	context.previous = error_context_stack;
+	error_context_stack = &context;
 	evbus_worker_begin(evbus_publisher_shutdown);
+	(void) set_config_option("lock_timeout", LEAVE_LOCK_TIMEOUT, PGC_SUSET,
+							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 	evbus_outbox_published_load();
 	evbus_reports_finish();
 	evbus_worker_commit();
+	error_context_stack = context.previous;
 }
 
 /*

@@ -14,12 +14,16 @@
  * waking it resets the latch, checks for interrupts, reloads its settings
  * on SIGHUP and runs one publisher step.
  *
- * SIGTERM ends it promptly: unacknowledged events stay in the outbox.
- * As in a regular backend, SIGTERM is die(): waiting, the worker sees it
- * and exits cleanly; in the middle of a step, the next
- * CHECK_FOR_INTERRUPTS ends the process with FATAL, so that nothing it
- * runs (a query, a lock wait) delays a shutdown or DROP DATABASE.  A step
- * cut short only means events produced again, with the same message ids.
+ * SIGTERM ends it promptly, having recorded what Kafka acknowledged;
+ * unacknowledged events stay in the outbox.  Waiting, the worker sees it
+ * and exits cleanly.  In the middle of a step, SIGTERM cancels what the
+ * worker runs, as a query cancel would (the next CHECK_FOR_INTERRUPTS
+ * raises an ERROR), so that no query or lock wait delays a shutdown or
+ * DROP DATABASE; the loop's handler aborts the step's transaction and the
+ * worker exits as from its wait point.  (With die(), the FATAL ended the
+ * process inside the step's transaction, which may have been recording
+ * deliveries: those events were produced again at the next start, test
+ * 235_publisher_stop.pl.)
  * The postmaster never restarts the worker: the launcher starts it again
  * when it is missing, unless its database is being dropped or no longer
  * has evbus (launcher.c), or the worker exited for want of work: after
@@ -49,21 +53,59 @@
 #include "evbus.h"
 #include "publisher.h"
 
+/* Set by publisher_stop_signalled; declared in evbus.h. */
+volatile sig_atomic_t evbus_stop_signalled = false;
+
 /*
- * worker_exit --- leave cleanly (from the wait point).  The termination
- * request is consumed first, so that closing down is not itself cut short
- * by CHECK_FOR_INTERRUPTS.  With record, the events Kafka acknowledged are
- * recorded first (evbus_publisher_leave); not when the extension's SQL may
- * have changed under the worker.
+ * publisher_stop_signalled --- SIGTERM once the loop runs: remember the
+ * request and cancel what the worker is doing, if anything (the latch
+ * wakes it if it waits).
+ */
+static void
+publisher_stop_signalled(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	if (!proc_exit_inprogress)
+	{
+		evbus_stop_signalled = true;
+		InterruptPending = true;
+		QueryCancelPending = true;
+	}
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/*
+ * worker_exit --- leave cleanly (from the wait point, or after a stop
+ * cancelled a step).  The termination request is consumed first, so that
+ * closing down is not itself cut short.  With record, the events Kafka
+ * acknowledged are recorded first (evbus_publisher_leave); not when the
+ * extension's SQL may have changed under the worker, nor when a second
+ * stop cancelled the recording.
  */
 static void
 worker_exit(int code, bool record)
 {
+	static bool exiting = false;
+
 	ProcDiePending = false;
-	if (record)
+	QueryCancelPending = false;
+	evbus_stop_signalled = false;
+	if (record && !exiting)
+	{
+		exiting = true;
 		evbus_publisher_leave();
+	}
 	evbus_publisher_shutdown();
 	proc_exit(code);
+}
+
+/* The exit code for a stop: 0 if the stop is for good (DROP DATABASE). */
+static int
+stop_exit_code(void)
+{
+	return evbus_worker_stop_requested() ? 0 : 1;
 }
 
 /* Build the wait set: latch, postmaster death, librdkafka's descriptor. */
@@ -165,14 +207,12 @@ publisher_start(Oid dboid)
 }
 
 /*
- * evbus_publisher_main --- the publisher worker of the database main_arg:
- * publish steps and waits until it is stopped or goes idle.
+ * publisher_loop --- publish steps and waits until the worker is stopped
+ * or goes idle.
  */
-void
-evbus_publisher_main(Datum main_arg)
+static void
+publisher_loop(const char *dbname)
 {
-	Oid			dboid = DatumGetObjectId(main_arg);
-	char	   *dbname = publisher_start(dboid);
 	WaitEventSet *wait_set = NULL;
 	int			wait_fd = -1;
 	MemoryContext step_cxt;
@@ -191,8 +231,8 @@ evbus_publisher_main(Datum main_arg)
 		int			nevents;
 		int			fd;
 
-		if (ProcDiePending)
-			worker_exit(evbus_worker_stop_requested() ? 0 : 1, true);
+		if (evbus_stopping())
+			worker_exit(stop_exit_code(), true);
 		/* updated to a version unknown here, then back: start afresh */
 		if (evbus_version_recheck(true))
 			worker_exit(1, false);
@@ -239,8 +279,8 @@ evbus_publisher_main(Datum main_arg)
 		 */
 		claim_wanted = more || nevents == 0;
 		ResetLatch(MyLatch);
-		if (ProcDiePending)
-			worker_exit(evbus_worker_stop_requested() ? 0 : 1, true);
+		if (evbus_stopping())
+			worker_exit(stop_exit_code(), true);
 		CHECK_FOR_INTERRUPTS();
 
 		if (ConfigReloadPending)
@@ -251,4 +291,39 @@ evbus_publisher_main(Datum main_arg)
 			claim_wanted = true;
 		}
 	}
+}
+
+/*
+ * evbus_publisher_main --- the publisher worker of the database main_arg.
+ *
+ * Once it runs, a stop cancels what it does (publisher_stop_signalled):
+ * the ERROR comes here, where the worker aborts the transaction it was in
+ * and exits as from its wait point, recording what Kafka acknowledged in
+ * a transaction of its own (test 235_publisher_stop.pl).  Any other ERROR
+ * goes on to PostgreSQL's handler for background workers, which logs it
+ * and ends the worker, as before; the launcher starts it again.
+ */
+void
+evbus_publisher_main(Datum main_arg)
+{
+	char	   *dbname = publisher_start(DatumGetObjectId(main_arg));
+
+	pqsignal(SIGTERM, publisher_stop_signalled);
+	PG_TRY();
+	{
+		publisher_loop(dbname);
+	}
+	PG_CATCH();
+	{
+		if (!evbus_stop_signalled)
+			PG_RE_THROW();
+		MemoryContextSwitchTo(TopMemoryContext);
+		/* the stop's own cancel says nothing; another error is logged */
+		if (geterrcode() != ERRCODE_QUERY_CANCELED)
+			EmitErrorReport();
+		FlushErrorState();
+		AbortOutOfAnyTransaction();
+		worker_exit(stop_exit_code(), true);
+	}
+	PG_END_TRY();
 }

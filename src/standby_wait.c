@@ -245,7 +245,7 @@ evbus_standby_wait(XLogRecPtr target, const char *what, long timeout_ms)
 											behind.data, LSN_FORMAT_ARGS(target), what));
 			reported = true;
 		}
-		if (ProcDiePending || (timeout_ms < 0 && ConfigReloadPending))
+		if (evbus_stopping() || (timeout_ms < 0 && ConfigReloadPending))
 			break;
 		if (timeout_ms >= 0 && TimestampDifferenceExceeds(start, now, timeout_ms))
 			break;
@@ -255,7 +255,7 @@ evbus_standby_wait(XLogRecPtr target, const char *what, long timeout_ms)
 					  PG_WAIT_EXTENSION) & WL_LATCH_SET)
 			latch_was_set = true;
 		ResetLatch(MyLatch);
-		if (ProcDiePending)
+		if (evbus_stopping())
 			break;				/* the worker's loop leaves cleanly */
 		CHECK_FOR_INTERRUPTS();
 		MemoryContextReset(cxt);

@@ -65,10 +65,68 @@ $node->safe_psql('postgres', 'CREATE DATABASE shop_copy TEMPLATE shop');
 is($node->safe_psql('shop_copy', 'SELECT count(*) FROM evbus.outbox'),
 	'0', 'CREATE DATABASE ... TEMPLATE: the copy holds no event as unpublished');
 
-# every publisher started since has run: none produced an event again
-ok(publish_handled(), 'event 5 handled');
-my @msgs = kcat_consume($topic, $n + 1, 10);
-is(scalar(@msgs), $n, "Kafka holds each of the $n events once");
+# stop_while_recording($release_after): a session holds the tables of the
+# published ranges, so that the publisher's recording of the next event
+# waits for their lock inside its step's transaction; the publisher is
+# terminated there, and the session lets go $release_after seconds later.
+# Returns whether the publisher exited within 10 s of the stop.
+sub stop_while_recording
+{
+	my ($release_after) = @_;
+	my $holder = $node->background_psql('shop');
+	$holder->query_safe(
+		q{BEGIN; LOCK TABLE evbus.outbox_published_0, evbus.outbox_published_1 IN SHARE MODE});
+	ok(publish_handled(), "event $n handled while a session holds the published ranges");
+	ok( wait_for_sql(
+			$node, 'shop',
+			q{SELECT count(*) FROM pg_stat_activity
+			   WHERE backend_type = 'evbus publisher' AND wait_event_type = 'Lock'},
+			'1', 30),
+		"the publisher waits for that lock to record event $n");
+	my $pid = publisher_pid();
+	$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+	my $stopped_at = time();
+	my $released = 0;
+	while (kill(0, $pid) && time() < $stopped_at + 10)
+	{
+		if (!$released && time() >= $stopped_at + $release_after)
+		{
+			$holder->query_safe('COMMIT');
+			$released = 1;
+		}
+		sleep 0.05;
+	}
+	my $exited = !kill(0, $pid);
+	$holder->query_safe('COMMIT') unless $released;
+	$holder->quit;
+	return $exited;
+}
+
+# A stop inside a step's transaction cancels it; the publisher records the
+# delivery again as it leaves, once the session lets go (within the 2 s its
+# recording may wait for a lock).  With die(), the FATAL ended the process
+# inside the recording, and the next start produced the event again.
+ok(stop_while_recording(0.3), 'a stop while recording: the publisher exits');
+is($node->safe_psql('shop', 'SELECT count(*) FROM evbus.outbox'),
+	'0', 'a stop while recording: recorded before the publisher exited');
+
+# A lock held longer does not keep the publisher from stopping: it gives up
+# recording after 2 s, says so, and its next start produces the event again.
+my $log_at = -s $node->logfile;
+ok(stop_while_recording(8), 'a stop while a lock is held for longer: the publisher exits');
+my $log = slurp_file($node->logfile, $log_at);
+like($log, qr/canceling statement due to lock timeout/, 'the server log says why it could not record');
+like(
+	$log,
+	qr/recording the events Kafka acknowledged before the publisher exits; those not recorded are published again/,
+	'and what follows');
+my $twice = $n;
+
+# every publisher started since has run: none produced an event again but
+# the one it could not record
+ok(publish_handled(), "event $n handled");
+my @msgs = kcat_consume($topic, $n + 2, 10);
+is(scalar(@msgs), $n + 1, "Kafka holds each of the $n events once, event $twice twice");
 my %ids = map { $_->{headers}{'cap-msg-id'} => 1 } @msgs;
 is(scalar(keys %ids), $n, 'with distinct message ids');
 
