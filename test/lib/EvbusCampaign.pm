@@ -20,7 +20,9 @@
 #   HIST/faults.tsv  one line per fault: start_epoch, kind, target, detail
 #
 # Faults: kill_publisher, kill_consumer, kill_mid_handler (kill -9 of a
-# worker: the postmaster restarts every process), pg_immediate_restart,
+# worker: the postmaster restarts every process), stop_worker
+# (pg_terminate_backend of a publisher or a consumer, whatever it is doing
+# then: the launcher starts it again), pg_immediate_restart,
 # broker_kill, leader_kill (kill -9 of a broker, restarted a few seconds
 # later; at most one down at a time, as min.insync.replicas is 2),
 # net_latency, net_reset, net_blackhole, net_slow (toxiproxy toxics on one
@@ -69,7 +71,8 @@ our @KINDS = (
 	[ net_latency => 2 ], [ net_reset => 2 ],
 	[ net_blackhole => 2 ], [ net_slow => 2 ],
 	[ broker_pause => 2 ], [ handler_timeout => 1 ],
-	[ replay => 1 ], [ pause_subscription => 1 ], [ retry_dead_letters => 1 ]);
+	[ replay => 1 ], [ pause_subscription => 1 ], [ retry_dead_letters => 1 ],
+	[ stop_worker => 1 ]);
 
 # The pgbench scripts of the producers (pgbench -M simple: the prepared
 # transactions' gids are built from pgbench variables inside literals).
@@ -428,6 +431,15 @@ sub fault
 		kill 'KILL', $pid if $pid;
 		sleep 1;
 		$self->wait_pg;
+	}
+	elsif ($kind eq 'stop_worker')
+	{
+		my $which = $one_proxy ? 'publisher' : 'consumer';
+		my $pid = $self->worker_pid($db, $which);
+		my $stopped = $pid ? $self->psql($db, "SELECT pg_terminate_backend($pid)") : undef;
+		$self->record_fault($kind, $db,
+			"$which pid " . ($pid // 'none') . (($stopped // '') eq 't' ? ' terminated' : ' (not running)'));
+		sleep $hold;
 	}
 	elsif ($kind eq 'kill_mid_handler')
 	{
