@@ -20,10 +20,12 @@
  * worker runs, as a query cancel would (the next CHECK_FOR_INTERRUPTS
  * raises an ERROR), so that no query or lock wait delays a shutdown or
  * DROP DATABASE; the loop's handler aborts the step's transaction and the
- * worker exits as from its wait point.  (With die(), the FATAL ended the
- * process inside the step's transaction, which may have been recording
- * deliveries: those events were produced again at the next start, test
- * 235_publisher_stop.pl.)
+ * worker exits as from its wait point.  (die() would end the process
+ * inside the step's transaction, which may be recording deliveries: those
+ * events would be produced again at the next start.  Test
+ * 235_publisher_stop.pl stops the publisher while its recording waits for
+ * a lock.)
+ *
  * The postmaster never restarts the worker: the launcher starts it again
  * when it is missing, unless its database is being dropped or no longer
  * has evbus (launcher.c), or the worker exited for want of work: after
