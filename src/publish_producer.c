@@ -73,6 +73,9 @@ create_producer(const char *brokers)
 	}
 	PG_CATCH();
 	{
+		/* a stop's cancel is not the configuration's fault: pass it on */
+		if (geterrcode() == ERRCODE_QUERY_CANCELED)
+			PG_RE_THROW();
 		MemoryContextSwitchTo(cxt);
 		EmitErrorReport();
 		FlushErrorState();
