@@ -10,6 +10,13 @@
 # stayed in the outbox, the next start produced it again (the same message
 # id twice in Kafka), and a copy made with CREATE DATABASE ... TEMPLATE
 # held it as unpublished.
+#
+# The same holds for a stop that lands while the publisher records, in
+# the middle of a step: a session holding the tables of the published
+# ranges makes the recording wait for their lock, and the publisher is
+# terminated there.  When the session lets go within 2 s the publisher
+# records before it exits; a lock held longer does not keep it from
+# exiting, and that one event goes out again.
 use strict;
 use warnings;
 
