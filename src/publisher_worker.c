@@ -301,9 +301,11 @@ publisher_loop(const char *dbname)
  * Once it runs, a stop cancels what it does (publisher_stop_signalled):
  * the ERROR comes here, where the worker aborts the transaction it was in
  * and exits as from its wait point, recording what Kafka acknowledged in
- * a transaction of its own (test 235_publisher_stop.pl).  Any other ERROR
- * goes on to PostgreSQL's handler for background workers, which logs it
- * and ends the worker, as before; the launcher starts it again.
+ * a transaction of its own (test 235_publisher_stop.pl).  So does an
+ * operator's pg_cancel_backend, which is logged, and after which the
+ * launcher starts the worker again (same test).  Any other ERROR goes on
+ * to PostgreSQL's handler for background workers, which logs it and ends
+ * the worker; the launcher starts it again.
  */
 void
 evbus_publisher_main(Datum main_arg)
@@ -317,15 +319,18 @@ evbus_publisher_main(Datum main_arg)
 	}
 	PG_CATCH();
 	{
-		if (!evbus_stop_signalled)
+		bool		stopping = evbus_stop_signalled;
+		bool		cancelled = geterrcode() == ERRCODE_QUERY_CANCELED;
+
+		if (!stopping && !cancelled)
 			PG_RE_THROW();
 		MemoryContextSwitchTo(TopMemoryContext);
-		/* the stop's own cancel says nothing; another error is logged */
-		if (geterrcode() != ERRCODE_QUERY_CANCELED)
+		/* a stop's own cancel says nothing; any other error is logged */
+		if (!(stopping && cancelled))
 			EmitErrorReport();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
-		worker_exit(stop_exit_code(), true);
+		worker_exit(stopping ? stop_exit_code() : 1, true);
 	}
 	PG_END_TRY();
 }

@@ -14,9 +14,9 @@
 # The same holds for a stop that lands while the publisher records, in
 # the middle of a step: a session holding the tables of the published
 # ranges makes the recording wait for their lock, and the publisher is
-# terminated there.  When the session lets go within 2 s the publisher
-# records before it exits; a lock held longer does not keep it from
-# exiting, and that one event goes out again.
+# terminated (or its statement cancelled) there.  When the session lets
+# go within 2 s the publisher records before it exits; a lock held longer
+# does not keep it from exiting, and that one event goes out again.
 use strict;
 use warnings;
 
@@ -72,14 +72,16 @@ $node->safe_psql('postgres', 'CREATE DATABASE shop_copy TEMPLATE shop');
 is($node->safe_psql('shop_copy', 'SELECT count(*) FROM evbus.outbox'),
 	'0', 'CREATE DATABASE ... TEMPLATE: the copy holds no event as unpublished');
 
-# stop_while_recording($release_after): a session holds the tables of the
-# published ranges, so that the publisher's recording of the next event
-# waits for their lock inside its step's transaction; the publisher is
-# terminated there, and the session lets go $release_after seconds later.
+# stop_while_recording($release_after, $how): a session holds the tables
+# of the published ranges, so that the publisher's recording of the next
+# event waits for their lock inside its step's transaction; the publisher
+# is stopped there (pg_terminate_backend, or pg_cancel_backend if $how is
+# 'cancel'), and the session lets go $release_after seconds later.
 # Returns whether the publisher exited within 10 s of the stop.
 sub stop_while_recording
 {
-	my ($release_after) = @_;
+	my ($release_after, $how) = @_;
+	my $stop = ($how // '') eq 'cancel' ? 'pg_cancel_backend' : 'pg_terminate_backend';
 	my $holder = $node->background_psql('shop');
 	$holder->query_safe(
 		q{BEGIN; LOCK TABLE evbus.outbox_published_0, evbus.outbox_published_1 IN SHARE MODE});
@@ -91,7 +93,7 @@ sub stop_while_recording
 			'1', 30),
 		"the publisher waits for that lock to record event $n");
 	my $pid = publisher_pid();
-	$node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
+	$node->safe_psql('postgres', "SELECT $stop($pid)");
 	my $stopped_at = time();
 	my $released = 0;
 	while (kill(0, $pid) && time() < $stopped_at + 10)
@@ -116,6 +118,12 @@ sub stop_while_recording
 ok(stop_while_recording(0.3), 'a stop while recording: the publisher exits');
 is($node->safe_psql('shop', 'SELECT count(*) FROM evbus.outbox'),
 	'0', 'a stop while recording: recorded before the publisher exited');
+
+# pg_cancel_backend cancels the step the same way: the publisher records
+# the delivery, exits and is started again.
+ok(stop_while_recording(0.3, 'cancel'), 'a cancel while recording: the publisher exits');
+is($node->safe_psql('shop', 'SELECT count(*) FROM evbus.outbox'),
+	'0', 'a cancel while recording: recorded before the publisher exited');
 
 # A lock held longer does not keep the publisher from stopping: it gives up
 # recording after 2 s, says so, and its next start produces the event again.
