@@ -103,20 +103,6 @@ extern void evbus_wake_worker_role(Oid dboid, int role);
 extern pid_t evbus_worker_pid_for(Oid dboid, int role);
 extern int	evbus_request_worker_stop(Oid dboid, pid_t *pids, int maxpids);
 extern bool evbus_worker_stop_requested(void);
-
-/*
- * Has this worker been asked to stop (SIGTERM)?  die() says so in
- * ProcDiePending; the publisher's loop takes SIGTERM as a cancel instead,
- * and says so in evbus_stop_signalled (publisher_worker.c).  A wait that a
- * stop must end asks evbus_stopping().
- */
-extern PGDLLIMPORT volatile sig_atomic_t evbus_stop_signalled;
-
-static inline bool
-evbus_stopping(void)
-{
-	return ProcDiePending || evbus_stop_signalled;
-}
 extern void evbus_set_embedded_bootstrap(const char *bootstrap);
 extern bool evbus_get_embedded_bootstrap(char *buf, size_t len);
 extern int	evbus_max_databases(void);
@@ -265,6 +251,20 @@ extern bool evbus_restore_in_progress(Oid dboid, pid_t *pid);
 /* ---------- publisher_worker.c, consumer_worker.c ---------- */
 extern PGDLLEXPORT void evbus_publisher_main(Datum main_arg);
 extern PGDLLEXPORT void evbus_consumer_main(Datum main_arg);
+
+/*
+ * Has this worker been asked to stop (SIGTERM)?  die() says so in
+ * ProcDiePending; the publisher's loop takes SIGTERM as a cancel instead,
+ * and says so in evbus_stop_signalled (publisher_worker.c).  A wait that a
+ * stop must end asks evbus_stopping().
+ */
+extern PGDLLIMPORT volatile sig_atomic_t evbus_stop_signalled;
+
+static inline bool
+evbus_stopping(void)
+{
+	return ProcDiePending || evbus_stop_signalled;
+}
 
 /* ---------- embedded.c: librdkafka's mock cluster as a broker ---------- */
 extern void evbus_embedded_start(void);
