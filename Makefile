@@ -58,6 +58,7 @@ OBJS = \
 	src/consumer_offsets.o \
 	src/consumer_pause.o \
 	src/consumer_positions.o \
+	src/group_copies.o \
 	src/pause.o \
 	src/replay.o \
 	src/kafka_offsets.o \

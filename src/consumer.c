@@ -58,6 +58,7 @@ typedef struct GroupConsumer
 	XLogRecPtr	to_commit_lsn;	/* past the commit that stored them */
 	TimestampTz last_commit;
 	HTAB	   *positions;		/* the offsets expected (consumer_positions.c) */
+	GroupCopies *copies;		/* copies of this database in the group */
 	bool		rebalanced;		/* the assignment changed (rebalance_cb) */
 } GroupConsumer;
 
@@ -377,7 +378,7 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 	GroupConsumer *gc = MemoryContextAllocZero(TopMemoryContext, sizeof(GroupConsumer));
 	rd_kafka_conf_t *conf;
 	char		errstr[512];
-	char		client_id[NAMEDATALEN + 32];
+	char		client_id[128];
 	rd_kafka_topic_partition_list_t *list;
 	char	   *copy;
 	char	   *tok;
@@ -388,7 +389,7 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 	gc->paused = MemoryContextStrdup(TopMemoryContext, "");
 	gc->positions = evbus_positions_create();
 	gc->settings = settings;
-	snprintf(client_id, sizeof(client_id), "evbus-%u-consumer", MyDatabaseId);
+	evbus_group_copies_client_id(client_id, sizeof(client_id));
 	conf = evbus_kafka_conf_new(brokers, client_id, consumer_defaults, consumer_forced);
 	PG_TRY();
 	{
@@ -418,6 +419,7 @@ consumer_create(const char *brokers, uint64 settings, const char *group,
 	}
 	rd_kafka_set_log_queue(gc->rk, NULL);
 	rd_kafka_poll_set_consumer(gc->rk);
+	gc->copies = evbus_group_copies_new(group, brokers, gc->rk);
 	gc->queue = rd_kafka_queue_get_consumer(gc->rk);
 	(void) evbus_consumers_wakeup_fd();
 	rd_kafka_queue_cb_event_enable(gc->queue, queue_nonempty_cb, NULL);
@@ -672,6 +674,8 @@ consumer_let_go(GroupConsumer *gc)
 	}
 	rd_kafka_queue_cb_event_enable(gc->queue, NULL, NULL);
 	rd_kafka_queue_destroy(gc->queue);
+	evbus_group_copies_free(gc->copies);
+	gc->copies = NULL;
 }
 
 /*
@@ -933,6 +937,7 @@ evbus_consumers_poll(List *subs, bool *left_pending)
 		List	   *went_back = NIL;
 
 		gc->rebalanced = false;
+		evbus_group_copies_check(gc->copies);
 		while (n < POLL_BATCH && calls < calls_budget)
 		{
 			rd_kafka_message_t *km = rd_kafka_consumer_poll(gc->rk, 0);

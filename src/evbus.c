@@ -31,6 +31,7 @@ void		_PG_init(void);
 
 extern void evbus_staging_init(void);
 extern void evbus_launcher_xact_init(void);
+extern void evbus_group_copies_init(void);
 
 static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 
@@ -166,6 +167,7 @@ _PG_init(void)
 	evbus_metrics_init();
 	evbus_staging_init();
 	evbus_launcher_xact_init();
+	evbus_group_copies_init();
 
 	prev_ProcessUtility = ProcessUtility_hook;
 	ProcessUtility_hook = evbus_process_utility;

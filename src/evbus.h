@@ -58,6 +58,7 @@ extern int	evbus_max_message_bytes;
 extern int	evbus_batch_size;
 extern int	evbus_batch_max_bytes;
 extern int	evbus_poll_interval_ms;
+extern int	evbus_copy_check_interval_ms;
 extern int	evbus_publish_linger_ms;
 extern int	evbus_publish_linger_busy_ms;
 extern int	evbus_outbox_rotation_s;

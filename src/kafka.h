@@ -88,6 +88,14 @@ extern void evbus_partitions_pause(rd_kafka_t *rk,
 extern void evbus_consumer_pauses_changed(rd_kafka_t *rk, const char *was,
 										  const char *now);
 
+/* group_copies.c: copies of this database in its consumer groups */
+typedef struct GroupCopies GroupCopies;
+extern void evbus_group_copies_client_id(char *buf, size_t len);
+extern GroupCopies *evbus_group_copies_new(const char *group, const char *brokers,
+										   rd_kafka_t *rk);
+extern void evbus_group_copies_check(GroupCopies *gcp);
+extern void evbus_group_copies_free(GroupCopies *gcp);
+
 /* received_message.c (ReceivedMessage: consumer.h) */
 struct ReceivedMessage;
 extern void evbus_copy_message(const rd_kafka_message_t *km,

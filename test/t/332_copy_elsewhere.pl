@@ -1,0 +1,110 @@
+# 332_copy_elsewhere.pl - a copy of a database started on another server
+# with the same Kafka joins the original's consumer group and takes some
+# of its partitions: both servers say so in a WARNING that names the
+# other's member, and the original says when the copy has left.  A
+# restart of the original after an immediate shutdown, whose previous
+# consumer stays in the group until its session times out, is no copy.
+#
+# The copy is a physical backup of the original started as a second
+# cluster (same system identifier and database OID), as a test
+# environment made from production's backup would be.  On the old code
+# neither log says anything while the copy handles messages of the
+# original's group.
+use strict;
+use warnings;
+
+use EvbusTest;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time sleep);
+
+kafka_bootstrap();
+my $prefix = "t332.$$.";
+my $group = "t332_$$";
+my $copy_warning =
+  qr/WARNING:  evbus: consumer group "$group" has a member from a copy of this database on another server\n.*DETAIL:  Member "[^"]+" \(client "evbus-\d+-consumer-\d+-[0-9a-f]{8}", host "[^"]*"\)/;
+
+my $original = new_node(
+	'original',
+	kafka => 1,
+	init => { allows_streaming => 1 },
+	conf => [
+		"evbus.topic_prefix = '$prefix'", "evbus.group_name = '$group'",
+		# describe the group every 2 s rather than every minute
+		"evbus.copy_check_interval = '2s'"
+	]);
+$original->safe_psql('postgres', 'CREATE EXTENSION evbus');
+kafka_admin('topics', '--create', '--topic', "${prefix}Order", '--partitions', '4');
+$original->safe_psql(
+	'postgres', as_subscriber($original) . q{
+CREATE TABLE effects (n int PRIMARY KEY);
+CREATE PROCEDURE on_order(payload jsonb) LANGUAGE sql
+	AS $$ INSERT INTO public.effects VALUES ((payload->>'n')::int) $$;
+SELECT evbus.subscribe('Order', 'on_order(jsonb)');
+});
+
+# publish(node, from, to): events n = from .. to, one key each
+sub publish
+{
+	my ($node, $from, $to) = @_;
+	$node->safe_psql('postgres',
+		"SELECT count(evbus.publish('Order', jsonb_build_object('n', i), 'k' || i)) FROM generate_series($from, $to) i"
+	);
+}
+
+publish($original, 1, 20);
+ok(wait_for_sql($original, 'postgres', 'SELECT count(*) FROM effects', '20', 60),
+	'the original handles its events');
+
+# --- a copy started elsewhere: both servers warn ---------------------------
+$original->backup('b');
+my $copy = PostgreSQL::Test::Cluster->new('copy');
+$copy->init_from_backup($original, 'b');
+$copy->start;
+is($copy->safe_psql('postgres', 'SELECT count(*) FROM effects'), '20', 'the copy holds the effects');
+
+my $original_offset = -s $original->logfile;
+ok(wait_for_sql($copy, 'postgres',
+		q{SELECT count(*) > 0 FROM pg_stat_activity WHERE backend_type = 'evbus consumer'}, 't', 60),
+	'the copy runs a consumer');
+# the copy takes partitions: messages of the original's group are handled there
+publish($original, 21, 100);
+ok( wait_for_sql(
+		$original, 'postgres',
+		q{SELECT count(*) FROM evbus.outbox}, '0', 60),
+	'the original publishes the new events');
+ok($original->wait_for_log($copy_warning, $original_offset),
+	"the original's log names the copy's member");
+ok($copy->wait_for_log($copy_warning, 0), "the copy's log names the original's member");
+my $split = wait_for_sql($copy, 'postgres', 'SELECT count(*) > 20 FROM effects', 't', 30);
+ok($split, 'the copy handled messages of the group (what the WARNING is about)');
+
+# --- the copy stops: the original says so ------------------------------------
+$original_offset = -s $original->logfile;
+$copy->stop('fast');
+ok( $original->wait_for_log(
+		qr/LOG:  evbus: the member "[^"]+" of a copy of this database left consumer group "$group"/,
+		$original_offset),
+	'the original logs that the copy left');
+ok(wait_for_sql($original, 'postgres', 'SELECT count(*) FROM effects', '100', 90),
+	'the original handles the rest once the copy is gone')
+  or diag($original->safe_psql('postgres', 'SELECT count(*) FROM effects'));
+
+# --- a restart after an immediate shutdown is no copy --------------------------
+# The previous run's consumer stays in the group until its session times
+# out (10 s); the new one sees it there, but not for long enough.
+$original->stop('immediate');
+$original_offset = -s $original->logfile;
+$original->start;
+publish($original, 101, 110);
+ok(wait_for_sql($original, 'postgres', 'SELECT count(*) FROM effects', '110', 90),
+	'the restarted original handles new events');
+# long enough for a member to be confirmed: session timeout and margin (15
+# s) past the first description
+sleep 20;
+unlike(substr(slurp_file($original->logfile), $original_offset),
+	qr/has a member from a copy of this database/,
+	"no WARNING for the previous run's member");
+
+done_testing();
