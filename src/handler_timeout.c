@@ -101,15 +101,29 @@ evbus_handler_timeout_arm(const char *signature)
 /*
  * evbus_handler_timeout_disarm --- after the call, returned or failed: both
  * timers off.
+ *
+ * A statement timeout that fired after the call's last check for
+ * interrupts (while its error was being raised: building a large message,
+ * unwinding to the caller's PG_CATCH) left its cancel pending with no call
+ * left to cancel: the next check, in the consumer's own recording of the
+ * call's outcome, raised it there ("canceling statement due to user
+ * request") and the consumer ended, the attempt counted as interrupted
+ * rather than as the handler's own error (test 140_consume_retries.pl,
+ * "loud", on a loaded machine; 258_late_statement_timeout.pl).  So that
+ * cancel is dropped here.  A pg_cancel_backend of the consumer in the same
+ * instant is dropped with it; the consumer goes on.
  */
 void
 evbus_handler_timeout_disarm(void)
 {
 	DisableTimeoutParams timers[2];
+	bool		fired = get_timeout_indicator(STATEMENT_TIMEOUT, false);
 
 	timers[0].id = STATEMENT_TIMEOUT;
 	timers[0].keep_indicator = false;
 	timers[1].id = overrun_timeout;
 	timers[1].keep_indicator = false;
 	disable_timeouts(timers, overrun_timeout == MAX_TIMEOUTS ? 1 : 2);
+	if (fired)
+		QueryCancelPending = false;
 }
