@@ -211,6 +211,7 @@ extern void evbus_metrics_broker_error(int role, const char *error);
 extern void evbus_metrics_broker_stats(int role, const char *json);
 extern void evbus_metrics_broker_unknown(int role);
 extern void evbus_metrics_offset_reset(void);
+extern void evbus_metrics_copy_warning(void);
 extern void evbus_metrics_set_outbox(int64 depth, TimestampTz oldest);
 extern void evbus_metrics_set_lag(const char *group, const char *topic, int64 lag);
 extern void evbus_metrics_forget_lags(const char *group, const char **keep_topics,

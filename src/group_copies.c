@@ -26,8 +26,9 @@
  * looks the same: so a member counts only when a later description, at
  * least the group's session timeout and CONFIRM_MARGIN_MS after the
  * first, shows it still there.  Then a WARNING, on both sides, names the
- * other member's host, repeated every WARN_INTERVAL_MS while it stays, and
- * a LOG line when it has left (test 332_copy_elsewhere.pl).
+ * other member's host, repeated every WARN_INTERVAL_MS while it stays
+ * (each counted in evbus_consume_copy_warnings_total), and a LOG line when
+ * it has left (test 332_copy_elsewhere.pl).
  *
  * The description is librdkafka's rd_kafka_list_groups, through a client
  * made for it and destroyed after it: on the consumer's own connections
@@ -268,6 +269,7 @@ take_description(GroupCopies *gcp, const struct rd_kafka_group_info *info,
 			TimestampDifferenceExceeds(m->warned_at, now, WARN_INTERVAL_MS))
 		{
 			warn_copy(gcp, m);
+			evbus_metrics_copy_warning();
 			m->warned_at = now;
 		}
 	}

@@ -102,6 +102,7 @@ typedef struct MetricsDb
 	TimestampTz oldest_staged_at;	/* 0: the outbox is empty */
 	uint64		offset_resets;	/* the consumer's offset gone: librdkafka's
 								 * offset resets */
+	uint64		copy_warnings;	/* a copy elsewhere in a consumer group */
 } MetricsDb;
 
 typedef struct MetricsShared
@@ -459,6 +460,23 @@ evbus_metrics_offset_reset(void)
 	SpinLockRelease(&e->mutex);
 }
 
+/*
+ * evbus_metrics_copy_warning --- a WARNING said that a copy of this
+ * database on another server is a member of one of its consumer groups
+ * (group_copies.c; test 332_copy_elsewhere.pl).
+ */
+void
+evbus_metrics_copy_warning(void)
+{
+	MetricsDb  *e = entry_for();
+
+	if (e == NULL)
+		return;
+	SpinLockAcquire(&e->mutex);
+	e->copy_warnings++;
+	SpinLockRelease(&e->mutex);
+}
+
 /* The worker of role has no Kafka client (no brokers set, or it left). */
 void
 evbus_metrics_broker_unknown(int role)
@@ -737,6 +755,8 @@ evbus_metrics(PG_FUNCTION_ARGS)
 			 NULL, NULL, (double) copy.counts.consume_dead);
 		emit(&out, "evbus_consume_offset_resets_total", "counter", "consumer", NULL, NULL,
 			 NULL, NULL, (double) copy.offset_resets);
+		emit(&out, "evbus_consume_copy_warnings_total", "counter", "consumer", NULL, NULL,
+			 NULL, NULL, (double) copy.copy_warnings);
 		for (l = 0; l < nlags; l++)
 			if (lags[l].dboid == copy.dboid)
 				emit(&out, "evbus_consumer_lag", "gauge", "consumer",
