@@ -27,11 +27,11 @@ int			evbus_max_retries = 10;
 int			evbus_retry_interval_ms = 1000;
 int			evbus_retry_max_interval_ms = 300000;
 int			evbus_handler_timeout_ms = 60000;
+int			evbus_copy_check_interval_ms = 60000;
 int			evbus_max_message_bytes = 1000000;
 int			evbus_batch_size = 10000;
 int			evbus_batch_max_bytes = 64 * 1024 * 1024;
 int			evbus_poll_interval_ms = 1000;
-int			evbus_copy_check_interval_ms = 60000;
 int			evbus_idle_timeout_s = 60;
 int			evbus_publish_linger_ms = 1;
 int			evbus_publish_linger_busy_ms = 0;
@@ -166,6 +166,14 @@ define_consume_gucs(void)
 							60000, 1, INT_MAX,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("evbus.copy_check_interval",
+							"How often each consumer looks among the members of its consumer groups for a copy of its database on another server; 0 never.",
+							"A copy found there gives a WARNING on both servers.",
+							&evbus_copy_check_interval_ms,
+							60000, 0, 24 * 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
 }
 
 /* The publishing side: sizes, batches and pacing. */
@@ -201,14 +209,6 @@ define_publish_gucs(void)
 							NULL,
 							&evbus_poll_interval_ms,
 							1000, 10, 3600000,
-							PGC_SIGHUP, GUC_UNIT_MS,
-							NULL, NULL, NULL);
-
-	DefineCustomIntVariable("evbus.copy_check_interval",
-							"How often each consumer looks among the members of its consumer groups for a copy of its database on another server; 0 never.",
-							"A copy found there gives a WARNING on both servers.",
-							&evbus_copy_check_interval_ms,
-							60000, 0, 24 * 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
