@@ -19,8 +19,8 @@
  *
  * where the server instance is drawn at random when the postmaster loads
  * evbus (it survives a crash restart, not a restart).  Every
- * evbus.copy_check_interval the consumer of each group describes its
- * group, and a member with this database's OID and system identifier but
+ * evbus.copy_check_interval (the first time after FIRST_CHECK_MAX_MS at
+ * most) the consumer of each group describes its group, and a member with this database's OID and system identifier but
  * another instance is a copy.  A member of this server's previous run (an
  * immediate shutdown leaves it in the group until its session times out)
  * looks the same: so a member counts only when a later description, at
@@ -64,6 +64,7 @@
 #include "consumer.h"
 #include "kafka.h"
 
+#define FIRST_CHECK_MAX_MS 10000
 #define MAX_INTERVAL_MS (10 * 60 * 1000)
 #define DESCRIBE_WAIT_MS 2000
 #define CONFIRM_MARGIN_MS 5000
@@ -143,6 +144,10 @@ evbus_group_copies_new(const char *group, const char *brokers, rd_kafka_t *rk)
 	gcp->group = MemoryContextStrdup(TopMemoryContext, group);
 	gcp->brokers = MemoryContextStrdup(TopMemoryContext, brokers);
 	gcp->watch = strcmp(evbus_brokers, EVBUS_EMBEDDED) != 0;
+	/* not at once: a consumer woken from idle handles its messages first */
+	gcp->next_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											   Min(evbus_copy_check_interval_ms,
+												   FIRST_CHECK_MAX_MS));
 	if (rd_kafka_conf_get(rd_kafka_conf(rk), "session.timeout.ms", value, &size) ==
 		RD_KAFKA_CONF_OK)
 		session_ms = atoi(value);

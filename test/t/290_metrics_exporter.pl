@@ -85,9 +85,10 @@ sub poll_http
 	return undef;
 }
 
+# the consumer records its lags every 5 s: wait for them too
 my $metrics = poll_http("http://127.0.0.1:$exporter_port/metrics",
-	sub { $_[0] =~ /^evbus_published_total\{/m }, 60);
-ok($metrics, "the exporter's /metrics has evbus_published_total")
+	sub { $_[0] =~ /^evbus_published_total\{/m && $_[0] =~ /^evbus_consumer_lag\{/m }, 60);
+ok($metrics, "the exporter's /metrics has evbus_published_total and the consumer's lag")
   or diag slurp_file("$tmp/exporter.log");
 $metrics //= '';
 like($metrics, qr/^evbus_published_total\{[^}]*database="postgres"[^}]*\} 5$/m,
