@@ -106,13 +106,13 @@ PROVE_TESTS = test/t/*.pl
 # waiting for a broker, a worker or a timer, and each has its own
 # instances, topics and groups (on 2 cores, 3 at a time take about 70 %
 # of the time 2 do, each test about as long).  Those of TAP_ALONE run first, one by one
-# with nothing beside them: they stop or freeze the shared broker (001,
-# 020, 137), load every CPU on purpose (097) or run a cluster of three
-# brokers under a schedule of faults, whose timeouts assume a machine of
-# its own (400).
+# with nothing beside them: they stop the shared broker (001), load every
+# CPU on purpose (097) or run a cluster of three brokers under a schedule
+# of faults, whose timeouts assume a machine of its own (400).  A test
+# that stops or freezes its broker has one of its own (private_kafka in
+# test/lib/EvbusTest.pm) and runs with the others.
 EVBUS_TAP_JOBS ?= 3
-TAP_ALONE = test/t/001_infra.pl test/t/020_broker_outage.pl test/t/097_saturated_cpus.pl \
-	test/t/137_consume_frozen_broker.pl test/t/400_fault_campaign.pl
+TAP_ALONE = test/t/001_infra.pl test/t/097_saturated_cpus.pl test/t/400_fault_campaign.pl
 
 # installcheck is defined below, with the pgTAP layer between the others
 NO_INSTALLCHECK = 1

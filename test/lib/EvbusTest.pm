@@ -20,6 +20,13 @@
 #   kafka_stop()            stop the broker (SIGTERM, waits until gone)
 #   kafka_kill()            SIGKILL the broker (a crash)
 #   kafka_start()           (re)start it: same port, same data; returns address
+#   private_kafka()         start a broker of this test's own, in a temporary
+#                           directory, and point every helper here (and
+#                           EVBUS_TEST_KAFKA_*) at it for the rest of the
+#                           test; SIGKILLed at exit.  For a test that stops,
+#                           kills or freezes its broker, so that it can run
+#                           beside the others (the Makefile's TAP_ALONE is
+#                           for what loads the whole machine)
 #   kafka_admin($tool, @args)
 #                           kafka.sh topics|configs|acls|delete-records:
 #                           Kafka's command of that name against the broker
@@ -99,7 +106,7 @@ use Test::More;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 
-our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start kafka_admin wait_for_sql
+our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start private_kafka kafka_admin wait_for_sql
   wait_for_crash_restart kill_holding_handler kcat_consume kafka_message_ids java_consume java_produce new_node sqlstate_of
   subscribe_recorder new_shop as_subscriber write_kafka_properties sasl_properties sasl_acl_broker
   pgbench_script run_pgbench restart_workers
@@ -172,6 +179,29 @@ sub kafka_start
 	die "broker restarted at $addr, expected $want\n"
 	  if defined $want && $addr ne $want;
 	return $addr;
+}
+
+# The directory of the broker private_kafka started, killed at exit.
+my $private_kafka_dir;
+
+sub private_kafka
+{
+	kafka_bootstrap();
+	$private_kafka_dir = PostgreSQL::Test::Utils::tempdir('kafka');
+	my $addr = _kafka_sh('start', $private_kafka_dir);
+	$ENV{EVBUS_TEST_KAFKA_DIR} = $private_kafka_dir;
+	$ENV{EVBUS_TEST_KAFKA_BOOTSTRAP} = $addr;
+	return $addr;
+}
+
+END
+{
+	# Kill (not stop) the private broker: its directory goes with the
+	# test, and the test's nodes are torn down with an immediate stop,
+	# which waits for no broker.
+	local $?;
+	system('bash', kafka_sh(), 'kill', $private_kafka_dir)
+	  if defined $private_kafka_dir;
 }
 
 sub kcat_consume

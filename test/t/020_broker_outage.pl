@@ -16,7 +16,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
-kafka_bootstrap();
+private_kafka();	# it stops its broker: one of its own
 my $prefix = "t020.$$.";
 my $topic = "${prefix}Outage";
 my $node = new_node('outage', kafka => 1,

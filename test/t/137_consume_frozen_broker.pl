@@ -27,7 +27,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
-kafka_bootstrap();
+private_kafka();	# it freezes its broker: one of its own
 my $prefix = "t137.$$.";
 my $group = "t137_$$";
 my $node = new_node(
