@@ -1099,15 +1099,20 @@ REVOKE ALL ON FUNCTION evbus.replay(text, text, timestamptz, bigint, boolean) FR
  * original's events again and take partitions of its consumer groups
  * (test 326_database_copy.pl); evbus.adopt_copy() makes the copy a
  * database of its own.  A database restored on another server enters
- * itself beside the dumped row, which it then drops.
+ * itself beside the dumped row, which it then drops.  The database id
+ * goes with the rows: a restore, a physical backup or pg_upgrade keeps
+ * it, evbus.adopt_copy() draws a new one; it names the database in its
+ * consumers' Kafka client ids, where a copy on another server is found
+ * (group_copies.c, test 332_copy_elsewhere.pl).
  */
 CREATE TABLE evbus.database_identity (
 	system_identifier bigint NOT NULL,
 	database_oid	oid NOT NULL,
+	database_id		uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid(),
 	PRIMARY KEY (system_identifier, database_oid)
 );
 COMMENT ON TABLE evbus.database_identity IS
-	'the server (system identifier) and database (OID) that evbus''s rows belong to; a copy of a database holds its original''s';
+	'the server (system identifier) and database (OID) that evbus''s rows belong to, and the database''s id, which its copies carry; a copy of a database holds its original''s';
 REVOKE ALL ON evbus.database_identity FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('evbus.database_identity', '');
 

@@ -32,8 +32,10 @@
  * the restore (restore.c).
  *
  * A copy on another server with the same Kafka (a physical backup
- * restored, or a dump) is not seen: production.md says to start such a
- * server with evbus.brokers = ''.
+ * restored, or a dump) is not seen here: the row also holds a database
+ * id, drawn at the first entry and kept by every takeover (a dump, an
+ * upgrade, a rename) but for evbus.adopt_copy(), by which the consumers
+ * find such a copy in their groups (group_copies.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -49,8 +51,12 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/uuid.h"
 
 #include "evbus.h"
+
+/* This database's id, known once evbus_copy_of found it ("": not yet). */
+static char database_id[UUID_LEN * 2 + 5] = "";
 
 /*
  * runs_workers --- does dboid exist and is it no template?  A template
@@ -156,25 +162,85 @@ copied_from(bool *ours, uint64 *rows, List **dropped)
 /*
  * enter_identity --- make this database of this server the one evbus's
  * rows belong to: its row only.  Returns how many rows of others went.
+ *
+ * The row keeps the database id of the rows it takes over (the same
+ * database, upgraded, restored or renamed), else its own, else a new one;
+ * a new one always if new_id (evbus.adopt_copy(): a database of its own
+ * from now on).  Every copy of the database carries its id, which names
+ * it in its consumer groups (group_copies.c).
  */
 static uint64
-enter_identity(void)
+enter_identity(bool new_id)
 {
-	Oid			argtypes[2] = {INT8OID, OIDOID};
-	Datum		values[2];
+	Oid			argtypes[4] = {INT8OID, OIDOID, UUIDOID, BOOLOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', 'n', ' '};
 	uint64		others;
 
 	values[0] = Int64GetDatum((int64) GetSystemIdentifier());
 	values[1] = ObjectIdGetDatum(MyDatabaseId);
+	values[2] = (Datum) 0;
+	values[3] = BoolGetDatum(new_id);
 	evbus_spi_exec("DELETE FROM evbus.database_identity"
 				   " WHERE NOT (system_identifier OPERATOR(pg_catalog.=) $1"
-				   " AND database_oid OPERATOR(pg_catalog.=) $2)",
-				   2, argtypes, values, NULL, SPI_OK_DELETE);
+				   " AND database_oid OPERATOR(pg_catalog.=) $2)"
+				   " RETURNING database_id",
+				   2, argtypes, values, NULL, SPI_OK_DELETE_RETURNING);
 	others = SPI_processed;
-	evbus_spi_exec("INSERT INTO evbus.database_identity (system_identifier, database_oid)"
-				   " VALUES ($1, $2) ON CONFLICT DO NOTHING",
-				   2, argtypes, values, NULL, SPI_OK_INSERT);
+	if (others > 0 && !new_id)
+	{
+		bool		isnull;
+
+		/* several (a restore beside a restore): the first is as good */
+		values[2] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		if (!isnull)
+			nulls[2] = ' ';
+	}
+	/* $3: the id taken over, if any; $4: a new id in any case */
+	evbus_spi_exec("INSERT INTO evbus.database_identity"
+				   " (system_identifier, database_oid, database_id)"
+				   " VALUES ($1, $2, COALESCE($3, pg_catalog.gen_random_uuid()))"
+				   " ON CONFLICT (system_identifier, database_oid) DO UPDATE"
+				   " SET database_id = EXCLUDED.database_id"
+				   " WHERE $3 IS NOT NULL OR $4",
+				   4, argtypes, values, nulls, SPI_OK_INSERT);
 	return others;
+}
+
+/*
+ * remember_database_id --- keep this database's id (its row of
+ * evbus.database_identity) for evbus_database_id.
+ */
+static void
+remember_database_id(void)
+{
+	Oid			argtypes[2] = {INT8OID, OIDOID};
+	Datum		values[2];
+	bool		isnull;
+	Datum		id;
+
+	values[0] = Int64GetDatum((int64) GetSystemIdentifier());
+	values[1] = ObjectIdGetDatum(MyDatabaseId);
+	evbus_spi_exec("SELECT database_id::text FROM evbus.database_identity"
+				   " WHERE system_identifier OPERATOR(pg_catalog.=) $1"
+				   " AND database_oid OPERATOR(pg_catalog.=) $2",
+				   2, argtypes, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed != 1)
+		return;
+	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		text_to_cstring_buffer(DatumGetTextPP(id), database_id, sizeof(database_id));
+}
+
+/*
+ * evbus_database_id --- this database's id, as the worker's start found
+ * it in evbus.database_identity (evbus_copy_of): a UUID; "" when unknown
+ * (evbus 0.1's schema, which has no such table).
+ */
+const char *
+evbus_database_id(void)
+{
+	return database_id;
 }
 
 /*
@@ -215,12 +281,14 @@ evbus_copy_of(void)
 			/* on disk first: a failed takeover is this database's to retry */
 			foreach(lc, dropped)
 				evbus_identity_claim(GetSystemIdentifier(), lfirst_oid(lc));
-			if (enter_identity() > 0)
+			if (enter_identity(false) > 0)
 				ereport(LOG,
 						(errmsg("evbus: database \"%s\" takes over evbus's rows of another database",
 								get_database_name(MyDatabaseId)),
 						 errdetail("Upgraded, restored on another server, or copied from a database that no longer exists.")));
 		}
+		if (!OidIsValid(source))
+			remember_database_id();
 		SPI_finish();
 	}
 	PopActiveSnapshot();
@@ -267,7 +335,7 @@ adopt(void *arg)
 						get_database_name(MyDatabaseId)),
 				 errhint("evbus.adopt_copy() is for a database made with CREATE DATABASE ... TEMPLATE, or restored from a dump, "
 						 "from one with evbus on this server.")));
-	(void) enter_identity();
+	(void) enter_identity(true);
 }
 
 PG_FUNCTION_INFO_V1(evbus_adopt_copy);

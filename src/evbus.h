@@ -237,6 +237,7 @@ extern void evbus_database_guard_done(Oid guarded, bool succeeded);
 
 /* ---------- copy_guard.c: no worker in a copy of another database ---------- */
 extern char *evbus_copy_of(void);
+extern const char *evbus_database_id(void);
 extern void evbus_warn_copy(const char *dbname, const char *original);
 
 /* ---------- identity_claims.c: who took a dropped database's rows over ---------- */

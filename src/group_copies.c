@@ -4,24 +4,30 @@
  *	  Copies of this database on another server, found among the members
  *	  of its consumer groups.
  *
- * A physical backup restored on another server (a test environment made
- * from production's backup, a second cluster started from a
- * pg_basebackup) holds the same database, with the same system
- * identifier and OID, and evbus in it speaks to the same Kafka as the
- * original if its brokers setting came along: its consumer joins the
- * original's groups and takes some of their partitions, whose messages
- * are then handled there and never in the original, with nothing in the
- * original's log.  The copy cannot tell that it is one (copy_guard.c finds
- * copies on the same server only), but the group can show it: every
- * consumer names its database and its server in its client id,
+ * A backup restored on another server (a test environment made from
+ * production's backup or dump, a second cluster started from a
+ * pg_basebackup) holds the same database, and evbus in it speaks to the
+ * same Kafka as the original if its brokers setting came along: its
+ * consumer joins the original's groups and takes some of their
+ * partitions, whose messages are then handled there and never in the
+ * original, with nothing in the original's log.  The copy cannot tell
+ * that it is one (copy_guard.c finds copies on the same server only), but
+ * the group can show it: every consumer names its database and its
+ * server in its client id,
  *
- *		evbus-<database OID>-consumer-<system identifier>-<server instance>
+ *		evbus-<database OID>-consumer-<database id>-<server instance>
  *
- * where the server instance is drawn at random when the postmaster loads
- * evbus (it survives a crash restart, not a restart).  Every
- * evbus.copy_check_interval (the first time after FIRST_CHECK_MAX_MS at
- * most) the consumer of each group describes its group, and a member with this database's OID and system identifier but
- * another instance is a copy.  A member of this server's previous run (an
+ * where the database id is the UUID in evbus.database_identity, without
+ * its dashes, which every copy carries (a physical backup, a dump,
+ * pg_upgrade; evbus.adopt_copy() draws a new one, copy_guard.c), and the
+ * server instance is drawn at random when the postmaster loads evbus (it
+ * survives a crash restart, not a restart).  Under evbus 0.1's schema,
+ * which has no database id, the system identifier and the OID stand for
+ * it, "<system identifier>.<OID>", and a copy restored from a dump is
+ * not found.  Every evbus.copy_check_interval (the first time after
+ * FIRST_CHECK_MAX_MS at most) the consumer of each group describes its
+ * group, and a member with this database id but another client id is a
+ * copy.  A member of this server's previous run (an
  * immediate shutdown leaves it in the group until its session times out)
  * looks the same: so a member counts only when a later description, at
  * least the group's session timeout and CONFIRM_MARGIN_MS after the
@@ -111,12 +117,26 @@ evbus_group_copies_init(void)
 	}
 }
 
-/* The client id's part that names this database: "evbus-<oid>-consumer-<sysid>-". */
+/*
+ * lineage --- the client id's part that names this database wherever it
+ * runs: its database id without dashes, else "<system identifier>.<OID>"
+ * (see the top of this file).
+ */
 static void
-database_prefix(char *buf, size_t len)
+lineage(char *buf, size_t len)
 {
-	snprintf(buf, len, "evbus-%u-consumer-" UINT64_FORMAT "-",
-			 MyDatabaseId, GetSystemIdentifier());
+	const char *id = evbus_database_id();
+	size_t		n = 0;
+
+	if (*id == '\0')
+	{
+		snprintf(buf, len, UINT64_FORMAT ".%u", GetSystemIdentifier(), MyDatabaseId);
+		return;
+	}
+	for (; *id != '\0' && n + 1 < len; id++)
+		if (*id != '-')
+			buf[n++] = *id;
+	buf[n] = '\0';
 }
 
 /*
@@ -126,10 +146,28 @@ database_prefix(char *buf, size_t len)
 void
 evbus_group_copies_client_id(char *buf, size_t len)
 {
-	char		prefix[64];
+	char		name[64];
 
-	database_prefix(prefix, sizeof(prefix));
-	snprintf(buf, len, "%s%08x", prefix, server_instance);
+	lineage(name, sizeof(name));
+	snprintf(buf, len, "evbus-%u-consumer-%s-%08x", MyDatabaseId, name, server_instance);
+}
+
+/*
+ * same_lineage --- does client_id, a member's, name this database (the
+ * part between "-consumer-" and the last '-' is name)?
+ */
+static bool
+same_lineage(const char *client_id, const char *name)
+{
+	const char *start = strstr(client_id, "-consumer-");
+	const char *end = strrchr(client_id, '-');
+	size_t		nlen = strlen(name);
+
+	if (strncmp(client_id, "evbus-", 6) != 0 || start == NULL)
+		return false;
+	start += strlen("-consumer-");
+	return end > start && (size_t) (end - start) == nlen &&
+		strncmp(start, name, nlen) == 0;
 }
 
 /* A new watch of group's members, in TopMemoryContext. */
@@ -200,9 +238,9 @@ static void
 warn_copy(GroupCopies *gcp, CopyMember *m)
 {
 	ereport(WARNING,
-			(errmsg("evbus: consumer group \"%s\" has a member from a copy of this database on another server",
+			(errmsg("evbus: consumer group \"%s\" has a member from a copy of this database",
 					gcp->group),
-			 errdetail("Member \"%s\" (client \"%s\", host \"%s\") has the same system identifier and database OID as this database and has been in the group for %ld s; the messages of the partitions it holds are handled there, not here.",
+			 errdetail("Member \"%s\" (client \"%s\", host \"%s\") carries this database's id and has been in the group for %ld s; the messages of the partitions it holds are handled there, not here.",
 					   m->member_id, m->client_id, m->host,
 					   (long) ((GetCurrentTimestamp() - m->first_seen) / USECS_PER_SEC)),
 			 errhint("Start the server of a copy with evbus.brokers = '' or another Kafka cluster, and stop the one that should not consume.")));
@@ -217,15 +255,13 @@ static void
 take_description(GroupCopies *gcp, const struct rd_kafka_group_info *info,
 				 TimestampTz now)
 {
-	char		prefix[64];
-	char		own[64 + 16];
-	size_t		plen;
+	char		name[64];
+	char		own[128];
 	int			i;
 	ListCell   *lc;
 	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
-	database_prefix(prefix, sizeof(prefix));
-	plen = strlen(prefix);
+	lineage(name, sizeof(name));
 	evbus_group_copies_client_id(own, sizeof(own));
 	foreach(lc, gcp->members)
 		((CopyMember *) lfirst(lc))->seen = false;
@@ -238,7 +274,7 @@ take_description(GroupCopies *gcp, const struct rd_kafka_group_info *info,
 		CopyMember *m;
 
 		if (client_id == NULL || member_id == NULL ||
-			strncmp(client_id, prefix, plen) != 0 || strcmp(client_id, own) == 0)
+			!same_lineage(client_id, name) || strcmp(client_id, own) == 0)
 			continue;
 		m = find_member(gcp, member_id);
 		if (m == NULL)

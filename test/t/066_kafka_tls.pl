@@ -76,7 +76,7 @@ my $log_offset = -s $node->logfile;
 # consumer's (a librdkafka log line naming the client)
 ok($node->wait_for_log(qr/evbus: Kafka.*certificate verify failed/, $log_offset),
 	'a wrong CA: the TLS error is in the server log');
-ok($node->wait_for_log(qr/evbus: kafka .*evbus-\d+-consumer-\d+-[0-9a-f]+#consumer-\d+: .*certificate verify failed/),
+ok($node->wait_for_log(qr/evbus: kafka .*evbus-\d+-consumer-[0-9a-f]+-[0-9a-f]+#consumer-\d+: .*certificate verify failed/),
 	'the consumer\'s as well');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM evbus.outbox'), '1',
 	'the event waits in the outbox');

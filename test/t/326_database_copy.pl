@@ -122,7 +122,13 @@ is(sqlstate_of($node, 'shop', 'SELECT evbus.adopt_copy()'),
 	'55000', 'nor does it take a database that is no copy');
 
 # the copy adopted, with a group of its own
+my $id_sql = 'SELECT string_agg(database_id::text, \',\') FROM evbus.database_identity';
+my $shop_id = $node->safe_psql('shop', $id_sql);
+is($node->safe_psql('shop_copy', $id_sql), $shop_id, "the copy carries the original's database id");
 adopt_in_own_group('shop_copy');
+my $copy_id = $node->safe_psql('shop_copy', $id_sql);
+like($copy_id, qr/^[0-9a-f-]{36}$/, 'adopted: the copy has one database id');
+isnt($copy_id, $shop_id, 'a new one: its consumers are not the original\'s copies in Kafka');
 ok(wait_for_sql($node, 'shop_copy', 'SELECT count(*) = 0 FROM evbus.outbox'),
 	'adopted: the copy publishes its event');
 ok(wait_for_sql($node, 'shop', q{SELECT count(*) = 1 FROM received WHERE payload = '{"n": 100}'}),

@@ -8,8 +8,10 @@
 #
 # The copy is a physical backup of the original started as a second
 # cluster (same system identifier and database OID), as a test
-# environment made from production's backup would be.  On the old code
-# neither log says anything while the copy handles messages of the
+# environment made from production's backup would be; then a dump of the
+# original restored on a third server (another system identifier and
+# OID, the same database id in evbus.database_identity).  On the old code
+# neither log says anything while a copy handles messages of the
 # original's group.
 use strict;
 use warnings;
@@ -24,17 +26,17 @@ kafka_bootstrap();
 my $prefix = "t332.$$.";
 my $group = "t332_$$";
 my $copy_warning =
-  qr/WARNING:  evbus: consumer group "$group" has a member from a copy of this database on another server\n.*DETAIL:  Member "[^"]+" \(client "evbus-\d+-consumer-\d+-[0-9a-f]{8}", host "[^"]*"\)/;
+  qr/WARNING:  evbus: consumer group "$group" has a member from a copy of this database\n.*DETAIL:  Member "[^"]+" \(client "evbus-\d+-consumer-[0-9a-f]{32}-[0-9a-f]{8}", host "[^"]*"\)/;
+my @conf = (
+	"evbus.topic_prefix = '$prefix'", "evbus.group_name = '$group'",
+	# describe the group every 2 s rather than every minute
+	"evbus.copy_check_interval = '2s'");
 
 my $original = new_node(
 	'original',
 	kafka => 1,
 	init => { allows_streaming => 1 },
-	conf => [
-		"evbus.topic_prefix = '$prefix'", "evbus.group_name = '$group'",
-		# describe the group every 2 s rather than every minute
-		"evbus.copy_check_interval = '2s'"
-	]);
+	conf => \@conf);
 $original->safe_psql('postgres', 'CREATE EXTENSION evbus');
 kafka_admin('topics', '--create', '--topic', "${prefix}Order", '--partitions', '4');
 $original->safe_psql(
@@ -113,5 +115,28 @@ sleep 5;
 unlike(substr(slurp_file($original->logfile), $original_offset),
 	qr/has a member from a copy of this database/,
 	"no WARNING for the previous run's member");
+
+# --- a dump restored on another server: found too ------------------------------
+my $dump = "${PostgreSQL::Test::Utils::tmp_check}/332_original.dump";
+$original->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $original->connstr('postgres') ],
+	'pg_dump of the original');
+my $restored = new_node('restored', kafka => 1, conf => \@conf);
+$restored->safe_psql('postgres', 'CREATE ROLE evbus_app');
+$restored->safe_psql('postgres', 'CREATE DATABASE shop');
+$original_offset = -s $original->logfile;
+$restored->command_ok([ 'pg_restore', '-d', $restored->connstr('shop'), $dump ],
+	'restored on a third server');
+my $identity = 'SELECT system_identifier || \' \' || database_id FROM evbus.database_identity';
+ok(wait_for_sql($restored, 'shop', 'SELECT count(*) FROM evbus.database_identity', '1', 30),
+	'the restored database took the rows over');
+my ($original_system, $original_id) = split / /, $original->safe_psql('postgres', $identity);
+my ($restored_system, $restored_id) = split / /, $restored->safe_psql('shop', $identity);
+isnt($restored_system, $original_system, 'under its own system identifier');
+is($restored_id, $original_id, "with the original's database id");
+publish($original, 111, 150);
+ok($original->wait_for_log($copy_warning, $original_offset),
+	"the original's log names the restored copy's member");
+ok($restored->wait_for_log($copy_warning, 0), "the restored copy's log names the original's member");
+$restored->stop('fast');
 
 done_testing();

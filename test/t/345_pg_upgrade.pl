@@ -16,7 +16,8 @@
 # broker set, publishes the pending events once (no event published
 # before is published again: cap-msg-id unique), handles nothing twice,
 # handles new events, and runs the handlers as the role that subscribed
-# them.
+# them, under the database id of before (by which a copy of it is found
+# in its consumer groups).
 use strict;
 use warnings;
 
@@ -91,6 +92,7 @@ for my $db (@dbs)
 	is($old->safe_psql($db, 'SELECT count(*) FROM evbus.outbox'), $pending,
 		"$db: $pending events wait in the outbox");
 }
+my %database_id = map { $_ => $old->safe_psql($_, 'SELECT database_id FROM evbus.database_identity') } @dbs;
 $old->stop;
 
 # --- pg_upgrade ----------------------------------------------------------------------
@@ -146,6 +148,8 @@ for my $db (@dbs)
 		"$db: the pending events are published");
 	ok(wait_for_sql($new, $db, 'SELECT count(*) FROM received', $history + $pending, 90),
 		"$db: and handled");
+	is($new->safe_psql($db, 'SELECT database_id FROM evbus.database_identity'),
+		$database_id{$db}, "$db: the database id is the old server's (its Kafka client ids too)");
 }
 
 # new events flow
