@@ -764,7 +764,13 @@ sub teardown
 	eval { $self->stop_producers; 1 };
 	eval { $self->broker_restarted; 1 };
 	eval { $self->{node}->stop('immediate') if $self->{node}; 1 };
-	eval { $self->cluster('stop'); 1 } if -d $self->{cdir};
+	# the brokers' data goes with the test: SIGKILL them rather than wait
+	# for three controlled shutdowns; stop then ends toxiproxy
+	if (-d $self->{cdir})
+	{
+		eval { $self->cluster('kill', $_); 1 } for 1 .. 3;
+		eval { $self->cluster('stop'); 1 };
+	}
 	return;
 }
 
