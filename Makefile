@@ -8,7 +8,7 @@
 #   installcheck-pgtap    pgTAP, test/pgtap/*.sql with pg_prove (the SQL
 #                         API's contract); PGTAP_TESTS= picks files
 #   installcheck-tap      Perl TAP, test/t/*.pl with prove, as PGXS's
-#                         prove_installcheck does, EVBUS_TAP_JOBS (3) at a
+#                         prove_installcheck does, EVBUS_TAP_JOBS (4) at a
 #                         time but for TAP_ALONE; PROVE_TESTS= picks files.
 #                         Needs a Kafka broker: EVBUS_TEST_KAFKA_BOOTSTRAP,
 #                         else one is started with test/kafka/kafka.sh
@@ -105,13 +105,15 @@ PROVE_TESTS = test/t/*.pl
 # The TAP tests run EVBUS_TAP_JOBS at a time: most of their time is spent
 # waiting for a broker, a worker or a timer, and each has its own
 # instances, topics and groups (on 2 cores, 3 at a time take about 70 %
-# of the time 2 do, each test about as long).  Those of TAP_ALONE run first, one by one
+# of the time 2 do and 4 about 80 % of the time 3 do, each test about as
+# long, the CPUs half busy; at 6 the tests themselves take longer).
+# Those of TAP_ALONE run first, one by one
 # with nothing beside them: they stop the shared broker (001), load every
 # CPU on purpose (097) or run a cluster of three brokers under a schedule
 # of faults, whose timeouts assume a machine of its own (400).  A test
 # that stops or freezes its broker has one of its own (private_kafka in
 # test/lib/EvbusTest.pm) and runs with the others.
-EVBUS_TAP_JOBS ?= 3
+EVBUS_TAP_JOBS ?= 4
 TAP_ALONE = test/t/001_infra.pl test/t/097_saturated_cpus.pl test/t/400_fault_campaign.pl
 
 # installcheck is defined below, with the pgTAP layer between the others

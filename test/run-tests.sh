@@ -36,7 +36,7 @@
 #                                 (make installcheck-regress|-pgtap|-tap)
 #   EVBUS_TAP_TESTS='test/t/010_x.pl ...'  the TAP tests to run (default all;
 #                                 make installcheck PROVE_TESTS=...)
-#   EVBUS_TAP_JOBS=N              TAP files run N at a time (default 3;
+#   EVBUS_TAP_JOBS=N              TAP files run N at a time (default 4;
 #                                 the Makefile's TAP_ALONE run alone)
 #   EVBUS_TEST_KEEP=1             keep the temporary tree / broker dir even
 #                                 when everything passed
