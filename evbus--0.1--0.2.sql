@@ -689,7 +689,8 @@ GRANT SELECT ON evbus.stats TO pg_monitor;
  * database of its own.  A database restored on another server enters
  * itself beside the dumped row, which it then drops.  The database id
  * goes with the rows: a restore, a physical backup or pg_upgrade keeps
- * it, evbus.adopt_copy() draws a new one; it names the database in its
+ * it, evbus.adopt_copy() and a database made from a template draw a new
+ * one; it names the database in its
  * consumers' Kafka client ids, where a copy on another server is found
  * (group_copies.c, test 332_copy_elsewhere.pl).
  */

@@ -1101,7 +1101,8 @@ REVOKE ALL ON FUNCTION evbus.replay(text, text, timestamptz, bigint, boolean) FR
  * database of its own.  A database restored on another server enters
  * itself beside the dumped row, which it then drops.  The database id
  * goes with the rows: a restore, a physical backup or pg_upgrade keeps
- * it, evbus.adopt_copy() draws a new one; it names the database in its
+ * it, evbus.adopt_copy() and a database made from a template draw a new
+ * one; it names the database in its
  * consumers' Kafka client ids, where a copy on another server is found
  * (group_copies.c, test 332_copy_elsewhere.pl).
  */

@@ -34,8 +34,9 @@
  * A copy on another server with the same Kafka (a physical backup
  * restored, or a dump) is not seen here: the row also holds a database
  * id, drawn at the first entry and kept by every takeover (a dump, an
- * upgrade, a rename) but for evbus.adopt_copy(), by which the consumers
- * find such a copy in their groups (group_copies.c).
+ * upgrade, a rename) but evbus.adopt_copy() and that of a template's
+ * rows, by which the consumers find such a copy in their groups
+ * (group_copies.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -77,11 +78,12 @@ runs_workers(Oid dboid)
  * evbus workers, which a row of evbus.database_identity names, or
  * InvalidOid; in *ours whether a row names this database, in *rows how
  * many there are, in *dropped the OIDs of the databases of this server
- * that rows name and that no longer exist.  Inside a transaction,
+ * that rows name and that no longer exist, in *from_template whether a row
+ * names a template database of this server.  Inside a transaction,
  * connected to SPI.
  */
 static Oid
-copy_source(bool *ours, uint64 *rows, List **dropped)
+copy_source(bool *ours, uint64 *rows, List **dropped, bool *from_template)
 {
 	int64		here = (int64) GetSystemIdentifier();
 	Oid			source = InvalidOid;
@@ -89,6 +91,7 @@ copy_source(bool *ours, uint64 *rows, List **dropped)
 
 	*ours = false;
 	*dropped = NIL;
+	*from_template = false;
 	evbus_spi_exec("SELECT system_identifier, database_oid FROM evbus.database_identity",
 				   0, NULL, NULL, NULL, SPI_OK_SELECT);
 	*rows = SPI_processed;
@@ -113,6 +116,8 @@ copy_source(bool *ours, uint64 *rows, List **dropped)
 				source = dboid;
 			else if (!exists)
 				*dropped = lappend_oid(*dropped, dboid);
+			else
+				*from_template = true;
 		}
 	}
 	return source;
@@ -147,12 +152,12 @@ claimed_source(List *dropped)
  * copied_from --- the database of this server that this one is a copy of:
  * one that rows of evbus.database_identity name, else one that took over
  * the rows of a dropped database that they name; InvalidOid if none.
- * *ours, *rows and *dropped as for copy_source.
+ * *ours, *rows, *dropped and *from_template as for copy_source.
  */
 static Oid
-copied_from(bool *ours, uint64 *rows, List **dropped)
+copied_from(bool *ours, uint64 *rows, List **dropped, bool *from_template)
 {
-	Oid			source = copy_source(ours, rows, dropped);
+	Oid			source = copy_source(ours, rows, dropped, from_template);
 
 	if (!OidIsValid(source))
 		source = claimed_source(*dropped);
@@ -165,9 +170,10 @@ copied_from(bool *ours, uint64 *rows, List **dropped)
  *
  * The row keeps the database id of the rows it takes over (the same
  * database, upgraded, restored or renamed), else its own, else a new one;
- * a new one always if new_id (evbus.adopt_copy(): a database of its own
- * from now on).  Every copy of the database carries its id, which names
- * it in its consumer groups (group_copies.c).
+ * a new one always if new_id (evbus.adopt_copy(), or a database made from
+ * a template: a database of its own from now on, as every other made from
+ * that template).  Every copy of the database carries its id, which names
+ * it in its consumer groups (group_copies.c, test 326_database_copy.pl).
  */
 static uint64
 enter_identity(bool new_id)
@@ -262,11 +268,12 @@ evbus_copy_of(void)
 		bool		ours;
 		uint64		rows;
 		List	   *dropped;
+		bool		from_template;
 		Oid			source;
 
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
-		source = copied_from(&ours, &rows, &dropped);
+		source = copied_from(&ours, &rows, &dropped, &from_template);
 		if (OidIsValid(source))
 		{
 			char	   *name = get_database_name(source);
@@ -281,7 +288,7 @@ evbus_copy_of(void)
 			/* on disk first: a failed takeover is this database's to retry */
 			foreach(lc, dropped)
 				evbus_identity_claim(GetSystemIdentifier(), lfirst_oid(lc));
-			if (enter_identity(false) > 0)
+			if (enter_identity(from_template) > 0)
 				ereport(LOG,
 						(errmsg("evbus: database \"%s\" takes over evbus's rows of another database",
 								get_database_name(MyDatabaseId)),
@@ -327,8 +334,9 @@ adopt(void *arg)
 	bool		ours;
 	uint64		rows;
 	List	   *dropped;
+	bool		from_template;
 
-	if (!OidIsValid(copied_from(&ours, &rows, &dropped)))
+	if (!OidIsValid(copied_from(&ours, &rows, &dropped, &from_template)))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("database \"%s\" is not a copy of another database of this server",

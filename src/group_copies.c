@@ -19,9 +19,10 @@
  *
  * where the database id is the UUID in evbus.database_identity, without
  * its dashes, which every copy carries (a physical backup, a dump,
- * pg_upgrade; evbus.adopt_copy() draws a new one, copy_guard.c), and the
- * server instance is drawn at random when the postmaster loads evbus (it
- * survives a crash restart, not a restart).  Under evbus 0.1's schema,
+ * pg_upgrade; evbus.adopt_copy() and a database made from a template draw
+ * a new one, copy_guard.c), and the server instance is drawn at random
+ * when the postmaster loads evbus (it survives a crash restart, not a
+ * restart).  Under evbus 0.1's schema,
  * which has no database id, the system identifier and the OID stand for
  * it, "<system identifier>.<OID>", and a copy restored from a dump is
  * not found.  Every evbus.copy_check_interval (the first time after

@@ -176,6 +176,11 @@ ok(wait_for_sql($node, 'tenant_1', 'SELECT count(*) = 0 FROM evbus.outbox'),
 ok($node->log_contains(qr/LOG:  evbus: database "tenant_1" takes over evbus's rows of another database/),
 	'having taken the rows over');
 ok(!$node->log_contains(qr/"tenant_1" is a copy/), 'without a WARNING');
+my $template_id = $node->safe_psql('tenant_template', $id_sql);
+my $tenant_id = $node->safe_psql('tenant_1', $id_sql);
+like($tenant_id, qr/^[0-9a-f-]{36}$/, 'the tenant has one database id');
+isnt($tenant_id, $template_id,
+	"not the template's: tenants of one template are no copies of each other in Kafka");
 
 # a copy whose original is dropped takes the rows over
 ok(copy_when_idle('shop_renamed', 'shop'), 'another copy of shop');

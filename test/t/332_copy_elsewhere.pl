@@ -127,7 +127,11 @@ $original_offset = -s $original->logfile;
 $restored->command_ok([ 'pg_restore', '-d', $restored->connstr('shop'), $dump ],
 	'restored on a third server');
 my $identity = 'SELECT system_identifier || \' \' || database_id FROM evbus.database_identity';
-ok(wait_for_sql($restored, 'shop', 'SELECT count(*) FROM evbus.database_identity', '1', 30),
+# the dumped row alone until the workers start after the restore
+ok( wait_for_sql(
+		$restored, 'shop',
+		q{SELECT count(*) FILTER (WHERE system_identifier = (SELECT system_identifier FROM pg_control_system()))
+		   || '/' || count(*) FROM evbus.database_identity}, '1/1', 30),
 	'the restored database took the rows over');
 my ($original_system, $original_id) = split / /, $original->safe_psql('postgres', $identity);
 my ($restored_system, $restored_id) = split / /, $restored->safe_psql('shop', $identity);
