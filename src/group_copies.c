@@ -171,6 +171,32 @@ same_lineage(const char *client_id, const char *name)
 		strncmp(start, name, nlen) == 0;
 }
 
+/*
+ * own_client_id --- does the consumer rk go by the client id this file
+ * gives it?  Not when evbus.kafka_config_file sets client.id: then no
+ * copy can be told by its client id, and the consumer says so in the log,
+ * once (test 250_kafka_allowlist.pl).
+ */
+static bool
+own_client_id(rd_kafka_t *rk)
+{
+	static bool logged = false;
+	char		own[128];
+	char		value[512];
+	size_t		size = sizeof(value);
+
+	evbus_group_copies_client_id(own, sizeof(own));
+	if (rd_kafka_conf_get(rd_kafka_conf(rk), "client.id", value, &size) != RD_KAFKA_CONF_OK ||
+		strcmp(value, own) == 0)
+		return true;
+	if (!logged)
+		ereport(LOG,
+				(errmsg("evbus: the consumers of this database look for no copy of it in their consumer groups"),
+				 errdetail("evbus.kafka_config_file sets client.id, which takes the place of evbus's, by which a copy of the database is found.")));
+	logged = true;
+	return false;
+}
+
 /* A new watch of group's members, in TopMemoryContext. */
 GroupCopies *
 evbus_group_copies_new(const char *group, const char *brokers, rd_kafka_t *rk)
@@ -191,6 +217,8 @@ evbus_group_copies_new(const char *group, const char *brokers, rd_kafka_t *rk)
 		RD_KAFKA_CONF_OK)
 		session_ms = atoi(value);
 	gcp->confirm_ms = session_ms + CONFIRM_MARGIN_MS;
+	if (gcp->watch && !own_client_id(rk))
+		gcp->watch = false;
 	return gcp;
 }
 

@@ -4,7 +4,8 @@
 # command), that loads code (ssl.providers), or that evbus does not know is
 # refused with its line number and name, never its value; nothing it names
 # runs; the worker keeps running and keeps every event; a file of allowed
-# properties then publishes to the real broker.
+# properties then publishes to the real broker, and its client.id turns
+# the consumers' search for copies of the database off, which the log says.
 use strict;
 use warnings;
 
@@ -100,6 +101,16 @@ ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM evbus.outbox', '0', 60)
 my @m = kcat_consume("${prefix}Allowed", 1, 30);
 is(scalar @m, 1, 'the event is in Kafka');
 is($node->safe_psql('postgres', 'SELECT evbus.publisher_pid()'), $pid, 'by the same worker');
+
+# the file's client.id replaces the consumers' own, by which a copy of the
+# database is found in their groups: the consumer says it looks for none
+$offset = -s $node->logfile;
+subscribe_recorder($node, 'Allowed');
+ok(wait_for_sql($node, 'postgres', 'SELECT count(*) FROM received', '1', 60),
+	'a consumer with the file handles the event');
+ok(wait_log(qr/LOG:  evbus: the consumers of this database look for no copy of it in their consumer groups\n.*DETAIL:  evbus.kafka_config_file sets client.id/,
+		$offset, 5),
+	'and says that it looks for no copy of the database in its groups');
 
 $node->stop;
 ok(!-e $witness, 'the command in the principal never ran, to the end');
