@@ -404,6 +404,7 @@ extern void evbus_spi_as_owner(void (*work) (void *arg), void *arg);
 extern uint64 evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
 									 Datum *values, const char *nulls);
 extern void evbus_worker_settings(void);
+extern void evbus_reread_config_at_start(void);
 extern void evbus_worker_begin(void (*let_go) (void));
 extern void evbus_worker_commit(void);
 extern void evbus_worker_commit_durable(void);

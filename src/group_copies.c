@@ -22,13 +22,13 @@
  * pg_upgrade; evbus.adopt_copy() and a database made from a template draw
  * a new one, copy_guard.c), and the server instance is drawn at random
  * when the postmaster loads evbus (it survives a crash restart, not a
- * restart).  Under evbus 0.1's schema,
- * which has no database id, the system identifier and the OID stand for
- * it, "<system identifier>.<OID>", and a copy restored from a dump is
- * not found.  Every evbus.copy_check_interval (the first time after
- * FIRST_CHECK_MAX_MS at most) the consumer of each group describes its
- * group, and a member with this database id but another client id is a
- * copy.  A member of this server's previous run (an
+ * restart).  Under evbus 0.1's schema, which has no database id, the
+ * system identifier and the OID stand for it, "<system identifier>.<OID>",
+ * and a copy restored from a dump is not found.  Every
+ * evbus.copy_check_interval (the first time after FIRST_CHECK_MAX_MS at
+ * most) the consumer of each group describes its group, and a member with
+ * this database id but another client id is a copy.  A member of this
+ * server's previous run (an
  * immediate shutdown leaves it in the group until its session times out)
  * looks the same: so a member counts only when a later description, at
  * least the group's session timeout and CONFIRM_MARGIN_MS after the
@@ -119,25 +119,34 @@ evbus_group_copies_init(void)
 }
 
 /*
- * lineage --- the client id's part that names this database wherever it
- * runs: its database id without dashes, else "<system identifier>.<OID>"
- * (see the top of this file).
+ * The client id's part that names this database wherever it runs (its
+ * database id without dashes, else "<system identifier>.<OID>"), and this
+ * process's whole client id: made once (own_names), after the worker's
+ * start found the database id (evbus_copy_of).
  */
+static char own_lineage[64] = "";
+static char own_client_id[128] = "";
+
 static void
-lineage(char *buf, size_t len)
+own_names(void)
 {
 	const char *id = evbus_database_id();
 	size_t		n = 0;
 
-	if (*id == '\0')
-	{
-		snprintf(buf, len, UINT64_FORMAT ".%u", GetSystemIdentifier(), MyDatabaseId);
+	if (own_client_id[0] != '\0')
 		return;
+	if (*id == '\0')
+		snprintf(own_lineage, sizeof(own_lineage), UINT64_FORMAT ".%u",
+				 GetSystemIdentifier(), MyDatabaseId);
+	else
+	{
+		for (; *id != '\0' && n + 1 < sizeof(own_lineage); id++)
+			if (*id != '-')
+				own_lineage[n++] = *id;
+		own_lineage[n] = '\0';
 	}
-	for (; *id != '\0' && n + 1 < len; id++)
-		if (*id != '-')
-			buf[n++] = *id;
-	buf[n] = '\0';
+	snprintf(own_client_id, sizeof(own_client_id), "evbus-%u-consumer-%s-%08x",
+			 MyDatabaseId, own_lineage, server_instance);
 }
 
 /*
@@ -147,47 +156,44 @@ lineage(char *buf, size_t len)
 void
 evbus_group_copies_client_id(char *buf, size_t len)
 {
-	char		name[64];
-
-	lineage(name, sizeof(name));
-	snprintf(buf, len, "evbus-%u-consumer-%s-%08x", MyDatabaseId, name, server_instance);
+	own_names();
+	strlcpy(buf, own_client_id, len);
 }
 
 /*
  * same_lineage --- does client_id, a member's, name this database (the
- * part between "-consumer-" and the last '-' is name)?
+ * part between "-consumer-" and the last '-' is own_lineage)?
  */
 static bool
-same_lineage(const char *client_id, const char *name)
+same_lineage(const char *client_id)
 {
 	const char *start = strstr(client_id, "-consumer-");
 	const char *end = strrchr(client_id, '-');
-	size_t		nlen = strlen(name);
+	size_t		nlen = strlen(own_lineage);
 
 	if (strncmp(client_id, "evbus-", 6) != 0 || start == NULL)
 		return false;
 	start += strlen("-consumer-");
 	return end > start && (size_t) (end - start) == nlen &&
-		strncmp(start, name, nlen) == 0;
+		strncmp(start, own_lineage, nlen) == 0;
 }
 
 /*
- * own_client_id --- does the consumer rk go by the client id this file
- * gives it?  Not when evbus.kafka_config_file sets client.id: then no
+ * goes_by_own_client_id --- does the consumer rk go by the client id this
+ * file gives it?  Not when evbus.kafka_config_file sets client.id: then no
  * copy can be told by its client id, and the consumer says so in the log,
  * once (test 250_kafka_allowlist.pl).
  */
 static bool
-own_client_id(rd_kafka_t *rk)
+goes_by_own_client_id(rd_kafka_t *rk)
 {
 	static bool logged = false;
-	char		own[128];
 	char		value[512];
 	size_t		size = sizeof(value);
 
-	evbus_group_copies_client_id(own, sizeof(own));
+	own_names();
 	if (rd_kafka_conf_get(rd_kafka_conf(rk), "client.id", value, &size) != RD_KAFKA_CONF_OK ||
-		strcmp(value, own) == 0)
+		strcmp(value, own_client_id) == 0)
 		return true;
 	if (!logged)
 		ereport(LOG,
@@ -217,7 +223,7 @@ evbus_group_copies_new(const char *group, const char *brokers, rd_kafka_t *rk)
 		RD_KAFKA_CONF_OK)
 		session_ms = atoi(value);
 	gcp->confirm_ms = session_ms + CONFIRM_MARGIN_MS;
-	if (gcp->watch && !own_client_id(rk))
+	if (gcp->watch && !goes_by_own_client_id(rk))
 		gcp->watch = false;
 	return gcp;
 }
@@ -284,14 +290,11 @@ static void
 take_description(GroupCopies *gcp, const struct rd_kafka_group_info *info,
 				 TimestampTz now)
 {
-	char		name[64];
-	char		own[128];
 	int			i;
 	ListCell   *lc;
 	MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
 
-	lineage(name, sizeof(name));
-	evbus_group_copies_client_id(own, sizeof(own));
+	own_names();
 	foreach(lc, gcp->members)
 		((CopyMember *) lfirst(lc))->seen = false;
 
@@ -303,7 +306,7 @@ take_description(GroupCopies *gcp, const struct rd_kafka_group_info *info,
 		CopyMember *m;
 
 		if (client_id == NULL || member_id == NULL ||
-			!same_lineage(client_id, name) || strcmp(client_id, own) == 0)
+			!same_lineage(client_id) || strcmp(client_id, own_client_id) == 0)
 			continue;
 		m = find_member(gcp, member_id);
 		if (m == NULL)

@@ -512,11 +512,7 @@ evbus_launcher_main(Datum main_arg)
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 
-	/*
-	 * A reload signalled before the handler above was set is lost (see
-	 * evbus_worker_settings): read the file once more.
-	 */
-	ProcessConfigFile(PGC_SIGHUP);
+	evbus_reread_config_at_start();
 
 	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
 	evbus_set_launcher_latch(MyLatch);

@@ -149,23 +149,35 @@ evbus_execute_as_owner(const char *sql, int nargs, Oid *argtypes,
  * 249_worker_lock_timeout.pl).  Handlers get the database's and their
  * role's lock_timeout back (role_settings.c).
  *
- * And it reads the configuration file once more first: a reload signalled
- * between the postmaster's fork of the worker and its SIGHUP handler is
- * lost (PostgreSQL's StartBackgroundWorker ignores SIGHUP until then, and
- * ignoring a pending signal discards it), and the worker ran with the
- * settings of before the reload until the next one: a publisher started
- * as evbus.brokers was emptied went on publishing (test
- * 260_inflight_refusal_order.pl failed so, once).
+ * And it reads the configuration file once more first
+ * (evbus_reread_config_at_start).
  */
 void
 evbus_worker_settings(void)
 {
-	ProcessConfigFile(PGC_SIGHUP);
+	evbus_reread_config_at_start();
 	SetConfigOption("search_path", EVBUS_PINNED_SEARCH_PATH, PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("lock_timeout", "0", PGC_SUSET, PGC_S_SESSION);
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_isolation", "read committed",
 					PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/*
+ * evbus_reread_config_at_start --- for a background worker of evbus (the
+ * launcher, a publisher, a consumer) once its SIGHUP handler is set: read
+ * the configuration file.  A reload signalled between the postmaster's
+ * fork of the worker and that handler is lost (PostgreSQL's
+ * StartBackgroundWorker ignores SIGHUP until then, and ignoring a pending
+ * signal discards it), and the worker ran with the settings of before the
+ * reload until the next one: a publisher started as evbus.brokers was
+ * emptied went on publishing (test 260_inflight_refusal_order.pl failed
+ * so, once).
+ */
+void
+evbus_reread_config_at_start(void)
+{
+	ProcessConfigFile(PGC_SIGHUP);
 }
 
 /*
