@@ -60,11 +60,14 @@
 #define LEAVE_FLUSH_MS 500
 
 /*
- * How long that recording waits for a lock on evbus's tables that a
- * session holds (LOCK TABLE): no longer than this does a lock delay a stop
- * (test 235_publisher_stop.pl).  The events go out again at the next start.
+ * How long that recording may wait for a lock on evbus's tables that a
+ * session holds (LOCK TABLE), and how long its statements may run: a
+ * later SIGTERM does not cancel it (publisher_worker.c), so these bound
+ * the delay it adds to a stop (test 235_publisher_stop.pl).  Events it
+ * could not record go out again at the next start.
  */
 #define LEAVE_LOCK_TIMEOUT "2s"
+#define LEAVE_STATEMENT_TIMEOUT "5s"
 
 static char source_name[NAMEDATALEN];
 static MemoryContext publisher_cxt = NULL;	/* lives as long as the worker */
@@ -676,6 +679,15 @@ evbus_publisher_leave(void)
 	error_context_stack = &context;
 	evbus_worker_begin(evbus_publisher_shutdown);
 	(void) set_config_option("lock_timeout", LEAVE_LOCK_TIMEOUT, PGC_SUSET,
+							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+	(void) set_config_option("statement_timeout", LEAVE_STATEMENT_TIMEOUT, PGC_SUSET,
+							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
+
+	/*
+	 * Nor does the commit wait for a synchronous standby, which may be gone:
+	 * a recording lost in a failover only publishes those events again.
+	 */
+	(void) set_config_option("synchronous_commit", "local", PGC_SUSET,
 							 PGC_S_SESSION, GUC_ACTION_LOCAL, true, 0, false);
 	evbus_outbox_published_load();
 	evbus_reports_finish();

@@ -59,6 +59,15 @@
 volatile sig_atomic_t evbus_stop_signalled = false;
 
 /*
+ * Set once the worker leaves (worker_exit): a SIGTERM from then on asks
+ * for the stop under way.  One stop may deliver two: at a shutdown the
+ * postmaster signals the worker and its process group, and the second may
+ * come while the worker records its deliveries, which it must not cancel
+ * (test 235_publisher_stop.pl; the recording's waits are bounded).
+ */
+static volatile sig_atomic_t leaving = false;
+
+/*
  * publisher_stop_signalled --- SIGTERM once the loop runs: remember the
  * request and cancel what the worker is doing, if anything (the latch
  * wakes it if it waits).
@@ -68,7 +77,7 @@ publisher_stop_signalled(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
-	if (!proc_exit_inprogress)
+	if (!proc_exit_inprogress && !leaving)
 	{
 		evbus_stop_signalled = true;
 		InterruptPending = true;
@@ -80,17 +89,19 @@ publisher_stop_signalled(SIGNAL_ARGS)
 
 /*
  * worker_exit --- leave cleanly (from the wait point, or after a stop
- * cancelled a step).  The termination request is consumed first, so that
- * closing down is not itself cut short.  With record, the events Kafka
- * acknowledged are recorded first (evbus_publisher_leave); not when the
- * extension's SQL may have changed under the worker, nor when a second
- * stop cancelled the recording.
+ * cancelled a step).  The termination request is consumed first, and
+ * later ones are ignored (leaving), so that closing down is not itself cut
+ * short.  With record, the events Kafka acknowledged are recorded first
+ * (evbus_publisher_leave); not when the extension's SQL may have changed
+ * under the worker, nor when the recording failed (an ERROR there comes
+ * back here through evbus_publisher_main's handler).
  */
 static void
 worker_exit(int code, bool record)
 {
 	static bool exiting = false;
 
+	leaving = true;
 	ProcDiePending = false;
 	QueryCancelPending = false;
 	evbus_stop_signalled = false;
