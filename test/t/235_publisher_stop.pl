@@ -145,7 +145,7 @@ is($node->safe_psql('shop', 'SELECT count(*) FROM evbus.outbox'),
 # not cancel the recording.  An earlier version took it for a second stop
 # and exited without recording (the event went out again after a restart:
 # once in 20 or so fast restarts right after a publish).
-ok(stop_while_recording(0.5, 'twice'), 'a second stop while recording as it leaves: the publisher exits');
+ok(stop_while_recording(0.2, 'twice'), 'a second stop while recording as it leaves: the publisher exits');
 is($node->safe_psql('shop', 'SELECT count(*) FROM evbus.outbox'),
 	'0', 'a second stop while recording as it leaves: recorded before the publisher exited');
 
