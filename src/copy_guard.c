@@ -24,7 +24,11 @@
  * copy made to rename, its original dropped) are taken over, with a LOG
  * line (test 326_database_copy.pl).  Only once: a second copy of a
  * dropped database is a copy of the database that took its rows over
- * first, while that one exists (identity_claims.c).
+ * first, while that one exists (identity_claims.c).  And a database that
+ * would keep the database id (below) that another database of this
+ * server holds is a copy of that one: a dump of another server's
+ * database restored here twice, the second time (test
+ * 320_dump_restore.pl).
  *
  * A restore's rows come after the restored database's workers started
  * (CREATE EXTENSION comes first): they may have entered their own row by
@@ -149,10 +153,66 @@ claimed_source(List *dropped)
 }
 
 /*
+ * identity_id --- the database id that entering this database's identity
+ * keeps (enter_identity): that of a row of another database, the first
+ * in OID order, which it takes over; else, unless others_only, its own
+ * row's.  NULL if there is none.  Inside a transaction, connected to SPI.
+ */
+static char *
+identity_id(bool others_only)
+{
+	Oid			argtypes[2] = {INT8OID, OIDOID};
+	Datum		values[2];
+	bool		isnull;
+	Datum		id;
+
+	values[0] = Int64GetDatum((int64) GetSystemIdentifier());
+	values[1] = ObjectIdGetDatum(MyDatabaseId);
+	evbus_spi_exec(psprintf("SELECT database_id::pg_catalog.text FROM evbus.database_identity"
+							" WHERE %s"
+							" ORDER BY system_identifier OPERATOR(pg_catalog.=) $1"
+							" AND database_oid OPERATOR(pg_catalog.=) $2,"
+							" system_identifier, database_oid LIMIT 1",
+							others_only ?
+							"NOT (system_identifier OPERATOR(pg_catalog.=) $1"
+							" AND database_oid OPERATOR(pg_catalog.=) $2)" : "true"),
+				   2, argtypes, values, NULL, SPI_OK_SELECT);
+	if (SPI_processed != 1)
+		return NULL;
+	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? NULL : TextDatumGetCString(id);
+}
+
+/*
+ * held_source --- the database of this server, still there and running
+ * evbus workers, that holds the database id this one would keep
+ * (identity_claims.c): one dump restored into two databases of the server
+ * makes the second a copy of the first.  The ids stay locked until the
+ * end of the transaction (evbus_identity_lock), for evbus_copy_of to hold
+ * this database's in turn.  InvalidOid if none.
+ */
+static Oid
+held_source(void)
+{
+	char	   *id = identity_id(false);
+	Oid			holder;
+
+	if (id == NULL)
+		return InvalidOid;
+	evbus_identity_lock();
+	holder = evbus_identity_id_holder(id);
+	if (OidIsValid(holder) && holder != MyDatabaseId && runs_workers(holder))
+		return holder;
+	return InvalidOid;
+}
+
+/*
  * copied_from --- the database of this server that this one is a copy of:
  * one that rows of evbus.database_identity name, else one that took over
- * the rows of a dropped database that they name; InvalidOid if none.
- * *ours, *rows, *dropped and *from_template as for copy_source.
+ * the rows of a dropped database that they name, else one that holds the
+ * database id this one would keep (not for a database made from a
+ * template, which draws one of its own); InvalidOid if none.  *ours,
+ * *rows, *dropped and *from_template as for copy_source.
  */
 static Oid
 copied_from(bool *ours, uint64 *rows, List **dropped, bool *from_template)
@@ -161,6 +221,8 @@ copied_from(bool *ours, uint64 *rows, List **dropped, bool *from_template)
 
 	if (!OidIsValid(source))
 		source = claimed_source(*dropped);
+	if (!OidIsValid(source) && !*from_template)
+		source = held_source();
 	return source;
 }
 
@@ -178,34 +240,27 @@ copied_from(bool *ours, uint64 *rows, List **dropped, bool *from_template)
 static uint64
 enter_identity(bool new_id)
 {
-	Oid			argtypes[4] = {INT8OID, OIDOID, UUIDOID, BOOLOID};
+	Oid			argtypes[4] = {INT8OID, OIDOID, TEXTOID, BOOLOID};
 	Datum		values[4];
 	char		nulls[4] = {' ', ' ', 'n', ' '};
+	char	   *taken_over = new_id ? NULL : identity_id(true);
 	uint64		others;
 
 	values[0] = Int64GetDatum((int64) GetSystemIdentifier());
 	values[1] = ObjectIdGetDatum(MyDatabaseId);
-	values[2] = (Datum) 0;
+	values[2] = taken_over ? CStringGetTextDatum(taken_over) : (Datum) 0;
 	values[3] = BoolGetDatum(new_id);
+	if (taken_over)
+		nulls[2] = ' ';
 	evbus_spi_exec("DELETE FROM evbus.database_identity"
 				   " WHERE NOT (system_identifier OPERATOR(pg_catalog.=) $1"
-				   " AND database_oid OPERATOR(pg_catalog.=) $2)"
-				   " RETURNING database_id",
-				   2, argtypes, values, NULL, SPI_OK_DELETE_RETURNING);
+				   " AND database_oid OPERATOR(pg_catalog.=) $2)",
+				   2, argtypes, values, NULL, SPI_OK_DELETE);
 	others = SPI_processed;
-	if (others > 0 && !new_id)
-	{
-		bool		isnull;
-
-		/* several (a restore beside a restore): the first is as good */
-		values[2] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		if (!isnull)
-			nulls[2] = ' ';
-	}
 	/* $3: the id taken over, if any; $4: a new id in any case */
 	evbus_spi_exec("INSERT INTO evbus.database_identity"
 				   " (system_identifier, database_oid, database_id)"
-				   " VALUES ($1, $2, COALESCE($3, pg_catalog.gen_random_uuid()))"
+				   " VALUES ($1, $2, COALESCE($3::pg_catalog.uuid, pg_catalog.gen_random_uuid()))"
 				   " ON CONFLICT (system_identifier, database_oid) DO UPDATE"
 				   " SET database_id = EXCLUDED.database_id"
 				   " WHERE $3 IS NOT NULL OR $4",
@@ -295,7 +350,15 @@ evbus_copy_of(void)
 						 errdetail("Upgraded, restored on another server, or copied from a database that no longer exists.")));
 		}
 		if (!OidIsValid(source))
+		{
 			remember_database_id();
+			/* held_source took the lock, but for a template's copy */
+			if (database_id[0] != '\0')
+			{
+				evbus_identity_lock();
+				evbus_identity_hold_id(database_id);
+			}
+		}
 		SPI_finish();
 	}
 	PopActiveSnapshot();

@@ -244,7 +244,7 @@ describe_worker(const EvbusDatabase *db, bool found, int role, char **detail)
 	}
 	if (found && db->state == EVBUS_DB_COPY)
 	{
-		*detail = pstrdup("This database is a copy of another database of this server (CREATE DATABASE ... TEMPLATE): "
+		*detail = pstrdup("This database is a copy of another database of this server (CREATE DATABASE ... TEMPLATE, or a dump of it restored here): "
 						  "its workers would act as that database's. The server log names it; evbus.adopt_copy() "
 						  "makes this database one of its own.");
 		return "stopped";

@@ -39,7 +39,7 @@
 #define EVBUS_SCHEMA "evbus"
 #define EVBUS_EMBEDDED "embedded"
 
-/* under $PGDATA: the consumers' attempt markers, the identity claims */
+/* under $PGDATA: the consumers' attempt markers, the identity claims and ids */
 #define EVBUS_STATE_DIR "pg_evbus"
 
 /* Longest legal Kafka topic name (Kafka's Topic.MAX_NAME_LENGTH). */
@@ -240,10 +240,12 @@ extern char *evbus_copy_of(void);
 extern const char *evbus_database_id(void);
 extern void evbus_warn_copy(const char *dbname, const char *original);
 
-/* ---------- identity_claims.c: who took a dropped database's rows over ---------- */
+/* ---------- identity_claims.c: who took a dropped database's rows over, who holds an id ---------- */
 extern void evbus_identity_lock(void);
 extern Oid	evbus_identity_claimant(uint64 system, Oid original);
 extern void evbus_identity_claim(uint64 system, Oid original);
+extern Oid	evbus_identity_id_holder(const char *id);
+extern void evbus_identity_hold_id(const char *id);
 
 /* ---------- restore.c: no worker while a restore writes evbus's tables ---------- */
 extern void evbus_restore_init(void);

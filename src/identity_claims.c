@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * identity_claims.c
- *	  Which database of this server took evbus's rows of a dropped database
- *	  over, so that a second copy of that database is a copy of the first.
+ *	  What the databases of this server hold of evbus's identities: which
+ *	  one took evbus's rows of a dropped database over, and which one holds
+ *	  each database id, so that a second copy is found as a copy.
  *
  * A copy whose original was dropped (copied to rename it) takes evbus's
  * rows over at its first start (copy_guard.c).  Two copies of it would
@@ -15,9 +16,16 @@
  * over a dropped one that another database of the server, still there,
  * already took over is a copy of that one (test 326_database_copy.pl).
  *
- * The file is not WAL-logged: a standby has the claims of its base backup
- * only, and after a failover a second copy could take over again what the
- * old primary's first copy took over since.
+ * Likewise one dump restored into two databases of the server: both
+ * would take over the rows of the dumped database, of another server,
+ * with its database id.  $PGDATA/pg_evbus/database_ids has one line per
+ * database whose workers started: "<database id> <its oid>"; a database
+ * whose id another database of the server, still there, holds is a copy
+ * of that one (test 320_dump_restore.pl).
+ *
+ * The files are not WAL-logged: a standby has the lines of its base
+ * backup only, and after a failover a second copy could take over again
+ * what the old primary's first copy took over since.
  *
  *-------------------------------------------------------------------------
  */
@@ -35,6 +43,8 @@
 
 #define CLAIMS_FILE		EVBUS_STATE_DIR "/identity_claims"
 #define CLAIMS_TEMP		EVBUS_STATE_DIR "/identity_claims.tmp"
+#define IDS_FILE		EVBUS_STATE_DIR "/database_ids"
+#define IDS_TEMP		EVBUS_STATE_DIR "/database_ids.tmp"
 
 /*
  * evbus_identity_lock --- until the end of the transaction, be the only
@@ -50,13 +60,13 @@ evbus_identity_lock(void)
 }
 
 /*
- * read_claims --- the claims file's lines into buf (empty when there is
- * no file yet).
+ * read_lines --- the file path's lines into buf (empty when there is no
+ * file yet).
  */
 static void
-read_claims(StringInfo buf)
+read_lines(const char *path, StringInfo buf)
 {
-	FILE	   *f = AllocateFile(CLAIMS_FILE, "r");
+	FILE	   *f = AllocateFile(path, "r");
 	char		chunk[1024];
 	size_t		got;
 
@@ -66,7 +76,7 @@ read_claims(StringInfo buf)
 		if (errno != ENOENT)
 			ereport(ERROR,
 					(errcode_for_file_access(),
-					 errmsg("could not read file \"%s\": %m", CLAIMS_FILE)));
+					 errmsg("could not read file \"%s\": %m", path)));
 		return;
 	}
 	while ((got = fread(chunk, 1, sizeof(chunk), f)) > 0)
@@ -74,8 +84,48 @@ read_claims(StringInfo buf)
 	if (ferror(f))
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("could not read file \"%s\": %m", CLAIMS_FILE)));
+				 errmsg("could not read file \"%s\": %m", path)));
 	FreeFile(f);
+}
+
+/*
+ * write_lines --- replace the file path with the lines of out, through
+ * temp: on disk, whole, before it returns (a crash leaves the old file or
+ * the new one).
+ */
+static void
+write_lines(const char *path, const char *temp, StringInfo out)
+{
+	int			fd;
+
+	if (MakePGDirectory(EVBUS_STATE_DIR) < 0 && errno != EEXIST)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create directory \"%s\": %m", EVBUS_STATE_DIR)));
+	fd = OpenTransientFile(temp, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
+	if (fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not create file \"%s\": %m", temp)));
+	errno = 0;
+	if (write(fd, out->data, out->len) != out->len)
+	{
+		if (errno == 0)
+			errno = ENOSPC;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not write file \"%s\": %m", temp)));
+	}
+	if (pg_fsync(fd) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not fsync file \"%s\": %m", temp)));
+	if (CloseTransientFile(fd) != 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not close file \"%s\": %m", temp)));
+	/* renamed, and the directory synced: the lines survive a crash */
+	(void) durable_rename(temp, path, ERROR);
 }
 
 /* Parse one line of the claims file; false if it is not one. */
@@ -105,7 +155,7 @@ evbus_identity_claimant(uint64 system, Oid original)
 	char	   *save;
 	Oid			claimant = InvalidOid;
 
-	read_claims(&buf);
+	read_lines(CLAIMS_FILE, &buf);
 	for (line = strtok_r(buf.data, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
 	{
 		uint64		s;
@@ -131,9 +181,8 @@ evbus_identity_claim(uint64 system, Oid original)
 	StringInfoData out;
 	char	   *line;
 	char	   *save;
-	int			fd;
 
-	read_claims(&buf);
+	read_lines(CLAIMS_FILE, &buf);
 	initStringInfo(&out);
 	for (line = strtok_r(buf.data, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
 	{
@@ -147,34 +196,85 @@ evbus_identity_claim(uint64 system, Oid original)
 	}
 	appendStringInfo(&out, UINT64_FORMAT " %u %u\n", system, original, MyDatabaseId);
 
-	if (MakePGDirectory(EVBUS_STATE_DIR) < 0 && errno != EEXIST)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not create directory \"%s\": %m", EVBUS_STATE_DIR)));
-	fd = OpenTransientFile(CLAIMS_TEMP, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY);
-	if (fd < 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not create file \"%s\": %m", CLAIMS_TEMP)));
-	errno = 0;
-	if (write(fd, out.data, out.len) != out.len)
+	write_lines(CLAIMS_FILE, CLAIMS_TEMP, &out);
+	pfree(buf.data);
+	pfree(out.data);
+}
+
+/* Parse one line of the ids file; false if it is not one. */
+static bool
+parse_held_id(const char *line, char *id, Oid *holder)
+{
+	unsigned int h;
+
+	if (sscanf(line, "%36s %u", id, &h) != 2)
+		return false;
+	*holder = h;
+	return true;
+}
+
+/*
+ * evbus_identity_id_holder --- the database of this server whose workers
+ * last started with database id id (a UUID's text), or InvalidOid.  The
+ * caller holds evbus_identity_lock().
+ */
+Oid
+evbus_identity_id_holder(const char *id)
+{
+	StringInfoData buf;
+	char	   *line;
+	char	   *save;
+	Oid			holder = InvalidOid;
+
+	read_lines(IDS_FILE, &buf);
+	for (line = strtok_r(buf.data, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
 	{
-		if (errno == 0)
-			errno = ENOSPC;
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not write file \"%s\": %m", CLAIMS_TEMP)));
+		char		held[37];
+		Oid			h;
+
+		if (parse_held_id(line, held, &h) && strcmp(held, id) == 0)
+			holder = h;
 	}
-	if (pg_fsync(fd) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not fsync file \"%s\": %m", CLAIMS_TEMP)));
-	if (CloseTransientFile(fd) != 0)
-		ereport(ERROR,
-				(errcode_for_file_access(),
-				 errmsg("could not close file \"%s\": %m", CLAIMS_TEMP)));
-	/* renamed, and the directory synced: the claim survives a crash */
-	(void) durable_rename(CLAIMS_TEMP, CLAIMS_FILE, ERROR);
+	pfree(buf.data);
+	return holder;
+}
+
+/*
+ * evbus_identity_hold_id --- record that this database holds database id
+ * id, and no other, on disk before it returns; nothing is written when
+ * the file says so already (every worker start asks).  The caller holds
+ * evbus_identity_lock().
+ */
+void
+evbus_identity_hold_id(const char *id)
+{
+	StringInfoData buf;
+	StringInfoData out;
+	char	   *line;
+	char	   *save;
+	bool		held_already = false;
+	int			replaced = 0;
+
+	read_lines(IDS_FILE, &buf);
+	initStringInfo(&out);
+	for (line = strtok_r(buf.data, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+	{
+		char		held[37];
+		Oid			h;
+
+		if (!parse_held_id(line, held, &h))
+			continue;
+		if (h == MyDatabaseId && strcmp(held, id) == 0)
+			held_already = true;
+		/* the other databases' ids stay; this one's, and id, are replaced */
+		if (h != MyDatabaseId && strcmp(held, id) != 0)
+			appendStringInfo(&out, "%s\n", line);
+		else
+			replaced++;
+	}
+	appendStringInfo(&out, "%s %u\n", id, MyDatabaseId);
+	if (!held_already || replaced > 1)
+		write_lines(IDS_FILE, IDS_TEMP, &out);
 	pfree(buf.data);
 	pfree(out.data);
 }

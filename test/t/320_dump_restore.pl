@@ -201,19 +201,35 @@ is($new->safe_psql('upd', $marked), $new->safe_psql('shop', $marked),
 	'a database updated from 0.1 dumps what a fresh 0.2 one does');
 
 # --- pg_restore --single-transaction, and -j (every connection keeps the workers
-# away): both succeed, and the workers run once the restore is over ------------------
+# away): both succeed.  The same dump restored a second time on this server
+# is a copy of "shop", which took its rows over first: its workers do not
+# start (they would publish the dump's pending events again and split
+# shop_group's partitions with "shop") until evbus.adopt_copy(), after which
+# they run.  An earlier version ran both restores as the dumped database. ---
 for my $variant ([ 'shop1', '--single-transaction' ], [ 'shop2', '-j', '2' ])
 {
 	my ($db, @options) = @$variant;
+	my $log_at = -s $new->logfile;
 	$new->safe_psql('postgres', "CREATE DATABASE $db");
 	($out, $err) = ('', '');
 	$restored = IPC::Run::run([ 'pg_restore', @options, '-d', $new->connstr($db), $dump ],
 		'>', \$out, '2>', \$err);
 	ok($restored, "pg_restore @options succeeds") or diag $err;
+	ok( $new->wait_for_log(
+			qr/WARNING:  evbus: database "$db" is a copy of database "shop": its evbus workers do not start/,
+			$log_at),
+		"$db: a second restore of the dump is a copy of shop");
+	is($new->safe_psql($db, q{SELECT string_agg(state, ',' ORDER BY worker) FROM evbus.worker_status()}),
+		'stopped,stopped', "$db: no worker of it runs");
+	$new->safe_psql($db, qq{SET ROLE evbus_app;
+SELECT evbus.unsubscribe('OrderPlaced', 'public.pay(jsonb,jsonb)');
+SELECT evbus.subscribe('OrderPlaced', 'public.pay(jsonb,jsonb)', '${db}_group');
+RESET ROLE;
+SELECT evbus.adopt_copy();});
 	ok( wait_for_sql($new, $db,
 			q{SELECT string_agg(state, ',' ORDER BY worker) FROM evbus.worker_status()},
 			'running,running', 30),
-		"$db: its workers run once it is over");
+		"$db: adopted, its workers run");
 }
 
 # --- pg_restore --clean into a database with subscribed handlers is refused ------------
