@@ -269,28 +269,16 @@ enter_identity(bool new_id)
 }
 
 /*
- * remember_database_id --- keep this database's id (its row of
- * evbus.database_identity) for evbus_database_id.
+ * remember_database_id --- keep this database's id for evbus_database_id:
+ * once its identity is entered, its own row is the only one.
  */
 static void
 remember_database_id(void)
 {
-	Oid			argtypes[2] = {INT8OID, OIDOID};
-	Datum		values[2];
-	bool		isnull;
-	Datum		id;
+	char	   *id = identity_id(false);
 
-	values[0] = Int64GetDatum((int64) GetSystemIdentifier());
-	values[1] = ObjectIdGetDatum(MyDatabaseId);
-	evbus_spi_exec("SELECT database_id::text FROM evbus.database_identity"
-				   " WHERE system_identifier OPERATOR(pg_catalog.=) $1"
-				   " AND database_oid OPERATOR(pg_catalog.=) $2",
-				   2, argtypes, values, NULL, SPI_OK_SELECT);
-	if (SPI_processed != 1)
-		return;
-	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull)
-		text_to_cstring_buffer(DatumGetTextPP(id), database_id, sizeof(database_id));
+	if (id != NULL)
+		strlcpy(database_id, id, sizeof(database_id));
 }
 
 /*
