@@ -50,6 +50,7 @@
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -340,11 +341,16 @@ evbus_copy_of(void)
 		if (!OidIsValid(source))
 		{
 			remember_database_id();
-			/* held_source took the lock, but for a template's copy */
+			/*
+			 * Under the lock (held_source took it, but for a template's
+			 * copy), and unless a DROP EXTENSION that committed meanwhile
+			 * gave the id up (the lock reads the catalogs afresh).
+			 */
 			if (database_id[0] != '\0')
 			{
 				evbus_identity_lock();
-				evbus_identity_hold_id(database_id);
+				if (OidIsValid(get_extension_oid("evbus", true)))
+					evbus_identity_hold_id(database_id);
 			}
 		}
 		SPI_finish();

@@ -246,6 +246,7 @@ extern Oid	evbus_identity_claimant(uint64 system, Oid original);
 extern void evbus_identity_claim(uint64 system, Oid original);
 extern Oid	evbus_identity_id_holder(const char *id);
 extern void evbus_identity_hold_id(const char *id);
+extern void evbus_identity_release_ids(void);
 
 /* ---------- restore.c: no worker while a restore writes evbus's tables ---------- */
 extern void evbus_restore_init(void);

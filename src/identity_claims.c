@@ -21,7 +21,8 @@
  * with its database id.  $PGDATA/pg_evbus/database_ids has one line per
  * database whose workers started: "<database id> <its oid>"; a database
  * whose id another database of the server, still there, holds is a copy
- * of that one (test 320_dump_restore.pl).
+ * of that one; DROP EXTENSION evbus gives a database's id up (test
+ * 320_dump_restore.pl).
  *
  * The files are not WAL-logged: a standby has the lines of its base
  * backup only, and after a failover a second copy could take over again
@@ -240,13 +241,12 @@ evbus_identity_id_holder(const char *id)
 }
 
 /*
- * evbus_identity_hold_id --- record that this database holds database id
- * id, and no other, on disk before it returns; nothing is written when
- * the file says so already (every worker start asks).  The caller holds
- * evbus_identity_lock().
+ * set_held_id --- make the ids file say that this database holds id, and
+ * no other (none if id is NULL), on disk before it returns; nothing is
+ * written when the file says so already (every worker start asks).
  */
-void
-evbus_identity_hold_id(const char *id)
+static void
+set_held_id(const char *id)
 {
 	StringInfoData buf;
 	StringInfoData out;
@@ -261,20 +261,46 @@ evbus_identity_hold_id(const char *id)
 	{
 		char		held[37];
 		Oid			h;
+		bool		same_id;
 
 		if (!parse_held_id(line, held, &h))
 			continue;
-		if (h == MyDatabaseId && strcmp(held, id) == 0)
-			held_already = true;
+		same_id = id != NULL && strcmp(held, id) == 0;
 		/* the other databases' ids stay; this one's, and id, are replaced */
-		if (h != MyDatabaseId && strcmp(held, id) != 0)
+		if (h != MyDatabaseId && !same_id)
+		{
 			appendStringInfo(&out, "%s\n", line);
-		else
-			replaced++;
+			continue;
+		}
+		held_already |= h == MyDatabaseId && same_id;
+		replaced++;
 	}
-	appendStringInfo(&out, "%s %u\n", id, MyDatabaseId);
-	if (!held_already || replaced > 1)
+	if (id != NULL)
+		appendStringInfo(&out, "%s %u\n", id, MyDatabaseId);
+	if (id != NULL ? !held_already || replaced > 1 : replaced > 0)
 		write_lines(IDS_FILE, IDS_TEMP, &out);
 	pfree(buf.data);
 	pfree(out.data);
+}
+
+/*
+ * evbus_identity_hold_id --- record that this database holds database id
+ * id (a worker's start).  The caller holds evbus_identity_lock().
+ */
+void
+evbus_identity_hold_id(const char *id)
+{
+	set_held_id(id);
+}
+
+/*
+ * evbus_identity_release_ids --- this database holds no database id any
+ * more (DROP EXTENSION evbus, before it commits: should the commit fail,
+ * the next worker start holds the id again).  The caller holds
+ * evbus_identity_lock().
+ */
+void
+evbus_identity_release_ids(void)
+{
+	set_held_id(NULL);
 }

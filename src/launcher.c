@@ -217,6 +217,12 @@ evbus_forget_database_at_commit(void)
 static void
 launcher_xact_callback(XactEvent event, void *arg)
 {
+	/* a dump with its id restored elsewhere is no copy of this one now */
+	if (event == XACT_EVENT_PRE_COMMIT && forget_database_at_commit)
+	{
+		evbus_identity_lock();
+		evbus_identity_release_ids();
+	}
 	if (event == XACT_EVENT_COMMIT)
 	{
 		if (forget_database_at_commit)

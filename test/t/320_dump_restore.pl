@@ -239,4 +239,18 @@ IPC::Run::run([ 'pg_restore', '--clean', '-d', $new->connstr('shop'), $dump ],
 like($err, qr/cannot drop handler public\.pay/,
 	'pg_restore --clean cannot drop a subscribed handler (restore into a new database)');
 
+# --- a database that dropped evbus holds its id no more: the dump restored once
+# more is the dumped database again, not a copy of "shop" --------------------------
+$new->safe_psql('shop', 'DROP EXTENSION evbus CASCADE');
+my $log_at = -s $new->logfile;
+$new->safe_psql('postgres', 'CREATE DATABASE shop3');
+($out, $err) = ('', '');
+$restored = IPC::Run::run([ 'pg_restore', '-d', $new->connstr('shop3'), $dump ], '>', \$out, '2>', \$err);
+ok($restored, 'pg_restore into shop3, once shop dropped evbus') or diag $err;
+ok( wait_for_sql($new, 'shop3',
+		q{SELECT string_agg(state, ',' ORDER BY worker) FROM evbus.worker_status()},
+		'running,running', 30),
+	'shop3: its workers run');
+unlike(slurp_file($new->logfile, $log_at), qr/database "shop3" is a copy/, 'shop3 is no copy of shop');
+
 done_testing();
