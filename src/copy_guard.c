@@ -341,6 +341,7 @@ evbus_copy_of(void)
 		if (!OidIsValid(source))
 		{
 			remember_database_id();
+
 			/*
 			 * Under the lock (held_source took it, but for a template's
 			 * copy), and unless a DROP EXTENSION that committed meanwhile
