@@ -155,9 +155,9 @@ claimed_source(List *dropped)
 
 /*
  * identity_id --- the database id that entering this database's identity
- * keeps (enter_identity): that of a row of another database, the first
- * in OID order, which it takes over; else, unless others_only, its own
- * row's.  NULL if there is none.  Inside a transaction, connected to SPI.
+ * keeps (enter_identity): that of a row of another database (the first
+ * by system identifier and OID), which it takes over; else, unless
+ * others_only, its own row's.  NULL if there is none.  Inside a transaction, connected to SPI.
  */
 static char *
 identity_id(bool others_only)
