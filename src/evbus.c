@@ -12,13 +12,16 @@
  */
 #include "postgres.h"
 
+
 #include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "storage/ipc.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -49,6 +52,19 @@ drops_evbus(DropStmt *stmt)
 			return true;
 	}
 	return false;
+}
+
+/*
+ * may_drop_evbus --- is evbus installed here, and may the current user
+ * drop it (its owner, or a superuser)?  Anyone else's DROP EXTENSION
+ * fails, and leaves the workers alone.
+ */
+static bool
+may_drop_evbus(void)
+{
+	Oid			extension = get_extension_oid("evbus", true);
+
+	return OidIsValid(extension) && pg_extension_ownercheck(extension, GetUserId());
 }
 
 /* At the exit of a restoring connection: the workers may start again. */
@@ -119,7 +135,11 @@ evbus_process_utility(PlannedStmt *pstmt, const char *queryString,
 		guarded = evbus_database_guard(parsetree,
 									   context == PROCESS_UTILITY_TOPLEVEL);
 	else if (IsA(parsetree, DropStmt))
+	{
 		forget = drops_evbus((DropStmt *) parsetree);
+		if (forget && may_drop_evbus())
+			evbus_stop_workers_for_extension_drop();
+	}
 	else if (IsA(parsetree, CopyStmt))
 		keep_workers_away_from_restore((CopyStmt *) parsetree);
 	else if (IsA(parsetree, TransactionStmt))

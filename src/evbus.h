@@ -223,6 +223,7 @@ extern bool evbus_start_worker(Oid dboid, const char *dbname, int role,
 							   pid_t notify_pid, BackgroundWorkerHandle **handle);
 extern void evbus_stop_worker(Oid dboid);
 extern void evbus_forget_database_at_commit(void);
+extern void evbus_stop_workers_for_extension_drop(void);
 extern void evbus_start_workers_at_commit(void);
 extern const char *evbus_worker_role_name(int role);
 extern PGDLLEXPORT void evbus_launcher_main(Datum main_arg);

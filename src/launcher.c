@@ -86,6 +86,9 @@ static char start_dbname[NAMEDATALEN];
 /* Set when DROP EXTENSION evbus ran, acted upon at COMMIT. */
 static bool forget_database_at_commit = false;
 
+/* Set when a DROP EXTENSION evbus stopped the workers, until the end. */
+static bool workers_stopped_for_drop = false;
+
 /* A database that accepts connections, as the launcher's scan saw it. */
 typedef struct LauncherDb
 {
@@ -214,6 +217,28 @@ evbus_forget_database_at_commit(void)
 	forget_database_at_commit = true;
 }
 
+/*
+ * evbus_stop_workers_for_extension_drop --- DROP EXTENSION evbus by a role
+ * that may drop it is about to run: stop this database's workers, and
+ * start none until the transaction ends (evbus_db_begin_drop).  A worker
+ * reading evbus's tables while the drop takes their locks one by one
+ * deadlocked with it, and the drop failed (test 320_dump_restore.pl).  At
+ * COMMIT the database is forgotten; at ABORT its workers start again.
+ */
+void
+evbus_stop_workers_for_extension_drop(void)
+{
+	if (workers_stopped_for_drop || !evbus_db_begin_drop(MyDatabaseId))
+		return;
+	workers_stopped_for_drop = true;
+	if (evbus_worker_pid_for(MyDatabaseId, -1) == 0)
+		return;
+	ereport(LOG,
+			(errmsg("evbus: DROP EXTENSION evbus stops the workers of database \"%s\"",
+					get_database_name(MyDatabaseId))));
+	evbus_stop_worker(MyDatabaseId);
+}
+
 static void
 launcher_xact_callback(XactEvent event, void *arg)
 {
@@ -222,6 +247,15 @@ launcher_xact_callback(XactEvent event, void *arg)
 	{
 		evbus_identity_lock();
 		evbus_identity_release_ids();
+	}
+	if (workers_stopped_for_drop &&
+		(event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		 event == XACT_EVENT_PREPARE))
+	{
+		evbus_db_end_drop(MyDatabaseId, false);
+		if (event != XACT_EVENT_COMMIT || !forget_database_at_commit)
+			evbus_wake_launcher();
+		workers_stopped_for_drop = false;
 	}
 	if (event == XACT_EVENT_COMMIT)
 	{

@@ -108,7 +108,7 @@ ok(wait_for(sub { !kill(0, $consumer_pid) }, 10.0), 'DROP EXTENSION: the consume
 sleep 2;
 is(worker_pid('app'), '', 'and is not restarted');
 my $log = substr(slurp_file($node->logfile), $log_offset);
-like($log, qr/extension dropped, evbus consumer exiting/, 'the consumer says why it exits');
+like($log, qr/DROP EXTENSION evbus stops the workers of database "app"/, 'the server log says why they exit');
 unlike($log, qr/terminated by signal|exited with exit code [1-9]/,
 	'no evbus process crashed or failed on the way out');
 $node->safe_psql('app', 'CREATE EXTENSION evbus');
