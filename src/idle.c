@@ -327,14 +327,17 @@ evbus_consumer_try_idle(bool busy, TimestampTz *wake_at, uint64 settings)
 	}
 
 	/*
-	 * A topic with no partition here: the consumer may still be joining its
-	 * group.  Leaving early for another database would leave it no time to
-	 * join, and its first partition, watched from the start, would bring it
-	 * back at once; it stays until it has been quiet for evbus.idle_timeout
-	 * (test 239_slots_take_turns.pl), which a look made without giving way
-	 * has always seen.
+	 * A topic that exists and has no partition here: the consumer may still
+	 * be joining its group.  Leaving early for another database would leave
+	 * it no time to join, and its first partition, watched from the start,
+	 * would bring it back at once; it stays until it has been quiet for
+	 * evbus.idle_timeout, which a look made without giving way has always
+	 * seen.  A topic Kafka said does not exist keeps no consumer: it is
+	 * watched until it is created, and with every slot held by consumers
+	 * waiting for their topics, the publishers that would create them could
+	 * not start for evbus.idle_timeout (test 239_slots_take_turns.pl).
 	 */
-	if (unassigned &&
+	if (spare != NULL &&
 		!TimestampDifferenceExceeds(quiet_since, now, evbus_idle_timeout_s * 1000))
 		return false;
 	if (unassigned)

@@ -9,6 +9,8 @@
 # event staged in each database is published and handled by every
 # database within a minute or two, and the log says why workers left.
 # With no worker waiting, a worker keeps its slot for evbus.idle_timeout.
+# A consumer waiting for its topic to be created gives way too: with every
+# slot held by such consumers, no publisher could create the topic.
 use strict;
 use warnings;
 
@@ -74,4 +76,56 @@ cmp_ok($node->safe_psql('postgres', $workers), '>', 0,
 	'with no worker waiting for a slot, quiet workers stay');
 
 $node->stop;
+
+# Every slot held by a consumer whose topic does not exist yet: two
+# databases, slots for the launcher and two workers.  The first database's
+# publisher and consumer start; the second's wait, the idle publisher gives
+# way, and the second database's consumer ends up in a slot too.  An event
+# staged then needs a publisher, which creates the topic: a consumer that
+# waits for its topic to be created gives its slot up when another worker
+# waits for one (it is watched until the topic exists), instead of keeping
+# it for evbus.idle_timeout.
+$prefix = "t239m.$$.";
+my @waiting = qw(wait1 wait2);
+my $few = new_node(
+	'missing',
+	kafka => 1,
+	conf => [
+		"evbus.topic_prefix = '$prefix'",
+		"evbus.idle_timeout = '10min'",
+		'max_worker_processes = 3',
+		'max_logical_replication_workers = 0',
+		'max_parallel_workers = 0'
+	]);
+for my $db (@waiting)
+{
+	$few->safe_psql('postgres', "CREATE DATABASE $db");
+	$few->psql($db, 'CREATE EXTENSION evbus', on_error_die => 1);
+	$few->safe_psql(
+		$db, as_subscriber($few, $db) . q{
+CREATE TABLE received (message_id uuid, payload jsonb);
+CREATE PROCEDURE record_received(payload jsonb, headers jsonb) LANGUAGE sql
+	AS $$ INSERT INTO public.received VALUES ((headers->>'cap-msg-id')::uuid, payload) $$;
+SELECT evbus.subscribe('Later', 'record_received(jsonb, jsonb)');
+});
+}
+my $both_waiting = 0;
+for (1 .. 600)
+{
+	my $log = slurp_file($few->logfile);
+	$both_waiting = ($log =~ /group "wait1": Subscribed topic not available/
+		  && $log =~ /group "wait2": Subscribed topic not available/);
+	last if $both_waiting;
+	sleep 0.1;
+}
+ok($both_waiting,
+	'the consumers of both databases started, and their topic does not exist yet');
+$few->safe_psql('wait1', q{SELECT evbus.publish('Later', '{"n": 1}')});
+for my $db (@waiting)
+{
+	ok( wait_for_sql($few, $db,
+			q{SELECT count(*) || '/' || count(DISTINCT message_id) FROM received}, '1/1', 90),
+		"$db handled the event staged while consumers waited for the topic");
+}
+$few->stop;
 done_testing();
