@@ -188,9 +188,11 @@ identity_id(bool others_only)
  * held_source --- the database of this server, still there and running
  * evbus workers, that holds the database id this one would keep
  * (identity_claims.c): one dump restored into two databases of the server
- * makes the second a copy of the first.  The ids stay locked until the
- * end of the transaction (evbus_identity_lock), for evbus_copy_of to hold
- * this database's in turn.  InvalidOid if none.
+ * makes the second a copy of the first.  Unless this database holds the id
+ * already (every start but the first), the ids stay locked until the end
+ * of the transaction (evbus_identity_lock), for evbus_copy_of to hold this
+ * database's in turn: the starts of the server's databases wait for each
+ * other only while an id changes hands.  InvalidOid if none.
  */
 static Oid
 held_source(void)
@@ -199,6 +201,9 @@ held_source(void)
 	Oid			holder;
 
 	if (id == NULL)
+		return InvalidOid;
+	/* no other database takes an id from one that runs workers */
+	if (evbus_identity_id_holder(id) == MyDatabaseId)
 		return InvalidOid;
 	evbus_identity_lock();
 	holder = evbus_identity_id_holder(id);
@@ -345,9 +350,11 @@ evbus_copy_of(void)
 			/*
 			 * Under the lock (held_source took it, but for a template's
 			 * copy), and unless a DROP EXTENSION that committed meanwhile
-			 * gave the id up (the lock reads the catalogs afresh).
+			 * gave the id up (the lock reads the catalogs afresh).  Held
+			 * already, it stays so: a drop takes the lock to give it up.
 			 */
-			if (database_id[0] != '\0')
+			if (database_id[0] != '\0' &&
+				evbus_identity_id_holder(database_id) != MyDatabaseId)
 			{
 				evbus_identity_lock();
 				if (OidIsValid(get_extension_oid("evbus", true)))

@@ -217,7 +217,9 @@ parse_held_id(const char *line, char *id, Oid *holder)
 /*
  * evbus_identity_id_holder --- the database of this server whose workers
  * last started with database id id (a UUID's text), or InvalidOid.  The
- * caller holds evbus_identity_lock().
+ * caller holds evbus_identity_lock() to decide on it, or asks without it
+ * whether its own database holds the id: the file is replaced whole
+ * (write_lines), never read half written.
  */
 Oid
 evbus_identity_id_holder(const char *id)

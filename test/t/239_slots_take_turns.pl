@@ -20,32 +20,49 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 
 kafka_bootstrap();
-my $prefix = "t239.$$.";
-my @dbs = map { "turn$_" } 1 .. 4;
-my $node = new_node(
-	'turns',
-	kafka => 1,
-	conf => [
-		"evbus.topic_prefix = '$prefix'",
-		"evbus.idle_timeout = '10min'",
-		'max_worker_processes = 5',
-		'max_logical_replication_workers = 0',
-		'max_parallel_workers = 0'
-	]);
 
-for my $db (@dbs)
+# A server with max_worker_processes $slots and evbus in each of @$dbs,
+# whose consumer handles $event into its table received.
+sub few_slots
 {
-	$node->safe_psql('postgres', "CREATE DATABASE $db");
-	# from the third database on, with a warning that no slot is free
-	$node->psql($db, 'CREATE EXTENSION evbus', on_error_die => 1);
-	$node->safe_psql(
-		$db, as_subscriber($node, $db) . q{
+	my ($name, $slots, $event, $dbs) = @_;
+	my $node = new_node(
+		$name,
+		kafka => 1,
+		conf => [
+			"evbus.topic_prefix = 't239$name.$$.'",
+			"evbus.idle_timeout = '10min'",
+			"max_worker_processes = $slots",
+			'max_logical_replication_workers = 0',
+			'max_parallel_workers = 0'
+		]);
+	for my $db (@$dbs)
+	{
+		$node->safe_psql('postgres', "CREATE DATABASE $db");
+		# when no slot is free, with a warning that says so
+		$node->psql($db, 'CREATE EXTENSION evbus', on_error_die => 1);
+		$node->safe_psql(
+			$db, as_subscriber($node, $db) . qq{
 CREATE TABLE received (message_id uuid, payload jsonb);
 CREATE PROCEDURE record_received(payload jsonb, headers jsonb) LANGUAGE sql
-	AS $$ INSERT INTO public.received VALUES ((headers->>'cap-msg-id')::uuid, payload) $$;
-SELECT evbus.subscribe('Turn', 'record_received(jsonb, jsonb)');
+	AS \$\$ INSERT INTO public.received VALUES ((headers->>'cap-msg-id')::uuid, payload) \$\$;
+SELECT evbus.subscribe('$event', 'record_received(jsonb, jsonb)');
 });
+	}
+	return $node;
 }
+
+# Has $db of $node handled $n distinct messages, each once, within $timeout s?
+sub handled
+{
+	my ($node, $db, $n, $timeout) = @_;
+	return wait_for_sql($node, $db,
+		q{SELECT count(*) || '/' || count(DISTINCT message_id) FROM received},
+		"$n/$n", $timeout);
+}
+
+my @dbs = map { "turn$_" } 1 .. 4;
+my $node = few_slots('turns', 5, 'Turn', \@dbs);
 my $workers = q{SELECT count(*) FROM pg_stat_activity
 				 WHERE backend_type IN ('evbus publisher', 'evbus consumer')};
 ok(wait_for_sql($node, 'postgres', $workers, '4', 30), 'four workers take every slot');
@@ -58,9 +75,7 @@ for my $db (@dbs)
 }
 for my $db (@dbs)
 {
-	ok( wait_for_sql($node, $db,
-			q{SELECT count(*) || '/' || count(DISTINCT message_id) FROM received}, '4/4', 150),
-		"$db handled the event of every database, each once");
+	ok(handled($node, $db, 4, 150), "$db handled the event of every database, each once");
 }
 my $took = time - $start;
 note(sprintf('all handled %.1f s after staging', $took));
@@ -85,30 +100,8 @@ $node->stop;
 # waits for its topic to be created gives its slot up when another worker
 # waits for one (it is watched until the topic exists), instead of keeping
 # it for evbus.idle_timeout.
-$prefix = "t239m.$$.";
 my @waiting = qw(wait1 wait2);
-my $few = new_node(
-	'missing',
-	kafka => 1,
-	conf => [
-		"evbus.topic_prefix = '$prefix'",
-		"evbus.idle_timeout = '10min'",
-		'max_worker_processes = 3',
-		'max_logical_replication_workers = 0',
-		'max_parallel_workers = 0'
-	]);
-for my $db (@waiting)
-{
-	$few->safe_psql('postgres', "CREATE DATABASE $db");
-	$few->psql($db, 'CREATE EXTENSION evbus', on_error_die => 1);
-	$few->safe_psql(
-		$db, as_subscriber($few, $db) . q{
-CREATE TABLE received (message_id uuid, payload jsonb);
-CREATE PROCEDURE record_received(payload jsonb, headers jsonb) LANGUAGE sql
-	AS $$ INSERT INTO public.received VALUES ((headers->>'cap-msg-id')::uuid, payload) $$;
-SELECT evbus.subscribe('Later', 'record_received(jsonb, jsonb)');
-});
-}
+my $few = few_slots('missing', 3, 'Later', \@waiting);
 my $both_waiting = 0;
 for (1 .. 600)
 {
@@ -123,9 +116,7 @@ ok($both_waiting,
 $few->safe_psql('wait1', q{SELECT evbus.publish('Later', '{"n": 1}')});
 for my $db (@waiting)
 {
-	ok( wait_for_sql($few, $db,
-			q{SELECT count(*) || '/' || count(DISTINCT message_id) FROM received}, '1/1', 90),
-		"$db handled the event staged while consumers waited for the topic");
+	ok(handled($few, $db, 1, 90), "$db handled the event staged while consumers waited for the topic");
 }
 $few->stop;
 done_testing();
