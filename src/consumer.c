@@ -762,11 +762,41 @@ try_consumer_create(const char *brokers, uint64 settings, const char *group,
 }
 
 /*
+ * group_refused --- true for a group of subs that evbus.consumer_groups
+ * (this database's setting, as the consumer started with it) does not
+ * list: subscribed before the setting was made, or by a role it was set
+ * for.  The consumer joins no such group (test 251_consumer_groups.pl),
+ * and says so once.
+ */
+static bool
+group_refused(const char *group)
+{
+	static List *warned = NIL;
+	MemoryContext old;
+
+	if (evbus_group_allowed(group))
+		return false;
+	if (list_member(warned, makeString((char *) group)))
+		return true;
+	ereport(WARNING,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("evbus: consumer does not join group \"%s\": evbus.consumer_groups does not list it",
+					group),
+			 errdetail("Its subscriptions here receive nothing; their messages go to the group's other members."),
+			 errhint("Unsubscribe them, or have a superuser allow the group with ALTER DATABASE ... SET evbus.consumer_groups, then restart the consumer.")));
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	warned = lappend(warned, makeString(pstrdup(group)));
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/*
  * evbus_consumers_sync --- one consumer per group of subs, subscribed to
  * exactly that group's topics, built from the current brokers and
  * settings; consumers of vanished groups leave, and so do those built from
  * other brokers or settings (a new one takes over from the committed
- * offsets; the inbox drops what both receive).  Returns the
+ * offsets; the inbox drops what both receive).  A group that
+ * evbus.consumer_groups does not allow gets no consumer.  Returns the
  * evbus_kafka_conf_fingerprint the consumers were built from (0: no
  * brokers).
  */
@@ -787,7 +817,8 @@ evbus_consumers_sync(List *subs)
 	{
 		EvbusSubscription *sub = lfirst(lc);
 
-		if (!list_member(groups, makeString(sub->group_name)))
+		if (!list_member(groups, makeString(sub->group_name)) &&
+			!group_refused(sub->group_name))
 			groups = lappend(groups, makeString(sub->group_name));
 	}
 
@@ -797,7 +828,7 @@ evbus_consumers_sync(List *subs)
 		char	   *topics = evbus_group_topics(subs, gc->group, false);
 
 		if (brokers != NULL && topics[0] != '\0' && strcmp(topics, gc->topics) == 0 &&
-			gc->settings == settings)
+			gc->settings == settings && evbus_group_allowed(gc->group))
 			keep = lappend(keep, gc);
 		else
 			leave = lappend(leave, gc);

@@ -23,6 +23,7 @@ char	   *evbus_brokers = NULL;
 char	   *evbus_kafka_config_file = NULL;
 char	   *evbus_topic_prefix = NULL;
 char	   *evbus_group_name = NULL;
+char	   *evbus_consumer_groups = NULL;
 int			evbus_max_retries = 10;
 int			evbus_retry_interval_ms = 1000;
 int			evbus_retry_max_interval_ms = 300000;
@@ -44,24 +45,42 @@ char	   *evbus_traceparent = NULL;
 static bool
 check_topic_prefix(char **newval, void **extra, GucSource source)
 {
-	const char *p;
-
 	if (strlen(*newval) > EVBUS_MAX_TOPIC_LEN / 2)
 	{
 		GUC_check_errdetail("The prefix may be at most %d bytes long.",
 							EVBUS_MAX_TOPIC_LEN / 2);
 		return false;
 	}
-	for (p = *newval; *p; p++)
+	if (!evbus_name_chars_valid(*newval))
 	{
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-			  (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '-'))
-		{
-			GUC_check_errdetail("Kafka topic names may contain only ASCII letters, digits, \".\", \"_\" and \"-\".");
-			return false;
-		}
+		GUC_check_errdetail("Kafka topic names may contain only ASCII letters, digits, \".\", \"_\" and \"-\".");
+		return false;
 	}
 	return true;
+}
+
+/*
+ * The consumer groups a database may use: group names (the characters of
+ * Kafka's names, each at most a topic name long) separated by commas.
+ */
+static bool
+check_consumer_groups(char **newval, void **extra, GucSource source)
+{
+	char	   *copy = pstrdup(*newval);
+	char	   *save;
+	char	   *name;
+	bool		ok = true;
+
+	for (name = strtok_r(copy, " ,", &save); ok && name; name = strtok_r(NULL, " ,", &save))
+	{
+		if (strlen(name) > EVBUS_MAX_TOPIC_LEN || !evbus_name_chars_valid(name))
+		{
+			GUC_check_errdetail("Consumer group names may contain only ASCII letters, digits, \".\", \"_\" and \"-\", separated by commas.");
+			ok = false;
+		}
+	}
+	pfree(copy);
+	return ok;
 }
 
 /* A traceparent is W3C trace context: printable ASCII, bounded. */
@@ -121,6 +140,15 @@ define_kafka_gucs(void)
 							   "",
 							   PGC_SIGHUP, 0,
 							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("evbus.consumer_groups",
+							   "Consumer groups the subscriptions of a database may use; empty means any.",
+							   "A comma-separated list, set per database by a superuser (ALTER DATABASE ... SET): "
+							   "evbus.subscribe refuses other groups, and the consumer joins none of them.",
+							   &evbus_consumer_groups,
+							   "",
+							   PGC_SUSET, GUC_LIST_INPUT,
+							   check_consumer_groups, NULL, NULL);
 
 	DefineCustomStringVariable("evbus.wait_for_standbys",
 							   "Standbys (application names) that must have flushed a transaction's WAL before evbus tells Kafka about it.",

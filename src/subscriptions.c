@@ -401,6 +401,15 @@ subscribe(FunctionCallInfo fcinfo, int group_arg, int retries_arg,
 		text_to_cstring(PG_GETARG_TEXT_PP(group_arg));
 	evbus_check_event_name(event, "integration event");
 	evbus_check_event_name(group, "consumer group");
+	/* another database's group would hand it a share of that one's messages */
+	if (!evbus_group_allowed(group))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("consumer group \"%s\" is not allowed in database \"%s\"",
+						group, get_database_name(MyDatabaseId)),
+				 errdetail("evbus.consumer_groups lists the groups its subscriptions may use: %s.",
+						   evbus_clip(evbus_consumer_groups, 200)),
+				 errhint("A superuser allows a group with ALTER DATABASE ... SET evbus.consumer_groups.")));
 	if (!PG_ARGISNULL(retries_arg) && PG_GETARG_INT32(retries_arg) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

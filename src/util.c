@@ -125,6 +125,24 @@ evbus_clip(const char *s, int max)
 }
 
 /*
+ * evbus_name_chars_valid --- does name hold only what Kafka allows in a
+ * topic or group name: ASCII letters, digits, '.', '_' and '-'?
+ */
+bool
+evbus_name_chars_valid(const char *name)
+{
+	const char *p;
+
+	for (p = name; *p; p++)
+	{
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+			  (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '-'))
+			return false;
+	}
+	return true;
+}
+
+/*
  * evbus_check_event_name --- refuse an event name that cannot be a topic.
  *
  * Integration event names become Kafka topic names (with
@@ -135,7 +153,6 @@ evbus_clip(const char *s, int max)
 void
 evbus_check_event_name(const char *name, const char *what)
 {
-	const char *p;
 	size_t		len = strlen(name);
 
 	if (len == 0)
@@ -152,15 +169,40 @@ evbus_check_event_name(const char *name, const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_NAME),
 				 errmsg("\"%s\" is not a valid %s name", name, what)));
-	for (p = name; *p; p++)
+	if (!evbus_name_chars_valid(name))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("\"%s\" is not a valid %s name", name, what),
+				 errdetail("Names become Kafka topic and group names, which may contain only ASCII letters, digits, \".\", \"_\" and \"-\".")));
+}
+
+/*
+ * evbus_group_allowed --- may this database's subscriptions use consumer
+ * group group?  Yes for every group when evbus.consumer_groups is empty,
+ * else for those it lists.  A superuser sets it per database (ALTER
+ * DATABASE ... SET), so that a role that may subscribe cannot join the
+ * group of another database and take a share of its partitions (test
+ * 251_consumer_groups.pl).
+ */
+bool
+evbus_group_allowed(const char *group)
+{
+	const char *p = evbus_consumer_groups;
+	size_t		len = strlen(group);
+
+	if (p == NULL || p[strspn(p, " ,")] == '\0')
+		return true;
+	while (*p)
 	{
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-			  (*p >= '0' && *p <= '9') || *p == '.' || *p == '_' || *p == '-'))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_NAME),
-					 errmsg("\"%s\" is not a valid %s name", name, what),
-					 errdetail("Names become Kafka topic and group names, which may contain only ASCII letters, digits, \".\", \"_\" and \"-\".")));
+		size_t		n;
+
+		p += strspn(p, " ,");
+		n = strcspn(p, " ,");
+		if (n == len && strncmp(p, group, n) == 0)
+			return true;
+		p += n;
 	}
+	return false;
 }
 
 /*

@@ -263,7 +263,7 @@ SELECT is(ARRAY(SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p
 -- the settings, all under the reserved prefix evbus.
 SELECT set_eq($$SELECT name::text FROM pg_catalog.pg_settings WHERE name LIKE 'evbus.%'$$,
 			  ARRAY['evbus.batch_max_bytes', 'evbus.batch_size', 'evbus.brokers',
-					'evbus.copy_check_interval',
+					'evbus.consumer_groups', 'evbus.copy_check_interval',
 					'evbus.dead_letter_retention', 'evbus.group_name',
 					'evbus.handler_timeout', 'evbus.inbox_retention',
 					'evbus.kafka_config_file', 'evbus.max_message_bytes',
