@@ -136,6 +136,7 @@ typedef struct EvbusDatabase
 	TimestampTz failed_since[2];	/* per role: no slot since (0: none) */
 	TimestampTz failed_at[2];	/* per role: last start that found no slot */
 	bool		warned[2];		/* per role: failure logged since */
+	TimestampTz given_way_at[2];	/* per role: a worker left for it then */
 	bool		idle[2];		/* per role: exited for want of work (idle.c) */
 	TimestampTz wake_at[2];		/* per role, while idle: due then (0: never) */
 } EvbusDatabase;
@@ -158,6 +159,7 @@ extern bool evbus_db_wake(Oid dboid, int role);
 extern int	evbus_db_wake_all(void);
 extern bool evbus_db_role_idle(Oid dboid, int role);
 extern bool evbus_slot_wanted(void);
+extern bool evbus_slot_give_way(void);
 
 /*
  * shmem.c: a partition an idle consumer left, with the offset from which a

@@ -8,7 +8,8 @@
  * more, with a fresh snapshot, and if there is still nothing it marks its
  * role of the database idle in shared memory and exits (shmem.c,
  * evbus_worker_go_idle).  While another worker waits for a background
- * worker slot, one second of nothing to do is enough.  The launcher does
+ * worker slot, one second of nothing to do is enough, and one quiet worker
+ * leaves for each waiting one.  The launcher does
  * not start an idle worker again until it is woken: by a COMMIT that
  * staged events or put work back (the wake that would have set its latch,
  * evbus_wake_worker_role), by the time remembered when it went idle (the
@@ -131,6 +132,23 @@ quiet_long_enough(bool busy)
 }
 
 /*
+ * leaving_for_slot --- the worker has decided to leave: when it leaves
+ * early, for a worker that waits for a slot, it takes that one's turn
+ * (evbus_slot_give_way), so that the other quiet workers stay.  False if
+ * another worker left for it first: then it does not leave, and looks
+ * again later.
+ */
+static bool
+leaving_for_slot(void)
+{
+	if (!gave_way || evbus_slot_give_way())
+		return true;
+	gave_way = false;
+	looked_at = GetCurrentTimestamp();
+	return false;
+}
+
+/*
  * evbus_idle_gave_way --- did the worker that goes idle now leave early,
  * for a worker that waits for a slot?  (For its log line.)
  */
@@ -241,7 +259,7 @@ evbus_publisher_may_idle(bool busy, TimestampTz *wake_at)
 		looked_at = GetCurrentTimestamp();	/* look again a timeout later */
 		return false;
 	}
-	return true;
+	return leaving_for_slot();
 }
 
 /* The consumer's partitions at its last look (-1: none yet). */
@@ -349,5 +367,7 @@ evbus_consumer_try_idle(bool busy, TimestampTz *wake_at, uint64 settings)
 			next_due = recheck;
 	}
 	*wake_at = evbus_inbox_cleanup_wake(next_due);
+	if (!leaving_for_slot())
+		return false;
 	return evbus_consumer_go_idle(*wake_at, w, n, settings);
 }

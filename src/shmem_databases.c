@@ -140,6 +140,7 @@ evbus_db_worker_running(Oid dboid, int role)
 	if (db != NULL)
 	{
 		db->failed_since[role] = 0;
+		db->given_way_at[role] = 0;
 		db->failed_at[role] = 0;
 		db->warned[role] = false;
 		db->idle[role] = false;

@@ -179,40 +179,84 @@ evbus_db_wake_all(void)
 #define SLOT_WANTED_FRESH_MS 3000
 
 /*
+ * waiting_for_slot --- a worker of some database that waits for a
+ * background worker slot: its start found none lately
+ * (evbus_db_start_failed), it has not run since (evbus_db_worker_running),
+ * and no quiet worker has left for it lately (evbus_slot_give_way).  A
+ * worker that has its slot waits no more, so the quiet workers never leave
+ * for a start that already happened; and one waiting worker has one quiet
+ * worker leave for it, not every quiet worker at once, which left slots
+ * empty (test 239_slots_take_turns.pl, "four workers take every slot").
+ * slot_wanted_at, the last failed start of any database, only spares the
+ * scan when there was none lately.  Returns whether one was found, and
+ * where in *found_db and *found_role.  The caller holds the lock.
+ */
+static bool
+waiting_for_slot(TimestampTz now, EvbusDatabase **found_db, int *found_role)
+{
+	int			i;
+	int			role;
+
+	if (evbus_shared->slot_wanted_at == 0 ||
+		TimestampDifferenceExceeds(evbus_shared->slot_wanted_at, now, SLOT_WANTED_FRESH_MS))
+		return false;
+	for (i = 0; i < EVBUS_MAX_TRACKED_DBS; i++)
+	{
+		EvbusDatabase *db = &evbus_shared->dbs[i];
+
+		if (db->dboid == InvalidOid)
+			continue;
+		for (role = 0; role < lengthof(db->failed_at); role++)
+		{
+			if (db->failed_since[role] != 0 &&
+				!TimestampDifferenceExceeds(db->failed_at[role], now, SLOT_WANTED_FRESH_MS) &&
+				(db->given_way_at[role] == 0 ||
+				 TimestampDifferenceExceeds(db->given_way_at[role], now, SLOT_WANTED_FRESH_MS)))
+			{
+				*found_db = db;
+				*found_role = role;
+				return true;
+			}
+		}
+	}
+	return false;
+}
+
+/*
  * evbus_slot_wanted --- does a worker of some database wait for a
- * background worker slot: did its start find none lately
- * (evbus_db_start_failed), and has it not run since
- * (evbus_db_worker_running)?  A worker that has its slot waits no more,
- * so the quiet workers never leave for a start that already happened
- * (test 239_slots_take_turns.pl).  slot_wanted_at, the last failed start
- * of any database, only spares the scan when there was none lately.
+ * background worker slot that no quiet worker has left for yet?
  */
 bool
 evbus_slot_wanted(void)
 {
-	TimestampTz now = GetCurrentTimestamp();
-	bool		wanted = false;
-	int			i;
+	EvbusDatabase *db;
 	int			role;
+	bool		wanted;
 
 	LWLockAcquire(evbus_shared->lock, LW_SHARED);
-	if (evbus_shared->slot_wanted_at != 0 &&
-		!TimestampDifferenceExceeds(evbus_shared->slot_wanted_at, now, SLOT_WANTED_FRESH_MS))
-	{
-		for (i = 0; i < EVBUS_MAX_TRACKED_DBS && !wanted; i++)
-		{
-			EvbusDatabase *db = &evbus_shared->dbs[i];
+	wanted = waiting_for_slot(GetCurrentTimestamp(), &db, &role);
+	LWLockRelease(evbus_shared->lock);
+	return wanted;
+}
 
-			if (db->dboid == InvalidOid)
-				continue;
-			for (role = 0; role < lengthof(db->failed_at); role++)
-			{
-				if (db->failed_since[role] != 0 &&
-					!TimestampDifferenceExceeds(db->failed_at[role], now, SLOT_WANTED_FRESH_MS))
-					wanted = true;
-			}
-		}
-	}
+/*
+ * evbus_slot_give_way --- a quiet worker is about to leave for a worker
+ * that waits for a slot: note that one has (for as long as a start's
+ * retry takes), so that the other quiet workers stay.  False if no worker
+ * waits for one any more.
+ */
+bool
+evbus_slot_give_way(void)
+{
+	EvbusDatabase *db;
+	int			role;
+	bool		wanted;
+	TimestampTz now = GetCurrentTimestamp();
+
+	LWLockAcquire(evbus_shared->lock, LW_EXCLUSIVE);
+	wanted = waiting_for_slot(now, &db, &role);
+	if (wanted)
+		db->given_way_at[role] = now;
 	LWLockRelease(evbus_shared->lock);
 	return wanted;
 }
