@@ -16,6 +16,7 @@
 #include <limits.h>
 
 #include "utils/guc.h"
+#include "utils/varlena.h"
 
 #include "evbus.h"
 
@@ -67,19 +68,16 @@ static bool
 check_consumer_groups(char **newval, void **extra, GucSource source)
 {
 	char	   *copy = pstrdup(*newval);
-	char	   *save;
-	char	   *name;
-	bool		ok = true;
+	List	   *groups = NIL;
+	ListCell   *lc;
+	bool		ok = SplitGUCList(copy, ',', &groups);
 
-	for (name = strtok_r(copy, " ,", &save); ok && name; name = strtok_r(NULL, " ,", &save))
-	{
-		if (strlen(name) > EVBUS_MAX_TOPIC_LEN || !evbus_name_chars_valid(name))
-		{
-			GUC_check_errdetail("Consumer group names may contain only ASCII letters, digits, \".\", \"_\" and \"-\", separated by commas.");
-			ok = false;
-		}
-	}
+	foreach(lc, groups)
+		ok &= strlen(lfirst(lc)) <= EVBUS_MAX_TOPIC_LEN && evbus_name_chars_valid(lfirst(lc));
+	list_free(groups);
 	pfree(copy);
+	if (!ok)
+		GUC_check_errdetail("Consumer group names may contain only ASCII letters, digits, \".\", \"_\" and \"-\", separated by commas.");
 	return ok;
 }
 

@@ -22,6 +22,7 @@
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
+#include "utils/varlena.h"
 #include "access/genam.h"
 #include "access/table.h"
 #include "executor/spi.h"
@@ -187,22 +188,21 @@ evbus_check_event_name(const char *name, const char *what)
 bool
 evbus_group_allowed(const char *group)
 {
-	const char *p = evbus_consumer_groups;
-	size_t		len = strlen(group);
+	char	   *copy;
+	List	   *groups = NIL;
+	ListCell   *lc;
+	bool		allowed;
 
-	if (p == NULL || p[strspn(p, " ,")] == '\0')
+	if (evbus_consumer_groups == NULL)
 		return true;
-	while (*p)
-	{
-		size_t		n;
-
-		p += strspn(p, " ,");
-		n = strcspn(p, " ,");
-		if (n == len && strncmp(p, group, n) == 0)
-			return true;
-		p += n;
-	}
-	return false;
+	/* the value passed check_consumer_groups: it splits */
+	copy = pstrdup(evbus_consumer_groups);
+	allowed = SplitGUCList(copy, ',', &groups) && groups == NIL;
+	foreach(lc, groups)
+		allowed |= strcmp(lfirst(lc), group) == 0;
+	list_free(groups);
+	pfree(copy);
+	return allowed;
 }
 
 /*
