@@ -110,7 +110,7 @@ our @EXPORT = qw(kafka_bootstrap kafka_dir kafka_stop kafka_kill kafka_start pri
   wait_for_crash_restart kill_holding_handler kcat_consume kafka_message_ids java_consume java_produce new_node sqlstate_of
   subscribe_recorder new_shop as_subscriber write_kafka_properties sasl_properties sasl_acl_broker
   pgbench_script run_pgbench restart_workers
-  first_arrivals_by_key stage_keyed);
+  first_arrivals_by_key stage_keyed handled_out_of_order);
 
 # kafka.sh: from the environment, else next to this file's directory.
 sub kafka_sh
@@ -506,6 +506,25 @@ sub stage_keyed
 	}
 	$node->safe_psql('postgres', $s . "COMMIT;\n");
 	return;
+}
+
+# handled_out_of_order($node, $event): how many pairs of $event's rows in
+# table public.effects (id in handling order, seq, event_key, message_id)
+# were handled against their order: against Kafka's order (their inbox
+# rows' offsets, one partition), or against staging order within a key.
+# Staging order across keys is not Kafka's: the publisher sends a key's
+# first event alone and its later ones once it is confirmed
+# (publish_keys.c), so keys may interleave differently on the topic.
+sub handled_out_of_order
+{
+	my ($node, $event) = @_;
+	return $node->safe_psql(
+		'postgres', qq{
+WITH e AS (SELECT f.id, f.seq, f.event_key, i.kafka_offset
+             FROM public.effects f JOIN evbus.inbox i ON i.message_id = f.message_id::text
+            WHERE f.event = '$event')
+SELECT count(*) FROM e a JOIN e b ON a.id > b.id
+ WHERE a.kafka_offset < b.kafka_offset OR (a.event_key = b.event_key AND a.seq < b.seq)});
 }
 
 # pgbench_script(name, text): write a pgbench script into the test's
