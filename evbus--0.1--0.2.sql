@@ -137,6 +137,12 @@ ALTER TABLE evbus.subscriptions
 	CHECK (on_dead_letter IN ('skip', 'park'));
 
 /*
+ * The consumer finds the pending rows that may run now in one walk over
+ * them in id order, each key's in order (inbox_due.c).
+ */
+CREATE INDEX inbox_pending ON evbus.inbox (id) WHERE state = 'pending';
+
+/*
  * A discarded message keeps its inbox row, so that a redelivery is not
  * handled again; as 'discarded' it is neither dead nor pending, and goes
  * after evbus.inbox_retention like a handled one.

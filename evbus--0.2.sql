@@ -261,6 +261,8 @@ CREATE INDEX inbox_pending_key ON evbus.inbox (group_name, handler, event_key, i
 	WHERE state = 'pending';
 CREATE INDEX inbox_pending_due ON evbus.inbox (next_attempt_at)
 	WHERE state = 'pending';
+/* the consumer walks the pending rows in id order (inbox_due.c) */
+CREATE INDEX inbox_pending ON evbus.inbox (id) WHERE state = 'pending';
 CREATE INDEX inbox_handled_at ON evbus.inbox (handled_at);
 COMMENT ON TABLE evbus.inbox IS
 	'messages received per consumer group and handler: handled, pending (retry or waiting for its key) or dead';

@@ -32,38 +32,13 @@ echo "settings: N=$N" >>"$RESULTS_DIR/environment.txt"
 # nothing until it has work again
 pg_start "evbus.idle_timeout = 0"
 kafka_start
-"$KAFKA_SH" topics "$TMP_DIR/kafka" --create --topic Trimmed --partitions 3 \
-	--replication-factor 1 >/dev/null
-# the handler is subscribed by, owned by and runs as a role that is not a
-# superuser
-q "CREATE ROLE bench_app; GRANT USAGE ON SCHEMA evbus TO bench_app;
-   GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) TO bench_app"
-q "CREATE FUNCTION noop(payload jsonb, headers jsonb) RETURNS void LANGUAGE sql AS 'SELECT';
-   ALTER FUNCTION noop(jsonb, jsonb) OWNER TO bench_app"
-q "SET ROLE bench_app; SELECT evbus.subscribe('Trimmed', 'noop(jsonb, jsonb)', 'g_trim')" >/dev/null
+subscribe_noop Trimmed g_trim
 set_brokers "$BROKERS"
 cpid=$(consumer_pid bench) || die "no consumer worker"
 
 log "inserting $N handled inbox rows"
-psql -qX -v ON_ERROR_STOP=1 -v n="$N" >/dev/null <<'SQL'
-INSERT INTO evbus.inbox (group_name, dedup_key, message_id, integration_event, topic,
-		kafka_partition, kafka_offset, handler, event_key, payload, headers, state,
-		attempts, handled_at)
-SELECT 'g_trim', mid, mid, 'Trimmed', 'Trimmed', i % 3, i / 3, 'public.noop(jsonb,jsonb)',
-	   'k' || (i % 100),
-	   jsonb_build_object('order_id', i, 'customer', 'c' || (i % 1000), 'amount', 123.45,
-						  'currency', 'EUR', 'lines', jsonb_build_array(1, 2, 3),
-						  'note', repeat('x', 60)),
-	   jsonb_build_object('cap-msg-id', mid, 'cap-msg-name', 'Trimmed',
-						  'cap-senttime', '2026-12-05T00:00:00.000000+00:00',
-						  'evbus-source', 'bench', 'evbus-domain-event', 'Trimmed',
-						  'evbus-topic', 'Trimmed', 'evbus-partition', i % 3,
-						  'evbus-offset', i / 3, 'evbus-group', 'g_trim'),
-	   'handled', 1, now() - interval '2 hours' + i * interval '1 microsecond'
-  FROM (SELECT i, gen_random_uuid()::text AS mid FROM generate_series(1, :n) i) s;
-ANALYZE evbus.inbox;
-CHECKPOINT;
-SQL
+insert_inbox_rows "$N" g_trim Trimmed 100 handled
+q "CHECKPOINT"
 [[ $(q "SELECT messages FROM evbus.inbox_messages WHERE group_name = 'g_trim'") == "$N" ]] \
 	|| die "the inbox does not count $N messages"
 

@@ -252,6 +252,53 @@ kafka_start() {
 	log "Kafka broker at $BROKERS"
 }
 
+# subscribe_noop EVENT GROUP [BODY]: the topic EVENT (3 partitions) and a
+# handler public.noop(jsonb, jsonb) with the SQL body BODY (default
+# 'SELECT'), owned by, subscribed by and run as the role bench_app (not a
+# superuser), subscribed to EVENT in GROUP.
+subscribe_noop() {
+	local event=$1 group=$2 body=${3:-SELECT}
+	"$KAFKA_SH" topics "$TMP_DIR/kafka" --create --topic "$event" --partitions 3 \
+		--replication-factor 1 >/dev/null
+	q "CREATE ROLE bench_app; GRANT USAGE ON SCHEMA evbus TO bench_app;
+	   GRANT EXECUTE ON FUNCTION evbus.subscribe(text, regprocedure, text, integer) TO bench_app"
+	q "CREATE FUNCTION noop(payload jsonb, headers jsonb) RETURNS void LANGUAGE sql
+	     AS \$body\$ $body \$body\$;
+	   ALTER FUNCTION noop(jsonb, jsonb) OWNER TO bench_app"
+	q "SET ROLE bench_app; SELECT evbus.subscribe('$event', 'noop(jsonb, jsonb)', '$group')" >/dev/null
+}
+
+# insert_inbox_rows N GROUP EVENT KEYS STATE: N inbox rows of the handler
+# public.noop(jsonb, jsonb) (subscribe_noop) for EVENT in GROUP, as the
+# consumer writes them: id order is Kafka order on 3 partitions, keys
+# k0 .. k(KEYS - 1) round robin, a 200-byte payload {"order_id": i, ...}
+# and the headers a handler gets; STATE 'handled' (one attempt, handled two
+# hours ago) or 'pending' (no attempt yet, due now).  Then ANALYZE.
+insert_inbox_rows() {
+	psql -qX -v ON_ERROR_STOP=1 -v n="$1" -v grp="$2" -v event="$3" -v keys="$4" \
+		-v state="$5" >/dev/null <<'SQL'
+INSERT INTO evbus.inbox (group_name, dedup_key, message_id, integration_event, topic,
+		kafka_partition, kafka_offset, handler, event_key, payload, headers, state,
+		attempts, next_attempt_at, handled_at)
+SELECT :'grp', mid, mid, :'event', :'event', i % 3, i / 3,
+	   'public.noop(pg_catalog.jsonb,pg_catalog.jsonb)', 'k' || (i % :keys),
+	   jsonb_build_object('order_id', i, 'customer', 'c' || (i % 1000), 'amount', 123.45,
+						  'currency', 'EUR', 'lines', jsonb_build_array(1, 2, 3),
+						  'note', repeat('x', 60)),
+	   jsonb_build_object('cap-msg-id', mid, 'cap-msg-name', :'event',
+						  'cap-senttime', '2026-12-05T00:00:00.000000+00:00',
+						  'evbus-source', 'bench', 'evbus-domain-event', :'event',
+						  'evbus-topic', :'event', 'evbus-partition', i % 3,
+						  'evbus-offset', i / 3, 'evbus-group', :'grp'),
+	   :'state', CASE :'state' WHEN 'handled' THEN 1 ELSE 0 END,
+	   CASE :'state' WHEN 'pending' THEN now() END,
+	   CASE :'state' WHEN 'handled' THEN now() - interval '2 hours' + i * interval '1 microsecond' END
+  FROM (SELECT i, gen_random_uuid()::text AS mid FROM generate_series(1, :n) i) s
+ ORDER BY i;
+ANALYZE evbus.inbox;
+SQL
+}
+
 # set_brokers VALUE: ALTER SYSTEM evbus.brokers and reload.
 set_brokers() {
 	q "ALTER SYSTEM SET evbus.brokers = '$1'" >/dev/null

@@ -210,6 +210,7 @@ evbus_consumer_main(Datum main_arg)
 	TimestampTz next_trim = 0;
 	TimestampTz idle_wake;
 	TimestampTz last_dispatch = 0;
+	TimestampTz next_look = 0;	/* see "Pending messages" below */
 	bool		dispatch_now = true;
 	char		brokers_seen[1024] = "";
 	uint64		settings_seen = 0;	/* evbus_kafka_conf_fingerprint */
@@ -280,15 +281,27 @@ evbus_consumer_main(Datum main_arg)
 		 * attempts cut short by a crash, and messages requeued by
 		 * evbus.retry() (which also sets this worker's latch).  Looked at
 		 * when something may have changed, and at least every poll interval.
+		 * A look that ran some looks again at once.  Messages the poll left
+		 * pending are looked at after as long as the last look took: behind a
+		 * key whose earlier message waits for its retry, every message of the
+		 * key comes to that, and a look walks every pending row that runs
+		 * nothing (inbox_due.c), so this keeps the walks to at most about
+		 * half of the worker's time (bench/inbox_backlog.sh).
 		 */
 		now = GetCurrentTimestamp();
-		if (dispatch_now || left_pending || (next_due != 0 && now >= next_due) ||
+		if (left_pending && (next_due == 0 || next_due > Max(next_look, now)))
+			next_due = Max(next_look, now);
+		if (dispatch_now || (next_due != 0 && now >= next_due) ||
 			TimestampDifferenceExceeds(last_dispatch, now, evbus_poll_interval_ms))
 		{
+			TimestampTz done;
+
 			last_dispatch = now;
 			pgstat_report_activity(STATE_RUNNING, "retrying");
 			next_due = evbus_inbox_dispatch_due(subs);
 			dispatch_now = false;
+			done = GetCurrentTimestamp();
+			next_look = done + (done - now);
 		}
 		if (TimestampDifferenceExceeds(last_maintain, now, 5000))
 		{

@@ -775,17 +775,6 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 	return left_pending;
 }
 
-/*
- * A paused subscription's pending rows wait, due or not, and are not the
- * next due either: its handler runs again once resumed, first of its key
- * first (test 280_pause_subscription.pl).
- */
-#define NOT_PAUSED \
-	" AND NOT EXISTS (SELECT 1 FROM evbus.subscriptions s WHERE s.paused_at IS NOT NULL" \
-	" AND s.group_name OPERATOR(pg_catalog.=) i.group_name" \
-	" AND s.integration_event OPERATOR(pg_catalog.=) i.integration_event" \
-	" AND s.handler OPERATOR(pg_catalog.=) i.handler)"
-
 /* list_sort comparator: dispatched rows in inbox id order. */
 static int
 dispatch_id_order(const ListCell *a, const ListCell *b)
@@ -797,33 +786,35 @@ dispatch_id_order(const ListCell *a, const ListCell *b)
 }
 
 /*
- * evbus_inbox_dispatch_due --- run pending messages that are due, each
+ * evbus_inbox_dispatch_due --- run pending messages that may run now, each
  * key's in order (inbox_due.c): retries, messages that waited for their
  * key, attempts interrupted by a crash; as many as
- * evbus_inbox_calls_budget() says (the worker calls again while more are
- * due).  Returns when the next pending message is due (0 if none is; a
- * past time if more are due now).
+ * evbus_inbox_calls_budget() says.  Returns when the next pending message
+ * is due: a past time when this call ran some (the worker calls again
+ * while more may be due), 0 if none will be until something changes.
  */
 TimestampTz
 evbus_inbox_dispatch_due(List *subs)
 {
-	const char *paused;			/* NOT_PAUSED, or "" at SQL version 0.1 */
 	List	   *dispatch = NIL;
 	int64	   *due;
 	int			ndue;
 	Oid			types[1] = {INT8ARRAYOID};
 	Datum		values[1];
 	int			calls;
-	TimestampTz next_due = 0;
+	TimestampTz next_due;
 	uint64		i;
-	MemoryContext batch_cxt = AllocSetContextCreate(TopMemoryContext, "evbus dispatch",
-													ALLOCSET_DEFAULT_SIZES);
+	MemoryContext batch_cxt;
 	MemoryContext old;
 
 	/* count the attempts, on disk before running anything */
 	inbox_begin();
-	paused = evbus_pauses_present() ? NOT_PAUSED : "";
-	ndue = evbus_inbox_due_rows(paused, calls_budget, &due);
+	ndue = evbus_inbox_due_rows(calls_budget, &due, &next_due);
+	if (ndue == 0)
+	{
+		evbus_worker_commit();
+		return next_due;
+	}
 	values[0] = evbus_int8_array(due, ndue);
 	if (SPI_execute_with_args("UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
 							  " WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND state = 'pending'"
@@ -832,6 +823,8 @@ evbus_inbox_dispatch_due(List *subs)
 							  " i.kafka_partition, i.kafka_offset",
 							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not read the inbox");
+	batch_cxt = AllocSetContextCreate(TopMemoryContext, "evbus dispatch",
+									  ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(batch_cxt);
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -865,26 +858,11 @@ evbus_inbox_dispatch_due(List *subs)
 	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, false, &calls);
 	adapt_calls_budget(calls);
 	MemoryContextSwitchTo(old);
-	/* when is the next message due that may run (first of its key)? */
-	if (SPI_execute(psprintf("SELECT pg_catalog.min(next_attempt_at) FROM evbus.inbox i"
-							 " WHERE state = 'pending'%s"
-							 " AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'"
-							 " AND e.group_name OPERATOR(pg_catalog.=) i.group_name"
-							 " AND e.handler OPERATOR(pg_catalog.=) i.handler"
-							 " AND e.event_key OPERATOR(pg_catalog.=) i.event_key"
-							 " AND e.id OPERATOR(pg_catalog.<) i.id)", paused),
-					true, 0) == SPI_OK_SELECT && SPI_processed == 1)
-	{
-		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-			next_due = DatumGetTimestampTz(d);
-	}
 	evbus_worker_commit();
 	evbus_attempt_marker_clear();
 	MemoryContextDelete(batch_cxt);
-	return next_due;
+	/* what ran changed what is due: the next call walks again */
+	return GetCurrentTimestamp();
 }
 
 /*

@@ -83,7 +83,7 @@ extern void evbus_decode_batch(ReceivedMessage *msgs, int n, const char *group,
 							   Decoded *dec);
 
 /* inbox_due.c */
-extern int	evbus_inbox_due_rows(const char *paused, int budget, int64 **ids);
+extern int	evbus_inbox_due_rows(int budget, int64 **ids, TimestampTz *next_due);
 
 /* inbox_counts.c */
 extern bool evbus_inbox_counts_here(const TriggerDesc *triggers);

@@ -3,19 +3,33 @@
  * inbox_due.c
  *	  Which pending rows of the inbox may run now, for the retries'
  *	  transactions (evbus_inbox_dispatch_due): due, not paused, and in
- *	  each key's order.
+ *	  each key's order; and, when none is left, when the next one will be.
  *
  * A row runs only after the earlier pending rows of its (group, handler,
- * event key).  The first such row of a key runs when it is due (a retry
- * whose backoff ran out, a message that waited for its key, an attempt a
- * crash cut short).  The rows after it that are due too run after it in
- * the same transaction, up to the first that is not (a retry still in
- * its backoff, a parked dead letter, a paused subscription): in id order
- * the handling holds a key's later rows back once one of them fails
- * (inbox_retry.c).  Taking only the first row of each key made a key's
- * backlog go one row per round, two commits that wait for the disk each,
- * and each round's query read the key's other rows again: 300 rows of one
- * key took 300 transactions (test 150_consume_key_order.pl: 8 now).
+ * event key).  One walk over the pending rows in id order (the order the
+ * inbox received them in; the partial index inbox_pending) finds them: the
+ * first row of a key that may run (due: a retry whose backoff ran out, a
+ * message that waited for its key, an attempt a crash cut short; and its
+ * subscription not paused) is taken, and so is each next row of that key
+ * while it may run too; the first that may not (a retry still in its
+ * backoff, a parked dead letter, a paused subscription) stops its key for
+ * the rest of the walk: in id order the handling holds a key's later rows
+ * back once one of them fails (inbox_retry.c).  A row without a key has no
+ * order to keep.  The walk ends once it has taken as many rows as one
+ * transaction may run, or at the last pending row.
+ *
+ * So a pass costs the rows it walks, not a lookup of every pending row's
+ * earlier rows: a backlog of 20,000 pending rows on 40 keys used to run at
+ * about 120 rows/s, each pass looking at every pending row twice, and 300
+ * rows of one key took 300 transactions before a key's later rows ran with
+ * its first (bench/inbox_backlog.sh; test 150_consume_key_order.pl).
+ *
+ * The keys met in a walk are told apart by a 64-bit hash of (group,
+ * handler, event key).  Two keys with the same hash would be walked as
+ * one: a row is still taken only when every earlier pending row of its
+ * own key was taken, so a collision can delay a row (until the consumer's
+ * next pass at most evbus.poll_interval later), never run one out of
+ * order.
  *
  * Calls nothing of inbox.c.
  *
@@ -23,118 +37,172 @@
  */
 #include "postgres.h"
 
-#include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "executor/spi.h"
-#include "utils/array.h"
-#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/timestamp.h"
 
 #include "inbox.h"
 
-/* The due rows first of their key, in id order: at most budget. */
-#define HEADS_SQL \
-	"SELECT id, group_name, handler, event_key FROM evbus.inbox i" \
-	" WHERE state = 'pending' AND next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s" \
-	" AND NOT EXISTS (SELECT 1 FROM evbus.inbox e WHERE e.state = 'pending'" \
-	" AND e.group_name OPERATOR(pg_catalog.=) i.group_name" \
-	" AND e.handler OPERATOR(pg_catalog.=) i.handler" \
-	" AND e.event_key OPERATOR(pg_catalog.=) i.event_key" \
-	" AND e.id OPERATOR(pg_catalog.<) i.id)" \
-	" ORDER BY id LIMIT %d"
+/*
+ * A page of the pending rows in id order after $1, each with whether it is
+ * due now.  A page has a small LIMIT, so that its plan stays cheap however
+ * many rows are pending (no JIT compilation) and the walk reads no more
+ * pages than it needs.
+ */
+#define WALK_PAGE 256
+#define PENDING_PAGE_SQL \
+	"SELECT id, group_name, integration_event, handler, event_key, next_attempt_at," \
+	" COALESCE(next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now(), false)" \
+	" FROM evbus.inbox WHERE state = 'pending' AND id OPERATOR(pg_catalog.>) $1" \
+	" ORDER BY id LIMIT " CppAsString2(WALK_PAGE)
+
+/* A paused subscription (group, integration event, handler). */
+typedef struct PausedSub
+{
+	char	   *group;
+	char	   *event;
+	char	   *handler;
+} PausedSub;
+
+/* A key met in the walk: are its rows still taken? */
+typedef struct WalkedKey
+{
+	uint64		keyhash;		/* hash key */
+	bool		stopped;		/* a row of it may not run now */
+} WalkedKey;
 
 /*
- * The pending rows after each head of a key ($1 its id, $2 to $4 its
- * group, handler and key), in id order, at most $5 per key, each with
- * whether it may run now (due, not paused; NULL: parked).
+ * paused_subscriptions --- the paused subscriptions (SQL version 0.2; at
+ * 0.1 nothing is paused).  A paused subscription's pending rows wait, due
+ * or not, and are not the next due either: its handler runs again once
+ * resumed, first of its key first (test 280_pause_subscription.pl).
  */
-#define FOLLOWERS_SQL \
-	"SELECT k.n, i.id, i.runnable" \
-	" FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.int8[]), pg_catalog.unnest($2::pg_catalog.text[])," \
-	" pg_catalog.unnest($3::pg_catalog.text[]), pg_catalog.unnest($4::pg_catalog.text[]))" \
-	" WITH ORDINALITY AS k(head, g, h, ekey, n)" \
-	" CROSS JOIN LATERAL (SELECT i.id," \
-	" i.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s AS runnable" \
-	" FROM evbus.inbox i WHERE i.state = 'pending'" \
-	" AND i.group_name OPERATOR(pg_catalog.=) k.g AND i.handler OPERATOR(pg_catalog.=) k.h" \
-	" AND i.event_key OPERATOR(pg_catalog.=) k.ekey AND i.id OPERATOR(pg_catalog.>) k.head" \
-	" ORDER BY i.id LIMIT $5) i" \
-	" ORDER BY k.n, i.id"
+static List *
+paused_subscriptions(void)
+{
+	List	   *paused = NIL;
+	uint64		r;
+
+	if (!evbus_pauses_present())
+		return NIL;
+	if (SPI_execute("SELECT group_name, integration_event, handler FROM evbus.subscriptions"
+					" WHERE paused_at IS NOT NULL", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the subscriptions");
+	for (r = 0; r < SPI_processed; r++)
+	{
+		PausedSub  *p = palloc(sizeof(PausedSub));
+
+		p->group = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
+		p->event = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2);
+		p->handler = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 3);
+		paused = lappend(paused, p);
+	}
+	return paused;
+}
+
+/* is (group, event, handler) one of the paused subscriptions? */
+static bool
+is_paused(List *paused, const char *group, const char *event, const char *handler)
+{
+	ListCell   *lc;
+
+	foreach(lc, paused)
+	{
+		PausedSub  *p = lfirst(lc);
+
+		if (strcmp(p->group, group) == 0 && strcmp(p->event, event) == 0 &&
+			strcmp(p->handler, handler) == 0)
+			return true;
+	}
+	return false;
+}
+
+/* hash of (group, handler, event key), each with its terminating zero */
+static uint64
+key_hash(const char *group, const char *handler, const char *event_key)
+{
+	uint64		h = hash_bytes_extended((const unsigned char *) group, strlen(group) + 1, 0);
+
+	h = hash_bytes_extended((const unsigned char *) handler, strlen(handler) + 1, h);
+	return hash_bytes_extended((const unsigned char *) event_key, strlen(event_key) + 1, h);
+}
 
 /*
  * evbus_inbox_due_rows --- the ids of at most budget pending rows that may
- * run now, each key's in order (see the top of this file); paused is the
- * condition that leaves a paused subscription's row out (" AND NOT EXISTS
- * ...", on alias i), or "".  Returns how many, in *ids (palloc'd).
+ * run now, each key's in order (see the top of this file).  Returns how
+ * many, in *ids (palloc'd).  When it returns none, it walked every pending
+ * row, and *next_due is when the first of them will be due (0: none will
+ * until something changes: a parked or paused one); else *next_due is 0
+ * (the rows it returns change what is due).  Inside a transaction, SPI
+ * connected.
  */
 int
-evbus_inbox_due_rows(const char *paused, int budget, int64 **ids)
+evbus_inbox_due_rows(int budget, int64 **ids, TimestampTz *next_due)
 {
+	List	   *paused = paused_subscriptions();
+	HASHCTL		ctl;
+	HTAB	   *keys;
+	int64		after = 0;
 	int			n = 0;
-	int			nkeys = 0;
-	Datum	   *groups;
-	Datum	   *handlers;
-	Datum	   *keys;
-	Datum	   *head_ids;
-	Datum		values[5];
-	Oid			types[5] = {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4OID};
-	uint64		r;
-	int32		last_key = 0;
-	bool		key_stopped = false;
+	Oid			types[1] = {INT8OID};
 
 	*ids = palloc(sizeof(int64) * Max(budget, 1));
-	if (SPI_execute(psprintf(HEADS_SQL, paused, budget), true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the inbox");
-	groups = palloc(sizeof(Datum) * Max(SPI_processed, 1));
-	handlers = palloc(sizeof(Datum) * Max(SPI_processed, 1));
-	keys = palloc(sizeof(Datum) * Max(SPI_processed, 1));
-	head_ids = palloc(sizeof(Datum) * Max(SPI_processed, 1));
-	for (r = 0; r < SPI_processed; r++)
+	*next_due = 0;
+	if (budget <= 0)
+		return 0;
+
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(WalkedKey);
+	ctl.hcxt = CurrentMemoryContext;
+	keys = hash_create("evbus walked keys", 256, &ctl,
+					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	for (;;)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[r];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *key;
+		Datum		values[1] = {Int64GetDatum(after)};
+		uint64		r;
 
-		(*ids)[n++] = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		key = SPI_getvalue(tup, desc, 4);
-		if (key == NULL)
-			continue;			/* no order to keep: no followers */
-		head_ids[nkeys] = Int64GetDatum((*ids)[n - 1]);
-		groups[nkeys] = CStringGetTextDatum(SPI_getvalue(tup, desc, 2));
-		handlers[nkeys] = CStringGetTextDatum(SPI_getvalue(tup, desc, 3));
-		keys[nkeys] = CStringGetTextDatum(key);
-		nkeys++;
-	}
-	if (n >= budget || nkeys == 0)
-		return n;
-
-	/* each key's rows after its head, up to the first that may not run */
-	values[0] = PointerGetDatum(construct_array(head_ids, nkeys, INT8OID, 8, FLOAT8PASSBYVAL,
-												TYPALIGN_DOUBLE));
-	values[1] = PointerGetDatum(construct_array(groups, nkeys, TEXTOID, -1, false, TYPALIGN_INT));
-	values[2] = PointerGetDatum(construct_array(handlers, nkeys, TEXTOID, -1, false, TYPALIGN_INT));
-	values[3] = PointerGetDatum(construct_array(keys, nkeys, TEXTOID, -1, false, TYPALIGN_INT));
-	values[4] = Int32GetDatum(budget - n);
-	if (SPI_execute_with_args(psprintf(FOLLOWERS_SQL, paused), 5, types, values, NULL,
-							  true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the inbox");
-	for (r = 0; r < SPI_processed && n < budget; r++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[r];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		int32		key_n = (int32) DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		bool		runnable;
-
-		if (key_n != last_key)
+		if (SPI_execute_with_args(PENDING_PAGE_SQL, 1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the inbox");
+		for (r = 0; r < SPI_processed && n < budget; r++)
 		{
-			last_key = key_n;
-			key_stopped = false;
+			HeapTuple	tup = SPI_tuptable->vals[r];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			bool		at_null;
+			int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			char	   *group = SPI_getvalue(tup, desc, 2);
+			char	   *handler = SPI_getvalue(tup, desc, 4);
+			char	   *event_key = SPI_getvalue(tup, desc, 5);
+			Datum		at = SPI_getbinval(tup, desc, 6, &at_null);
+			bool		held = is_paused(paused, group, SPI_getvalue(tup, desc, 3), handler);
+			bool		runnable = !held && DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+			bool		first_of_key = true;
+
+			after = id;
+			if (event_key != NULL)
+			{
+				uint64		h = key_hash(group, handler, event_key);
+				bool		found;
+				WalkedKey  *k = hash_search(keys, &h, HASH_ENTER, &found);
+
+				if (found && k->stopped)
+					continue;	/* behind a row that may not run */
+				first_of_key = !found;
+				k->stopped = !runnable;
+			}
+			if (runnable)
+				(*ids)[n++] = id;
+			else if (first_of_key && !held && !at_null &&
+					 (*next_due == 0 || DatumGetTimestampTz(at) < *next_due))
+				*next_due = DatumGetTimestampTz(at);
 		}
-		runnable = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
-		if (isnull || !runnable)
-			key_stopped = true;
-		if (!key_stopped)
-			(*ids)[n++] = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+		if (n >= budget || SPI_processed < WALK_PAGE)
+			break;
+		SPI_freetuptable(SPI_tuptable);
 	}
+	hash_destroy(keys);
+	if (n > 0)
+		*next_due = 0;
 	return n;
 }

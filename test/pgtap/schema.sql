@@ -197,7 +197,7 @@ SELECT col_has_check('evbus', 'inbox', 'state', 'inbox.state is checked');
 SELECT col_type_is('evbus', 'inbox', 'headers', 'jsonb', 'inbox.headers is jsonb');
 SELECT indexes_are('evbus', 'inbox', ARRAY[
 	'inbox_pkey', 'inbox_group_name_dedup_key_handler_key',
-	'inbox_pending_key', 'inbox_pending_due', 'inbox_handled_at', 'inbox_dead']);
+	'inbox_pending_key', 'inbox_pending_due', 'inbox_pending', 'inbox_handled_at', 'inbox_dead']);
 
 -- publish counters and the stats view
 SELECT columns_are('evbus', 'publish_counters', ARRAY[
