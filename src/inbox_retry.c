@@ -386,14 +386,16 @@ hold_if_waiting(const Dispatch *d, Outcome outcome, List **blocked, bool *none_p
  * retry) and the handler's later messages are left to the caller, one at
  * a time (test 192_handlers_in_one_go.pl).  Once the transaction holds
  * SUBXIDS_WANTED subtransaction ids, it calls no more: the messages not
- * called are the caller's too.  Only rows that may run at once (the
- * caller knows: no crash to count, no key held by a row of the batch)
- * come here.  Returns how many handler calls it made, each in a
- * subtransaction of its own.
+ * called are the caller's too.  Only rows that may run at once (no key
+ * held by a row of the batch) come here.  Unless many_per_call, a batch
+ * handler's messages are the caller's: after a crash (the careful way) a
+ * call of many messages would name none of them, so they go one at a time.
+ * Appends the ids of the rows handled to handled[*nhandled].  Returns how
+ * many handler calls it made, each in a subtransaction of its own.
  */
 static int
-run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pending,
-			  MemoryContext cxt)
+run_in_one_go(Dispatch **ds, int n, bool many_per_call, bool *done, int64 *handled_ids,
+			  int *nhandled, List **blocked, bool *none_pending, MemoryContext cxt)
 {
 	Jsonb	  **payloads = palloc(sizeof(Jsonb *) * n);
 	Jsonb	  **headers = palloc(sizeof(Jsonb *) * n);
@@ -415,7 +417,7 @@ run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pendi
 		char	   *message = NULL;
 		TimestampTz started;
 
-		if (seen[first] || sub == NULL)
+		if (seen[first] || sub == NULL || (sub->batch && !many_per_call))
 			continue;
 		for (i = first; i < n; i++)
 		{
@@ -451,6 +453,7 @@ run_in_one_go(Dispatch **ds, int n, bool *done, List **blocked, bool *none_pendi
 			if (!sub->batch)
 				evbus_metrics_handler_ran(took[i]);
 			done[which[i]] = true;
+			handled_ids[(*nhandled)++] = ds[which[i]]->inbox_id;
 			evbus_metrics_outcome('h');
 		}
 		if (handled == m || (!sub->batch && code == NULL))
@@ -500,17 +503,20 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 	*calls = 0;
 
 	/*
-	 * Each handler first in one go for all its messages, in the fast way
-	 * only: the careful way (a crash to count) and retries run them one
-	 * message at a time.
+	 * Each handler first in one go for all its messages.  Each call is
+	 * noted (attempt_marker.c) as run_one notes it, so a crash counts
+	 * against that call's message alone; but a batch handler's call of many
+	 * messages names none, so in the careful way and the retries
+	 * (!inserted_handled) batch handlers go one message at a time.
 	 */
-	if (inserted_handled && n > 1)
+	if (n > 1)
 	{
 		Dispatch  **ds = palloc(sizeof(Dispatch *) * n);
 
 		foreach(lc, dispatch)
 			ds[foreach_current_index(lc)] = lfirst(lc);
-		*calls = run_in_one_go(ds, n, done, &blocked, &none_pending, cxt);
+		*calls = run_in_one_go(ds, n, inserted_handled, done, handled, &nhandled,
+							   &blocked, &none_pending, cxt);
 	}
 
 	/*
