@@ -12,6 +12,9 @@
 #    key's later events wait for it and run after its dead letter, and the
 #    handler is called once per recorded attempt (a sequence, which no
 #    rollback resets, counts the calls: 11 + 3).
+#  - Messages that waited in the inbox (their subscription paused) run
+#    through the retries' transactions, in one go too: exactly once, in
+#    order, as the subscriber with its settings.
 #  - EXECUTE revoked from the subscriber on its own handler: the executor
 #    refused that call; the direct call refuses it too (42501), nothing runs.
 use strict;
@@ -25,7 +28,7 @@ kafka_bootstrap();
 my $prefix = "t192.$$.";
 my $group = "t192_$$";
 kafka_admin('topics', '--create', '--topic', "${prefix}$_", '--partitions', '1')
-  for qw(Each Failing Denied);
+  for qw(Each Failing Denied Waited);
 
 my $node = new_node(
 	'handlers_in_one_go',
@@ -108,6 +111,34 @@ for my $k (qw(k0 k2))
 	is(sql(qq{SELECT string_agg(seq::text, ',' ORDER BY id) FROM effects WHERE event = 'Failing' AND event_key = '$k'}),
 		$k eq 'k0' ? '3,6,9,12' : '2,5,8,11', "key $k handled in order");
 }
+
+# --- the retries' way, in one go too --------------------------------------------------
+# on_each's subscription of Waited paused (on_other's is not, so the topic is
+# fetched): the 30 messages wait in the inbox; resumed, they run through the
+# retries' transactions, a handler's rows in one go there too
+sql(as_subscriber($node) . q{
+CREATE FUNCTION on_other(payload jsonb, headers jsonb) RETURNS void LANGUAGE sql AS 'SELECT';
+SELECT evbus.subscribe('Waited', 'on_each(jsonb,jsonb)');
+SELECT evbus.subscribe('Waited', 'on_other(jsonb,jsonb)');
+});
+sql(q{SELECT evbus.pause_subscription('Waited', 'on_each(jsonb,jsonb)')});
+stage('Waited', 30);
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM evbus.inbox WHERE integration_event = 'Waited' AND state = 'pending'}, '30', 60),
+	'paused: the 30 messages wait in the inbox');
+sql(q{SELECT evbus.resume_subscription('Waited', 'on_each(jsonb,jsonb)')});
+ok(wait_for_sql($node, 'postgres', q{SELECT count(*) FROM effects WHERE event = 'Waited'}, '30', 60),
+	'resumed: all 30 handled');
+sleep 1;
+is(sql(q{SELECT count(*), count(DISTINCT seq), count(DISTINCT message_id) FROM effects WHERE event = 'Waited'}),
+	'30|30|30', 'retries: each exactly once');
+is(handled_out_of_order($node, 'Waited'), '0', 'retries: in Kafka order, each key in staging order');
+is(sql(q{SELECT string_agg(DISTINCT work_mem, ',') || ' ' || string_agg(DISTINCT run_as, ',')
+           FROM effects WHERE event = 'Waited'}),
+	'3MB evbus_app', 'retries: every call as the subscriber, from the role\'s settings');
+is( sql(q{SELECT count(*) FILTER (WHERE state = 'handled' AND attempts = 1) FROM evbus.inbox
+           WHERE integration_event = 'Waited' AND handler LIKE '%on_each%'}),
+	'30', 'retries: 30 handled in their first attempt');
 
 # --- EXECUTE revoked ------------------------------------------------------------------
 sql(q{REVOKE EXECUTE ON FUNCTION on_denied(jsonb, jsonb) FROM PUBLIC, evbus_app});
