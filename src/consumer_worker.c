@@ -305,10 +305,24 @@ evbus_consumer_main(Datum main_arg)
 		}
 		if (TimestampDifferenceExceeds(last_maintain, now, 5000))
 		{
+			bool		groups_changed;
+
 			pgstat_report_activity(STATE_RUNNING, "recording high watermarks");
 			evbus_consumers_report_watermarks();
 			last_maintain = now;
 			next_trim = now;
+
+			/* a session takes its database's settings as it starts */
+			evbus_worker_begin(evbus_consumers_let_go);
+			groups_changed = evbus_database_groups_changed();
+			evbus_worker_commit();
+			if (groups_changed)
+			{
+				ereport(LOG,
+						(errmsg("evbus: consumer for database \"%s\" starts again: the database's evbus.consumer_groups changed",
+								consumer_dbname)));
+				consumer_leave();
+			}
 		}
 
 		/*

@@ -359,6 +359,7 @@ extern const char *evbus_clip(const char *s, int max);
 extern bool evbus_name_chars_valid(const char *name);
 extern void evbus_check_event_name(const char *name, const char *what);
 extern bool evbus_group_allowed(const char *group);
+extern bool evbus_database_groups_changed(void);
 extern void evbus_check_writable(const char *what);
 extern Oid	evbus_schema_oid(void);
 extern bool evbus_database_is_template(Oid dboid, bool *exists);

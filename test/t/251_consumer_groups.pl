@@ -7,9 +7,10 @@
 # handled in other and never in shop.  A superuser sets
 # evbus.consumer_groups per database (ALTER DATABASE ... SET): subscribing
 # in a group it does not list is refused (42501), the role cannot change
-# the setting, and a consumer started with it joins no such group, made
-# before or not (a WARNING says so), so that shop gets its partitions back
-# and handles every message.
+# the setting, and the consumer starts again by itself within seconds of
+# the change and then joins no such group, made before or not (a WARNING
+# says so), so that shop gets its partitions back and handles every
+# message.
 use strict;
 use warnings;
 
@@ -53,6 +54,7 @@ cmp_ok($hijacked, '>', 0,
 	"without evbus.consumer_groups, other's consumer handles messages of shop's group ($hijacked)");
 
 # A setting for superusers only, checked as it is made.
+my $log_offset = -s $node->logfile;
 my ($ret, $out, $err) =
   $node->psql('other', q{ALTER DATABASE other SET evbus.consumer_groups = 'shop,no;place'});
 like($err, qr/invalid value for parameter "evbus.consumer_groups"/, 'a bad group name is refused');
@@ -83,10 +85,13 @@ SELECT evbus.subscribe('Order', 'record_own(jsonb)', 'other');
 });
 pass('subscribing in a group the setting lists works');
 
-# The consumer started with the setting leaves shop's group, saying so;
-# shop takes its partitions back and handles everything from now on.
-my $log_offset = -s $node->logfile;
-restart_workers($node, 'other');
+# The consumer starts again by itself once the setting changed (a session
+# takes its database's settings as it starts), leaves shop's group, saying
+# so; shop takes its partitions back and handles everything from now on.
+ok( $node->wait_for_log(
+		qr/LOG:  evbus: consumer for database "other" starts again: the database's evbus.consumer_groups changed/,
+		$log_offset),
+	'other\'s consumer starts again by itself when the database\'s setting changes');
 ok( $node->wait_for_log(
 		qr/WARNING:  evbus: consumer does not join group "shop": evbus.consumer_groups does not list it/,
 		$log_offset),
