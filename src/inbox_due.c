@@ -159,10 +159,12 @@ evbus_inbox_due_rows(int budget, int64 **ids, TimestampTz *next_due)
 					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	for (;;)
 	{
+		static SPIPlanPtr plan = NULL;
 		Datum		values[1] = {Int64GetDatum(after)};
 		uint64		r;
 
-		if (SPI_execute_with_args(PENDING_PAGE_SQL, 1, types, values, NULL, true, 0) != SPI_OK_SELECT)
+		if (SPI_execute_plan(evbus_kept_plan(&plan, PENDING_PAGE_SQL, 1, types),
+							 values, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read the inbox");
 		for (r = 0; r < SPI_processed && n < budget; r++)
 		{
@@ -175,7 +177,8 @@ evbus_inbox_due_rows(int budget, int64 **ids, TimestampTz *next_due)
 			char	   *handler = SPI_getvalue(tup, desc, 4);
 			char	   *event_key = SPI_getvalue(tup, desc, 5);
 			Datum		at = SPI_getbinval(tup, desc, 6, &at_null);
-			bool		held = is_paused(paused, group, SPI_getvalue(tup, desc, 3), handler);
+			char	   *event = paused != NIL ? SPI_getvalue(tup, desc, 3) : NULL;
+			bool		held = event != NULL && is_paused(paused, group, event, handler);
 			bool		runnable = !held && DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 			bool		first_of_key = true;
 

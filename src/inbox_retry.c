@@ -503,11 +503,11 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 	*calls = 0;
 
 	/*
-	 * Each handler first in one go for all its messages.  Each call is
-	 * noted (attempt_marker.c) as run_one notes it, so a crash counts
-	 * against that call's message alone; but a batch handler's call of many
-	 * messages names none, so in the careful way and the retries
-	 * (!inserted_handled) batch handlers go one message at a time.
+	 * Each handler first in one go for all its messages.  Each call is noted
+	 * (attempt_marker.c) as run_one notes it, so a crash counts against that
+	 * call's message alone; but a batch handler's call of many messages names
+	 * none, so in the careful way and the retries (!inserted_handled) batch
+	 * handlers go one message at a time.
 	 */
 	if (n > 1)
 	{
