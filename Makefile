@@ -19,6 +19,7 @@ MODULE_big = evbus
 OBJS = \
 	src/evbus.o \
 	src/guc.o \
+	src/event_lists.o \
 	src/shmem.o \
 	src/shmem_databases.o \
 	src/shmem_idle.o \

@@ -791,12 +791,42 @@ group_refused(const char *group)
 }
 
 /*
+ * event_refused --- true for a subscription of subs whose integration
+ * event evbus.subscribe_events (this database's setting, as the consumer
+ * started with it) does not list: subscribed before the setting was
+ * made.  The consumer reads no topic of it, and its rows wait (test
+ * 253_event_lists.pl); it says so once per event.
+ */
+static bool
+event_refused(const EvbusSubscription *sub)
+{
+	static List *warned = NIL;
+	MemoryContext old;
+
+	if (!sub->refused)
+		return false;
+	if (list_member(warned, makeString(sub->integration_event)))
+		return true;
+	ereport(WARNING,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("evbus: consumer does not read integration event \"%s\": evbus.subscribe_events does not list it",
+					sub->integration_event),
+			 errdetail("Its subscriptions here receive nothing, and their messages received before wait."),
+			 errhint("Unsubscribe them, or have a superuser allow the event with ALTER DATABASE ... SET evbus.subscribe_events.")));
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	warned = lappend(warned, makeString(pstrdup(sub->integration_event)));
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/*
  * evbus_consumers_sync --- one consumer per group of subs, subscribed to
  * exactly that group's topics, built from the current brokers and
  * settings; consumers of vanished groups leave, and so do those built from
  * other brokers or settings (a new one takes over from the committed
  * offsets; the inbox drops what both receive).  A group that
- * evbus.consumer_groups does not allow gets no consumer.  Returns the
+ * evbus.consumer_groups does not allow gets no consumer, and neither does
+ * one whose every subscription is refused (event_refused).  Returns the
  * evbus_kafka_conf_fingerprint the consumers were built from (0: no
  * brokers).
  */
@@ -817,7 +847,7 @@ evbus_consumers_sync(List *subs)
 	{
 		EvbusSubscription *sub = lfirst(lc);
 
-		if (!list_member(groups, makeString(sub->group_name)) &&
+		if (!event_refused(sub) && !list_member(groups, makeString(sub->group_name)) &&
 			!group_refused(sub->group_name))
 			groups = lappend(groups, makeString(sub->group_name));
 	}

@@ -28,7 +28,10 @@ typedef struct EvbusSubscription
 	int			max_retries;	/* -1: evbus.max_retries */
 	bool		park;			/* on_dead_letter 'park': a dead letter holds
 								 * its key */
-	bool		paused;			/* evbus.pause_subscription: its rows wait */
+	bool		paused;			/* evbus.pause_subscription, or refused: its
+								 * rows wait */
+	bool		refused;		/* evbus.subscribe_events does not list its
+								 * event: its topic is not read */
 } EvbusSubscription;
 
 /*

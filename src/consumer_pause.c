@@ -44,7 +44,8 @@ static TimestampTz watermark_backoff_until = 0;
 /*
  * evbus_group_topics --- the comma-separated topics (sorted) of group's
  * subscriptions in subs, or with paused_only those whose every
- * subscription in the group is paused; "" when there is none.
+ * subscription in the group is paused; "" when there is none.  A refused
+ * subscription's topic is not read at all (event_lists.c).
  */
 char *
 evbus_group_topics(List *subs, const char *group, bool paused_only)
@@ -60,7 +61,7 @@ evbus_group_topics(List *subs, const char *group, bool paused_only)
 	{
 		EvbusSubscription *sub = lfirst(lc);
 
-		if (strcmp(sub->group_name, group) != 0)
+		if (strcmp(sub->group_name, group) != 0 || sub->refused)
 			continue;
 		if (topic == NULL || strcmp(topic, sub->topic) != 0)
 		{

@@ -305,7 +305,7 @@ evbus_consumer_main(Datum main_arg)
 		}
 		if (TimestampDifferenceExceeds(last_maintain, now, 5000))
 		{
-			bool		groups_changed;
+			const char *changed = NULL;
 
 			pgstat_report_activity(STATE_RUNNING, "recording high watermarks");
 			evbus_consumers_report_watermarks();
@@ -314,13 +314,16 @@ evbus_consumer_main(Datum main_arg)
 
 			/* a session takes its database's settings as it starts */
 			evbus_worker_begin(evbus_consumers_let_go);
-			groups_changed = evbus_database_groups_changed();
+			if (evbus_database_setting_changed("evbus.consumer_groups"))
+				changed = "evbus.consumer_groups";
+			else if (evbus_database_setting_changed("evbus.subscribe_events"))
+				changed = "evbus.subscribe_events";
 			evbus_worker_commit();
-			if (groups_changed)
+			if (changed != NULL)
 			{
 				ereport(LOG,
-						(errmsg("evbus: consumer for database \"%s\" starts again: the database's evbus.consumer_groups changed",
-								consumer_dbname)));
+						(errmsg("evbus: consumer for database \"%s\" starts again: the database's %s changed",
+								consumer_dbname, changed)));
 				consumer_leave();
 			}
 		}

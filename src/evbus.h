@@ -51,6 +51,8 @@ extern char *evbus_kafka_config_file;
 extern char *evbus_topic_prefix;
 extern char *evbus_group_name;
 extern char *evbus_consumer_groups;
+extern char *evbus_publish_events;
+extern char *evbus_subscribe_events;
 extern int	evbus_max_retries;
 extern int	evbus_retry_interval_ms;
 extern int	evbus_retry_max_interval_ms;
@@ -348,6 +350,12 @@ extern TimestampTz evbus_dead_letters_next_expiry(void);
 	" AND i.state OPERATOR(pg_catalog.=) 'pending'" \
 	" AND i.event_key OPERATOR(pg_catalog.=) " d ".event_key COLLATE \"C\")"
 
+/* ---------- event_lists.c: the events a database may publish, subscribe to ---------- */
+extern bool evbus_name_list_valid(const char *value, bool prefixes);
+extern bool evbus_check_event_list(char **newval, void **extra, GucSource source);
+extern bool evbus_may_publish(const char *event);
+extern bool evbus_may_subscribe(const char *event);
+
 /* ---------- json_compact.c ---------- */
 extern void evbus_jsonb_to_compact(StringInfo out, JsonbContainer *jc);
 extern bool evbus_jsonb_exceeds(Jsonb *jb, int limit);
@@ -359,7 +367,7 @@ extern const char *evbus_clip(const char *s, int max);
 extern bool evbus_name_chars_valid(const char *name);
 extern void evbus_check_event_name(const char *name, const char *what);
 extern bool evbus_group_allowed(const char *group);
-extern bool evbus_database_groups_changed(void);
+extern bool evbus_database_setting_changed(const char *name);
 extern void evbus_check_writable(const char *what);
 extern Oid	evbus_schema_oid(void);
 extern bool evbus_database_is_template(Oid dboid, bool *exists);

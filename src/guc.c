@@ -25,6 +25,8 @@ char	   *evbus_kafka_config_file = NULL;
 char	   *evbus_topic_prefix = NULL;
 char	   *evbus_group_name = NULL;
 char	   *evbus_consumer_groups = NULL;
+char	   *evbus_publish_events = NULL;
+char	   *evbus_subscribe_events = NULL;
 int			evbus_max_retries = 10;
 int			evbus_retry_interval_ms = 1000;
 int			evbus_retry_max_interval_ms = 300000;
@@ -67,18 +69,10 @@ check_topic_prefix(char **newval, void **extra, GucSource source)
 static bool
 check_consumer_groups(char **newval, void **extra, GucSource source)
 {
-	char	   *copy = pstrdup(*newval);
-	List	   *groups = NIL;
-	ListCell   *lc;
-	bool		ok = SplitGUCList(copy, ',', &groups);
-
-	foreach(lc, groups)
-		ok &= strlen(lfirst(lc)) <= EVBUS_MAX_TOPIC_LEN && evbus_name_chars_valid(lfirst(lc));
-	list_free(groups);
-	pfree(copy);
-	if (!ok)
-		GUC_check_errdetail("Consumer group names may contain only ASCII letters, digits, \".\", \"_\" and \"-\", separated by commas.");
-	return ok;
+	if (evbus_name_list_valid(*newval, false))
+		return true;
+	GUC_check_errdetail("Consumer group names may contain only ASCII letters, digits, \".\", \"_\" and \"-\", separated by commas.");
+	return false;
 }
 
 /* A traceparent is W3C trace context: printable ASCII, bounded. */
@@ -147,6 +141,24 @@ define_kafka_gucs(void)
 							   "",
 							   PGC_SUSET, GUC_LIST_INPUT,
 							   check_consumer_groups, NULL, NULL);
+
+	DefineCustomStringVariable("evbus.publish_events",
+							   "Integration events a database may publish; empty means any.",
+							   "Names, and prefixes ending in \"*\", comma-separated, set per database by a superuser "
+							   "(ALTER DATABASE ... SET): staging another event is refused, and the publisher dead-letters one staged before.",
+							   &evbus_publish_events,
+							   "",
+							   PGC_SUSET, GUC_LIST_INPUT,
+							   evbus_check_event_list, NULL, NULL);
+
+	DefineCustomStringVariable("evbus.subscribe_events",
+							   "Integration events a database may subscribe to; empty means any.",
+							   "Names, and prefixes ending in \"*\", comma-separated, set per database by a superuser "
+							   "(ALTER DATABASE ... SET): evbus.subscribe refuses another event, and the consumer reads no topic of one subscribed before.",
+							   &evbus_subscribe_events,
+							   "",
+							   PGC_SUSET, GUC_LIST_INPUT,
+							   evbus_check_event_list, NULL, NULL);
 
 	DefineCustomStringVariable("evbus.wait_for_standbys",
 							   "Standbys (application names) that must have flushed a transaction's WAL before evbus tells Kafka about it.",

@@ -74,29 +74,42 @@ typedef struct WalkedKey
 
 /*
  * paused_subscriptions --- the paused subscriptions (SQL version 0.2; at
- * 0.1 nothing is paused).  A paused subscription's pending rows wait, due
- * or not, and are not the next due either: its handler runs again once
- * resumed, first of its key first (test 280_pause_subscription.pl).
+ * 0.1 nothing is paused), and those evbus.subscribe_events refuses
+ * (event_lists.c).  A paused subscription's pending rows wait, due or
+ * not, and are not the next due either: its handler runs again once
+ * resumed, first of its key first (tests 280_pause_subscription.pl,
+ * 253_event_lists.pl).
  */
 static List *
 paused_subscriptions(void)
 {
+	bool		pauses = evbus_pauses_present();
+	bool		refusals = evbus_subscribe_events != NULL && evbus_subscribe_events[0] != '\0';
 	List	   *paused = NIL;
 	uint64		r;
 
-	if (!evbus_pauses_present())
+	if (!pauses && !refusals)
 		return NIL;
-	if (SPI_execute("SELECT group_name, integration_event, handler FROM evbus.subscriptions"
+	if (SPI_execute(!pauses ?
+					"SELECT group_name, integration_event, handler, false FROM evbus.subscriptions" :
+					refusals ?
+					"SELECT group_name, integration_event, handler, paused_at IS NOT NULL"
+					" FROM evbus.subscriptions" :
+					"SELECT group_name, integration_event, handler, true FROM evbus.subscriptions"
 					" WHERE paused_at IS NOT NULL", true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the subscriptions");
 	for (r = 0; r < SPI_processed; r++)
 	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
 		PausedSub  *p = palloc(sizeof(PausedSub));
+		bool		isnull;
 
-		p->group = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1);
-		p->event = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2);
-		p->handler = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 3);
-		paused = lappend(paused, p);
+		p->group = SPI_getvalue(tup, SPI_tuptable->tupdesc, 1);
+		p->event = SPI_getvalue(tup, SPI_tuptable->tupdesc, 2);
+		p->handler = SPI_getvalue(tup, SPI_tuptable->tupdesc, 3);
+		if (DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull)) ||
+			!evbus_may_subscribe(p->event))
+			paused = lappend(paused, p);
 	}
 	return paused;
 }

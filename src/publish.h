@@ -80,7 +80,7 @@ extern void evbus_reports_on_delivery(void *opaque, rd_kafka_resp_err_t err,
 									  int32 partition, int64 offset);
 extern void evbus_reports_dead(int64 id, int table,
 							   const char *integration_event,
-							   rd_kafka_resp_err_t err);
+							   rd_kafka_resp_err_t err, const char *why);
 extern bool evbus_reports_holds(int64 id);
 extern void evbus_reports_forget_unreported(void);
 extern int	evbus_reports_unrecorded(TimestampTz *since);

@@ -238,18 +238,20 @@ record_done(InflightMsg *msg)
  * evbus_reports_dead --- event id cannot be published (err is permanent,
  * and it was refused alone, or before it was queued): say so, and record
  * it to be moved to evbus.dead_letters by the next finish.  The one place
- * an event is dead-lettered (test 050_dead_letters.pl).
+ * an event is dead-lettered (test 050_dead_letters.pl).  why, if not
+ * NULL, says why instead of err's text (evbus refused it itself).
  */
 void
 evbus_reports_dead(int64 id, int table, const char *integration_event,
-				   rd_kafka_resp_err_t err)
+				   rd_kafka_resp_err_t err, const char *why)
 {
 	MemoryContext old;
 
+	if (why == NULL)
+		why = rd_kafka_err2str(err);
 	ereport(WARNING,
 			(errmsg("evbus: event %lld of \"%s\" cannot be published: %s",
-					(long long) id, integration_event,
-					rd_kafka_err2str(err)),
+					(long long) id, integration_event, why),
 			 errdetail("The event is moved to evbus.dead_letters.")));
 	old = MemoryContextSwitchTo(reports_cxt);
 	if (ndead == dead_cap)
@@ -263,7 +265,7 @@ evbus_reports_dead(int64 id, int table, const char *integration_event,
 	dead[ndead].id = id;
 	dead[ndead].table = table;
 	dead[ndead].error_code = rd_kafka_err2name(err);
-	dead[ndead].error_message = pstrdup(rd_kafka_err2str(err));
+	dead[ndead].error_message = pstrdup(why);
 	ndead++;
 	MemoryContextSwitchTo(old);
 }
@@ -301,7 +303,7 @@ evbus_reports_on_delivery(void *opaque, rd_kafka_resp_err_t err,
 	}
 	else if (err != RD_KAFKA_RESP_ERR_NO_ERROR && evbus_kafka_error_is_permanent(err))
 	{
-		evbus_reports_dead(msg->id, msg->table, msg->integration_event, err);
+		evbus_reports_dead(msg->id, msg->table, msg->integration_event, err, NULL);
 		evbus_key_done(msg->keyhash, msg->id, true);
 	}
 	else

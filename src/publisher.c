@@ -211,11 +211,11 @@ typedef enum ProduceResult
  * refused_before_queued --- librdkafka refused row before it was queued
  * (it may know the topic to be unauthorized already, say): the same as
  * the same error in a delivery report, and the key is released or held
- * back alike.
+ * back alike.  why, if not NULL, says why instead of err's text.
  */
 static ProduceResult
 refused_before_queued(const OutboxRow *row, uint64 keyhash,
-					  rd_kafka_resp_err_t err)
+					  rd_kafka_resp_err_t err, const char *why)
 {
 	if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
 	{
@@ -224,7 +224,7 @@ refused_before_queued(const OutboxRow *row, uint64 keyhash,
 	}
 	if (evbus_kafka_error_is_permanent(err))
 	{
-		evbus_reports_dead(row->id, row->table, row->integration_event, err);
+		evbus_reports_dead(row->id, row->table, row->integration_event, err, why);
 		evbus_revisit_remove(row->id);
 		evbus_key_done(keyhash, row->id, false);
 		return PRODUCED;
@@ -270,6 +270,15 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 		return HELD_BACK;
 	}
 
+	/*
+	 * Staged before evbus.publish_events was set, or by a session that
+	 * started before: refused as Kafka refuses a topic its ACLs deny (test
+	 * 253_event_lists.pl).
+	 */
+	if (!evbus_may_publish(row->integration_event))
+		return refused_before_queued(row, keyhash, RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+									 "evbus.publish_events of this database does not list it");
+
 	message_id = evbus_uuid_to_cstring(&row->message_id);
 	headers = build_headers(row, message_id, sent);
 	msg = evbus_inflight_new(row, keyhash, key_topic, alone);
@@ -289,7 +298,7 @@ produce_row(const OutboxRow *row, const char *sent, bool alone)
 	{
 		rd_kafka_headers_destroy(headers);
 		evbus_inflight_discard(msg);
-		return refused_before_queued(row, keyhash, err);
+		return refused_before_queued(row, keyhash, err, NULL);
 	}
 
 	evbus_inflight_add(msg);

@@ -220,6 +220,33 @@ publisher_start(Oid dboid)
 }
 
 /*
+ * publish_events_changed --- true, with a LOG line, when a superuser set,
+ * changed or reset the database's evbus.publish_events since the worker
+ * started; asked every 5 s.  A session takes its database's settings only
+ * as it starts, so the worker then starts again, and holds the events it
+ * sends to the new list (test 253_event_lists.pl).
+ */
+static bool
+publish_events_changed(const char *dbname)
+{
+	static TimestampTz last_asked = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		changed;
+
+	if (!TimestampDifferenceExceeds(last_asked, now, 5000))
+		return false;
+	last_asked = now;
+	evbus_worker_begin(evbus_publisher_shutdown);
+	changed = evbus_database_setting_changed("evbus.publish_events");
+	evbus_worker_commit();
+	if (changed)
+		ereport(LOG,
+				(errmsg("evbus: publisher for database \"%s\" starts again: the database's evbus.publish_events changed",
+						dbname)));
+	return changed;
+}
+
+/*
  * publisher_loop --- publish steps and waits until the worker is stopped
  * or goes idle.
  */
@@ -249,6 +276,9 @@ publisher_loop(const char *dbname)
 		/* updated to a version unknown here, then back: start afresh */
 		if (evbus_version_recheck(true))
 			worker_exit(1, false);
+
+		if (publish_events_changed(dbname))
+			worker_exit(1, true);
 
 		woken = evbus_worker_wake_pending();
 		MemoryContextSwitchTo(step_cxt);

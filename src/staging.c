@@ -21,6 +21,7 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "commands/dbcommands.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -224,12 +225,13 @@ check_size(const EvbusStagedEvent *event, int64 header_bytes)
 /*
  * evbus_stage --- insert one integration event into the outbox.
  *
- * The payload must be a JSON object, and the event no larger than
- * evbus.max_message_bytes (check_size).  Staged by a handler, the event
- * also gets the headers evbus-causation-id, evbus-correlation-id and
- * tracestate of the message it handles (handler_trace.c), after the
- * user's headers were checked: users cannot write them, evbus does (test
- * 224_trace_causation.pl).
+ * The event must be one this database may publish (evbus.publish_events,
+ * test 253_event_lists.pl), the payload a JSON object, and the event no
+ * larger than evbus.max_message_bytes (check_size).  Staged by a
+ * handler, the event also gets the headers evbus-causation-id,
+ * evbus-correlation-id and tracestate of the message it handles
+ * (handler_trace.c), after the user's headers were checked: users cannot
+ * write them, evbus does (test 224_trace_causation.pl).
  */
 void
 evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
@@ -239,6 +241,15 @@ evbus_stage(const EvbusStagedEvent *event, pg_uuid_t *message_id)
 	bool		traced = evbus_traceparent && evbus_traceparent[0] != '\0';
 	Jsonb	   *headers;
 
+	/* another database's events are not this one's to forge (event_lists.c) */
+	if (!evbus_may_publish(event->integration_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("database \"%s\" may not publish integration event \"%s\"",
+						get_database_name(MyDatabaseId), event->integration_event),
+				 errdetail("evbus.publish_events lists the events it may publish: %s.",
+						   evbus_clip(evbus_publish_events, 200)),
+				 errhint("A superuser allows an event with ALTER DATABASE ... SET evbus.publish_events.")));
 	if (!JB_ROOT_IS_OBJECT(event->payload) || JB_ROOT_IS_SCALAR(event->payload))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

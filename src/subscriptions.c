@@ -410,6 +410,15 @@ subscribe(FunctionCallInfo fcinfo, int group_arg, int retries_arg,
 				 errdetail("evbus.consumer_groups lists the groups its subscriptions may use: %s.",
 						   evbus_clip(evbus_consumer_groups, 200)),
 				 errhint("A superuser allows a group with ALTER DATABASE ... SET evbus.consumer_groups.")));
+	/* another database's events are its own to read (event_lists.c) */
+	if (!evbus_may_subscribe(event))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("database \"%s\" may not subscribe to integration event \"%s\"",
+						get_database_name(MyDatabaseId), event),
+				 errdetail("evbus.subscribe_events lists the events it may subscribe to: %s.",
+						   evbus_clip(evbus_subscribe_events, 200)),
+				 errhint("A superuser allows an event with ALTER DATABASE ... SET evbus.subscribe_events.")));
 	if (!PG_ARGISNULL(retries_arg) && PG_GETARG_INT32(retries_arg) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -671,7 +680,10 @@ handler_is_batch(const char *signature)
  * and handler, as a List of EvbusSubscription allocated in cxt.  Runs
  * inside a transaction with SPI connected.  A subscription whose handler
  * or role is missing is loaded all the same: its messages are received,
- * fail and retry (handler.c), and run once the handler is back.
+ * fail and retry (handler.c), and run once the handler is back.  One
+ * whose event evbus.subscribe_events does not list (subscribed before it
+ * was set) is refused: its topic is not read, and its rows wait as a
+ * paused subscription's do (event_lists.c).
  */
 List *
 evbus_load_subscriptions(MemoryContext cxt)
@@ -714,6 +726,9 @@ evbus_load_subscriptions(MemoryContext cxt)
 		sub->max_retries = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
 		sub->park = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 		sub->paused = DatumGetBool(SPI_getbinval(tup, desc, 9, &isnull));
+		/* made before evbus.subscribe_events was set: waits like a paused one */
+		sub->refused = !evbus_may_subscribe(sub->integration_event);
+		sub->paused |= sub->refused;
 		sub->topic = psprintf("%s%s", evbus_topic_prefix, sub->integration_event);
 		sub->batch = handler_is_batch(sub->signature);
 		result = lappend(result, sub);

@@ -206,35 +206,37 @@ evbus_group_allowed(const char *group)
 }
 
 /*
- * The evbus.consumer_groups set for this database (setrole 0), NULL when
- * none is; and where this session's value came from, and what it is.
+ * The value of setting $2 set for database $1 (setrole 0), NULL when none
+ * is; and where this session's value came from, and what it is.
  */
-#define DATABASE_GROUPS_SQL \
-	"SELECT (SELECT pg_catalog.substr(c, 23) FROM pg_catalog.pg_db_role_setting," \
-	" pg_catalog.unnest(setconfig) c WHERE setdatabase OPERATOR(pg_catalog.=) $1" \
-	" AND setrole OPERATOR(pg_catalog.=) 0" \
-	" AND pg_catalog.starts_with(c, 'evbus.consumer_groups='))," \
-	" source, setting FROM pg_catalog.pg_settings WHERE name = 'evbus.consumer_groups'"
+#define DATABASE_SETTING_SQL \
+	"SELECT (SELECT pg_catalog.substr(c, pg_catalog.length($2) OPERATOR(pg_catalog.+) 2)" \
+	" FROM pg_catalog.pg_db_role_setting, pg_catalog.unnest(setconfig) c" \
+	" WHERE setdatabase OPERATOR(pg_catalog.=) $1 AND setrole OPERATOR(pg_catalog.=) 0" \
+	" AND pg_catalog.starts_with(c, $2 OPERATOR(pg_catalog.||) '='))," \
+	" source, setting FROM pg_catalog.pg_settings WHERE name OPERATOR(pg_catalog.=) $2"
 
 /*
- * evbus_database_groups_changed --- has a superuser set, changed or reset
- * this database's evbus.consumer_groups (ALTER DATABASE ... SET) since
+ * evbus_database_setting_changed --- has a superuser set, changed or reset
+ * this database's value of setting name (ALTER DATABASE ... SET) since
  * this session started?  Database settings are applied only when a session
- * starts, so the consumer asks every few seconds and starts again when
- * they changed (test 251_consumer_groups.pl).  A value this session took
- * from elsewhere than the database or postgresql.conf (a role's setting)
- * is left as it is.  Inside a transaction, SPI connected.
+ * starts, so the workers ask every few seconds about those they hold to
+ * (evbus.consumer_groups, evbus.publish_events, evbus.subscribe_events)
+ * and start again when one changed (tests 251_consumer_groups.pl,
+ * 253_event_lists.pl).  A value this session took from elsewhere than the
+ * database or postgresql.conf (a role's setting) is left as it is.  Inside
+ * a transaction, SPI connected.
  */
 bool
-evbus_database_groups_changed(void)
+evbus_database_setting_changed(const char *name)
 {
-	Oid			types[1] = {OIDOID};
-	Datum		values[1] = {ObjectIdGetDatum(MyDatabaseId)};
+	Oid			types[2] = {OIDOID, TEXTOID};
+	Datum		values[2] = {ObjectIdGetDatum(MyDatabaseId), CStringGetTextDatum(name)};
 	char	   *wanted;
 	char	   *source;
 	char	   *setting;
 
-	if (SPI_execute_with_args(DATABASE_GROUPS_SQL, 1, types, values, NULL, true, 1) != SPI_OK_SELECT ||
+	if (SPI_execute_with_args(DATABASE_SETTING_SQL, 2, types, values, NULL, true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		return false;
 	wanted = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
