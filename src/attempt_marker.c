@@ -34,10 +34,14 @@
  * crash does.
  *
  * The careful way counts attempts before it runs anything (inbox.c's
- * record step, and the retries: evbus_inbox_dispatch_due).  The inbox
- * rows so counted are noted too; after a crash in their call, the
- * consumer's next start takes the counted attempt back from each of them
- * but the one that was running (evbus_attempt_marker_uncharged).
+ * record step).  The inbox rows so counted are noted too; after a crash
+ * in their call, the consumer's next start takes the counted attempt back
+ * from each of them but the one that was running
+ * (evbus_attempt_marker_uncharged).  The retries count each attempt with
+ * its outcome, in the transaction that runs it (evbus_inbox_dispatch_due):
+ * after a crash in a call, the next start counts the attempt of the row
+ * whose call was running, if that row was not counted before
+ * (evbus_attempt_marker_charged).
  *
  * A range names its (group, topic) by a hash, and the running call its
  * handler by a hash: a collision only makes an innocent batch take the
@@ -251,6 +255,54 @@ evbus_attempt_marker_uncharged(int64 **ids)
 		if (previous.counted[i] != previous.running.inbox_id)
 			(*ids)[n++] = previous.counted[i];
 	return n;
+}
+
+/*
+ * evbus_attempt_marker_charged --- the inbox row whose call was running
+ * when the previous run stopped, if its attempt was not counted before
+ * the call (the retries), else 0: its attempt is counted now
+ * (evbus_inbox_charge_attempt).  A received batch's row, inserted in the
+ * transaction that stopped, is not in the inbox, and its message is a
+ * suspect instead (evbus_attempt_marker_crashed).  Returns it once: it is
+ * forgotten here and in the file, so that a second stop before the next
+ * batch does not count it twice.
+ */
+int64
+evbus_attempt_marker_charged(void)
+{
+	int64		id = previous.running.inbox_id;
+	int			i;
+
+	if (!previous.running.valid || id == 0 || previous.ncounted < 0)
+		return 0;
+	for (i = 0; i < previous.ncounted; i++)
+		if (previous.counted[i] == id)
+			return 0;
+	previous.running.inbox_id = 0;
+	if (marker != NULL)
+		marker->running.inbox_id = 0;
+	return id;
+}
+
+/*
+ * evbus_attempt_marker_retries --- note that a transaction of retries is
+ * about to run: no received batch, no counted row; each call is noted as
+ * it runs (evbus_attempt_marker_call), and stays noted if the consumer
+ * stops in it, a FATAL included (evbus_attempt_marker_exit).  Returns
+ * false without a file: then the caller counts the attempts before the
+ * calls.
+ */
+bool
+evbus_attempt_marker_retries(void)
+{
+	if (marker == NULL)
+		return false;
+	marker->running.valid = 0;
+	marker->ncounted = 0;
+	marker->nranges = 0;
+	pg_compiler_barrier();
+	batch_in_hand = true;
+	return true;
 }
 
 /*

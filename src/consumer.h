@@ -131,6 +131,7 @@ extern bool evbus_inbox_receive(const char *group, List *subs,
 								bool commit_async);
 extern TimestampTz evbus_inbox_dispatch_due(List *subs);
 extern void evbus_inbox_take_back_attempts(const int64 *ids, int n);
+extern void evbus_inbox_charge_attempt(int64 id);
 extern bool evbus_inbox_maintain(void);
 extern TimestampTz evbus_inbox_cleanup_wake(TimestampTz wake_at);
 
@@ -157,6 +158,8 @@ extern bool evbus_attempt_marker_crashed(const char *group, const ReceivedMessag
 										 const char *handler);
 extern int	evbus_attempt_marker_uncharged(int64 **ids);
 extern void evbus_attempt_marker_forget_counted(void);
+extern int64 evbus_attempt_marker_charged(void);
+extern bool evbus_attempt_marker_retries(void);
 extern bool evbus_attempt_marker_write(const char *group, ReceivedMessage *msgs, int n);
 extern void evbus_attempt_marker_counted(const int64 *ids, int n);
 extern void evbus_attempt_marker_call(const char *group, const char *topic, int32 partition,

@@ -121,6 +121,7 @@ consumer_start(Oid dboid)
 	char	   *original;
 	int64	   *uncharged_ids;
 	int			uncharged;
+	int64		charged;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -157,6 +158,9 @@ consumer_start(Oid dboid)
 	uncharged = evbus_attempt_marker_uncharged(&uncharged_ids);
 	if (uncharged > 0)
 		evbus_inbox_take_back_attempts(uncharged_ids, uncharged);
+	charged = evbus_attempt_marker_charged();
+	if (charged != 0)
+		evbus_inbox_charge_attempt(charged);
 	evbus_attempt_marker_forget_counted();
 	evbus_subscriptions_watch();
 	evbus_replays_watch();

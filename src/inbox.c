@@ -35,7 +35,11 @@
  *	2. handle: run the handlers as above, mark the successes handled, and
  *	   advance the stored offsets.
  *
- * Retries go the careful way too (evbus_inbox_dispatch_due).  A row
+ * Retries run in one transaction each (evbus_inbox_dispatch_due): the
+ * rows were recorded before, and each attempt is counted with its
+ * outcome; a crash in a call rolls that back, and the attempt marker has
+ * the next start count the attempt of the row whose call was running
+ * (evbus_inbox_charge_attempt).  A row
  * waits while an earlier row of its key, group and handler is pending, so
  * per-key order holds through retries, per handler; other keys, and other
  * handlers of the same key, flow.
@@ -697,6 +701,33 @@ note_counted(List *dispatch)
 }
 
 /*
+ * evbus_inbox_charge_attempt --- in a transaction of its own, on disk
+ * before any handler runs, count one attempt of pending inbox row id: the
+ * consumer stopped in its call, whose transaction, which would have
+ * counted it, is gone (ATTEMPT_UNCOUNTED; attempt_marker.c).  So a
+ * message whose handler crashes the server is dead-lettered as
+ * "interrupted" after its retries, not run for ever (test
+ * 130_consume_kill.pl).  A row the stopped transaction had inserted is
+ * not there: nothing to count.
+ */
+void
+evbus_inbox_charge_attempt(int64 id)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(id)};
+
+	inbox_begin();
+	evbus_spi_exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.+) 1"
+				   " WHERE state = 'pending' AND id OPERATOR(pg_catalog.=) $1",
+				   1, types, values, NULL, SPI_OK_UPDATE);
+	if (SPI_processed > 0)
+		ereport(LOG,
+				(errmsg("evbus: the consumer stopped in the handler call of inbox row " INT64_FORMAT "; that attempt counts",
+						id)));
+	evbus_worker_commit_durable();
+}
+
+/*
  * evbus_inbox_take_back_attempts --- in a transaction of its own, on disk
  * before any handler runs, take back the attempt counted for each of the
  * n pending inbox rows ids: the consumer stopped in another row's call
@@ -759,7 +790,8 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 		inbox_begin();
 		old = MemoryContextSwitchTo(batch_cxt);
 	}
-	if (!evbus_inbox_handle_batch(dispatch, batch_cxt, !careful, &calls))
+	if (!evbus_inbox_handle_batch(dispatch, batch_cxt,
+								  careful ? ATTEMPT_COUNTED : ATTEMPT_INSERTED_HANDLED, &calls))
 		left_pending = true;
 	adapt_calls_budget(calls);
 	evbus_store_offsets(group, offsets, noffsets);
@@ -775,27 +807,27 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 	return left_pending;
 }
 
-/* list_sort comparator: dispatched rows in inbox id order. */
-static int
-dispatch_id_order(const ListCell *a, const ListCell *b)
-{
-	int64		x = ((const Dispatch *) lfirst(a))->inbox_id;
-	int64		y = ((const Dispatch *) lfirst(b))->inbox_id;
-
-	return x < y ? -1 : x > y ? 1 : 0;
-}
-
 /*
  * evbus_inbox_dispatch_due --- run pending messages that may run now, each
  * key's in order (inbox_due.c): retries, messages that waited for their
  * key, attempts interrupted by a crash; as many as
- * evbus_inbox_calls_budget() says.  Returns when the next pending message
- * is due: a past time when this call ran some (the worker calls again
- * while more may be due), 0 if none will be until something changes.
+ * evbus_inbox_calls_budget() says, in one transaction.  Returns when the
+ * next pending message is due: a past time when this call ran some (the
+ * worker calls again while more may be due), 0 if none will be until
+ * something changes.
+ *
+ * Each row's attempt is counted in the statement that records its outcome
+ * (ATTEMPT_UNCOUNTED), not before: a crash or a termination in a handler's
+ * call rolls the transaction back, and the attempt marker, which names the
+ * running call's row, has the consumer's next start count that attempt
+ * alone (evbus_inbox_charge_attempt; tests 130_consume_kill.pl,
+ * 232_terminate_handler.pl).  The rows are locked (FOR UPDATE) until the
+ * outcome is recorded, so that evbus.retry or a repair waits for it.
  */
 TimestampTz
 evbus_inbox_dispatch_due(List *subs)
 {
+	static SPIPlanPtr plan = NULL;
 	List	   *dispatch = NIL;
 	int64	   *due;
 	int			ndue;
@@ -806,8 +838,8 @@ evbus_inbox_dispatch_due(List *subs)
 	uint64		i;
 	MemoryContext batch_cxt;
 	MemoryContext old;
+	AttemptRecord record = ATTEMPT_UNCOUNTED;
 
-	/* count the attempts, on disk before running anything */
 	inbox_begin();
 	ndue = evbus_inbox_due_rows(calls_budget, &due, &next_due);
 	if (ndue == 0)
@@ -816,12 +848,14 @@ evbus_inbox_dispatch_due(List *subs)
 		return next_due;
 	}
 	values[0] = evbus_int8_array(due, ndue);
-	if (SPI_execute_with_args("UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
-							  " WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND state = 'pending'"
-							  " RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
-							  " i.payload, i.headers, i.attempts, i.event_key, i.handler,"
-							  " i.kafka_partition, i.kafka_offset",
-							  1, types, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+	if (SPI_execute_plan(evbus_kept_plan(&plan,
+										 "SELECT id, group_name, topic, message_id::pg_catalog.text,"
+										 " payload, headers, attempts, event_key, handler,"
+										 " kafka_partition, kafka_offset FROM evbus.inbox"
+										 " WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND state = 'pending'"
+										 " ORDER BY id FOR UPDATE",
+										 1, types),
+						 values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the inbox");
 	batch_cxt = AllocSetContextCreate(TopMemoryContext, "evbus dispatch",
 									  ALLOCSET_DEFAULT_SIZES);
@@ -839,7 +873,8 @@ evbus_inbox_dispatch_due(List *subs)
 		dp->message_id = SPI_getvalue(tup, desc, 4);
 		dp->payload = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 5, &isnull));
 		dp->headers = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 6, &isnull));
-		dp->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+		/* this attempt included, counted with its outcome */
+		dp->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull)) + 1;
 		dp->event_key = SPI_getvalue(tup, desc, 8);
 		dp->handler = SPI_getvalue(tup, desc, 9);
 		dp->partition = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
@@ -847,15 +882,22 @@ evbus_inbox_dispatch_due(List *subs)
 		dp->sub = sub_named(subs, dp->group_name, dp->topic, dp->handler);
 		dispatch = lappend(dispatch, dp);
 	}
-	list_sort(dispatch, dispatch_id_order);
-	MemoryContextSwitchTo(old);
-	evbus_worker_commit_durable();
-	note_counted(dispatch);
 
-	inbox_begin();
-	old = MemoryContextSwitchTo(batch_cxt);
+	if (!evbus_attempt_marker_retries())
+	{
+		/* nothing would name a call that crashes: count first, on disk */
+		MemoryContextSwitchTo(old);
+		evbus_spi_exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.+) 1"
+					   " WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND state = 'pending'",
+					   1, types, values, NULL, SPI_OK_UPDATE);
+		evbus_worker_commit_durable();
+		inbox_begin();
+		old = MemoryContextSwitchTo(batch_cxt);
+		record = ATTEMPT_COUNTED;
+	}
+
 	/* in id order: a message handled here lets the next of its key go */
-	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, false, &calls);
+	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, record, &calls);
 	adapt_calls_budget(calls);
 	MemoryContextSwitchTo(old);
 	evbus_worker_commit();

@@ -93,11 +93,25 @@ extern void evbus_inbox_count(const char *group, const InboxNewRow *rows, int n)
 extern bool evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *rows,
 							  int n, int64 *ids);
 
+/*
+ * Where the attempt of each row a transaction dispatches stands before its
+ * handlers run (evbus_inbox_handle_batch, attempt_marker.c).
+ */
+typedef enum AttemptRecord
+{
+	ATTEMPT_INSERTED_HANDLED,	/* a received batch: rows inserted as handled
+								 * (attempt 1) in this transaction */
+	ATTEMPT_COUNTED,			/* the careful way: counted and committed
+								 * before */
+	ATTEMPT_UNCOUNTED			/* the retries: counted with the outcome; the
+								 * attempt marker names each call */
+} AttemptRecord;
+
 /* inbox_retry.c */
 extern List *evbus_hold_key(List *held, const char *handler, const char *key);
 extern bool evbus_key_held(List *held, const char *handler, const char *key);
 extern bool evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt,
-									 bool inserted_handled, int *calls);
+									 AttemptRecord record, int *calls);
 extern void evbus_dead_letter_poison(const char *group, const ReceivedMessage *m,
 									 const Decoded *d,
 									 const char *integration_event);

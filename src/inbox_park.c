@@ -28,14 +28,15 @@
 #include "inbox.h"
 
 /*
- * The dead letter of inbox row $1 with error ($2, $3); %s is what becomes
- * of the row: dead, or parked (pending with no next attempt).
+ * The dead letter of inbox row $1 with error ($2, $3) after $4 attempts; %s
+ * is what becomes of the row: dead, or parked (pending with no next
+ * attempt).
  */
 #define DEAD_LETTER_SQL \
-	"WITH i AS (UPDATE evbus.inbox SET %s, handled_at = NULL," \
+	"WITH i AS (UPDATE evbus.inbox SET %s, handled_at = NULL, attempts = $4," \
 	" last_error_code = $2, last_error_message = $3, next_attempt_at = NULL," \
 	" errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)" \
-	" pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts," \
+	" pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', $4," \
 	" 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3))" \
 	" WHERE id OPERATOR(pg_catalog.=) $1 RETURNING *)," \
 	" d AS (INSERT INTO evbus.dead_letters (message_id, direction, integration_event," \
@@ -48,7 +49,8 @@
 
 /*
  * evbus_inbox_dead_letter --- dead-letter dispatched row d, which failed
- * for the last time with (code, message), and warn.  Returns true if the
+ * for the last time with (code, message), after d->attempts attempts
+ * (this one counted: the row's count may not include it yet), and warn.  Returns true if the
  * row was parked: its key's later events must wait for it (a row without
  * a key, or of a handler no longer subscribed, is never parked).  Inside
  * the caller's transaction.
@@ -57,14 +59,15 @@ bool
 evbus_inbox_dead_letter(const Dispatch *d, const char *code, const char *message)
 {
 	bool		park = d->sub != NULL && d->sub->park && d->event_key != NULL;
-	Oid			types[3] = {INT8OID, TEXTOID, TEXTOID};
-	Datum		values[3];
+	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, INT4OID};
+	Datum		values[4];
 
 	values[0] = Int64GetDatum(d->inbox_id);
 	values[1] = CStringGetTextDatum(code);
 	values[2] = CStringGetTextDatum(message);
+	values[3] = Int32GetDatum(d->attempts);
 	evbus_spi_exec(psprintf(DEAD_LETTER_SQL, park ? "state = 'pending'" : "state = 'dead'"),
-				   3, types, values, NULL, SPI_OK_SELECT);
+				   4, types, values, NULL, SPI_OK_SELECT);
 	/* the publisher expires dead letters: an idle one learns of this one */
 	evbus_wake_at_commit(true, false);
 	ereport(WARNING,

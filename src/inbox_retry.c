@@ -230,10 +230,7 @@ run_one(Dispatch *d)
 {
 	char	   *code = NULL;
 	char	   *message = NULL;
-	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, INT8OID};
-	Datum		values[4];
 
-	values[0] = Int64GetDatum(d->inbox_id);
 	if (d->sub == NULL)
 	{
 		code = "no_handler";
@@ -250,9 +247,7 @@ run_one(Dispatch *d)
 		message = psprintf("each of the %d attempts ended with the consumer stopping while it ran the handlers "
 						   "(a crash, a termination, or a call still running at twice evbus.handler_timeout)",
 						   d->attempts - 1);
-		evbus_spi_exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1"
-					   " WHERE id OPERATOR(pg_catalog.=) $1",
-					   1, types, values, NULL, SPI_OK_UPDATE);
+		/* this one did not run: the dead letter records the others */
 		d->attempts--;
 	}
 	else
@@ -281,29 +276,32 @@ run_one(Dispatch *d)
 /*
  * record_failure --- the attempt of a dispatched (message, handler)
  * failed with code and message: schedule its retry, with backoff, or
- * after the last one dead-letter it (inside a txn).
+ * after the last one dead-letter it (inside a txn).  The row's attempts
+ * become d->attempts, which counts this one (already counted, or not:
+ * AttemptRecord).
  */
 static Outcome
 record_failure(Dispatch *d, char *code, char *message)
 {
-	Oid			types[4] = {INT8OID, TEXTOID, TEXTOID, INT8OID};
-	Datum		values[4];
+	Oid			types[5] = {INT8OID, TEXTOID, TEXTOID, INT8OID, INT4OID};
+	Datum		values[5];
 
 	values[0] = Int64GetDatum(d->inbox_id);
 	values[1] = CStringGetTextDatum(code);
 	values[2] = CStringGetTextDatum(message);
+	values[4] = Int32GetDatum(d->attempts);
 	if (d->sub != NULL && d->attempts <= max_retries_of(d->sub))
 	{
 		values[3] = Int64GetDatum(backoff_ms(d->attempts));
-		evbus_spi_exec("UPDATE evbus.inbox SET state = 'pending', handled_at = NULL,"
+		evbus_spi_exec("UPDATE evbus.inbox SET state = 'pending', handled_at = NULL, attempts = $5,"
 					   " last_error_code = $2, last_error_message = $3,"
 					   " errors = COALESCE(errors, '[]') OPERATOR(pg_catalog.||)"
-					   " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', attempts,"
+					   " pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object('attempt', $5,"
 					   " 'at', pg_catalog.now(), 'sqlstate', $2, 'message', $3)),"
 					   " next_attempt_at = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+)"
 					   " pg_catalog.make_interval(secs => $4::pg_catalog.float8 OPERATOR(pg_catalog./) 1000)"
 					   " WHERE id OPERATOR(pg_catalog.=) $1",
-					   4, types, values, NULL, SPI_OK_UPDATE);
+					   5, types, values, NULL, SPI_OK_UPDATE);
 		evbus_metrics_outcome('r');
 		return PENDING;
 	}
@@ -333,29 +331,44 @@ update_rows(SPIPlanPtr *plan, const char *sql, int64 *ids, int n)
 		elog(ERROR, "could not update the inbox");
 }
 
-/* Mark the given inbox rows handled, in one statement. */
+/*
+ * Mark the given inbox rows handled, in one statement, counting their
+ * attempt unless it was counted before (ATTEMPT_COUNTED).
+ */
 static void
-mark_handled(int64 *ids, int n)
+mark_handled(int64 *ids, int n, AttemptRecord record)
 {
 	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr counting_plan = NULL;
 
-	update_rows(&plan, "UPDATE evbus.inbox SET state = 'handled',"
-				" handled_at = pg_catalog.now(), next_attempt_at = NULL"
-				" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
+	if (record == ATTEMPT_UNCOUNTED)
+		update_rows(&counting_plan, "UPDATE evbus.inbox SET state = 'handled',"
+					" attempts = attempts OPERATOR(pg_catalog.+) 1,"
+					" handled_at = pg_catalog.now(), next_attempt_at = NULL"
+					" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
+	else
+		update_rows(&plan, "UPDATE evbus.inbox SET state = 'handled',"
+					" handled_at = pg_catalog.now(), next_attempt_at = NULL"
+					" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
 }
 
 /*
- * Leave the given inbox rows pending, due now, their attempt taken back
- * (they did not run), in one statement.
+ * Leave the given inbox rows pending, due now, in one statement: they did
+ * not run, so the attempt counted for them before is taken back.
  */
 static void
-leave_waiting(int64 *ids, int n)
+leave_waiting(int64 *ids, int n, AttemptRecord record)
 {
 	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr uncounted_plan = NULL;
 
-	update_rows(&plan, "UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1,"
-				" state = 'pending', handled_at = NULL, next_attempt_at = pg_catalog.now()"
-				" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
+	if (record == ATTEMPT_UNCOUNTED)
+		update_rows(&uncounted_plan, "UPDATE evbus.inbox SET next_attempt_at = pg_catalog.now()"
+					" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
+	else
+		update_rows(&plan, "UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1,"
+					" state = 'pending', handled_at = NULL, next_attempt_at = pg_catalog.now()"
+					" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
 }
 
 /*
@@ -477,7 +490,8 @@ run_in_one_go(Dispatch **ds, int n, bool many_per_call, bool *done, int64 *handl
 /*
  * evbus_inbox_handle_batch --- run the dispatched messages in order and
  * record the outcomes: the successes in one statement, unless their rows
- * were inserted as handled already (inserted_handled).  Each handler call
+ * were inserted as handled already (record says where each row's
+ * attempt stands, AttemptRecord).  Each handler call
  * is a subtransaction, and a call that writes takes an id; once the
  * transaction holds SUBXIDS_WANTED (inbox.h), it calls no more, and the
  * rows left are left pending, due now, for the retries' transactions
@@ -487,9 +501,10 @@ run_in_one_go(Dispatch **ds, int n, bool many_per_call, bool *done, int64 *handl
  * pending.
  */
 bool
-evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handled,
+evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, AttemptRecord record,
 						 int *calls)
 {
+	bool		inserted_handled = record == ATTEMPT_INSERTED_HANDLED;
 	bool		none_pending = true;
 	int			n = list_length(dispatch);
 	int64	   *handled = palloc(sizeof(int64) * Max(n, 1));
@@ -552,9 +567,9 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handle
 		else
 			hold_if_waiting(d, outcome, &blocked, &none_pending);
 	}
-	leave_waiting(waiting, nwaiting);
+	leave_waiting(waiting, nwaiting, record);
 	if (!inserted_handled)
-		mark_handled(handled, nhandled);
+		mark_handled(handled, nhandled, record);
 	MemoryContextSwitchTo(cxt);
 	return none_pending;
 }
