@@ -130,6 +130,7 @@ extern bool evbus_inbox_receive(const char *group, List *subs,
 								NextOffset *offsets, int noffsets,
 								bool commit_async);
 extern TimestampTz evbus_inbox_dispatch_due(List *subs);
+extern void evbus_inbox_walk_from_start(void);
 extern void evbus_inbox_take_back_attempts(const int64 *ids, int n);
 extern void evbus_inbox_charge_attempt(int64 id);
 extern bool evbus_inbox_maintain(void);

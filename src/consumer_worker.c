@@ -252,6 +252,9 @@ evbus_consumer_main(Datum main_arg)
 		/* a wake from now on keeps the worker from going idle (idle.c) */
 		busy = evbus_worker_wake_pending() || dispatch_now;
 		evbus_worker_wake_consumed();
+		/* woken by a change of the inbox or the subscriptions (inbox_due.c) */
+		if (busy)
+			evbus_inbox_walk_from_start();
 
 		/* subscriptions or brokers changed: reload, resubscribe */
 		evbus_worker_begin(evbus_consumers_let_go);
@@ -269,6 +272,7 @@ evbus_consumer_main(Datum main_arg)
 			pgstat_report_activity(STATE_RUNNING, "subscribing");
 			settings_seen = evbus_consumers_sync(subs);
 			dispatch_now = true;
+			evbus_inbox_walk_from_start();
 		}
 		else
 			evbus_worker_commit();

@@ -897,7 +897,8 @@ evbus_inbox_dispatch_due(List *subs)
 	}
 
 	/* in id order: a message handled here lets the next of its key go */
-	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, record, &calls);
+	if (!evbus_inbox_handle_batch(dispatch, batch_cxt, record, &calls))
+		evbus_inbox_walk_from_start();	/* rows behind the cursor changed */
 	adapt_calls_budget(calls);
 	MemoryContextSwitchTo(old);
 	evbus_worker_commit();
