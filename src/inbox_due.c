@@ -24,26 +24,27 @@
  * rows of one key took 300 transactions before a key's later rows ran with
  * its first (bench/inbox_backlog.sh; test 150_consume_key_order.pl).
  *
- * A walk that stopped for its budget leaves a cursor: the next walk
- * starts after the last row it looked at, goes to the last pending row,
- * then wraps around to the first and ends at the cursor.  Rows behind the
- * cursor that could not run were looked at already, and only a change can
- * let them run: so a backlog whose front rows wait behind a few retrying
- * keys is not read again at every transaction (each pass read them all:
- * 100,000 pending rows, 1 key in 8 behind a head retrying in an hour, ran
- * at 2,200 rows/s, three quarters of the consumer's time in the walk;
- * bench/inbox_backlog.sh).  Past the cursor a key first met may have
- * earlier pending rows behind it: one probe of the index inbox_pending_key
- * tells, and such a key waits for the wrap-around, where its rows are met
- * in order.  The next walk starts at the first pending row again once a
- * row behind the cursor that could not run comes due, when something
- * else changed the inbox (evbus_inbox_walk_from_start: the consumer was
- * woken by evbus.retry, a repair, a pause or resume, or a transaction of
- * the retries left rows pending), and at least every WALK_RESTART_MS.
+ * A walk that stops for its budget is continued by the next one, after
+ * the last row it looked at, with what it learnt of the keys: the rows
+ * behind that point that could not run were looked at already, and only a
+ * change lets them run, so a backlog whose front rows wait behind a few
+ * retrying keys is not read again at every transaction (each pass read
+ * them all: 100,000 pending rows, 1 key in 8 behind a head retrying in an
+ * hour, ran at 2,000 rows/s, three quarters of the consumer's time in the
+ * walk; bench/inbox_backlog.sh).  The walks in turn are then one walk
+ * from the first pending row, the rows each took handled in between.  A
+ * walk starts at the first pending row again once it reached the last,
+ * once a row behind it that could not run comes due, when something else
+ * changed the inbox or what may run (evbus_inbox_walk_from_start: the
+ * consumer was woken by evbus.retry, a repair, a pause or resume, a new
+ * subscription; a transaction of the retries left rows pending), and at
+ * least every WALK_RESTART_MS.
  *
  * The keys met in a walk are told apart by a 64-bit hash of (group,
- * handler, event key); its entry keeps the key's first row's names, and a
- * row whose names differ from them (a collision) waits for another walk.
+ * handler, event key).  Two keys with the same hash would be walked as
+ * one: a row is still taken only when every earlier pending row of its
+ * own key was taken, so a collision can delay a row (until the walk starts
+ * again from the first row), never run one out of order.
  *
  * Calls nothing of inbox.c.
  *
@@ -55,6 +56,7 @@
 #include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "inbox.h"
@@ -85,41 +87,65 @@ typedef struct WalkedKey
 {
 	uint64		keyhash;		/* hash key */
 	bool		stopped;		/* a row of it may not run now */
-	const char *group;			/* the names of the first row met */
-	const char *handler;
-	const char *event_key;
 } WalkedKey;
-
-/*
- * An earlier pending row of key ($1, $2, $3) than id $4? (the index
- * inbox_pending_key)
- */
-#define EARLIER_ROW_SQL \
-	"SELECT EXISTS (SELECT FROM evbus.inbox WHERE state = 'pending'" \
-	" AND group_name OPERATOR(pg_catalog.=) $1 AND handler OPERATOR(pg_catalog.=) $2" \
-	" AND event_key OPERATOR(pg_catalog.=) $3 AND id OPERATOR(pg_catalog.<) $4)"
 
 /* The longest between two walks that start at the first pending row. */
 #define WALK_RESTART_MS 10000
 
 /*
- * Where the next walk starts: after the last row the previous walk looked
- * at, when it stopped for its budget; 0: at the first pending row.  And
- * when a row behind it that could not run may run (0: none), and when the
- * last walk from the first row started.
+ * The walk that the next call continues (see the top of this file): from
+ * the first pending row when after is 0, else past after with the keys met
+ * so far.
  */
-static int64 resume_after = 0;
-static TimestampTz behind_due = 0;
-static TimestampTz walked_from_start_at = 0;
+typedef struct Walk
+{
+	MemoryContext cxt;			/* keys */
+	HTAB	   *keys;			/* of WalkedKey */
+	int64		after;			/* the last row looked at; 0: start again */
+	TimestampTz started_at;		/* when it started at the first row */
+	TimestampTz head_due;		/* the first due of a key's first row met */
+	TimestampTz any_due;		/* the first due of any row met that may not
+								 * run */
+} Walk;
+
+static Walk walk;
 
 /*
  * evbus_inbox_walk_from_start --- the next walk starts at the first
- * pending row: something may have let a row behind the cursor run.
+ * pending row: something may have let a row behind the last walk run.
  */
 void
 evbus_inbox_walk_from_start(void)
 {
-	resume_after = 0;
+	walk.after = 0;
+}
+
+/* Start the walk again at the first pending row. */
+static void
+walk_restart(TimestampTz now)
+{
+	HASHCTL		ctl;
+
+	if (walk.cxt == NULL)
+		walk.cxt = AllocSetContextCreate(TopMemoryContext, "evbus walked keys",
+										 ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(walk.cxt);
+	ctl.keysize = sizeof(uint64);
+	ctl.entrysize = sizeof(WalkedKey);
+	ctl.hcxt = walk.cxt;
+	walk.keys = hash_create("evbus walked keys", 256, &ctl,
+							HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	walk.after = 0;
+	walk.started_at = now;
+	walk.head_due = 0;
+	walk.any_due = 0;
+}
+
+/* The first of two due times, 0 standing for none. */
+static TimestampTz
+first_due(TimestampTz a, TimestampTz b)
+{
+	return a == 0 || (b != 0 && b < a) ? b : a;
 }
 
 /*
@@ -192,82 +218,42 @@ key_hash(const char *group, const char *handler, const char *event_key)
 }
 
 /*
- * earlier_row_pending --- has key (group, handler, event_key) a pending row
- * before id?
+ * evbus_inbox_due_rows --- the ids of at most budget pending rows that may
+ * run now, each key's in order (see the top of this file).  Returns how
+ * many, in *ids (palloc'd).  When it returns none, the walk reached the
+ * last pending row, and *next_due is when the first of them will be due
+ * (0: none will until something changes: a parked or paused one); else
+ * *next_due is 0 (the rows it returns change what is due).  Inside a
+ * transaction, SPI connected.
  */
-static bool
-earlier_row_pending(const char *group, const char *handler, const char *event_key,
-					int64 id)
+int
+evbus_inbox_due_rows(int budget, int64 **ids, TimestampTz *next_due)
 {
-	static SPIPlanPtr plan = NULL;
-	Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, INT8OID};
-	Datum		values[4];
-	bool		isnull;
-
-	values[0] = CStringGetTextDatum(group);
-	values[1] = CStringGetTextDatum(handler);
-	values[2] = CStringGetTextDatum(event_key);
-	values[3] = Int64GetDatum(id);
-	if (SPI_execute_plan(evbus_kept_plan(&plan, EARLIER_ROW_SQL, 4, types),
-						 values, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read the inbox");
-	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-}
-
-/* A walk in progress: what evbus_inbox_due_rows has found so far. */
-typedef struct Walk
-{
+	TimestampTz now = GetCurrentTimestamp();
 	List	   *paused;
-	HTAB	   *keys;			/* of WalkedKey */
-	int			budget;
-	int			n;				/* rows taken, in ids */
-	int64	   *ids;
-	TimestampTz head_due;		/* the first due of a first row of its key */
-	TimestampTz any_due;		/* the first due of any row that may not run */
-	int64		last_seen;		/* the last row looked at */
-} Walk;
-
-/* A fresh table of the keys met. */
-static HTAB *
-new_keys(void)
-{
-	HASHCTL		ctl;
-
-	ctl.keysize = sizeof(uint64);
-	ctl.entrysize = sizeof(WalkedKey);
-	ctl.hcxt = CurrentMemoryContext;
-	return hash_create("evbus walked keys", 256, &ctl,
-					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-}
-
-/* The first of two due times, 0 standing for none. */
-static TimestampTz
-first_due(TimestampTz a, TimestampTz b)
-{
-	return a == 0 || (b != 0 && b < a) ? b : a;
-}
-
-/*
- * walk_part --- walk the pending rows after id after, up to id until (0:
- * the last), taking the rows that may run into w until its budget is
- * spent.  probe: the walk did not start at the first pending row, so a
- * key first met is asked for earlier pending rows.  Returns true if it
- * reached until (or the last row), false if the budget ran out first.
- */
-static bool
-walk_part(Walk *w, int64 after, int64 until, bool probe)
-{
 	Oid			types[1] = {INT8OID};
+	bool		reached_end = false;
+	int			n = 0;
 
-	for (;;)
+	*ids = palloc(sizeof(int64) * Max(budget, 1));
+	*next_due = 0;
+	if (budget <= 0)
+		return 0;
+	if (walk.after == 0 || (walk.any_due != 0 && now >= walk.any_due) ||
+		TimestampDifferenceExceeds(walk.started_at, now, WALK_RESTART_MS))
+		walk_restart(now);
+	paused = paused_subscriptions();
+
+	while (n < budget && !reached_end)
 	{
 		static SPIPlanPtr plan = NULL;
-		Datum		values[1] = {Int64GetDatum(after)};
+		Datum		values[1] = {Int64GetDatum(walk.after)};
 		uint64		r;
 
 		if (SPI_execute_plan(evbus_kept_plan(&plan, PENDING_PAGE_SQL, 1, types),
 							 values, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read the inbox");
+		reached_end = SPI_processed < WALK_PAGE;
 		for (r = 0; r < SPI_processed; r++)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[r];
@@ -275,114 +261,47 @@ walk_part(Walk *w, int64 after, int64 until, bool probe)
 			bool		isnull;
 			bool		at_null;
 			int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-			char	   *group;
-			char	   *handler;
-			char	   *event_key;
-			Datum		at;
-			char	   *event;
-			bool		held;
-			bool		runnable;
+			char	   *group = SPI_getvalue(tup, desc, 2);
+			char	   *handler = SPI_getvalue(tup, desc, 4);
+			char	   *event_key = SPI_getvalue(tup, desc, 5);
+			Datum		at = SPI_getbinval(tup, desc, 6, &at_null);
+			char	   *event = paused != NIL ? SPI_getvalue(tup, desc, 3) : NULL;
+			bool		held = event != NULL && is_paused(paused, group, event, handler);
+			bool		runnable = !held && DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
 			bool		first_of_key = true;
 
-			if (until != 0 && id > until)
-				return true;
-			if (w->n >= w->budget)
-				return false;
-			w->last_seen = after = id;
-			group = SPI_getvalue(tup, desc, 2);
-			handler = SPI_getvalue(tup, desc, 4);
-			event_key = SPI_getvalue(tup, desc, 5);
-			at = SPI_getbinval(tup, desc, 6, &at_null);
-			event = w->paused != NIL ? SPI_getvalue(tup, desc, 3) : NULL;
-			held = event != NULL && is_paused(w->paused, group, event, handler);
-			runnable = !held && DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+			if (n >= budget)
+			{
+				reached_end = false;	/* rows left: the next walk goes on */
+				break;
+			}
+			walk.after = id;
 			if (event_key != NULL)
 			{
 				uint64		h = key_hash(group, handler, event_key);
 				bool		found;
-				WalkedKey  *k = hash_search(w->keys, &h, HASH_ENTER, &found);
+				WalkedKey  *k = hash_search(walk.keys, &h, HASH_ENTER, &found);
 
-				if (!found)
-				{
-					k->group = group;
-					k->handler = handler;
-					k->event_key = event_key;
-					/* its earlier rows are behind the start: met later */
-					k->stopped = probe && earlier_row_pending(group, handler, event_key, id);
-					if (k->stopped)
-						continue;
-				}
-				else if (k->stopped || strcmp(k->event_key, event_key) != 0 ||
-						 strcmp(k->handler, handler) != 0 || strcmp(k->group, group) != 0)
-					continue;	/* behind a row that may not run, or a
-								 * collision */
+				if (found && k->stopped)
+					continue;	/* behind a row that may not run */
 				first_of_key = !found;
 				k->stopped = !runnable;
 			}
 			if (runnable)
-				w->ids[w->n++] = id;
+				(*ids)[n++] = id;
 			else if (!held && !at_null)
 			{
-				w->any_due = first_due(w->any_due, DatumGetTimestampTz(at));
+				walk.any_due = first_due(walk.any_due, DatumGetTimestampTz(at));
 				if (first_of_key)
-					w->head_due = first_due(w->head_due, DatumGetTimestampTz(at));
+					walk.head_due = first_due(walk.head_due, DatumGetTimestampTz(at));
 			}
 		}
-		if (SPI_processed < WALK_PAGE)
-			return true;
 		SPI_freetuptable(SPI_tuptable);
 	}
-}
 
-/*
- * evbus_inbox_due_rows --- the ids of at most budget pending rows that may
- * run now, each key's in order (see the top of this file).  Returns how
- * many, in *ids (palloc'd).  When it returns none, it walked every pending
- * row, and *next_due is when the first of them will be due (0: none will
- * until something changes: a parked or paused one); else *next_due is 0
- * (the rows it returns change what is due).  Inside a transaction, SPI
- * connected.
- */
-int
-evbus_inbox_due_rows(int budget, int64 **ids, TimestampTz *next_due)
-{
-	TimestampTz now = GetCurrentTimestamp();
-	int64		start = resume_after;
-	bool		whole;
-	Walk		w;
-
-	*ids = palloc(sizeof(int64) * Max(budget, 1));
-	*next_due = 0;
-	if (budget <= 0)
-		return 0;
-
-	if ((behind_due != 0 && now >= behind_due) ||
-		TimestampDifferenceExceeds(walked_from_start_at, now, WALK_RESTART_MS))
-		start = 0;
-	if (start == 0)
-	{
-		behind_due = 0;
-		walked_from_start_at = now;
-	}
-	memset(&w, 0, sizeof(w));
-	w.paused = paused_subscriptions();
-	w.keys = new_keys();
-	w.budget = budget;
-	w.ids = *ids;
-
-	/* from the start (or the cursor) to the last row, then up to the cursor */
-	whole = walk_part(&w, start, 0, start != 0);
-	if (whole && start != 0)
-	{
-		hash_destroy(w.keys);
-		w.keys = new_keys();
-		whole = walk_part(&w, 0, start, false);
-	}
-	hash_destroy(w.keys);
-
-	resume_after = whole ? 0 : w.last_seen;
-	behind_due = whole ? 0 : first_due(behind_due, w.any_due);
-	if (w.n == 0)
-		*next_due = w.head_due;
-	return w.n;
+	if (n == 0)
+		*next_due = walk.head_due;
+	if (reached_end)
+		walk.after = 0;			/* the next walk starts at the first row */
+	return n;
 }
