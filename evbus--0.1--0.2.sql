@@ -137,6 +137,15 @@ ALTER TABLE evbus.subscriptions
 	CHECK (on_dead_letter IN ('skip', 'park'));
 
 /*
+ * The inbox's first lock here is the strongest this script takes on it
+ * (ALTER TABLE, below): the database's consumer, still at 0.1, may be
+ * writing it.  Holding CREATE INDEX's SHARE lock while waiting for ACCESS
+ * EXCLUSIVE behind the consumer, which then waited to write, was a
+ * deadlock (test 340_extension_update.pl).
+ */
+LOCK TABLE evbus.inbox IN ACCESS EXCLUSIVE MODE;
+
+/*
  * The consumer finds the pending rows that may run now in one walk over
  * them in id order, each key's in order (inbox_due.c).
  */

@@ -771,6 +771,7 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 	bool		left_pending;
 	List	   *dispatch = NIL;
 	int			calls;
+	int			handled;
 	MemoryContext old;
 
 	if (batch_cxt == NULL)
@@ -791,7 +792,8 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 		old = MemoryContextSwitchTo(batch_cxt);
 	}
 	if (!evbus_inbox_handle_batch(dispatch, batch_cxt,
-								  careful ? ATTEMPT_COUNTED : ATTEMPT_INSERTED_HANDLED, &calls))
+								  careful ? ATTEMPT_COUNTED : ATTEMPT_INSERTED_HANDLED,
+								  &calls, &handled))
 		left_pending = true;
 	adapt_calls_budget(calls);
 	evbus_store_offsets(group, offsets, noffsets);
@@ -834,6 +836,7 @@ evbus_inbox_dispatch_due(List *subs)
 	Oid			types[1] = {INT8ARRAYOID};
 	Datum		values[1];
 	int			calls;
+	int			handled;
 	TimestampTz next_due;
 	uint64		i;
 	MemoryContext batch_cxt;
@@ -897,8 +900,15 @@ evbus_inbox_dispatch_due(List *subs)
 	}
 
 	/* in id order: a message handled here lets the next of its key go */
-	if (!evbus_inbox_handle_batch(dispatch, batch_cxt, record, &calls))
-		evbus_inbox_walk_from_start();	/* rows behind the cursor changed */
+
+	/*
+	 * A row the walk took that is not handled now (a retry, a parked dead
+	 * letter, left waiting) stops its key: the walk, which went on as if it
+	 * ran, starts again at the first row (inbox_due.c).
+	 */
+	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, record, &calls, &handled);
+	if (handled < ndue)
+		evbus_inbox_walk_from_start();
 	adapt_calls_budget(calls);
 	MemoryContextSwitchTo(old);
 	evbus_worker_commit();

@@ -111,7 +111,8 @@ typedef enum AttemptRecord
 extern List *evbus_hold_key(List *held, const char *handler, const char *key);
 extern bool evbus_key_held(List *held, const char *handler, const char *key);
 extern bool evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt,
-									 AttemptRecord record, int *calls);
+									 AttemptRecord record, int *calls,
+									 int *handled_out);
 extern void evbus_dead_letter_poison(const char *group, const ReceivedMessage *m,
 									 const Decoded *d,
 									 const char *integration_event);

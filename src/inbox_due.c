@@ -37,8 +37,8 @@
  * once a row behind it that could not run comes due, when something else
  * changed the inbox or what may run (evbus_inbox_walk_from_start: the
  * consumer was woken by evbus.retry, a repair, a pause or resume, a new
- * subscription; a transaction of the retries left rows pending), and at
- * least every WALK_RESTART_MS.
+ * subscription; a row a walk took was not handled: a retry, a parked
+ * dead letter, a row left waiting), and at least every WALK_RESTART_MS.
  *
  * The keys met in a walk are told apart by a 64-bit hash of (group,
  * handler, event key).  Two keys with the same hash would be walked as

@@ -497,12 +497,12 @@ run_in_one_go(Dispatch **ds, int n, bool many_per_call, bool *done, int64 *handl
  * rows left are left pending, due now, for the retries' transactions
  * (a batch handler's failed batch, called again one message at a time,
  * makes one call per message: test 248_handler_subtransactions.pl).  Sets
- * *calls to the calls it made.  Returns false if some message was left
- * pending.
+ * *calls to the calls it made, and *handled_out to the messages handled.
+ * Returns false if some message was left pending.
  */
 bool
 evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, AttemptRecord record,
-						 int *calls)
+						 int *calls, int *handled_out)
 {
 	bool		inserted_handled = record == ATTEMPT_INSERTED_HANDLED;
 	bool		none_pending = true;
@@ -570,6 +570,7 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, AttemptRecord record
 	leave_waiting(waiting, nwaiting, record);
 	if (!inserted_handled)
 		mark_handled(handled, nhandled, record);
+	*handled_out = nhandled;
 	MemoryContextSwitchTo(cxt);
 	return none_pending;
 }

@@ -21,7 +21,7 @@ use Time::HiRes qw(sleep);
 kafka_bootstrap();
 my $prefix = "t274.$$.";
 my $group = "t274_$$";
-for my $t (qw(Parked Skipped))
+for my $t (qw(Parked Skipped ParkedMany))
 {
 	kafka_admin('topics', '--create', '--topic', "$prefix$t", '--partitions', '1');
 }
@@ -105,6 +105,36 @@ is(sql(qq{SELECT evbus.discard('$q1', 'q/1 can never succeed')}), 't', 'the oper
 ok(wait_for_sql($node, 'postgres', q{SELECT string_agg(n::text, ',' ORDER BY id) FROM handled_log WHERE event_key = 'q'}, '2', 30),
 	'then q/2 is handled');
 is(sql(qq{SELECT state FROM evbus.inbox WHERE message_id = '$q1'}), 'discarded', 'q/1 is discarded');
+
+# More parked keys than one transaction of the retries takes: 100 keys
+# whose first event fails at once (max_retries 0) and whose second waits,
+# all pending while the subscription is paused (another handler of the
+# event keeps its topic read), then resumed.  The retries walk the rows in
+# installments of a transaction each, going on where the last stopped;
+# every first event parked there stops its key in the walks that follow,
+# so no second event runs.
+sql(q{SET ROLE evbus_app;
+CREATE FUNCTION noop(payload jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+SELECT evbus.subscribe('ParkedMany', 'record_order(jsonb,jsonb)', on_dead_letter => 'park', max_retries => 0);
+SELECT evbus.subscribe('ParkedMany', 'noop(jsonb)');
+});
+sql(q{SELECT evbus.pause_subscription('ParkedMany', 'record_order(jsonb,jsonb)')});
+publish_all('ParkedMany', (map { [ "p$_", 1, '"always_fail": true' ] } 1 .. 100), (map { [ "p$_", 2 ] } 1 .. 100));
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM evbus.inbox WHERE integration_event = 'ParkedMany' AND state = 'pending'}, '200', 60),
+	'200 events of 100 keys wait while the subscription is paused');
+sql(q{SELECT evbus.resume_subscription('ParkedMany', 'record_order(jsonb,jsonb)')});
+ok( wait_for_sql($node, 'postgres',
+		q{SELECT count(*) FROM evbus.dead_letters WHERE integration_event = 'ParkedMany'}, '100', 60),
+	'the first event of each of the 100 keys is dead-lettered and parks its key');
+sleep 1.5;
+is(sql(q{SELECT count(*) FROM handled_log WHERE event = 'ParkedMany'}), '0', 'no second event runs behind its parked key');
+is( sql(q{SELECT string_agg(payload->>'n' || ':' || state || ':' || attempts || ':' || count, ',' ORDER BY payload->>'n')
+            FROM (SELECT payload, state, attempts, count(*) OVER (PARTITION BY payload->>'n') AS count,
+                         row_number() OVER (PARTITION BY payload->>'n') AS r
+                    FROM evbus.inbox WHERE integration_event = 'ParkedMany' AND handler LIKE '%record_order%') i
+           WHERE r = 1}),
+	'1:pending:1:100,2:pending:0:100', 'the first events are parked after one attempt, the second never attempted');
 
 # --- skip: unchanged --------------------------------------------------------------
 publish_all('Skipped', [ 's', 1, '"always_fail": true' ], [ 's', 2 ], [ 's', 3 ]);
