@@ -37,10 +37,10 @@
  * record step).  The inbox rows so counted are noted too; after a crash
  * in their call, the consumer's next start takes the counted attempt back
  * from each of them but the one that was running
- * (evbus_attempt_marker_uncharged).  The retries count each attempt with
- * its outcome, in the transaction that runs it (evbus_inbox_dispatch_due):
- * after a crash in a call, the next start counts the attempt of the row
- * whose call was running, if that row was not counted before
+ * (evbus_attempt_marker_uncharged).  The retries count their attempts in
+ * the transaction that runs them (evbus_inbox_dispatch_due), which a
+ * crash rolls back: then the next start counts the attempt of the row
+ * whose call was running, if that row was not counted on disk
  * (evbus_attempt_marker_charged).
  *
  * A range names its (group, topic) by a hash, and the running call its
@@ -259,8 +259,8 @@ evbus_attempt_marker_uncharged(int64 **ids)
 
 /*
  * evbus_attempt_marker_charged --- the inbox row whose call was running
- * when the previous run stopped, if its attempt was not counted before
- * the call (the retries), else 0: its attempt is counted now
+ * when the previous run stopped, if its attempt was not counted on disk
+ * before the call (the retries), else 0: its attempt is counted now
  * (evbus_inbox_charge_attempt).  A received batch's row, inserted in the
  * transaction that stopped, is not in the inbox, and its message is a
  * suspect instead (evbus_attempt_marker_crashed).  Returns it once: it is

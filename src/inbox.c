@@ -36,9 +36,9 @@
  *	   advance the stored offsets.
  *
  * Retries run in one transaction each (evbus_inbox_dispatch_due): the
- * rows were recorded before, and each attempt is counted with its
- * outcome; a crash in a call rolls that back, and the attempt marker has
- * the next start count the attempt of the row whose call was running
+ * rows were recorded before, and their attempts are counted in it; a
+ * crash in a call rolls that back, and the attempt marker has the next
+ * start count the attempt of the row whose call was running
  * (evbus_inbox_charge_attempt).  A row
  * waits while an earlier row of its key, group and handler is pending, so
  * per-key order holds through retries, per handler; other keys, and other
@@ -703,8 +703,8 @@ note_counted(List *dispatch)
 /*
  * evbus_inbox_charge_attempt --- in a transaction of its own, on disk
  * before any handler runs, count one attempt of pending inbox row id: the
- * consumer stopped in its call, whose transaction, which would have
- * counted it, is gone (ATTEMPT_UNCOUNTED; attempt_marker.c).  So a
+ * consumer stopped in its call, and the transaction that counted it is
+ * gone (evbus_inbox_dispatch_due; attempt_marker.c).  So a
  * message whose handler crashes the server is dead-lettered as
  * "interrupted" after its retries, not run for ever (test
  * 130_consume_kill.pl).  A row the stopped transaction had inserted is
@@ -809,6 +809,16 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 	return left_pending;
 }
 
+/* list_sort comparator: dispatched rows in inbox id order. */
+static int
+dispatch_id_order(const ListCell *a, const ListCell *b)
+{
+	int64		x = ((const Dispatch *) lfirst(a))->inbox_id;
+	int64		y = ((const Dispatch *) lfirst(b))->inbox_id;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
 /*
  * evbus_inbox_dispatch_due --- run pending messages that may run now, each
  * key's in order (inbox_due.c): retries, messages that waited for their
@@ -818,13 +828,16 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
  * worker calls again while more may be due), 0 if none will be until
  * something changes.
  *
- * Each row's attempt is counted in the statement that records its outcome
- * (ATTEMPT_UNCOUNTED), not before: a crash or a termination in a handler's
- * call rolls the transaction back, and the attempt marker, which names the
- * running call's row, has the consumer's next start count that attempt
- * alone (evbus_inbox_charge_attempt; tests 130_consume_kill.pl,
- * 232_terminate_handler.pl).  The rows are locked (FOR UPDATE) until the
- * outcome is recorded, so that evbus.retry or a repair waits for it.
+ * The rows' attempts are counted first, in the transaction that runs them
+ * (a handler reading its inbox row sees its attempt counted, as in a
+ * received batch), not in one of their own committed on disk before: a
+ * crash or a termination in a handler's call rolls the count back with
+ * the rest, and the attempt marker, which names the running call's row,
+ * has the consumer's next start count that attempt alone
+ * (evbus_inbox_charge_attempt; tests 130_consume_kill.pl,
+ * 138_consume_kill_neighbours.pl, 232_terminate_handler.pl).  The rows
+ * stay locked until their outcomes are recorded, so that evbus.retry or a
+ * repair waits for them.
  */
 TimestampTz
 evbus_inbox_dispatch_due(List *subs)
@@ -841,7 +854,6 @@ evbus_inbox_dispatch_due(List *subs)
 	uint64		i;
 	MemoryContext batch_cxt;
 	MemoryContext old;
-	AttemptRecord record = ATTEMPT_UNCOUNTED;
 
 	inbox_begin();
 	ndue = evbus_inbox_due_rows(calls_budget, &due, &next_due);
@@ -852,13 +864,13 @@ evbus_inbox_dispatch_due(List *subs)
 	}
 	values[0] = evbus_int8_array(due, ndue);
 	if (SPI_execute_plan(evbus_kept_plan(&plan,
-										 "SELECT id, group_name, topic, message_id::pg_catalog.text,"
-										 " payload, headers, attempts, event_key, handler,"
-										 " kafka_partition, kafka_offset FROM evbus.inbox"
+										 "UPDATE evbus.inbox i SET attempts = attempts OPERATOR(pg_catalog.+) 1"
 										 " WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND state = 'pending'"
-										 " ORDER BY id FOR UPDATE",
+										 " RETURNING i.id, i.group_name, i.topic, i.message_id::pg_catalog.text,"
+										 " i.payload, i.headers, i.attempts, i.event_key, i.handler,"
+										 " i.kafka_partition, i.kafka_offset",
 										 1, types),
-						 values, NULL, false, 0) != SPI_OK_SELECT)
+						 values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not read the inbox");
 	batch_cxt = AllocSetContextCreate(TopMemoryContext, "evbus dispatch",
 									  ALLOCSET_DEFAULT_SIZES);
@@ -876,8 +888,7 @@ evbus_inbox_dispatch_due(List *subs)
 		dp->message_id = SPI_getvalue(tup, desc, 4);
 		dp->payload = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 5, &isnull));
 		dp->headers = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 6, &isnull));
-		/* this attempt included, counted with its outcome */
-		dp->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull)) + 1;
+		dp->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
 		dp->event_key = SPI_getvalue(tup, desc, 8);
 		dp->handler = SPI_getvalue(tup, desc, 9);
 		dp->partition = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
@@ -885,18 +896,15 @@ evbus_inbox_dispatch_due(List *subs)
 		dp->sub = sub_named(subs, dp->group_name, dp->topic, dp->handler);
 		dispatch = lappend(dispatch, dp);
 	}
+	list_sort(dispatch, dispatch_id_order);
 
 	if (!evbus_attempt_marker_retries())
 	{
-		/* nothing would name a call that crashes: count first, on disk */
+		/* nothing would name a call that crashes: the count on disk first */
 		MemoryContextSwitchTo(old);
-		evbus_spi_exec("UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.+) 1"
-					   " WHERE id OPERATOR(pg_catalog.=) ANY ($1) AND state = 'pending'",
-					   1, types, values, NULL, SPI_OK_UPDATE);
 		evbus_worker_commit_durable();
 		inbox_begin();
 		old = MemoryContextSwitchTo(batch_cxt);
-		record = ATTEMPT_COUNTED;
 	}
 
 	/* in id order: a message handled here lets the next of its key go */
@@ -906,7 +914,7 @@ evbus_inbox_dispatch_due(List *subs)
 	 * letter, left waiting) stops its key: the walk, which went on as if it
 	 * ran, starts again at the first row (inbox_due.c).
 	 */
-	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, record, &calls, &handled);
+	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, ATTEMPT_COUNTED, &calls, &handled);
 	if (handled < ndue)
 		evbus_inbox_walk_from_start();
 	adapt_calls_budget(calls);

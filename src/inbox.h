@@ -95,16 +95,15 @@ extern bool evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *r
 
 /*
  * Where the attempt of each row a transaction dispatches stands before its
- * handlers run (evbus_inbox_handle_batch, attempt_marker.c).
+ * handlers run (evbus_inbox_handle_batch): counted in either case, by the
+ * insert or before it (attempt_marker.c).
  */
 typedef enum AttemptRecord
 {
 	ATTEMPT_INSERTED_HANDLED,	/* a received batch: rows inserted as handled
 								 * (attempt 1) in this transaction */
-	ATTEMPT_COUNTED,			/* the careful way: counted and committed
-								 * before */
-	ATTEMPT_UNCOUNTED			/* the retries: counted with the outcome; the
-								 * attempt marker names each call */
+	ATTEMPT_COUNTED				/* the careful way and the retries: pending,
+								 * counted before */
 } AttemptRecord;
 
 /* inbox_retry.c */

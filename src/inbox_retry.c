@@ -277,8 +277,7 @@ run_one(Dispatch *d)
  * record_failure --- the attempt of a dispatched (message, handler)
  * failed with code and message: schedule its retry, with backoff, or
  * after the last one dead-letter it (inside a txn).  The row's attempts
- * become d->attempts, which counts this one (already counted, or not:
- * AttemptRecord).
+ * become d->attempts, which counts this one.
  */
 static Outcome
 record_failure(Dispatch *d, char *code, char *message)
@@ -331,44 +330,29 @@ update_rows(SPIPlanPtr *plan, const char *sql, int64 *ids, int n)
 		elog(ERROR, "could not update the inbox");
 }
 
-/*
- * Mark the given inbox rows handled, in one statement, counting their
- * attempt unless it was counted before (ATTEMPT_COUNTED).
- */
+/* Mark the given inbox rows handled, in one statement. */
 static void
-mark_handled(int64 *ids, int n, AttemptRecord record)
+mark_handled(int64 *ids, int n)
 {
 	static SPIPlanPtr plan = NULL;
-	static SPIPlanPtr counting_plan = NULL;
 
-	if (record == ATTEMPT_UNCOUNTED)
-		update_rows(&counting_plan, "UPDATE evbus.inbox SET state = 'handled',"
-					" attempts = attempts OPERATOR(pg_catalog.+) 1,"
-					" handled_at = pg_catalog.now(), next_attempt_at = NULL"
-					" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
-	else
-		update_rows(&plan, "UPDATE evbus.inbox SET state = 'handled',"
-					" handled_at = pg_catalog.now(), next_attempt_at = NULL"
-					" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
+	update_rows(&plan, "UPDATE evbus.inbox SET state = 'handled',"
+				" handled_at = pg_catalog.now(), next_attempt_at = NULL"
+				" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
 }
 
 /*
- * Leave the given inbox rows pending, due now, in one statement: they did
- * not run, so the attempt counted for them before is taken back.
+ * Leave the given inbox rows pending, due now, their attempt taken back
+ * (they did not run), in one statement.
  */
 static void
-leave_waiting(int64 *ids, int n, AttemptRecord record)
+leave_waiting(int64 *ids, int n)
 {
 	static SPIPlanPtr plan = NULL;
-	static SPIPlanPtr uncounted_plan = NULL;
 
-	if (record == ATTEMPT_UNCOUNTED)
-		update_rows(&uncounted_plan, "UPDATE evbus.inbox SET next_attempt_at = pg_catalog.now()"
-					" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
-	else
-		update_rows(&plan, "UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1,"
-					" state = 'pending', handled_at = NULL, next_attempt_at = pg_catalog.now()"
-					" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
+	update_rows(&plan, "UPDATE evbus.inbox SET attempts = attempts OPERATOR(pg_catalog.-) 1,"
+				" state = 'pending', handled_at = NULL, next_attempt_at = pg_catalog.now()"
+				" WHERE id OPERATOR(pg_catalog.=) ANY ($1)", ids, n);
 }
 
 /*
@@ -567,9 +551,9 @@ evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, AttemptRecord record
 		else
 			hold_if_waiting(d, outcome, &blocked, &none_pending);
 	}
-	leave_waiting(waiting, nwaiting, record);
+	leave_waiting(waiting, nwaiting);
 	if (!inserted_handled)
-		mark_handled(handled, nhandled, record);
+		mark_handled(handled, nhandled);
 	*handled_out = nhandled;
 	MemoryContextSwitchTo(cxt);
 	return none_pending;
