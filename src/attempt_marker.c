@@ -297,10 +297,7 @@ evbus_attempt_marker_retries(void)
 {
 	if (marker == NULL)
 		return false;
-	marker->running.valid = 0;
-	marker->ncounted = 0;
-	marker->nranges = 0;
-	pg_compiler_barrier();
+	evbus_attempt_marker_clear();
 	batch_in_hand = true;
 	return true;
 }
