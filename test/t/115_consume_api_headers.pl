@@ -13,7 +13,9 @@
 #  - CAP interop: a message from Kafka's Java console producer with
 #    cap-msg-id/cap-msg-name headers is handled, and sent twice with the same
 #    cap-msg-id it is handled once; a foreign message without any cap-*
-#    header is handled and de-duplicated by topic/partition/offset.
+#    header is handled and de-duplicated by topic/partition/offset; headers
+#    in any order, a name given twice (the last value wins) and a forged
+#    evbus-offset reach the handler as one object with evbus's offset.
 #  - evbus.stats has a 'consume' row per topic and group.
 use strict;
 use warnings;
@@ -184,13 +186,30 @@ for (@foreign)
 }
 ok($dedup_ok, 'foreign messages are de-duplicated by topic/partition/offset') or diag join("\n", @foreign);
 
+# Headers in no particular order, one name twice, one evbus sets itself: the
+# handler gets each name once, the last value of a name given twice, and
+# evbus's own evbus-offset (inbox_decode.c pushes them in the order of a
+# Jsonb object's keys).
+java_produce($cap_topic,
+	"zz-later:1,b:first,evbus-offset:99,a:x,b:second\tunordered-key\t{\"n\":5,\"from\":\"unordered\"}");
+ok( wait_for_sql($node, 'postgres',
+		qq{SELECT count(*) FROM seen WHERE headers->>'evbus-topic' = '$cap_topic' AND payload->>'n' = '5'}, '1', 60),
+	'the message with unordered headers is handled');
+is( $node->safe_psql('postgres',
+		qq{SELECT s.headers - 'evbus-topic' - 'evbus-partition' - 'evbus-offset' - 'evbus-group',
+		          (s.headers->'evbus-offset')::bigint = i.kafka_offset
+		     FROM seen s JOIN evbus.inbox i ON i.payload = s.payload AND i.topic = '$cap_topic'
+		    WHERE s.payload->>'n' = '5'}),
+	'{"a": "x", "b": "second", "zz-later": "1"}|t',
+	'each header name once, the last value of a repeated one, evbus-offset set by evbus');
+
 # --- evbus.stats ----------------------------------------------------------------------
 ok( wait_for_sql($node, 
 		'postgres',
 		qq{SELECT string_agg(topic || ' ' || group_name || ' ' || handled || ' ' || retrying || ' ' || dead
 		                     || ' ' || pending || ' ' || coalesce(lag::text, 'NULL'), E'\\n' ORDER BY topic)
 		     FROM evbus.stats WHERE side = 'consume'},
-		"$cap_topic postgres 4 0 0 0 0\n${prefix}Hdr postgres 3 0 0 0 0", 30),
+		"$cap_topic postgres 5 0 0 0 0\n${prefix}Hdr postgres 3 0 0 0 0", 30),
 	'evbus.stats: one consume row per topic and group, everything handled, no lag');
 
 $node->stop;
