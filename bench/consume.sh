@@ -34,7 +34,7 @@
 #
 # Usage (as root or any user): bench/consume.sh
 # Environment: N, HANDLERS (default "noop"; any of noop insert insertpl
-# batch, space-separated), COUNT_TRIGGER (default 1), RATE, DURATION, CLIENTS, WARMUP (seconds of the latency
+# batch, space-separated; one named twice runs twice, in another group), COUNT_TRIGGER (default 1), RATE, DURATION, CLIENTS, WARMUP (seconds of the latency
 # load before the clock starts, default 5), plus those of bench/lib.sh.
 
 # shellcheck source=bench/lib.sh
@@ -98,6 +98,7 @@ log "all $N events are in Kafka (end offsets: $(kafka_end_offsets ConsumeEvent))
 # one handler at a time, each in its own group: HANDLER SIGNATURE GROUP TABLE
 throughput() {
 	local name=$1 sig=$2 group=$3 table=$4 t0 t1 h rows ids dead span total inserted cpid c0 c1
+	[[ -n $table ]] && qp "TRUNCATE $table"
 	t0=$EPOCHREALTIME
 	qp "SET ROLE bench_app; SELECT evbus.subscribe('ConsumeEvent', '$sig', '$group')" >/dev/null
 	# the consumer joins the group first: nothing is handled before this
@@ -126,12 +127,17 @@ throughput() {
 	echo "exactly once: inbox rows $rows, distinct message ids $ids, dead letters $dead, rows inserted $inserted (expected $N, $N, 0, $N)"
 }
 : >"$RESULTS_DIR/throughput.txt"
+declare -A runs=()
 for h in $HANDLERS; do
+	# a handler named again runs again, in a group of its own (g_batch_2...)
+	runs[$h]=$((${runs[$h]:-0} + 1))
+	sfx=""
+	((runs[$h] > 1)) && sfx="_${runs[$h]}"
 	case $h in
-	noop) throughput noop 'noop(jsonb, jsonb)' g_noop "" ;;
-	insert) throughput insert 'ins(jsonb, jsonb)' g_insert sink ;;
-	insertpl) throughput insertpl 'inspl(jsonb, jsonb)' g_insertpl psink ;;
-	batch) throughput batch 'ins_batch(jsonb[], jsonb[])' g_batch bsink ;;
+	noop) throughput noop 'noop(jsonb, jsonb)' "g_noop$sfx" "" ;;
+	insert) throughput insert 'ins(jsonb, jsonb)' "g_insert$sfx" sink ;;
+	insertpl) throughput insertpl 'inspl(jsonb, jsonb)' "g_insertpl$sfx" psink ;;
+	batch) throughput batch 'ins_batch(jsonb[], jsonb[])' "g_batch$sfx" bsink ;;
 	*) die "unknown handler $h" ;;
 	esac | tee -a "$RESULTS_DIR/throughput.txt"
 done
