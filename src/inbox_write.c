@@ -51,9 +51,9 @@
 
 /*
  * Rows written to the heap at once (table_multi_insert): one buffer lookup
- * and lock and one WAL record per page they fill instead of per row.  Per
- * row that was 5 % of the consumer's time per message (bench/consume.sh,
- * batch handler), most of it finding the target page again.
+ * and lock and one WAL record per page they fill instead of per row.  Row
+ * by row, finding the target page again had 5 % of the consumer's samples
+ * (perf, bench/consume.sh with a batch handler).
  */
 #define ROWS_PER_HEAP_WRITE 64
 
@@ -136,7 +136,7 @@ has_row_insert_triggers(Relation rel)
  * A text datum made once for the string at one address: most columns of a
  * batch's rows point to the same strings (the group, the subscription's
  * handler and event, the state), and making their text for each row again
- * took 2 % of the consumer's time per message (bench/consume.sh).
+ * had 2 % of the consumer's samples (perf, bench/consume.sh).
  */
 typedef struct TextOnce
 {
