@@ -791,9 +791,7 @@ evbus_inbox_receive(const char *group, List *subs, ReceivedMessage *msgs, int n,
 		inbox_begin();
 		old = MemoryContextSwitchTo(batch_cxt);
 	}
-	if (!evbus_inbox_handle_batch(dispatch, batch_cxt,
-								  careful ? ATTEMPT_COUNTED : ATTEMPT_INSERTED_HANDLED,
-								  &calls, &handled))
+	if (!evbus_inbox_handle_batch(dispatch, batch_cxt, !careful, &calls, &handled))
 		left_pending = true;
 	adapt_calls_budget(calls);
 	evbus_store_offsets(group, offsets, noffsets);
@@ -907,14 +905,13 @@ evbus_inbox_dispatch_due(List *subs)
 		old = MemoryContextSwitchTo(batch_cxt);
 	}
 
-	/* in id order: a message handled here lets the next of its key go */
-
 	/*
-	 * A row the walk took that is not handled now (a retry, a parked dead
-	 * letter, left waiting) stops its key: the walk, which went on as if it
-	 * ran, starts again at the first row (inbox_due.c).
+	 * In id order: a message handled here lets the next of its key go.  A row
+	 * the walk took that is not handled now (a retry, a parked dead letter,
+	 * left waiting) stops its key: the walk, which went on as if it ran,
+	 * starts again at the first row (inbox_due.c).
 	 */
-	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, ATTEMPT_COUNTED, &calls, &handled);
+	(void) evbus_inbox_handle_batch(dispatch, batch_cxt, false, &calls, &handled);
 	if (handled < ndue)
 		evbus_inbox_walk_from_start();
 	adapt_calls_budget(calls);

@@ -93,24 +93,11 @@ extern void evbus_inbox_count(const char *group, const InboxNewRow *rows, int n)
 extern bool evbus_inbox_write(Oid relid, const char *group, const InboxNewRow *rows,
 							  int n, int64 *ids);
 
-/*
- * Where the attempt of each row a transaction dispatches stands before its
- * handlers run (evbus_inbox_handle_batch): counted in either case, by the
- * insert or before it (attempt_marker.c).
- */
-typedef enum AttemptRecord
-{
-	ATTEMPT_INSERTED_HANDLED,	/* a received batch: rows inserted as handled
-								 * (attempt 1) in this transaction */
-	ATTEMPT_COUNTED				/* the careful way and the retries: pending,
-								 * counted before */
-} AttemptRecord;
-
 /* inbox_retry.c */
 extern List *evbus_hold_key(List *held, const char *handler, const char *key);
 extern bool evbus_key_held(List *held, const char *handler, const char *key);
 extern bool evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt,
-									 AttemptRecord record, int *calls,
+									 bool inserted_handled, int *calls,
 									 int *handled_out);
 extern void evbus_dead_letter_poison(const char *group, const ReceivedMessage *m,
 									 const Decoded *d,

@@ -122,14 +122,17 @@ header_field_cmp(const void *a, const void *b)
 	return fa->position < fb->position ? -1 : 1;
 }
 
-/* add a field named name to fields, *n of them so far; returns its value */
+/*
+ * add a field named name (namelen bytes) to fields, *n of them so far;
+ * returns its value
+ */
 static JsonbValue *
-add_field(HeaderField *fields, int *n, const char *name)
+add_field(HeaderField *fields, int *n, const char *name, size_t namelen)
 {
 	HeaderField *f = &fields[*n];
 
 	f->name = name;
-	f->namelen = (int) strlen(name);
+	f->namelen = (int) namelen;
 	f->position = (*n)++;
 	return &f->value;
 }
@@ -162,8 +165,9 @@ decode_headers(const ReceivedMessage *m, const char *group, Decoded *d,
 	for (i = 0; i < m->nheaders; i++)
 	{
 		const char *name = m->header_names[i];
+		size_t		namelen = strlen(name);
 
-		if (!valid_utf8(name, strlen(name)) ||
+		if (!valid_utf8(name, namelen) ||
 			(m->header_values[i] && (!valid_utf8(m->header_values[i], m->header_lens[i]) ||
 									 memchr(m->header_values[i], '\0', m->header_lens[i]))))
 		{
@@ -186,20 +190,22 @@ decode_headers(const ReceivedMessage *m, const char *group, Decoded *d,
 			}
 			d->message_id = pnstrdup(m->header_values[i], m->header_lens[i]);
 		}
-		v = add_field(fields, &n, name);
+		v = add_field(fields, &n, name, namelen);
 		if (m->header_values[i])
 			set_string(v, m->header_values[i], m->header_lens[i]);
 		else
 			v->type = jbvNull;
 	}
-	set_string(add_field(fields, &n, "evbus-topic"), m->topic, strlen(m->topic));
-	v = add_field(fields, &n, "evbus-partition");
+	set_string(add_field(fields, &n, "evbus-topic", strlen("evbus-topic")), m->topic,
+			   strlen(m->topic));
+	v = add_field(fields, &n, "evbus-partition", strlen("evbus-partition"));
 	v->type = jbvNumeric;
 	v->val.numeric = int64_to_numeric(m->partition);
-	v = add_field(fields, &n, "evbus-offset");
+	v = add_field(fields, &n, "evbus-offset", strlen("evbus-offset"));
 	v->type = jbvNumeric;
 	v->val.numeric = int64_to_numeric(m->offset);
-	set_string(add_field(fields, &n, "evbus-group"), group, strlen(group));
+	set_string(add_field(fields, &n, "evbus-group", strlen("evbus-group")), group,
+			   strlen(group));
 
 	order = palloc(n * sizeof(HeaderField *));
 	for (i = 0; i < n; i++)

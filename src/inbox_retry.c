@@ -474,8 +474,8 @@ run_in_one_go(Dispatch **ds, int n, bool many_per_call, bool *done, int64 *handl
 /*
  * evbus_inbox_handle_batch --- run the dispatched messages in order and
  * record the outcomes: the successes in one statement, unless their rows
- * were inserted as handled already (record says where each row's
- * attempt stands, AttemptRecord).  Each handler call
+ * were inserted as handled already (inserted_handled; else each row is
+ * pending, its attempt counted before).  Each handler call
  * is a subtransaction, and a call that writes takes an id; once the
  * transaction holds SUBXIDS_WANTED (inbox.h), it calls no more, and the
  * rows left are left pending, due now, for the retries' transactions
@@ -485,10 +485,9 @@ run_in_one_go(Dispatch **ds, int n, bool many_per_call, bool *done, int64 *handl
  * Returns false if some message was left pending.
  */
 bool
-evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, AttemptRecord record,
+evbus_inbox_handle_batch(List *dispatch, MemoryContext cxt, bool inserted_handled,
 						 int *calls, int *handled_out)
 {
-	bool		inserted_handled = record == ATTEMPT_INSERTED_HANDLED;
 	bool		none_pending = true;
 	int			n = list_length(dispatch);
 	int64	   *handled = palloc(sizeof(int64) * Max(n, 1));
